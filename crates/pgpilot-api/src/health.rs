@@ -1,0 +1,1 @@
+//! Health-check status codes (spec/rest-api.md §1.2).

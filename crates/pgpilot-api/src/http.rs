@@ -1,0 +1,1 @@
+//! Minimal HTTP/1.0 request parsing and response writing.

@@ -1,0 +1,202 @@
+//! The typed configuration of one agent.
+//!
+//! Two layers, as in Patroni (spec/config.md §3.1):
+//! * the **local** configuration: a YAML file (or a directory of `*.yml`/`*.yaml` files merged in
+//!   sorted order, or `PATRONI_CONFIGURATION`), with `PATRONI_*` environment variables merged over
+//!   it, turned into [`Config`];
+//! * the **dynamic** configuration: the `/config` document in the DCS (seeded from
+//!   `bootstrap.dcs`), turned into [`DynamicConfig`] every cycle.
+//!
+//! Unknown keys: a valid Patroni configuration is never refused. Keys pgpilot does not implement
+//! are kept in [`Config::raw`] and named once in [`Loaded::warnings`]; the dynamic document is kept
+//! whole in [`DynamicConfig::raw`] because patronictl round-trips it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+mod dynamic;
+mod env;
+mod load;
+mod validate;
+pub mod yaml;
+
+pub use dynamic::DynamicConfig;
+pub use load::{load, load_from_value};
+pub use validate::validate;
+
+/// A problem with the configuration, always naming the key path (`postgresql.listen`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("can not read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid YAML: {message}")]
+    Yaml { path: String, message: String },
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// A loaded local configuration and what the loader wants to tell the user once.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// E.g. `keys not implemented by pgpilot yet, accepted and ignored: watchdog, citus`.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub name: String,
+    pub scope: String,
+    /// Default `/service`.
+    pub namespace: String,
+    pub restapi: RestApiConfig,
+    pub ctl: CtlConfig,
+    pub etcd: EtcdConfig,
+    pub bootstrap: BootstrapConfig,
+    pub postgresql: PostgresqlConfig,
+    pub tags: Tags,
+    pub log: LogConfig,
+    /// The whole merged local document (file + env), for keys not modelled here.
+    pub raw: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestApiConfig {
+    /// `host:port` to bind.
+    pub listen: String,
+    /// `host:port` published as `api_url = http://<connect_address>/patroni`.
+    pub connect_address: String,
+    pub authentication: Option<Credentials>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CtlConfig {
+    /// Basic auth for outbound REST calls: `ctl.authentication`, else `restapi.authentication`.
+    pub authentication: Option<Credentials>,
+}
+
+/// `etcd3:` section (also accepted: `etcd:` — treated as v3 with a warning).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdConfig {
+    /// `host:port` endpoints (from `host`, `hosts` list or comma string, or `url`); default port 2379.
+    pub hosts: Vec<String>,
+    /// `http` (https not supported yet: refused by validation).
+    pub protocol: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BootstrapConfig {
+    /// `bootstrap.dcs`, written to `/config` by the bootstrap winner.
+    pub dcs: Map<String, Value>,
+    /// `bootstrap.initdb` rendered as `--option` / `--option=value`.
+    pub initdb: Vec<String>,
+    /// `bootstrap.pg_hba` lines.
+    pub pg_hba: Vec<String>,
+    /// `bootstrap.post_bootstrap` (alias `post_init`).
+    pub post_bootstrap: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresqlConfig {
+    /// `listen` split into `listen_addresses` and `port`.
+    pub listen_addresses: String,
+    pub port: u16,
+    /// `host:port` published in `conn_url`.
+    pub connect_address: String,
+    pub data_dir: PathBuf,
+    /// Default: data_dir.
+    pub config_dir: PathBuf,
+    /// Empty = PATH.
+    pub bin_dir: PathBuf,
+    /// Default `~/pgpass`.
+    pub pgpass: PathBuf,
+    pub superuser: Credentials,
+    pub replication: Credentials,
+    pub rewind: Option<Credentials>,
+    /// Local `postgresql.parameters` (cluster-wide ones are removed with a warning).
+    pub parameters: Map<String, Value>,
+    /// Local `postgresql.pg_hba` (overrides the dynamic one).
+    pub pg_hba: Option<Vec<String>>,
+    /// `postgresql.basebackup` rendered as `--option` / `--option=value`.
+    pub basebackup: Vec<String>,
+    /// Default 60 s.
+    pub pg_ctl_timeout: Duration,
+    /// Local `use_pg_rewind` (overrides the dynamic one when set).
+    pub use_pg_rewind: Option<bool>,
+    pub remove_data_directory_on_rewind_failure: bool,
+    pub remove_data_directory_on_diverged_timelines: bool,
+    /// `postgresql.callbacks.<action>` commands.
+    pub callbacks: BTreeMap<String, String>,
+}
+
+/// `tags` (spec/config.md §3.11).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tags {
+    pub nofailover: bool,
+    /// Default 1; 0 means nofailover.
+    pub failover_priority: i64,
+    pub noloadbalance: bool,
+    pub clonefrom: bool,
+    pub nosync: bool,
+    pub replicatefrom: Option<String>,
+    /// The tags as published in the member key and `/patroni`: YAML order, predefined booleans
+    /// dropped when false (except nofailover/nosync kept when their priority tag is present).
+    pub published: Map<String, Value>,
+}
+
+impl Tags {
+    /// Whether this member may ever be promoted by an automatic failover.
+    pub fn can_failover(&self) -> bool {
+        !self.nofailover && self.failover_priority > 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// `DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`.
+    pub level: String,
+    /// `plain` or `json`.
+    pub format_json: bool,
+    /// If set, also log to `<dir>/patroni.log`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// The local configuration as a Patroni YAML file path or directory (`None` = env only).
+    pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        load(path, &env)
+    }
+
+    /// `http://<restapi.connect_address>/patroni`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}/patroni", self.restapi.connect_address)
+    }
+
+    /// `postgres://<postgresql.connect_address>/postgres`.
+    pub fn conn_url(&self) -> String {
+        format!("postgres://{}/postgres", self.postgresql.connect_address)
+    }
+}
