@@ -1,1 +1,10 @@
-//! placeholder
+//! The HA brain: the pure [`decide`] function and the [`Agent`] that runs the cycle
+//! (observe → decide → act → publish, DESIGN.md "One HA cycle").
+
+mod agent;
+pub mod decide;
+mod params;
+
+pub use agent::{Agent, AgentError, Exit};
+pub use decide::{decide, ActionKind, DataState, Decision, Observation, PgView};
+pub use params::{effective_parameters, effective_pg_hba};

@@ -1,0 +1,1167 @@
+//! The [`Agent`]: runs one HA cycle after another.
+//!
+//! ```text
+//! observe (DCS snapshot from the watch cache, local PostgreSQL, peers only during a race)
+//!   -> decide (pure)  -> act (pg_ctl, DCS writes)  -> publish (member key, /status, REST snapshot)
+//! ```
+//!
+//! Long actions (bootstrap, clone, rewind, start) run as a background task; while one runs the
+//! cycle keeps renewing the leader key and reports "<action> in progress". A cycle is woken
+//! early by a DCS event (leader key changed, `/config` changed), by the end of a background
+//! task, or by shutdown.
+//!
+//! Shutdown order (SIGTERM), in one place: stop the background task; unless paused, stop
+//! PostgreSQL (fast), and if we hold the leader key publish the shutdown checkpoint as
+//! `/status.optime` and delete the key (value-compare) so a replica takes over without waiting
+//! for the TTL; touch our member key one last time. The REST API is stopped by the caller after
+//! `run` returns.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pgpilot_api::{Client, NodeSnapshot, PeerStatus, PgInfo};
+use pgpilot_config::{Config, DynamicConfig};
+use pgpilot_dcs::{Cluster, Dcs, HistoryLine, MemberData, Status, PATRONI_COMPAT_VERSION};
+use pgpilot_postgres::{
+    slot_name_for, DataDirState, DesiredConfig, PgState, Postgres, StandbyConfig, StopMode,
+    Upstream,
+};
+use serde_json::{Map, Value};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::decide::{decide, valid_sysid, ActionKind, DataState, Decision, Observation, PgView};
+use crate::params::{effective_parameters, effective_pg_hba};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent must stop and exit non-zero (system ID mismatch, failed bootstrap, ...).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// How `run` ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Shutdown was requested and completed.
+    Shutdown,
+}
+
+/// A background action and what to do with its result.
+struct Task {
+    kind: ActionKind,
+    handle: JoinHandle<Result<(), String>>,
+}
+
+/// The agent of one member.
+pub struct Agent<D: Dcs> {
+    cfg: Config,
+    dcs: Arc<D>,
+    pg: Arc<Postgres>,
+    client: Client,
+    /// The dynamic configuration in force (from `/config`, else the cache file, else
+    /// `bootstrap.dcs`).
+    dynamic: DynamicConfig,
+    snapshot: watch::Sender<Arc<NodeSnapshot>>,
+    /// The running background action, if any.
+    task: Option<Task>,
+    /// Signalled when a background action ends, to run the next cycle at once.
+    task_done: Arc<Notify>,
+    /// Time of the last successful leader key renewal (None: we do not hold it).
+    last_renewal: Option<Instant>,
+    /// Last DCS view read successfully, and when.
+    last_cluster: Option<Arc<Cluster>>,
+    last_dcs_ok: Option<Instant>,
+    dcs_last_seen: u64,
+    /// State string published in the member key and `/patroni`.
+    state: String,
+    /// Role published in the member key.
+    role: String,
+    /// Last monitoring query result.
+    last_pg: Option<PgState>,
+    sysid: Option<String>,
+    /// pg_rewind against the current leader failed; do not loop on it.
+    rewind_failed: bool,
+    /// pg_rewind succeeded (possibly with nothing to do) since PostgreSQL last ran: the data
+    /// directory no longer counts as a diverged former primary.
+    rewind_done: bool,
+    /// The desired configuration last written to disk (skip rewriting an unchanged one).
+    written: Option<DesiredConfig>,
+    /// Physical slots last synchronised on the primary.
+    slots: Option<Vec<String>>,
+    /// Timeline whose history we last published to `/history`.
+    history_timeline: u32,
+    /// The bootstrap task is ours: finishing it writes `/initialize`, `/config` and the leader.
+    bootstrapping: bool,
+    /// Set when the cycle must run again immediately (e.g. after winning a race).
+    run_again: bool,
+    /// Warnings of the dynamic configuration already logged (log each once).
+    logged_warnings: Vec<String>,
+}
+
+impl<D: Dcs> Agent<D> {
+    pub fn new(
+        cfg: Config,
+        dcs: Arc<D>,
+        pg: Arc<Postgres>,
+        client: Client,
+        snapshot: watch::Sender<Arc<NodeSnapshot>>,
+    ) -> Agent<D> {
+        let dynamic = load_dynamic_cache(&cfg)
+            .unwrap_or_else(|| DynamicConfig::from_document(&cfg.bootstrap.dcs).0);
+        Agent {
+            cfg,
+            dcs,
+            pg,
+            client,
+            dynamic,
+            snapshot,
+            task: None,
+            task_done: Arc::new(Notify::new()),
+            last_renewal: None,
+            last_cluster: None,
+            last_dcs_ok: None,
+            dcs_last_seen: 0,
+            state: "stopped".into(),
+            role: "uninitialized".into(),
+            last_pg: None,
+            sysid: None,
+            rewind_failed: false,
+            rewind_done: false,
+            written: None,
+            slots: None,
+            history_timeline: 0,
+            bootstrapping: false,
+            run_again: false,
+            logged_warnings: Vec::new(),
+        }
+    }
+
+    pub fn dynamic(&self) -> &DynamicConfig {
+        &self.dynamic
+    }
+
+    /// Refuses to start when another live agent already uses our name (spec/ha-loop.md §5.0.3):
+    /// its member key exists and its REST API answers.
+    pub async fn check_unique_name(&self) -> Result<(), AgentError> {
+        let cluster = loop {
+            match self.dcs.cluster().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    warn!("Can not get cluster from dcs: {e}");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        };
+        if let Some(m) = cluster.member(&self.cfg.name) {
+            if !m.data.api_url.is_empty()
+                && self
+                    .client
+                    .answers(&m.data.api_url, Duration::from_secs(3))
+                    .await
+            {
+                return Err(AgentError::Fatal(format!(
+                    "Can't start; there is already a node named '{}' running",
+                    self.cfg.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs cycles until `shutdown` is cancelled, then shuts down in order.
+    pub async fn run(&mut self, shutdown: CancellationToken) -> Result<Exit, AgentError> {
+        let mut first = true;
+        loop {
+            let started = Instant::now();
+            let msg = match self.run_cycle().await {
+                Ok(msg) => msg,
+                Err(AgentError::Fatal(msg)) => {
+                    error!("{msg}");
+                    self.publish(started);
+                    return Err(AgentError::Fatal(msg));
+                }
+            };
+            if self.dynamic.pause {
+                info!("PAUSE: {msg}");
+            } else {
+                info!("{msg}");
+            }
+            self.publish(started);
+            if first {
+                first = false;
+            }
+            let loop_wait = self.dynamic.loop_wait;
+            let elapsed = started.elapsed();
+            if elapsed > loop_wait + Duration::from_secs(1) {
+                warn!("Loop time exceeded, rescheduling immediately.");
+            }
+            if std::mem::take(&mut self.run_again) {
+                continue;
+            }
+            let remaining = loop_wait.saturating_sub(elapsed);
+            let leader_is_me = self.last_renewal.is_some();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.dcs.watch(remaining, leader_is_me) => {}
+                _ = self.task_done.notified() => {}
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        self.shutdown().await;
+        Ok(Exit::Shutdown)
+    }
+
+    /// One HA cycle: observe, decide, act. Returns the sentence to log.
+    async fn run_cycle(&mut self) -> Result<String, AgentError> {
+        // Observe the DCS.
+        let cluster = match self.dcs.cluster().await {
+            Ok(c) => {
+                self.last_dcs_ok = Some(Instant::now());
+                self.dcs_last_seen = epoch_secs();
+                Some(c)
+            }
+            Err(e) => {
+                error!("Error communicating with DCS: {e}");
+                None
+            }
+        };
+        if let Some(c) = &cluster {
+            self.apply_dynamic(c);
+            self.last_cluster = Some(Arc::new(c.clone()));
+            if c.leader_name() != Some(self.cfg.name.as_str()) {
+                self.last_renewal = None;
+            }
+        }
+
+        // Finish a background task that ended.
+        if let Some(msg) = self.reap_task(cluster.as_ref()).await? {
+            return Ok(msg);
+        }
+
+        // Observe PostgreSQL.
+        let data = match self.pg.data_dir_state() {
+            DataDirState::Empty => DataState::Empty,
+            DataDirState::Invalid(r) => DataState::Invalid(r),
+            DataDirState::Initialized => match self.system_identifier().await {
+                Some(sysid) => DataState::Initialized { sysid },
+                None => DataState::Invalid("pg_controldata failed".into()),
+            },
+        };
+        let pg = self.observe_pg(&data).await;
+        let peers = match (&cluster, &pg) {
+            (Some(c), PgView::Running { in_recovery: true, .. })
+                if c.is_unlocked() && self.task.is_none() =>
+            {
+                self.fetch_peers(c).await
+            }
+            _ => Vec::new(),
+        };
+
+        let obs = Observation {
+            me: self.cfg.name.clone(),
+            cluster: cluster.clone(),
+            data,
+            pg,
+            action: self.task.as_ref().map(|t| t.kind),
+            paused: cluster.as_ref().is_some_and(Cluster::is_paused),
+            can_failover: self.cfg.tags.can_failover(),
+            failover_priority: self.cfg.tags.failover_priority,
+            can_bootstrap: true,
+            maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
+            check_timeline: self.dynamic.check_timeline,
+            use_pg_rewind: self
+                .cfg
+                .postgresql
+                .use_pg_rewind
+                .unwrap_or(self.dynamic.use_pg_rewind),
+            remove_data_directory_on_rewind_failure: self
+                .cfg
+                .postgresql
+                .remove_data_directory_on_rewind_failure,
+            rewind_failed: self.rewind_failed,
+            peers,
+        };
+        let decision = decide(&obs);
+        let msg = self.act(decision, &obs).await?;
+
+        // Publish: member key every cycle (the backend skips unchanged values).
+        if obs.cluster.is_some() {
+            self.touch_member(obs.cluster.as_ref()).await;
+        }
+        Ok(msg)
+    }
+
+    /// Reads `/config` into the dynamic configuration and applies TTL/retry changes.
+    fn apply_dynamic(&mut self, cluster: &Cluster) {
+        let Some(cfg) = &cluster.config else { return };
+        if cfg.data.is_empty() || cfg.data == self.dynamic.raw {
+            return;
+        }
+        let (dynamic, warnings) = DynamicConfig::from_document(&cfg.data);
+        for w in warnings {
+            if !self.logged_warnings.contains(&w) {
+                warn!("{w}");
+                self.logged_warnings.push(w);
+            }
+        }
+        if dynamic.ttl != self.dynamic.ttl {
+            self.dcs.set_ttl(dynamic.ttl);
+        }
+        if dynamic.retry_timeout != self.dynamic.retry_timeout {
+            self.dcs.set_retry_timeout(dynamic.retry_timeout);
+        }
+        self.dynamic = dynamic;
+        self.save_dynamic_cache();
+    }
+
+    /// Writes `<data_dir>/patroni.dynamic.json` (tmp file + rename) when the data directory
+    /// exists.
+    fn save_dynamic_cache(&self) {
+        let dir = &self.cfg.postgresql.data_dir;
+        if !dir.join("PG_VERSION").exists() {
+            return;
+        }
+        let path = dir.join("patroni.dynamic.json");
+        let tmp = dir.join("patroni.dynamic.json.tmp");
+        let text = Value::Object(self.dynamic.raw.clone()).to_string();
+        let res = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = res {
+            warn!("could not save {}: {e}", path.display());
+        }
+    }
+
+    async fn system_identifier(&mut self) -> Option<String> {
+        if self.sysid.is_none() {
+            match self.pg.controldata().await {
+                Ok(cd) => self.sysid = Some(cd.system_identifier),
+                Err(e) => warn!("pg_controldata failed: {e}"),
+            }
+        }
+        self.sysid.clone()
+    }
+
+    async fn observe_pg(&mut self, data: &DataState) -> PgView {
+        if !matches!(data, DataState::Initialized { .. }) {
+            self.last_pg = None;
+            return PgView::Stopped {
+                was_primary: false,
+                clean: true,
+            };
+        }
+        if self.pg.postmaster_pid().is_some() {
+            match self.pg.query_state().await {
+                Ok(st) => {
+                    let view = PgView::Running {
+                        in_recovery: st.in_recovery,
+                        timeline: st.timeline,
+                        wal_position: st.wal_position().0,
+                        streaming: st.replication_state.as_deref() == Some("streaming"),
+                    };
+                    if self.task.is_none() {
+                        self.state = "running".into();
+                    }
+                    self.rewind_done = false;
+                    self.last_pg = Some(st);
+                    return view;
+                }
+                Err(e) => {
+                    self.last_pg = None;
+                    if self.task.is_none() {
+                        warn!("Error communicating with PostgreSQL. Will try again later: {e}");
+                    }
+                    return PgView::Unresponsive;
+                }
+            }
+        }
+        self.last_pg = None;
+        match self.pg.controldata().await {
+            Ok(cd) => {
+                let was_primary = matches!(cd.state.as_str(), "in production" | "shut down")
+                    && !self.pg.settings().data_dir.join("standby.signal").exists()
+                    && !self.rewind_done;
+                if self.task.is_none() && self.state == "running" {
+                    self.state = "crashed".into();
+                } else if self.task.is_none() && self.state != "crashed" {
+                    self.state = "stopped".into();
+                }
+                PgView::Stopped {
+                    was_primary,
+                    clean: cd.state.starts_with("shut down"),
+                }
+            }
+            Err(_) => PgView::Stopped {
+                was_primary: false,
+                clean: false,
+            },
+        }
+    }
+
+    /// Asks every other member with an api_url for its `/patroni`, in parallel, 2 s each.
+    async fn fetch_peers(&self, cluster: &Cluster) -> Vec<PeerStatus> {
+        let mut set = tokio::task::JoinSet::new();
+        for m in &cluster.members {
+            if m.name == self.cfg.name || m.data.api_url.is_empty() {
+                continue;
+            }
+            let client = self.client.clone();
+            let (name, url) = (m.name.clone(), m.data.api_url.clone());
+            set.spawn(async move {
+                client
+                    .peer_status(&name, &url, Duration::from_secs(2))
+                    .await
+            });
+        }
+        let mut peers = Vec::new();
+        while let Some(res) = set.join_next().await {
+            if let Ok(Some(p)) = res {
+                peers.push(p);
+            }
+        }
+        peers
+    }
+
+    /// Handles the end of a background task. Returns a message when the cycle should end here.
+    async fn reap_task(&mut self, cluster: Option<&Cluster>) -> Result<Option<String>, AgentError> {
+        let Some(task) = &self.task else {
+            return Ok(None);
+        };
+        if !task.handle.is_finished() {
+            return Ok(None);
+        }
+        let Some(task) = self.task.take() else {
+            return Ok(None);
+        };
+        let result = match task.handle.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("task panicked or was cancelled: {e}")),
+        };
+        match (task.kind, result) {
+            (ActionKind::Bootstrap, Ok(())) => {
+                self.bootstrapping = false;
+                return self.finish_bootstrap().await.map(Some);
+            }
+            (ActionKind::Bootstrap, Err(e)) => {
+                self.bootstrapping = false;
+                error!("bootstrap failed: {e}");
+                if let Err(e) = self.dcs.cancel_initialization().await {
+                    error!("could not remove the initialize key: {e}");
+                }
+                let _ = self.pg.stop(StopMode::Immediate, Duration::from_secs(30)).await;
+                move_aside_failed(&self.cfg.postgresql.data_dir);
+                return Err(AgentError::Fatal("Failed to bootstrap cluster".into()));
+            }
+            (ActionKind::Clone, Err(e)) => {
+                error!("failed to bootstrap from leader: {e}");
+                self.state = "creating replica".into();
+                let _ = self.pg.stop(StopMode::Immediate, Duration::from_secs(30)).await;
+                if let Err(e) = self.pg.remove_data_dir().await {
+                    error!("could not clean the data directory after a failed clone: {e}");
+                }
+                self.sysid = None;
+                self.written = None;
+            }
+            (ActionKind::Rewind, Err(e)) => {
+                error!("pg_rewind failed: {e}");
+                self.rewind_failed = true;
+            }
+            (ActionKind::Rewind, Ok(())) => {
+                info!("pg_rewind finished");
+                self.rewind_failed = false;
+                self.rewind_done = true;
+                self.written = None;
+            }
+            (kind, Err(e)) => {
+                error!("{} failed: {e}", kind.describe());
+                if kind == ActionKind::Start {
+                    self.state = "start failed".into();
+                }
+            }
+            (_, Ok(())) => {}
+        }
+        let _ = cluster;
+        Ok(None)
+    }
+
+    /// The bootstrap task created a running primary: publish it (spec/ha-loop.md §5.1.7).
+    async fn finish_bootstrap(&mut self) -> Result<String, AgentError> {
+        self.sysid = None;
+        let sysid = match self.pg.controldata().await {
+            Ok(cd) => cd.system_identifier,
+            Err(e) => return Err(AgentError::Fatal(format!("Failed to bootstrap cluster: {e}"))),
+        };
+        self.sysid = Some(sysid.clone());
+        let config = Value::Object(self.cfg.bootstrap.dcs.clone()).to_string();
+        let res = async {
+            self.dcs.initialize(false, &sysid).await?;
+            self.dcs.set_config(&config, None).await?;
+            self.dcs.take_leader().await
+        }
+        .await;
+        if let Err(e) = res {
+            return Err(AgentError::Fatal(format!(
+                "Failed to bootstrap cluster: could not publish it in DCS: {e}"
+            )));
+        }
+        self.last_renewal = Some(Instant::now());
+        self.role = "primary".into();
+        self.state = "running".into();
+        self.save_dynamic_cache();
+        self.run_again = true;
+        Ok("initialized a new cluster".into())
+    }
+
+    fn spawn_task<F>(&mut self, kind: ActionKind, fut: F)
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let done = self.task_done.clone();
+        let handle = tokio::spawn(async move {
+            let r = fut.await;
+            done.notify_one();
+            r
+        });
+        self.task = Some(Task { kind, handle });
+    }
+
+    fn pg_ctl_timeout(&self) -> Duration {
+        self.cfg.postgresql.pg_ctl_timeout
+    }
+
+    /// The configuration files we want for a role.
+    fn desired(&self, standby: Option<StandbyConfig>) -> DesiredConfig {
+        DesiredConfig {
+            parameters: effective_parameters(&self.cfg, &self.dynamic),
+            pg_hba: effective_pg_hba(&self.cfg, &self.dynamic),
+            standby,
+        }
+    }
+
+    fn standby_for(&self, cluster: Option<&Cluster>, leader: Option<&str>) -> StandbyConfig {
+        let upstream = leader
+            .and_then(|l| cluster.and_then(|c| c.member(l)))
+            .and_then(|m| m.data.host_port())
+            .map(|(host, port)| Upstream { host, port });
+        StandbyConfig {
+            upstream,
+            slot_name: self
+                .dynamic
+                .use_slots
+                .then(|| slot_name_for(&self.cfg.name)),
+        }
+    }
+
+    /// Writes the configuration files if they differ from what we last wrote. Returns whether
+    /// a file changed on disk.
+    async fn ensure_config(&mut self, desired: DesiredConfig) -> bool {
+        if self.written.as_ref() == Some(&desired) {
+            return false;
+        }
+        match self.pg.write_config(&desired).await {
+            Ok(changed) => {
+                self.written = Some(desired);
+                changed
+            }
+            Err(e) => {
+                error!("could not write PostgreSQL configuration: {e}");
+                false
+            }
+        }
+    }
+
+    async fn act(&mut self, decision: Decision, obs: &Observation) -> Result<String, AgentError> {
+        let me = self.cfg.name.clone();
+        let cluster = obs.cluster.as_ref();
+        match decision {
+            Decision::NoAction { msg } => {
+                if let (Some(c), PgView::Running { in_recovery: true, .. }) = (cluster, &obs.pg) {
+                    // Unlocked cluster: keep the replica as it is until a leader appears.
+                    let _ = c;
+                }
+                Ok(msg)
+            }
+            Decision::Fatal { msg } => Err(AgentError::Fatal(msg)),
+            Decision::DemoteOffline => {
+                self.demote(StopMode::Fast).await;
+                Ok("demoted self because DCS is not accessible and I was a leader".into())
+            }
+            Decision::UpdateLockDuring { action } => match self.dcs.update_leader(None).await {
+                Ok(true) => {
+                    self.last_renewal = Some(Instant::now());
+                    Ok(format!("updated leader lock during {}", action.describe()))
+                }
+                _ => {
+                    self.last_renewal = None;
+                    Ok(format!("{} in progress", action.describe()))
+                }
+            },
+            Decision::DemoteImmediate { msg } => {
+                self.demote(StopMode::Immediate).await;
+                Ok(msg)
+            }
+            Decision::RaceBootstrap => match self.dcs.initialize(true, "").await {
+                Ok(true) => {
+                    self.start_bootstrap();
+                    Ok("trying to bootstrap a new cluster".into())
+                }
+                Ok(false) => Ok("failed to acquire initialize lock".into()),
+                Err(e) => Ok(format!("failed to acquire initialize lock: {e}")),
+            },
+            Decision::Clone { from, msg } => {
+                let Some((host, port)) = cluster
+                    .and_then(|c| c.member(&from))
+                    .and_then(|m| m.data.host_port())
+                else {
+                    return Ok(format!("can not clone from '{from}': no conn_url"));
+                };
+                self.start_clone(Upstream { host, port }, cluster);
+                Ok(msg)
+            }
+            Decision::AdoptInitialize { sysid } => {
+                if let Err(e) = self.dcs.initialize(true, &sysid).await {
+                    return Ok(format!("failed to write initialize key: {e}"));
+                }
+                self.run_again = true;
+                Ok(format!("adopting the existing data directory: initialize key set to {sysid}"))
+            }
+            Decision::ReleaseLock { msg } => {
+                let _ = self.dcs.delete_leader().await;
+                self.last_renewal = None;
+                Ok(msg)
+            }
+            Decision::StartPostgres {
+                as_primary,
+                follow,
+                msg,
+            } => {
+                let mut as_primary = as_primary;
+                let mut msg = msg;
+                if obs.cluster.as_ref().and_then(|c| c.leader_name()) == Some(me.as_str()) {
+                    // The view may come from a cache while the DCS is frozen: start writable only
+                    // after the lock was renewed for real, otherwise read-only.
+                    if let Ok(true) = self.dcs.update_leader(None).await {
+                        self.last_renewal = Some(Instant::now());
+                    } else {
+                        self.last_renewal = None;
+                        if as_primary {
+                            as_primary = false;
+                            msg = "starting as readonly because i had the session lock".into();
+                        }
+                    }
+                }
+                let standby = if as_primary {
+                    None
+                } else {
+                    Some(self.standby_for(cluster, follow.as_deref()))
+                };
+                self.role = if as_primary { "primary" } else { "replica" }.into();
+                let desired = self.desired(standby);
+                self.ensure_config(desired).await;
+                self.state = "starting".into();
+                let pg = self.pg.clone();
+                let timeout = if as_primary {
+                    self.dynamic.primary_start_timeout.max(self.pg_ctl_timeout())
+                } else {
+                    self.pg_ctl_timeout()
+                };
+                self.spawn_task(ActionKind::Start, async move {
+                    pg.start(timeout).await.map_err(|e| e.to_string())
+                });
+                Ok(msg)
+            }
+            Decision::Rewind { leader } => {
+                let Some((host, port)) = cluster
+                    .and_then(|c| c.member(&leader))
+                    .and_then(|m| m.data.host_port())
+                else {
+                    return Ok(format!("can not rewind from '{leader}': no conn_url"));
+                };
+                let pg = self.pg.clone();
+                let timeout = self.pg_ctl_timeout();
+                self.spawn_task(ActionKind::Rewind, async move {
+                    // pg_rewind needs a cleanly shut down target; PostgreSQL 13+ pg_rewind runs
+                    // crash recovery itself when it is not.
+                    pg.stop(StopMode::Fast, timeout)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    pg.rewind(&Upstream { host, port })
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+                Ok(format!("running pg_rewind from {leader}"))
+            }
+            Decision::RemoveDataDirectory { msg } => {
+                warn!("{msg}");
+                let _ = self.pg.stop(StopMode::Immediate, self.pg_ctl_timeout()).await;
+                if let Err(e) = self.pg.remove_data_dir().await {
+                    error!("could not remove the data directory: {e}");
+                }
+                self.sysid = None;
+                self.written = None;
+                self.rewind_failed = false;
+                self.run_again = true;
+                Ok(msg)
+            }
+            Decision::AcquireLeader => self.acquire_leader(obs).await,
+            Decision::NotHealthiest { msg } => {
+                if matches!(obs.pg, PgView::Running { in_recovery: false, .. }) {
+                    self.demote(StopMode::Immediate).await;
+                    return Ok(msg.replace("following", "demoting self and following"));
+                }
+                Ok(msg)
+            }
+            Decision::RenewLeader => self.renew_leader(obs).await,
+            Decision::Follow { leader } => self.follow(obs, &leader).await,
+        }
+    }
+
+    /// Stops PostgreSQL. After a fast (offline) demotion it is restarted read-only with no
+    /// upstream at once; after an immediate one it stays down and the next cycle, seeing a
+    /// former primary in pg_controldata, decides between a rewind and a start as a replica.
+    /// The configuration files are deliberately left as they were until then: writing
+    /// `standby.signal` now would hide that this data directory was a primary.
+    async fn demote(&mut self, mode: StopMode) {
+        self.last_renewal = None;
+        self.role = "demoted".into();
+        self.state = "stopping".into();
+        if let Err(e) = self.pg.stop(mode, self.pg_ctl_timeout()).await {
+            error!("could not stop PostgreSQL while demoting: {e}");
+        }
+        self.state = "stopped".into();
+        self.last_pg = None;
+        if mode == StopMode::Fast {
+            let desired = self.desired(Some(StandbyConfig {
+                upstream: None,
+                slot_name: None,
+            }));
+            self.ensure_config(desired).await;
+            self.role = "replica".into();
+            self.state = "starting".into();
+            let pg = self.pg.clone();
+            let timeout = self.pg_ctl_timeout();
+            self.spawn_task(ActionKind::Start, async move {
+                pg.start(timeout).await.map_err(|e| e.to_string())
+            });
+        }
+        self.run_again = true;
+    }
+
+    fn start_bootstrap(&mut self) {
+        self.bootstrapping = true;
+        self.state = "initializing new cluster".into();
+        self.role = "uninitialized".into();
+        let pg = self.pg.clone();
+        let initdb = self.cfg.bootstrap.initdb.clone();
+        let post = self.cfg.bootstrap.post_bootstrap.clone();
+        let desired = self.desired(None);
+        let timeout = self.pg_ctl_timeout();
+        self.written = Some(desired.clone());
+        self.spawn_task(ActionKind::Bootstrap, async move {
+            pg.initdb(&initdb).await.map_err(|e| e.to_string())?;
+            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
+            pg.start(timeout).await.map_err(|e| e.to_string())?;
+            pg.create_roles().await.map_err(|e| e.to_string())?;
+            if let Some(cmd) = post {
+                pg.run_post_bootstrap(&cmd)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+    }
+
+    fn start_clone(&mut self, from: Upstream, cluster: Option<&Cluster>) {
+        self.state = "creating replica".into();
+        self.role = "replica".into();
+        let leader = cluster.and_then(Cluster::leader_name).map(str::to_string);
+        let standby = self.standby_for(cluster, leader.as_deref());
+        let desired = self.desired(Some(standby));
+        self.written = Some(desired.clone());
+        let pg = self.pg.clone();
+        let args = self.cfg.postgresql.basebackup.clone();
+        let timeout = self.pg_ctl_timeout();
+        self.sysid = None;
+        self.spawn_task(ActionKind::Clone, async move {
+            pg.basebackup(&from, &args)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
+            pg.start(timeout).await.map_err(|e| e.to_string())
+        });
+    }
+
+    async fn acquire_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
+        match self.dcs.attempt_to_acquire_leader().await {
+            Ok(true) => {
+                self.last_renewal = Some(Instant::now());
+                if let Some(f) = obs.cluster.as_ref().and_then(|c| c.failover.as_ref()) {
+                    let _ = self.dcs.set_failover("{}", Some(f.version)).await;
+                }
+                if matches!(obs.pg, PgView::Running { in_recovery: true, .. }) {
+                    self.promote().await;
+                    Ok("promoted self to leader by acquiring session lock".into())
+                } else {
+                    self.role = "primary".into();
+                    Ok("acquired session lock as a leader".into())
+                }
+            }
+            Ok(false) => Ok("following new leader after trying and failing to obtain lock".into()),
+            Err(e) => Ok(format!("failed to obtain leader lock: {e}")),
+        }
+    }
+
+    /// Promotes the local replica (we hold the lock).
+    async fn promote(&mut self) {
+        self.role = "primary".into();
+        match self.pg.promote(self.pg_ctl_timeout()).await {
+            Ok(()) => {
+                let desired = self.desired(None);
+                self.ensure_config(desired).await;
+                self.slots = None;
+                self.run_again = true;
+            }
+            Err(e) => error!("promote failed: {e}"),
+        }
+    }
+
+    async fn renew_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
+        let me = self.cfg.name.clone();
+        let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
+        match self.dcs.update_leader(leader.as_ref()).await {
+            Ok(true) => {
+                self.last_renewal = Some(Instant::now());
+            }
+            res => {
+                if let Err(e) = res {
+                    error!("failed to update leader lock: {e}");
+                }
+                self.last_renewal = None;
+                if matches!(obs.pg, PgView::Running { in_recovery: false, .. }) {
+                    if obs.paused {
+                        return Ok(
+                            "continue to run as primary after failing to update leader lock in DCS"
+                                .into(),
+                        );
+                    }
+                    self.demote(StopMode::Immediate).await;
+                    return Ok("demoted self because failed to update leader lock in DCS".into());
+                }
+                return Ok("not promoting because failed to update leader lock in DCS".into());
+            }
+        }
+        if let PgView::Running {
+            in_recovery,
+            timeline,
+            wal_position,
+            ..
+        } = obs.pg
+        {
+            if in_recovery {
+                if obs.paused {
+                    return Ok(format!("no action. I am ({me}), the leader with the lock"));
+                }
+                self.promote().await;
+                return Ok("promoted self to leader because I had the session lock".into());
+            }
+            self.role = "primary".into();
+            let status = Status {
+                optime: wal_position,
+                ..Default::default()
+            };
+            if let Err(e) = self.dcs.write_status(&status).await {
+                warn!("could not write /status: {e}");
+            }
+            if let Some(c) = obs.cluster.as_ref() {
+                self.publish_history(c, timeline).await;
+                self.sync_slots(c).await;
+                if c.initialize.as_deref().is_none_or(|i| !valid_sysid(i)) {
+                    if let Some(sysid) = &self.sysid {
+                        let _ = self.dcs.initialize(false, sysid).await;
+                    }
+                }
+                if c.config.as_ref().is_none_or(|cfg| cfg.data.is_empty()) {
+                    let doc = Value::Object(self.dynamic.raw.clone()).to_string();
+                    let _ = self.dcs.set_config(&doc, None).await;
+                }
+            }
+            let desired = self.desired(None);
+            if self.ensure_config(desired).await {
+                let _ = self.pg.reload().await;
+            }
+        }
+        Ok(format!("no action. I am ({me}), the leader with the lock"))
+    }
+
+    /// Keeps `/history` in line with our timeline after a promotion.
+    async fn publish_history(&mut self, cluster: &Cluster, timeline: u32) {
+        if timeline <= 1 {
+            if cluster.history.is_none() {
+                let _ = self.dcs.set_history("[]").await;
+            }
+            self.history_timeline = timeline;
+            return;
+        }
+        if self.history_timeline == timeline && cluster.timeline() == timeline {
+            return;
+        }
+        let lines = match self.pg.timeline_history(timeline).await {
+            Ok(lines) => lines,
+            Err(e) => {
+                warn!("could not read the history of timeline {timeline}: {e}");
+                return;
+            }
+        };
+        let old = cluster.history.clone().unwrap_or_default();
+        let last = lines.len().saturating_sub(1);
+        let history: Vec<HistoryLine> = lines
+            .into_iter()
+            .enumerate()
+            .map(|(i, (tl, lsn, reason))| {
+                if let Some(prev) = old.iter().find(|h| h.timeline == tl) {
+                    return prev.clone();
+                }
+                HistoryLine {
+                    timeline: tl,
+                    lsn: lsn.0,
+                    reason,
+                    timestamp: (i == last).then(now_iso),
+                    leader: (i == last).then(|| self.cfg.name.clone()),
+                }
+            })
+            .collect();
+        match self
+            .dcs
+            .set_history(&HistoryLine::lines_to_json(&history))
+            .await
+        {
+            Ok(()) => self.history_timeline = timeline,
+            Err(e) => warn!("could not write /history: {e}"),
+        }
+    }
+
+    /// Physical slots for every other member (spec/ha-loop.md §5.9), only when the member set
+    /// changed.
+    async fn sync_slots(&mut self, cluster: &Cluster) {
+        if !self.dynamic.use_slots {
+            return;
+        }
+        let mut wanted: Vec<String> = cluster
+            .members
+            .iter()
+            .filter(|m| m.name != self.cfg.name)
+            .map(|m| slot_name_for(&m.name))
+            .collect();
+        wanted.sort();
+        if self.slots.as_ref() == Some(&wanted) {
+            return;
+        }
+        match self.pg.sync_slots(&wanted).await {
+            Ok(()) => self.slots = Some(wanted),
+            Err(e) => warn!("could not synchronise replication slots: {e}"),
+        }
+    }
+
+    async fn follow(&mut self, obs: &Observation, leader: &str) -> Result<String, AgentError> {
+        let me = self.cfg.name.clone();
+        if matches!(obs.pg, PgView::Running { in_recovery: false, .. }) {
+            if obs.paused {
+                return Ok("continue to run as primary without lock".into());
+            }
+            self.demote(StopMode::Immediate).await;
+            return Ok("demoting self because I do not have the lock and I was a leader".into());
+        }
+        self.role = "replica".into();
+        self.slots = None;
+        let standby = self.standby_for(obs.cluster.as_ref(), Some(leader));
+        let desired = self.desired(Some(standby));
+        if self.ensure_config(desired).await {
+            // primary_conninfo and primary_slot_name are reloadable since PostgreSQL 13.
+            if let Err(e) = self.pg.reload().await {
+                warn!("reload failed: {e}");
+            }
+        }
+        Ok(format!(
+            "no action. I am ({me}), a secondary, and following a leader ({leader})"
+        ))
+    }
+
+    /// Publishes our member key.
+    async fn touch_member(&mut self, cluster: Option<&Cluster>) {
+        let data = self.member_data(cluster);
+        if let Err(e) = self.dcs.touch_member(&data).await {
+            warn!("could not update the member key: {e}");
+        }
+    }
+
+    fn member_data(&self, cluster: Option<&Cluster>) -> MemberData {
+        let mut m = MemberData {
+            conn_url: self.cfg.conn_url(),
+            api_url: self.cfg.api_url(),
+            state: self.state.clone(),
+            role: self.role.clone(),
+            version: PATRONI_COMPAT_VERSION.into(),
+            ..Default::default()
+        };
+        if !self.cfg.tags.published.is_empty() {
+            m.tags = Some(self.cfg.tags.published.clone());
+        }
+        if let Some(st) = &self.last_pg {
+            if self.task.is_none() {
+                m.xlog_location = Some(st.wal_position().0);
+            }
+            if st.in_recovery {
+                m.replay_lsn = st.replay_lsn.map(|l| l.0);
+                m.receive_lsn = st.receive_lsn.map(|l| l.0);
+                m.replication_state = st.replication_state.clone();
+            }
+            if st.timeline > 0 {
+                m.timeline = Some(st.timeline);
+            }
+            if !st.pending_restart.is_empty() {
+                m.pending_restart = Some(true);
+                m.pending_restart_reason = Some(pending_reason(&st.pending_restart));
+            }
+        }
+        if cluster.is_some_and(Cluster::is_paused) {
+            m.pause = Some(true);
+        }
+        m
+    }
+
+    /// Publishes the REST snapshot.
+    fn publish(&self, cycle_started: Instant) {
+        let now = Instant::now();
+        let pg = self.last_pg.as_ref().map(pg_info);
+        let snap = NodeSnapshot {
+            name: self.cfg.name.clone(),
+            scope: self.cfg.scope.clone(),
+            state: self.state.clone(),
+            role: self.role.clone(),
+            pg,
+            leader_until: self.last_renewal.map(|t| t + self.dynamic.ttl),
+            cluster: self.last_cluster.clone(),
+            cluster_valid_until: self.last_dcs_ok.map(|t| t + self.dynamic.ttl),
+            dcs_last_seen: self.dcs_last_seen,
+            paused: self.dynamic.pause,
+            tags: self.cfg.tags.published.clone(),
+            configured_tags: self.cfg.tags.published.clone(),
+            database_system_identifier: self.sysid.clone(),
+            pending_restart_reason: self
+                .last_pg
+                .as_ref()
+                .filter(|s| !s.pending_restart.is_empty())
+                .map(|s| pending_reason(&s.pending_restart)),
+            maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
+            ttl: self.dynamic.ttl,
+            next_run: cycle_started.max(now) + self.dynamic.loop_wait,
+        };
+        self.snapshot.send_replace(Arc::new(snap));
+    }
+
+    /// The written shutdown order (module docs).
+    async fn shutdown(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.handle.abort();
+        }
+        let paused = self.last_cluster.as_deref().is_some_and(Cluster::is_paused);
+        if paused {
+            info!("Leader key is not deleted and Postgresql is not stopped due paused state");
+            return;
+        }
+        let was_leader = self.last_renewal.is_some();
+        self.state = "stopping".into();
+        match self.pg.stop(StopMode::Fast, self.pg_ctl_timeout()).await {
+            Ok(()) => {
+                self.state = "stopped".into();
+                if was_leader {
+                    if let Ok(cd) = self.pg.controldata().await {
+                        let status = Status {
+                            optime: cd.checkpoint_lsn.0,
+                            ..Default::default()
+                        };
+                        let _ = self.dcs.write_status(&status).await;
+                    }
+                    match self.dcs.delete_leader().await {
+                        Ok(true) => info!("Leader key released"),
+                        Ok(false) => {}
+                        Err(e) => error!("could not release the leader key: {e}"),
+                    }
+                }
+            }
+            Err(e) => {
+                // PostgreSQL still runs: keep the key, a second primary must never appear.
+                error!("could not stop PostgreSQL, keeping the leader key: {e}");
+                return;
+            }
+        }
+        self.last_pg = None;
+        self.role = if was_leader { "demoted" } else { "replica" }.into();
+        let cluster = self.last_cluster.clone();
+        self.touch_member(cluster.as_deref()).await;
+    }
+}
+
+fn pending_reason(p: &BTreeMap<String, (String, String)>) -> Map<String, Value> {
+    p.iter()
+        .map(|(k, (old, new))| {
+            let mut o = Map::new();
+            o.insert("old_value".into(), Value::from(old.clone()));
+            o.insert("new_value".into(), Value::from(new.clone()));
+            (k.clone(), Value::Object(o))
+        })
+        .collect()
+}
+
+fn pg_info(st: &PgState) -> PgInfo {
+    PgInfo {
+        in_recovery: st.in_recovery,
+        postmaster_start_time: st.postmaster_start_time.clone(),
+        server_version: st.server_version,
+        timeline: st.timeline,
+        wal_flush_lsn: st.wal_flush_lsn.map(|l| l.0),
+        receive_lsn: st.receive_lsn.map(|l| l.0),
+        replay_lsn: st.replay_lsn.map(|l| l.0),
+        replay_timestamp: st.replay_timestamp.clone(),
+        replay_paused: st.replay_paused,
+        replication_state: st.replication_state.clone(),
+        latest_end_lsn: st.latest_end_lsn.map(|l| l.0),
+        replication: st
+            .replication
+            .iter()
+            .filter_map(|w| serde_json::to_value(w).ok())
+            .collect(),
+    }
+}
+
+fn load_dynamic_cache(cfg: &Config) -> Option<DynamicConfig> {
+    let text = std::fs::read_to_string(cfg.postgresql.data_dir.join("patroni.dynamic.json")).ok()?;
+    let doc: Map<String, Value> = serde_json::from_str(&text).ok()?;
+    Some(DynamicConfig::from_document(&doc).0)
+}
+
+/// A failed bootstrap leaves its data directory as `<data_dir>.failed` for inspection.
+fn move_aside_failed(dir: &std::path::Path) {
+    let mut failed = PathBuf::from(dir);
+    failed.set_extension("failed");
+    let _ = std::fs::remove_dir_all(&failed);
+    if let Err(e) = std::fs::rename(dir, &failed) {
+        error!("could not move {} aside: {e}", dir.display());
+    }
+}
+
+fn epoch_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn now_iso() -> String {
+    jiff::ZonedDateTime::now().strftime("%Y-%m-%dT%H:%M:%S%.6f%:z").to_string()
+}

@@ -1,0 +1,438 @@
+//! `decide()`: the HA policy as a pure function.
+//!
+//! The agent observes the DCS and the local PostgreSQL, packs what it saw into an
+//! [`Observation`], and asks [`decide`] what to do. No I/O, no clock, no randomness happens here:
+//! every branch of Patroni's `_run_cycle` (spec/ha-loop.md §5.1–5.3) that pgpilot implements is a
+//! row in the table tests below. Some decisions need the outcome of one more DCS operation (the
+//! leader race, the bootstrap race); the decision names the operation and both outcomes, and
+//! `act` picks the sentence that matches what happened.
+
+use pgpilot_api::PeerStatus;
+use pgpilot_dcs::Cluster;
+
+/// The long-running action in progress, if any (run as a background task by the agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    Bootstrap,
+    Clone,
+    Promote,
+    Rewind,
+    Start,
+    Stop,
+    Reinitialize,
+}
+
+impl ActionKind {
+    /// The words Patroni uses in "<action> in progress" / "updated leader lock during <action>".
+    pub fn describe(self) -> &'static str {
+        match self {
+            ActionKind::Bootstrap => "bootstrap",
+            ActionKind::Clone => "bootstrap from leader",
+            ActionKind::Promote => "promote",
+            ActionKind::Rewind => "rewind",
+            ActionKind::Start => "starting",
+            ActionKind::Stop => "stopping",
+            ActionKind::Reinitialize => "reinitialize",
+        }
+    }
+}
+
+/// What the data directory holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataState {
+    Empty,
+    /// Initialized; the system identifier from pg_controldata.
+    Initialized { sysid: String },
+    Invalid(String),
+}
+
+/// The local PostgreSQL as observed this cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PgView {
+    /// Running and answering the monitoring query.
+    Running {
+        in_recovery: bool,
+        timeline: u32,
+        /// Primary: flush LSN; replica: max(receive, replay).
+        wal_position: u64,
+        /// Replica: streaming from an upstream.
+        streaming: bool,
+    },
+    /// A postmaster exists but does not answer (starting up, or shutting down).
+    Unresponsive,
+    /// No postmaster. `was_primary`: pg_controldata says the cluster was last a primary
+    /// (`in production` or `shut down`), so it may have diverged from a new leader.
+    Stopped { was_primary: bool, clean: bool },
+}
+
+/// Everything `decide` may look at.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub me: String,
+    /// `None`: the DCS could not be read this cycle.
+    pub cluster: Option<Cluster>,
+    pub data: DataState,
+    pub pg: PgView,
+    pub action: Option<ActionKind>,
+    /// Cluster paused (`/config` `pause: true`).
+    pub paused: bool,
+    /// `nofailover` / `failover_priority` allow promotion.
+    pub can_failover: bool,
+    pub failover_priority: i64,
+    /// A `bootstrap` section exists in the local configuration.
+    pub can_bootstrap: bool,
+    pub maximum_lag_on_failover: u64,
+    pub check_timeline: bool,
+    pub use_pg_rewind: bool,
+    pub remove_data_directory_on_rewind_failure: bool,
+    /// A rewind against the current leader already failed (and data must not be removed).
+    pub rewind_failed: bool,
+    /// Peers' `/patroni` answers, gathered only when the cluster has no leader.
+    pub peers: Vec<PeerStatus>,
+}
+
+impl Observation {
+    fn holds_lock(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .and_then(Cluster::leader_name)
+            .is_some_and(|l| l == self.me)
+    }
+}
+
+/// Where a replica should stream from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowTarget {
+    pub name: String,
+}
+
+/// What the agent does this cycle. Each variant carries the sentence(s) the agent logs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Nothing to change; log `msg`.
+    NoAction { msg: String },
+    /// Race for `/initialize`; the winner starts initdb in the background.
+    RaceBootstrap,
+    /// Clone the data directory from `from` (pg_basebackup), then follow the leader.
+    Clone { from: String, msg: String },
+    /// Write `/initialize` with our system identifier (adopting existing data).
+    AdoptInitialize { sysid: String },
+    /// Refuse to go on: log at CRITICAL and exit non-zero.
+    Fatal { msg: String },
+    /// The DCS is unreachable and we run a primary: stop it and restart read-only without an
+    /// upstream.
+    DemoteOffline,
+    /// Renew the leader key during a background action.
+    UpdateLockDuring { action: ActionKind },
+    /// We lost the lock while PostgreSQL runs as a primary during an action: stop it now.
+    DemoteImmediate { msg: String },
+    /// Renew the leader key; on success make sure PostgreSQL runs as a writable primary
+    /// (promote if it is in recovery); on failure demote.
+    RenewLeader,
+    /// Try to take the leader key (create-if-absent); won: promote; lost: follow.
+    AcquireLeader,
+    /// Not the healthiest: stay a replica (demote first if running as primary).
+    NotHealthiest { msg: String },
+    /// Follow `leader`: demote if primary, make sure the replica configuration points at it.
+    Follow { leader: String },
+    /// PostgreSQL is stopped: start it. `as_primary` only when we hold the lock and it was a
+    /// primary.
+    StartPostgres {
+        as_primary: bool,
+        follow: Option<String>,
+        msg: String,
+    },
+    /// Former primary must rewind against `leader` before following it.
+    Rewind { leader: String },
+    /// Rewind is impossible and the configuration allows it: remove the data directory so the
+    /// next cycle clones a fresh copy.
+    RemoveDataDirectory { msg: String },
+    /// We hold the lock but cannot serve as primary: release it.
+    ReleaseLock { msg: String },
+}
+
+/// A system identifier as Patroni accepts it in `/initialize`: at least 10 digits.
+pub fn valid_sysid(s: &str) -> bool {
+    s.len() >= 10 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+pub fn decide(o: &Observation) -> Decision {
+    let me = o.me.as_str();
+    let pg_primary = matches!(o.pg, PgView::Running { in_recovery: false, .. });
+
+    // Step 17: the DCS is gone. A primary must not keep accepting writes it cannot prove it
+    // may accept: its lease will expire and another member may be promoted.
+    let Some(cluster) = &o.cluster else {
+        if pg_primary && !o.paused {
+            return Decision::DemoteOffline;
+        }
+        return Decision::NoAction {
+            msg: "DCS is not accessible".into(),
+        };
+    };
+    let holds_lock = o.holds_lock();
+
+    // Step 5: a background action runs.
+    if let Some(action) = o.action {
+        if holds_lock {
+            return Decision::UpdateLockDuring { action };
+        }
+        if action != ActionKind::Bootstrap && pg_primary && !o.paused {
+            return Decision::DemoteImmediate {
+                msg: format!("lost leader lock during {}", action.describe()),
+            };
+        }
+        return Decision::NoAction {
+            msg: format!("{} in progress", action.describe()),
+        };
+    }
+
+    // Step 9: empty or unusable data directory.
+    match &o.data {
+        DataState::Empty => {
+            if holds_lock {
+                return Decision::ReleaseLock {
+                    msg: "released leader key because the data directory is empty".into(),
+                };
+            }
+            if o.paused {
+                return Decision::NoAction {
+                    msg: "running with empty data directory".into(),
+                };
+            }
+            if cluster.is_unlocked()
+                && cluster.initialize.is_none()
+                && o.can_failover
+                && o.can_bootstrap
+            {
+                return Decision::RaceBootstrap;
+            }
+            if let Some(leader) = cluster.leader_member() {
+                let source = cluster
+                    .members
+                    .iter()
+                    .find(|m| {
+                        m.name != me
+                            && m.data.clonefrom()
+                            && m.data.state == "running"
+                            && !m.data.conn_url.is_empty()
+                    })
+                    .unwrap_or(leader);
+                let msg = if source.name == leader.name {
+                    format!("trying to bootstrap from leader '{}'", source.name)
+                } else {
+                    format!("trying to bootstrap from replica '{}'", source.name)
+                };
+                return Decision::Clone {
+                    from: source.name.clone(),
+                    msg,
+                };
+            }
+            return Decision::NoAction {
+                msg: "waiting for leader to bootstrap".into(),
+            };
+        }
+        DataState::Invalid(_) => {
+            return Decision::NoAction {
+                msg: "data dir for the cluster is not empty, but system ID is invalid; consider doing reinitialize".into(),
+            };
+        }
+        DataState::Initialized { sysid } => {
+            // Step 10: never run a data directory of another cluster.
+            match cluster.initialize.as_deref() {
+                Some(init) if valid_sysid(init) && init != sysid => {
+                    if o.paused {
+                        if holds_lock {
+                            return Decision::ReleaseLock {
+                                msg: format!("system ID mismatch, node {me} belongs to a different cluster: {init} != {sysid}"),
+                            };
+                        }
+                        return Decision::NoAction {
+                            msg: format!("system ID mismatch, node {me} belongs to a different cluster: {init} != {sysid}"),
+                        };
+                    }
+                    return Decision::Fatal {
+                        msg: format!(
+                            "system ID mismatch, node {me} belongs to a different cluster: {init} != {sysid}"
+                        ),
+                    };
+                }
+                Some(init) if valid_sysid(init) => {}
+                _ => {
+                    if cluster.is_unlocked() && !o.paused {
+                        if matches!(o.pg, PgView::Running { in_recovery: true, .. }) {
+                            return Decision::Fatal {
+                                msg: "No initialize key in DCS and PostgreSQL is running as replica, aborting start".into(),
+                            };
+                        }
+                        return Decision::AdoptInitialize {
+                            sysid: sysid.clone(),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    // Step 11: PostgreSQL is not running.
+    match &o.pg {
+        PgView::Stopped { was_primary, .. } => {
+            if o.paused {
+                if holds_lock {
+                    return Decision::ReleaseLock {
+                        msg: "removed leader key because postgres is not running".into(),
+                    };
+                }
+                return Decision::NoAction {
+                    msg: "postgres is not running".into(),
+                };
+            }
+            if holds_lock {
+                if *was_primary {
+                    return Decision::StartPostgres {
+                        as_primary: true,
+                        follow: None,
+                        msg: "starting primary after failure".into(),
+                    };
+                }
+                return Decision::StartPostgres {
+                    as_primary: false,
+                    follow: None,
+                    msg: "starting as readonly because i had the session lock".into(),
+                };
+            }
+            let leader = cluster.leader_name().map(str::to_string);
+            if *was_primary {
+                if let Some(leader) = &leader {
+                    // A former primary may have diverged from the new leader: rewind first.
+                    if o.use_pg_rewind && !o.rewind_failed {
+                        return Decision::Rewind {
+                            leader: leader.clone(),
+                        };
+                    }
+                    if o.rewind_failed && o.remove_data_directory_on_rewind_failure {
+                        return Decision::RemoveDataDirectory {
+                            msg: "removing data directory because pg_rewind failed".into(),
+                        };
+                    }
+                }
+            }
+            return Decision::StartPostgres {
+                as_primary: false,
+                follow: leader,
+                msg: "starting as a secondary".into(),
+            };
+        }
+        PgView::Unresponsive => {
+            if holds_lock {
+                return Decision::UpdateLockDuring {
+                    action: ActionKind::Start,
+                };
+            }
+            return Decision::NoAction {
+                msg: "PostgreSQL is not accepting connections yet".into(),
+            };
+        }
+        PgView::Running { .. } => {}
+    }
+
+    // Steps 12: leader race or normal operation.
+    if cluster.is_unlocked() {
+        return match is_healthiest(o, cluster) {
+            Ok(()) => Decision::AcquireLeader,
+            Err(reason) => {
+                let _ = reason;
+                let msg = if !o.can_failover && !o.paused {
+                    "following a different leader because I am not allowed to promote"
+                } else {
+                    "following a different leader because i am not the healthiest node"
+                };
+                Decision::NotHealthiest { msg: msg.into() }
+            }
+        };
+    }
+    if holds_lock {
+        return Decision::RenewLeader;
+    }
+    Decision::Follow {
+        // `is_unlocked` was checked above, so the leader name exists.
+        leader: cluster.leader_name().unwrap_or_default().to_string(),
+    }
+}
+
+/// Patroni's `is_healthiest_node` (spec/ha-loop.md §5.2), without sync/quorum/failsafe (later
+/// issues). `Err` carries the reason, logged by the agent.
+pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
+    let PgView::Running {
+        in_recovery,
+        timeline,
+        wal_position,
+        ..
+    } = o.pg
+    else {
+        return Err("postgres is not running".into());
+    };
+    if !in_recovery {
+        // A running primary may take the lock back unless it is on an older timeline than the
+        // cluster (a stale primary after a failover it missed).
+        if o.paused {
+            return match cluster.initialize.as_deref() {
+                None | Some("") => Ok(()),
+                Some(init) => match &o.data {
+                    DataState::Initialized { sysid } if sysid == init => Ok(()),
+                    _ => Err("system ID mismatch".into()),
+                },
+            };
+        }
+        let cluster_tl = cluster.timeline();
+        if cluster_tl > 0 && timeline < cluster_tl {
+            return Err(format!(
+                "my timeline {timeline} is behind the cluster timeline {cluster_tl}"
+            ));
+        }
+        return Ok(());
+    }
+    if o.paused {
+        return Err("paused".into());
+    }
+    if !o.can_failover {
+        return Err("nofailover".into());
+    }
+    let optime = cluster.status.optime;
+    if optime > wal_position && optime - wal_position > o.maximum_lag_on_failover {
+        return Err(format!(
+            "My wal position exceeds maximum replication lag ({} > {})",
+            optime - wal_position,
+            o.maximum_lag_on_failover
+        ));
+    }
+    if o.check_timeline {
+        let cluster_tl = cluster.timeline();
+        if timeline == 0 || timeline < cluster_tl {
+            return Err(format!(
+                "My timeline {timeline} is behind last known cluster timeline {cluster_tl}"
+            ));
+        }
+    }
+    for peer in &o.peers {
+        if peer.name == o.me || peer.nofailover || peer.watchdog_failed {
+            continue;
+        }
+        if peer.is_primary {
+            return Err(format!("Primary ({}) is still alive", peer.name));
+        }
+        if peer.wal_position > wal_position {
+            return Err(format!(
+                "Wal position of {} is ahead of my wal position",
+                peer.name
+            ));
+        }
+        if peer.wal_position == wal_position && peer.failover_priority > o.failover_priority {
+            return Err(format!(
+                "{} has equally tolerable WAL position and priority {}, while this node has priority {}",
+                peer.name, peer.failover_priority, o.failover_priority
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The PostgreSQL parameters and pg_hba lines the agent wants, from the three configuration
+//! layers (spec/config.md §3.1, §3.12): built-in defaults of the cluster-wide parameters, the
+//! dynamic `/config` `postgresql.parameters`, then the local ones (which cannot set cluster-wide
+//! parameters).
+
+use std::collections::BTreeMap;
+
+use pgpilot_config::{Config, DynamicConfig};
+use serde_json::Value;
+
+/// Cluster-wide parameters with Patroni's defaults: only the dynamic configuration may set them.
+pub const CLUSTER_WIDE_DEFAULTS: &[(&str, &str)] = &[
+    ("max_connections", "100"),
+    ("max_locks_per_transaction", "64"),
+    ("max_worker_processes", "8"),
+    ("max_prepared_transactions", "0"),
+    ("wal_level", "replica"),
+    ("track_commit_timestamp", "off"),
+    ("max_wal_senders", "10"),
+    ("max_replication_slots", "10"),
+    ("wal_keep_size", "128MB"),
+    ("wal_log_hints", "on"),
+];
+
+/// Parameters pgpilot always controls itself (from `postgresql.listen` and `scope`).
+const FORCED: &[&str] = &["listen_addresses", "port", "cluster_name", "hot_standby"];
+
+/// Renders a YAML/JSON value the way PostgreSQL expects it in postgresql.conf.
+pub fn render_value(v: &Value) -> String {
+    match v {
+        Value::Bool(true) => "on".into(),
+        Value::Bool(false) => "off".into(),
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The merged GUCs for postgresql.conf (without the forced ones, which the postgres crate adds).
+pub fn effective_parameters(cfg: &Config, dynamic: &DynamicConfig) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = CLUSTER_WIDE_DEFAULTS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in &dynamic.parameters {
+        if FORCED.contains(&k.as_str()) || v.is_null() {
+            continue;
+        }
+        out.insert(k.clone(), render_value(v));
+    }
+    for (k, v) in &cfg.postgresql.parameters {
+        let cluster_wide = CLUSTER_WIDE_DEFAULTS.iter().any(|(c, _)| c == k);
+        if cluster_wide || FORCED.contains(&k.as_str()) || v.is_null() {
+            continue;
+        }
+        out.insert(k.clone(), render_value(v));
+    }
+    // `wal_keep_segments` does not exist on PostgreSQL 13+; the version switch belongs here
+    // when older versions are supported.
+    out.remove("wal_keep_segments");
+    out
+}
+
+/// pg_hba.conf lines: local `postgresql.pg_hba`, else dynamic, else `bootstrap.pg_hba`. Empty
+/// means "leave the file initdb wrote alone".
+pub fn effective_pg_hba(cfg: &Config, dynamic: &DynamicConfig) -> Vec<String> {
+    if let Some(lines) = &cfg.postgresql.pg_hba {
+        return lines.clone();
+    }
+    if let Some(lines) = &dynamic.pg_hba {
+        return lines.clone();
+    }
+    cfg.bootstrap.pg_hba.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_values() {
+        assert_eq!(render_value(&Value::Bool(true)), "on");
+        assert_eq!(render_value(&serde_json::json!(42)), "42");
+        assert_eq!(render_value(&serde_json::json!("64MB")), "64MB");
+    }
+}
