@@ -1,1 +1,255 @@
 //! Health-check status codes (spec/rest-api.md §1.2).
+
+use std::time::Instant;
+
+use pgpilot_dcs::Cluster;
+use serde_json::Value;
+
+use crate::http::Request;
+use crate::status::sync_flags;
+use crate::NodeSnapshot;
+
+/// `lag` query value: bytes, or a number with a unit (`16kB`, `64MB`, `1GB`, `1TB`).
+pub fn parse_lag(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "kB" | "KB" | "k" => 1024.0,
+        "MB" | "M" => 1024.0 * 1024.0,
+        "GB" | "G" => 1024.0 * 1024.0 * 1024.0,
+        "TB" | "T" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((n * mult) as u64)
+}
+
+fn is_standby_cluster(c: Option<&Cluster>) -> bool {
+    c.and_then(|c| c.config.as_ref())
+        .and_then(|cfg| cfg.data.get("standby_cluster"))
+        .and_then(Value::as_object)
+        .is_some_and(|sc| {
+            ["host", "port", "restore_command"]
+                .iter()
+                .any(|k| sc.get(*k).is_some_and(|v| !v.is_null()))
+        })
+}
+
+struct Codes {
+    leader: u16,
+    primary: u16,
+    standby_leader: u16,
+    replica: u16,
+}
+
+fn codes(s: &NodeSnapshot, req: &Request, now: Instant) -> Codes {
+    let role = s.pg.as_ref().map_or(s.role.as_str(), |pg| {
+        if pg.in_recovery {
+            "replica"
+        } else {
+            "primary"
+        }
+    });
+    let cluster = s.fresh_cluster(now);
+    let leader_optime = cluster
+        .map_or(0, |c| c.status.optime)
+        .max(s.pg.as_ref().and_then(|p| p.latest_end_lsn).unwrap_or(0));
+    let lagging = match req.param("lag").and_then(parse_lag) {
+        Some(max) => {
+            let replayed = s.pg.as_ref().and_then(|p| p.replay_lsn).unwrap_or(0);
+            leader_optime > replayed.saturating_add(max)
+        }
+        None => false,
+    };
+    let rs_ok = req.param("replication_state").is_none_or(|want| {
+        s.pg.as_ref().and_then(|p| p.replication_state.as_deref()) == Some(want)
+    });
+    let noloadbalance = s
+        .configured_tags
+        .get("noloadbalance")
+        .is_some_and(pgpilot_dcs::truthy);
+    let replica =
+        if !noloadbalance && !lagging && role == "replica" && s.state == "running" && rs_ok {
+            200
+        } else {
+            503
+        };
+    let (mut leader, mut primary, mut standby_leader) = (503, 503, 503);
+    if cluster.is_none() && s.paused {
+        if role == "primary" || role == "standby_leader" {
+            leader = 200;
+        }
+        if role == "primary" {
+            primary = 200;
+        }
+        if role == "standby_leader" {
+            standby_leader = 200;
+        }
+    } else if s.is_leader(now) {
+        leader = 200;
+        if is_standby_cluster(cluster) {
+            if role == "replica" || role == "standby_leader" {
+                standby_leader = 200;
+            }
+        } else if role == "primary" {
+            primary = 200;
+        }
+    }
+    Codes {
+        leader,
+        primary,
+        standby_leader,
+        replica,
+    }
+}
+
+/// `tag_<key>=<value>` filters against the configured tags.
+fn tags_match(s: &NodeSnapshot, req: &Request) -> bool {
+    req.query.iter().all(|(k, want)| {
+        let Some(tag) = k.strip_prefix("tag_") else {
+            return true;
+        };
+        match s.configured_tags.get(tag) {
+            None => false,
+            Some(Value::String(v)) => v == want,
+            Some(other) => other.to_string().to_lowercase() == want.to_lowercase(),
+        }
+    })
+}
+
+/// The status code of a health-check path (§1.2 matching order).
+pub fn health_code(s: &NodeSnapshot, req: &Request, now: Instant) -> u16 {
+    let c = codes(s, req, now);
+    let path = if req.path == "/" {
+        "/primary"
+    } else {
+        req.path.as_str()
+    };
+    let filtered = |code: u16| {
+        if code == 200 && !tags_match(s, req) {
+            503
+        } else {
+            code
+        }
+    };
+    if path.contains("standby_leader") || path.contains("standby-leader") {
+        return c.standby_leader;
+    }
+    if path.contains("leader") {
+        return c.leader;
+    }
+    if path.contains("master") || path.contains("primary") || path.contains("read-write") {
+        return c.primary;
+    }
+    if path.contains("replica") {
+        return filtered(c.replica);
+    }
+    if path.contains("read-only") && !path.contains("sync") && !path.contains("quorum") {
+        let code = if c.primary == 200 || c.standby_leader == 200 {
+            200
+        } else {
+            c.replica
+        };
+        return filtered(code);
+    }
+    if path.contains("health") {
+        return filtered(if s.state == "running" { 200 } else { 503 });
+    }
+    let cluster = s.fresh_cluster(now);
+    if cluster.is_none() {
+        return 503;
+    }
+    let (sync, quorum) = sync_flags(s, cluster);
+    let leaderish = c.primary == 200 || c.standby_leader == 200;
+    let code = match path {
+        "/sync" | "/synchronous" => {
+            if sync {
+                c.replica
+            } else {
+                503
+            }
+        }
+        "/quorum" => {
+            if quorum {
+                c.replica
+            } else {
+                503
+            }
+        }
+        "/async" | "/asynchronous" => {
+            if !sync && !quorum {
+                c.replica
+            } else {
+                503
+            }
+        }
+        "/read-only-quorum" => {
+            if leaderish {
+                200
+            } else if quorum {
+                c.replica
+            } else {
+                503
+            }
+        }
+        "/read-only-sync" | "/read-only-synchronous" => {
+            if leaderish {
+                200
+            } else if sync {
+                c.replica
+            } else {
+                503
+            }
+        }
+        _ => 503,
+    };
+    filtered(code)
+}
+
+/// `GET /liveness`: the HA loop is not stuck.
+pub fn liveness(s: &NodeSnapshot, now: Instant) -> u16 {
+    let primary = s.pg.as_ref().is_some_and(|p| !p.in_recovery);
+    let factor = if primary { 1 } else { 2 };
+    if s.paused || s.next_run + s.ttl * factor > now {
+        200
+    } else {
+        503
+    }
+}
+
+/// `GET /readiness?lag=&mode=apply|write`.
+pub fn readiness(s: &NodeSnapshot, req: &Request, now: Instant) -> u16 {
+    if s.is_leader(now) {
+        return 200;
+    }
+    let Some(pg) = &s.pg else { return 503 };
+    if s.state != "running" || pg.replication_state.as_deref() != Some("streaming") {
+        return 503;
+    }
+    let leader_optime = s
+        .fresh_cluster(now)
+        .map(|c| c.status.optime)
+        .or(pg.latest_end_lsn);
+    let Some(optime) = leader_optime else {
+        return 503;
+    };
+    let max = req
+        .param("lag")
+        .and_then(parse_lag)
+        .unwrap_or(s.maximum_lag_on_failover);
+    let pos = if req.param("mode") == Some("write") {
+        pg.receive_lsn
+    } else {
+        pg.replay_lsn
+    }
+    .unwrap_or(0);
+    if optime.saturating_sub(pos) <= max {
+        200
+    } else {
+        503
+    }
+}

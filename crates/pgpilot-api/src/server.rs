@@ -1,17 +1,35 @@
-//! The HTTP/1.0 server: accept loop, request parsing, routing.
+//! The HTTP/1.0 server: accept loop, routing, the read-side endpoints.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use pgpilot_dcs::Dcs;
+use pgpilot_dcs::{Cluster, Dcs, HistoryLine};
+use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
+use crate::health::{health_code, liveness, readiness};
+use crate::http::{python_json, read_request, write_response, Request, Response};
+use crate::status::{status_document, sync_flags};
 use crate::NodeSnapshot;
 
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request within this time.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct ServerOptions {
-    /// `restapi.authentication` (protects mutating endpoints; none exist yet in this version).
+    /// `restapi.authentication`: required for every mutating request.
     pub auth: Option<(String, String)>,
+}
+
+struct Shared<D> {
+    snapshot: watch::Receiver<Arc<NodeSnapshot>>,
+    dcs: Arc<D>,
+    /// Expected `Authorization` header value.
+    auth_header: Option<String>,
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled.
@@ -22,6 +40,264 @@ pub async fn serve<D: Dcs>(
     options: ServerOptions,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let _ = (listener, snapshot, dcs, options, shutdown);
-    unimplemented!()
+    let shared = Arc::new(Shared {
+        snapshot,
+        dcs,
+        auth_header: options
+            .auth
+            .map(|(u, p)| format!("Basic {}", base64(format!("{u}:{p}").as_bytes()))),
+    });
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (read, mut write) = stream.into_split();
+            let resp = match tokio::time::timeout(READ_TIMEOUT, read_request(read)).await {
+                Ok(Ok(req)) => handle(&shared, &req).await,
+                Ok(Err(bad)) => Response::error(bad.0, bad.1),
+                Err(_) => return,
+            };
+            if let Err(e) = write_response(&mut write, &resp).await {
+                debug!("reply to {peer} failed: {e}");
+            }
+        });
+    }
+}
+
+async fn handle<D: Dcs>(shared: &Shared<D>, req: &Request) -> Response {
+    let snap = shared.snapshot.borrow().clone();
+    let now = Instant::now();
+    let bare = matches!(req.method.as_str(), "HEAD" | "OPTIONS");
+    if req.method == "GET" || bare {
+        let mut resp = get(shared, &snap, req, now).await;
+        resp.bare = bare;
+        return resp;
+    }
+    // Mutating endpoints come with the write side; the access check is already in force.
+    if let Some(expected) = &shared.auth_header {
+        let Some(given) = req.header("Authorization") else {
+            return unauthorized("no auth header received");
+        };
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return unauthorized("not authenticated");
+        }
+    }
+    Response::error(501, &format!("Unsupported method ('{}')", req.method))
+}
+
+fn unauthorized(msg: &str) -> Response {
+    let mut r = Response::text(401, msg);
+    r.extra_headers
+        .push(("WWW-Authenticate".into(), "Basic realm=\"Patroni\"".into()));
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn get<D: Dcs>(
+    shared: &Shared<D>,
+    snap: &NodeSnapshot,
+    req: &Request,
+    now: Instant,
+) -> Response {
+    let first = req
+        .path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("");
+    match first {
+        "patroni" => Response::json(200, python_json(&status_document(snap, now))),
+        "liveness" => Response::status_only(liveness(snap, now)),
+        "readiness" => Response::status_only(readiness(snap, req, now)),
+        "cluster" => match shared.dcs.cluster_fresh().await {
+            Ok(c) => Response::json(200, python_json(&cluster_json(snap, &c))),
+            Err(e) => Response::text(503, format!("DCS is not accessible: {e}")),
+        },
+        "history" => match shared.dcs.cluster_fresh().await {
+            Ok(c) => {
+                let lines: Vec<Value> = c
+                    .history
+                    .unwrap_or_default()
+                    .iter()
+                    .map(HistoryLine::to_value)
+                    .collect();
+                Response::json(200, python_json(&Value::Array(lines)))
+            }
+            Err(e) => Response::text(503, format!("DCS is not accessible: {e}")),
+        },
+        "config" => match shared.dcs.cluster_fresh().await {
+            Ok(Cluster {
+                config: Some(cfg), ..
+            }) => Response::json(200, python_json(&Value::Object(cfg.data))),
+            _ => Response::status_only(502),
+        },
+        _ => Response::json(
+            health_code(snap, req, now),
+            python_json(&status_document(snap, now)),
+        ),
+    }
+}
+
+fn lsn_text(l: u64) -> String {
+    format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)
+}
+
+/// `cluster_as_json`: what `GET /cluster` and `patronictl list` show.
+pub fn cluster_json(snap: &NodeSnapshot, c: &Cluster) -> Value {
+    let leader = c.leader_name();
+    let standby_cluster = c
+        .config
+        .as_ref()
+        .and_then(|cfg| cfg.data.get("standby_cluster"))
+        .is_some_and(|v| v.is_object());
+    let optime = c.status.optime;
+    let mut members = Vec::new();
+    for m in &c.members {
+        let d = &m.data;
+        let is_leader = Some(m.name.as_str()) == leader;
+        let mut probe = snap.clone();
+        probe.name = m.name.clone();
+        probe.role = "replica".into();
+        let (sync, quorum) = sync_flags(&probe, Some(c));
+        let role = if is_leader {
+            if standby_cluster {
+                "standby_leader"
+            } else {
+                "leader"
+            }
+        } else if sync {
+            "sync_standby"
+        } else if quorum {
+            "quorum_standby"
+        } else {
+            "replica"
+        };
+        let mut o = Map::new();
+        o.insert("name".into(), json!(m.name));
+        o.insert("role".into(), json!(role));
+        let state = if is_leader {
+            d.state.clone()
+        } else {
+            d.replication_state
+                .clone()
+                .unwrap_or_else(|| d.state.clone())
+        };
+        o.insert("state".into(), json!(state));
+        o.insert("api_url".into(), json!(d.api_url));
+        if let Some((host, port)) = d.host_port() {
+            o.insert("host".into(), json!(host));
+            o.insert("port".into(), json!(port));
+        }
+        if let Some(tl) = d.timeline {
+            o.insert("timeline".into(), json!(tl));
+        }
+        if d.pending_restart == Some(true) {
+            o.insert("pending_restart".into(), json!(true));
+            if let Some(r) = &d.pending_restart_reason {
+                o.insert("pending_restart_reason".into(), Value::Object(r.clone()));
+            }
+        }
+        if let Some(s) = &d.scheduled_restart {
+            o.insert("scheduled_restart".into(), Value::Object(s.clone()));
+        }
+        if let Some(t) = &d.tags {
+            o.insert("tags".into(), Value::Object(t.clone()));
+        }
+        if !is_leader {
+            for (field, lsn) in [
+                ("receive", d.receive_lsn),
+                ("replay", d.replay_lsn),
+                ("", d.xlog_location),
+            ] {
+                let (lk, gk) = if field.is_empty() {
+                    ("lsn".to_string(), "lag".to_string())
+                } else {
+                    (format!("{field}_lsn"), format!("{field}_lag"))
+                };
+                match lsn {
+                    Some(l) => {
+                        o.insert(lk, json!(lsn_text(l)));
+                        o.insert(gk, json!(optime.saturating_sub(l)));
+                    }
+                    None => {
+                        o.insert(lk, json!("unknown"));
+                        o.insert(gk, json!("unknown"));
+                    }
+                }
+            }
+        }
+        members.push(Value::Object(o));
+    }
+    let mut out = Map::new();
+    out.insert("members".into(), Value::Array(members));
+    out.insert("scope".into(), json!(snap.scope));
+    if c.is_paused() {
+        out.insert("pause".into(), json!(true));
+    }
+    if let Some(f) = c.failover.as_ref().filter(|f| f.scheduled_at.is_some()) {
+        let mut s = Map::new();
+        s.insert("at".into(), json!(f.scheduled_at));
+        if let Some(l) = &f.leader {
+            s.insert("from".into(), json!(l));
+        }
+        if let Some(m) = &f.member {
+            s.insert("to".into(), json!(m));
+        }
+        out.insert("scheduled_switchover".into(), Value::Object(s));
+    }
+    Value::Object(out)
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_basic_auth() {
+        assert_eq!(base64(b"admin:admin"), "YWRtaW46YWRtaW4=");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"abc"), "YWJj");
+    }
 }

@@ -2,12 +2,111 @@
 
 use std::time::Instant;
 
-use serde_json::Value;
+use pgpilot_dcs::{Cluster, PATRONI_COMPAT_VERSION};
+use serde_json::{json, Map, Value};
 
 use crate::NodeSnapshot;
 
+/// Whether this node is listed in `/sync` (case-insensitive) — `(sync, quorum)` flags.
+pub(crate) fn sync_flags(s: &NodeSnapshot, cluster: Option<&Cluster>) -> (bool, bool) {
+    let Some(c) = cluster else {
+        return (false, false);
+    };
+    let mode = c
+        .config
+        .as_ref()
+        .and_then(|cfg| cfg.data.get("synchronous_mode"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let quorum = mode.as_str() == Some("quorum");
+    let on = quorum || pgpilot_dcs::truthy(&mode);
+    if !on || s.role != "replica" {
+        return (false, false);
+    }
+    let listed = c
+        .sync
+        .as_ref()
+        .and_then(|sy| sy.sync_standby.as_deref())
+        .is_some_and(|list| {
+            list.split(',')
+                .any(|n| n.trim().eq_ignore_ascii_case(&s.name))
+        });
+    if quorum {
+        (false, listed)
+    } else {
+        (listed, false)
+    }
+}
+
 /// Builds the status document as Patroni does, field order included.
-pub fn status_document(snapshot: &NodeSnapshot, now: Instant) -> Value {
-    let _ = (snapshot, now);
-    unimplemented!()
+pub fn status_document(s: &NodeSnapshot, now: Instant) -> Value {
+    let mut d = Map::new();
+    let cluster = s.fresh_cluster(now);
+    d.insert("state".into(), json!(s.state));
+    if let Some(pg) = &s.pg {
+        d.insert(
+            "postmaster_start_time".into(),
+            json!(pg.postmaster_start_time),
+        );
+        d.insert(
+            "role".into(),
+            json!(if pg.in_recovery { "replica" } else { "primary" }),
+        );
+        d.insert("server_version".into(), json!(pg.server_version));
+        let xlog = if pg.in_recovery {
+            let replayed = pg.replay_lsn.unwrap_or(0);
+            json!({
+                "received_location": pg.receive_lsn.unwrap_or(replayed),
+                "replayed_location": replayed,
+                "replayed_timestamp": pg.replay_timestamp,
+                "paused": pg.replay_paused,
+            })
+        } else {
+            json!({"location": pg.wal_flush_lsn.unwrap_or(0)})
+        };
+        d.insert("xlog".into(), xlog);
+        d.insert("timeline".into(), json!(pg.timeline));
+        if pg.in_recovery {
+            if let Some(rs) = &pg.replication_state {
+                d.insert("replication_state".into(), json!(rs));
+            }
+        }
+        if !pg.replication.is_empty() {
+            d.insert("replication".into(), Value::Array(pg.replication.clone()));
+        }
+        let (sync, quorum) = sync_flags(s, cluster);
+        if sync {
+            d.insert("sync_standby".into(), json!(true));
+        }
+        if quorum {
+            d.insert("quorum_standby".into(), json!(true));
+        }
+    } else {
+        d.insert("role".into(), json!(s.role));
+    }
+    if s.paused {
+        d.insert("pause".into(), json!(true));
+    }
+    if cluster.is_none_or(Cluster::is_unlocked) {
+        d.insert("cluster_unlocked".into(), json!(true));
+    }
+    d.insert("dcs_last_seen".into(), json!(s.dcs_last_seen));
+    if !s.tags.is_empty() {
+        d.insert("tags".into(), Value::Object(s.tags.clone()));
+    }
+    if let Some(sysid) = &s.database_system_identifier {
+        d.insert("database_system_identifier".into(), json!(sysid));
+    }
+    if let Some(reason) = &s.pending_restart_reason {
+        d.insert("pending_restart".into(), json!(true));
+        d.insert(
+            "pending_restart_reason".into(),
+            Value::Object(reason.clone()),
+        );
+    }
+    d.insert(
+        "patroni".into(),
+        json!({"version": PATRONI_COMPAT_VERSION, "scope": s.scope, "name": s.name}),
+    );
+    Value::Object(d)
 }

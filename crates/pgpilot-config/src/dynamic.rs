@@ -18,7 +18,7 @@ pub struct DynamicConfig {
     pub pause: bool,
     pub use_pg_rewind: bool,
     pub use_slots: bool,
-    /// `postgresql.parameters` of the dynamic document, values as strings.
+    /// `postgresql.parameters` of the dynamic document.
     pub parameters: Map<String, Value>,
     pub pg_hba: Option<Vec<String>>,
     /// The document as stored (unknown keys kept).
@@ -31,11 +31,102 @@ impl Default for DynamicConfig {
     }
 }
 
+/// Patroni casts these with `int()`: numbers and numeric strings are accepted.
+fn int(doc: &Map<String, Value>, key: &str, warnings: &mut Vec<String>) -> Option<i64> {
+    let v = doc.get(key)?;
+    let n = match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        Value::Null => return None,
+        _ => None,
+    };
+    if n.is_none() {
+        warnings.push(format!("{key}: {v} is not an integer, using the default"));
+    }
+    n
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => {
+            matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1")
+        }
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        _ => false,
+    }
+}
+
 impl DynamicConfig {
     /// Reads a `/config` document. Never fails: invalid values fall back to defaults; every
     /// adjustment (timing rule, bad types) is returned as a warning for the log.
     pub fn from_document(doc: &Map<String, Value>) -> (DynamicConfig, Vec<String>) {
-        let _ = doc;
-        unimplemented!()
+        let mut w = Vec::new();
+        let mut ttl = int(doc, "ttl", &mut w).unwrap_or(30);
+        let mut loop_wait = int(doc, "loop_wait", &mut w).unwrap_or(10);
+        let mut retry = int(doc, "retry_timeout", &mut w).unwrap_or(10);
+        for (name, value, min) in [
+            ("ttl", &mut ttl, 20),
+            ("loop_wait", &mut loop_wait, 1),
+            ("retry_timeout", &mut retry, 3),
+        ] {
+            if *value < min {
+                w.push(format!(
+                    "{name}={value} is below the minimum {min}; using {min}"
+                ));
+                *value = min;
+            }
+        }
+        if loop_wait + 2 * retry > ttl {
+            if ttl - 2 * retry >= 1 {
+                let lw = ttl - 2 * retry;
+                w.push(format!("loop_wait + 2*retry_timeout must be <= ttl: loop_wait reduced from {loop_wait} to {lw}"));
+                loop_wait = lw;
+            } else {
+                let rt = (ttl - 1) / 2;
+                w.push(format!("loop_wait + 2*retry_timeout must be <= ttl: loop_wait set to 1 and retry_timeout reduced from {retry} to {rt}"));
+                loop_wait = 1;
+                retry = rt;
+            }
+        }
+        let pg = doc.get("postgresql").and_then(Value::as_object);
+        let secs = |n: i64| Duration::from_secs(u64::try_from(n).unwrap_or(0));
+        let cfg = DynamicConfig {
+            ttl: secs(ttl),
+            loop_wait: secs(loop_wait),
+            retry_timeout: secs(retry),
+            maximum_lag_on_failover: int(doc, "maximum_lag_on_failover", &mut w)
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(1_048_576),
+            primary_start_timeout: secs(
+                int(doc, "primary_start_timeout", &mut w)
+                    .or_else(|| int(doc, "master_start_timeout", &mut w))
+                    .unwrap_or(300),
+            ),
+            check_timeline: truthy(doc.get("check_timeline")),
+            max_timelines_history: int(doc, "max_timelines_history", &mut w)
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(0),
+            pause: truthy(doc.get("pause")),
+            use_pg_rewind: truthy(pg.and_then(|p| p.get("use_pg_rewind"))),
+            use_slots: pg
+                .and_then(|p| p.get("use_slots"))
+                .is_none_or(|v| truthy(Some(v))),
+            parameters: pg
+                .and_then(|p| p.get("parameters"))
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            pg_hba: pg
+                .and_then(|p| p.get("pg_hba"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                        .collect()
+                }),
+            raw: doc.clone(),
+        };
+        (cfg, w)
     }
 }

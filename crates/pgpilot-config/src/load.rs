@@ -1,17 +1,667 @@
-//! placeholder
-use std::path::Path;
-use serde_json::Value;
-use crate::{ConfigError, Loaded};
+//! Reading the local configuration: file, directory or `PATRONI_CONFIGURATION`, environment
+//! over it, then the typed [`Config`] with every problem named by its key path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::{
+    env, yaml, BootstrapConfig, Config, ConfigError, Credentials, CtlConfig, EtcdConfig, Loaded,
+    LogConfig, PostgresqlConfig, Problem, RestApiConfig, Tags,
+};
+
+/// Name Patroni reserves for the strict synchronous-mode placeholder.
+const PLACEHOLDER: &str = "__patroni_strict_sync_replica_placeholder__";
+
+/// Cluster-wide parameters: settable only through the dynamic configuration (spec §3.12).
+pub(crate) const CLUSTER_WIDE: &[&str] = &[
+    "max_connections",
+    "max_locks_per_transaction",
+    "max_worker_processes",
+    "max_prepared_transactions",
+    "wal_level",
+    "track_commit_timestamp",
+    "max_wal_senders",
+    "max_replication_slots",
+    "wal_keep_segments",
+    "wal_keep_size",
+    "wal_log_hints",
+];
+
+/// Keys of the local document that pgpilot models. Anything else is accepted, kept in
+/// `Config::raw`, and named once in a warning.
+const MODELLED: &[&str] = &[
+    "name",
+    "scope",
+    "namespace",
+    "restapi.listen",
+    "restapi.connect_address",
+    "restapi.authentication",
+    "ctl.authentication",
+    "etcd3",
+    "etcd",
+    "bootstrap.dcs",
+    "bootstrap.initdb",
+    "bootstrap.pg_hba",
+    "bootstrap.post_bootstrap",
+    "bootstrap.post_init",
+    "bootstrap.method",
+    "postgresql.listen",
+    "postgresql.connect_address",
+    "postgresql.data_dir",
+    "postgresql.config_dir",
+    "postgresql.bin_dir",
+    "postgresql.pgpass",
+    "postgresql.authentication",
+    "postgresql.parameters",
+    "postgresql.pg_hba",
+    "postgresql.basebackup",
+    "postgresql.pg_ctl_timeout",
+    "postgresql.use_pg_rewind",
+    "postgresql.remove_data_directory_on_rewind_failure",
+    "postgresql.remove_data_directory_on_diverged_timelines",
+    "postgresql.callbacks",
+    "postgresql.use_unix_socket",
+    "postgresql.use_unix_socket_repl",
+    "tags",
+    "log.level",
+    "log.type",
+    "log.format",
+    "log.dateformat",
+    "log.dir",
+];
+
+const INITDB_FORBIDDEN: &[&str] = &["pgdata", "nosync", "pwfile", "sync-only", "version"];
+const BASEBACKUP_FORBIDDEN: &[&str] = &[
+    "pgdata",
+    "format",
+    "wal-method",
+    "xlog-method",
+    "gzip",
+    "version",
+    "dbname",
+    "host",
+    "port",
+    "username",
+    "password",
+];
+
+fn deep_merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        deep_merge(existing, v)
+                    }
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    yaml::parse(&text, &path.display().to_string())
+}
 
 /// Loads the local configuration from a file, a directory of YAML files, or (path absent /
 /// `None`) `PATRONI_CONFIGURATION`, then merges `PATRONI_*` variables from `env` over it.
 pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
-    let _ = (path, env);
-    unimplemented!()
+    let mut doc = Value::Object(Map::new());
+    match path {
+        Some(p) if p.is_dir() => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+                .collect();
+            files.sort();
+            for f in files {
+                deep_merge(&mut doc, read_yaml(&f)?);
+            }
+        }
+        Some(p) if p.exists() => doc = read_yaml(p)?,
+        _ => {
+            if let Some((_, text)) = env.iter().find(|(k, _)| k == "PATRONI_CONFIGURATION") {
+                doc = yaml::parse(text, "PATRONI_CONFIGURATION")?;
+            } else if let Some(p) = path {
+                return Err(ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no such file, and PATRONI_CONFIGURATION is not set",
+                    ),
+                });
+            }
+        }
+    }
+    let Value::Object(mut map) = doc else {
+        return Err(ConfigError::Invalid(vec![Problem {
+            path: "<root>".into(),
+            message: "the configuration must be a mapping".into(),
+        }]));
+    };
+    env::apply(&mut map, env);
+    let home = env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| v.clone());
+    build(Value::Object(map), home.as_deref())
 }
 
-/// Builds a [`crate::Config`] from an already merged document (used by tests and `load`).
+/// Builds a [`Config`] from an already merged document (used by tests and `load`).
 pub fn load_from_value(doc: Value) -> Result<Loaded, ConfigError> {
-    let _ = doc;
-    unimplemented!()
+    build(doc, std::env::var("HOME").ok().as_deref())
+}
+
+/// Typed access to the document that collects problems instead of stopping at the first.
+pub(crate) struct Reader<'a> {
+    pub doc: &'a Value,
+    pub problems: Vec<Problem>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn get(&self, path: &str) -> Option<&'a Value> {
+        let mut cur = self.doc;
+        for part in path.split('.') {
+            cur = cur.as_object()?.get(part)?;
+        }
+        Some(cur).filter(|v| !v.is_null())
+    }
+
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn string(&mut self, path: &str, required: bool) -> Option<String> {
+        match self.get(path) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Bool(b)) => Some(b.to_string()),
+            Some(Value::String(_)) | None => {
+                if required {
+                    self.problem(path, "is not defined.");
+                }
+                None
+            }
+            Some(other) => {
+                self.problem(
+                    path,
+                    format!("{other} didn't pass validation: expected a string"),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn boolean(&mut self, path: &str) -> Option<bool> {
+        match self.get(path)? {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) => match s.to_ascii_lowercase().as_str() {
+                "true" | "on" | "yes" | "1" => Some(true),
+                "false" | "off" | "no" | "0" => Some(false),
+                _ => {
+                    self.problem(
+                        path,
+                        format!("{s} didn't pass validation: expected a boolean"),
+                    );
+                    None
+                }
+            },
+            Value::Number(n) => Some(n.as_f64().is_some_and(|f| f != 0.0)),
+            other => {
+                self.problem(
+                    path,
+                    format!("{other} didn't pass validation: expected a boolean"),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn number(&mut self, path: &str) -> Option<f64> {
+        match self.get(path)? {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => match s.trim().parse::<f64>() {
+                Ok(f) => Some(f),
+                Err(_) => {
+                    self.problem(
+                        path,
+                        format!("{s} didn't pass validation: expected a number"),
+                    );
+                    None
+                }
+            },
+            other => {
+                self.problem(
+                    path,
+                    format!("{other} didn't pass validation: expected a number"),
+                );
+                None
+            }
+        }
+    }
+
+    fn credentials(&mut self, path: &str, required: bool) -> Option<Credentials> {
+        if self.get(path).is_none() {
+            if required {
+                self.problem(path, "is not defined.");
+            }
+            return None;
+        }
+        let username = self.string(&format!("{path}.username"), true)?;
+        let password = self.string(&format!("{path}.password"), false);
+        Some(Credentials { username, password })
+    }
+
+    /// `host:port` split; problems name `path`.
+    fn host_port(&mut self, path: &str) -> Option<(String, u16)> {
+        let s = self.string(path, true)?;
+        match s.rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(port) => Some((h.to_string(), port)),
+                Err(_) => {
+                    self.problem(
+                        path,
+                        format!("{s} didn't pass validation: the port is not a number"),
+                    );
+                    None
+                }
+            },
+            None => {
+                self.problem(
+                    path,
+                    format!("{s} didn't pass validation: expected host:port"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `initdb`/`basebackup` option lists: `opt`, `{opt: value}`, or a mapping.
+    fn options(&mut self, path: &str, forbidden: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut push = |me: &mut Self, k: &str, v: Option<&Value>| {
+            if forbidden.contains(&k) {
+                me.problem(
+                    path,
+                    format!("{k} didn't pass validation: option {k} is not allowed"),
+                );
+                return;
+            }
+            match v {
+                None | Some(Value::Null) => out.push(format!("--{k}")),
+                Some(Value::String(s)) => out.push(format!("--{k}={s}")),
+                Some(other) => out.push(format!("--{k}={other}")),
+            }
+        };
+        match self.get(path) {
+            None => {}
+            Some(Value::Array(items)) => {
+                for item in items {
+                    match item {
+                        Value::String(s) => push(self, s, None),
+                        Value::Object(m) if m.len() == 1 => {
+                            for (k, v) in m {
+                                push(self, k, Some(v));
+                            }
+                        }
+                        other => self.problem(path, format!("{other} didn't pass validation: expected an option or a single-key mapping")),
+                    }
+                }
+            }
+            Some(Value::Object(m)) => {
+                for (k, v) in m {
+                    push(self, k, Some(v));
+                }
+            }
+            Some(other) => self.problem(
+                path,
+                format!("{other} didn't pass validation: expected a list"),
+            ),
+        }
+        out
+    }
+
+    fn lines(&mut self, path: &str) -> Option<Vec<String>> {
+        match self.get(path)? {
+            Value::Array(items) => Some(
+                items
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect(),
+            ),
+            other => {
+                self.problem(
+                    path,
+                    format!("{other} didn't pass validation: expected a list of lines"),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn etcd_hosts(r: &mut Reader<'_>, section: &str) -> Vec<String> {
+    let with_port = |h: &str| {
+        let h = h.trim();
+        let h = h
+            .split_once("://")
+            .map_or(h, |(_, rest)| rest)
+            .trim_end_matches('/');
+        if h.rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            h.to_string()
+        } else {
+            format!("{h}:2379")
+        }
+    };
+    if let Some(v) = r.get(&format!("{section}.hosts")) {
+        return match v {
+            Value::Array(a) => a.iter().filter_map(Value::as_str).map(with_port).collect(),
+            Value::String(s) => s
+                .split(',')
+                .filter(|x| !x.trim().is_empty())
+                .map(with_port)
+                .collect(),
+            _ => Vec::new(),
+        };
+    }
+    for key in ["host", "url", "proxy"] {
+        if let Some(s) = r.string(&format!("{section}.{key}"), false) {
+            return s.split(',').map(with_port).collect();
+        }
+    }
+    Vec::new()
+}
+
+fn tags(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Tags {
+    let mut t = Tags {
+        failover_priority: 1,
+        ..Default::default()
+    };
+    let Some(Value::Object(map)) = r.get("tags").cloned() else {
+        return t;
+    };
+    let truthy = |v: &Value| pgpilot_dcs_truthy(v);
+    t.nofailover = map.get("nofailover").is_some_and(truthy);
+    t.noloadbalance = map.get("noloadbalance").is_some_and(truthy);
+    t.clonefrom = map.get("clonefrom").is_some_and(truthy);
+    t.nosync = map.get("nosync").is_some_and(truthy);
+    t.replicatefrom = map
+        .get("replicatefrom")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let prio = map.get("failover_priority").and_then(|v| match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    });
+    if let Some(p) = prio {
+        t.failover_priority = p;
+        if t.nofailover && p > 0 {
+            warnings.push(format!("Conflicting configuration between nofailover: True and failover_priority: {p}. Defaulting to nofailover: True"));
+        }
+    }
+    if t.nofailover {
+        t.failover_priority = 0;
+    }
+    for (k, v) in &map {
+        let keep = match k.as_str() {
+            "nofailover" => truthy(v) || map.contains_key("failover_priority"),
+            "nosync" => truthy(v) || map.contains_key("sync_priority"),
+            "clonefrom" | "noloadbalance" | "nostream" => truthy(v),
+            _ => true,
+        };
+        if keep {
+            t.published.insert(k.clone(), v.clone());
+        }
+    }
+    t
+}
+
+fn pgpilot_dcs_truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1"),
+        _ => false,
+    }
+}
+
+/// Every leaf path of `v` (objects only), for the unknown-keys warning.
+fn leaf_paths(prefix: &str, v: &Value, out: &mut Vec<String>) {
+    if let Value::Object(m) = v {
+        for (k, child) in m {
+            let p = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if MODELLED.contains(&p.as_str()) {
+                continue;
+            }
+            if MODELLED.iter().any(|m| m.starts_with(&format!("{p}."))) && child.is_object() {
+                leaf_paths(&p, child, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
+    let mut warnings = Vec::new();
+    let mut r = Reader {
+        doc: &doc,
+        problems: Vec::new(),
+    };
+
+    let name = r.string("name", true).unwrap_or_default();
+    if name == PLACEHOLDER {
+        r.problem(
+            "name",
+            format!("{name} didn't pass validation: this name is reserved"),
+        );
+    }
+    let scope = r.string("scope", true).unwrap_or_default();
+    let namespace = r
+        .string("namespace", false)
+        .unwrap_or_else(|| "/service".into());
+
+    let rest_listen = r.string("restapi.listen", true).unwrap_or_default();
+    let rest_connect = r
+        .string("restapi.connect_address", true)
+        .unwrap_or_default();
+    let rest_auth = r.credentials("restapi.authentication", false);
+    let ctl_auth = r
+        .credentials("ctl.authentication", false)
+        .or_else(|| rest_auth.clone());
+
+    let section = if r.get("etcd3").is_some() {
+        "etcd3"
+    } else if r.get("etcd").is_some() {
+        warnings.push(
+            "the etcd section is read as etcd3: pgpilot talks to etcd through the v3 API".into(),
+        );
+        "etcd"
+    } else {
+        r.problem("etcd3", "is not defined.");
+        "etcd3"
+    };
+    let hosts = etcd_hosts(&mut r, section);
+    if hosts.is_empty() && r.get(section).is_some() {
+        r.problem(&format!("{section}.hosts"), "is not defined.");
+    }
+    let protocol = r
+        .string(&format!("{section}.protocol"), false)
+        .unwrap_or_else(|| "http".into());
+    if protocol != "http" {
+        r.problem(
+            &format!("{section}.protocol"),
+            format!("{protocol} didn't pass validation: only http is supported by pgpilot yet"),
+        );
+    }
+    let etcd = EtcdConfig {
+        hosts,
+        protocol,
+        username: r.string(&format!("{section}.username"), false),
+        password: r.string(&format!("{section}.password"), false),
+    };
+
+    let dcs = match r.get("bootstrap.dcs") {
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => {
+            r.problem(
+                "bootstrap.dcs",
+                format!("{other} didn't pass validation: expected a mapping"),
+            );
+            Map::new()
+        }
+        None => Map::new(),
+    };
+    let bootstrap = BootstrapConfig {
+        dcs,
+        initdb: r.options("bootstrap.initdb", INITDB_FORBIDDEN),
+        pg_hba: r.lines("bootstrap.pg_hba").unwrap_or_default(),
+        post_bootstrap: r
+            .string("bootstrap.post_bootstrap", false)
+            .or_else(|| r.string("bootstrap.post_init", false)),
+    };
+
+    let (listen_addresses, port) = r.host_port("postgresql.listen").unwrap_or_default();
+    let connect_address = r
+        .string("postgresql.connect_address", true)
+        .unwrap_or_default();
+    let data_dir = PathBuf::from(r.string("postgresql.data_dir", true).unwrap_or_default());
+    let config_dir = r
+        .string("postgresql.config_dir", false)
+        .map_or_else(|| data_dir.clone(), PathBuf::from);
+    let bin_dir = PathBuf::from(r.string("postgresql.bin_dir", false).unwrap_or_default());
+    let pgpass = r.string("postgresql.pgpass", false).map_or_else(
+        || PathBuf::from(home.unwrap_or("/tmp")).join("pgpass"),
+        PathBuf::from,
+    );
+    // Legacy layout: postgresql.superuser / postgresql.replication without `authentication`.
+    let auth_base = if r.get("postgresql.authentication").is_none()
+        && (r.get("postgresql.superuser").is_some() || r.get("postgresql.replication").is_some())
+    {
+        "postgresql"
+    } else {
+        "postgresql.authentication"
+    };
+    let superuser = r
+        .credentials(&format!("{auth_base}.superuser"), true)
+        .unwrap_or_default();
+    let replication = r
+        .credentials(&format!("{auth_base}.replication"), true)
+        .unwrap_or_default();
+    let rewind = r.credentials(&format!("{auth_base}.rewind"), false);
+    let mut parameters = match r.get("postgresql.parameters") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
+    let ignored: Vec<String> = parameters
+        .keys()
+        .filter(|k| CLUSTER_WIDE.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for k in &ignored {
+        parameters.remove(k);
+    }
+    if !ignored.is_empty() {
+        warnings.push(format!(
+            "postgresql.parameters: {} can only be set in the dynamic configuration (bootstrap.dcs or /config); ignored here",
+            ignored.join(", ")
+        ));
+    }
+    let pg_ctl_timeout = r.number("postgresql.pg_ctl_timeout").unwrap_or(60.0);
+    let callbacks: BTreeMap<String, String> = match r.get("postgresql.callbacks") {
+        Some(Value::Object(m)) => m
+            .iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    let postgresql = PostgresqlConfig {
+        listen_addresses,
+        port,
+        connect_address,
+        data_dir,
+        config_dir,
+        bin_dir,
+        pgpass,
+        superuser,
+        replication,
+        rewind,
+        parameters,
+        pg_hba: r.lines("postgresql.pg_hba"),
+        basebackup: r.options("postgresql.basebackup", BASEBACKUP_FORBIDDEN),
+        pg_ctl_timeout: Duration::from_secs_f64(pg_ctl_timeout.max(1.0)),
+        use_pg_rewind: r.boolean("postgresql.use_pg_rewind"),
+        remove_data_directory_on_rewind_failure: r
+            .boolean("postgresql.remove_data_directory_on_rewind_failure")
+            .unwrap_or(false),
+        remove_data_directory_on_diverged_timelines: r
+            .boolean("postgresql.remove_data_directory_on_diverged_timelines")
+            .unwrap_or(false),
+        callbacks,
+    };
+    let tags = tags(&mut r, &mut warnings);
+    let log = LogConfig {
+        level: r
+            .string("log.level", false)
+            .unwrap_or_else(|| "INFO".into()),
+        format_json: r.string("log.type", false).is_some_and(|t| t == "json"),
+        dir: r.string("log.dir", false).map(PathBuf::from),
+    };
+
+    let mut unknown = Vec::new();
+    leaf_paths("", &doc, &mut unknown);
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "keys not implemented by pgpilot yet, accepted and ignored: {}",
+            unknown.join(", ")
+        ));
+    }
+    if !r.problems.is_empty() {
+        return Err(ConfigError::Invalid(r.problems));
+    }
+    let config = Config {
+        name,
+        scope,
+        namespace,
+        restapi: RestApiConfig {
+            listen: rest_listen,
+            connect_address: rest_connect,
+            authentication: rest_auth,
+        },
+        ctl: CtlConfig {
+            authentication: ctl_auth,
+        },
+        etcd,
+        bootstrap,
+        postgresql,
+        tags,
+        log,
+        raw: doc.clone(),
+    };
+    Ok(Loaded { config, warnings })
 }

@@ -65,20 +65,29 @@ pub trait Dcs: Send + Sync + 'static {
 
     /// `initialize` key: with `create_new`, create-if-absent (the bootstrap race; `Ok(true)` =
     /// won); otherwise an unconditional put.
-    fn initialize(&self, create_new: bool, sysid: &str)
-        -> impl Future<Output = Result<bool>> + Send;
+    fn initialize(
+        &self,
+        create_new: bool,
+        sysid: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Deletes `initialize` (failed bootstrap).
     fn cancel_initialization(&self) -> impl Future<Output = Result<()>> + Send;
 
     /// Puts `config` (compact JSON); with `version`, only if its mod_revision still equals it.
     /// `Ok(false)` = CAS failed.
-    fn set_config(&self, value: &str, version: Option<i64>)
-        -> impl Future<Output = Result<bool>> + Send;
+    fn set_config(
+        &self,
+        value: &str,
+        version: Option<i64>,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Puts `failover` (compact JSON, `{}` to clear); CAS like [`Dcs::set_config`].
-    fn set_failover(&self, value: &str, version: Option<i64>)
-        -> impl Future<Output = Result<bool>> + Send;
+    fn set_failover(
+        &self,
+        value: &str,
+        version: Option<i64>,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Unconditional put of `history` (no lease).
     fn set_history(&self, value: &str) -> impl Future<Output = Result<()>> + Send;

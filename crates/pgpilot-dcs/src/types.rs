@@ -277,7 +277,12 @@ impl HistoryLine {
 
     pub fn parse_lines(text: &str) -> Option<Vec<HistoryLine>> {
         let v: Value = serde_json::from_str(text).ok()?;
-        Some(v.as_array()?.iter().filter_map(HistoryLine::from_value).collect())
+        Some(
+            v.as_array()?
+                .iter()
+                .filter_map(HistoryLine::from_value)
+                .collect(),
+        )
     }
 }
 
@@ -302,7 +307,9 @@ pub struct Cluster {
 impl Cluster {
     /// Builds the view from `(key relative to the prefix, value, mod_revision, lease)` tuples,
     /// exactly as Patroni's readers do (lenient: invalid JSON is treated as empty).
-    pub fn from_entries<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str, i64, i64)>) -> Cluster {
+    pub fn from_entries<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a str, i64, i64)>,
+    ) -> Cluster {
         let mut c = Cluster::default();
         for (key, value, version, lease) in entries {
             match key {
@@ -453,7 +460,10 @@ mod tests {
             r#"{"leader":"a","member":"b"}"#
         );
         let l = Failover::parse("a:b", 1).unwrap();
-        assert_eq!((l.leader.as_deref(), l.member.as_deref()), (Some("a"), Some("b")));
+        assert_eq!(
+            (l.leader.as_deref(), l.member.as_deref()),
+            (Some("a"), Some("b"))
+        );
     }
 
     #[test]
@@ -469,8 +479,18 @@ mod tests {
         let c = Cluster::from_entries([
             ("initialize", "7301234567890123456", 5, 0),
             ("leader", "pg1", 9, 42),
-            ("members/pg2", r#"{"role":"replica","state":"running"}"#, 8, 42),
-            ("members/pg1", r#"{"role":"primary","state":"running"}"#, 7, 42),
+            (
+                "members/pg2",
+                r#"{"role":"replica","state":"running"}"#,
+                8,
+                42,
+            ),
+            (
+                "members/pg1",
+                r#"{"role":"primary","state":"running"}"#,
+                7,
+                42,
+            ),
             ("members/x/y", "{}", 1, 0),
             ("status", r#"{"optime":1234}"#, 10, 0),
             ("history", "[]", 11, 0),

@@ -256,11 +256,12 @@ impl<D: Dcs> Agent<D> {
         };
         let pg = self.observe_pg(&data).await;
         let peers = match (&cluster, &pg) {
-            (Some(c), PgView::Running { in_recovery: true, .. })
-                if c.is_unlocked() && self.task.is_none() =>
-            {
-                self.fetch_peers(c).await
-            }
+            (
+                Some(c),
+                PgView::Running {
+                    in_recovery: true, ..
+                },
+            ) if c.is_unlocked() && self.task.is_none() => self.fetch_peers(c).await,
             _ => Vec::new(),
         };
 
@@ -453,14 +454,20 @@ impl<D: Dcs> Agent<D> {
                 if let Err(e) = self.dcs.cancel_initialization().await {
                     error!("could not remove the initialize key: {e}");
                 }
-                let _ = self.pg.stop(StopMode::Immediate, Duration::from_secs(30)).await;
+                let _ = self
+                    .pg
+                    .stop(StopMode::Immediate, Duration::from_secs(30))
+                    .await;
                 move_aside_failed(&self.cfg.postgresql.data_dir);
                 return Err(AgentError::Fatal("Failed to bootstrap cluster".into()));
             }
             (ActionKind::Clone, Err(e)) => {
                 error!("failed to bootstrap from leader: {e}");
                 self.state = "creating replica".into();
-                let _ = self.pg.stop(StopMode::Immediate, Duration::from_secs(30)).await;
+                let _ = self
+                    .pg
+                    .stop(StopMode::Immediate, Duration::from_secs(30))
+                    .await;
                 if let Err(e) = self.pg.remove_data_dir().await {
                     error!("could not clean the data directory after a failed clone: {e}");
                 }
@@ -494,7 +501,11 @@ impl<D: Dcs> Agent<D> {
         self.sysid = None;
         let sysid = match self.pg.controldata().await {
             Ok(cd) => cd.system_identifier,
-            Err(e) => return Err(AgentError::Fatal(format!("Failed to bootstrap cluster: {e}"))),
+            Err(e) => {
+                return Err(AgentError::Fatal(format!(
+                    "Failed to bootstrap cluster: {e}"
+                )))
+            }
         };
         self.sysid = Some(sysid.clone());
         let config = Value::Object(self.cfg.bootstrap.dcs.clone()).to_string();
@@ -580,7 +591,13 @@ impl<D: Dcs> Agent<D> {
         let cluster = obs.cluster.as_ref();
         match decision {
             Decision::NoAction { msg } => {
-                if let (Some(c), PgView::Running { in_recovery: true, .. }) = (cluster, &obs.pg) {
+                if let (
+                    Some(c),
+                    PgView::Running {
+                        in_recovery: true, ..
+                    },
+                ) = (cluster, &obs.pg)
+                {
                     // Unlocked cluster: keep the replica as it is until a leader appears.
                     let _ = c;
                 }
@@ -628,7 +645,9 @@ impl<D: Dcs> Agent<D> {
                     return Ok(format!("failed to write initialize key: {e}"));
                 }
                 self.run_again = true;
-                Ok(format!("adopting the existing data directory: initialize key set to {sysid}"))
+                Ok(format!(
+                    "adopting the existing data directory: initialize key set to {sysid}"
+                ))
             }
             Decision::ReleaseLock { msg } => {
                 let _ = self.dcs.delete_leader().await;
@@ -666,7 +685,9 @@ impl<D: Dcs> Agent<D> {
                 self.state = "starting".into();
                 let pg = self.pg.clone();
                 let timeout = if as_primary {
-                    self.dynamic.primary_start_timeout.max(self.pg_ctl_timeout())
+                    self.dynamic
+                        .primary_start_timeout
+                        .max(self.pg_ctl_timeout())
                 } else {
                     self.pg_ctl_timeout()
                 };
@@ -698,7 +719,10 @@ impl<D: Dcs> Agent<D> {
             }
             Decision::RemoveDataDirectory { msg } => {
                 warn!("{msg}");
-                let _ = self.pg.stop(StopMode::Immediate, self.pg_ctl_timeout()).await;
+                let _ = self
+                    .pg
+                    .stop(StopMode::Immediate, self.pg_ctl_timeout())
+                    .await;
                 if let Err(e) = self.pg.remove_data_dir().await {
                     error!("could not remove the data directory: {e}");
                 }
@@ -710,7 +734,13 @@ impl<D: Dcs> Agent<D> {
             }
             Decision::AcquireLeader => self.acquire_leader(obs).await,
             Decision::NotHealthiest { msg } => {
-                if matches!(obs.pg, PgView::Running { in_recovery: false, .. }) {
+                if matches!(
+                    obs.pg,
+                    PgView::Running {
+                        in_recovery: false,
+                        ..
+                    }
+                ) {
                     self.demote(StopMode::Immediate).await;
                     return Ok(msg.replace("following", "demoting self and following"));
                 }
@@ -803,7 +833,13 @@ impl<D: Dcs> Agent<D> {
                 if let Some(f) = obs.cluster.as_ref().and_then(|c| c.failover.as_ref()) {
                     let _ = self.dcs.set_failover("{}", Some(f.version)).await;
                 }
-                if matches!(obs.pg, PgView::Running { in_recovery: true, .. }) {
+                if matches!(
+                    obs.pg,
+                    PgView::Running {
+                        in_recovery: true,
+                        ..
+                    }
+                ) {
                     self.promote().await;
                     Ok("promoted self to leader by acquiring session lock".into())
                 } else {
@@ -842,7 +878,13 @@ impl<D: Dcs> Agent<D> {
                     error!("failed to update leader lock: {e}");
                 }
                 self.last_renewal = None;
-                if matches!(obs.pg, PgView::Running { in_recovery: false, .. }) {
+                if matches!(
+                    obs.pg,
+                    PgView::Running {
+                        in_recovery: false,
+                        ..
+                    }
+                ) {
                     if obs.paused {
                         return Ok(
                             "continue to run as primary after failing to update leader lock in DCS"
@@ -969,7 +1011,13 @@ impl<D: Dcs> Agent<D> {
 
     async fn follow(&mut self, obs: &Observation, leader: &str) -> Result<String, AgentError> {
         let me = self.cfg.name.clone();
-        if matches!(obs.pg, PgView::Running { in_recovery: false, .. }) {
+        if matches!(
+            obs.pg,
+            PgView::Running {
+                in_recovery: false,
+                ..
+            }
+        ) {
             if obs.paused {
                 return Ok("continue to run as primary without lock".into());
             }
@@ -1140,7 +1188,8 @@ fn pg_info(st: &PgState) -> PgInfo {
 }
 
 fn load_dynamic_cache(cfg: &Config) -> Option<DynamicConfig> {
-    let text = std::fs::read_to_string(cfg.postgresql.data_dir.join("patroni.dynamic.json")).ok()?;
+    let text =
+        std::fs::read_to_string(cfg.postgresql.data_dir.join("patroni.dynamic.json")).ok()?;
     let doc: Map<String, Value> = serde_json::from_str(&text).ok()?;
     Some(DynamicConfig::from_document(&doc).0)
 }
@@ -1163,5 +1212,7 @@ fn epoch_secs() -> u64 {
 }
 
 fn now_iso() -> String {
-    jiff::ZonedDateTime::now().strftime("%Y-%m-%dT%H:%M:%S%.6f%:z").to_string()
+    jiff::ZonedDateTime::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6f%:z")
+        .to_string()
 }

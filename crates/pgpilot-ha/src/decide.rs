@@ -42,7 +42,9 @@ impl ActionKind {
 pub enum DataState {
     Empty,
     /// Initialized; the system identifier from pg_controldata.
-    Initialized { sysid: String },
+    Initialized {
+        sysid: String,
+    },
     Invalid(String),
 }
 
@@ -158,7 +160,13 @@ pub fn valid_sysid(s: &str) -> bool {
 
 pub fn decide(o: &Observation) -> Decision {
     let me = o.me.as_str();
-    let pg_primary = matches!(o.pg, PgView::Running { in_recovery: false, .. });
+    let pg_primary = matches!(
+        o.pg,
+        PgView::Running {
+            in_recovery: false,
+            ..
+        }
+    );
 
     // Step 17: the DCS is gone. A primary must not keep accepting writes it cannot prove it
     // may accept: its lease will expire and another member may be promoted.
@@ -260,7 +268,13 @@ pub fn decide(o: &Observation) -> Decision {
                 Some(init) if valid_sysid(init) => {}
                 _ => {
                     if cluster.is_unlocked() && !o.paused {
-                        if matches!(o.pg, PgView::Running { in_recovery: true, .. }) {
+                        if matches!(
+                            o.pg,
+                            PgView::Running {
+                                in_recovery: true,
+                                ..
+                            }
+                        ) {
                             return Decision::Fatal {
                                 msg: "No initialize key in DCS and PostgreSQL is running as replica, aborting start".into(),
                             };

@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod files;
 mod lsn;
 mod pg;
 
 pub use lsn::Lsn;
-pub use pg::Postgres;
+pub use pg::{quote_ident, quote_literal, Postgres};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -194,14 +195,14 @@ pub struct StandbyConfig {
 }
 
 /// Physical slot name for a member (spec/ha-loop.md §5.9): lower-cased, `-` and `.` become `_`,
-/// any other char outside `[a-z0-9_]` becomes `u%04x`-style code point, cut to 63 chars.
+/// any other char becomes `u` + its decimal code point (`u%04d`), cut to 63 chars.
 pub fn slot_name_for(member: &str) -> String {
     let mut out = String::new();
     for ch in member.to_lowercase().chars() {
         match ch {
             'a'..='z' | '0'..='9' | '_' => out.push(ch),
             '-' | '.' => out.push('_'),
-            other => out.push_str(&format!("u{:04x}", other as u32)),
+            other => out.push_str(&format!("u{:04}", other as u32)),
         }
     }
     out.chars().take(63).collect()

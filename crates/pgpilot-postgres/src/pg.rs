@@ -1,128 +1,698 @@
 //! [`Postgres`]: the handle on the local instance.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::process::Command;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::files::{conninfo, render_hba, render_pgpass, render_postgresql_conf, OUR_HEADER};
 use crate::{
-    ControlData, DataDirState, DesiredConfig, Lsn, PgSettings, PgState, Result, StopMode,
-    Upstream,
+    ControlData, DataDirState, DesiredConfig, Lsn, PgError, PgSettings, PgState, Result, StopMode,
+    Upstream, WalSender,
 };
+
+/// Deadline for one monitoring query or connection attempt.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The local PostgreSQL instance. Cheap to share behind an `Arc`; keeps one monitoring
 /// connection open between cycles and reconnects when it breaks.
 pub struct Postgres {
     settings: PgSettings,
+    /// The monitoring connection (None until first use or after an error).
+    conn: Mutex<Option<tokio_postgres::Client>>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
+    move |source| PgError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `path` atomically (tmp + rename) with mode 0600; returns whether the content changed.
+fn write_if_changed(path: &Path, content: &str) -> Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::read_to_string(path).is_ok_and(|old| old == content) {
+        return Ok(false);
+    }
+    let tmp = path.with_extension("pgpilot-tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(content.as_bytes()).map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(true)
 }
 
 impl Postgres {
     pub fn new(settings: PgSettings) -> Self {
-        Postgres { settings }
+        Postgres {
+            settings,
+            conn: Mutex::new(None),
+        }
     }
 
     pub fn settings(&self) -> &PgSettings {
         &self.settings
     }
 
+    fn bin(&self, name: &str) -> PathBuf {
+        if self.settings.bin_dir.as_os_str().is_empty() {
+            PathBuf::from(name)
+        } else {
+            self.settings.bin_dir.join(name)
+        }
+    }
+
+    fn data(&self) -> &Path {
+        &self.settings.data_dir
+    }
+
+    /// Runs a binary with a deadline; stdout on success, an error with stderr otherwise.
+    async fn run(&self, mut cmd: Command, what: &str, timeout: Duration) -> Result<String> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("LANG", "C")
+            .env("LC_ALL", "C")
+            .env("PGPASSFILE", &self.settings.pgpass)
+            .kill_on_drop(true);
+        debug!("running {what}");
+        let child = cmd.spawn().map_err(|e| PgError::Command {
+            command: what.to_string(),
+            detail: e.to_string(),
+        })?;
+        let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(r) => r.map_err(|e| PgError::Command {
+                command: what.to_string(),
+                detail: e.to_string(),
+            })?,
+            Err(_) => return Err(PgError::Timeout(timeout, what.to_string())),
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            return Ok(stdout);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(PgError::Command {
+            command: what.to_string(),
+            detail: format!("{} {}", out.status, format!("{stderr}{stdout}").trim()),
+        })
+    }
+
     /// What the data directory holds (no process started).
     pub fn data_dir_state(&self) -> DataDirState {
-        unimplemented!()
+        let dir = self.data();
+        match std::fs::read_dir(dir) {
+            Err(_) => DataDirState::Empty,
+            Ok(mut entries) => {
+                if entries.next().is_none() {
+                    DataDirState::Empty
+                } else if dir.join("PG_VERSION").exists() && dir.join("global/pg_control").exists()
+                {
+                    DataDirState::Initialized
+                } else {
+                    DataDirState::Invalid(format!(
+                        "{} is not empty and holds no PostgreSQL cluster",
+                        dir.display()
+                    ))
+                }
+            }
+        }
     }
 
     /// PID of a live postmaster owning our data directory (postmaster.pid + signal 0), if any.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        unimplemented!()
+        let text = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        let mut lines = text.lines();
+        let pid: i32 = lines.next()?.trim().parse().ok()?;
+        let dir = lines.next()?.trim();
+        let ours = std::fs::canonicalize(dir).ok() == std::fs::canonicalize(self.data()).ok();
+        if !ours || pid <= 0 {
+            return None;
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            .ok()
+            .map(|()| pid)
     }
 
     /// `pg_controldata` of the data directory.
     pub async fn controldata(&self) -> Result<ControlData> {
-        unimplemented!()
+        let mut cmd = Command::new(self.bin("pg_controldata"));
+        cmd.arg("-D").arg(self.data());
+        let out = self
+            .run(cmd, "pg_controldata", Duration::from_secs(30))
+            .await?;
+        Ok(crate::files::parse_controldata(&out))
     }
 
     /// Runs `initdb` with the `bootstrap.initdb` options (already rendered as `--opt[=value]`),
     /// adding `--pgdata`, `--username=<superuser>` and `--pwfile` when a password is set.
     /// Moves the generated postgresql.conf to postgresql.base.conf.
     pub async fn initdb(&self, options: &[String]) -> Result<()> {
-        let _ = options;
-        unimplemented!()
+        let dir = self.data();
+        create_private_dir(dir)?;
+        let mut cmd = Command::new(self.bin("initdb"));
+        cmd.arg(format!("--pgdata={}", dir.display()))
+            .arg(format!("--username={}", self.settings.superuser.username))
+            .args(options);
+        let pwfile = dir.with_extension("pwfile");
+        if let Some(pw) = &self.settings.superuser.password {
+            write_if_changed(&pwfile, &format!("{pw}\n"))?;
+            cmd.arg(format!("--pwfile={}", pwfile.display()));
+        }
+        let res = self.run(cmd, "initdb", Duration::from_secs(600)).await;
+        let _ = std::fs::remove_file(&pwfile);
+        res?;
+        self.move_base_conf()?;
+        Ok(())
+    }
+
+    /// Keeps the original configuration as postgresql.base.conf (Patroni's layout) unless that
+    /// is already done or the current postgresql.conf is one we wrote.
+    fn move_base_conf(&self) -> Result<()> {
+        let cfg = &self.settings.config_dir;
+        let conf = cfg.join("postgresql.conf");
+        let base = cfg.join("postgresql.base.conf");
+        if base.exists() || !conf.exists() {
+            return Ok(());
+        }
+        let ours = std::fs::read_to_string(&conf).is_ok_and(|t| t.starts_with(OUR_HEADER));
+        if !ours {
+            std::fs::rename(&conf, &base).map_err(io_err(&conf))?;
+        }
+        Ok(())
     }
 
     /// Renders and writes postgresql.conf, pg_hba.conf and the standby files. Returns true if any
     /// file changed on disk.
     pub async fn write_config(&self, desired: &DesiredConfig) -> Result<bool> {
-        let _ = desired;
-        unimplemented!()
+        let cfg = &self.settings.config_dir;
+        create_private_dir(cfg)?;
+        self.move_base_conf()?;
+        let mut changed = false;
+        changed |= write_if_changed(
+            &cfg.join("postgresql.conf"),
+            &render_postgresql_conf(&self.settings, desired),
+        )?;
+        if !desired.pg_hba.is_empty() {
+            changed |= write_if_changed(&cfg.join("pg_hba.conf"), &render_hba(&desired.pg_hba))?;
+        }
+        changed |= write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))?;
+        let signal = self.data().join("standby.signal");
+        match (&desired.standby, signal.exists()) {
+            (Some(_), false) => {
+                write_if_changed(&signal, "")?;
+                changed = true;
+            }
+            (None, true) => {
+                std::fs::remove_file(&signal).map_err(io_err(&signal))?;
+                changed = true;
+            }
+            _ => {}
+        }
+        Ok(changed)
+    }
+
+    /// Where the server log goes: a sibling of the data directory, so pg_basebackup never
+    /// copies it.
+    fn log_file(&self) -> PathBuf {
+        let mut p = self.data().as_os_str().to_owned();
+        p.push(".log");
+        PathBuf::from(p)
+    }
+
+    fn pg_ctl(&self, action: &str) -> Command {
+        let mut cmd = Command::new(self.bin("pg_ctl"));
+        cmd.arg(action).arg("-D").arg(self.data());
+        cmd
     }
 
     /// Starts the postmaster and waits until it accepts connections, at most `timeout`.
     pub async fn start(&self, timeout: Duration) -> Result<()> {
-        let _ = timeout;
-        unimplemented!()
+        if self.postmaster_pid().is_some() {
+            return Ok(());
+        }
+        let mut cmd = self.pg_ctl("start");
+        cmd.arg("-w")
+            .arg("-t")
+            .arg(timeout.as_secs().max(1).to_string())
+            .arg("-l")
+            .arg(self.log_file());
+        if self.settings.config_dir != self.settings.data_dir {
+            cmd.arg("-o").arg(format!(
+                "--config-file={}",
+                self.settings.config_dir.join("postgresql.conf").display()
+            ));
+        }
+        *self.conn.lock().await = None;
+        self.run(cmd, "pg_ctl start", timeout + Duration::from_secs(5))
+            .await?;
+        info!("postgres started");
+        Ok(())
     }
 
     /// `pg_ctl stop -m <mode>`, waiting at most `timeout`. Succeeds if it was not running.
     pub async fn stop(&self, mode: StopMode, timeout: Duration) -> Result<()> {
-        let _ = (mode, timeout);
-        unimplemented!()
+        *self.conn.lock().await = None;
+        if self.postmaster_pid().is_none() {
+            return Ok(());
+        }
+        let m = match mode {
+            StopMode::Smart => "smart",
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        };
+        let mut cmd = self.pg_ctl("stop");
+        cmd.arg("-m")
+            .arg(m)
+            .arg("-w")
+            .arg("-t")
+            .arg(timeout.as_secs().max(1).to_string());
+        match self
+            .run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(_) if self.postmaster_pid().is_none() => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// `pg_ctl promote -w`.
     pub async fn promote(&self, timeout: Duration) -> Result<()> {
-        let _ = timeout;
-        unimplemented!()
+        let mut cmd = self.pg_ctl("promote");
+        cmd.arg("-w")
+            .arg("-t")
+            .arg(timeout.as_secs().max(1).to_string());
+        self.run(cmd, "pg_ctl promote", timeout + Duration::from_secs(5))
+            .await?;
+        Ok(())
     }
 
     /// `pg_ctl reload`.
     pub async fn reload(&self) -> Result<()> {
-        unimplemented!()
+        self.run(
+            self.pg_ctl("reload"),
+            "pg_ctl reload",
+            Duration::from_secs(30),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let s = &self.settings;
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&s.local_host)
+            .port(s.port)
+            .user(&s.superuser.username)
+            .dbname("postgres")
+            .application_name("pgpilot")
+            .connect_timeout(QUERY_TIMEOUT);
+        if let Some(pw) = &s.superuser.password {
+            cfg.password(pw);
+        }
+        let (client, connection) =
+            tokio::time::timeout(QUERY_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "connect".into()))?
+                .map_err(|e| PgError::Sql(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("monitoring connection closed: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Runs `f` on the monitoring connection, reconnecting once if it is broken.
+    async fn with_conn<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(tokio_postgres::Client) -> Fut,
+        Fut: std::future::Future<
+            Output = (
+                tokio_postgres::Client,
+                std::result::Result<T, tokio_postgres::Error>,
+            ),
+        >,
+    {
+        let mut guard = self.conn.lock().await;
+        let client = match guard.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect().await?,
+        };
+        let (client, res) = tokio::time::timeout(QUERY_TIMEOUT, f(client))
+            .await
+            .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?;
+        match res {
+            Ok(v) => {
+                *guard = Some(client);
+                Ok(v)
+            }
+            Err(e) => Err(PgError::Sql(e.to_string())),
+        }
+    }
+
+    /// Runs SQL statements (no results) as the superuser.
+    pub async fn execute(&self, sql: &str) -> Result<()> {
+        let sql = sql.to_string();
+        self.with_conn(move |c| {
+            let sql = sql.clone();
+            async move {
+                let r = c.batch_execute(&sql).await;
+                (c, r)
+            }
+        })
+        .await
     }
 
     /// The monitoring query (one round trip).
     pub async fn query_state(&self) -> Result<PgState> {
-        unimplemented!()
+        let row = self
+            .with_conn(|c| async move {
+                let r = c.query_one(STATE_QUERY, &[]).await;
+                (c, r)
+            })
+            .await?;
+        let lsn = |i: usize| -> Option<Lsn> {
+            row.get::<_, Option<String>>(i)
+                .and_then(|s| s.parse::<Lsn>().ok())
+        };
+        let in_recovery: bool = row.get(0);
+        let replication_json: Option<String> = row.get(11);
+        let replication: Vec<WalSender> = replication_json
+            .and_then(|j| serde_json::from_str::<Vec<serde_json::Value>>(&j).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| WalSender {
+                usename: v["usename"].as_str().map(str::to_string),
+                application_name: v["application_name"].as_str().unwrap_or("").to_string(),
+                client_addr: v["client_addr"].as_str().map(str::to_string),
+                state: v["state"].as_str().unwrap_or("").to_string(),
+                sync_state: v["sync_state"].as_str().unwrap_or("").to_string(),
+                sync_priority: v["sync_priority"]
+                    .as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .unwrap_or(0),
+            })
+            .collect();
+        let pending_json: Option<String> = row.get(12);
+        let pending_restart: BTreeMap<String, (String, String)> = pending_json
+            .and_then(|j| serde_json::from_str::<Vec<serde_json::Value>>(&j).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| {
+                Some((
+                    v["name"].as_str()?.to_string(),
+                    (
+                        v["setting"].as_str().unwrap_or("").to_string(),
+                        v["new"].as_str().unwrap_or("?").to_string(),
+                    ),
+                ))
+            })
+            .collect();
+        let receiver_status: Option<String> = row.get(9);
+        let restore_command: Option<String> = row.get(10);
+        let replication_state = if !in_recovery {
+            None
+        } else if receiver_status.as_deref() == Some("streaming") {
+            Some("streaming".to_string())
+        } else if restore_command.is_some_and(|c| !c.is_empty()) {
+            Some("in archive recovery".to_string())
+        } else {
+            None
+        };
+        Ok(PgState {
+            in_recovery,
+            postmaster_start_time: row.get(1),
+            server_version: row.get(2),
+            timeline: u32::try_from(row.get::<_, Option<i32>>(3).unwrap_or(0)).unwrap_or(0),
+            wal_flush_lsn: lsn(4),
+            receive_lsn: lsn(5).or_else(|| lsn(6)),
+            replay_lsn: lsn(6),
+            replay_timestamp: row.get(7),
+            replay_paused: row.get::<_, Option<bool>>(8).unwrap_or(false),
+            replication_state,
+            latest_end_lsn: lsn(13),
+            replication,
+            pending_restart,
+        })
     }
 
     /// Creates or updates the superuser (password), replication and rewind roles.
     pub async fn create_roles(&self) -> Result<()> {
-        unimplemented!()
+        let s = &self.settings;
+        let mut sql = String::new();
+        if let Some(pw) = &s.superuser.password {
+            sql.push_str(&format!(
+                "ALTER ROLE {} WITH SUPERUSER LOGIN PASSWORD {};\n",
+                quote_ident(&s.superuser.username),
+                quote_literal(pw)
+            ));
+        }
+        sql.push_str(&create_or_alter(
+            &s.replication.username,
+            "REPLICATION LOGIN",
+            s.replication.password.as_deref(),
+        ));
+        if let Some(rw) = &s.rewind {
+            if rw.username != s.superuser.username {
+                sql.push_str(&create_or_alter(
+                    &rw.username,
+                    "LOGIN",
+                    rw.password.as_deref(),
+                ));
+                let u = quote_ident(&rw.username);
+                for f in [
+                    "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+                    "pg_catalog.pg_stat_file(text, boolean)",
+                    "pg_catalog.pg_read_binary_file(text)",
+                    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+                ] {
+                    sql.push_str(&format!("GRANT EXECUTE ON function {f} TO {u};\n"));
+                }
+            }
+        }
+        self.execute(&sql).await
     }
 
     /// Runs `bootstrap.post_bootstrap` with the superuser DSN as its one argument.
     pub async fn run_post_bootstrap(&self, command: &str) -> Result<()> {
-        let _ = command;
-        unimplemented!()
+        let s = &self.settings;
+        let dsn = format!(
+            "dbname=postgres user={} host={} port={}",
+            s.superuser.username, s.local_host, s.port
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("{command} \"$1\""))
+            .arg("post_bootstrap")
+            .arg(dsn)
+            .env(
+                "PGOPTIONS",
+                "-c synchronous_commit=local -c statement_timeout=0",
+            );
+        self.run(cmd, "post_bootstrap", Duration::from_secs(3600))
+            .await?;
+        Ok(())
     }
 
     /// Clones the data directory from `from` with pg_basebackup (`-X stream`), two attempts.
     pub async fn basebackup(&self, from: &Upstream, extra_args: &[String]) -> Result<()> {
-        let _ = (from, extra_args);
-        unimplemented!()
+        write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))?;
+        let s = &self.settings;
+        let dsn = conninfo(&[
+            ("host", from.host.as_str()),
+            ("port", &from.port.to_string()),
+            ("user", &s.replication.username),
+            ("dbname", "postgres"),
+            ("application_name", &s.name),
+        ]);
+        let mut last = None;
+        for attempt in 1..=2 {
+            self.remove_data_dir().await?;
+            create_private_dir(self.data())?;
+            let mut cmd = Command::new(self.bin("pg_basebackup"));
+            cmd.arg(format!("--pgdata={}", self.data().display()))
+                .arg("-X")
+                .arg("stream")
+                .arg(format!("--dbname={dsn}"))
+                .args(extra_args);
+            match self
+                .run(cmd, "pg_basebackup", Duration::from_secs(3600))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    warn!("pg_basebackup attempt {attempt} failed: {e}");
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| PgError::Invalid("pg_basebackup failed".into())))
     }
 
     /// Runs pg_rewind against `from` (target must be stopped cleanly).
     pub async fn rewind(&self, from: &Upstream) -> Result<()> {
-        let _ = from;
-        unimplemented!()
+        write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))?;
+        let s = &self.settings;
+        let user = s.rewind.as_ref().unwrap_or(&s.superuser);
+        let dsn = conninfo(&[
+            ("host", from.host.as_str()),
+            ("port", &from.port.to_string()),
+            ("user", &user.username),
+            ("dbname", "postgres"),
+        ]);
+        let mut cmd = Command::new(self.bin("pg_rewind"));
+        cmd.arg("-D")
+            .arg(self.data())
+            .arg(format!("--source-server={dsn}"))
+            .env("PGOPTIONS", "-c statement_timeout=0");
+        let out = self
+            .run(cmd, "pg_rewind", Duration::from_secs(3600))
+            .await?;
+        info!("pg_rewind: {}", out.trim());
+        Ok(())
     }
 
     /// Makes the physical replication slots equal to `wanted` (creates missing, drops other
-    /// inactive physical slots).
+    /// inactive physical slots). A no-op on a standby.
     pub async fn sync_slots(&self, wanted: &[String]) -> Result<()> {
-        let _ = wanted;
-        unimplemented!()
+        let rows = self
+            .with_conn(|c| async move {
+                let r = c
+                    .query(
+                        "SELECT slot_name::text, active FROM pg_catalog.pg_replication_slots \
+                         WHERE slot_type = 'physical' AND NOT pg_catalog.pg_is_in_recovery()",
+                        &[],
+                    )
+                    .await;
+                (c, r)
+            })
+            .await?;
+        let existing: BTreeMap<String, bool> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut sql = String::new();
+        for w in wanted {
+            if !existing.contains_key(w) {
+                sql.push_str(&format!(
+                    "SELECT pg_catalog.pg_create_physical_replication_slot({});\n",
+                    quote_literal(w)
+                ));
+            }
+        }
+        for (name, active) in &existing {
+            if !wanted.contains(name) && !active {
+                sql.push_str(&format!(
+                    "SELECT pg_catalog.pg_drop_replication_slot({});\n",
+                    quote_literal(name)
+                ));
+            }
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        self.execute(&sql).await
     }
 
     /// `CHECKPOINT`.
     pub async fn checkpoint(&self) -> Result<()> {
-        unimplemented!()
+        self.execute("CHECKPOINT").await
     }
 
     /// Lines of `pg_wal/<timeline>.history`: (parent timeline, switch LSN, reason).
     pub async fn timeline_history(&self, timeline: u32) -> Result<Vec<(u32, Lsn, String)>> {
-        let _ = timeline;
-        unimplemented!()
+        let path = self.data().join(format!("pg_wal/{timeline:08X}.history"));
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        Ok(crate::files::parse_history(&text))
     }
 
-    /// Removes the data directory (only on an explicit, logged condition: see DESIGN.md).
+    /// Removes the data directory contents (only on an explicit, logged condition: see
+    /// DESIGN.md).
     pub async fn remove_data_dir(&self) -> Result<()> {
-        unimplemented!()
+        let dir = self.data();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        info!("removing the contents of {}", dir.display());
+        for e in entries.flatten() {
+            let p = e.path();
+            let res = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            res.map_err(io_err(&p))?;
+        }
+        Ok(())
     }
 }
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded quotes doubled (standard_conforming_strings is on since 9.1).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn create_or_alter(user: &str, attrs: &str, password: Option<&str>) -> String {
+    let pw = password.map_or_else(String::new, |p| format!(" PASSWORD {}", quote_literal(p)));
+    let lit = quote_literal(user);
+    let ident = quote_ident(user);
+    format!(
+        "DO $pgpilot$ BEGIN \
+         IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {lit}) THEN \
+         EXECUTE {alter}; ELSE EXECUTE {create}; END IF; END $pgpilot$;\n",
+        alter = quote_literal(&format!("ALTER ROLE {ident} WITH {attrs}{pw}")),
+        create = quote_literal(&format!("CREATE ROLE {ident} WITH {attrs}{pw}")),
+    )
+}
+
+/// One round trip: everything `/patroni` and the HA cycle need. LSNs as text.
+const STATE_QUERY: &str = "\
+SELECT pg_catalog.pg_is_in_recovery(),
+  pg_catalog.to_char(pg_catalog.pg_postmaster_start_time(), 'YYYY-MM-DD HH24:MI:SS.US') ||
+    pg_catalog.replace(pg_catalog.to_char(pg_catalog.pg_postmaster_start_time(), 'TZH:TZM'), ' ', ''),
+  pg_catalog.current_setting('server_version_num')::int,
+  CASE WHEN pg_catalog.pg_is_in_recovery()
+    THEN (SELECT received_tli FROM pg_catalog.pg_stat_get_wal_receiver())
+    ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+  CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL ELSE pg_catalog.pg_current_wal_flush_lsn()::text END,
+  CASE WHEN pg_catalog.pg_is_in_recovery()
+    THEN COALESCE((SELECT written_lsn FROM pg_catalog.pg_stat_get_wal_receiver() WHERE status = 'streaming'),
+                  pg_catalog.pg_last_wal_receive_lsn())::text END,
+  CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()::text END,
+  CASE WHEN pg_catalog.pg_is_in_recovery() THEN
+    pg_catalog.to_char(pg_catalog.pg_last_xact_replay_timestamp(), 'YYYY-MM-DD HH24:MI:SS.US') ||
+    pg_catalog.replace(pg_catalog.to_char(pg_catalog.pg_last_xact_replay_timestamp(), 'TZH:TZM'), ' ', '') END,
+  CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_is_wal_replay_paused() END,
+  (SELECT status FROM pg_catalog.pg_stat_get_wal_receiver()),
+  pg_catalog.current_setting('restore_command'),
+  (SELECT pg_catalog.json_agg(r)::text FROM (SELECT usename, application_name, client_addr::text,
+     state, sync_state, sync_priority FROM pg_catalog.pg_stat_get_wal_senders() w
+     JOIN pg_catalog.pg_stat_replication s USING (pid)) r),
+  (SELECT pg_catalog.json_agg(p)::text FROM (SELECT name, setting, '?' AS new FROM pg_catalog.pg_settings
+     WHERE pending_restart) p),
+  CASE WHEN pg_catalog.pg_is_in_recovery() THEN
+    (SELECT latest_end_lsn::text FROM pg_catalog.pg_stat_get_wal_receiver()) END";

@@ -1,1 +1,211 @@
-fn main() {}
+//! `pgpilot CONFIG`: the agent. Parses arguments, loads the configuration, sets up logging in
+//! Patroni's format, wires the DCS, PostgreSQL, the REST API and the HA agent together, and maps
+//! SIGTERM/SIGINT to the agent's ordered shutdown.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use pgpilot_api::{Client, NodeSnapshot, ServerOptions};
+use pgpilot_config::{Config, Loaded};
+use pgpilot_dcs::etcd::{EtcdDcs, EtcdOptions};
+use pgpilot_ha::{Agent, AgentError};
+use pgpilot_postgres::{Credentials, PgSettings, Postgres};
+use tokio_util::sync::CancellationToken;
+
+mod logging;
+
+/// PostgreSQL high availability, compatible with Patroni's configuration, DCS layout and REST API.
+#[derive(Parser, Debug)]
+#[command(name = "pgpilot", disable_version_flag = true)]
+struct Args {
+    /// Patroni YAML configuration file or directory of *.yml files. Without it the
+    /// configuration comes from PATRONI_CONFIGURATION or PATRONI_* variables.
+    config: Option<PathBuf>,
+    /// Check the configuration, list every problem with its key path, and exit.
+    #[arg(long)]
+    validate_config: bool,
+    /// Print the version and exit.
+    #[arg(long)]
+    version: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.version {
+        println!("pgpilot {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if args.validate_config {
+        return validate(args.config.as_deref());
+    }
+    let loaded = match Config::load(args.config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = logging::init(&loaded.config.log) {
+        eprintln!("can not set up logging: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    if nix::unistd::geteuid().is_root() {
+        logging::critical("pgpilot refuses to run as root: PostgreSQL can not run as root. Start it as the PostgreSQL owner (e.g. runuser -u postgres -- pgpilot CONFIG).");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            logging::critical(&format!("can not start the runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(loaded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            logging::critical(&format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: Option<&std::path::Path>) -> ExitCode {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    match pgpilot_config::load(path, &env) {
+        Ok(loaded) => {
+            let problems = pgpilot_config::validate(&loaded.config.raw);
+            if problems.is_empty() {
+                return ExitCode::SUCCESS;
+            }
+            for p in problems {
+                eprintln!("{p}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pg_settings(cfg: &Config) -> PgSettings {
+    let pg = &cfg.postgresql;
+    let first = pg
+        .listen_addresses
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let local_host = match first.as_str() {
+        "" | "*" | "0.0.0.0" => "127.0.0.1".to_string(),
+        "::" => "::1".to_string(),
+        h => h.to_string(),
+    };
+    let creds = |c: &pgpilot_config::Credentials| Credentials {
+        username: c.username.clone(),
+        password: c.password.clone(),
+    };
+    PgSettings {
+        name: cfg.name.clone(),
+        scope: cfg.scope.clone(),
+        data_dir: pg.data_dir.clone(),
+        config_dir: pg.config_dir.clone(),
+        bin_dir: pg.bin_dir.clone(),
+        listen_addresses: pg.listen_addresses.clone(),
+        port: pg.port,
+        local_host,
+        superuser: creds(&pg.superuser),
+        replication: creds(&pg.replication),
+        rewind: pg.rewind.as_ref().map(creds),
+        pgpass: pg.pgpass.clone(),
+        pg_ctl_timeout: pg.pg_ctl_timeout,
+    }
+}
+
+async fn run(loaded: Loaded) -> anyhow::Result<()> {
+    let cfg = loaded.config;
+    let auth = |c: &Option<pgpilot_config::Credentials>| {
+        c.as_ref()
+            .map(|a| (a.username.clone(), a.password.clone().unwrap_or_default()))
+    };
+    let client = Client::new(auth(&cfg.ctl.authentication));
+    let pg = Arc::new(Postgres::new(pg_settings(&cfg)));
+
+    // The dynamic configuration known before the first DCS read gives the lease TTL.
+    let bootstrap_dynamic = pgpilot_config::DynamicConfig::from_document(&cfg.bootstrap.dcs).0;
+    let dcs = EtcdDcs::connect(EtcdOptions {
+        endpoints: cfg.etcd.hosts.clone(),
+        namespace: cfg.namespace.clone(),
+        scope: cfg.scope.clone(),
+        name: cfg.name.clone(),
+        ttl: bootstrap_dynamic.ttl,
+        retry_timeout: bootstrap_dynamic.retry_timeout,
+        loop_wait: bootstrap_dynamic.loop_wait,
+        username: cfg.etcd.username.clone(),
+        password: cfg.etcd.password.clone(),
+    })
+    .await
+    .context("can not connect to etcd")?;
+    let dcs = Arc::new(dcs);
+
+    let (snap_tx, snap_rx) =
+        tokio::sync::watch::channel(Arc::new(NodeSnapshot::starting(&cfg.name, &cfg.scope)));
+    let restapi_listen = cfg.restapi.listen.clone();
+    let api_auth = auth(&cfg.restapi.authentication);
+    let mut agent = Agent::new(cfg, dcs.clone(), pg, client, snap_tx);
+    agent
+        .check_unique_name()
+        .await
+        .map_err(anyhow::Error::from)?;
+
+    let listener = tokio::net::TcpListener::bind(&restapi_listen)
+        .await
+        .with_context(|| format!("can not listen on restapi.listen {restapi_listen}"))?;
+    let api_shutdown = CancellationToken::new();
+    let api = tokio::spawn(pgpilot_api::serve(
+        listener,
+        snap_rx,
+        dcs.clone(),
+        ServerOptions { auth: api_auth },
+        api_shutdown.clone(),
+    ));
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let result = agent.run(shutdown).await;
+    api_shutdown.cancel();
+    let _ = api.await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(AgentError::Fatal(msg)) => Err(anyhow::anyhow!(msg)),
+    }
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("can not install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("received shutdown signal");
+    shutdown.cancel();
+}

@@ -1,0 +1,296 @@
+//! Configuration loading: Patroni files, directories, environment, validation, dynamic config.
+
+use std::time::Duration;
+
+use pgpilot_config::{load, validate, yaml, ConfigError, DynamicConfig};
+use serde_json::{json, Map, Value};
+
+const SAMPLE: &str = r#"
+scope: batman
+namespace: /service/
+name: postgresql0
+
+restapi:
+  listen: 127.0.0.1:8008
+  connect_address: 127.0.0.1:8008
+  authentication:
+    username: admin
+    password: admin
+
+etcd3:
+  host: 127.0.0.1:2379
+
+bootstrap:
+  dcs:
+    ttl: 30
+    loop_wait: 10
+    retry_timeout: 10
+    maximum_lag_on_failover: 1048576
+    postgresql:
+      use_pg_rewind: true
+      parameters:
+        max_connections: 200
+        wal_log_hints: on
+  initdb:
+  - encoding: UTF8
+  - data-checksums
+  pg_hba:
+  - host replication replicator 127.0.0.1/32 md5
+  - host all all 0.0.0.0/0 md5
+
+postgresql:
+  listen: 127.0.0.1:5432
+  connect_address: 127.0.0.1:5432
+  data_dir: data/postgresql0
+  pgpass: /tmp/pgpass0
+  authentication:
+    replication:
+      username: replicator
+      password: rep-pass
+    superuser:
+      username: postgres
+      password: zalando
+    rewind:
+      username: rewind_user
+      password: rewind_password
+  parameters:
+    unix_socket_directories: '..'
+    max_connections: 500
+
+watchdog:
+  mode: automatic
+
+tags:
+  noloadbalance: false
+  clonefrom: false
+  nostream: false
+  custom: "x"
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A Patroni sample file loads with every modelled key typed, unknown keys warned once.
+#[test]
+fn patroni_sample_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "p.yml", SAMPLE);
+    let loaded = load(Some(&path), &env(&[("HOME", "/home/x")])).unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.name, "postgresql0");
+    assert_eq!(c.scope, "batman");
+    assert_eq!(c.namespace, "/service/");
+    assert_eq!(c.etcd.hosts, vec!["127.0.0.1:2379"]);
+    assert_eq!(
+        c.bootstrap.initdb,
+        vec!["--encoding=UTF8", "--data-checksums"]
+    );
+    assert_eq!(c.bootstrap.pg_hba.len(), 2);
+    assert_eq!(c.postgresql.port, 5432);
+    assert_eq!(c.postgresql.listen_addresses, "127.0.0.1");
+    assert_eq!(c.postgresql.config_dir, c.postgresql.data_dir);
+    assert_eq!(
+        c.postgresql.rewind.as_ref().unwrap().username,
+        "rewind_user"
+    );
+    assert!(!c.postgresql.parameters.contains_key("max_connections"));
+    assert_eq!(c.api_url(), "http://127.0.0.1:8008/patroni");
+    assert_eq!(c.conn_url(), "postgres://127.0.0.1:5432/postgres");
+    // false predefined booleans are not published; custom tags are.
+    assert_eq!(
+        Value::Object(c.tags.published.clone()),
+        json!({"custom": "x"})
+    );
+    assert_eq!(c.ctl.authentication.as_ref().unwrap().username, "admin");
+    let unknown: Vec<&String> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.contains("not implemented"))
+        .collect();
+    assert_eq!(unknown.len(), 1, "{:?}", loaded.warnings);
+    assert!(unknown[0].contains("watchdog"), "{unknown:?}");
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.contains("max_connections")));
+}
+
+/// A directory of YAML files is merged in sorted order, later files winning.
+#[test]
+fn directory_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "00-base.yml", SAMPLE);
+    write(
+        dir.path(),
+        "10-override.yaml",
+        "name: pg9\npostgresql:\n  listen: 127.0.0.1:6000\n",
+    );
+    write(dir.path(), "README.txt", "not yaml: [");
+    let c = load(Some(dir.path()), &env(&[])).unwrap().config;
+    assert_eq!(c.name, "pg9");
+    assert_eq!(c.postgresql.port, 6000);
+    assert_eq!(c.postgresql.superuser.username, "postgres");
+}
+
+/// PATRONI_* variables override the file; a config can come from the environment alone.
+#[test]
+fn environment_overrides_and_env_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "p.yml", SAMPLE);
+    let e = env(&[
+        ("PATRONI_NAME", "pg7"),
+        ("PATRONI_ETCD3_HOSTS", "'10.0.0.1:2379','10.0.0.2:2379'"),
+        ("PATRONI_POSTGRESQL_LISTEN", "0.0.0.0:5433"),
+        ("PATRONI_SUPERUSER_PASSWORD", "s3cret"),
+        ("PATRONI_RESTAPI_USERNAME", "u"),
+    ]);
+    let c = load(Some(&path), &e).unwrap().config;
+    assert_eq!(c.name, "pg7");
+    assert_eq!(c.etcd.hosts, vec!["10.0.0.1:2379", "10.0.0.2:2379"]);
+    assert_eq!(c.postgresql.port, 5433);
+    assert_eq!(c.postgresql.superuser.password.as_deref(), Some("s3cret"));
+    assert_eq!(c.restapi.authentication.unwrap().username, "u");
+
+    let only = env(&[
+        ("PATRONI_NAME", "a"),
+        ("PATRONI_SCOPE", "s"),
+        ("PATRONI_RESTAPI_LISTEN", "127.0.0.1:8008"),
+        ("PATRONI_RESTAPI_CONNECT_ADDRESS", "127.0.0.1:8008"),
+        ("PATRONI_ETCD3_HOST", "127.0.0.1:2379"),
+        ("PATRONI_POSTGRESQL_LISTEN", "127.0.0.1:5432"),
+        ("PATRONI_POSTGRESQL_CONNECT_ADDRESS", "127.0.0.1:5432"),
+        ("PATRONI_POSTGRESQL_DATA_DIR", "/tmp/d"),
+        ("PATRONI_SUPERUSER_USERNAME", "postgres"),
+        ("PATRONI_REPLICATION_USERNAME", "rep"),
+    ]);
+    let c = load(None, &only).unwrap().config;
+    assert_eq!((c.name.as_str(), c.scope.as_str()), ("a", "s"));
+    assert_eq!(c.namespace, "/service");
+}
+
+/// Every missing required key is named in one error.
+#[test]
+fn missing_keys_are_all_named() {
+    let err = load(None, &env(&[("PATRONI_CONFIGURATION", "name: x\n")])).unwrap_err();
+    let ConfigError::Invalid(problems) = err else {
+        panic!("{err}")
+    };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    for key in [
+        "scope",
+        "restapi.listen",
+        "restapi.connect_address",
+        "etcd3",
+        "postgresql.listen",
+        "postgresql.connect_address",
+        "postgresql.data_dir",
+        "postgresql.authentication.superuser",
+        "postgresql.authentication.replication",
+    ] {
+        assert!(paths.contains(&key), "{key} missing from {paths:?}");
+    }
+}
+
+/// Forbidden initdb options and a bad listen port are refused with their key paths.
+#[test]
+fn invalid_values_named() {
+    let text = SAMPLE
+        .replace("  - data-checksums", "  - data-checksums\n  - pgdata: /x")
+        .replace("listen: 127.0.0.1:5432", "listen: 127.0.0.1:port");
+    let err = load(None, &env(&[("PATRONI_CONFIGURATION", &text)]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bootstrap.initdb: pgdata"), "{err}");
+    assert!(err.contains("postgresql.listen"), "{err}");
+}
+
+/// Duplicate keys are refused; PyYAML's booleans are read as booleans.
+#[test]
+fn yaml_semantics() {
+    assert!(yaml::parse("a: 1\na: 2", "f").is_err());
+    assert_eq!(yaml::parse("x: yes", "f").unwrap()["x"], Value::Bool(true));
+}
+
+/// --validate-config lists loopback connect addresses and out-of-range values.
+#[test]
+fn validate_lists_every_problem() {
+    let doc = yaml::parse(
+        &SAMPLE.replace("max_connections: 200", "max_connections: 0"),
+        "f",
+    )
+    .unwrap();
+    let problems = validate(&doc);
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(paths.contains(&"restapi.connect_address"), "{paths:?}");
+    assert!(paths.contains(&"postgresql.connect_address"), "{paths:?}");
+    assert!(
+        paths.contains(&"bootstrap.dcs.postgresql.parameters.max_connections"),
+        "{paths:?}"
+    );
+}
+
+fn dynamic(v: Value) -> (DynamicConfig, Vec<String>) {
+    let Value::Object(m) = v else { panic!() };
+    DynamicConfig::from_document(&m)
+}
+
+/// Defaults and the timing rule loop_wait + 2*retry_timeout <= ttl.
+#[test]
+fn dynamic_timing_rule() {
+    let (d, w) = dynamic(json!({}));
+    assert_eq!(
+        (d.ttl, d.loop_wait, d.retry_timeout),
+        (
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+            Duration::from_secs(10)
+        )
+    );
+    assert!(w.is_empty());
+    assert!(d.use_slots);
+    assert_eq!(d.maximum_lag_on_failover, 1_048_576);
+
+    let (d, w) = dynamic(json!({"ttl": 20, "loop_wait": 1, "retry_timeout": 3}));
+    assert_eq!(
+        (
+            d.ttl.as_secs(),
+            d.loop_wait.as_secs(),
+            d.retry_timeout.as_secs()
+        ),
+        (20, 1, 3)
+    );
+    assert!(w.is_empty());
+
+    let (d, w) = dynamic(json!({"ttl": 20, "loop_wait": 10, "retry_timeout": 5}));
+    assert_eq!((d.loop_wait.as_secs(), d.retry_timeout.as_secs()), (10, 5));
+    assert!(w.is_empty());
+
+    let (d, w) = dynamic(json!({"ttl": 20, "loop_wait": 10, "retry_timeout": 8}));
+    assert_eq!(d.loop_wait.as_secs(), 4);
+    assert_eq!(w.len(), 1);
+
+    let (d, w) = dynamic(json!({"ttl": "20", "loop_wait": 10, "retry_timeout": 10}));
+    assert_eq!((d.loop_wait.as_secs(), d.retry_timeout.as_secs()), (1, 9));
+    assert_eq!(w.len(), 1);
+
+    let (d, w) = dynamic(json!({"ttl": 5, "loop_wait": 0}));
+    assert_eq!((d.ttl.as_secs(), d.loop_wait.as_secs()), (20, 1));
+    assert!(w.len() >= 2);
+
+    let (d, _) = dynamic(
+        json!({"pause": true, "master_start_timeout": 12, "postgresql": {"use_slots": false, "use_pg_rewind": true}}),
+    );
+    assert!(d.pause && !d.use_slots && d.use_pg_rewind);
+    assert_eq!(d.primary_start_timeout.as_secs(), 12);
+    let _ = Map::<String, Value>::new();
+}

@@ -1,0 +1,85 @@
+//! Logs in Patroni's format, `2026-11-24 14:16:47,123 INFO: message`, so that log alerts
+//! written for Patroni keep matching. `log.type: json` switches to JSON lines.
+
+use std::fmt;
+
+use pgpilot_config::LogConfig;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+/// Python's level names.
+fn level_name(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARNING",
+        Level::INFO => "INFO",
+        Level::DEBUG | Level::TRACE => "DEBUG",
+    }
+}
+
+fn timestamp() -> String {
+    jiff::ZonedDateTime::now()
+        .strftime("%Y-%m-%d %H:%M:%S,%3f")
+        .to_string()
+}
+
+struct PatroniFormat;
+
+impl<S, N> FormatEvent<S, N> for PatroniFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(
+            writer,
+            "{} {}: ",
+            timestamp(),
+            level_name(event.metadata().level())
+        )?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// Maps Patroni's `log.level` to a filter; `RUST_LOG` overrides it.
+fn filter(level: &str) -> EnvFilter {
+    let lvl = match level.to_ascii_uppercase().as_str() {
+        "DEBUG" => "debug",
+        "WARN" | "WARNING" => "warn",
+        "ERROR" | "CRITICAL" | "FATAL" => "error",
+        _ => "info",
+    };
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(lvl))
+}
+
+pub fn init(cfg: &LogConfig) -> anyhow::Result<()> {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter(&cfg.level))
+        .with_writer(std::io::stderr);
+    if cfg.format_json {
+        builder
+            .json()
+            .try_init()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    } else {
+        builder
+            .event_format(PatroniFormat)
+            .try_init()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
+/// Patroni logs fatal conditions at CRITICAL, a level tracing does not have.
+pub fn critical(msg: &str) {
+    eprintln!("{} CRITICAL: {msg}", timestamp());
+}
