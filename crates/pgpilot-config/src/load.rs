@@ -117,6 +117,17 @@ fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
 /// Loads the local configuration from a file, a directory of YAML files, or (path absent /
 /// `None`) `PATRONI_CONFIGURATION`, then merges `PATRONI_*` variables from `env` over it.
 pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
+    let doc = load_document(path, env)?;
+    let home = env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| v.clone());
+    build(doc, home.as_deref())
+}
+
+/// The merged local document (file or directory or `PATRONI_CONFIGURATION`, then `PATRONI_*`
+/// variables), before any typing: what `--validate-config` checks.
+pub fn load_document(path: Option<&Path>, env: &[(String, String)]) -> Result<Value, ConfigError> {
     let mut doc = Value::Object(Map::new());
     match path {
         Some(p) if p.is_dir() => {

@@ -328,7 +328,7 @@ impl Postgres {
             tokio::time::timeout(QUERY_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
                 .await
                 .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "connect".into()))?
-                .map_err(|e| PgError::Sql(e.to_string()))?;
+                .map_err(|e| sql_err(&e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!("monitoring connection closed: {e}");
@@ -361,7 +361,7 @@ impl Postgres {
                 *guard = Some(client);
                 Ok(v)
             }
-            Err(e) => Err(PgError::Sql(e.to_string())),
+            Err(e) => Err(sql_err(&e)),
         }
     }
 
@@ -640,6 +640,19 @@ impl Postgres {
     }
 }
 
+/// tokio-postgres prints only "db error" for server errors: include the server's message.
+fn sql_err(e: &tokio_postgres::Error) -> PgError {
+    match e.as_db_error() {
+        Some(db) => PgError::Sql(format!("{}: {}", db.severity(), db.message())),
+        None => PgError::Sql(format!(
+            "{e}: {}",
+            std::error::Error::source(e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        )),
+    }
+}
+
 fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -689,9 +702,9 @@ SELECT pg_catalog.pg_is_in_recovery(),
   CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_is_wal_replay_paused() END,
   (SELECT status FROM pg_catalog.pg_stat_get_wal_receiver()),
   pg_catalog.current_setting('restore_command'),
-  (SELECT pg_catalog.json_agg(r)::text FROM (SELECT usename, application_name, client_addr::text,
-     state, sync_state, sync_priority FROM pg_catalog.pg_stat_get_wal_senders() w
-     JOIN pg_catalog.pg_stat_replication s USING (pid)) r),
+  (SELECT pg_catalog.json_agg(r)::text FROM (SELECT usename, application_name,
+     client_addr::text AS client_addr, state, sync_state, sync_priority
+     FROM pg_catalog.pg_stat_replication) r),
   (SELECT pg_catalog.json_agg(p)::text FROM (SELECT name, setting, '?' AS new FROM pg_catalog.pg_settings
      WHERE pending_restart) p),
   CASE WHEN pg_catalog.pg_is_in_recovery() THEN

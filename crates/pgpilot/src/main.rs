@@ -81,9 +81,9 @@ fn main() -> ExitCode {
 
 fn validate(path: Option<&std::path::Path>) -> ExitCode {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    match pgpilot_config::load(path, &env) {
-        Ok(loaded) => {
-            let problems = pgpilot_config::validate(&loaded.config.raw);
+    match pgpilot_config::load_document(path, &env) {
+        Ok(doc) => {
+            let problems = pgpilot_config::validate(&doc);
             if problems.is_empty() {
                 return ExitCode::SUCCESS;
             }

@@ -1,0 +1,106 @@
+//! DCS outage: a primary that can not reach etcd must stop accepting writes before its leader
+//! key could expire and another member could be promoted (no split brain); when etcd comes
+//! back, the cluster heals by itself.
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{secs, Cluster, Options, FAILOVER_TIMEOUT};
+
+/// SIGSTOP of etcd for longer than retry_timeout demotes the primary to read-only; after
+/// SIGCONT there is again one leader that accepts writes and two streaming replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_demotes_the_primary_and_the_cluster_heals_after() {
+    harness::init();
+    let options = Options::default();
+    let ttl = Duration::from_secs(options.ttl);
+    let cluster = Cluster::start(3, options);
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(2).await;
+    let name = cluster.member(leader).name.clone();
+    let client = cluster.pg_connect(leader).await;
+    client
+        .batch_execute(
+            "CREATE TABLE outage_check (id int PRIMARY KEY, note text);
+             INSERT INTO outage_check VALUES (1, 'before the outage');",
+        )
+        .await
+        .unwrap();
+    drop(client);
+
+    let paused = Instant::now();
+    cluster.etcd.pause();
+
+    // The primary demotes itself: PostgreSQL comes back in recovery, and writes fail.
+    cluster
+        .wait(
+            FAILOVER_TIMEOUT,
+            &format!("{name} to demote itself"),
+            async || {
+                anyhow::ensure!(
+                    cluster.in_recovery(leader).await?,
+                    "{name} still runs as a primary"
+                );
+                Ok(())
+            },
+        )
+        .await;
+    let demoted = paused.elapsed();
+    eprintln!(
+        "etcd paused: {name} read-only after {} (ttl {}, retry_timeout 3)",
+        secs(demoted),
+        secs(ttl)
+    );
+    let client = cluster.pg_connect(leader).await;
+    let write = client
+        .execute("INSERT INTO outage_check VALUES (2, 'split brain')", &[])
+        .await;
+    assert!(write.is_err(), "{name} accepted a write without the DCS");
+    // No member is writable while the DCS is away.
+    for i in 0..3 {
+        if let Ok(in_recovery) = cluster.in_recovery(i).await {
+            assert!(
+                in_recovery,
+                "{} is writable during the outage",
+                cluster.member(i).name
+            );
+        }
+    }
+    if demoted >= ttl {
+        eprintln!("note: demotion took longer than ttl on this machine");
+    }
+    // Stay unreachable a little longer than the demotion took, then come back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.etcd.resume();
+    let resumed = Instant::now();
+    eprintln!("etcd resumed after a {} outage", secs(paused.elapsed()));
+
+    let new = cluster.wait_for_leader().await;
+    cluster
+        .wait_writable(new, "outage_check", 3, "after the outage")
+        .await;
+    eprintln!(
+        "healed: {} leader and writable {} after etcd resumed",
+        cluster.member(new).name,
+        secs(resumed.elapsed())
+    );
+    let replicas = cluster
+        .wait_for_replicas_streaming_within(2, FAILOVER_TIMEOUT)
+        .await;
+    assert!(!replicas.contains(&new));
+    cluster.wait_for_walsenders(new, &replicas).await;
+    for &r in &replicas {
+        cluster.wait_for_row(r, "outage_check", 3).await;
+        cluster.wait_for_row(r, "outage_check", 1).await;
+    }
+    // Exactly one primary.
+    let mut primaries = Vec::new();
+    for i in 0..3 {
+        let st = cluster.patroni(i).await.unwrap();
+        if st["role"] == "primary" {
+            primaries.push(cluster.member(i).name.clone());
+        }
+    }
+    assert_eq!(primaries, [cluster.member(new).name.clone()]);
+}

@@ -1,0 +1,829 @@
+//! A pgpilot cluster for one test: its own etcd, one Patroni-format YAML per member, agents
+//! started as `pgpilot <member.yml>` with their output in `<member dir>/agent.log`, PostgreSQL
+//! server logs in `<member dir>/pglog/`. Member `i` is named `pg-<i>` (its slot is `pg_<i>`,
+//! exercising Patroni's name mangling) and lives in `<tmp>/member-<i>/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use nix::sys::signal::Signal;
+use serde_json::{json, Map, Value};
+use tempfile::TempDir;
+
+use super::{
+    agent_bin, clean_env, free_port, init, kill_postmaster_of, log_tail, pg, pid_alive,
+    postmaster_pid, signal, spawn_child, tail, to_yaml, wait_for, Etcd, Standalone,
+    BOOTSTRAP_TIMEOUT, FAILOVER_TIMEOUT, PG_BIN_DIR, SHORT_TIMEOUT,
+};
+
+/// `postgresql.authentication.superuser` of every member.
+pub const SUPERUSER: (&str, &str) = ("postgres", "harness-superuser-secret");
+/// `postgresql.authentication.replication`.
+pub const REPLICATION: (&str, &str) = ("replicator", "harness-replication-secret");
+/// `postgresql.authentication.rewind`.
+pub const REWIND: (&str, &str) = ("rewind_user", "harness-rewind-secret");
+/// `pg_hba.conf` of every member: TCP on loopback with passwords (md5 also accepts SCRAM
+/// verifiers), local socket trusted.
+pub const HBA: &[&str] = &[
+    "local all all trust",
+    "host all all 127.0.0.1/32 md5",
+    "host replication all 127.0.0.1/32 md5",
+];
+/// How long `Drop` waits for SIGTERMed agents before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Lines of each log printed when a test fails.
+const TAIL_LINES: usize = 80;
+
+/// Edits one member's configuration document after the harness built it: `(index, document)`.
+pub type Customize = Arc<dyn Fn(usize, &mut Value) + Send + Sync>;
+
+/// What a test may change in the generated configuration. `Options::default()` is Patroni's
+/// fastest accepted timing (ttl 20, loop_wait 1, retry_timeout 3), slots and pg_rewind on.
+#[derive(Clone)]
+pub struct Options {
+    pub scope: String,
+    /// `bootstrap.dcs.ttl`, `loop_wait`, `retry_timeout` (seconds).
+    pub ttl: u64,
+    pub loop_wait: u64,
+    pub retry_timeout: u64,
+    pub maximum_lag_on_failover: u64,
+    pub use_pg_rewind: bool,
+    pub use_slots: bool,
+    /// `bootstrap.dcs.postgresql.parameters` (cluster-wide ones such as `wal_log_hints`).
+    pub dcs_parameters: Map<String, Value>,
+    /// Extra local `postgresql.parameters` (merged over the harness's socket/log settings).
+    pub parameters: Map<String, Value>,
+    /// `tags` per member index.
+    pub tags: BTreeMap<usize, Map<String, Value>>,
+    /// `log.level`.
+    pub log_level: String,
+    /// Last word on each member's document.
+    pub customize: Option<Customize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let dcs_parameters = json!({
+            "wal_log_hints": "on",
+            "max_wal_senders": 10,
+            "max_replication_slots": 10,
+            "wal_keep_size": "128MB",
+        });
+        Options {
+            scope: "pgpilot-test".into(),
+            ttl: 20,
+            loop_wait: 1,
+            retry_timeout: 3,
+            maximum_lag_on_failover: 1_048_576,
+            use_pg_rewind: true,
+            use_slots: true,
+            dcs_parameters: dcs_parameters.as_object().unwrap().clone(),
+            parameters: Map::new(),
+            tags: BTreeMap::new(),
+            log_level: "INFO".into(),
+            customize: None,
+        }
+    }
+}
+
+/// One member: its name, ports, paths and (when running) its agent process.
+pub struct Member {
+    pub index: usize,
+    pub name: String,
+    /// `<tmp>/member-<i>`: config, logs, pgpass, sockets, data.
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    /// PostgreSQL server logs (`logging_collector` writes here).
+    pub pg_log_dir: PathBuf,
+    pub config_path: PathBuf,
+    /// The agent's stdout + stderr, appended across restarts.
+    pub log_path: PathBuf,
+    pub pg_port: u16,
+    pub api_port: u16,
+    agent: Mutex<Option<Child>>,
+    /// Set when the harness starts the agent, cleared when a test kills or stops it or waits
+    /// for it to exit: an agent that exits while this is set fails the test at once.
+    expect_running: AtomicBool,
+}
+
+impl Member {
+    /// A plain PostgreSQL made by hand in this member's data directory, on its port and socket
+    /// directory (for adoption and foreign-data-directory tests).
+    pub fn standalone(&self) -> Standalone {
+        Standalone::init(
+            &self.data_dir,
+            self.pg_port,
+            &self.socket_dir,
+            &self.dir.join("standalone.log"),
+        )
+    }
+
+    pub fn api_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+}
+
+/// A cluster of agents sharing one etcd. Stopped and cleaned up in `Drop`.
+pub struct Cluster {
+    pub options: Options,
+    members: Vec<Member>,
+    http: reqwest::Client,
+    /// Dropped after the agents are stopped (fields drop after `Drop::drop`), in this order.
+    pub etcd: Etcd,
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts etcd and writes the configuration of `n` members without starting agents.
+    pub fn new(n: usize, options: Options) -> Cluster {
+        init();
+        let etcd = Etcd::start();
+        let dir = tempfile::Builder::new()
+            .prefix("pgpilot-cluster-")
+            .tempdir()
+            .expect("create cluster temp dir");
+        eprintln!(
+            "harness: cluster in {} with etcd at {}",
+            dir.path().display(),
+            etcd.endpoint()
+        );
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(3))
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .expect("build the HTTP client");
+        let mut cluster = Cluster {
+            options,
+            members: Vec::new(),
+            http,
+            etcd,
+            dir,
+        };
+        for _ in 0..n {
+            cluster.add_member(None);
+        }
+        cluster
+    }
+
+    /// [`Cluster::new`] and start every agent at once.
+    pub fn start(n: usize, options: Options) -> Cluster {
+        let cluster = Cluster::new(n, options);
+        for i in 0..n {
+            cluster.start_agent(i);
+        }
+        cluster
+    }
+
+    /// Adds a member (not started) with fresh ports and directory; its name is `pg-<index>`
+    /// unless `name` is given (e.g. a duplicate name). Returns its index.
+    pub fn add_member(&mut self, name: Option<&str>) -> usize {
+        let index = self.members.len();
+        let name = name
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("pg-{index}"));
+        let dir = self.dir.path().join(format!("member-{index}"));
+        let m = Member {
+            index,
+            data_dir: dir.join("data"),
+            socket_dir: dir.join("sock"),
+            pg_log_dir: dir.join("pglog"),
+            config_path: dir.join(format!("{name}.yml")),
+            log_path: dir.join("agent.log"),
+            pg_port: free_port(),
+            api_port: free_port(),
+            dir,
+            name,
+            agent: Mutex::new(None),
+            expect_running: AtomicBool::new(false),
+        };
+        for d in [&m.dir, &m.socket_dir, &m.pg_log_dir] {
+            std::fs::create_dir_all(d).expect("create member dirs");
+        }
+        let doc = self.member_config(&m);
+        std::fs::write(&m.config_path, to_yaml(&doc)).expect("write member config");
+        self.members.push(m);
+        index
+    }
+
+    /// The Patroni configuration of one member.
+    fn member_config(&self, m: &Member) -> Value {
+        let o = &self.options;
+        let mut parameters = json!({
+            "unix_socket_directories": m.socket_dir,
+            "logging_collector": "on",
+            "log_directory": m.pg_log_dir,
+            "log_filename": "postgresql.log",
+            "log_line_prefix": "%m [%p] %q%u@%d ",
+            // Only a process crash is simulated here, never a host crash: skip the fsyncs.
+            "fsync": "off",
+        });
+        let params = parameters.as_object_mut().unwrap();
+        for (k, v) in &o.parameters {
+            params.insert(k.clone(), v.clone());
+        }
+        let mut doc = json!({
+            "scope": o.scope,
+            "namespace": "/service/",
+            "name": m.name,
+            "log": { "level": o.log_level },
+            "restapi": {
+                "listen": format!("127.0.0.1:{}", m.api_port),
+                "connect_address": format!("127.0.0.1:{}", m.api_port),
+            },
+            "etcd3": { "hosts": [self.etcd.endpoint()] },
+            "bootstrap": {
+                "dcs": {
+                    "ttl": o.ttl,
+                    "loop_wait": o.loop_wait,
+                    "retry_timeout": o.retry_timeout,
+                    "maximum_lag_on_failover": o.maximum_lag_on_failover,
+                    "postgresql": {
+                        "use_pg_rewind": o.use_pg_rewind,
+                        "use_slots": o.use_slots,
+                        "parameters": o.dcs_parameters,
+                    },
+                },
+                "initdb": [{ "encoding": "UTF8" }],
+            },
+            "postgresql": {
+                "listen": format!("127.0.0.1:{}", m.pg_port),
+                "connect_address": format!("127.0.0.1:{}", m.pg_port),
+                "data_dir": m.data_dir,
+                "bin_dir": PG_BIN_DIR,
+                "pgpass": m.dir.join("pgpass"),
+                "authentication": {
+                    "superuser": { "username": SUPERUSER.0, "password": SUPERUSER.1 },
+                    "replication": { "username": REPLICATION.0, "password": REPLICATION.1 },
+                    "rewind": { "username": REWIND.0, "password": REWIND.1 },
+                },
+                "parameters": parameters,
+                "pg_hba": HBA,
+            },
+        });
+        if let Some(tags) = o.tags.get(&m.index) {
+            doc["tags"] = Value::Object(tags.clone());
+        }
+        if let Some(customize) = &o.customize {
+            customize(m.index, &mut doc);
+        }
+        doc
+    }
+
+    pub fn member(&self, i: usize) -> &Member {
+        &self.members[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Index of the member named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.name == name)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Agent processes
+
+    /// Starts `pgpilot <member.yml>` for member `i` (again, after a kill, with the same config).
+    pub fn start_agent(&self, i: usize) {
+        let m = &self.members[i];
+        let mut slot = m.agent.lock().unwrap();
+        if let Some(child) = slot.as_mut() {
+            assert!(
+                !matches!(child.try_wait(), Ok(None)),
+                "agent {} is already running",
+                m.name
+            );
+        }
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log_path)
+            .expect("open agent log");
+        use std::io::Write;
+        let _ = writeln!(
+            log,
+            "==== harness: starting agent {} ({}) ====",
+            m.name,
+            timestamp()
+        );
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg(&m.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log);
+        clean_env(&mut cmd, &m.dir);
+        let child = spawn_child(cmd).unwrap_or_else(|e| panic!("can not start the agent: {e}"));
+        *slot = Some(child);
+        m.expect_running.store(true, Ordering::SeqCst);
+    }
+
+    /// PID of member `i`'s agent if it is running.
+    pub fn agent_pid(&self, i: usize) -> Option<i32> {
+        let mut slot = self.members[i].agent.lock().unwrap();
+        let child = slot.as_mut()?;
+        matches!(child.try_wait(), Ok(None)).then(|| child.id() as i32)
+    }
+
+    pub fn agent_running(&self, i: usize) -> bool {
+        self.agent_pid(i).is_some()
+    }
+
+    /// SIGKILL the agent (its PostgreSQL keeps running) and reap it.
+    pub fn kill_agent(&self, i: usize) {
+        self.members[i]
+            .expect_running
+            .store(false, Ordering::SeqCst);
+        let mut slot = self.members[i].agent.lock().unwrap();
+        if let Some(child) = slot.as_mut() {
+            signal(child.id() as i32, Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM the agent: Patroni's graceful shutdown (stop PostgreSQL, release the leader key).
+    pub fn terminate_agent(&self, i: usize) {
+        self.members[i]
+            .expect_running
+            .store(false, Ordering::SeqCst);
+        if let Some(pid) = self.agent_pid(i) {
+            signal(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// Waits for member `i`'s agent to exit by itself; panics after `timeout`.
+    pub async fn wait_agent_exit(&self, i: usize, timeout: Duration) -> ExitStatus {
+        self.members[i]
+            .expect_running
+            .store(false, Ordering::SeqCst);
+        let name = &self.members[i].name;
+        wait_for(timeout, &format!("agent {name} to exit"), async || {
+            let mut slot = self.members[i].agent.lock().unwrap();
+            let child = slot.as_mut().context("agent was never started")?;
+            child.try_wait()?.context("still running")
+        })
+        .await
+    }
+
+    /// Panics if an agent the test expects to run has exited (a crash or a refusal to start):
+    /// waiting the full timeout for a cluster state would only hide why.
+    pub fn assert_agents_alive(&self) {
+        for m in &self.members {
+            if !m.expect_running.load(Ordering::SeqCst) {
+                continue;
+            }
+            let mut slot = m.agent.lock().unwrap();
+            if let Some(Ok(Some(status))) = slot.as_mut().map(Child::try_wait) {
+                m.expect_running.store(false, Ordering::SeqCst);
+                drop(slot);
+                panic!(
+                    "agent {} exited unexpectedly ({status}); its log is below",
+                    m.name
+                );
+            }
+        }
+    }
+
+    /// [`wait_for`] that first checks, at every poll, that no agent died unexpectedly.
+    pub async fn wait<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: impl AsyncFnMut() -> anyhow::Result<T>,
+    ) -> T {
+        wait_for(timeout, what, async || {
+            self.assert_agents_alive();
+            check().await
+        })
+        .await
+    }
+
+    /// The postmaster PID of member `i` from `postmaster.pid`, if alive.
+    pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
+        postmaster_pid(&self.members[i].data_dir)
+    }
+
+    /// SIGKILL member `i`'s postmaster (by the PID in `postmaster.pid`); returns the PID.
+    pub fn kill_postmaster(&self, i: usize) -> Option<i32> {
+        kill_postmaster_of(&self.members[i].data_dir)
+    }
+
+    /// The whole agent log of member `i`.
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.members[i].log_path).unwrap_or_default()
+    }
+
+    /// The agent log of member `i` since its last start by the harness.
+    pub fn agent_log_since_last_start(&self, i: usize) -> String {
+        let log = self.agent_log(i);
+        match log.rfind("==== harness: starting agent") {
+            Some(pos) => log[pos..].to_string(),
+            None => log,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // REST API
+
+    /// `GET <path>` on member `i`'s REST API: status code and JSON body (a non-JSON body comes
+    /// back as a JSON string). Err when the API does not answer.
+    pub async fn api_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.members[i].api_base());
+        let reply = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let code = reply.status().as_u16();
+        let text = reply
+            .text()
+            .await
+            .with_context(|| format!("GET {url}: body"))?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((code, body))
+    }
+
+    /// `GET /patroni` of member `i` (Err unless the API answers 200).
+    pub async fn patroni(&self, i: usize) -> anyhow::Result<Value> {
+        let (code, body) = self.api_get(i, "/patroni").await?;
+        ensure!(
+            code == 200,
+            "GET /patroni on {}: {code} {body}",
+            self.members[i].name
+        );
+        Ok(body)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // etcd
+
+    /// `/service/<scope>/<rel>`.
+    pub fn key(&self, rel: &str) -> String {
+        format!("/service/{}/{rel}", self.options.scope)
+    }
+
+    /// The value of `/service/<scope>/<rel>` (e.g. `leader`, `initialize`, `members/pg-0`).
+    pub fn etcd_get(&self, rel: &str) -> Option<String> {
+        self.etcd.get(&self.key(rel)).expect("read etcd")
+    }
+
+    /// The leader key's value (the member name), read from etcd.
+    pub fn leader_name(&self) -> Option<String> {
+        self.etcd.get(&self.key("leader")).ok().flatten()
+    }
+
+    pub fn leader_index(&self) -> Option<usize> {
+        self.leader_name().and_then(|n| self.index_of(&n))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Waiting for cluster states
+
+    /// Waits until some member holds the leader key and its `/patroni` says a running primary;
+    /// returns its index.
+    pub async fn wait_for_leader(&self) -> usize {
+        self.wait_for_leader_except(&[], BOOTSTRAP_TIMEOUT).await
+    }
+
+    /// Like [`Cluster::wait_for_leader`], for a leader other than the members in `not`.
+    pub async fn wait_for_leader_except(&self, not: &[usize], timeout: Duration) -> usize {
+        let what = if not.is_empty() {
+            let names: Vec<_> = not.iter().map(|&i| self.members[i].name.as_str()).collect();
+            format!("a leader other than {names:?} running a primary")
+        } else {
+            "a leader running a primary".to_string()
+        };
+        self.wait(timeout, &what, async || {
+            let name = self
+                .etcd
+                .get(&self.key("leader"))?
+                .context("no leader key in etcd")?;
+            let i = self
+                .index_of(&name)
+                .with_context(|| format!("unknown leader {name:?}"))?;
+            ensure!(!not.contains(&i), "leader is still {name}");
+            let st = self.patroni(i).await?;
+            ensure!(
+                st["role"] == "primary" && st["state"] == "running",
+                "leader {name} reports role {} state {}",
+                st["role"],
+                st["state"]
+            );
+            Ok(i)
+        })
+        .await
+    }
+
+    /// Waits until at least `n` members report through `/patroni` that they run as replicas and
+    /// stream (`replication_state == "streaming"`); returns their indices.
+    pub async fn wait_for_replicas_streaming(&self, n: usize) -> Vec<usize> {
+        self.wait_for_replicas_streaming_within(n, BOOTSTRAP_TIMEOUT)
+            .await
+    }
+
+    pub async fn wait_for_replicas_streaming_within(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<usize> {
+        self.wait(timeout, &format!("{n} streaming replicas"), async || {
+            let mut streaming = Vec::new();
+            let mut seen = Vec::new();
+            for i in 0..self.members.len() {
+                if !self.agent_running(i) {
+                    continue;
+                }
+                match self.patroni(i).await {
+                    Ok(st) => {
+                        seen.push(format!(
+                            "{}: {}/{}/{}",
+                            self.members[i].name, st["role"], st["state"], st["replication_state"]
+                        ));
+                        if st["role"] == "replica"
+                            && st["state"] == "running"
+                            && st["replication_state"] == "streaming"
+                        {
+                            streaming.push(i);
+                        }
+                    }
+                    Err(e) => seen.push(format!("{}: {e:#}", self.members[i].name)),
+                }
+            }
+            ensure!(streaming.len() >= n, "members: {}", seen.join("; "));
+            Ok(streaming)
+        })
+        .await
+    }
+
+    /// Waits until member `i` is a running replica streaming on timeline `timeline` (if given).
+    pub async fn wait_for_streaming_replica(
+        &self,
+        i: usize,
+        timeline: Option<u64>,
+        timeout: Duration,
+    ) {
+        let name = &self.members[i].name;
+        self.wait(
+            timeout,
+            &format!("{name} to stream as a replica"),
+            async || {
+                let st = self.patroni(i).await?;
+                ensure!(
+                    st["role"] == "replica"
+                        && st["state"] == "running"
+                        && st["replication_state"] == "streaming",
+                    "{name}: role {} state {} replication_state {}",
+                    st["role"],
+                    st["state"],
+                    st["replication_state"]
+                );
+                if let Some(tl) = timeline {
+                    ensure!(
+                        st["timeline"].as_u64() == Some(tl),
+                        "{name} on timeline {}",
+                        st["timeline"]
+                    );
+                }
+                Ok(())
+            },
+        )
+        .await;
+    }
+
+    /// Waits until `INSERT INTO <table> VALUES (<id>, <note>)` succeeds on member `i` (retrying
+    /// while it is read-only or unreachable); returns the time it took.
+    pub async fn wait_writable(&self, i: usize, table: &str, id: i32, note: &str) -> Duration {
+        let start = Instant::now();
+        let name = &self.members[i].name;
+        self.wait(
+            FAILOVER_TIMEOUT,
+            &format!("a write to succeed on {name}"),
+            async || {
+                let client = self.pg_connect_try(i).await?;
+                client
+                    .execute(
+                        &format!("INSERT INTO {table} VALUES ($1, $2)"),
+                        &[&id, &note],
+                    )
+                    .await?;
+                Ok(())
+            },
+        )
+        .await;
+        start.elapsed()
+    }
+
+    /// Waits until the row `id` of `table` is visible on member `i`.
+    pub async fn wait_for_row(&self, i: usize, table: &str, id: i32) {
+        let name = &self.members[i].name;
+        self.wait(
+            SHORT_TIMEOUT,
+            &format!("row {id} of {table} on {name}"),
+            async || {
+                let client = self.pg_connect_try(i).await?;
+                let rows = client
+                    .query(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&id])
+                    .await?;
+                ensure!(rows.len() == 1, "not there yet");
+                Ok(())
+            },
+        )
+        .await;
+    }
+
+    /// Rows of `pg_stat_replication` on member `i` joined with the slot each walsender uses:
+    /// `(application_name, state, slot_name)`.
+    pub async fn replication_rows(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
+        let client = self.pg_connect_try(i).await?;
+        let rows = client
+            .query(
+                "SELECT r.application_name, r.state, s.slot_name::text \
+                 FROM pg_stat_replication r \
+                 LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid \
+                 ORDER BY 1",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Waits until member `i`'s `pg_stat_replication` shows every member of `replicas`
+    /// streaming, each through its own slot.
+    pub async fn wait_for_walsenders(&self, i: usize, replicas: &[usize]) {
+        let mut expected: Vec<String> = replicas
+            .iter()
+            .map(|&r| self.members[r].name.clone())
+            .collect();
+        expected.sort();
+        let what = format!("{} to stream to {expected:?}", self.members[i].name);
+        let use_slots = self.options.use_slots;
+        self.wait(SHORT_TIMEOUT, &what, async || {
+            let rows = self.replication_rows(i).await?;
+            for name in &expected {
+                let row = rows.iter().find(|r| &r.0 == name);
+                let Some((_, state, slot)) = row else {
+                    bail!("no walsender for {name}; rows: {rows:?}");
+                };
+                ensure!(state == "streaming", "{name} is {state}");
+                if use_slots {
+                    let want = super::expected_slot_name(name);
+                    ensure!(
+                        slot.as_deref() == Some(&want),
+                        "{name} uses slot {slot:?}, not {want}"
+                    );
+                }
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // PostgreSQL
+
+    /// Superuser connection to member `i` over TCP; panics if it fails.
+    pub async fn pg_connect(&self, i: usize) -> tokio_postgres::Client {
+        self.pg_connect_try(i)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e:#}", self.members[i].name))
+    }
+
+    pub async fn pg_connect_try(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
+        pg::connect(self.members[i].pg_port).await
+    }
+
+    /// `SELECT system_identifier FROM pg_control_system()` on member `i`.
+    pub async fn system_identifier(&self, i: usize) -> String {
+        let client = self.pg_connect(i).await;
+        client
+            .query_one(
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
+            .await
+            .expect("read system identifier")
+            .get(0)
+    }
+
+    /// `SELECT pg_is_in_recovery()` on member `i`.
+    pub async fn in_recovery(&self, i: usize) -> anyhow::Result<bool> {
+        let client = self.pg_connect_try(i).await?;
+        Ok(client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await?
+            .get(0))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Teardown
+
+    /// Everything useful to understand a failure: the tail of each agent log and PostgreSQL
+    /// log, and the etcd keys.
+    pub fn print_diagnostics(&self) {
+        eprintln!(
+            "\n======== harness: diagnostics ({}) ========",
+            self.dir.path().display()
+        );
+        for m in &self.members {
+            eprintln!(
+                "---- {} agent log {} (last {TAIL_LINES} lines; agent {}, postmaster {:?}) ----",
+                m.name,
+                m.log_path.display(),
+                if self.agent_running(m.index) {
+                    "running"
+                } else {
+                    "not running"
+                },
+                postmaster_pid(&m.data_dir),
+            );
+            eprintln!("{}", log_tail(&m.log_path, TAIL_LINES));
+            let mut pg_logs: Vec<PathBuf> = std::fs::read_dir(&m.pg_log_dir)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            pg_logs.push(m.dir.join("standalone.log"));
+            for log in pg_logs.iter().filter(|p| p.is_file()) {
+                eprintln!("---- {} PostgreSQL log {} ----", m.name, log.display());
+                eprintln!("{}", tail(log, TAIL_LINES));
+            }
+        }
+        eprintln!("---- etcd keys ----\n{}", self.etcd.dump());
+        eprintln!("---- etcd log ----\n{}", self.etcd.log_tail(20));
+        eprintln!("======== end of diagnostics ========\n");
+    }
+
+    /// Stops every agent (SIGTERM, up to 15 s, then SIGKILL) and any postmaster left behind.
+    fn stop_all(&self) {
+        if self.etcd.is_paused() {
+            // Let the agents shut down normally.
+            self.etcd.resume();
+        }
+        for i in 0..self.members.len() {
+            self.terminate_agent(i);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while (0..self.members.len()).any(|i| self.agent_running(i)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for i in 0..self.members.len() {
+            if self.agent_running(i) {
+                eprintln!(
+                    "harness: agent {} ignored SIGTERM for {STOP_GRACE:?}, killing it",
+                    self.members[i].name
+                );
+            }
+            self.kill_agent(i);
+        }
+        for m in &self.members {
+            // A restarting PostgreSQL may have a new postmaster right after we killed one.
+            for _ in 0..3 {
+                match kill_postmaster_of(&m.data_dir) {
+                    Some(pid) => {
+                        eprintln!("harness: killed postmaster {pid} of {}", m.name);
+                        debug_assert!(!pid_alive(pid));
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_diagnostics();
+        }
+        self.stop_all();
+        if std::env::var_os("PGPILOT_KEEP_TEST_DIR").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("harness: kept {}", self.dir.path().display());
+        }
+    }
+}
+
+/// Wall-clock time for log markers.
+fn timestamp() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("unix time {:.3}", now.as_secs_f64())
+}
