@@ -166,11 +166,7 @@ pub fn load_document(path: Option<&Path>, env: &[(String, String)]) -> Result<Va
         }]));
     };
     env::apply(&mut map, env);
-    let home = env
-        .iter()
-        .find(|(k, _)| k == "HOME")
-        .map(|(_, v)| v.clone());
-    build(Value::Object(map), home.as_deref())
+    Ok(Value::Object(map))
 }
 
 /// Builds a [`Config`] from an already merged document (used by tests and `load`).
