@@ -89,6 +89,9 @@ pub struct Agent<D: Dcs> {
     /// pg_rewind succeeded (possibly with nothing to do) since PostgreSQL last ran: the data
     /// directory no longer counts as a diverged former primary.
     rewind_done: bool,
+    /// Set by our own demotion, cleared when a rewind ran or a leader on our timeline is
+    /// followed: see `Observation::rewind_check`.
+    rewind_check: bool,
     /// The desired configuration last written to disk (skip rewriting an unchanged one).
     written: Option<DesiredConfig>,
     /// Physical slots last synchronised on the primary.
@@ -132,6 +135,7 @@ impl<D: Dcs> Agent<D> {
             sysid: None,
             rewind_failed: false,
             rewind_done: false,
+            rewind_check: false,
             written: None,
             slots: None,
             history_timeline: 0,
@@ -287,6 +291,7 @@ impl<D: Dcs> Agent<D> {
                 .postgresql
                 .remove_data_directory_on_rewind_failure,
             rewind_failed: self.rewind_failed,
+            rewind_check: self.rewind_check,
             peers,
         };
         let decision = decide(&obs);
@@ -482,6 +487,7 @@ impl<D: Dcs> Agent<D> {
                 info!("pg_rewind finished");
                 self.rewind_failed = false;
                 self.rewind_done = true;
+                self.rewind_check = false;
                 self.written = None;
             }
             (kind, Err(e)) => {
@@ -758,6 +764,7 @@ impl<D: Dcs> Agent<D> {
     /// `standby.signal` now would hide that this data directory was a primary.
     async fn demote(&mut self, mode: StopMode) {
         self.last_renewal = None;
+        self.rewind_check = true;
         self.role = "demoted".into();
         self.state = "stopping".into();
         if let Err(e) = self.pg.stop(mode, self.pg_ctl_timeout()).await {
@@ -1026,6 +1033,14 @@ impl<D: Dcs> Agent<D> {
         }
         self.role = "replica".into();
         self.slots = None;
+        if let (Some(l), PgView::Running { timeline, .. }) = (
+            obs.cluster.as_ref().and_then(Cluster::leader_member),
+            &obs.pg,
+        ) {
+            if l.data.timeline.is_some_and(|tl| tl <= *timeline) {
+                self.rewind_check = false;
+            }
+        }
         let standby = self.standby_for(obs.cluster.as_ref(), Some(leader));
         let desired = self.desired(Some(standby));
         if self.ensure_config(desired).await {

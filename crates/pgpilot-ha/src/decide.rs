@@ -89,6 +89,9 @@ pub struct Observation {
     pub remove_data_directory_on_rewind_failure: bool,
     /// A rewind against the current leader already failed (and data must not be removed).
     pub rewind_failed: bool,
+    /// We demoted ourselves since PostgreSQL last started: before following a leader on a newer
+    /// timeline our data may have to be rewound.
+    pub rewind_check: bool,
     /// Peers' `/patroni` answers, gathered only when the cluster has no leader.
     pub peers: Vec<PeerStatus>,
 }
@@ -173,6 +176,17 @@ pub fn decide(o: &Observation) -> Decision {
     let Some(cluster) = &o.cluster else {
         if pg_primary && !o.paused {
             return Decision::DemoteOffline;
+        }
+        // A primary stopped by a failed lock renewal comes back read-only, with no upstream
+        // until the DCS tells who leads.
+        if let (PgView::Stopped { .. }, DataState::Initialized { .. }, None, false) =
+            (&o.pg, &o.data, o.action, o.paused)
+        {
+            return Decision::StartPostgres {
+                as_primary: false,
+                follow: None,
+                msg: "starting as a secondary".into(),
+            };
         }
         return Decision::NoAction {
             msg: "DCS is not accessible".into(),
@@ -367,6 +381,24 @@ pub fn decide(o: &Observation) -> Decision {
     }
     if holds_lock {
         return Decision::RenewLeader;
+    }
+    if let (
+        Some(leader),
+        PgView::Running {
+            in_recovery: true,
+            timeline,
+            ..
+        },
+    ) = (cluster.leader_member(), &o.pg)
+    {
+        // After our own demotion, a leader on a newer timeline may have forked before the end
+        // of our WAL: rewind (pg_rewind does nothing when there is no divergence).
+        let leader_tl = leader.data.timeline.unwrap_or(0);
+        if o.rewind_check && o.use_pg_rewind && !o.rewind_failed && leader_tl > *timeline {
+            return Decision::Rewind {
+                leader: leader.name.clone(),
+            };
+        }
     }
     Decision::Follow {
         // `is_unlocked` was checked above, so the leader name exists.
