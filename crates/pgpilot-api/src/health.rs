@@ -166,45 +166,12 @@ pub fn health_code(s: &NodeSnapshot, req: &Request, now: Instant) -> u16 {
     let (sync, quorum) = sync_flags(s, cluster);
     let leaderish = c.primary == 200 || c.standby_leader == 200;
     let code = match path {
-        "/sync" | "/synchronous" => {
-            if sync {
-                c.replica
-            } else {
-                503
-            }
-        }
-        "/quorum" => {
-            if quorum {
-                c.replica
-            } else {
-                503
-            }
-        }
-        "/async" | "/asynchronous" => {
-            if !sync && !quorum {
-                c.replica
-            } else {
-                503
-            }
-        }
-        "/read-only-quorum" => {
-            if leaderish {
-                200
-            } else if quorum {
-                c.replica
-            } else {
-                503
-            }
-        }
-        "/read-only-sync" | "/read-only-synchronous" => {
-            if leaderish {
-                200
-            } else if sync {
-                c.replica
-            } else {
-                503
-            }
-        }
+        "/sync" | "/synchronous" if sync => c.replica,
+        "/quorum" if quorum => c.replica,
+        "/async" | "/asynchronous" if !sync && !quorum => c.replica,
+        "/read-only-quorum" | "/read-only-sync" | "/read-only-synchronous" if leaderish => 200,
+        "/read-only-quorum" if quorum => c.replica,
+        "/read-only-sync" | "/read-only-synchronous" if sync => c.replica,
         _ => 503,
     };
     filtered(code)
