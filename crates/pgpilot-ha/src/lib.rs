@@ -3,6 +3,8 @@
 
 mod agent;
 pub mod decide;
+#[cfg(test)]
+mod decide_tests;
 mod params;
 
 pub use agent::{Agent, AgentError, Exit};

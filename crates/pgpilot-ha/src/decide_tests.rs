@@ -1,0 +1,319 @@
+//! Table tests of `decide()`: one row per branch of the HA cycle, asserting the exact decision
+//! and the sentence logged (spec/ha-loop.md §5.1–5.3). No processes, no clock.
+
+use pgpilot_api::PeerStatus;
+use pgpilot_dcs::{Cluster, HistoryLine, Leader, Member, MemberData, Status};
+use serde_json::{json, Value};
+
+use crate::decide::{decide, ActionKind, DataState, Decision, Observation, PgView};
+
+const SYSID: &str = "7311111111111111111";
+
+fn member(name: &str, role: &str, timeline: Option<u32>, tags: Option<Value>) -> Member {
+    Member {
+        name: name.into(),
+        data: MemberData {
+            conn_url: format!("postgres://127.0.0.1:5432/{name}"),
+            api_url: format!("http://127.0.0.1:8008/{name}"),
+            state: "running".into(),
+            role: role.into(),
+            timeline,
+            tags: tags.and_then(|t| t.as_object().cloned()),
+            ..Default::default()
+        },
+        version: 1,
+        lease: 1,
+    }
+}
+
+/// pg1 (leader), pg2 (me), pg3; initialized; history `[]`.
+fn cluster(leader: Option<&str>) -> Cluster {
+    Cluster {
+        initialize: Some(SYSID.into()),
+        leader: leader.map(|l| Leader {
+            name: l.into(),
+            version: 1,
+            lease: 1,
+        }),
+        members: vec![
+            member("pg1", "primary", Some(1), None),
+            member("pg2", "replica", Some(1), None),
+            member("pg3", "replica", Some(1), None),
+        ],
+        status: Status {
+            optime: 1000,
+            ..Default::default()
+        },
+        history: Some(vec![]),
+        ..Default::default()
+    }
+}
+
+fn replica(wal: u64) -> PgView {
+    PgView::Running {
+        in_recovery: true,
+        timeline: 1,
+        wal_position: wal,
+        streaming: true,
+    }
+}
+
+fn primary(timeline: u32) -> PgView {
+    PgView::Running {
+        in_recovery: false,
+        timeline,
+        wal_position: 1000,
+        streaming: false,
+    }
+}
+
+fn peer(name: &str, wal: u64) -> PeerStatus {
+    PeerStatus {
+        name: name.into(),
+        is_primary: false,
+        wal_position: wal,
+        timeline: Some(1),
+        nofailover: false,
+        failover_priority: 1,
+        watchdog_failed: false,
+        raw: Value::Null,
+    }
+}
+
+/// Me = pg2, a streaming replica following pg1.
+fn obs() -> Observation {
+    Observation {
+        me: "pg2".into(),
+        cluster: Some(cluster(Some("pg1"))),
+        data: DataState::Initialized {
+            sysid: SYSID.into(),
+        },
+        pg: replica(1000),
+        action: None,
+        paused: false,
+        can_failover: true,
+        failover_priority: 1,
+        can_bootstrap: true,
+        maximum_lag_on_failover: 1_048_576,
+        check_timeline: false,
+        use_pg_rewind: true,
+        remove_data_directory_on_rewind_failure: false,
+        rewind_failed: false,
+        rewind_check: false,
+        peers: vec![],
+    }
+}
+
+fn no_action(msg: &str) -> Decision {
+    Decision::NoAction { msg: msg.into() }
+}
+
+fn not_healthiest() -> Decision {
+    Decision::NotHealthiest {
+        msg: "following a different leader because i am not the healthiest node".into(),
+    }
+}
+
+fn start_secondary(follow: Option<&str>) -> Decision {
+    Decision::StartPostgres {
+        as_primary: false,
+        follow: follow.map(str::to_string),
+        msg: "starting as a secondary".into(),
+    }
+}
+
+#[test]
+fn decision_table() {
+    fn unlocked() -> Option<Cluster> {
+        Some(cluster(None))
+    }
+    fn mine() -> Option<Cluster> {
+        Some(cluster(Some("pg2")))
+    }
+    fn stopped(was_primary: bool) -> PgView {
+        PgView::Stopped {
+            was_primary,
+            clean: true,
+        }
+    }
+    type Row = (&'static str, Box<dyn Fn(&mut Observation)>, Decision);
+    let rows: Vec<Row> = vec![
+        // §5.1.17: DCS unreachable.
+        ("dcs down, primary", Box::new(|o| { o.cluster = None; o.pg = primary(1) }), Decision::DemoteOffline),
+        ("dcs down, replica", Box::new(|o| o.cluster = None), no_action("DCS is not accessible")),
+        ("dcs down, paused primary", Box::new(|o| { o.cluster = None; o.pg = primary(1); o.paused = true }), no_action("DCS is not accessible")),
+        ("dcs down, stopped after demotion", Box::new(|o| { o.cluster = None; o.pg = stopped(true) }), start_secondary(None)),
+        ("dcs down, stopped, paused", Box::new(|o| { o.cluster = None; o.pg = stopped(true); o.paused = true }), no_action("DCS is not accessible")),
+        // §5.1.5: a background action runs.
+        ("action, lock holder", Box::new(|o| { o.cluster = mine(); o.action = Some(ActionKind::Start) }), Decision::UpdateLockDuring { action: ActionKind::Start }),
+        ("action, primary without lock", Box::new(|o| { o.pg = primary(1); o.action = Some(ActionKind::Rewind) }), Decision::DemoteImmediate { msg: "lost leader lock during rewind".into() }),
+        ("action, replica", Box::new(|o| o.action = Some(ActionKind::Clone)), no_action("bootstrap from leader in progress")),
+        ("bootstrap without lock", Box::new(|o| { o.cluster = unlocked(); o.pg = primary(1); o.action = Some(ActionKind::Bootstrap) }), no_action("bootstrap in progress")),
+        // §5.1.9: empty data directory.
+        ("empty, holds lock", Box::new(|o| { o.cluster = mine(); o.data = DataState::Empty }), Decision::ReleaseLock { msg: "released leader key because the data directory is empty".into() }),
+        ("empty, paused", Box::new(|o| { o.data = DataState::Empty; o.paused = true }), no_action("running with empty data directory")),
+        ("empty, fresh cluster", Box::new(|o| { o.cluster = Some(Cluster::default()); o.data = DataState::Empty; o.pg = stopped(false) }), Decision::RaceBootstrap),
+        ("empty, fresh cluster, nofailover", Box::new(|o| { o.cluster = Some(Cluster::default()); o.data = DataState::Empty; o.can_failover = false }), no_action("waiting for leader to bootstrap")),
+        ("empty, leader exists", Box::new(|o| o.data = DataState::Empty), Decision::Clone { from: "pg1".into(), msg: "trying to bootstrap from leader 'pg1'".into() }),
+        ("empty, clonefrom replica", Box::new(|o| {
+            o.data = DataState::Empty;
+            let mut c = cluster(Some("pg1"));
+            c.members[2] = member("pg3", "replica", Some(1), Some(json!({"clonefrom": true})));
+            o.cluster = Some(c);
+        }), Decision::Clone { from: "pg3".into(), msg: "trying to bootstrap from replica 'pg3'".into() }),
+        ("empty, initialized but no leader", Box::new(|o| { o.cluster = unlocked(); o.data = DataState::Empty }), no_action("waiting for leader to bootstrap")),
+        ("invalid data dir", Box::new(|o| o.data = DataState::Invalid("x".into())), no_action("data dir for the cluster is not empty, but system ID is invalid; consider doing reinitialize")),
+        // §5.1.10: system identifier.
+        ("sysid mismatch", Box::new(|o| o.data = DataState::Initialized { sysid: "7322222222222222222".into() }),
+            Decision::Fatal { msg: format!("system ID mismatch, node pg2 belongs to a different cluster: {SYSID} != 7322222222222222222") }),
+        ("no initialize key, primary: adopt", Box::new(|o| { let mut c = cluster(None); c.initialize = None; o.cluster = Some(c); o.pg = primary(1) }), Decision::AdoptInitialize { sysid: SYSID.into() }),
+        ("no initialize key, replica", Box::new(|o| { let mut c = cluster(None); c.initialize = None; o.cluster = Some(c) }),
+            Decision::Fatal { msg: "No initialize key in DCS and PostgreSQL is running as replica, aborting start".into() }),
+        // §5.1.11: PostgreSQL stopped.
+        ("stopped, lock holder, was primary", Box::new(|o| { o.cluster = mine(); o.pg = stopped(true) }),
+            Decision::StartPostgres { as_primary: true, follow: None, msg: "starting primary after failure".into() }),
+        ("stopped, lock holder, was replica", Box::new(|o| { o.cluster = mine(); o.pg = stopped(false) }),
+            Decision::StartPostgres { as_primary: false, follow: None, msg: "starting as readonly because i had the session lock".into() }),
+        ("stopped former primary, rewind", Box::new(|o| o.pg = stopped(true)), Decision::Rewind { leader: "pg1".into() }),
+        ("stopped former primary, no rewind configured", Box::new(|o| { o.pg = stopped(true); o.use_pg_rewind = false }), start_secondary(Some("pg1"))),
+        ("rewind failed, remove allowed", Box::new(|o| { o.pg = stopped(true); o.rewind_failed = true; o.remove_data_directory_on_rewind_failure = true }),
+            Decision::RemoveDataDirectory { msg: "removing data directory because pg_rewind failed".into() }),
+        ("stopped replica", Box::new(|o| o.pg = stopped(false)), start_secondary(Some("pg1"))),
+        ("stopped, unlocked", Box::new(|o| { o.cluster = unlocked(); o.pg = stopped(false) }), start_secondary(None)),
+        ("stopped, paused, lock holder", Box::new(|o| { o.cluster = mine(); o.pg = stopped(true); o.paused = true }),
+            Decision::ReleaseLock { msg: "removed leader key because postgres is not running".into() }),
+        ("stopped, paused", Box::new(|o| { o.pg = stopped(false); o.paused = true }), no_action("postgres is not running")),
+        ("unresponsive, lock holder", Box::new(|o| { o.cluster = mine(); o.pg = PgView::Unresponsive }), Decision::UpdateLockDuring { action: ActionKind::Start }),
+        ("unresponsive replica", Box::new(|o| o.pg = PgView::Unresponsive), no_action("PostgreSQL is not accepting connections yet")),
+        // §5.2: leader race.
+        ("race, healthiest", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![peer("pg3", 900)] }), Decision::AcquireLeader),
+        ("race, peer ahead", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![peer("pg3", 1001)] }), not_healthiest()),
+        ("race, primary alive", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![PeerStatus { is_primary: true, ..peer("pg1", 1000) }] }), not_healthiest()),
+        ("race, too far behind", Box::new(|o| { o.cluster = unlocked(); o.pg = replica(1); o.maximum_lag_on_failover = 10 }), not_healthiest()),
+        ("race, equal WAL, higher peer priority", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![PeerStatus { failover_priority: 2, ..peer("pg3", 1000) }] }), not_healthiest()),
+        ("race, equal WAL, equal priority", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![peer("pg3", 1000)] }), Decision::AcquireLeader),
+        ("race, nofailover peer ahead is ignored", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![PeerStatus { nofailover: true, ..peer("pg3", 5000) }] }), Decision::AcquireLeader),
+        ("race, nofailover", Box::new(|o| { o.cluster = unlocked(); o.can_failover = false }),
+            Decision::NotHealthiest { msg: "following a different leader because I am not allowed to promote".into() }),
+        ("race, paused replica", Box::new(|o| { o.cluster = unlocked(); o.paused = true }), not_healthiest()),
+        ("race, check_timeline", Box::new(|o| {
+            let mut c = cluster(None);
+            c.history = Some(vec![HistoryLine { timeline: 1, lsn: 10, reason: "x".into(), timestamp: None, leader: None }]);
+            o.cluster = Some(c);
+            o.check_timeline = true;
+        }), not_healthiest()),
+        ("race, running primary", Box::new(|o| { o.cluster = unlocked(); o.pg = primary(1) }), Decision::AcquireLeader),
+        ("race, stale primary on an old timeline", Box::new(|o| {
+            let mut c = cluster(None);
+            c.history = Some(vec![HistoryLine { timeline: 1, lsn: 10, reason: "x".into(), timestamp: None, leader: None }]);
+            o.cluster = Some(c);
+            o.pg = primary(1);
+        }), not_healthiest()),
+        // §5.3: a leader exists.
+        ("lock holder", Box::new(|o| { o.cluster = mine(); o.pg = primary(1) }), Decision::RenewLeader),
+        ("follower", Box::new(|_| {}), Decision::Follow { leader: "pg1".into() }),
+        ("primary without lock", Box::new(|o| o.pg = primary(1)), Decision::Follow { leader: "pg1".into() }),
+        ("demoted, leader on newer timeline", Box::new(|o| {
+            let mut c = cluster(Some("pg1"));
+            c.members[0].data.timeline = Some(2);
+            o.cluster = Some(c);
+            o.rewind_check = true;
+        }), Decision::Rewind { leader: "pg1".into() }),
+        ("demoted, leader on same timeline", Box::new(|o| o.rewind_check = true), Decision::Follow { leader: "pg1".into() }),
+    ];
+    let mut failures = Vec::new();
+    for (name, setup, want) in rows {
+        let mut o = obs();
+        setup(&mut o);
+        let got = decide(&o);
+        if got != want {
+            failures.push(format!("{name}:\n   want {want:?}\n    got {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Exhaustive over (DCS view) × (PostgreSQL) × (pause) × (action): the decisions that make or
+/// keep a writable primary never happen without a readable DCS in which the lock is ours or
+/// free, and an unreachable DCS always demotes a running, unpaused primary.
+#[test]
+fn safety_over_every_combination() {
+    let views: Vec<(&str, Option<Cluster>)> = vec![
+        ("mine", Some(cluster(Some("pg2")))),
+        ("other", Some(cluster(Some("pg1")))),
+        ("unlocked", Some(cluster(None))),
+        ("down", None),
+    ];
+    let pgs = vec![
+        primary(1),
+        replica(1000),
+        PgView::Stopped {
+            was_primary: true,
+            clean: false,
+        },
+        PgView::Stopped {
+            was_primary: false,
+            clean: true,
+        },
+        PgView::Unresponsive,
+    ];
+    let actions = [
+        None,
+        Some(ActionKind::Start),
+        Some(ActionKind::Clone),
+        Some(ActionKind::Bootstrap),
+    ];
+    for (view, c) in &views {
+        for pg in &pgs {
+            for paused in [false, true] {
+                for action in actions {
+                    let mut o = obs();
+                    o.cluster = c.clone();
+                    o.pg = pg.clone();
+                    o.paused = paused;
+                    o.action = action;
+                    let d = decide(&o);
+                    let ctx = format!("{view} {pg:?} paused={paused} action={action:?}: {d:?}");
+                    match &d {
+                        Decision::RenewLeader | Decision::UpdateLockDuring { .. } => {
+                            assert_eq!(*view, "mine", "{ctx}")
+                        }
+                        Decision::StartPostgres {
+                            as_primary: true, ..
+                        } => assert_eq!(*view, "mine", "{ctx}"),
+                        Decision::AcquireLeader => assert_eq!(*view, "unlocked", "{ctx}"),
+                        _ => {}
+                    }
+                    if *view == "down"
+                        && !paused
+                        && matches!(
+                            pg,
+                            PgView::Running {
+                                in_recovery: false,
+                                ..
+                            }
+                        )
+                    {
+                        assert_eq!(d, Decision::DemoteOffline, "{ctx}");
+                    }
+                    if *view == "other"
+                        && !paused
+                        && action.is_none()
+                        && matches!(
+                            pg,
+                            PgView::Running {
+                                in_recovery: false,
+                                ..
+                            }
+                        )
+                    {
+                        assert!(
+                            matches!(d, Decision::Follow { .. }),
+                            "a primary without the lock must follow (and so demote): {ctx}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
