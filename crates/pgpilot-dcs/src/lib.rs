@@ -2,14 +2,15 @@
 //!
 //! The HA cycle sees the DCS through the [`Dcs`] trait: one consistent [`Cluster`] snapshot per
 //! cycle (served from a watch-fed cache) and a handful of writes with Patroni's exact CAS semantics
-//! (spec/dcs.md §2.5). [`etcd::EtcdDcs`] (etcd v3) implements it; its contract tests run against a
-//! real etcd (`tests/etcd_contract.rs`). The in-memory backend for the simulation is not written
-//! yet.
+//! (spec/dcs.md §2.5). Two backends implement it: [`etcd::EtcdDcs`] (etcd v3, production) and
+//! [`memory::MemoryDcs`] (tests and simulation); one contract suite (`tests/contract.rs`) runs
+//! against both.
 
 use std::future::Future;
 use std::time::Duration;
 
 pub mod etcd;
+pub mod memory;
 pub mod types;
 
 pub use types::*;

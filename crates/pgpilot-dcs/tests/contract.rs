@@ -1,6 +1,6 @@
-//! The DCS contract against a real etcd (Debian's `etcd-server`, v3.4): Patroni's key layout and
-//! exact stored bytes, the leader race, lease expiry, watch wake-ups, CAS, and behaviour while
-//! etcd is frozen.
+//! The DCS contract, written once and run against a real etcd (Debian's `etcd-server`, v3.4) and
+//! the in-memory backend: leader race, lease expiry, watch wake-ups, CAS, outages. The etcd runs
+//! also check the exact stored bytes of Patroni's key layout.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::etcd::{EtcdDcs, EtcdOptions};
+use pgpilot_dcs::memory::{MemoryDcs, MemoryStore};
 use pgpilot_dcs::{Dcs, MemberData, Status};
+use std::future::Future;
 
 /// A real etcd on 127.0.0.1 free ports, killed by PID on drop.
 struct Etcd {
@@ -125,16 +127,18 @@ fn member_data(name: &str) -> MemberData {
     }
 }
 
-/// Exactly one of three racers wins `/initialize` and the leader key; the stored values are the
-/// bare name and the sysid; leader and member share one lease; the holder keeps it and only the
-/// holder can release it.
-#[tokio::test]
-async fn races_layout_and_release() {
-    let etcd = Etcd::start();
-    let a = client(&etcd, "pg1", 20).await;
-    let b = client(&etcd, "pg2", 20).await;
-    let c = client(&etcd, "pg3", 20).await;
-
+/// Exactly one of three racers wins `/initialize` and the leader key; leader and member share
+/// one lease; the holder keeps it and only the holder can release it; the view sees our own
+/// writes at once.
+async fn races_and_release<D: Dcs, F: Future<Output = Arc<D>>>(
+    make: impl Fn(&'static str, u64) -> F,
+    etcd: Option<&Etcd>,
+) {
+    let (a, b, c) = (
+        make("pg1", 20).await,
+        make("pg2", 20).await,
+        make("pg3", 20).await,
+    );
     let (ia, ib, ic) = tokio::join!(
         a.initialize(true, ""),
         b.initialize(true, ""),
@@ -142,7 +146,6 @@ async fn races_layout_and_release() {
     );
     let wins = [ia.unwrap(), ib.unwrap(), ic.unwrap()];
     assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
-
     let (la, lb, lc) = tokio::join!(
         a.attempt_to_acquire_leader(),
         b.attempt_to_acquire_leader(),
@@ -157,62 +160,68 @@ async fn races_layout_and_release() {
     } else {
         (&c, &a)
     };
-
-    winner
-        .touch_member(&member_data(winner.member_name()))
-        .await
-        .unwrap();
+    let name = winner.member_name().to_string();
+    winner.touch_member(&member_data(&name)).await.unwrap();
     winner
         .initialize(false, "7311111111111111111")
         .await
         .unwrap();
-    let (leader, leader_lease) = raw(&etcd, "/service/batman/leader").await.unwrap();
-    assert_eq!(leader, winner.member_name());
-    let (member, member_lease) = raw(
-        &etcd,
-        &format!("/service/batman/members/{}", winner.member_name()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(member, member_data(winner.member_name()).to_json());
-    assert!(
-        member.starts_with(r#"{"conn_url":"postgres://"#),
-        "{member}"
-    );
+    if let Some(etcd) = etcd {
+        stored_bytes(etcd, &name).await;
+    }
+    let view = winner.cluster().await.unwrap();
+    assert_eq!(view.leader_name(), Some(name.as_str()));
+    let me = view.member(&name).unwrap();
+    assert_eq!(me.data, member_data(&name));
     assert_eq!(
-        leader_lease, member_lease,
-        "leader and member share one lease"
+        me.lease,
+        view.leader.as_ref().unwrap().lease,
+        "one lease for both keys"
     );
-    assert_ne!(leader_lease, 0);
-    assert_eq!(
-        raw(&etcd, "/service/batman/initialize").await.unwrap().0,
-        "7311111111111111111"
-    );
-
     assert!(winner.update_leader(None).await.unwrap());
+    assert!(
+        !loser.update_leader(None).await.unwrap(),
+        "not the loser's key"
+    );
     assert!(
         !loser.delete_leader().await.unwrap(),
         "only the holder may release"
     );
     assert!(winner.delete_leader().await.unwrap());
-    assert!(raw(&etcd, "/service/batman/leader").await.is_none());
-    // The cache sees our own writes at once.
     let view = winner.cluster().await.unwrap();
     assert!(view.is_unlocked());
     assert_eq!(view.initialize.as_deref(), Some("7311111111111111111"));
 }
 
-/// A leader that stops renewing loses the key when its lease expires, and the expiry wakes a
-/// waiting replica at once instead of at the end of its wait.
-#[tokio::test]
-async fn lease_expiry_wakes_replicas() {
-    let etcd = Etcd::start();
-    let leader = client(&etcd, "pg1", 2).await;
-    let replica = client(&etcd, "pg2", 20).await;
+/// Patroni's exact bytes: the bare leader name, compact member JSON, the sysid, one lease.
+async fn stored_bytes(etcd: &Etcd, winner: &str) {
+    let (leader, leader_lease) = raw(etcd, "/service/batman/leader").await.unwrap();
+    assert_eq!(leader, winner);
+    let (member, member_lease) = raw(etcd, &format!("/service/batman/members/{winner}"))
+        .await
+        .unwrap();
+    assert_eq!(member, member_data(winner).to_json());
+    assert!(
+        member.starts_with(r#"{"conn_url":"postgres://"#),
+        "{member}"
+    );
+    assert_eq!(leader_lease, member_lease);
+    assert_ne!(leader_lease, 0);
+    assert_eq!(
+        raw(etcd, "/service/batman/initialize").await.unwrap().0,
+        "7311111111111111111"
+    );
+}
+
+/// A leader that stops renewing loses the key when its lease expires (no free-running
+/// keepalive keeps a hung agent's lock), and the expiry wakes a waiting replica at once.
+async fn lease_expiry_wakes_replicas<D: Dcs, F: Future<Output = Arc<D>>>(
+    make: impl Fn(&'static str, u64) -> F,
+) {
+    let leader = make("pg1", 2).await;
+    let replica = make("pg2", 20).await;
     assert!(leader.attempt_to_acquire_leader().await.unwrap());
-    let view = replica.cluster().await.unwrap();
-    assert_eq!(view.leader_name(), Some("pg1"));
-    // The leader stops renewing (as a hung agent would): no free-running keepalive keeps it.
+    assert_eq!(replica.cluster().await.unwrap().leader_name(), Some("pg1"));
     let started = Instant::now();
     let woke = replica.watch(Duration::from_secs(30), false).await;
     let waited = started.elapsed();
@@ -223,12 +232,13 @@ async fn lease_expiry_wakes_replicas() {
     assert!(replica.attempt_to_acquire_leader().await.unwrap());
 }
 
-/// `/config` and `/failover` CAS on mod_revision; `{}` clears the failover key; `/status` is
-/// stored as Patroni's compact JSON.
-#[tokio::test]
-async fn cas_and_values() {
-    let etcd = Etcd::start();
-    let a = client(&etcd, "pg1", 20).await;
+/// `/config` and `/failover` CAS on mod_revision; `{}` clears the failover key; `/status` and
+/// removal of the whole cluster.
+async fn cas_and_values<D: Dcs, F: Future<Output = Arc<D>>>(
+    make: impl Fn(&'static str, u64) -> F,
+    etcd: Option<&Etcd>,
+) {
+    let a = make("pg1", 20).await;
     assert!(a.set_config(r#"{"ttl":30}"#, None).await.unwrap());
     let v1 = a.cluster_fresh().await.unwrap().config.unwrap().version;
     assert!(a.set_config(r#"{"ttl":40}"#, Some(v1)).await.unwrap());
@@ -240,7 +250,6 @@ async fn cas_and_values() {
         a.cluster_fresh().await.unwrap().config.unwrap().data["ttl"],
         40
     );
-
     a.set_failover(r#"{"leader":"pg1","member":"pg2"}"#, None)
         .await
         .unwrap();
@@ -248,25 +257,85 @@ async fn cas_and_values() {
     assert_eq!(f.member.as_deref(), Some("pg2"));
     assert!(a.set_failover("{}", Some(f.version)).await.unwrap());
     assert!(a.cluster_fresh().await.unwrap().failover.is_none());
-
-    a.write_status(&Status {
+    let status = Status {
         optime: 67_108_960,
         ..Default::default()
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        raw(&etcd, "/service/batman/status").await.unwrap().0,
-        r#"{"optime":67108960}"#
-    );
+    };
+    a.write_status(&status).await.unwrap();
+    assert_eq!(a.cluster_fresh().await.unwrap().status.optime, 67_108_960);
+    if let Some(etcd) = etcd {
+        assert_eq!(
+            raw(etcd, "/service/batman/status").await.unwrap().0,
+            r#"{"optime":67108960}"#
+        );
+    }
     a.delete_cluster().await.unwrap();
     assert!(a.cluster_fresh().await.unwrap().members.is_empty());
+    assert!(a.cluster_fresh().await.unwrap().config.is_none());
+}
+
+fn memory(store: MemoryStore) -> impl Fn(&'static str, u64) -> std::future::Ready<Arc<MemoryDcs>> {
+    move |name, ttl| {
+        std::future::ready(Arc::new(MemoryDcs::new(
+            store.clone(),
+            "/service/",
+            "batman",
+            name,
+            Duration::from_secs(ttl),
+        )))
+    }
+}
+
+#[tokio::test]
+async fn etcd_races_and_release() {
+    let etcd = Etcd::start();
+    races_and_release(|n, t| client(&etcd, n, t), Some(&etcd)).await;
+}
+
+#[tokio::test]
+async fn memory_races_and_release() {
+    races_and_release(memory(MemoryStore::new()), None).await;
+}
+
+#[tokio::test]
+async fn etcd_lease_expiry_wakes_replicas() {
+    let etcd = Etcd::start();
+    lease_expiry_wakes_replicas(|n, t| client(&etcd, n, t)).await;
+}
+
+#[tokio::test]
+async fn memory_lease_expiry_wakes_replicas() {
+    lease_expiry_wakes_replicas(memory(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn etcd_cas_and_values() {
+    let etcd = Etcd::start();
+    cas_and_values(|n, t| client(&etcd, n, t), Some(&etcd)).await;
+}
+
+#[tokio::test]
+async fn memory_cas_and_values() {
+    cas_and_values(memory(MemoryStore::new()), None).await;
+}
+
+/// While the memory store is down every call fails at once; it recovers when the store returns.
+#[tokio::test]
+async fn memory_outage_fails_calls() {
+    let store = MemoryStore::new();
+    let a = memory(store.clone())("pg1", 20).await;
+    assert!(a.attempt_to_acquire_leader().await.unwrap());
+    store.set_available(false);
+    assert!(a.update_leader(None).await.is_err());
+    assert!(a.cluster().await.is_err());
+    store.set_available(true);
+    assert!(a.update_leader(None).await.unwrap());
 }
 
 /// With etcd frozen (SIGSTOP), calls fail within the retry timeout instead of hanging, so a
 /// primary can demote before its lease could expire.
 #[tokio::test]
-async fn frozen_etcd_fails_fast() {
+async fn etcd_frozen_fails_fast() {
     let etcd = Etcd::start();
     let a = client(&etcd, "pg1", 20).await;
     assert!(a.attempt_to_acquire_leader().await.unwrap());
