@@ -494,11 +494,28 @@ impl<D: Dcs> Agent<D> {
                 error!("{} failed: {e}", kind.describe());
                 if kind == ActionKind::Start {
                     self.state = "start failed".into();
+                    let holds =
+                        cluster.and_then(Cluster::leader_name) == Some(self.cfg.name.as_str());
+                    if holds {
+                        // A lock holder whose PostgreSQL does not come back lets another member
+                        // take over instead of holding the cluster hostage (spec/ha-loop.md §5.1.8).
+                        let _ = self
+                            .pg
+                            .stop(StopMode::Immediate, self.pg_ctl_timeout())
+                            .await;
+                        self.role = "demoted".into();
+                        self.last_renewal = None;
+                        if let Err(e) = self.dcs.delete_leader().await {
+                            error!("could not release the leader key: {e}");
+                        }
+                        return Ok(Some(
+                            "removed leader key after trying and failing to start postgres".into(),
+                        ));
+                    }
                 }
             }
             (_, Ok(())) => {}
         }
-        let _ = cluster;
         Ok(None)
     }
 
