@@ -220,3 +220,164 @@ pub fn readiness(s: &NodeSnapshot, req: &Request, now: Instant) -> u16 {
         503
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use pgpilot_dcs::{Cluster, Leader};
+    use serde_json::json;
+
+    use super::*;
+    use crate::http::parse_query;
+    use crate::{NodeSnapshot, PgInfo};
+
+    fn req(target: &str) -> Request {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Request {
+            method: "GET".into(),
+            path: path.into(),
+            query: parse_query(query),
+            headers: vec![],
+            body: None,
+        }
+    }
+
+    fn snapshot(primary: bool, leader: bool, now: Instant) -> NodeSnapshot {
+        let mut s = NodeSnapshot::starting("pg1", "batman");
+        s.state = "running".into();
+        s.role = if primary { "primary" } else { "replica" }.into();
+        s.pg = Some(PgInfo {
+            in_recovery: !primary,
+            timeline: 1,
+            wal_flush_lsn: primary.then_some(1000),
+            receive_lsn: (!primary).then_some(1000),
+            replay_lsn: (!primary).then_some(1000),
+            replication_state: (!primary).then(|| "streaming".to_string()),
+            ..Default::default()
+        });
+        s.leader_until = leader.then_some(now + Duration::from_secs(20));
+        let cluster = Cluster {
+            leader: Some(Leader {
+                name: if leader { "pg1" } else { "pg0" }.into(),
+                version: 1,
+                lease: 1,
+            }),
+            status: pgpilot_dcs::Status {
+                optime: 1000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        s.cluster = Some(Arc::new(cluster));
+        s.cluster_valid_until = Some(now + Duration::from_secs(20));
+        s.configured_tags = json!({"zone": "a", "clonefrom": true})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        s
+    }
+
+    /// Patroni's codes for every health endpoint, for a leader, a streaming replica, a lagging
+    /// one, a noloadbalance one, and a primary that lost its lock.
+    #[test]
+    fn health_code_table() {
+        let now = Instant::now();
+        let primary = snapshot(true, true, now);
+        let replica = snapshot(false, false, now);
+        let mut lagging = snapshot(false, false, now);
+        if let Some(pg) = lagging.pg.as_mut() {
+            pg.replay_lsn = Some(10);
+        }
+        let mut noload = snapshot(false, false, now);
+        noload
+            .configured_tags
+            .insert("noloadbalance".into(), json!(true));
+        let unlocked_primary = snapshot(true, false, now);
+        let mut stopped = snapshot(false, false, now);
+        stopped.state = "stopped".into();
+        stopped.pg = None;
+        let rows: &[(&str, &NodeSnapshot, &str, u16)] = &[
+            ("primary", &primary, "/", 200),
+            ("primary", &primary, "/primary", 200),
+            ("primary", &primary, "/master", 200),
+            ("primary", &primary, "/read-write", 200),
+            ("primary", &primary, "/leader", 200),
+            ("primary", &primary, "/standby-leader", 503),
+            ("primary", &primary, "/replica", 503),
+            ("primary", &primary, "/read-only", 200),
+            ("primary", &primary, "/health", 200),
+            ("primary", &primary, "/async", 503),
+            ("primary", &primary, "/whatever", 503),
+            ("replica", &replica, "/", 503),
+            ("replica", &replica, "/primary", 503),
+            ("replica", &replica, "/leader", 503),
+            ("replica", &replica, "/replica", 200),
+            ("replica", &replica, "/read-only", 200),
+            ("replica", &replica, "/health", 200),
+            ("replica", &replica, "/async", 200),
+            ("replica", &replica, "/sync", 503),
+            ("replica", &replica, "/replica?lag=1MB", 200),
+            ("replica", &replica, "/replica?tag_zone=a", 200),
+            ("replica", &replica, "/replica?tag_zone=b", 503),
+            ("replica", &replica, "/replica?tag_clonefrom=true", 200),
+            ("replica", &replica, "/replica?tag_missing=x", 503),
+            (
+                "replica",
+                &replica,
+                "/replica?replication_state=streaming",
+                200,
+            ),
+            (
+                "replica",
+                &replica,
+                "/replica?replication_state=in%20archive%20recovery",
+                503,
+            ),
+            ("lagging", &lagging, "/replica?lag=100", 503),
+            ("lagging", &lagging, "/replica", 200),
+            ("noloadbalance", &noload, "/replica", 503),
+            ("noloadbalance", &noload, "/health", 200),
+            ("unlocked primary", &unlocked_primary, "/primary", 503),
+            ("unlocked primary", &unlocked_primary, "/leader", 503),
+            ("stopped", &stopped, "/health", 503),
+            ("stopped", &stopped, "/replica", 503),
+        ];
+        let mut failures = Vec::new();
+        for (who, snap, target, want) in rows {
+            let got = health_code(snap, &req(target), now);
+            if got != *want {
+                failures.push(format!("{who} GET {target}: want {want}, got {got}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn lag_units() {
+        assert_eq!(parse_lag("1024"), Some(1024));
+        assert_eq!(parse_lag("16kB"), Some(16 * 1024));
+        assert_eq!(parse_lag("64MB"), Some(64 << 20));
+        assert_eq!(parse_lag("1GB"), Some(1 << 30));
+        assert_eq!(parse_lag("x"), None);
+    }
+
+    #[test]
+    fn liveness_and_readiness() {
+        let now = Instant::now();
+        let mut s = snapshot(false, false, now);
+        s.next_run = now;
+        assert_eq!(liveness(&s, now), 200);
+        assert_eq!(liveness(&s, now + Duration::from_secs(100)), 503);
+        assert_eq!(readiness(&s, &req("/readiness"), now), 200);
+        if let Some(pg) = s.pg.as_mut() {
+            pg.replay_lsn = Some(0);
+        }
+        assert_eq!(readiness(&s, &req("/readiness?lag=10"), now), 503);
+        assert_eq!(
+            readiness(&s, &req("/readiness?lag=10&mode=write"), now),
+            200
+        );
+    }
+}

@@ -294,6 +294,70 @@ fn base64(input: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    use pgpilot_dcs::memory::{MemoryDcs, MemoryStore};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn exchange(addr: std::net::SocketAddr, raw: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// Over a real socket: HEAD/OPTIONS answer a bare HTTP/1.0 status line with no headers,
+    /// GET /patroni answers JSON, an unauthenticated POST gets 401 with Patroni's realm.
+    #[tokio::test]
+    async fn wire_format() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut snap = NodeSnapshot::starting("pg1", "batman");
+        snap.state = "running".into();
+        let (_tx, rx) = watch::channel(Arc::new(snap));
+        let dcs = Arc::new(MemoryDcs::new(
+            MemoryStore::new(),
+            "/service",
+            "batman",
+            "pg1",
+            Duration::from_secs(20),
+        ));
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            rx,
+            dcs,
+            ServerOptions {
+                auth: Some(("admin".into(), "secret".into())),
+            },
+            stop.clone(),
+        ));
+        assert_eq!(
+            exchange(addr, "OPTIONS /replica HTTP/1.0\r\n\r\n").await,
+            "HTTP/1.0 503 Service Unavailable\r\n\r\n"
+        );
+        assert_eq!(
+            exchange(addr, "HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n").await,
+            "HTTP/1.0 200 OK\r\n\r\n"
+        );
+        let get = exchange(addr, "GET /patroni HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(get.starts_with("HTTP/1.0 200 OK\r\n"), "{get}");
+        assert!(get.contains("Content-Type: application/json\r\n"), "{get}");
+        let body: serde_json::Value =
+            serde_json::from_str(get.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["patroni"]["name"], "pg1");
+        assert_eq!(body["state"], "running");
+        let post = exchange(addr, "POST /restart HTTP/1.0\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(post.starts_with("HTTP/1.0 401 Unauthorized\r\n"), "{post}");
+        assert!(
+            post.contains("WWW-Authenticate: Basic realm=\"Patroni\""),
+            "{post}"
+        );
+        let bad = exchange(addr, "\r\n").await;
+        assert!(bad.starts_with("HTTP/1.0 400 "), "{bad}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
     #[test]
     fn base64_basic_auth() {
         assert_eq!(base64(b"admin:admin"), "YWRtaW46YWRtaW4=");
