@@ -34,7 +34,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::decide::{decide, valid_sysid, ActionKind, DataState, Decision, Observation, PgView};
+use crate::decide::{
+    decide, is_healthiest, valid_sysid, ActionKind, DataState, Decision, Observation, PgView,
+};
 use crate::params::{effective_parameters, effective_pg_hba};
 
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +100,6 @@ pub struct Agent<D: Dcs> {
     slots: Option<Vec<String>>,
     /// Timeline whose history we last published to `/history`.
     history_timeline: u32,
-    /// The bootstrap task is ours: finishing it writes `/initialize`, `/config` and the leader.
-    bootstrapping: bool,
     /// Set when the cycle must run again immediately (e.g. after winning a race).
     run_again: bool,
     /// Warnings of the dynamic configuration already logged (log each once).
@@ -139,7 +139,6 @@ impl<D: Dcs> Agent<D> {
             written: None,
             slots: None,
             history_timeline: 0,
-            bootstrapping: false,
             run_again: false,
             logged_warnings: Vec::new(),
         }
@@ -179,7 +178,6 @@ impl<D: Dcs> Agent<D> {
 
     /// Runs cycles until `shutdown` is cancelled, then shuts down in order.
     pub async fn run(&mut self, shutdown: CancellationToken) -> Result<Exit, AgentError> {
-        let mut first = true;
         loop {
             let started = Instant::now();
             let msg = match self.run_cycle().await {
@@ -196,9 +194,6 @@ impl<D: Dcs> Agent<D> {
                 info!("{msg}");
             }
             self.publish(started);
-            if first {
-                first = false;
-            }
             let loop_wait = self.dynamic.loop_wait;
             let elapsed = started.elapsed();
             if elapsed > loop_wait + Duration::from_secs(1) {
@@ -450,11 +445,9 @@ impl<D: Dcs> Agent<D> {
         };
         match (task.kind, result) {
             (ActionKind::Bootstrap, Ok(())) => {
-                self.bootstrapping = false;
                 return self.finish_bootstrap().await.map(Some);
             }
             (ActionKind::Bootstrap, Err(e)) => {
-                self.bootstrapping = false;
                 error!("bootstrap failed: {e}");
                 if let Err(e) = self.dcs.cancel_initialization().await {
                     error!("could not remove the initialize key: {e}");
@@ -613,19 +606,7 @@ impl<D: Dcs> Agent<D> {
         let me = self.cfg.name.clone();
         let cluster = obs.cluster.as_ref();
         match decision {
-            Decision::NoAction { msg } => {
-                if let (
-                    Some(c),
-                    PgView::Running {
-                        in_recovery: true, ..
-                    },
-                ) = (cluster, &obs.pg)
-                {
-                    // Unlocked cluster: keep the replica as it is until a leader appears.
-                    let _ = c;
-                }
-                Ok(msg)
-            }
+            Decision::NoAction { msg } => Ok(msg),
             Decision::Fatal { msg } => Err(AgentError::Fatal(msg)),
             Decision::DemoteOffline => {
                 self.demote(StopMode::Fast).await;
@@ -757,6 +738,9 @@ impl<D: Dcs> Agent<D> {
             }
             Decision::AcquireLeader => self.acquire_leader(obs).await,
             Decision::NotHealthiest { msg } => {
+                if let Some(Err(reason)) = cluster.map(|c| is_healthiest(obs, c)) {
+                    info!("{reason}");
+                }
                 if matches!(
                     obs.pg,
                     PgView::Running {
@@ -807,7 +791,6 @@ impl<D: Dcs> Agent<D> {
     }
 
     fn start_bootstrap(&mut self) {
-        self.bootstrapping = true;
         self.state = "initializing new cluster".into();
         self.role = "uninitialized".into();
         let pg = self.pg.clone();

@@ -105,12 +105,6 @@ impl Observation {
     }
 }
 
-/// Where a replica should stream from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FollowTarget {
-    pub name: String,
-}
-
 /// What the agent does this cycle. Each variant carries the sentence(s) the agent logs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -368,8 +362,8 @@ pub fn decide(o: &Observation) -> Decision {
     if cluster.is_unlocked() {
         return match is_healthiest(o, cluster) {
             Ok(()) => Decision::AcquireLeader,
-            Err(reason) => {
-                let _ = reason;
+            // The agent logs the reason (is_healthiest again) before this sentence.
+            Err(_) => {
                 let msg = if !o.can_failover && !o.paused {
                     "following a different leader because I am not allowed to promote"
                 } else {
