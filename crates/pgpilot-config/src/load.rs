@@ -47,7 +47,6 @@ const MODELLED: &[&str] = &[
     "bootstrap.pg_hba",
     "bootstrap.post_bootstrap",
     "bootstrap.post_init",
-    "bootstrap.method",
     "postgresql.listen",
     "postgresql.connect_address",
     "postgresql.data_dir",
@@ -61,15 +60,9 @@ const MODELLED: &[&str] = &[
     "postgresql.pg_ctl_timeout",
     "postgresql.use_pg_rewind",
     "postgresql.remove_data_directory_on_rewind_failure",
-    "postgresql.remove_data_directory_on_diverged_timelines",
-    "postgresql.callbacks",
-    "postgresql.use_unix_socket",
-    "postgresql.use_unix_socket_repl",
     "tags",
     "log.level",
     "log.type",
-    "log.format",
-    "log.dateformat",
     "log.dir",
 ];
 

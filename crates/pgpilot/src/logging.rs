@@ -6,6 +6,7 @@ use std::fmt;
 use pgpilot_config::LogConfig;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
@@ -61,10 +62,26 @@ fn filter(level: &str) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(lvl))
 }
 
+/// Where log lines go: `<log.dir>/patroni.log` when `log.dir` is set (as Patroni names it;
+/// rotation by `file_size`/`file_num` is not implemented yet), else stderr.
+fn writer(cfg: &LogConfig) -> anyhow::Result<BoxMakeWriter> {
+    let Some(dir) = &cfg.dir else {
+        return Ok(BoxMakeWriter::new(std::io::stderr));
+    };
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("log.dir {}: {e}", dir.display()))?;
+    let path = dir.join("patroni.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("log.dir {}: {e}", path.display()))?;
+    Ok(BoxMakeWriter::new(std::sync::Mutex::new(file)))
+}
+
 pub fn init(cfg: &LogConfig) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(&cfg.level))
-        .with_writer(std::io::stderr);
+        .with_writer(writer(cfg)?);
     if cfg.format_json {
         builder
             .json()
