@@ -324,6 +324,18 @@ impl EtcdDcs {
         Ok(ok)
     }
 
+    /// Put, with a CAS on the key's mod_revision when `version` is given (`/config`,
+    /// `/failover`). `Ok(false)` = the key changed meanwhile.
+    async fn put_if_version(&self, rel: &str, value: &str, version: Option<i64>) -> Result<bool> {
+        match version {
+            Some(v) => {
+                let cmp = Compare::mod_revision(self.key(rel), CompareOp::Equal, v);
+                self.cas_put(rel, value, cmp, None).await
+            }
+            None => self.put(rel, value, None).await.map(|()| true),
+        }
+    }
+
     async fn read(&self, serializable: bool) -> Result<Cluster> {
         let mut opts = GetOptions::new().with_prefix();
         if serializable {
@@ -617,33 +629,11 @@ impl Dcs for EtcdDcs {
     }
 
     async fn set_config(&self, value: &str, version: Option<i64>) -> Result<bool> {
-        match version {
-            Some(v) => {
-                self.cas_put(
-                    "config",
-                    value,
-                    Compare::mod_revision(self.key("config"), CompareOp::Equal, v),
-                    None,
-                )
-                .await
-            }
-            None => self.put("config", value, None).await.map(|()| true),
-        }
+        self.put_if_version("config", value, version).await
     }
 
     async fn set_failover(&self, value: &str, version: Option<i64>) -> Result<bool> {
-        match version {
-            Some(v) => {
-                self.cas_put(
-                    "failover",
-                    value,
-                    Compare::mod_revision(self.key("failover"), CompareOp::Equal, v),
-                    None,
-                )
-                .await
-            }
-            None => self.put("failover", value, None).await.map(|()| true),
-        }
+        self.put_if_version("failover", value, version).await
     }
 
     async fn set_history(&self, value: &str) -> Result<()> {

@@ -246,6 +246,15 @@ impl MemoryDcs {
     }
 }
 
+impl MemoryDcs {
+    /// Put, with a CAS on the key's mod_revision (0 when absent) when `version` is given.
+    fn put_if_version(&self, rel: &str, value: &str, version: Option<i64>) -> Result<bool> {
+        let matches =
+            |kv: Option<&Kv>| version.is_none_or(|v| kv.map_or(0, |k| k.mod_revision) == v);
+        self.cas_put(rel, value, matches, false)
+    }
+}
+
 impl Dcs for MemoryDcs {
     fn member_name(&self) -> &str {
         &self.name
@@ -328,21 +337,11 @@ impl Dcs for MemoryDcs {
     }
 
     async fn set_config(&self, value: &str, version: Option<i64>) -> Result<bool> {
-        self.cas_put(
-            "config",
-            value,
-            |kv| version.is_none_or(|v| kv.map_or(0, |k| k.mod_revision) == v),
-            false,
-        )
+        self.put_if_version("config", value, version)
     }
 
     async fn set_failover(&self, value: &str, version: Option<i64>) -> Result<bool> {
-        self.cas_put(
-            "failover",
-            value,
-            |kv| version.is_none_or(|v| kv.map_or(0, |k| k.mod_revision) == v),
-            false,
-        )
+        self.put_if_version("failover", value, version)
     }
 
     async fn set_history(&self, value: &str) -> Result<()> {
