@@ -16,10 +16,55 @@ mod health;
 mod http;
 mod server;
 mod status;
+mod write;
 
 pub use client::{Client, PeerStatus};
 pub use server::{serve, ServerOptions};
 pub use status::status_document;
+pub use write::{deep_merge, parse_schedule, parse_timeout};
+
+/// A request from the REST API that only the agent can carry out. The API validates the
+/// request; the agent decides whether it can act now and answers with a status code and the
+/// text Patroni sends (spec/rest-api.md §1.5).
+#[derive(Debug)]
+pub enum Command {
+    /// `POST /restart`.
+    Restart {
+        request: RestartRequest,
+        reply: tokio::sync::oneshot::Sender<(u16, String)>,
+    },
+    /// `DELETE /restart`.
+    DeleteRestart {
+        reply: tokio::sync::oneshot::Sender<(u16, String)>,
+    },
+    /// `POST /reinitialize`.
+    Reinitialize {
+        force: bool,
+        from_leader: bool,
+        reply: tokio::sync::oneshot::Sender<(u16, String)>,
+    },
+    /// `POST /reload` and SIGHUP: re-read the local configuration.
+    Reload,
+    /// Something in the DCS changed on our behalf (`/failover`, `/config`): run a cycle now.
+    Wakeup,
+}
+
+/// The filters and options of `POST /restart`, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RestartRequest {
+    /// Restart only if PostgreSQL reports a pending restart.
+    pub restart_pending: bool,
+    /// Restart only if the current role is this (`primary`, `standby_leader`, `replica`).
+    pub role: Option<String>,
+    /// Restart only if the running server version (`server_version_num`) is lower.
+    pub postgres_version: Option<i32>,
+    /// Start timeout for this restart.
+    pub timeout: Option<Duration>,
+    /// When to restart; `None` = now.
+    pub schedule: Option<jiff::Timestamp>,
+    /// The request as Patroni publishes it in the member key's `scheduled_restart`.
+    pub published: Map<String, Value>,
+}
 
 /// PostgreSQL facts from the last monitoring query (absent when PostgreSQL is not running).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -70,6 +115,9 @@ pub struct NodeSnapshot {
     pub ttl: Duration,
     /// When the HA loop is next due (for `/liveness`).
     pub next_run: Instant,
+    pub loop_wait: Duration,
+    /// A restart scheduled through `POST /restart` (for `/patroni`).
+    pub scheduled_restart: Option<Map<String, Value>>,
 }
 
 impl NodeSnapshot {
@@ -93,6 +141,8 @@ impl NodeSnapshot {
             maximum_lag_on_failover: 1_048_576,
             ttl: Duration::from_secs(30),
             next_run: Instant::now(),
+            loop_wait: Duration::from_secs(10),
+            scheduled_restart: None,
         }
     }
 

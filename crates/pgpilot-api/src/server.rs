@@ -1,19 +1,21 @@
 //! The HTTP/1.0 server: accept loop, routing, the read-side endpoints.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Cluster, Dcs, HistoryLine};
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::health::{health_code, liveness, readiness};
 use crate::http::{python_json, read_request, write_response, Request, Response};
 use crate::status::{status_document, sync_flags};
-use crate::NodeSnapshot;
+use crate::write::{self, allowed, resolve_allowlist};
+use crate::{Client, Command, NodeSnapshot};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
@@ -23,13 +25,25 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServerOptions {
     /// `restapi.authentication`: required for every mutating request.
     pub auth: Option<(String, String)>,
+    /// `restapi.allowlist`: who may call mutating endpoints (empty: anyone).
+    pub allowlist: Vec<String>,
+    /// `restapi.allowlist_include_members`.
+    pub allowlist_include_members: bool,
+    /// Where restart/reinitialize/reload requests go (`None`: answered 503).
+    pub commands: Option<mpsc::Sender<Command>>,
+    /// For the switchover feasibility check (peers' `/patroni`).
+    pub client: Client,
 }
 
-struct Shared<D> {
-    snapshot: watch::Receiver<Arc<NodeSnapshot>>,
-    dcs: Arc<D>,
+pub(crate) struct Shared<D> {
+    pub(crate) snapshot: watch::Receiver<Arc<NodeSnapshot>>,
+    pub(crate) dcs: Arc<D>,
     /// Expected `Authorization` header value.
     auth_header: Option<String>,
+    allowlist: Vec<(IpAddr, u8)>,
+    allowlist_include_members: bool,
+    pub(crate) commands: Option<mpsc::Sender<Command>>,
+    pub(crate) client: Client,
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled.
@@ -46,6 +60,10 @@ pub async fn serve<D: Dcs>(
         auth_header: options
             .auth
             .map(|(u, p)| format!("Basic {}", base64(format!("{u}:{p}").as_bytes()))),
+        allowlist: resolve_allowlist(&options.allowlist).await,
+        allowlist_include_members: options.allowlist_include_members,
+        commands: options.commands,
+        client: options.client,
     });
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -68,7 +86,7 @@ pub async fn serve<D: Dcs>(
             let _permit = permit;
             let (read, mut write) = stream.into_split();
             let resp = match tokio::time::timeout(READ_TIMEOUT, read_request(read)).await {
-                Ok(Ok(req)) => handle(&shared, &req).await,
+                Ok(Ok(req)) => handle(&shared, &req, peer.ip()).await,
                 Ok(Err(bad)) => Response::error(bad.0, bad.1),
                 Err(_) => return,
             };
@@ -79,7 +97,7 @@ pub async fn serve<D: Dcs>(
     }
 }
 
-async fn handle<D: Dcs>(shared: &Shared<D>, req: &Request) -> Response {
+async fn handle<D: Dcs>(shared: &Arc<Shared<D>>, req: &Request, peer: IpAddr) -> Response {
     let snap = shared.snapshot.borrow().clone();
     let now = Instant::now();
     let bare = matches!(req.method.as_str(), "HEAD" | "OPTIONS");
@@ -88,7 +106,13 @@ async fn handle<D: Dcs>(shared: &Shared<D>, req: &Request) -> Response {
         resp.bare = bare;
         return resp;
     }
-    // Mutating endpoints come with the write side; the access check is already in force.
+    // The access check of every mutating endpoint (spec/rest-api.md §1.6): allowlist, then
+    // Basic authentication.
+    if (!shared.allowlist.is_empty() || shared.allowlist_include_members)
+        && !allowed_client(shared, peer).await
+    {
+        return Response::text(403, "Access is denied");
+    }
     if let Some(expected) = &shared.auth_header {
         let Some(given) = req.header("Authorization") else {
             return unauthorized("no auth header received");
@@ -97,7 +121,33 @@ async fn handle<D: Dcs>(shared: &Shared<D>, req: &Request) -> Response {
             return unauthorized("not authenticated");
         }
     }
-    Response::error(501, &format!("Unsupported method ('{}')", req.method))
+    write::handle(shared, req).await
+}
+
+async fn allowed_client<D: Dcs>(shared: &Shared<D>, peer: IpAddr) -> bool {
+    if allowed(peer, &shared.allowlist) {
+        return true;
+    }
+    if !shared.allowlist_include_members {
+        return false;
+    }
+    let Ok(cluster) = shared.dcs.cluster().await else {
+        return false;
+    };
+    let hosts: Vec<String> = cluster
+        .members
+        .iter()
+        .filter_map(|m| {
+            let rest = m.data.api_url.split_once("://")?.1;
+            let hostport = rest.split('/').next()?;
+            let host = match hostport.rsplit_once(':') {
+                Some((h, _)) => h,
+                None => hostport,
+            };
+            Some(host.trim_matches(['[', ']']).to_string())
+        })
+        .collect();
+    allowed(peer, &resolve_allowlist(&hosts).await)
 }
 
 fn unauthorized(msg: &str) -> Response {
@@ -115,7 +165,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn get<D: Dcs>(
-    shared: &Shared<D>,
+    shared: &Arc<Shared<D>>,
     snap: &NodeSnapshot,
     req: &Request,
     now: Instant,
@@ -328,6 +378,10 @@ mod tests {
             dcs,
             ServerOptions {
                 auth: Some(("admin".into(), "secret".into())),
+                allowlist: Vec::new(),
+                allowlist_include_members: false,
+                commands: None,
+                client: Client::new(None),
             },
             stop.clone(),
         ));

@@ -104,6 +104,9 @@ pub fn status_document(s: &NodeSnapshot, now: Instant) -> Value {
             Value::Object(reason.clone()),
         );
     }
+    if let Some(sr) = &s.scheduled_restart {
+        d.insert("scheduled_restart".into(), Value::Object(sr.clone()));
+    }
     d.insert(
         "patroni".into(),
         json!({"version": PATRONI_COMPAT_VERSION, "scope": s.scope, "name": s.name}),

@@ -87,6 +87,10 @@ pub struct RestApiConfig {
     /// `host:port` published as `api_url = http://<connect_address>/patroni`.
     pub connect_address: String,
     pub authentication: Option<Credentials>,
+    /// `restapi.allowlist`: hosts, IPs or CIDRs allowed to call mutating endpoints.
+    pub allowlist: Vec<String>,
+    /// `restapi.allowlist_include_members`: members' api_url hosts are allowed too.
+    pub allowlist_include_members: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -39,6 +39,8 @@ const MODELLED: &[&str] = &[
     "restapi.listen",
     "restapi.connect_address",
     "restapi.authentication",
+    "restapi.allowlist",
+    "restapi.allowlist_include_members",
     "ctl.authentication",
     "etcd3",
     "etcd",
@@ -491,6 +493,25 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         .string("restapi.connect_address", true)
         .unwrap_or_default();
     let rest_auth = r.credentials("restapi.authentication", false);
+    let allowlist: Vec<String> = match r.get("restapi.allowlist") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Null => None,
+                other => Some(other.to_string()),
+            })
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let allowlist_include_members = r
+        .boolean("restapi.allowlist_include_members")
+        .unwrap_or(false);
     let ctl_auth = r
         .credentials("ctl.authentication", false)
         .or_else(|| rest_auth.clone());
@@ -652,6 +673,8 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
             listen: rest_listen,
             connect_address: rest_connect,
             authentication: rest_auth,
+            allowlist,
+            allowlist_include_members,
         },
         ctl: CtlConfig {
             authentication: ctl_auth,

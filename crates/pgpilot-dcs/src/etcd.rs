@@ -54,7 +54,7 @@ struct CacheState {
 /// The watch-fed copy of the cluster prefix.
 struct Cache {
     state: Mutex<CacheState>,
-    /// Bumped on every change of `leader` or `config`.
+    /// Bumped on every change of `leader`, `config` or `failover`.
     leader_events: watch::Sender<u64>,
     /// Bumped on every change of `status`.
     status_events: watch::Sender<u64>,
@@ -67,7 +67,7 @@ impl Cache {
     }
 
     fn bump_for(&self, key: &str) {
-        if key == "leader" || key == "config" {
+        if key == "leader" || key == "config" || key == "failover" {
             self.leader_events.send_modify(|n| *n += 1);
         } else if key == "status" || key == "optime/leader" {
             self.status_events.send_modify(|n| *n += 1);

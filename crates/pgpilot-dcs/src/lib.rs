@@ -103,7 +103,7 @@ pub trait Dcs: Send + Sync + 'static {
     fn set_retry_timeout(&self, retry_timeout: Duration);
 
     /// Waits up to `timeout` for an event worth waking the HA loop for: the leader key changed
-    /// (value or presence), `config` changed, or — when `leader_is_me` is false — `status`
+    /// (value or presence), `config` or `failover` changed, or — when `leader_is_me` is false — `status`
     /// changed. Returns `true` if woken by an event, `false` on timeout.
     fn watch(&self, timeout: Duration, leader_is_me: bool) -> impl Future<Output = bool> + Send;
 

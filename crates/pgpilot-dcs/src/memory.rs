@@ -153,7 +153,7 @@ pub struct MemoryDcs {
     name: String,
     ttl: Mutex<Duration>,
     lease: Mutex<Option<i64>>,
-    /// Fingerprints of (leader+config, status) at the last `cluster()`.
+    /// Fingerprints of (leader+config+failover, status) at the last `cluster()`.
     seen: Mutex<(String, String)>,
 }
 
@@ -208,7 +208,10 @@ impl MemoryDcs {
                 |kv| format!("{}@{}", kv.value, kv.mod_revision),
             )
         };
-        (format!("{}|{}", fp("leader"), fp("config")), fp("status"))
+        (
+            format!("{}|{}|{}", fp("leader"), fp("config"), fp("failover")),
+            fp("status"),
+        )
     }
 
     fn snapshot(&self, st: &State) -> Cluster {

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pgpilot_api::{Client, NodeSnapshot, PeerStatus, PgInfo};
+use pgpilot_api::{Client, Command, NodeSnapshot, PeerStatus, PgInfo, RestartRequest};
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs, HistoryLine, MemberData, Status, PATRONI_COMPAT_VERSION};
 use pgpilot_postgres::{
@@ -29,13 +29,14 @@ use pgpilot_postgres::{
     Upstream,
 };
 use serde_json::{Map, Value};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::decide::{
-    decide, is_healthiest, valid_sysid, ActionKind, DataState, Decision, Observation, PgView,
+    decide, is_healthiest, manual_failover_from_leader, valid_sysid, ActionKind, DataState,
+    Decision, ManualFailover, Observation, PgView,
 };
 use crate::params::{effective_parameters, effective_pg_hba};
 
@@ -57,6 +58,17 @@ pub enum Exit {
 struct Task {
     kind: ActionKind,
     handle: JoinHandle<Result<(), String>>,
+    /// A REST caller waiting for the outcome (`POST /restart`).
+    reply: Option<oneshot::Sender<(u16, String)>>,
+}
+
+/// A restart requested for later through `POST /restart` with `schedule`.
+struct ScheduledRestart {
+    at: jiff::Timestamp,
+    request: RestartRequest,
+    /// `pg_postmaster_start_time()` when it was scheduled: a restart that happened meanwhile
+    /// cancels it.
+    postmaster_start_time: Option<String>,
 }
 
 /// The agent of one member.
@@ -104,6 +116,11 @@ pub struct Agent<D: Dcs> {
     run_again: bool,
     /// Warnings of the dynamic configuration already logged (log each once).
     logged_warnings: Vec<String>,
+    /// Requests from the REST API (restart, reinitialize, reload, wake-ups).
+    commands: Option<mpsc::Receiver<Command>>,
+    /// The local configuration file, re-read on reload (`None`: environment only).
+    config_path: Option<PathBuf>,
+    scheduled_restart: Option<ScheduledRestart>,
 }
 
 impl<D: Dcs> Agent<D> {
@@ -141,7 +158,21 @@ impl<D: Dcs> Agent<D> {
             history_timeline: 0,
             run_again: false,
             logged_warnings: Vec::new(),
+            commands: None,
+            config_path: None,
+            scheduled_restart: None,
         }
+    }
+
+    /// Connects the REST API's command channel and names the file a reload re-reads.
+    pub fn with_commands(
+        mut self,
+        commands: mpsc::Receiver<Command>,
+        config_path: Option<PathBuf>,
+    ) -> Agent<D> {
+        self.commands = Some(commands);
+        self.config_path = config_path;
+        self
     }
 
     pub fn dynamic(&self) -> &DynamicConfig {
@@ -204,17 +235,264 @@ impl<D: Dcs> Agent<D> {
             }
             let remaining = loop_wait.saturating_sub(elapsed);
             let leader_is_me = self.last_renewal.is_some();
-            tokio::select! {
+            let command = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.dcs.watch(remaining, leader_is_me) => {}
-                _ = self.task_done.notified() => {}
-            }
+                _ = self.dcs.watch(remaining, leader_is_me) => None,
+                _ = self.task_done.notified() => None,
+                c = recv(&mut self.commands) => c,
+            };
             if shutdown.is_cancelled() {
                 break;
+            }
+            if let Some(c) = command {
+                self.handle_command(c).await;
             }
         }
         self.shutdown().await;
         Ok(Exit::Shutdown)
+    }
+
+    /// Carries out a request of the REST API between two cycles.
+    async fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Wakeup => {}
+            Command::Reload => self.reload(),
+            Command::DeleteRestart { reply } => {
+                let answer = if self.scheduled_restart.take().is_some() {
+                    (200, "scheduled restart deleted".to_string())
+                } else {
+                    (404, "no restarts are scheduled".to_string())
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Restart { request, reply } => {
+                if let Some(at) = request.schedule {
+                    if self.scheduled_restart.is_some() {
+                        let _ = reply.send((409, "Another restart is already scheduled".into()));
+                        return;
+                    }
+                    self.scheduled_restart = Some(ScheduledRestart {
+                        at,
+                        request,
+                        postmaster_start_time: self
+                            .last_pg
+                            .as_ref()
+                            .map(|p| p.postmaster_start_time.clone()),
+                    });
+                    let _ = reply.send((202, "Restart scheduled".into()));
+                    return;
+                }
+                if let Err(msg) = self.restart_allowed(&request) {
+                    let _ = reply.send((503, msg));
+                    return;
+                }
+                self.start_restart(&request, Some(reply));
+            }
+            Command::Reinitialize {
+                force,
+                from_leader,
+                reply,
+            } => {
+                let answer = self.reinitialize(force, from_leader).await;
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Why an immediate restart can not run now (`Err` = the 503 text).
+    fn restart_allowed(&self, r: &RestartRequest) -> Result<(), String> {
+        if let Some(task) = &self.task {
+            return Err(format!("{} already in progress", task.kind.describe()));
+        }
+        if self.state == "starting" {
+            return Err("postgres is still starting".into());
+        }
+        if !self.restart_matches(r) {
+            return Err("restart conditions are not satisfied".into());
+        }
+        Ok(())
+    }
+
+    /// Patroni's `restart_matches`: the role, version and pending-restart filters.
+    fn restart_matches(&self, r: &RestartRequest) -> bool {
+        let mut reason = None;
+        if r.role.as_deref().is_some_and(|role| role != self.role) {
+            reason = Some("host role mismatch");
+        }
+        let version = self.last_pg.as_ref().map_or(0, |p| p.server_version);
+        if r.postgres_version.is_some_and(|v| v <= version) {
+            reason = Some("postgres version mismatch");
+        }
+        let pending = self
+            .last_pg
+            .as_ref()
+            .is_some_and(|p| !p.pending_restart.is_empty());
+        if r.restart_pending && !pending {
+            reason = Some("pending restart flag is not set");
+        }
+        if let Some(reason) = reason {
+            info!("not proceeding with the restart: {reason}");
+            return false;
+        }
+        true
+    }
+
+    /// Restarts PostgreSQL in the background, in the role it has now.
+    fn start_restart(&mut self, r: &RestartRequest, reply: Option<oneshot::Sender<(u16, String)>>) {
+        let pg = self.pg.clone();
+        let stop_timeout = self.pg_ctl_timeout();
+        let start_timeout = r.timeout.unwrap_or(if self.role == "primary" {
+            self.dynamic
+                .primary_start_timeout
+                .max(self.pg_ctl_timeout())
+        } else {
+            self.pg_ctl_timeout()
+        });
+        self.state = "restarting".into();
+        self.spawn_task(ActionKind::Restart, async move {
+            pg.stop(StopMode::Fast, stop_timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.start(start_timeout).await.map_err(|e| e.to_string())
+        });
+        if let Some(task) = &mut self.task {
+            task.reply = reply;
+        }
+    }
+
+    /// Fires a scheduled restart that is due (spec/ha-loop.md §5.1 step 12).
+    async fn evaluate_scheduled_restart(&mut self) {
+        let Some(sr) = &self.scheduled_restart else {
+            return;
+        };
+        if self.task.is_some() || self.last_pg.is_none() {
+            return;
+        }
+        let now = jiff::Timestamp::now();
+        let delta = (sr.at.as_millisecond() - now.as_millisecond()) as f64 / 1000.0;
+        let lw = self.dynamic.loop_wait.as_secs_f64();
+        if delta > lw {
+            return;
+        }
+        let Some(sr) = self.scheduled_restart.take() else {
+            return;
+        };
+        if delta < -(lw * 1.5).floor() {
+            warn!("Found a stale restart value, cleaning up: {}", sr.at);
+            return;
+        }
+        let started = self
+            .last_pg
+            .as_ref()
+            .map(|p| p.postmaster_start_time.clone());
+        if sr.postmaster_start_time.is_some() && started != sr.postmaster_start_time {
+            info!("Cancelling scheduled restart: postgres restart has already happened");
+            return;
+        }
+        if delta > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(delta)).await;
+        }
+        info!("Manual scheduled restart at {}", sr.at);
+        if self.restart_matches(&sr.request) {
+            self.start_restart(&sr.request, None);
+        }
+    }
+
+    /// `POST /reinitialize`: wipe the data directory of this replica and clone it again.
+    async fn reinitialize(&mut self, force: bool, from_leader: bool) -> (u16, String) {
+        let cluster = match self.dcs.cluster().await {
+            Ok(c) => c,
+            Err(_) => return (503, "Cluster has no leader, can not reinitialize".into()),
+        };
+        let Some(leader) = cluster.leader_member() else {
+            return (503, "Cluster has no leader, can not reinitialize".into());
+        };
+        if leader.name == self.cfg.name {
+            return (503, "I am the leader, can not reinitialize".into());
+        }
+        if let Some(task) = &self.task {
+            if !force {
+                return (503, format!("{} already in progress", task.kind.describe()));
+            }
+            if let Some(task) = self.task.take() {
+                task.handle.abort();
+            }
+        }
+        let source = if from_leader {
+            leader
+        } else {
+            cluster
+                .members
+                .iter()
+                .find(|m| {
+                    m.name != self.cfg.name
+                        && m.data.clonefrom()
+                        && m.data.state == "running"
+                        && !m.data.conn_url.is_empty()
+                })
+                .unwrap_or(leader)
+        };
+        let Some((host, port)) = source.data.host_port() else {
+            return (
+                503,
+                format!("can not clone from '{}': no conn_url", source.name),
+            );
+        };
+        info!(
+            "reinitialize: removing the data directory and cloning from '{}'",
+            source.name
+        );
+        self.state = "creating replica".into();
+        self.role = "replica".into();
+        let standby = self.standby_for(Some(&cluster), Some(leader.name.as_str()));
+        let desired = self.desired(Some(standby));
+        self.written = Some(desired.clone());
+        self.sysid = None;
+        self.last_pg = None;
+        self.rewind_failed = false;
+        self.rewind_check = false;
+        let pg = self.pg.clone();
+        let args = self.cfg.postgresql.basebackup.clone();
+        let timeout = self.pg_ctl_timeout();
+        self.spawn_task(ActionKind::Reinitialize, async move {
+            pg.stop(StopMode::Immediate, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.remove_data_dir().await.map_err(|e| e.to_string())?;
+            pg.basebackup(&Upstream { host, port }, &args)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
+            pg.start(timeout).await.map_err(|e| e.to_string())
+        });
+        (200, "reinitialize started".into())
+    }
+
+    /// `POST /reload` / SIGHUP: re-read the local configuration and apply what can change
+    /// without a restart of the agent (PostgreSQL parameters, pg_hba, tags, credentials of the
+    /// REST client). Identity (`name`, `scope`, `data_dir`) never changes at run time.
+    fn reload(&mut self) {
+        let loaded = match Config::load(self.config_path.as_deref()) {
+            Ok(l) => l,
+            Err(e) => {
+                error!("reload: the configuration is not valid, keeping the current one: {e}");
+                return;
+            }
+        };
+        let mut cfg = loaded.config;
+        if cfg.name != self.cfg.name
+            || cfg.scope != self.cfg.scope
+            || cfg.postgresql.data_dir != self.cfg.postgresql.data_dir
+        {
+            warn!("reload: name, scope and postgresql.data_dir can not change at run time; keeping them");
+            cfg.name = self.cfg.name.clone();
+            cfg.scope = self.cfg.scope.clone();
+            cfg.postgresql.data_dir = self.cfg.postgresql.data_dir.clone();
+        }
+        self.cfg = cfg;
+        // Rewrite the configuration files (and reload PostgreSQL) on the next cycle.
+        self.written = None;
+        info!("Reloading the configuration");
     }
 
     /// One HA cycle: observe, decide, act. Returns the sentence to log.
@@ -261,6 +539,18 @@ impl<D: Dcs> Agent<D> {
                     in_recovery: true, ..
                 },
             ) if c.is_unlocked() && self.task.is_none() => self.fetch_peers(c).await,
+            // The leader asked to hand over checks its candidates.
+            (
+                Some(c),
+                PgView::Running {
+                    in_recovery: false, ..
+                },
+            ) if c.failover.is_some()
+                && c.leader_name() == Some(self.cfg.name.as_str())
+                && self.task.is_none() =>
+            {
+                self.fetch_peers(c).await
+            }
             _ => Vec::new(),
         };
 
@@ -291,6 +581,9 @@ impl<D: Dcs> Agent<D> {
         };
         let decision = decide(&obs);
         let msg = self.act(decision, &obs).await?;
+        if obs.cluster.as_ref().is_some_and(|c| !c.is_unlocked()) {
+            self.evaluate_scheduled_restart().await;
+        }
 
         // Publish: member key every cycle (the backend skips unchanged values).
         if obs.cluster.is_some() {
@@ -436,13 +729,20 @@ impl<D: Dcs> Agent<D> {
         if !task.handle.is_finished() {
             return Ok(None);
         }
-        let Some(task) = self.task.take() else {
+        let Some(mut task) = self.task.take() else {
             return Ok(None);
         };
-        let result = match task.handle.await {
+        let result = match (&mut task.handle).await {
             Ok(r) => r,
             Err(e) => Err(format!("task panicked or was cancelled: {e}")),
         };
+        if let Some(reply) = task.reply.take() {
+            let answer = match &result {
+                Ok(()) => (200, "restarted successfully".to_string()),
+                Err(_) => (503, "restart failed".to_string()),
+            };
+            let _ = reply.send(answer);
+        }
         match (task.kind, result) {
             (ActionKind::Bootstrap, Ok(())) => {
                 return self.finish_bootstrap().await.map(Some);
@@ -459,7 +759,7 @@ impl<D: Dcs> Agent<D> {
                 move_aside_failed(&self.cfg.postgresql.data_dir);
                 return Err(AgentError::Fatal("Failed to bootstrap cluster".into()));
             }
-            (ActionKind::Clone, Err(e)) => {
+            (ActionKind::Clone | ActionKind::Reinitialize, Err(e)) => {
                 error!("failed to bootstrap from leader: {e}");
                 self.state = "creating replica".into();
                 let _ = self
@@ -485,7 +785,7 @@ impl<D: Dcs> Agent<D> {
             }
             (kind, Err(e)) => {
                 error!("{} failed: {e}", kind.describe());
-                if kind == ActionKind::Start {
+                if matches!(kind, ActionKind::Start | ActionKind::Restart) {
                     self.state = "start failed".into();
                     let holds =
                         cluster.and_then(Cluster::leader_name) == Some(self.cfg.name.as_str());
@@ -554,7 +854,11 @@ impl<D: Dcs> Agent<D> {
             done.notify_one();
             r
         });
-        self.task = Some(Task { kind, handle });
+        self.task = Some(Task {
+            kind,
+            handle,
+            reply: None,
+        });
     }
 
     fn pg_ctl_timeout(&self) -> Duration {
@@ -773,6 +1077,7 @@ impl<D: Dcs> Agent<D> {
         }
         self.state = "stopped".into();
         self.last_pg = None;
+        self.publish(Instant::now());
         if mode == StopMode::Fast {
             let desired = self.desired(Some(StandbyConfig {
                 upstream: None,
@@ -825,6 +1130,10 @@ impl<D: Dcs> Agent<D> {
         let timeout = self.pg_ctl_timeout();
         self.sysid = None;
         self.spawn_task(ActionKind::Clone, async move {
+            // A postmaster whose data directory was deleted under it still holds the port.
+            pg.stop(StopMode::Immediate, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
             pg.basebackup(&from, &args)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -943,8 +1252,125 @@ impl<D: Dcs> Agent<D> {
             if self.ensure_config(desired).await {
                 let _ = self.pg.reload().await;
             }
+            if let Some(msg) = self.process_manual_failover(obs).await {
+                return Ok(msg);
+            }
         }
         Ok(format!("no action. I am ({me}), the leader with the lock"))
+    }
+
+    /// The leader's handling of `/failover` (spec/ha-loop.md §5.4). `Some(msg)` when it acted.
+    async fn process_manual_failover(&mut self, obs: &Observation) -> Option<String> {
+        let f = obs.cluster.as_ref()?.failover.clone()?;
+        let seconds_until = f.scheduled_at.as_deref().filter(|_| !obs.paused).map(|at| {
+            match at.parse::<jiff::Timestamp>() {
+                Ok(ts) => {
+                    (ts.as_millisecond() - jiff::Timestamp::now().as_millisecond()) as f64 / 1000.0
+                }
+                // Unparsable: treat as stale so that it is cleaned up.
+                Err(_) => f64::NEG_INFINITY,
+            }
+        });
+        let mut step = manual_failover_from_leader(obs, &f, seconds_until, self.dynamic.loop_wait);
+        if let ManualFailover::SleepUntilDue(d) = step {
+            tokio::time::sleep(d).await;
+            info!(
+                "Manual scheduled switchover at {}",
+                f.scheduled_at.as_deref().unwrap_or("")
+            );
+            step = manual_failover_from_leader(obs, &f, Some(0.0), self.dynamic.loop_wait);
+        }
+        match step {
+            ManualFailover::Wait { msg } => {
+                info!("{msg}");
+                None
+            }
+            ManualFailover::SleepUntilDue(_) => None,
+            ManualFailover::Clear { msg } => {
+                warn!("{msg}");
+                info!("Cleaning up failover key");
+                let _ = self.dcs.set_failover("{}", Some(f.version)).await;
+                None
+            }
+            ManualFailover::Demote { candidate } => {
+                self.demote_graceful(obs, candidate.as_deref()).await;
+                Some("switchover: demoting myself".into())
+            }
+        }
+    }
+
+    /// Graceful demotion for a switchover (spec/ha-loop.md §5.5 `graceful`): checkpoint, fast
+    /// stop, wait (bounded) until a candidate has received the shutdown checkpoint, publish it as
+    /// `/status.optime`, release the key, and wait briefly for the new leader. PostgreSQL stays
+    /// down; the next cycle rewinds if needed and starts it as a replica of the new leader.
+    async fn demote_graceful(&mut self, obs: &Observation, candidate: Option<&str>) {
+        info!("switchover: demoting myself");
+        // A checkpoint now makes the shutdown checkpoint short.
+        if let Err(e) = self.pg.checkpoint().await {
+            warn!("CHECKPOINT before switchover failed: {e}");
+        }
+        self.state = "stopping".into();
+        if let Err(e) = self.pg.stop(StopMode::Fast, self.pg_ctl_timeout()).await {
+            // PostgreSQL is still running: keep the key (never two primaries).
+            error!("could not stop PostgreSQL for the switchover, keeping the leader key: {e}");
+            self.state = "running".into();
+            return;
+        }
+        self.state = "stopped".into();
+        self.role = "demoted".into();
+        self.last_pg = None;
+        self.rewind_check = true;
+        // Peers deciding the race read our /patroni: it must not show a primary any more.
+        self.publish(Instant::now());
+        let checkpoint = match self.pg.controldata().await {
+            Ok(cd) => cd.checkpoint_lsn.0,
+            Err(e) => {
+                warn!("pg_controldata after the switchover stop failed: {e}");
+                0
+            }
+        };
+        // Let a candidate receive the shutdown checkpoint so nothing acknowledged is lost.
+        if let Some(cluster) = obs.cluster.as_ref() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let peers = self.fetch_peers(cluster).await;
+                let caught_up = peers.iter().any(|p| {
+                    !p.nofailover
+                        && candidate.is_none_or(|c| c == p.name)
+                        && p.wal_position >= checkpoint
+                });
+                if caught_up || Instant::now() > deadline {
+                    if !caught_up {
+                        warn!("no candidate received the shutdown checkpoint in time; releasing the leader key anyway");
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let status = Status {
+            optime: checkpoint,
+            ..Default::default()
+        };
+        let _ = self.dcs.write_status(&status).await;
+        match self.dcs.delete_leader().await {
+            Ok(true) => info!("Leader key released"),
+            Ok(false) => {}
+            Err(e) => error!("could not release the leader key: {e}"),
+        }
+        self.last_renewal = None;
+        self.touch_member(obs.cluster.as_ref()).await;
+        // Give the candidate a moment to take the key, so that the next cycle follows it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(c) = self.dcs.cluster().await {
+                if c.leader_name().is_some_and(|l| l != self.cfg.name) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.run_again = true;
     }
 
     /// Keeps `/history` in line with our timeline after a promotion.
@@ -1094,7 +1520,24 @@ impl<D: Dcs> Agent<D> {
         if cluster.is_some_and(Cluster::is_paused) {
             m.pause = Some(true);
         }
+        m.scheduled_restart = self.scheduled_restart_json();
         m
+    }
+
+    /// `scheduled_restart` as Patroni publishes it: `schedule` plus the filters.
+    fn scheduled_restart_json(&self) -> Option<Map<String, Value>> {
+        let sr = self.scheduled_restart.as_ref()?;
+        let mut o = sr.request.published.clone();
+        o.insert(
+            "schedule".into(),
+            Value::from(
+                sr.at
+                    .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                    .strftime("%Y-%m-%dT%H:%M:%S%:z")
+                    .to_string(),
+            ),
+        );
+        Some(o)
     }
 
     /// Publishes the REST snapshot.
@@ -1123,6 +1566,8 @@ impl<D: Dcs> Agent<D> {
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
             ttl: self.dynamic.ttl,
             next_run: cycle_started.max(now) + self.dynamic.loop_wait,
+            loop_wait: self.dynamic.loop_wait,
+            scheduled_restart: self.scheduled_restart_json(),
         };
         self.snapshot.send_replace(Arc::new(snap));
     }
@@ -1216,6 +1661,20 @@ fn move_aside_failed(dir: &std::path::Path) {
     let _ = std::fs::remove_dir_all(&failed);
     if let Err(e) = std::fs::rename(dir, &failed) {
         error!("could not move {} aside: {e}", dir.display());
+    }
+}
+
+/// The next command, or never when there is no channel (or it closed).
+async fn recv(commands: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(rx) => match rx.recv().await {
+            Some(c) => Some(c),
+            None => {
+                *commands = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

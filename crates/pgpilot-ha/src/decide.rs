@@ -7,8 +7,10 @@
 //! leader race, the bootstrap race); the decision names the operation and both outcomes, and
 //! `act` picks the sentence that matches what happened.
 
+use std::time::Duration;
+
 use pgpilot_api::PeerStatus;
-use pgpilot_dcs::Cluster;
+use pgpilot_dcs::{Cluster, Failover};
 
 /// The long-running action in progress, if any (run as a background task by the agent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +22,7 @@ pub enum ActionKind {
     Start,
     Stop,
     Reinitialize,
+    Restart,
 }
 
 impl ActionKind {
@@ -33,6 +36,7 @@ impl ActionKind {
             ActionKind::Start => "starting",
             ActionKind::Stop => "stopping",
             ActionKind::Reinitialize => "reinitialize",
+            ActionKind::Restart => "restart",
         }
     }
 }
@@ -374,6 +378,15 @@ pub fn decide(o: &Observation) -> Decision {
         };
     }
     if holds_lock {
+        if o.paused && !pg_primary {
+            let candidate_is_me =
+                cluster.failover.as_ref().and_then(|f| f.member.as_deref()) == Some(me);
+            if !candidate_is_me {
+                return Decision::ReleaseLock {
+                    msg: "removed leader lock because postgres is not running as primary".into(),
+                };
+            }
+        }
         return Decision::RenewLeader;
     }
     if let (
@@ -432,11 +445,19 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
         }
         return Ok(());
     }
+    let failover = cluster.failover.as_ref();
     if o.paused {
+        // In maintenance mode only a named candidate may take over.
+        if o.can_failover && failover.and_then(|f| f.member.as_deref()) == Some(o.me.as_str()) {
+            return Ok(());
+        }
         return Err("paused".into());
     }
     if !o.can_failover {
         return Err("nofailover".into());
+    }
+    if let Some(f) = failover {
+        return manual_failover_no_leader(o, f, wal_position);
     }
     let optime = cluster.status.optime;
     if optime > wal_position && optime - wal_position > o.maximum_lag_on_failover {
@@ -454,8 +475,22 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
             ));
         }
     }
+    compare_with_peers(o, wal_position, None)
+}
+
+/// The WAL comparison of `_is_healthiest_node` against every reachable peer allowed to promote
+/// (except `exclude`, the former leader of a manual failover).
+fn compare_with_peers(
+    o: &Observation,
+    wal_position: u64,
+    exclude: Option<&str>,
+) -> Result<(), String> {
     for peer in &o.peers {
-        if peer.name == o.me || peer.nofailover || peer.watchdog_failed {
+        if peer.name == o.me
+            || peer.nofailover
+            || peer.watchdog_failed
+            || Some(peer.name.as_str()) == exclude
+        {
             continue;
         }
         if peer.is_primary {
@@ -475,4 +510,126 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `manual_failover_process_no_leader` (spec/ha-loop.md §5.2): a switchover or failover was
+/// requested and the leader key is gone. The named candidate wins; others wait while it is
+/// healthy; if it is not, the members except the former leader race without the lag check.
+fn manual_failover_no_leader(
+    o: &Observation,
+    f: &Failover,
+    wal_position: u64,
+) -> Result<(), String> {
+    let healthy = |p: &&PeerStatus| !p.nofailover && !p.watchdog_failed && p.name != o.me;
+    if let Some(candidate) = f.member.as_deref() {
+        if candidate == o.me {
+            return Ok(());
+        }
+        if o.peers.iter().filter(healthy).any(|p| p.name == candidate) {
+            return Err(format!(
+                "manual failover: the candidate {candidate} is healthy, waiting for it"
+            ));
+        }
+    }
+    if f.leader.as_deref() == Some(o.me.as_str()) {
+        if let Some(other) = o.peers.iter().find(healthy) {
+            return Err(format!(
+                "manual failover: I was the leader and {} is healthy",
+                other.name
+            ));
+        }
+        return Ok(());
+    }
+    compare_with_peers(o, wal_position, f.leader.as_deref())
+}
+
+/// What the leader does about a `/failover` key (`process_manual_failover_from_leader`,
+/// spec/ha-loop.md §5.4).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManualFailover {
+    /// Scheduled for later: nothing to do this cycle.
+    Wait { msg: String },
+    /// Scheduled within this cycle: sleep this long, then decide again.
+    SleepUntilDue(Duration),
+    /// Demote gracefully so that `candidate` (or the healthiest replica) takes over.
+    Demote { candidate: Option<String> },
+    /// The request can not or need not be carried out: clear the key (CAS on its version).
+    Clear { msg: String },
+}
+
+/// The leader's answer to `/failover`. `seconds_until_scheduled`: how far the scheduled time
+/// is (negative: in the past), computed by the caller from its clock; `None` when not
+/// scheduled. `o.peers` holds the candidates' `/patroni` answers.
+pub fn manual_failover_from_leader(
+    o: &Observation,
+    f: &Failover,
+    seconds_until_scheduled: Option<f64>,
+    loop_wait: Duration,
+) -> ManualFailover {
+    if let Some(delta) = seconds_until_scheduled {
+        let lw = loop_wait.as_secs_f64();
+        if delta > lw {
+            return ManualFailover::Wait {
+                msg: format!(
+                    "Awaiting switchover at {} (in {delta:.0} seconds)",
+                    f.scheduled_at.as_deref().unwrap_or("")
+                ),
+            };
+        }
+        if delta < -(lw * 1.5).floor() {
+            return ManualFailover::Clear {
+                msg: format!(
+                    "Found a stale switchover value, cleaning up: {}",
+                    f.scheduled_at.as_deref().unwrap_or("")
+                ),
+            };
+        }
+        if delta > 0.0 {
+            return ManualFailover::SleepUntilDue(Duration::from_secs_f64(delta));
+        }
+    }
+    let me = o.me.as_str();
+    if f.leader.as_deref().is_some_and(|l| l != me) {
+        return ManualFailover::Clear {
+            msg: format!(
+                "manual failover: leader name does not match: {} != {me}",
+                f.leader.as_deref().unwrap_or("")
+            ),
+        };
+    }
+    if f.member.as_deref() == Some(me) {
+        return ManualFailover::Clear {
+            msg: "manual failover: I am already the leader, no need to failover".into(),
+        };
+    }
+    if f.member.is_none() && o.paused {
+        return ManualFailover::Clear {
+            msg: "Switchover is possible only to a specific candidate in a paused state".into(),
+        };
+    }
+    let my_wal = match o.pg {
+        PgView::Running { wal_position, .. } => wal_position,
+        _ => 0,
+    };
+    let optime = o
+        .cluster
+        .as_ref()
+        .map_or(my_wal, |c| c.status.optime.max(my_wal));
+    let good = o.peers.iter().any(|p| {
+        p.name != me
+            && !p.nofailover
+            && !p.watchdog_failed
+            && !p.is_primary
+            && f.member.as_deref().is_none_or(|c| c == p.name)
+            && optime.saturating_sub(p.wal_position) <= o.maximum_lag_on_failover
+    });
+    if good {
+        ManualFailover::Demote {
+            candidate: f.member.clone(),
+        }
+    } else {
+        ManualFailover::Clear {
+            msg: "manual failover: no healthy members found, failover is not possible".into(),
+        }
+    }
 }

@@ -2,10 +2,15 @@
 //! and the sentence logged (spec/ha-loop.md §5.1–5.3). No processes, no clock.
 
 use pgpilot_api::PeerStatus;
-use pgpilot_dcs::{Cluster, HistoryLine, Leader, Member, MemberData, Status};
+use std::time::Duration;
+
+use pgpilot_dcs::{Cluster, Failover, HistoryLine, Leader, Member, MemberData, Status};
 use serde_json::{json, Value};
 
-use crate::decide::{decide, ActionKind, DataState, Decision, Observation, PgView};
+use crate::decide::{
+    decide, manual_failover_from_leader, ActionKind, DataState, Decision, ManualFailover,
+    Observation, PgView,
+};
 
 const SYSID: &str = "7311111111111111111";
 
@@ -122,6 +127,180 @@ fn start_secondary(follow: Option<&str>) -> Decision {
     }
 }
 
+/// No leader, a `/failover` key `{leader, member}`.
+fn with_failover(leader: Option<&str>, member: Option<&str>) -> Option<Cluster> {
+    let mut c = cluster(None);
+    c.failover = Some(Failover {
+        leader: leader.map(str::to_string),
+        member: member.map(str::to_string),
+        scheduled_at: None,
+        version: 7,
+    });
+    Some(c)
+}
+
+/// The leader's side of a switchover (§5.4): when to demote, wait, or clear the key.
+#[test]
+fn manual_failover_from_leader_table() {
+    let lw = Duration::from_secs(10);
+    let leader_obs = |peers: Vec<PeerStatus>| {
+        let mut o = obs();
+        o.cluster = Some(cluster(Some("pg2")));
+        o.pg = primary(1);
+        o.peers = peers;
+        o
+    };
+    let f = |leader: Option<&str>, member: Option<&str>| Failover {
+        leader: leader.map(str::to_string),
+        member: member.map(str::to_string),
+        scheduled_at: Some("2099-01-01T00:00:00+00:00".into()),
+        version: 3,
+    };
+    let demote = |c: Option<&str>| ManualFailover::Demote {
+        candidate: c.map(str::to_string),
+    };
+    type Row = (
+        &'static str,
+        Observation,
+        Failover,
+        Option<f64>,
+        ManualFailover,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "to pg3, healthy",
+            leader_obs(vec![peer("pg3", 1000)]),
+            f(Some("pg2"), Some("pg3")),
+            None,
+            demote(Some("pg3")),
+        ),
+        (
+            "to anyone",
+            leader_obs(vec![peer("pg1", 1000)]),
+            f(Some("pg2"), None),
+            None,
+            demote(None),
+        ),
+        (
+            "failover without leader name",
+            leader_obs(vec![peer("pg3", 1000)]),
+            f(None, Some("pg3")),
+            None,
+            demote(Some("pg3")),
+        ),
+        (
+            "candidate lagging",
+            {
+                let mut o = leader_obs(vec![peer("pg3", 0)]);
+                o.maximum_lag_on_failover = 100;
+                o
+            },
+            {
+                let mut o = f(None, Some("pg3"));
+                o.scheduled_at = None;
+                o
+            },
+            None,
+            ManualFailover::Clear {
+                msg: "manual failover: no healthy members found, failover is not possible".into(),
+            },
+        ),
+        (
+            "candidate unreachable",
+            leader_obs(vec![]),
+            f(None, Some("pg3")),
+            None,
+            ManualFailover::Clear {
+                msg: "manual failover: no healthy members found, failover is not possible".into(),
+            },
+        ),
+        (
+            "candidate nofailover",
+            leader_obs(vec![PeerStatus {
+                nofailover: true,
+                ..peer("pg3", 1000)
+            }]),
+            f(None, Some("pg3")),
+            None,
+            ManualFailover::Clear {
+                msg: "manual failover: no healthy members found, failover is not possible".into(),
+            },
+        ),
+        (
+            "leader mismatch",
+            leader_obs(vec![peer("pg3", 1000)]),
+            f(Some("pg1"), Some("pg3")),
+            None,
+            ManualFailover::Clear {
+                msg: "manual failover: leader name does not match: pg1 != pg2".into(),
+            },
+        ),
+        (
+            "candidate is me",
+            leader_obs(vec![]),
+            f(None, Some("pg2")),
+            None,
+            ManualFailover::Clear {
+                msg: "manual failover: I am already the leader, no need to failover".into(),
+            },
+        ),
+        (
+            "paused without candidate",
+            {
+                let mut o = leader_obs(vec![peer("pg3", 1000)]);
+                o.paused = true;
+                o
+            },
+            f(Some("pg2"), None),
+            None,
+            ManualFailover::Clear {
+                msg: "Switchover is possible only to a specific candidate in a paused state".into(),
+            },
+        ),
+        (
+            "scheduled later",
+            leader_obs(vec![peer("pg3", 1000)]),
+            f(Some("pg2"), Some("pg3")),
+            Some(60.0),
+            ManualFailover::Wait {
+                msg: "Awaiting switchover at 2099-01-01T00:00:00+00:00 (in 60 seconds)".into(),
+            },
+        ),
+        (
+            "scheduled within loop_wait",
+            leader_obs(vec![peer("pg3", 1000)]),
+            f(Some("pg2"), Some("pg3")),
+            Some(2.5),
+            ManualFailover::SleepUntilDue(Duration::from_millis(2500)),
+        ),
+        (
+            "scheduled, due",
+            leader_obs(vec![peer("pg3", 1000)]),
+            f(Some("pg2"), Some("pg3")),
+            Some(-3.0),
+            demote(Some("pg3")),
+        ),
+        (
+            "scheduled, stale",
+            leader_obs(vec![peer("pg3", 1000)]),
+            f(Some("pg2"), Some("pg3")),
+            Some(-16.0),
+            ManualFailover::Clear {
+                msg: "Found a stale switchover value, cleaning up: 2099-01-01T00:00:00+00:00"
+                    .into(),
+            },
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, o, f, delta, want) in rows {
+        let got = manual_failover_from_leader(&o, &f, delta, lw);
+        if got != want {
+            failures.push(format!("{name}:\n   want {want:?}\n    got {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn decision_table() {
     fn unlocked() -> Option<Cluster> {
@@ -220,6 +399,21 @@ fn decision_table() {
             o.rewind_check = true;
         }), Decision::Rewind { leader: "pg1".into() }),
         ("demoted, leader on same timeline", Box::new(|o| o.rewind_check = true), Decision::Follow { leader: "pg1".into() }),
+        // §5.2 manual failover without a leader.
+        ("switchover to me, peer ahead", Box::new(|o| { o.cluster = with_failover(Some("pg1"), Some("pg2")); o.peers = vec![peer("pg3", 2000)] }), Decision::AcquireLeader),
+        ("switchover to pg3, healthy", Box::new(|o| { o.cluster = with_failover(Some("pg1"), Some("pg3")); o.peers = vec![peer("pg3", 500)] }), not_healthiest()),
+        ("switchover to pg3, unreachable: race without former leader", Box::new(|o| { o.cluster = with_failover(Some("pg1"), Some("pg3")); o.peers = vec![peer("pg1", 5000)] }), Decision::AcquireLeader),
+        ("switchover to anyone, I am ahead", Box::new(|o| { o.cluster = with_failover(Some("pg1"), None); o.peers = vec![peer("pg3", 500)] }), Decision::AcquireLeader),
+        ("switchover to anyone, peer ahead", Box::new(|o| { o.cluster = with_failover(Some("pg1"), None); o.peers = vec![peer("pg3", 5000)] }), not_healthiest()),
+        ("manual failover ignores the lag limit", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.pg = replica(1); o.maximum_lag_on_failover = 0 }), Decision::AcquireLeader),
+        ("paused, candidate is me", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.paused = true }), Decision::AcquireLeader),
+        ("paused, candidate is pg3", Box::new(|o| { o.cluster = with_failover(None, Some("pg3")); o.paused = true }), not_healthiest()),
+        ("paused, nofailover candidate", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.paused = true; o.can_failover = false }), not_healthiest()),
+        // §5.3 pause: the lock holder whose PostgreSQL is not primary lets the key go.
+        ("paused, lock holder in recovery", Box::new(|o| { o.cluster = mine(); o.paused = true }),
+            Decision::ReleaseLock { msg: "removed leader lock because postgres is not running as primary".into() }),
+        ("paused, lock holder in recovery, candidate", Box::new(|o| { let mut c = with_failover(None, Some("pg2")).unwrap(); c.leader = mine().unwrap().leader; o.cluster = Some(c); o.paused = true }), Decision::RenewLeader),
+        ("paused, lock holder primary", Box::new(|o| { o.cluster = mine(); o.paused = true; o.pg = primary(1) }), Decision::RenewLeader),
     ];
     let mut failures = Vec::new();
     for (name, setup, want) in rows {

@@ -24,6 +24,9 @@ pub struct Postgres {
     settings: PgSettings,
     /// The monitoring connection (None until first use or after an error).
     conn: Mutex<Option<tokio_postgres::Client>>,
+    /// The last postmaster PID read from `postmaster.pid`: finds a postmaster whose data
+    /// directory was deleted under it (see [`Postgres::stop`]).
+    last_pid: std::sync::atomic::AtomicI32,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
@@ -60,6 +63,7 @@ impl Postgres {
         Postgres {
             settings,
             conn: Mutex::new(None),
+            last_pid: std::sync::atomic::AtomicI32::new(0),
         }
     }
 
@@ -142,9 +146,49 @@ impl Postgres {
         if !ours || pid <= 0 {
             return None;
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            .ok()
-            .map(|()| pid)
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if alive {
+            self.last_pid
+                .store(pid, std::sync::atomic::Ordering::Relaxed);
+        }
+        alive.then_some(pid)
+    }
+
+    /// A postmaster we saw before that still runs although `postmaster.pid` is gone: its data
+    /// directory was deleted under it. Recognised by its working directory, which is the
+    /// (deleted) data directory.
+    fn orphan_postmaster(&self) -> Option<i32> {
+        let pid = self.last_pid.load(std::sync::atomic::Ordering::Relaxed);
+        if pid <= 0 {
+            return None;
+        }
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+        let cwd = cwd.to_string_lossy();
+        let dir = self.data().to_string_lossy().into_owned();
+        (cwd == dir || cwd == format!("{dir} (deleted)")).then_some(pid)
+    }
+
+    /// Stops an orphan postmaster (SIGQUIT, then SIGKILL) and waits until it is gone.
+    async fn stop_orphan(&self, pid: i32, timeout: Duration) -> Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        let target = nix::unistd::Pid::from_raw(pid);
+        info!("stopping postmaster {pid} whose data directory was removed");
+        let _ = kill(target, Signal::SIGQUIT);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while kill(target, None).is_ok() {
+            if tokio::time::Instant::now() > deadline {
+                let _ = kill(target, Signal::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if tokio::time::Instant::now() > deadline + Duration::from_secs(5) {
+                return Err(PgError::Timeout(
+                    timeout,
+                    "stopping an orphan postmaster".into(),
+                ));
+            }
+        }
+        self.last_pid.store(0, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// `pg_controldata` of the data directory.
@@ -267,6 +311,9 @@ impl Postgres {
     pub async fn stop(&self, mode: StopMode, timeout: Duration) -> Result<()> {
         *self.conn.lock().await = None;
         if self.postmaster_pid().is_none() {
+            if let Some(pid) = self.orphan_postmaster() {
+                return self.stop_orphan(pid, timeout).await;
+            }
             return Ok(());
         }
         let m = match mode {

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(loaded)) {
+    match runtime.block_on(run(loaded, args.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             logging::critical(&format!("{e:#}"));
@@ -134,7 +134,7 @@ fn pg_settings(cfg: &Config) -> PgSettings {
     }
 }
 
-async fn run(loaded: Loaded) -> anyhow::Result<()> {
+async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let auth = |c: &Option<pgpilot_config::Credentials>| {
         c.as_ref()
@@ -163,8 +163,17 @@ async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let (snap_tx, snap_rx) =
         tokio::sync::watch::channel(Arc::new(NodeSnapshot::starting(&cfg.name, &cfg.scope)));
     let restapi_listen = cfg.restapi.listen.clone();
-    let api_auth = auth(&cfg.restapi.authentication);
-    let mut agent = Agent::new(cfg, dcs.clone(), pg, client, snap_tx);
+    // Restart, reinitialize and reload requests travel from the API to the agent.
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
+    let api_options = ServerOptions {
+        auth: auth(&cfg.restapi.authentication),
+        allowlist: cfg.restapi.allowlist.clone(),
+        allowlist_include_members: cfg.restapi.allowlist_include_members,
+        commands: Some(cmd_tx.clone()),
+        client: client.clone(),
+    };
+    let mut agent =
+        Agent::new(cfg, dcs.clone(), pg, client, snap_tx).with_commands(cmd_rx, config_path);
     agent
         .check_unique_name()
         .await
@@ -178,18 +187,34 @@ async fn run(loaded: Loaded) -> anyhow::Result<()> {
         listener,
         snap_rx,
         dcs.clone(),
-        ServerOptions { auth: api_auth },
+        api_options,
         api_shutdown.clone(),
     ));
 
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(reload_on_sighup(cmd_tx));
     let result = agent.run(shutdown).await;
     api_shutdown.cancel();
     let _ = api.await;
     match result {
         Ok(_) => Ok(()),
         Err(AgentError::Fatal(msg)) => Err(anyhow::anyhow!(msg)),
+    }
+}
+
+/// SIGHUP re-reads the configuration, like `POST /reload`.
+async fn reload_on_sighup(commands: tokio::sync::mpsc::Sender<pgpilot_api::Command>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("can not install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("received SIGHUP, reloading the configuration");
+        if commands.send(pgpilot_api::Command::Reload).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub const SUPERUSER: (&str, &str) = ("postgres", "harness-superuser-secret");
 pub const REPLICATION: (&str, &str) = ("replicator", "harness-replication-secret");
 /// `postgresql.authentication.rewind`.
 pub const REWIND: (&str, &str) = ("rewind_user", "harness-rewind-secret");
+/// `restapi.authentication` of every member (mutating endpoints need it).
+pub const API_AUTH: (&str, &str) = ("admin", "harness-api-secret");
 /// `pg_hba.conf` of every member: TCP on loopback with passwords (md5 also accepts SCRAM
 /// verifiers), local socket trusted.
 pub const HBA: &[&str] = &[
@@ -236,6 +238,7 @@ impl Cluster {
             "restapi": {
                 "listen": format!("127.0.0.1:{}", m.api_port),
                 "connect_address": format!("127.0.0.1:{}", m.api_port),
+                "authentication": { "username": API_AUTH.0, "password": API_AUTH.1 },
             },
             "etcd3": { "hosts": [self.etcd.endpoint()] },
             "bootstrap": {
@@ -454,6 +457,35 @@ impl Cluster {
             .with_context(|| format!("GET {url}: body"))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((code, body))
+    }
+
+    /// `<method> <path>` on member `i`'s REST API with a JSON body (`None`: no body at all) and,
+    /// when `auth`, the harness's Basic credentials: status code and body text.
+    pub async fn api_call(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        auth: bool,
+    ) -> anyhow::Result<(u16, String)> {
+        let url = format!("{}{path}", self.members[i].api_base());
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut rb = self
+            .http
+            .request(method.clone(), &url)
+            .timeout(Duration::from_secs(60));
+        if auth {
+            rb = rb.basic_auth(API_AUTH.0, Some(API_AUTH.1));
+        }
+        if let Some(b) = body {
+            rb = rb
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        let reply = rb.send().await.with_context(|| format!("{method} {url}"))?;
+        let code = reply.status().as_u16();
+        Ok((code, reply.text().await.unwrap_or_default()))
     }
 
     /// `GET /patroni` of member `i` (Err unless the API answers 200).

@@ -40,17 +40,20 @@ mod base64;
 mod cluster;
 mod etcd;
 mod pg;
+mod writer;
 mod yaml;
 
 // Each test file uses a different part of the harness.
 #[allow(unused_imports)]
 pub use base64::{decode as base64_decode, encode as base64_encode};
 #[allow(unused_imports)]
-pub use cluster::{Cluster, Member, Options};
+pub use cluster::{Cluster, Member, Options, API_AUTH};
 #[allow(unused_imports)]
 pub use etcd::{Etcd, Kv};
 #[allow(unused_imports)]
 pub use pg::{controldata_system_identifier, Standalone};
+#[allow(unused_imports)]
+pub use writer::{Writer, WriterLog};
 #[allow(unused_imports)]
 pub use yaml::to_yaml;
 
