@@ -9,24 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "pgpilotctl", disable_version_flag = true)]
 pub struct Cli {
     /// Configuration file
-    #[arg(
-        short = 'c',
-        long = "config-file",
-        env = "PATRONICTL_CONFIG_FILE",
-        global = true
-    )]
+    #[arg(short = 'c', long = "config-file", env = "PATRONICTL_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
     /// The DCS connect url (DCS://HOST:PORT/NAMESPACE)
-    #[arg(
-        short = 'd',
-        long = "dcs-url",
-        visible_alias = "dcs",
-        env = "DCS_URL",
-        global = true
-    )]
+    #[arg(short = 'd', long = "dcs-url", visible_alias = "dcs", env = "DCS_URL")]
     pub dcs_url: Option<String>,
     /// Allow connections to SSL sites without certs
-    #[arg(short = 'k', long, global = true)]
+    #[arg(short = 'k', long)]
     pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -431,13 +420,13 @@ mod tests {
     }
 
     #[test]
-    fn global_options_anywhere() {
+    fn group_options_precede_the_command() {
         let cli = parse(&[
-            "list",
             "-c",
             "/x.yml",
             "--dcs",
             "etcd3://h:1",
+            "list",
             "-f",
             "json",
             "-e",
@@ -455,6 +444,46 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Regression: `-c`/`-d` of the group clashed with `query -c SQL -d DBNAME`.
+    #[test]
+    fn query_short_options_do_not_clash_with_group_options() {
+        let cli = parse(&[
+            "-c",
+            "/x.yml",
+            "-d",
+            "etcd3://h:1",
+            "query",
+            "-c",
+            "select 1",
+            "-d",
+            "postgres",
+            "-U",
+            "u",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.config_file.as_deref(),
+            Some(std::path::Path::new("/x.yml"))
+        );
+        match cli.command {
+            Command::Query {
+                command,
+                dbname,
+                username,
+                ..
+            } => {
+                assert_eq!(command.as_deref(), Some("select 1"));
+                assert_eq!(dbname.as_deref(), Some("postgres"));
+                assert_eq!(username.as_deref(), Some("u"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(&["list", "-c", "/x.yml"]).unwrap_err().kind(),
+            clap::error::ErrorKind::UnknownArgument
+        );
     }
 
     #[test]

@@ -924,10 +924,18 @@ async fn query_member(
     q: &QueryArgs,
 ) -> Result<QueryOutput, String> {
     let sqlstate = |e: &tokio_postgres::Error| {
-        let msg = e
-            .code()
-            .map(|c| c.code().to_string())
-            .unwrap_or_else(|| e.to_string());
+        let msg = match e.code() {
+            Some(c) => c.code().to_string(),
+            None => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(e);
+                while let Some(cause) = src {
+                    msg.push_str(&format!(": {cause}"));
+                    src = cause.source();
+                }
+                msg
+            }
+        };
         format!("ERROR, SQLSTATE: {}", msg.replace('\n', " "))
     };
     if client.as_ref().is_none_or(|c| c.is_closed()) {
@@ -1001,6 +1009,12 @@ async fn query_member(
     let Some(cl) = client.as_ref() else {
         return Err("No connection is available".into());
     };
+    // Column types of a single statement, to give values the types psycopg would (booleans,
+    // numbers); a multi-statement script cannot be prepared and stays text.
+    let types: Vec<tokio_postgres::types::Type> = match cl.prepare(&q.sql).await {
+        Ok(st) => st.columns().iter().map(|c| c.type_().clone()).collect(),
+        Err(_) => Vec::new(),
+    };
     let messages = cl.simple_query(&q.sql).await.map_err(|e| sqlstate(&e))?;
     // Like a DB-API cursor: the result of the last statement that returned rows.
     let mut columns: Vec<String> = Vec::new();
@@ -1021,7 +1035,7 @@ async fn query_member(
                 }
                 rows.push(
                     (0..r.len())
-                        .map(|i| r.get(i).map_or(Value::Null, Value::from))
+                        .map(|i| typed_value(r.get(i), types.get(i)))
                         .collect(),
                 );
             }
@@ -1030,6 +1044,27 @@ async fn query_member(
         }
     }
     Ok((columns, rows))
+}
+
+/// A text value from the simple query protocol as the Python driver would return it.
+fn typed_value(text: Option<&str>, ty: Option<&tokio_postgres::types::Type>) -> Value {
+    use tokio_postgres::types::Type;
+    let Some(text) = text else {
+        return Value::Null;
+    };
+    let parsed = match ty {
+        Some(t) if *t == Type::BOOL => Some(Value::Bool(text == "t")),
+        Some(t) if [Type::INT2, Type::INT4, Type::INT8, Type::OID].contains(t) => {
+            text.parse::<i64>().ok().map(Value::from)
+        }
+        Some(t) if *t == Type::FLOAT4 || *t == Type::FLOAT8 => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number),
+        _ => None,
+    };
+    parsed.unwrap_or_else(|| Value::from(text))
 }
 
 async fn remove_cmd(ctx: &mut Ctx, name: &str, fmt: OutFormat) -> anyhow::Result<()> {
