@@ -3,6 +3,7 @@
 //! conventions: `Error: <message>` and exit status 1, `Aborted!` when a prompt is abandoned.
 //! Invoked through a link named `patronictl` it reports patronictl's version string.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +36,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
