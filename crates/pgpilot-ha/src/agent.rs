@@ -737,6 +737,14 @@ impl<D: Dcs> Agent<D> {
             Err(e) => Err(format!("task panicked or was cancelled: {e}")),
         };
         if let Some(reply) = task.reply.take() {
+            // The caller may read /patroni right after our answer: show the restarted server.
+            if result.is_ok() {
+                if let Ok(st) = self.pg.query_state().await {
+                    self.state = "running".into();
+                    self.last_pg = Some(st);
+                    self.publish(Instant::now());
+                }
+            }
             let answer = match &result {
                 Ok(()) => (200, "restarted successfully".to_string()),
                 Err(_) => (503, "restart failed".to_string()),

@@ -752,7 +752,9 @@ SELECT pg_catalog.pg_is_in_recovery(),
   (SELECT pg_catalog.json_agg(r)::text FROM (SELECT usename, application_name,
      client_addr::text AS client_addr, state, sync_state, sync_priority
      FROM pg_catalog.pg_stat_replication) r),
-  (SELECT pg_catalog.json_agg(p)::text FROM (SELECT name, setting, '?' AS new FROM pg_catalog.pg_settings
-     WHERE pending_restart) p),
+  (SELECT pg_catalog.json_agg(p)::text FROM (SELECT s.name, s.setting,
+     COALESCE((SELECT f.setting FROM pg_catalog.pg_file_settings f
+               WHERE f.name = s.name ORDER BY f.seqno DESC LIMIT 1), s.boot_val) AS new
+     FROM pg_catalog.pg_settings s WHERE s.pending_restart) p),
   CASE WHEN pg_catalog.pg_is_in_recovery() THEN
     (SELECT latest_end_lsn::text FROM pg_catalog.pg_stat_get_wal_receiver()) END";
