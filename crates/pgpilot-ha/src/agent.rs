@@ -54,6 +54,9 @@ pub enum Exit {
     Shutdown,
 }
 
+/// Prefix of a rewind task error that means "the source is not ready", not "pg_rewind failed".
+const REWIND_NOT_READY: &str = "rewind source not ready: ";
+
 /// A background action and what to do with its result.
 struct Task {
     kind: ActionKind,
@@ -781,8 +784,12 @@ impl<D: Dcs> Agent<D> {
                 self.written = None;
             }
             (ActionKind::Rewind, Err(e)) => {
-                error!("pg_rewind failed: {e}");
-                self.rewind_failed = true;
+                if let Some(why) = e.strip_prefix(REWIND_NOT_READY) {
+                    warn!("not running pg_rewind yet: {why}");
+                } else {
+                    error!("pg_rewind failed: {e}");
+                    self.rewind_failed = true;
+                }
             }
             (ActionKind::Rewind, Ok(())) => {
                 info!("pg_rewind finished");
@@ -1022,14 +1029,18 @@ impl<D: Dcs> Agent<D> {
                 let pg = self.pg.clone();
                 let timeout = self.pg_ctl_timeout();
                 self.spawn_task(ActionKind::Rewind, async move {
+                    let source = Upstream { host, port };
+                    // A source that is not ready (still promoting, unreachable) is not a
+                    // failed rewind: try again next cycle.
+                    pg.prepare_rewind_source(&source)
+                        .await
+                        .map_err(|e| format!("{REWIND_NOT_READY}{e}"))?;
                     // pg_rewind needs a cleanly shut down target; PostgreSQL 13+ pg_rewind runs
                     // crash recovery itself when it is not.
                     pg.stop(StopMode::Fast, timeout)
                         .await
                         .map_err(|e| e.to_string())?;
-                    pg.rewind(&Upstream { host, port })
-                        .await
-                        .map_err(|e| e.to_string())
+                    pg.rewind(&source).await.map_err(|e| e.to_string())
                 });
                 Ok(format!("running pg_rewind from {leader}"))
             }
@@ -1337,23 +1348,38 @@ impl<D: Dcs> Agent<D> {
                 0
             }
         };
-        // Let a candidate receive the shutdown checkpoint so nothing acknowledged is lost.
+        // Let a candidate receive the shutdown checkpoint so nothing acknowledged is lost. Its
+        // WAL position is asked over SQL: its REST status is up to one loop_wait old.
         if let Some(cluster) = obs.cluster.as_ref() {
+            let candidates: Vec<Upstream> = cluster
+                .members
+                .iter()
+                .filter(|m| m.name != self.cfg.name && !m.data.nofailover())
+                .filter(|m| candidate.is_none_or(|c| c == m.name))
+                .filter_map(|m| m.data.host_port())
+                .map(|(host, port)| Upstream { host, port })
+                .collect();
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                let peers = self.fetch_peers(cluster).await;
-                let caught_up = peers.iter().any(|p| {
-                    !p.nofailover
-                        && candidate.is_none_or(|c| c == p.name)
-                        && p.wal_position >= checkpoint
-                });
+                let mut caught_up = false;
+                for c in &candidates {
+                    if self
+                        .pg
+                        .remote_wal_position(c)
+                        .await
+                        .is_ok_and(|lsn| lsn >= checkpoint)
+                    {
+                        caught_up = true;
+                        break;
+                    }
+                }
                 if caught_up || Instant::now() > deadline {
                     if !caught_up {
                         warn!("no candidate received the shutdown checkpoint in time; releasing the leader key anyway");
                     }
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         let status = Status {

@@ -359,6 +359,69 @@ impl Postgres {
         Ok(())
     }
 
+    /// The WAL position a replica at `at` has received (or replayed), asked over SQL as the
+    /// superuser: fresher than its REST status, which is published once per cycle.
+    pub async fn remote_wal_position(&self, at: &Upstream) -> Result<u64> {
+        let client = self.connect_to(at).await?;
+        let row = client
+            .query_one(
+                "SELECT (GREATEST(pg_catalog.pg_last_wal_receive_lsn(), \
+                 pg_catalog.pg_last_wal_replay_lsn()) - '0/0'::pg_lsn)::text",
+                &[],
+            )
+            .await
+            .map_err(|e| sql_err(&e))?;
+        let text: Option<String> = row.get(0);
+        Ok(text
+            .and_then(|t| t.split('.').next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0))
+    }
+
+    async fn connect_to(&self, at: &Upstream) -> Result<tokio_postgres::Client> {
+        let s = &self.settings;
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&at.host)
+            .port(at.port)
+            .user(&s.superuser.username)
+            .dbname("postgres")
+            .application_name("pgpilot")
+            .connect_timeout(QUERY_TIMEOUT);
+        if let Some(pw) = &s.superuser.password {
+            cfg.password(pw);
+        }
+        let (client, connection) =
+            tokio::time::timeout(QUERY_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| {
+                    PgError::Timeout(QUERY_TIMEOUT, format!("connect to {}:{}", at.host, at.port))
+                })?
+                .map_err(|e| sql_err(&e))?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Call before [`Postgres::rewind`]. pg_rewind compares timelines through the source's control file, which a fresh primary
+    /// updates only at its first checkpoint after promotion: without it pg_rewind finds "the
+    /// same timeline" and leaves a diverged directory alone. So the source must be out of
+    /// recovery, and a CHECKPOINT is run there (as superuser, like Patroni) first.
+    pub async fn prepare_rewind_source(&self, from: &Upstream) -> Result<()> {
+        let client = self.connect_to(from).await?;
+        let row = client
+            .query_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| sql_err(&e))?;
+        if row.get::<_, bool>(0) {
+            return Err(PgError::Sql(
+                "the rewind source is still in recovery (promotion not finished)".into(),
+            ));
+        }
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(|e| sql_err(&e))?;
+        Ok(())
+    }
+
     async fn connect(&self) -> Result<tokio_postgres::Client> {
         let s = &self.settings;
         let mut cfg = tokio_postgres::Config::new();

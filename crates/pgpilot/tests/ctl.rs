@@ -185,9 +185,7 @@ async fn pgpilotctl_and_patronictl_drive_the_same_cluster() {
         "{out}"
     );
     assert_eq!(leader_of(&cluster).await, cand);
-    let tl = cluster.patroni(cand).await.unwrap()["timeline"]
-        .as_u64()
-        .unwrap();
+    let tl = cluster.primary_timeline(cand).await;
     cluster
         .wait_for_streaming_replica(leader, Some(tl), FAILOVER_TIMEOUT)
         .await;
@@ -205,9 +203,7 @@ async fn pgpilotctl_and_patronictl_drive_the_same_cluster() {
             "{out}"
         );
         assert_eq!(leader_of(&cluster).await, next);
-        let tl = cluster.patroni(next).await.unwrap()["timeline"]
-            .as_u64()
-            .unwrap();
+        let tl = cluster.primary_timeline(next).await;
         cluster
             .wait_for_streaming_replica(cand, Some(tl), FAILOVER_TIMEOUT)
             .await;

@@ -68,9 +68,7 @@ async fn switchover_loses_no_acknowledged_write_and_the_old_leader_follows() {
         format!("Successfully switched over to \"{cand_name}\"")
     );
     assert_eq!(cluster.leader_name().as_deref(), Some(cand_name.as_str()));
-    let new_tl = cluster.patroni(candidate).await.unwrap()["timeline"]
-        .as_u64()
-        .unwrap();
+    let new_tl = cluster.primary_timeline(candidate).await;
     cluster
         .wait_for_streaming_replica(first, Some(new_tl), FAILOVER_TIMEOUT)
         .await;
@@ -117,9 +115,7 @@ async fn switchover_loses_no_acknowledged_write_and_the_old_leader_follows() {
         log.acked.len()
     );
     assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
-    let tl = cluster.patroni(third).await.unwrap()["timeline"]
-        .as_u64()
-        .unwrap();
+    let tl = cluster.primary_timeline(third).await;
     for i in (0..3).filter(|&i| i != third) {
         cluster
             .wait_for_streaming_replica(i, Some(tl), FAILOVER_TIMEOUT)
@@ -264,9 +260,7 @@ async fn scheduled_switchover_happens_at_its_time() {
         cluster.member(new).name,
         secs(now.saturating_duration_since(scheduled))
     );
-    let tl = cluster.patroni(new).await.unwrap()["timeline"]
-        .as_u64()
-        .unwrap();
+    let tl = cluster.primary_timeline(new).await;
     cluster
         .wait_for_streaming_replica(leader, Some(tl), FAILOVER_TIMEOUT)
         .await;
@@ -333,9 +327,7 @@ async fn failover_to_a_named_candidate_while_the_leader_is_down() {
         .wait_writable(new, "fo", 2, "after the failover")
         .await;
     let other = *replicas.iter().find(|&&i| i != candidate).unwrap();
-    let tl = cluster.patroni(new).await.unwrap()["timeline"]
-        .as_u64()
-        .unwrap();
+    let tl = cluster.primary_timeline(new).await;
     cluster
         .wait_for_streaming_replica(other, Some(tl), FAILOVER_TIMEOUT)
         .await;

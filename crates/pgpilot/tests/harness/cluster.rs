@@ -488,6 +488,26 @@ impl Cluster {
         Ok((code, reply.text().await.unwrap_or_default()))
     }
 
+    /// Waits until member `i` reports itself a running primary in `/patroni` (a switchover's
+    /// API answer comes when the leader key moved, before the promotion ends) and returns its
+    /// timeline.
+    pub async fn primary_timeline(&self, i: usize) -> u64 {
+        let name = &self.members[i].name;
+        self.wait(
+            FAILOVER_TIMEOUT,
+            &format!("{name} to run as primary"),
+            async || {
+                let p = self.patroni(i).await?;
+                ensure!(
+                    p["role"] == "primary" && p["state"] == "running",
+                    "{name}: {p}"
+                );
+                p["timeline"].as_u64().context("no timeline")
+            },
+        )
+        .await
+    }
+
     /// `GET /patroni` of member `i` (Err unless the API answers 200).
     pub async fn patroni(&self, i: usize) -> anyhow::Result<Value> {
         let (code, body) = self.api_get(i, "/patroni").await?;
