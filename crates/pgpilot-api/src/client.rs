@@ -72,11 +72,29 @@ pub struct Client {
 
 impl Client {
     pub fn new(auth: Option<(String, String)>) -> Client {
+        crate::tls::install_provider();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .build()
             .unwrap_or_default();
         Client { http, auth }
+    }
+
+    /// A client for peers that may speak HTTPS. Like Patroni's daemon, it does not verify
+    /// server certificates unless it presents a client certificate itself.
+    pub fn with_tls(
+        auth: Option<(String, String)>,
+        tls: &crate::ClientTls,
+    ) -> Result<Client, crate::TlsError> {
+        let mut tls = tls.clone();
+        if tls.certfile.is_none() {
+            tls.insecure = true;
+        }
+        let http = crate::tls::client_builder(&tls)?
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| crate::TlsError::Config(format!("HTTP client: {e}")))?;
+        Ok(Client { http, auth })
     }
 
     fn get(&self, url: &str, timeout: Duration) -> reqwest::RequestBuilder {

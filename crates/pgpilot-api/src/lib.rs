@@ -16,11 +16,13 @@ mod health;
 mod http;
 mod server;
 mod status;
+pub mod tls;
 mod write;
 
 pub use client::{Client, PeerStatus};
 pub use server::{serve, ServerOptions};
 pub use status::status_document;
+pub use tls::{ClientTls, ServerTls, TlsError};
 pub use write::{deep_merge, parse_schedule, parse_timeout};
 
 /// A request from the REST API that only the agent can carry out. The API validates the

@@ -14,6 +14,7 @@ use tracing::debug;
 use crate::health::{health_code, liveness, readiness};
 use crate::http::{python_json, read_request, write_response, Request, Response};
 use crate::status::{status_document, sync_flags};
+use crate::tls::{ServerTls, VerifyClient};
 use crate::write::{self, allowed, resolve_allowlist};
 use crate::{Client, Command, NodeSnapshot};
 
@@ -33,6 +34,8 @@ pub struct ServerOptions {
     pub commands: Option<mpsc::Sender<Command>>,
     /// For the switchover feasibility check (peers' `/patroni`).
     pub client: Client,
+    /// HTTPS (`restapi.certfile`).
+    pub tls: Option<ServerTls>,
 }
 
 pub(crate) struct Shared<D> {
@@ -44,6 +47,7 @@ pub(crate) struct Shared<D> {
     allowlist_include_members: bool,
     pub(crate) commands: Option<mpsc::Sender<Command>>,
     pub(crate) client: Client,
+    tls: Option<ServerTls>,
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled.
@@ -64,6 +68,7 @@ pub async fn serve<D: Dcs>(
         allowlist_include_members: options.allowlist_include_members,
         commands: options.commands,
         client: options.client,
+        tls: options.tls,
     });
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -84,20 +89,59 @@ pub async fn serve<D: Dcs>(
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (read, mut write) = stream.into_split();
-            let resp = match tokio::time::timeout(READ_TIMEOUT, read_request(read)).await {
-                Ok(Ok(req)) => handle(&shared, &req, peer.ip()).await,
-                Ok(Err(bad)) => Response::error(bad.0, bad.1),
-                Err(_) => return,
-            };
-            if let Err(e) = write_response(&mut write, &resp).await {
-                debug!("reply to {peer} failed: {e}");
+            match &shared.tls {
+                None => serve_connection(&shared, stream, peer, false).await,
+                Some(tls) => {
+                    let accepted =
+                        tokio::time::timeout(READ_TIMEOUT, tls.acceptor.accept(stream)).await;
+                    let stream = match accepted {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            debug!("TLS handshake with {peer} failed: {e}");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty());
+                    serve_connection(&shared, stream, peer, client_cert).await;
+                }
             }
         });
     }
 }
 
-async fn handle<D: Dcs>(shared: &Arc<Shared<D>>, req: &Request, peer: IpAddr) -> Response {
+/// One request and its answer on an accepted (plain or TLS) connection.
+async fn serve_connection<D: Dcs, S>(
+    shared: &Arc<Shared<D>>,
+    stream: S,
+    peer: std::net::SocketAddr,
+    client_cert: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let resp = match tokio::time::timeout(READ_TIMEOUT, read_request(read)).await {
+        Ok(Ok(req)) => handle(shared, &req, peer.ip(), client_cert).await,
+        Ok(Err(bad)) => Response::error(bad.0, bad.1),
+        Err(_) => return,
+    };
+    if let Err(e) = write_response(&mut write, &resp).await {
+        debug!("reply to {peer} failed: {e}");
+    }
+    // Ends the TLS session properly (close_notify); for plain TCP, a FIN.
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut write).await;
+}
+
+async fn handle<D: Dcs>(
+    shared: &Arc<Shared<D>>,
+    req: &Request,
+    peer: IpAddr,
+    client_cert: bool,
+) -> Response {
     let snap = shared.snapshot.borrow().clone();
     let now = Instant::now();
     let bare = matches!(req.method.as_str(), "HEAD" | "OPTIONS");
@@ -112,6 +156,14 @@ async fn handle<D: Dcs>(shared: &Arc<Shared<D>>, req: &Request, peer: IpAddr) ->
         && !allowed_client(shared, peer).await
     {
         return Response::text(403, "Access is denied");
+    }
+    if shared
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.verify_client != VerifyClient::None)
+        && !client_cert
+    {
+        return Response::text(403, "client certificate required");
     }
     if let Some(expected) = &shared.auth_header {
         let Some(given) = req.header("Authorization") else {
@@ -382,6 +434,7 @@ mod tests {
                 allowlist_include_members: false,
                 commands: None,
                 client: Client::new(None),
+                tls: None,
             },
             stop.clone(),
         ));

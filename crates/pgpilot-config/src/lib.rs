@@ -91,12 +91,36 @@ pub struct RestApiConfig {
     pub allowlist: Vec<String>,
     /// `restapi.allowlist_include_members`: members' api_url hosts are allowed too.
     pub allowlist_include_members: bool,
+    /// HTTPS, when `restapi.certfile` is set.
+    pub tls: Option<TlsServerConfig>,
+}
+
+/// `restapi.certfile`/`keyfile`/`cafile`/`verify_client`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsServerConfig {
+    pub certfile: PathBuf,
+    /// Defaults to `certfile` (a PEM holding both).
+    pub keyfile: PathBuf,
+    /// CA for client certificates.
+    pub cafile: Option<PathBuf>,
+    /// `none`, `optional` or `required`.
+    pub verify_client: String,
+}
+
+/// TLS settings of outbound REST calls (`ctl.*`; `cacert` falls back to `restapi.cafile`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CtlTls {
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub cacert: Option<PathBuf>,
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CtlConfig {
     /// Basic auth for outbound REST calls: `ctl.authentication`, else `restapi.authentication`.
     pub authentication: Option<Credentials>,
+    pub tls: CtlTls,
 }
 
 /// `etcd3:` section (also accepted: `etcd:` — treated as v3 with a warning).
@@ -194,9 +218,14 @@ impl Config {
         load(path, &env)
     }
 
-    /// `http://<restapi.connect_address>/patroni`.
+    /// `http(s)://<restapi.connect_address>/patroni` (https when `restapi.certfile` is set).
     pub fn api_url(&self) -> String {
-        format!("http://{}/patroni", self.restapi.connect_address)
+        let scheme = if self.restapi.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}/patroni", self.restapi.connect_address)
     }
 
     /// `postgres://<postgresql.connect_address>/postgres`.

@@ -11,6 +11,7 @@ use crate::{
     env, yaml, BootstrapConfig, Config, ConfigError, Credentials, CtlConfig, EtcdConfig, Loaded,
     LogConfig, PostgresqlConfig, Problem, RestApiConfig, Tags,
 };
+use crate::{CtlTls, TlsServerConfig};
 
 /// Name Patroni reserves for the strict synchronous-mode placeholder.
 const PLACEHOLDER: &str = "__patroni_strict_sync_replica_placeholder__";
@@ -41,7 +42,15 @@ const MODELLED: &[&str] = &[
     "restapi.authentication",
     "restapi.allowlist",
     "restapi.allowlist_include_members",
+    "restapi.certfile",
+    "restapi.keyfile",
+    "restapi.cafile",
+    "restapi.verify_client",
     "ctl.authentication",
+    "ctl.certfile",
+    "ctl.keyfile",
+    "ctl.cacert",
+    "ctl.insecure",
     "etcd3",
     "etcd",
     "bootstrap.dcs",
@@ -512,6 +521,28 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
     let allowlist_include_members = r
         .boolean("restapi.allowlist_include_members")
         .unwrap_or(false);
+    let tls = r.string("restapi.certfile", false).map(|certfile| {
+        let keyfile = r
+            .string("restapi.keyfile", false)
+            .unwrap_or_else(|| certfile.clone());
+        TlsServerConfig {
+            certfile: PathBuf::from(certfile),
+            keyfile: PathBuf::from(keyfile),
+            cafile: r.string("restapi.cafile", false).map(PathBuf::from),
+            verify_client: r
+                .string("restapi.verify_client", false)
+                .unwrap_or_else(|| "none".into()),
+        }
+    });
+    let ctl_tls = CtlTls {
+        certfile: r.string("ctl.certfile", false).map(PathBuf::from),
+        keyfile: r.string("ctl.keyfile", false).map(PathBuf::from),
+        cacert: r
+            .string("ctl.cacert", false)
+            .or_else(|| r.string("restapi.cafile", false))
+            .map(PathBuf::from),
+        insecure: r.boolean("ctl.insecure").unwrap_or(false),
+    };
     let ctl_auth = r
         .credentials("ctl.authentication", false)
         .or_else(|| rest_auth.clone());
@@ -675,9 +706,11 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
             authentication: rest_auth,
             allowlist,
             allowlist_include_members,
+            tls,
         },
         ctl: CtlConfig {
             authentication: ctl_auth,
+            tls: ctl_tls,
         },
         etcd,
         bootstrap,

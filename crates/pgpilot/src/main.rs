@@ -140,7 +140,26 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         c.as_ref()
             .map(|a| (a.username.clone(), a.password.clone().unwrap_or_default()))
     };
-    let client = Client::new(auth(&cfg.ctl.authentication));
+    let client_tls = pgpilot_api::ClientTls {
+        cacert: cfg.ctl.tls.cacert.clone(),
+        certfile: cfg.ctl.tls.certfile.clone(),
+        keyfile: cfg.ctl.tls.keyfile.clone(),
+        insecure: cfg.ctl.tls.insecure,
+    };
+    let client = Client::with_tls(auth(&cfg.ctl.authentication), &client_tls)
+        .context("can not set up the REST client")?;
+    let server_tls = match &cfg.restapi.tls {
+        Some(t) => Some(
+            pgpilot_api::tls::server_tls(
+                &t.certfile,
+                &t.keyfile,
+                t.cafile.as_deref(),
+                &t.verify_client,
+            )
+            .context("can not set up HTTPS for the REST API")?,
+        ),
+        None => None,
+    };
     let pg = Arc::new(Postgres::new(pg_settings(&cfg)));
 
     // The dynamic configuration known before the first DCS read gives the lease TTL.
@@ -171,6 +190,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         allowlist_include_members: cfg.restapi.allowlist_include_members,
         commands: Some(cmd_tx.clone()),
         client: client.clone(),
+        tls: server_tls,
     };
     let mut agent =
         Agent::new(cfg, dcs.clone(), pg, client, snap_tx).with_commands(cmd_rx, config_path);

@@ -293,7 +293,15 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(cfg: CtlConfig) -> anyhow::Result<Ctx> {
-        let rest = Rest::new(cfg.rest_auth.clone())?;
+        let rest = Rest::new(
+            cfg.rest_auth.clone(),
+            &pgpilot_api::ClientTls {
+                cacert: cfg.cacert.clone(),
+                certfile: cfg.certfile.clone(),
+                keyfile: cfg.keyfile.clone(),
+                insecure: cfg.insecure,
+            },
+        )?;
         Ok(Ctx {
             cfg,
             rest,

@@ -23,8 +23,13 @@ pub struct CtlConfig {
     pub etcd_password: Option<String>,
     /// Basic auth for the REST API: `ctl.authentication`, else `restapi.authentication`.
     pub rest_auth: Option<(String, Option<String>)>,
-    /// `ctl.insecure` or `-k` (accepted; pgpilotctl speaks plain HTTP only).
+    /// `ctl.insecure` or `-k`: do not verify the REST API's certificate.
     pub insecure: bool,
+    /// `ctl.cacert`, else `restapi.cafile`: CA of the REST API's certificate.
+    pub cacert: Option<PathBuf>,
+    /// `ctl.certfile`/`ctl.keyfile`: client certificate for the REST API.
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
     /// `citus.group` (Citus is not supported; kept to refuse clearly).
     pub citus_group: Option<i64>,
 }
@@ -244,6 +249,11 @@ impl CtlConfig {
             rest_auth: credentials(&doc, "ctl.authentication")
                 .or_else(|| credentials(&doc, "restapi.authentication")),
             insecure: insecure || get(&doc, "ctl.insecure").is_some_and(pgpilot_dcs::truthy),
+            cacert: string(&doc, "ctl.cacert")
+                .or_else(|| string(&doc, "restapi.cafile"))
+                .map(PathBuf::from),
+            certfile: string(&doc, "ctl.certfile").map(PathBuf::from),
+            keyfile: string(&doc, "ctl.keyfile").map(PathBuf::from),
             citus_group: get(&doc, "citus.group").and_then(Value::as_i64),
         })
     }

@@ -41,8 +41,11 @@ pub fn endpoint_url(api_url: &str, endpoint: Option<&str>) -> anyhow::Result<Str
 }
 
 impl Rest {
-    pub fn new(auth: Option<(String, Option<String>)>) -> anyhow::Result<Rest> {
-        let client = reqwest::Client::builder()
+    pub fn new(
+        auth: Option<(String, Option<String>)>,
+        tls: &pgpilot_api::ClientTls,
+    ) -> anyhow::Result<Rest> {
+        let client = pgpilot_api::tls::client_builder(tls)?
             .connect_timeout(Duration::from_secs(5))
             .no_proxy()
             .build()
@@ -63,9 +66,6 @@ impl Rest {
             bail!("member {} has no api_url", member.name);
         }
         let url = endpoint_url(&member.data.api_url, endpoint)?;
-        if url.starts_with("https://") {
-            bail!("{url}: https is not supported by pgpilotctl yet");
-        }
         let mut req = self.client.request(method, &url).timeout(timeout);
         if let Some((user, pass)) = &self.auth {
             req = req.basic_auth(user, pass.as_deref());

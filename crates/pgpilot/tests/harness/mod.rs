@@ -83,6 +83,8 @@ static AGENT_BIN: OnceLock<PathBuf> = OnceLock::new();
 /// drops the privileges of the whole process to [`TEST_USER`] (setgroups, setgid, setuid; glibc
 /// applies them to every thread). Fails if that user does not exist.
 pub fn init() {
+    // reqwest is built without a default TLS provider: the one pgpilot uses (ring).
+    pgpilot_api::tls::install_provider();
     agent_bin();
 }
 

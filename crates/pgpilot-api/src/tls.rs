@@ -1,0 +1,168 @@
+//! HTTPS for the REST API (`restapi.certfile`/`keyfile`/`cafile`/`verify_client`) and for the
+//! outbound calls of agents and the CLI (`ctl.certfile`/`keyfile`/`cacert`/`insecure`), with
+//! rustls and the `ring` provider.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Makes `ring` the process-wide rustls provider (idempotent).
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// `restapi.verify_client`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyClient {
+    /// No client certificate is asked for.
+    None,
+    /// Asked for; required only by the mutating endpoints (403 `client certificate required`).
+    Optional,
+    /// Required by the handshake itself.
+    Required,
+}
+
+/// The server side: what `serve` needs to speak HTTPS.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub verify_client: VerifyClient,
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |msg: String| TlsError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate found".into()));
+    }
+    Ok(certs)
+}
+
+fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(path)? {
+        roots.add(c).map_err(|e| TlsError::File {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Builds the server configuration. `verify_client` is `none`, `optional` or `required`; the
+/// last two need `cafile`.
+pub fn server_tls(
+    certfile: &Path,
+    keyfile: &Path,
+    cafile: Option<&Path>,
+    verify_client: &str,
+) -> Result<ServerTls, TlsError> {
+    install_provider();
+    let chain = certs(certfile)?;
+    let key = PrivateKeyDer::from_pem_file(keyfile).map_err(|e| TlsError::File {
+        path: keyfile.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let mode = match verify_client {
+        "none" | "" => VerifyClient::None,
+        "optional" => VerifyClient::Optional,
+        "required" => VerifyClient::Required,
+        other => {
+            return Err(TlsError::Config(format!(
+                "restapi.verify_client: {other} is not one of none, optional, required"
+            )))
+        }
+    };
+    let builder = rustls::ServerConfig::builder();
+    let builder = if mode == VerifyClient::None {
+        builder.with_no_client_auth()
+    } else {
+        let ca = cafile
+            .ok_or_else(|| TlsError::Config("restapi.verify_client needs restapi.cafile".into()))?;
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots(ca)?));
+        let verifier = if mode == VerifyClient::Optional {
+            verifier.allow_unauthenticated()
+        } else {
+            verifier
+        };
+        let verifier = verifier
+            .build()
+            .map_err(|e| TlsError::Config(format!("restapi.cafile: {e}")))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(format!("restapi.certfile/keyfile: {e}")))?;
+    Ok(ServerTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        verify_client: mode,
+    })
+}
+
+/// TLS settings of an HTTP client.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientTls {
+    /// CA to verify servers with (`ctl.cacert`, else `restapi.cafile`).
+    pub cacert: Option<PathBuf>,
+    /// Client certificate and key (`ctl.certfile`/`ctl.keyfile`).
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    /// Do not verify server certificates.
+    pub insecure: bool,
+}
+
+/// A `reqwest` builder with these TLS settings.
+pub fn client_builder(tls: &ClientTls) -> Result<reqwest::ClientBuilder, TlsError> {
+    install_provider();
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| TlsError::File {
+            path: p.to_path_buf(),
+            msg: e.to_string(),
+        })
+    };
+    let mut b = reqwest::Client::builder().tls_danger_accept_invalid_certs(tls.insecure);
+    if tls.insecure {
+        b = b.tls_danger_accept_invalid_hostnames(true);
+    }
+    if let Some(ca) = &tls.cacert {
+        for c in certs(ca)? {
+            let cert = reqwest::Certificate::from_der(c.as_ref()).map_err(|e| TlsError::File {
+                path: ca.clone(),
+                msg: e.to_string(),
+            })?;
+            b = b.add_root_certificate(cert);
+        }
+    }
+    if let Some(cert) = &tls.certfile {
+        let mut pem = read(cert)?;
+        let key = tls.keyfile.as_ref().unwrap_or(cert);
+        if key != cert {
+            pem.push(b'\n');
+            pem.extend(read(key)?);
+        }
+        let id = reqwest::Identity::from_pem(&pem).map_err(|e| TlsError::File {
+            path: cert.clone(),
+            msg: e.to_string(),
+        })?;
+        b = b.identity(id);
+    }
+    Ok(b)
+}
