@@ -545,3 +545,55 @@ async fn pause_leaves_postgres_alone_and_resume_restores_management() {
         .await;
     cluster.wait_writable(new, "pz", 2, "after resume").await;
 }
+
+/// Local configuration changes are applied without restarting the agent: `POST /reload` on one
+/// member and SIGHUP on another re-read the YAML file, and the new `postgresql.parameters`
+/// value reaches PostgreSQL with a reload (same postmaster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_reload_and_sighup_apply_a_changed_local_configuration() {
+    harness::init();
+    let cluster = Cluster::start(2, Options::default());
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(1).await;
+    let replica = 1 - leader;
+    let pids = [
+        cluster.postmaster_pid(0).unwrap(),
+        cluster.postmaster_pid(1).unwrap(),
+    ];
+    for i in 0..2 {
+        let path = &cluster.member(i).config_path;
+        let text = std::fs::read_to_string(path).unwrap();
+        // The local `postgresql.parameters` block is the one indented by two spaces.
+        let edited = text.replacen(
+            "\n  parameters:\n",
+            "\n  parameters:\n    log_min_duration_statement: 1234\n",
+            1,
+        );
+        assert_ne!(edited, text, "the parameters block was found");
+        std::fs::write(path, edited).unwrap();
+    }
+    let (code, text) = cluster
+        .api_call(leader, "POST", "/reload", None, true)
+        .await
+        .unwrap();
+    assert_eq!((code, text.as_str()), (202, "reload scheduled"));
+    harness::signal(
+        cluster.agent_pid(replica).unwrap(),
+        nix::sys::signal::Signal::SIGHUP,
+    );
+    for (i, pid) in pids.into_iter().enumerate() {
+        cluster
+            .wait(
+                SHORT_TIMEOUT,
+                "log_min_duration_statement = 1234ms",
+                async || {
+                    let v = show(&cluster, i, "log_min_duration_statement").await?;
+                    ensure!(v == "1234ms", "{v}");
+                    Ok(())
+                },
+            )
+            .await;
+        assert_eq!(cluster.postmaster_pid(i), Some(pid), "no restart");
+    }
+    assert!(cluster.agent_running(0) && cluster.agent_running(1));
+}

@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
 
+use super::tls::TlsFiles;
 use super::{
     agent_bin, clean_env, free_port, init, kill_postmaster_of, log_tail, pg, pid_alive,
     postmaster_pid, signal, spawn_child, tail, to_yaml, wait_for, Etcd, Standalone,
@@ -66,6 +67,9 @@ pub struct Options {
     pub log_level: String,
     /// Last word on each member's document.
     pub customize: Option<Customize>,
+    /// HTTPS for the REST API: certificates made by the harness, `verify_client: optional`,
+    /// agents and the harness present the client certificate.
+    pub https: bool,
 }
 
 impl Default for Options {
@@ -89,6 +93,7 @@ impl Default for Options {
             tags: BTreeMap::new(),
             log_level: "INFO".into(),
             customize: None,
+            https: false,
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct Member {
     pub log_path: PathBuf,
     pub pg_port: u16,
     pub api_port: u16,
+    /// `http` or `https`.
+    pub api_scheme: &'static str,
     agent: Mutex<Option<Child>>,
     /// Set when the harness starts the agent, cleared when a test kills or stops it or waits
     /// for it to exit: an agent that exits while this is set fails the test at once.
@@ -127,7 +134,7 @@ impl Member {
     }
 
     pub fn api_base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        format!("{}://127.0.0.1:{}", self.api_scheme, self.api_port)
     }
 }
 
@@ -136,6 +143,8 @@ pub struct Cluster {
     pub options: Options,
     members: Vec<Member>,
     http: reqwest::Client,
+    /// The certificates when `options.https`.
+    pub tls: Option<TlsFiles>,
     /// Dropped after the agents are stopped (fields drop after `Drop::drop`), in this order.
     pub etcd: Etcd,
     dir: TempDir,
@@ -155,16 +164,27 @@ impl Cluster {
             dir.path().display(),
             etcd.endpoint()
         );
-        let http = reqwest::Client::builder()
+        let tls = options
+            .https
+            .then(|| super::tls::make_certs(&dir.path().join("tls")));
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(3))
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .expect("build the HTTP client");
+            .connect_timeout(Duration::from_secs(2));
+        if let Some(t) = &tls {
+            let ca = std::fs::read(&t.ca).expect("read ca.crt");
+            let mut id = std::fs::read(&t.client_cert).expect("read client.crt");
+            id.extend(std::fs::read(&t.client_key).expect("read client.key"));
+            builder = builder
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA"))
+                .identity(reqwest::Identity::from_pem(&id).expect("client identity"));
+        }
+        let http = builder.build().expect("build the HTTP client");
         let mut cluster = Cluster {
             options,
             members: Vec::new(),
             http,
+            tls,
             etcd,
             dir,
         };
@@ -200,6 +220,7 @@ impl Cluster {
             log_path: dir.join("agent.log"),
             pg_port: free_port(),
             api_port: free_port(),
+            api_scheme: if self.options.https { "https" } else { "http" },
             dir,
             name,
             agent: Mutex::new(None),
@@ -270,6 +291,17 @@ impl Cluster {
                 "pg_hba": HBA,
             },
         });
+        if let Some(t) = &self.tls {
+            doc["restapi"]["certfile"] = json!(t.server_cert);
+            doc["restapi"]["keyfile"] = json!(t.server_key);
+            doc["restapi"]["cafile"] = json!(t.ca);
+            doc["restapi"]["verify_client"] = json!("optional");
+            doc["ctl"] = json!({
+                "certfile": t.client_cert,
+                "keyfile": t.client_key,
+                "cacert": t.ca,
+            });
+        }
         if let Some(tags) = o.tags.get(&m.index) {
             doc["tags"] = Value::Object(tags.clone());
         }

@@ -40,6 +40,7 @@ mod base64;
 mod cluster;
 mod etcd;
 mod pg;
+mod tls;
 mod writer;
 mod yaml;
 
@@ -52,6 +53,8 @@ pub use cluster::{Cluster, Member, Options, API_AUTH};
 pub use etcd::{Etcd, Kv};
 #[allow(unused_imports)]
 pub use pg::{controldata_system_identifier, Standalone};
+#[allow(unused_imports)]
+pub use tls::TlsFiles;
 #[allow(unused_imports)]
 pub use writer::{Writer, WriterLog};
 #[allow(unused_imports)]
