@@ -22,7 +22,13 @@ impl WriterLog {
     /// The longest time from a failed attempt that follows an acknowledged write to the next
     /// acknowledged write: the write unavailability of a role change.
     pub fn longest_gap(&self) -> Option<Duration> {
-        let mut gap = None;
+        self.gaps().into_iter().max()
+    }
+
+    /// Every write gap: from the first failed attempt after an acknowledged write to the next
+    /// acknowledged write, in order.
+    pub fn gaps(&self) -> Vec<Duration> {
+        let mut gaps = Vec::new();
         for &f in &self.failures {
             let before = self.acked.iter().rev().find(|(_, t)| *t < f);
             let after = self.acked.iter().find(|(_, t)| *t > f);
@@ -33,12 +39,11 @@ impl WriterLog {
                     .iter()
                     .any(|&g| g < f && before.is_some_and(|(_, b)| g > *b));
                 if first_of_run {
-                    let d = a.duration_since(f);
-                    gap = Some(gap.map_or(d, |g: Duration| g.max(d)));
+                    gaps.push(a.duration_since(f));
                 }
             }
         }
-        gap
+        gaps
     }
 }
 
