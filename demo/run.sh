@@ -62,7 +62,8 @@ chmod 755 "$DEMO_DIR"
 mkdir "$DEMO_DIR/bin"
 # A copy the unprivileged user can execute even when the repository lives under /root.
 cp "$AGENT_BUILT" "$DEMO_DIR/bin/pgpilot"
-chmod 755 "$DEMO_DIR/bin/pgpilot"
+cp "$(dirname "$AGENT_BUILT")/pgpilotctl" "$DEMO_DIR/bin/pgpilotctl"
+chmod 755 "$DEMO_DIR/bin/pgpilot" "$DEMO_DIR/bin/pgpilotctl"
 
 ETCD_PID=""
 AGENT_PIDS=()
@@ -254,6 +255,8 @@ for i in "${!MEMBERS[@]}"; do
 done
 cat <<EOF
 
+control:  $DEMO_DIR/bin/pgpilotctl -c $DEMO_DIR/${MEMBERS[0]}/${MEMBERS[0]}.yml list
+          (also: switchover --force, pause --wait, edit-config -p work_mem=64MB --force, history)
 etcd:     http://127.0.0.1:$ETCD_PORT   keys under /service/$SCOPE/
 files:    $DEMO_DIR   (configs and logs: $DEMO_DIR/<member>/)
 try:      kill -9 the leader's agent pid and its postmaster (head -1 <member>/data/postmaster.pid)
