@@ -581,6 +581,7 @@ impl<D: Dcs> Agent<D> {
             rewind_failed: self.rewind_failed,
             rewind_check: self.rewind_check,
             peers,
+            self_demoted: self.rewind_check || self.rewind_done,
         };
         let decision = decide(&obs);
         let msg = self.act(decision, &obs).await?;

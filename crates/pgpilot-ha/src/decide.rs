@@ -98,6 +98,9 @@ pub struct Observation {
     pub rewind_check: bool,
     /// Peers' `/patroni` answers, gathered only when the cluster has no leader.
     pub peers: Vec<PeerStatus>,
+    /// We stopped PostgreSQL ourselves to hand over (and it has not run since): in maintenance
+    /// mode it is still brought back as a replica.
+    pub self_demoted: bool,
 }
 
 impl Observation {
@@ -303,7 +306,11 @@ pub fn decide(o: &Observation) -> Decision {
     // Step 11: PostgreSQL is not running.
     match &o.pg {
         PgView::Stopped { was_primary, .. } => {
-            if o.paused {
+            // In maintenance mode a stopped PostgreSQL stays stopped, unless we stopped it
+            // ourselves for a manual switchover (`self_demoted`): then it comes back as a
+            // replica of the new leader, as Patroni's graceful demotion does.
+            let self_demoted = o.self_demoted && !holds_lock && cluster.leader_name().is_some();
+            if o.paused && !self_demoted {
                 if holds_lock {
                     return Decision::ReleaseLock {
                         msg: "removed leader key because postgres is not running".into(),

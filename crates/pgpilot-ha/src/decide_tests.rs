@@ -106,6 +106,7 @@ fn obs() -> Observation {
         rewind_failed: false,
         rewind_check: false,
         peers: vec![],
+        self_demoted: false,
     }
 }
 
@@ -409,6 +410,9 @@ fn decision_table() {
         ("paused, candidate is me", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.paused = true }), Decision::AcquireLeader),
         ("paused, candidate is pg3", Box::new(|o| { o.cluster = with_failover(None, Some("pg3")); o.paused = true }), not_healthiest()),
         ("paused, nofailover candidate", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.paused = true; o.can_failover = false }), not_healthiest()),
+        ("paused, stopped", Box::new(|o| { o.paused = true; o.pg = stopped(false) }), no_action("postgres is not running")),
+        ("paused, stopped by our own switchover", Box::new(|o| { o.paused = true; o.pg = stopped(true); o.self_demoted = true }), Decision::Rewind { leader: "pg1".into() }),
+        ("paused, rewound after our own switchover", Box::new(|o| { o.paused = true; o.pg = stopped(false); o.self_demoted = true }), start_secondary(Some("pg1"))),
         // §5.3 pause: the lock holder whose PostgreSQL is not primary lets the key go.
         ("paused, lock holder in recovery", Box::new(|o| { o.cluster = mine(); o.paused = true }),
             Decision::ReleaseLock { msg: "removed leader lock because postgres is not running as primary".into() }),

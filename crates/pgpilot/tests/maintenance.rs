@@ -510,6 +510,30 @@ async fn pause_leaves_postgres_alone_and_resume_restores_management() {
     );
     assert_eq!(cluster.postmaster_pid(replica), Some(replica_pm));
 
+    // Still paused: a switchover to a named candidate is carried out, and the old leader
+    // comes back as a replica of the new one.
+    let cand_name = cluster.member(replica).name.clone();
+    let (code, text) = cluster
+        .api_call(
+            leader,
+            "POST",
+            "/switchover",
+            Some(json!({"leader": leader_name, "candidate": cand_name})),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        text,
+        format!("Successfully switched over to \"{cand_name}\"")
+    );
+    let tl = cluster.primary_timeline(replica).await;
+    cluster
+        .wait_for_streaming_replica(leader, Some(tl), FAILOVER_TIMEOUT)
+        .await;
+    let leader = replica;
+
     let (code, _) = cluster
         .api_call(
             leader,
