@@ -5,7 +5,7 @@
 
 mod harness;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
@@ -65,58 +65,6 @@ async fn ok(tool: &Path, config: &Path, args: &[&str]) -> String {
     o.stdout
 }
 
-/// Patroni's patronictl in a virtualenv kept across test runs (`<tmp>/pgpilot-patroni-venv`).
-fn patronictl() -> Result<PathBuf, String> {
-    let venv = std::env::temp_dir().join("pgpilot-patroni-venv");
-    let bin = venv.join("bin/patronictl");
-    let works = |bin: &Path| {
-        std::process::Command::new(bin)
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if works(&bin) {
-        return Ok(bin);
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let step = |cmd: &mut std::process::Command, what: &str| -> Result<(), String> {
-        let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{what} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            ));
-        }
-        Ok(())
-    };
-    step(
-        std::process::Command::new("/usr/bin/python3")
-            .args(["-m", "venv"])
-            .arg(&venv),
-        "python3 -m venv",
-    )?;
-    step(
-        std::process::Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "patroni[etcd3]>=4,<5",
-                "psycopg2-binary",
-            ])
-            .env("PIP_DEFAULT_TIMEOUT", "30"),
-        "pip install patroni[etcd3]",
-    )?;
-    if works(&bin) {
-        Ok(bin)
-    } else {
-        Err("patronictl version does not run after the install".into())
-    }
-}
-
 /// The JSON list of `list -f json`, sorted by member name, with the lag columns dropped (they
 /// move with the clock).
 fn members(json: &str) -> Vec<Value> {
@@ -148,7 +96,7 @@ async fn pgpilotctl_and_patronictl_drive_the_same_cluster() {
     let config = cluster.member(0).config_path.clone();
     let ours = Path::new(PGPILOTCTL);
     let scope = cluster.options.scope.clone();
-    let patroni = match patronictl() {
+    let patroni = match harness::patronictl() {
         Ok(p) => Some(p),
         Err(reason) => {
             eprintln!("SKIPPED the patronictl half of this test: {reason}");

@@ -70,6 +70,8 @@ pub struct Options {
     /// HTTPS for the REST API: certificates made by the harness, `verify_client: optional`,
     /// agents and the harness present the client certificate.
     pub https: bool,
+    /// Run this executable as the agent instead of pgpilot (e.g. Patroni's `patroni`).
+    pub agent: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -94,6 +96,7 @@ impl Default for Options {
             log_level: "INFO".into(),
             customize: None,
             https: false,
+            agent: None,
         }
     }
 }
@@ -354,7 +357,8 @@ impl Cluster {
             m.name,
             timestamp()
         );
-        let mut cmd = Command::new(agent_bin());
+        let agent = self.options.agent.clone().unwrap_or_else(agent_bin);
+        let mut cmd = Command::new(agent);
         cmd.arg(&m.config_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))

@@ -40,6 +40,8 @@ mod base64;
 mod cluster;
 mod etcd;
 mod pg;
+#[allow(dead_code)]
+pub mod bench;
 mod tls;
 mod writer;
 mod yaml;
@@ -528,3 +530,56 @@ pub(crate) fn http_request(
         .ok_or_else(|| anyhow::anyhow!("malformed HTTP status line: {head:?}"))?;
     Ok((code, body.to_string()))
 }
+
+/// Patroni's patronictl in a virtualenv kept across test runs (`<tmp>/pgpilot-patroni-venv`).
+pub fn patronictl() -> Result<PathBuf, String> {
+    let venv = std::env::temp_dir().join("pgpilot-patroni-venv");
+    let bin = venv.join("bin/patronictl");
+    let works = |bin: &Path| {
+        std::process::Command::new(bin)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(&bin) {
+        return Ok(bin);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let step = |cmd: &mut std::process::Command, what: &str| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ));
+        }
+        Ok(())
+    };
+    step(
+        std::process::Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+        "python3 -m venv",
+    )?;
+    step(
+        std::process::Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "patroni[etcd3]>=4,<5",
+                "psycopg2-binary",
+            ])
+            .env("PIP_DEFAULT_TIMEOUT", "30"),
+        "pip install patroni[etcd3]",
+    )?;
+    if works(&bin) {
+        Ok(bin)
+    } else {
+        Err("patronictl version does not run after the install".into())
+    }
+}
+

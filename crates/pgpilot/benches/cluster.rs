@@ -1,0 +1,182 @@
+//! `cargo bench -p pgpilot --bench cluster -- [--reps N] [--idle SECONDS] [--profile fast|default|all]
+//! [--compare patroni] [--patroni PATH] [--markdown]`
+//!
+//! Starts its own etcd and 3-member clusters on loopback (see `tests/harness/bench.rs` for what
+//! is measured), runs each measurement N times (default 5) and prints min / median / max. With
+//! `--compare patroni` the same workload runs against Patroni (`patroni[etcd3]` 4.x from PyPI in
+//! a virtualenv built from /usr/bin/python3, or `--patroni PATH`), interleaved repetition by
+//! repetition, with a ratio column (pgpilot median / Patroni median). `--markdown` prints the
+//! result as the BENCHMARKS.md document (`bench/run.sh` writes it).
+
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use harness::bench::{cell, measure, rows, spread, Sample, PROFILES};
+
+struct Args {
+    reps: usize,
+    idle: Duration,
+    profiles: Vec<usize>,
+    compare: bool,
+    patroni: Option<PathBuf>,
+    markdown: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        reps: 5,
+        idle: Duration::from_secs(60),
+        profiles: vec![0],
+        compare: false,
+        patroni: None,
+        markdown: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--reps" => a.reps = value("--reps")?.parse().map_err(|e| format!("--reps: {e}"))?,
+            "--idle" => {
+                a.idle = Duration::from_secs(
+                    value("--idle")?.parse().map_err(|e| format!("--idle: {e}"))?,
+                )
+            }
+            "--profile" => {
+                a.profiles = match value("--profile")?.as_str() {
+                    "fast" => vec![0],
+                    "default" => vec![1],
+                    "all" => vec![0, 1],
+                    other => return Err(format!("--profile: {other} is not fast, default or all")),
+                }
+            }
+            "--compare" => {
+                let v = value("--compare")?;
+                if v != "patroni" {
+                    return Err(format!("--compare: only 'patroni' is known, not {v}"));
+                }
+                a.compare = true;
+            }
+            "--patroni" => a.patroni = Some(PathBuf::from(value("--patroni")?)),
+            "--markdown" => a.markdown = true,
+            // cargo bench passes --bench to harness=false targets.
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.reps == 0 {
+        return Err("--reps must be at least 1".into());
+    }
+    Ok(a)
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |kib| format!("{:.1} GiB", kib as f64 / 1048576.0));
+    let version = |cmd: &str, arg: &str| {
+        std::process::Command::new(cmd)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{cores} cores, {mem} memory; {}; {}; pgpilot {} (release build)",
+        version("/usr/lib/postgresql/15/bin/postgres", "--version"),
+        version("/usr/bin/etcd", "--version"),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::exit(2);
+        }
+    };
+    harness::init();
+    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_pgpilotctl"));
+    let patroni = if args.compare {
+        match args.patroni.clone().map(Ok).unwrap_or_else(harness::bench::patroni_executable) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("Error: can not get Patroni for --compare: {e}");
+                std::process::exit(2);
+            }
+        }
+    } else {
+        None
+    };
+    let mut out = String::new();
+    let started = jiff::Timestamp::now();
+    for &p in &args.profiles {
+        let (name, ttl, lw, rt) = PROFILES[p];
+        let mut ours: Vec<Sample> = Vec::new();
+        let mut theirs: Vec<Sample> = Vec::new();
+        for rep in 1..=args.reps {
+            let mut agents: Vec<(bool, Option<PathBuf>)> = vec![(true, None)];
+            if let Some(pt) = &patroni {
+                agents.push((false, Some(pt.clone())));
+            }
+            for (is_ours, agent) in agents {
+                let who = if is_ours { "pgpilot" } else { "Patroni" };
+                eprintln!("bench: {name}: {who} repetition {rep}/{}", args.reps);
+                match measure(agent, (ttl, lw, rt), args.idle, &ctl).await {
+                    Ok(s) => {
+                        eprintln!("bench: {who}: {s:?}");
+                        if is_ours { ours.push(s) } else { theirs.push(s) }
+                    }
+                    Err(e) => eprintln!("bench: {who} repetition {rep} failed: {e:#}"),
+                }
+            }
+        }
+        out.push_str(&format!("\n### {name}\n\n"));
+        if patroni.is_some() {
+            out.push_str("| measurement | unit | pgpilot min / median / max | Patroni min / median / max | ratio (median) |\n|---|---|---|---|---|\n");
+        } else {
+            out.push_str("| measurement | unit | pgpilot min / median / max |\n|---|---|---|\n");
+        }
+        for (label, unit, f) in rows() {
+            let a: Vec<f64> = ours.iter().filter_map(f).collect();
+            if patroni.is_some() {
+                let b: Vec<f64> = theirs.iter().filter_map(f).collect();
+                let ratio = match (spread(&a), spread(&b)) {
+                    (Some((_, x, _)), Some((_, y, _))) if y > 0.0 => format!("{:.2}", x / y),
+                    _ => "-".into(),
+                };
+                out.push_str(&format!("| {label} | {unit} | {} | {} | {ratio} |\n", cell(&a), cell(&b)));
+            } else {
+                out.push_str(&format!("| {label} | {unit} | {} |\n", cell(&a)));
+            }
+        }
+        out.push_str(&format!(
+            "\n{} pgpilot and {} Patroni repetitions completed.\n",
+            ours.len(),
+            theirs.len()
+        ));
+    }
+    if args.markdown {
+        let cmdline: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench" && a != "--markdown").collect();
+        println!("# Benchmarks\n");
+        println!("Generated by `bench/run.sh {}` on {} — do not edit by hand.\n", cmdline.join(" "), started.strftime("%Y-%m-%d %H:%M UTC"));
+        println!("Machine: {}.\n", machine());
+        println!("Each repetition starts a fresh etcd and 3-member cluster on loopback; write gaps are measured by a client inserting a row every 10 ms through a multi-host connection string with `target_session_attrs=read-write` (first failed write to the next acknowledged one). Idle cost is measured over {} s per repetition; RSS and CPU are per agent.", args.idle.as_secs());
+        print!("{out}");
+    } else {
+        println!("machine: {}", machine());
+        print!("{out}");
+    }
+}
