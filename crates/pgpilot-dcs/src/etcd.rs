@@ -3,7 +3,7 @@
 //!
 //! * One lease per agent, TTL = `ttl`, attached to the leader key and our member key.
 //! * The lease is kept alive **only by the HA cycle** (`update_leader` forces a keepalive,
-//!   `touch_member` refreshes it at most once per loop_wait). There is deliberately no free-running
+//!   `touch_member` refreshes it at most every ttl/3). There is deliberately no free-running
 //!   keepalive task: if the agent hangs, its lease must expire so another member can take over.
 //! * Reads for the HA cycle come from a watch-fed cache: one range read, then a watch from the
 //!   next revision. Our own writes are applied to the cache at once. When the watch is broken the
@@ -249,14 +249,18 @@ impl EtcdDcs {
         Ok(resp.id())
     }
 
-    /// Refreshes our lease; a lease etcd no longer knows is replaced by a new one.
+    /// Refreshes our lease; a lease etcd no longer knows is replaced by a new one. Forced by
+    /// the leader every cycle; otherwise (a replica's member key) at most every third of the
+    /// TTL: a member key that lives on needs no more, and etcd is spared a request per member
+    /// per loop_wait.
     async fn keepalive(&self, force: bool) -> Result<i64> {
         if !force {
+            let every = self.loop_wait.max(self.ttl() / 3);
             let recent = self
                 .last_keepalive
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|t| t.elapsed() < self.loop_wait);
+                .is_some_and(|t| t.elapsed() < every);
             if recent {
                 return self.lease().await;
             }
@@ -641,7 +645,17 @@ impl Dcs for EtcdDcs {
     }
 
     async fn write_status(&self, status: &Status) -> Result<()> {
-        self.put("status", &status.to_json(), None).await
+        let json = status.to_json();
+        // An idle primary's optime does not move: skip the write (the cache holds our own
+        // writes and every change made by others).
+        let unchanged = {
+            let st = self.cache.lock();
+            st.healthy && st.entries.get("status").is_some_and(|(v, _, _)| *v == json)
+        };
+        if unchanged {
+            return Ok(());
+        }
+        self.put("status", &json, None).await
     }
 
     fn set_ttl(&self, ttl: Duration) {

@@ -221,7 +221,15 @@ async fn lease_expiry_wakes_replicas<D: Dcs, F: Future<Output = Arc<D>>>(
     let leader = make("pg1", 2).await;
     let replica = make("pg2", 20).await;
     assert!(leader.attempt_to_acquire_leader().await.unwrap());
-    assert_eq!(replica.cluster().await.unwrap().leader_name(), Some("pg1"));
+    // The replica's watch-fed cache sees the new key shortly after the write.
+    let seen = Instant::now();
+    while replica.cluster().await.unwrap().leader_name() != Some("pg1") {
+        assert!(
+            seen.elapsed() < Duration::from_secs(5),
+            "the replica never saw pg1 lead"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let started = Instant::now();
     let woke = replica.watch(Duration::from_secs(30), false).await;
     let waited = started.elapsed();

@@ -59,8 +59,10 @@ fn main() -> ExitCode {
         logging::critical("pgpilot refuses to run as root: PostgreSQL can not run as root. Start it as the PostgreSQL owner (e.g. runuser -u postgres -- pgpilot CONFIG).");
         return ExitCode::FAILURE;
     }
+    // One worker thread is plenty for one cycle per loop_wait and a few REST requests, and it
+    // keeps the agent's memory small; blocking work (files, child processes) has its own pool.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
     {
