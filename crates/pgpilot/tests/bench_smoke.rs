@@ -21,7 +21,10 @@ async fn benchmark_smoke_run_measures_everything() {
     .await
     .expect("one benchmark repetition");
     eprintln!("bench smoke, {name}: {s:#?}");
-    assert!(s.switchover.is_some(), "the switchover was seen by the writer");
+    assert!(
+        s.switchover.is_some(),
+        "the switchover was seen by the writer"
+    );
     assert!(s.handover.is_some(), "the handover was seen by the writer");
     assert!(s.crash.is_some(), "the crash was seen by the writer");
     assert!(s.rss_kib > 0.0 && s.etcd_rps > 0.0, "{s:?}");

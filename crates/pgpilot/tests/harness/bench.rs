@@ -21,7 +21,12 @@ use super::{Cluster, Options, Writer, FAILOVER_TIMEOUT};
 /// HA timings: `(name, ttl, loop_wait, retry_timeout)`.
 pub const PROFILES: &[(&str, u64, u64, u64)] = &[
     ("fast (ttl 20, loop_wait 1, retry_timeout 3)", 20, 1, 3),
-    ("Patroni defaults (ttl 30, loop_wait 10, retry_timeout 10)", 30, 10, 10),
+    (
+        "Patroni defaults (ttl 30, loop_wait 10, retry_timeout 10)",
+        30,
+        10,
+        10,
+    ),
 ];
 
 /// One repetition's figures.
@@ -54,7 +59,11 @@ fn vm_rss_kib(pid: i32) -> anyhow::Result<u64> {
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
 }
 
 /// Sum of `grpc_server_msg_received_total` from etcd's `/metrics`.
@@ -77,7 +86,9 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let ports: Vec<u16> = (0..cluster.len()).map(|i| cluster.member(i).pg_port).collect();
+    let ports: Vec<u16> = (0..cluster.len())
+        .map(|i| cluster.member(i).pg_port)
+        .collect();
     let writer = Writer::start(&ports, table);
     tokio::time::sleep(Duration::from_secs(1)).await;
     act().await;
@@ -91,7 +102,9 @@ where
 }
 
 async fn new_leader(cluster: &Cluster, old: usize) -> usize {
-    let new = cluster.wait_for_leader_except(&[old], FAILOVER_TIMEOUT).await;
+    let new = cluster
+        .wait_for_leader_except(&[old], FAILOVER_TIMEOUT)
+        .await;
     cluster.primary_timeline(new).await;
     new
 }
@@ -139,15 +152,25 @@ pub async fn measure(
     if pids.len() != 3 {
         bail!("an agent is not running");
     }
-    let cpu0: Vec<u64> = pids.iter().map(|&p| proc_stat_ticks(p)).collect::<Result<_, _>>()?;
+    let cpu0: Vec<u64> = pids
+        .iter()
+        .map(|&p| proc_stat_ticks(p))
+        .collect::<Result<_, _>>()?;
     let msgs0 = etcd_messages(&http, &cluster.etcd.endpoint()).await?;
     let t0 = Instant::now();
     tokio::time::sleep(idle).await;
     let msgs1 = etcd_messages(&http, &cluster.etcd.endpoint()).await?;
     let window = t0.elapsed().as_secs_f64();
-    let cpu1: Vec<u64> = pids.iter().map(|&p| proc_stat_ticks(p)).collect::<Result<_, _>>()?;
+    let cpu1: Vec<u64> = pids
+        .iter()
+        .map(|&p| proc_stat_ticks(p))
+        .collect::<Result<_, _>>()?;
     let ticks_per_sec = 100.0; // USER_HZ on Linux
-    let cpu: f64 = cpu1.iter().zip(&cpu0).map(|(a, b)| (a - b) as f64).sum::<f64>()
+    let cpu: f64 = cpu1
+        .iter()
+        .zip(&cpu0)
+        .map(|(a, b)| (a - b) as f64)
+        .sum::<f64>()
         / ticks_per_sec
         / 3.0;
     sample.cpu_percent = 100.0 * cpu / window;
@@ -182,7 +205,9 @@ pub async fn measure(
         new_leader(&cluster, old).await;
     })
     .await;
-    let leader = cluster.leader_index().context("no leader after the switchover")?;
+    let leader = cluster
+        .leader_index()
+        .context("no leader after the switchover")?;
     cluster.wait_for_replicas_streaming(2).await;
 
     // Graceful handover.
@@ -194,7 +219,9 @@ pub async fn measure(
     cluster.wait_agent_exit(leader, FAILOVER_TIMEOUT).await;
     cluster.start_agent(leader);
     cluster.wait_for_replicas_streaming(2).await;
-    let leader = cluster.leader_index().context("no leader after the handover")?;
+    let leader = cluster
+        .leader_index()
+        .context("no leader after the handover")?;
 
     // Crash failover.
     sample.crash = gap_around(&cluster, "crash failover", "bench_cr", || async {
@@ -221,9 +248,15 @@ pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
 pub fn rows() -> Vec<(&'static str, &'static str, fn(&Sample) -> Option<f64>)> {
     vec![
         ("bootstrap", "s", |s| Some(s.bootstrap.as_secs_f64())),
-        ("crash failover (write gap)", "s", |s| s.crash.map(|d| d.as_secs_f64())),
-        ("graceful handover (write gap)", "s", |s| s.handover.map(|d| d.as_secs_f64())),
-        ("switchover (write gap)", "s", |s| s.switchover.map(|d| d.as_secs_f64())),
+        ("crash failover (write gap)", "s", |s| {
+            s.crash.map(|d| d.as_secs_f64())
+        }),
+        ("graceful handover (write gap)", "s", |s| {
+            s.handover.map(|d| d.as_secs_f64())
+        }),
+        ("switchover (write gap)", "s", |s| {
+            s.switchover.map(|d| d.as_secs_f64())
+        }),
         ("agent RSS", "MiB", |s| Some(s.rss_kib / 1024.0)),
         ("agent idle CPU", "% of a core", |s| Some(s.cpu_percent)),
         ("etcd requests", "per s", |s| Some(s.etcd_rps)),

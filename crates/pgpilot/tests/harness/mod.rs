@@ -37,11 +37,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
 
 mod base64;
+#[allow(dead_code)]
+pub mod bench;
 mod cluster;
 mod etcd;
 mod pg;
-#[allow(dead_code)]
-pub mod bench;
 mod tls;
 mod writer;
 mod yaml;
@@ -582,4 +582,3 @@ pub fn patronictl() -> Result<PathBuf, String> {
         Err("patronictl version does not run after the install".into())
     }
 }
-
