@@ -150,13 +150,20 @@ async fn bounded<T>(
     }
 }
 
+/// HTTP/2 keepalive ping interval: above etcd's default `grpc-keepalive-min-time` (5 s).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
+
 impl EtcdDcs {
     /// Connects (retrying every 5 s while etcd is unreachable, logging `waiting on etcd`) and
     /// starts the watch cache.
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdDcs> {
         let mut copts = ConnectOptions::new()
             .with_connect_timeout(opts.retry_timeout)
-            .with_keep_alive(Duration::from_secs(1), opts.retry_timeout)
+            // etcd refuses HTTP/2 pings more often than every 5 s (grpc-keepalive-min-time):
+            // it answers GOAWAY "too many pings" and the connection, the watch and the cache are
+            // rebuilt every few seconds. Dead connections are found by these pings within
+            // 6 s + retry_timeout; every request of the HA cycle has its own deadline anyway.
+            .with_keep_alive(KEEPALIVE_INTERVAL, opts.retry_timeout)
             .with_keep_alive_while_idle(true);
         if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
             copts = copts.with_user(u.clone(), p.clone());
