@@ -25,6 +25,15 @@ pub use status::status_document;
 pub use tls::{ClientTls, ServerTls, TlsError};
 pub use write::{deep_merge, parse_schedule, parse_timeout};
 
+/// Asks PostgreSQL for its state right now (the monitoring query); `None` when it does not
+/// answer. Status and health-check requests use it, as Patroni does, so that a load balancer
+/// sees a promotion or a new replica at once rather than after the next HA cycle.
+pub type LivePg = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<PgInfo>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A request from the REST API that only the agent can carry out. The API validates the
 /// request; the agent decides whether it can act now and answers with a status code and the
 /// text Patroni sends (spec/rest-api.md §1.5).

@@ -16,7 +16,7 @@ use crate::http::{python_json, read_request, write_response, Request, Response};
 use crate::status::{status_document, sync_flags};
 use crate::tls::{ServerTls, VerifyClient};
 use crate::write::{self, allowed, resolve_allowlist};
-use crate::{Client, Command, NodeSnapshot};
+use crate::{Client, Command, LivePg, NodeSnapshot, PgInfo};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
@@ -36,6 +36,8 @@ pub struct ServerOptions {
     pub client: Client,
     /// HTTPS (`restapi.certfile`).
     pub tls: Option<ServerTls>,
+    /// PostgreSQL's state asked at request time.
+    pub live_pg: Option<LivePg>,
 }
 
 pub(crate) struct Shared<D> {
@@ -48,7 +50,15 @@ pub(crate) struct Shared<D> {
     pub(crate) commands: Option<mpsc::Sender<Command>>,
     pub(crate) client: Client,
     tls: Option<ServerTls>,
+    live_pg: Option<LivePg>,
+    /// The last live answer and when it came (shared by concurrent health checks).
+    live_cache: std::sync::Mutex<Option<(Instant, PgInfo)>>,
 }
+
+/// How long one live PostgreSQL answer serves further requests.
+const LIVE_PG_TTL: Duration = Duration::from_millis(250);
+/// A PostgreSQL that does not answer within this falls back to the cycle's snapshot.
+const LIVE_PG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves the API on `listener` until `shutdown` is cancelled.
 pub async fn serve<D: Dcs>(
@@ -69,6 +79,8 @@ pub async fn serve<D: Dcs>(
         commands: options.commands,
         client: options.client,
         tls: options.tls,
+        live_pg: options.live_pg,
+        live_cache: std::sync::Mutex::new(None),
     });
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -146,6 +158,7 @@ async fn handle<D: Dcs>(
     let now = Instant::now();
     let bare = matches!(req.method.as_str(), "HEAD" | "OPTIONS");
     if req.method == "GET" || bare {
+        let snap = live_snapshot(shared, snap, req).await;
         let mut resp = get(shared, &snap, req, now).await;
         resp.bare = bare;
         return resp;
@@ -174,6 +187,60 @@ async fn handle<D: Dcs>(
         }
     }
     write::handle(shared, req).await
+}
+
+/// The snapshot with PostgreSQL's state asked right now (at most every `LIVE_PG_TTL`), for the
+/// status document and the health checks. Cluster views and `/liveness` need no query.
+async fn live_snapshot<D: Dcs>(
+    shared: &Shared<D>,
+    snap: Arc<NodeSnapshot>,
+    req: &Request,
+) -> Arc<NodeSnapshot> {
+    let first = req
+        .path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let Some(live) = &shared.live_pg else {
+        return snap;
+    };
+    // Only while the agent itself sees PostgreSQL running: during a stop, start or clone the
+    // snapshot is the truth.
+    if snap.pg.is_none()
+        || snap.state != "running"
+        || matches!(
+            first,
+            "cluster" | "history" | "config" | "liveness" | "metrics"
+        )
+    {
+        return snap;
+    }
+    let cached = {
+        let c = shared.live_cache.lock().unwrap_or_else(|e| e.into_inner());
+        c.as_ref()
+            .filter(|(at, _)| at.elapsed() < LIVE_PG_TTL)
+            .map(|(_, info)| info.clone())
+    };
+    let info = match cached {
+        Some(info) => Some(info),
+        None => match tokio::time::timeout(LIVE_PG_TIMEOUT, live()).await {
+            Ok(Some(info)) => {
+                *shared.live_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), info.clone()));
+                Some(info)
+            }
+            _ => None,
+        },
+    };
+    match info {
+        Some(info) => {
+            let mut fresh = (*snap).clone();
+            fresh.pg = Some(info);
+            Arc::new(fresh)
+        }
+        None => snap,
+    }
 }
 
 async fn allowed_client<D: Dcs>(shared: &Shared<D>, peer: IpAddr) -> bool {
@@ -435,6 +502,7 @@ mod tests {
                 commands: None,
                 client: Client::new(None),
                 tls: None,
+                live_pg: None,
             },
             stop.clone(),
         ));
@@ -461,6 +529,60 @@ mod tests {
         );
         let bad = exchange(addr, "\r\n").await;
         assert!(bad.starts_with("HTTP/1.0 400 "), "{bad}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// Health checks ask PostgreSQL at request time: a replica promoted since the last cycle's
+    /// snapshot already answers 200 on /primary's role check (role from the live query).
+    #[tokio::test]
+    async fn health_checks_use_the_live_postgres_state() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut snap = NodeSnapshot::starting("pg1", "batman");
+        snap.state = "running".into();
+        snap.pg = Some(PgInfo {
+            in_recovery: true,
+            ..Default::default()
+        });
+        let (_tx, rx) = watch::channel(Arc::new(snap));
+        let dcs = Arc::new(MemoryDcs::new(
+            MemoryStore::new(),
+            "/service",
+            "batman",
+            "pg1",
+            Duration::from_secs(20),
+        ));
+        let live: LivePg = Arc::new(|| {
+            Box::pin(async {
+                Some(PgInfo {
+                    in_recovery: false,
+                    wal_flush_lsn: Some(42),
+                    ..Default::default()
+                })
+            })
+        });
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            rx,
+            dcs,
+            ServerOptions {
+                auth: None,
+                allowlist: Vec::new(),
+                allowlist_include_members: false,
+                commands: None,
+                client: Client::new(None),
+                tls: None,
+                live_pg: Some(live),
+            },
+            stop.clone(),
+        ));
+        let get = exchange(addr, "GET /patroni HTTP/1.0\r\n\r\n").await;
+        let body: serde_json::Value =
+            serde_json::from_str(get.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["role"], "primary", "{body}");
+        assert_eq!(body["xlog"]["location"], 42, "{body}");
         stop.cancel();
         server.await.unwrap().unwrap();
     }

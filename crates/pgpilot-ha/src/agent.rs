@@ -1661,7 +1661,8 @@ fn pending_reason(p: &BTreeMap<String, (String, String)>) -> Map<String, Value> 
         .collect()
 }
 
-fn pg_info(st: &PgState) -> PgInfo {
+/// The REST API's view of one monitoring-query result.
+pub fn pg_info(st: &PgState) -> PgInfo {
     PgInfo {
         in_recovery: st.in_recovery,
         postmaster_start_time: st.postmaster_start_time.clone(),

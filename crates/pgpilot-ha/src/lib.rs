@@ -7,6 +7,6 @@ pub mod decide;
 mod decide_tests;
 mod params;
 
-pub use agent::{Agent, AgentError, Exit};
+pub use agent::{pg_info, Agent, AgentError, Exit};
 pub use decide::{decide, ActionKind, DataState, Decision, Observation, PgView};
 pub use params::{effective_parameters, effective_pg_hba};

@@ -193,6 +193,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         commands: Some(cmd_tx.clone()),
         client: client.clone(),
         tls: server_tls,
+        live_pg: Some(live_pg(pg.clone())),
     };
     let mut agent =
         Agent::new(cfg, dcs.clone(), pg, client, snap_tx).with_commands(cmd_rx, config_path);
@@ -223,6 +224,19 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         Ok(_) => Ok(()),
         Err(AgentError::Fatal(msg)) => Err(anyhow::anyhow!(msg)),
     }
+}
+
+/// The API's live view of PostgreSQL: the agent's monitoring query.
+fn live_pg(pg: Arc<Postgres>) -> pgpilot_api::LivePg {
+    Arc::new(move || {
+        let pg = pg.clone();
+        Box::pin(async move {
+            pg.query_state()
+                .await
+                .ok()
+                .map(|st| pgpilot_ha::pg_info(&st))
+        })
+    })
 }
 
 /// SIGHUP re-reads the configuration, like `POST /reload`.

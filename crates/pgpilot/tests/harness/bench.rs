@@ -233,14 +233,20 @@ pub async fn measure(
     Ok(sample)
 }
 
-/// `min / median / max` of some durations, in seconds.
+/// `min / median / max` (the median of an even count is the mean of the middle two).
 pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
     if values.is_empty() {
         return None;
     }
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
-    Some((v[0], v[v.len() / 2], v[v.len() - 1]))
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((v[0], median, v[n - 1]))
 }
 
 /// The rows of the table: `(measurement, unit, extractor)`.
