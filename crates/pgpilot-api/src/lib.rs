@@ -1,9 +1,13 @@
-//! The REST API, Patroni-compatible on the wire (spec/rest-api.md), and the typed client agents use
-//! to ask peers for their WAL position during a leader race.
+//! The REST API, Patroni-compatible on the wire (spec/rest-api.md): read side, write side
+//! (switchover, failover, restart, reinitialize, reload, `/config`), HTTPS; and the typed client
+//! agents use to ask peers for their WAL position and the CLI shares for TLS settings.
 //!
 //! The server never shares a lock with the HA cycle: the agent publishes an immutable
 //! [`NodeSnapshot`] through a `tokio::sync::watch` channel after every cycle and the handlers read
-//! the latest one. Only `/cluster`, `/history` and `/config` read the DCS themselves (fresh reads).
+//! the latest one, with PostgreSQL's own state asked at request time through [`LivePg`] for the
+//! status document and health checks. `/cluster`, `/history`, `/config` and the `/config` and
+//! `/failover` writes go to the DCS; restart, reinitialize and reload go to the agent as a
+//! [`Command`] over a channel.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

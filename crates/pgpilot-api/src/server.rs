@@ -1,4 +1,5 @@
-//! The HTTP/1.0 server: accept loop, routing, the read-side endpoints.
+//! The HTTP/1.0 server (plain or TLS): accept loop, routing, the access check of mutating
+//! requests, and the read-side endpoints; the write side is in `write.rs`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
