@@ -27,6 +27,15 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The first path segment, which selects the handler (`/cluster/x` -> `cluster`).
+    pub fn first_segment(&self) -> &str {
+        self.path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("")
+    }
+
     pub fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()

@@ -197,12 +197,7 @@ async fn live_snapshot<D: Dcs>(
     snap: Arc<NodeSnapshot>,
     req: &Request,
 ) -> Arc<NodeSnapshot> {
-    let first = req
-        .path
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or("");
+    let first = req.first_segment();
     let Some(live) = &shared.live_pg else {
         return snap;
     };
@@ -290,12 +285,7 @@ async fn get<D: Dcs>(
     req: &Request,
     now: Instant,
 ) -> Response {
-    let first = req
-        .path
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or("");
+    let first = req.first_segment();
     match first {
         "patroni" => Response::json(200, python_json(&status_document(snap, now))),
         "liveness" => Response::status_only(liveness(snap, now)),
@@ -475,15 +465,19 @@ mod tests {
         out
     }
 
-    /// Over a real socket: HEAD/OPTIONS answer a bare HTTP/1.0 status line with no headers,
-    /// GET /patroni answers JSON, an unauthenticated POST gets 401 with Patroni's realm.
-    #[tokio::test]
-    async fn wire_format() {
+    /// Serves `snap` on a free loopback port with these options.
+    async fn start(
+        snap: NodeSnapshot,
+        options: ServerOptions,
+    ) -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut snap = NodeSnapshot::starting("pg1", "batman");
-        snap.state = "running".into();
-        let (_tx, rx) = watch::channel(Arc::new(snap));
+        // The server only borrows the latest value, which a closed channel still holds.
+        let (_, rx) = watch::channel(Arc::new(snap));
         let dcs = Arc::new(MemoryDcs::new(
             MemoryStore::new(),
             "/service",
@@ -492,21 +486,30 @@ mod tests {
             Duration::from_secs(20),
         ));
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            rx,
-            dcs,
-            ServerOptions {
-                auth: Some(("admin".into(), "secret".into())),
-                allowlist: Vec::new(),
-                allowlist_include_members: false,
-                commands: None,
-                client: Client::new(None),
-                tls: None,
-                live_pg: None,
-            },
-            stop.clone(),
-        ));
+        let server = tokio::spawn(serve(listener, rx, dcs, options, stop.clone()));
+        (addr, stop, server)
+    }
+
+    fn options(auth: Option<(String, String)>, live_pg: Option<LivePg>) -> ServerOptions {
+        ServerOptions {
+            auth,
+            allowlist: Vec::new(),
+            allowlist_include_members: false,
+            commands: None,
+            client: Client::new(None),
+            tls: None,
+            live_pg,
+        }
+    }
+
+    /// Over a real socket: HEAD/OPTIONS answer a bare HTTP/1.0 status line with no headers,
+    /// GET /patroni answers JSON, an unauthenticated POST gets 401 with Patroni's realm.
+    #[tokio::test]
+    async fn wire_format() {
+        let mut snap = NodeSnapshot::starting("pg1", "batman");
+        snap.state = "running".into();
+        let auth = Some(("admin".into(), "secret".into()));
+        let (addr, stop, server) = start(snap, options(auth, None)).await;
         assert_eq!(
             exchange(addr, "OPTIONS /replica HTTP/1.0\r\n\r\n").await,
             "HTTP/1.0 503 Service Unavailable\r\n\r\n"
@@ -538,22 +541,12 @@ mod tests {
     /// snapshot already answers 200 on /primary's role check (role from the live query).
     #[tokio::test]
     async fn health_checks_use_the_live_postgres_state() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let mut snap = NodeSnapshot::starting("pg1", "batman");
         snap.state = "running".into();
         snap.pg = Some(PgInfo {
             in_recovery: true,
             ..Default::default()
         });
-        let (_tx, rx) = watch::channel(Arc::new(snap));
-        let dcs = Arc::new(MemoryDcs::new(
-            MemoryStore::new(),
-            "/service",
-            "batman",
-            "pg1",
-            Duration::from_secs(20),
-        ));
         let live: LivePg = Arc::new(|| {
             Box::pin(async {
                 Some(PgInfo {
@@ -563,22 +556,7 @@ mod tests {
                 })
             })
         });
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            rx,
-            dcs,
-            ServerOptions {
-                auth: None,
-                allowlist: Vec::new(),
-                allowlist_include_members: false,
-                commands: None,
-                client: Client::new(None),
-                tls: None,
-                live_pg: Some(live),
-            },
-            stop.clone(),
-        ));
+        let (addr, stop, server) = start(snap, options(None, Some(live))).await;
         let get = exchange(addr, "GET /patroni HTTP/1.0\r\n\r\n").await;
         let body: serde_json::Value =
             serde_json::from_str(get.split("\r\n\r\n").nth(1).unwrap()).unwrap();

@@ -190,12 +190,7 @@ fn wake(shared: &Shared<impl Dcs>) {
 
 /// Routes a mutating request that passed the access check.
 pub(crate) async fn handle<D: Dcs>(shared: &Arc<Shared<D>>, req: &Request) -> Response {
-    let first = req
-        .path
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or("");
+    let first = req.first_segment();
     match (req.method.as_str(), first) {
         ("POST", "restart") => post_restart(shared, req).await,
         ("DELETE", "restart") => ask_agent(shared, |reply| Command::DeleteRestart { reply }).await,

@@ -24,7 +24,7 @@ mod validate;
 pub mod yaml;
 
 pub use dynamic::DynamicConfig;
-pub use load::{load, load_document, load_from_value};
+pub use load::{etcd_endpoint, load, load_document, load_from_value};
 pub use validate::validate;
 
 /// A problem with the configuration, always naming the key path (`postgresql.listen`).

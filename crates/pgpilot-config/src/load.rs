@@ -369,21 +369,25 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One etcd endpoint as `host:port`: a URL scheme and trailing slash are dropped, the port
+/// defaults to 2379.
+pub fn etcd_endpoint(h: &str) -> String {
+    let h = h.trim();
+    let h = h
+        .split_once("://")
+        .map_or(h, |(_, rest)| rest)
+        .trim_end_matches('/');
+    if h.rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        h.to_string()
+    } else {
+        format!("{h}:2379")
+    }
+}
+
 fn etcd_hosts(r: &mut Reader<'_>, section: &str) -> Vec<String> {
-    let with_port = |h: &str| {
-        let h = h.trim();
-        let h = h
-            .split_once("://")
-            .map_or(h, |(_, rest)| rest)
-            .trim_end_matches('/');
-        if h.rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            h.to_string()
-        } else {
-            format!("{h}:2379")
-        }
-    };
+    let with_port = etcd_endpoint;
     if let Some(v) = r.get(&format!("{section}.hosts")) {
         return match v {
             Value::Array(a) => a.iter().filter_map(Value::as_str).map(with_port).collect(),

@@ -377,6 +377,7 @@ impl Postgres {
             .unwrap_or(0))
     }
 
+    /// A superuser connection to `at` (this member or another one), bounded by `QUERY_TIMEOUT`.
     async fn connect_to(&self, at: &Upstream) -> Result<tokio_postgres::Client> {
         let s = &self.settings;
         let mut cfg = tokio_postgres::Config::new();
@@ -396,12 +397,17 @@ impl Postgres {
                     PgError::Timeout(QUERY_TIMEOUT, format!("connect to {}:{}", at.host, at.port))
                 })?
                 .map_err(|e| sql_err(&e))?;
-        tokio::spawn(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("connection closed: {e}");
+            }
+        });
         Ok(client)
     }
 
-    /// Call before [`Postgres::rewind`]. pg_rewind compares timelines through the source's control file, which a fresh primary
-    /// updates only at its first checkpoint after promotion: without it pg_rewind finds "the
+    /// Call before [`Postgres::rewind`]. pg_rewind compares timelines through the source's
+    /// control file, which a fresh primary updates only at its first checkpoint after
+    /// promotion: without it pg_rewind finds "the
     /// same timeline" and leaves a diverged directory alone. So the source must be out of
     /// recovery, and a CHECKPOINT is run there (as superuser, like Patroni) first.
     pub async fn prepare_rewind_source(&self, from: &Upstream) -> Result<()> {
@@ -422,29 +428,13 @@ impl Postgres {
         Ok(())
     }
 
+    /// The local monitoring connection.
     async fn connect(&self) -> Result<tokio_postgres::Client> {
-        let s = &self.settings;
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&s.local_host)
-            .port(s.port)
-            .user(&s.superuser.username)
-            .dbname("postgres")
-            .application_name("pgpilot")
-            .connect_timeout(QUERY_TIMEOUT);
-        if let Some(pw) = &s.superuser.password {
-            cfg.password(pw);
-        }
-        let (client, connection) =
-            tokio::time::timeout(QUERY_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
-                .await
-                .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "connect".into()))?
-                .map_err(|e| sql_err(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!("monitoring connection closed: {e}");
-            }
-        });
-        Ok(client)
+        let local = Upstream {
+            host: self.settings.local_host.clone(),
+            port: self.settings.port,
+        };
+        self.connect_to(&local).await
     }
 
     /// Runs `f` on the monitoring connection, reconnecting once if it is broken.

@@ -149,20 +149,7 @@ fn credentials(doc: &Value, path: &str) -> Option<(String, Option<String>)> {
 /// `host:port` endpoints of an etcd section (`hosts` list or comma string, `host`, `url`,
 /// `proxy`); default port 2379.
 fn etcd_endpoints(section: &Map<String, Value>) -> Vec<String> {
-    let with_port = |h: &str| {
-        let h = h.trim();
-        let h = h
-            .split_once("://")
-            .map_or(h, |(_, rest)| rest)
-            .trim_end_matches('/');
-        if h.rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            h.to_string()
-        } else {
-            format!("{h}:2379")
-        }
-    };
+    let with_port = pgpilot_config::etcd_endpoint;
     let split = |s: &str| -> Vec<String> {
         s.split(',')
             .filter(|x| !x.trim().is_empty())
