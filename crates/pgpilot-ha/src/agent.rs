@@ -54,13 +54,33 @@ pub enum Exit {
     Shutdown,
 }
 
-/// Prefix of a rewind task error that means "the source is not ready", not "pg_rewind failed".
-const REWIND_NOT_READY: &str = "rewind source not ready: ";
+/// How a background action failed.
+#[derive(Debug)]
+enum TaskError {
+    /// A precondition outside us is not met yet (the rewind source still promoting): try again
+    /// next cycle; this is not a failed action.
+    NotReady(String),
+    Failed(String),
+}
+
+impl From<String> for TaskError {
+    fn from(e: String) -> TaskError {
+        TaskError::Failed(e)
+    }
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskError::NotReady(e) | TaskError::Failed(e) => f.write_str(e),
+        }
+    }
+}
 
 /// A background action and what to do with its result.
 struct Task {
     kind: ActionKind,
-    handle: JoinHandle<Result<(), String>>,
+    handle: JoinHandle<Result<(), TaskError>>,
     /// A REST caller waiting for the outcome (`POST /restart`).
     reply: Option<oneshot::Sender<(u16, String)>>,
 }
@@ -738,7 +758,9 @@ impl<D: Dcs> Agent<D> {
         };
         let result = match (&mut task.handle).await {
             Ok(r) => r,
-            Err(e) => Err(format!("task panicked or was cancelled: {e}")),
+            Err(e) => Err(TaskError::Failed(format!(
+                "task panicked or was cancelled: {e}"
+            ))),
         };
         if let Some(reply) = task.reply.take() {
             // The caller may read /patroni right after our answer: show the restarted server.
@@ -784,13 +806,12 @@ impl<D: Dcs> Agent<D> {
                 self.sysid = None;
                 self.written = None;
             }
+            (ActionKind::Rewind, Err(TaskError::NotReady(why))) => {
+                warn!("not running pg_rewind yet: {why}");
+            }
             (ActionKind::Rewind, Err(e)) => {
-                if let Some(why) = e.strip_prefix(REWIND_NOT_READY) {
-                    warn!("not running pg_rewind yet: {why}");
-                } else {
-                    error!("pg_rewind failed: {e}");
-                    self.rewind_failed = true;
-                }
+                error!("pg_rewind failed: {e}");
+                self.rewind_failed = true;
             }
             (ActionKind::Rewind, Ok(())) => {
                 info!("pg_rewind finished");
@@ -860,13 +881,14 @@ impl<D: Dcs> Agent<D> {
         Ok("initialized a new cluster".into())
     }
 
-    fn spawn_task<F>(&mut self, kind: ActionKind, fut: F)
+    fn spawn_task<F, E>(&mut self, kind: ActionKind, fut: F)
     where
-        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<TaskError> + Send + 'static,
     {
         let done = self.task_done.clone();
         let handle = tokio::spawn(async move {
-            let r = fut.await;
+            let r = fut.await.map_err(Into::into);
             done.notify_one();
             r
         });
@@ -1033,15 +1055,17 @@ impl<D: Dcs> Agent<D> {
                     let source = Upstream { host, port };
                     // A source that is not ready (still promoting, unreachable) is not a
                     // failed rewind: try again next cycle.
-                    pg.prepare_rewind_source(&source)
-                        .await
-                        .map_err(|e| format!("{REWIND_NOT_READY}{e}"))?;
+                    pg.prepare_rewind_source(&source).await.map_err(|e| {
+                        TaskError::NotReady(format!("rewind source not ready: {e}"))
+                    })?;
                     // pg_rewind needs a cleanly shut down target; PostgreSQL 13+ pg_rewind runs
                     // crash recovery itself when it is not.
                     pg.stop(StopMode::Fast, timeout)
                         .await
-                        .map_err(|e| e.to_string())?;
-                    pg.rewind(&source).await.map_err(|e| e.to_string())
+                        .map_err(|e| TaskError::Failed(e.to_string()))?;
+                    pg.rewind(&source)
+                        .await
+                        .map_err(|e| TaskError::Failed(e.to_string()))
                 });
                 Ok(format!("running pg_rewind from {leader}"))
             }
@@ -1124,7 +1148,7 @@ impl<D: Dcs> Agent<D> {
         let desired = self.desired(None);
         let timeout = self.pg_ctl_timeout();
         self.written = Some(desired.clone());
-        self.spawn_task(ActionKind::Bootstrap, async move {
+        self.spawn_task::<_, String>(ActionKind::Bootstrap, async move {
             pg.initdb(&initdb).await.map_err(|e| e.to_string())?;
             pg.write_config(&desired).await.map_err(|e| e.to_string())?;
             pg.start(timeout).await.map_err(|e| e.to_string())?;

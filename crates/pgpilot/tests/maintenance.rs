@@ -24,6 +24,26 @@ async fn start_time(cluster: &Cluster, i: usize) -> String {
         .to_string()
 }
 
+/// Waits until every member key's `pause` field is `want` (`None`: absent).
+async fn wait_member_keys_pause(cluster: &Cluster, want: Option<bool>) {
+    cluster
+        .wait(
+            SHORT_TIMEOUT,
+            &format!("pause {want:?} in every member key"),
+            async || {
+                for i in 0..cluster.len() {
+                    let m = cluster
+                        .etcd_get(&format!("members/{}", cluster.member(i).name))
+                        .unwrap_or_default();
+                    let m: Value = serde_json::from_str(&m)?;
+                    ensure!(m.get("pause").and_then(Value::as_bool) == want, "{m}");
+                }
+                Ok(())
+            },
+        )
+        .await;
+}
+
 /// Every mutating endpoint answers 401 without credentials and with wrong ones, as Patroni
 /// does; malformed bodies get 400/411. Then `PATCH /config` changes `work_mem` (applied by a
 /// reload on every member, no restart) and `max_connections` (flagged as a pending restart);
@@ -418,24 +438,9 @@ async fn pause_leaves_postgres_alone_and_resume_restores_management() {
         .await
         .unwrap();
     assert_eq!(code, 200);
-    cluster
-        .wait(
-            SHORT_TIMEOUT,
-            "every member key to carry pause",
-            async || {
-                for i in 0..3 {
-                    let m = cluster
-                        .etcd_get(&format!("members/{}", cluster.member(i).name))
-                        .unwrap_or_default();
-                    let m: Value = serde_json::from_str(&m)?;
-                    ensure!(m["pause"] == json!(true), "{m}");
-                }
-                let (_, c) = cluster.api_get(leader, "/cluster").await?;
-                ensure!(c["pause"] == json!(true), "{c}");
-                Ok(())
-            },
-        )
-        .await;
+    wait_member_keys_pause(&cluster, Some(true)).await;
+    let (_, c) = cluster.api_get(leader, "/cluster").await.unwrap();
+    assert_eq!(c["pause"], json!(true), "{c}");
     // Switchover without a candidate is refused in pause.
     let (code, text) = cluster
         .api_call(
@@ -545,22 +550,7 @@ async fn pause_leaves_postgres_alone_and_resume_restores_management() {
         .await
         .unwrap();
     assert_eq!(code, 200);
-    cluster
-        .wait(
-            SHORT_TIMEOUT,
-            "pause to leave every member key",
-            async || {
-                for i in 0..3 {
-                    let m = cluster
-                        .etcd_get(&format!("members/{}", cluster.member(i).name))
-                        .unwrap_or_default();
-                    let m: Value = serde_json::from_str(&m)?;
-                    ensure!(m.get("pause").is_none(), "{m}");
-                }
-                Ok(())
-            },
-        )
-        .await;
+    wait_member_keys_pause(&cluster, None).await;
     // Management is back: a leader crash is failed over again.
     cluster.kill_agent(leader);
     cluster.kill_postmaster(leader);
