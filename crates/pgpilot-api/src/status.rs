@@ -7,30 +7,38 @@ use serde_json::{json, Map, Value};
 
 use crate::NodeSnapshot;
 
-/// Whether this node is listed in `/sync` (case-insensitive) — `(sync, quorum)` flags.
-pub(crate) fn sync_flags(s: &NodeSnapshot, cluster: Option<&Cluster>) -> (bool, bool) {
-    let Some(c) = cluster else {
-        return (false, false);
-    };
+/// `synchronous_mode` of the cluster's `/config`: `(on, quorum)`; quorum implies on.
+pub(crate) fn sync_mode(c: &Cluster) -> (bool, bool) {
     let mode = c
         .config
         .as_ref()
         .and_then(|cfg| cfg.data.get("synchronous_mode"))
         .cloned()
         .unwrap_or(Value::Null);
-    let quorum = mode.as_str() == Some("quorum");
-    let on = quorum || pgpilot_dcs::truthy(&mode);
+    let quorum = mode
+        .as_str()
+        .is_some_and(|m| m.eq_ignore_ascii_case("quorum"));
+    (quorum || pgpilot_dcs::truthy(&mode), quorum)
+}
+
+/// Whether `name` is a standby listed in `/sync` (case-insensitive).
+pub(crate) fn in_sync_key(c: &Cluster, name: &str) -> bool {
+    c.sync
+        .as_ref()
+        .and_then(|sy| sy.sync_standby.as_deref())
+        .is_some_and(|list| list.split(',').any(|n| n.trim().eq_ignore_ascii_case(name)))
+}
+
+/// Whether this node is listed in `/sync` (case-insensitive) — `(sync, quorum)` flags.
+pub(crate) fn sync_flags(s: &NodeSnapshot, cluster: Option<&Cluster>) -> (bool, bool) {
+    let Some(c) = cluster else {
+        return (false, false);
+    };
+    let (on, quorum) = sync_mode(c);
     if !on || s.role != "replica" {
         return (false, false);
     }
-    let listed = c
-        .sync
-        .as_ref()
-        .and_then(|sy| sy.sync_standby.as_deref())
-        .is_some_and(|list| {
-            list.split(',')
-                .any(|n| n.trim().eq_ignore_ascii_case(&s.name))
-        });
+    let listed = in_sync_key(c, &s.name);
     if quorum {
         (false, listed)
     } else {

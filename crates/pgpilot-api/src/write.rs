@@ -473,8 +473,13 @@ async fn failover_impossible<D: Dcs>(
             return Some("leader name does not match".into());
         }
     }
+    let (sync_on, quorum) = crate::status::sync_mode(cluster);
+    let sync_only = sync_on && !quorum && action == "switchover";
     let members: Vec<_> = match candidate {
         Some(c) => {
+            if sync_only && !crate::status::in_sync_key(cluster, c) {
+                return Some("candidate name does not match with sync_standby".into());
+            }
             let m: Vec<_> = cluster.members.iter().filter(|m| &m.name == c).collect();
             if m.is_empty() {
                 return Some("candidate does not exists".into());
@@ -488,7 +493,13 @@ async fn failover_impossible<D: Dcs>(
                 .filter(|m| {
                     Some(m.name.as_str()) != cluster.leader_name() && !m.data.api_url.is_empty()
                 })
+                .filter(|m| !sync_only || crate::status::in_sync_key(cluster, &m.name))
                 .collect();
+            if m.is_empty() && sync_only {
+                return Some(format!(
+                    "{action} is not possible: can not find sync_standby"
+                ));
+            }
             if m.is_empty() {
                 return Some(format!(
                     "{action} is not possible: cluster does not have members except leader"

@@ -18,6 +18,13 @@ pub struct DynamicConfig {
     pub pause: bool,
     pub use_pg_rewind: bool,
     pub use_slots: bool,
+    /// `synchronous_mode`: `on`/`true`, `quorum`, else off.
+    pub synchronous_mode: SyncMode,
+    pub synchronous_mode_strict: bool,
+    /// `synchronous_node_count` (at least 1).
+    pub synchronous_node_count: usize,
+    /// `maximum_lag_on_syncnode` in bytes; `None` (the default -1, or ≤ 0) = no limit.
+    pub maximum_lag_on_syncnode: Option<u64>,
     /// `postgresql.parameters` of the dynamic document.
     pub parameters: Map<String, Value>,
     pub pg_hba: Option<Vec<String>>,
@@ -28,6 +35,26 @@ pub struct DynamicConfig {
 impl Default for DynamicConfig {
     fn default() -> Self {
         DynamicConfig::from_document(&Map::new()).0
+    }
+}
+
+/// `synchronous_mode` (spec/ha-loop.md §5.7–5.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    #[default]
+    Off,
+    On,
+    Quorum,
+}
+
+impl SyncMode {
+    /// Patroni's reading: the string `quorum`, else any true value means `on`.
+    pub fn parse(v: Option<&Value>) -> SyncMode {
+        match v {
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
+            other if truthy(other) => SyncMode::On,
+            _ => SyncMode::Off,
+        }
     }
 }
 
@@ -112,6 +139,15 @@ impl DynamicConfig {
             use_slots: pg
                 .and_then(|p| p.get("use_slots"))
                 .is_none_or(|v| truthy(Some(v))),
+            synchronous_mode: SyncMode::parse(doc.get("synchronous_mode")),
+            synchronous_mode_strict: truthy(doc.get("synchronous_mode_strict")),
+            synchronous_node_count: int(doc, "synchronous_node_count", &mut w)
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(1)
+                .max(1),
+            maximum_lag_on_syncnode: int(doc, "maximum_lag_on_syncnode", &mut w)
+                .and_then(|n| u64::try_from(n).ok())
+                .filter(|n| *n > 0),
             parameters: pg
                 .and_then(|p| p.get("parameters"))
                 .and_then(Value::as_object)

@@ -23,7 +23,7 @@ mod load;
 mod validate;
 pub mod yaml;
 
-pub use dynamic::DynamicConfig;
+pub use dynamic::{DynamicConfig, SyncMode};
 pub use load::{etcd_endpoint, load, load_document, load_from_value};
 pub use validate::validate;
 

@@ -647,6 +647,24 @@ impl Dcs for EtcdDcs {
         self.put_if_version("failover", value, version).await
     }
 
+    async fn set_sync(&self, value: &str, version: Option<i64>) -> Result<bool> {
+        self.put_if_version("sync", value, version).await
+    }
+
+    async fn delete_sync(&self, version: Option<i64>) -> Result<bool> {
+        let key = self.key("sync");
+        let mut txn = Txn::new();
+        if let Some(v) = version {
+            txn = txn.when([Compare::mod_revision(key.clone(), CompareOp::Equal, v)]);
+        }
+        let txn = txn.and_then([TxnOp::delete(key, None::<DeleteOptions>)]);
+        let (ok, rev, _) = self.txn(txn).await?;
+        if ok {
+            self.cache.apply_delete("sync", rev);
+        }
+        Ok(ok)
+    }
+
     async fn set_history(&self, value: &str) -> Result<()> {
         self.put("history", value, None).await
     }

@@ -90,6 +90,17 @@ pub trait Dcs: Send + Sync + 'static {
         version: Option<i64>,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Puts `sync` (compact JSON); CAS like [`Dcs::set_config`]. Only the leader writes it.
+    fn set_sync(
+        &self,
+        value: &str,
+        version: Option<i64>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes `sync` (synchronous mode turned off); with `version`, only if its mod_revision
+    /// still equals it. `Ok(false)` = CAS failed.
+    fn delete_sync(&self, version: Option<i64>) -> impl Future<Output = Result<bool>> + Send;
+
     /// Unconditional put of `history` (no lease).
     fn set_history(&self, value: &str) -> impl Future<Output = Result<()>> + Send;
 

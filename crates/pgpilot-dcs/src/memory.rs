@@ -347,6 +347,22 @@ impl Dcs for MemoryDcs {
         self.put_if_version("failover", value, version)
     }
 
+    async fn set_sync(&self, value: &str, version: Option<i64>) -> Result<bool> {
+        self.put_if_version("sync", value, version)
+    }
+
+    async fn delete_sync(&self, version: Option<i64>) -> Result<bool> {
+        let key = self.key("sync");
+        self.store.with(|st| {
+            let current = st.keys.get(&key).map_or(0, |k| k.mod_revision);
+            if version.is_some_and(|v| v != current) {
+                return false;
+            }
+            st.delete(&key);
+            true
+        })
+    }
+
     async fn set_history(&self, value: &str) -> Result<()> {
         self.cas_put("history", value, |_| true, false).map(|_| ())
     }

@@ -265,6 +265,23 @@ async fn cas_and_values<D: Dcs, F: Future<Output = Arc<D>>>(
     assert_eq!(f.member.as_deref(), Some("pg2"));
     assert!(a.set_failover("{}", Some(f.version)).await.unwrap());
     assert!(a.cluster_fresh().await.unwrap().failover.is_none());
+    // /sync: CAS put, stale version refused, CAS delete.
+    assert!(a
+        .set_sync(r#"{"leader":"pg1","sync_standby":"pg2","quorum":0}"#, None)
+        .await
+        .unwrap());
+    let s = a.cluster_fresh().await.unwrap().sync.unwrap();
+    assert_eq!(s.sync_standby.as_deref(), Some("pg2"));
+    assert!(!a
+        .set_sync(
+            r#"{"leader":"pg1","sync_standby":null,"quorum":0}"#,
+            Some(s.version - 1)
+        )
+        .await
+        .unwrap());
+    assert!(!a.delete_sync(Some(s.version - 1)).await.unwrap());
+    assert!(a.delete_sync(Some(s.version)).await.unwrap());
+    assert!(a.cluster_fresh().await.unwrap().sync.is_none());
     let status = Status {
         optime: 67_108_960,
         ..Default::default()

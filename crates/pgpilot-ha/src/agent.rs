@@ -39,6 +39,7 @@ use crate::decide::{
     Decision, ManualFailover, Observation, PgView,
 };
 use crate::params::{effective_parameters, effective_pg_hba};
+use crate::sync::{self, Ssn, Standby, SyncKey, SyncParams, SyncStep, SyncView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -144,6 +145,17 @@ pub struct Agent<D: Dcs> {
     /// The local configuration file, re-read on reload (`None`: environment only).
     config_path: Option<PathBuf>,
     scheduled_restart: Option<ScheduledRestart>,
+    /// `synchronous_standby_names` as we manage it (empty unless primary in synchronous mode).
+    ssn: Ssn,
+    /// When `ssn` was last changed, and the primary's flush LSN taken once the change is
+    /// surely in force (see `process_sync`).
+    ssn_set_at: Option<Instant>,
+    ssn_lsn: Option<u64>,
+    /// Asking the primary to release us from synchronous duty before we stop: the member key
+    /// then advertises `nosync: true, sync_priority: 0`.
+    leaving_sync: bool,
+    /// The strict-mode warning was logged for the current placeholder period.
+    warned_strict: bool,
 }
 
 impl<D: Dcs> Agent<D> {
@@ -184,6 +196,11 @@ impl<D: Dcs> Agent<D> {
             commands: None,
             config_path: None,
             scheduled_restart: None,
+            ssn: Ssn::empty(),
+            ssn_set_at: None,
+            ssn_lsn: None,
+            leaving_sync: false,
+            warned_strict: false,
         }
     }
 
@@ -602,6 +619,7 @@ impl<D: Dcs> Agent<D> {
             rewind_check: self.rewind_check,
             peers,
             self_demoted: self.rewind_check || self.rewind_done,
+            sync: self.sync_params(),
         };
         let decision = decide(&obs);
         let msg = self.act(decision, &obs).await?;
@@ -903,12 +921,31 @@ impl<D: Dcs> Agent<D> {
         self.cfg.postgresql.pg_ctl_timeout
     }
 
-    /// The configuration files we want for a role.
+    /// The configuration files we want for a role. In synchronous mode pgpilot owns
+    /// `synchronous_standby_names` (empty on replicas); otherwise the user's value stands.
     fn desired(&self, standby: Option<StandbyConfig>) -> DesiredConfig {
+        let mut parameters = effective_parameters(&self.cfg, &self.dynamic);
+        let params = self.sync_params();
+        if params.active() {
+            parameters.insert(
+                "synchronous_standby_names".into(),
+                self.ssn.render(params.quorum()),
+            );
+        }
         DesiredConfig {
-            parameters: effective_parameters(&self.cfg, &self.dynamic),
+            parameters,
             pg_hba: effective_pg_hba(&self.cfg, &self.dynamic),
             standby,
+        }
+    }
+
+    /// The synchronous replication settings in force.
+    fn sync_params(&self) -> SyncParams {
+        SyncParams {
+            mode: self.dynamic.synchronous_mode,
+            strict: self.dynamic.synchronous_mode_strict,
+            node_count: self.dynamic.synchronous_node_count,
+            max_lag: self.dynamic.maximum_lag_on_syncnode,
         }
     }
 
@@ -1200,7 +1237,9 @@ impl<D: Dcs> Agent<D> {
                         ..
                     }
                 ) {
-                    self.promote().await;
+                    if let Err(msg) = self.promote(obs).await {
+                        return Ok(msg);
+                    }
                     Ok("promoted self to leader by acquiring session lock".into())
                 } else {
                     self.role = "primary".into();
@@ -1212,8 +1251,34 @@ impl<D: Dcs> Agent<D> {
         }
     }
 
-    /// Promotes the local replica (we hold the lock).
-    async fn promote(&mut self) {
+    /// Promotes the local replica (we hold the lock). In synchronous mode `/sync` names us
+    /// first (CAS) and ssn is in place before the first commit: `Err` = promotion postponed.
+    async fn promote(&mut self, obs: &Observation) -> Result<(), String> {
+        let params = self.sync_params();
+        if params.active() {
+            let current = obs.cluster.as_ref().and_then(|c| c.sync.as_ref());
+            let (ssn, key) = sync::pre_promote(&params, &self.cfg.name, current);
+            let written = self
+                .dcs
+                .set_sync(&key.document(&self.cfg.name), current.map(|s| s.version))
+                .await;
+            if !matches!(written, Ok(true)) {
+                if let Err(e) = written {
+                    warn!("could not write /sync: {e}");
+                }
+                return Err(
+                    "Postponing promotion because synchronous replication state was updated by somebody else"
+                        .into(),
+                );
+            }
+            self.set_ssn(ssn);
+            if let Some(mut d) = self.written.clone() {
+                d.parameters = self.desired(None).parameters;
+                if self.ensure_config(d).await {
+                    let _ = self.pg.reload().await;
+                }
+            }
+        }
         self.role = "primary".into();
         match self.pg.promote(self.pg_ctl_timeout()).await {
             Ok(()) => {
@@ -1223,6 +1288,96 @@ impl<D: Dcs> Agent<D> {
                 self.run_again = true;
             }
             Err(e) => error!("promote failed: {e}"),
+        }
+        Ok(())
+    }
+
+    fn set_ssn(&mut self, ssn: Ssn) {
+        if ssn != self.ssn {
+            let quorum = self.sync_params().quorum();
+            info!(
+                "Assigning synchronous standby status: synchronous_standby_names = '{}'",
+                ssn.render(quorum)
+            );
+        }
+        self.ssn = ssn;
+        self.ssn_set_at = Some(Instant::now());
+        self.ssn_lsn = None;
+    }
+
+    /// The leader's synchronous replication step (spec/ha-loop.md §5.7–5.8): one safe change
+    /// of ssn or `/sync` per cycle, computed by [`sync::next_step`].
+    async fn process_sync(&mut self, obs: &Observation) {
+        let params = self.sync_params();
+        let me = self.cfg.name.clone();
+        let Some(cluster) = obs.cluster.as_ref() else {
+            return;
+        };
+        if !params.active() {
+            if !self.ssn.is_empty() {
+                self.ssn = Ssn::empty();
+            }
+            if let Some(s) = &cluster.sync {
+                if self.dcs.delete_sync(Some(s.version)).await.is_ok() {
+                    info!("synchronous mode is off: removed /sync");
+                }
+            }
+            return;
+        }
+        let Some(pg) = self.last_pg.clone() else {
+            return;
+        };
+        let primary_lsn = pg.wal_flush_lsn.map_or(0, |l| l.0);
+        // The new value governs commits once the walsenders processed the reload: take the
+        // flush LSN of that moment from a cycle at least half a second after the change.
+        if self.ssn_lsn.is_none()
+            && self
+                .ssn_set_at
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+        {
+            self.ssn_lsn = Some(primary_lsn);
+        }
+        let standbys = standbys(cluster, &me, &pg);
+        let key = SyncKey::of(cluster.sync.as_ref(), &me);
+        let view = SyncView {
+            params,
+            ssn: &self.ssn,
+            ssn_lsn: self.ssn_lsn.unwrap_or(u64::MAX),
+            key: key.as_ref(),
+            standbys: &standbys,
+            primary_lsn,
+        };
+        match sync::next_step(&view) {
+            SyncStep::WriteKey(k) => {
+                let version = cluster.sync.as_ref().map(|s| s.version);
+                match self.dcs.set_sync(&k.document(&me), version).await {
+                    Ok(true) => {
+                        info!(
+                            "Synchronous standby status assigned to {:?} (quorum {})",
+                            k.voters, k.quorum
+                        );
+                        self.run_again = true;
+                    }
+                    Ok(false) => warn!("Synchronous replication key updated by someone else"),
+                    Err(e) => warn!("could not write /sync: {e}"),
+                }
+            }
+            SyncStep::SetSsn(ssn) => {
+                let placeholder = ssn.names.contains(sync::PLACEHOLDER);
+                if placeholder && !self.warned_strict {
+                    warn!("No active replication connections from Patroni members and synchronous_mode_strict is requested. Commits will be delayed.");
+                }
+                self.warned_strict = placeholder;
+                self.set_ssn(ssn);
+                let desired = self.desired(None);
+                if self.ensure_config(desired).await {
+                    if let Err(e) = self.pg.reload().await {
+                        warn!("reload failed: {e}");
+                    }
+                }
+                self.run_again = true;
+            }
+            SyncStep::WaitConfirm | SyncStep::Nothing => {}
         }
     }
 
@@ -1268,7 +1423,9 @@ impl<D: Dcs> Agent<D> {
                 if obs.paused {
                     return Ok(format!("no action. I am ({me}), the leader with the lock"));
                 }
-                self.promote().await;
+                if let Err(msg) = self.promote(obs).await {
+                    return Ok(msg);
+                }
                 return Ok("promoted self to leader because I had the session lock".into());
             }
             self.role = "primary".into();
@@ -1296,6 +1453,7 @@ impl<D: Dcs> Agent<D> {
             if self.ensure_config(desired).await {
                 let _ = self.pg.reload().await;
             }
+            self.process_sync(obs).await;
             if let Some(msg) = self.process_manual_failover(obs).await {
                 return Ok(msg);
             }
@@ -1518,6 +1676,7 @@ impl<D: Dcs> Agent<D> {
         }
         self.role = "replica".into();
         self.slots = None;
+        self.ssn = Ssn::empty();
         if let (Some(l), PgView::Running { timeline, .. }) = (
             obs.cluster.as_ref().and_then(Cluster::leader_member),
             &obs.pg,
@@ -1556,8 +1715,9 @@ impl<D: Dcs> Agent<D> {
             version: PATRONI_COMPAT_VERSION.into(),
             ..Default::default()
         };
-        if !self.cfg.tags.published.is_empty() {
-            m.tags = Some(self.cfg.tags.published.clone());
+        let tags = self.effective_tags();
+        if !tags.is_empty() {
+            m.tags = Some(tags);
         }
         if let Some(st) = &self.last_pg {
             if self.task.is_none() {
@@ -1581,6 +1741,42 @@ impl<D: Dcs> Agent<D> {
         }
         m.scheduled_restart = self.scheduled_restart_json();
         m
+    }
+
+    /// The configured tags, plus `nosync: true, sync_priority: 0` while we ask to leave
+    /// synchronous duty.
+    fn effective_tags(&self) -> Map<String, Value> {
+        let mut tags = self.cfg.tags.published.clone();
+        if self.leaving_sync {
+            tags.insert("nosync".into(), Value::Bool(true));
+            tags.insert("sync_priority".into(), Value::from(0));
+        }
+        tags
+    }
+
+    /// Before a replica stops in synchronous mode it asks the primary to drop it from `/sync`
+    /// and waits up to 2 × loop_wait, so commits do not hang on a standby that is going away.
+    async fn leave_sync_duty(&mut self) {
+        let me = self.cfg.name.clone();
+        let listed = |c: &Cluster| sync::listed(c.sync.as_ref(), &me, false);
+        if !self.sync_params().active()
+            || self.role != "replica"
+            || !self.last_cluster.as_deref().is_some_and(listed)
+        {
+            return;
+        }
+        self.leaving_sync = true;
+        let cluster = self.last_cluster.clone();
+        self.touch_member(cluster.as_deref()).await;
+        self.publish(Instant::now());
+        info!("Waiting for primary to release us from synchronous standby");
+        let deadline = Instant::now() + 2 * self.dynamic.loop_wait;
+        while Instant::now() < deadline {
+            match self.dcs.cluster().await {
+                Ok(c) if !listed(&c) => break,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// `scheduled_restart` as Patroni publishes it: `schedule` plus the filters.
@@ -1614,7 +1810,7 @@ impl<D: Dcs> Agent<D> {
             cluster_valid_until: self.last_dcs_ok.map(|t| t + self.dynamic.ttl),
             dcs_last_seen: self.dcs_last_seen,
             paused: self.dynamic.pause,
-            tags: self.cfg.tags.published.clone(),
+            tags: self.effective_tags(),
             configured_tags: self.cfg.tags.published.clone(),
             database_system_identifier: self.sysid.clone(),
             pending_restart_reason: self
@@ -1642,6 +1838,9 @@ impl<D: Dcs> Agent<D> {
             return;
         }
         let was_leader = self.last_renewal.is_some();
+        if !was_leader {
+            self.leave_sync_duty().await;
+        }
         self.state = "stopping".into();
         match self.pg.stop(StopMode::Fast, self.pg_ctl_timeout()).await {
             Ok(()) => {
@@ -1749,4 +1948,52 @@ fn now_iso() -> String {
     jiff::ZonedDateTime::now()
         .strftime("%Y-%m-%dT%H:%M:%S%.6f%:z")
         .to_string()
+}
+
+/// The standbys the primary sees: member keys joined with `pg_stat_replication` rows (by
+/// `application_name`, case-insensitive). Members replicating from someone else
+/// (`replicatefrom`) or not running are not eligible.
+fn standbys(cluster: &Cluster, me: &str, pg: &PgState) -> Vec<Standby> {
+    cluster
+        .members
+        .iter()
+        .filter(|m| m.name != me && m.data.state == "running")
+        .filter_map(|m| {
+            let tags = m.data.tags.clone().unwrap_or_default();
+            if tags
+                .get("replicatefrom")
+                .and_then(Value::as_str)
+                .is_some_and(|r| r != me)
+            {
+                return None;
+            }
+            let int = |k: &str| {
+                tags.get(k).and_then(|v| match v {
+                    Value::Number(n) => n.as_i64(),
+                    Value::String(s) => s.trim().parse().ok(),
+                    _ => None,
+                })
+            };
+            let nosync = tags.get("nosync").is_some_and(pgpilot_dcs::truthy);
+            let sync_priority = if nosync {
+                0
+            } else {
+                int("sync_priority").unwrap_or(1)
+            };
+            let nofailover = tags.get("nofailover").is_some_and(pgpilot_dcs::truthy)
+                || int("failover_priority").is_some_and(|p| p <= 0);
+            let row = pg
+                .replication
+                .iter()
+                .find(|r| r.application_name.eq_ignore_ascii_case(&m.name));
+            Some(Standby {
+                name: m.name.clone(),
+                sync_priority,
+                nofailover,
+                streaming: row.is_some_and(|r| r.state == "streaming"),
+                lsn: row.map_or(0, |r| r.sync_lsn(&pg.synchronous_commit).0),
+                sync_state: row.map(|r| r.sync_state.clone()).unwrap_or_default(),
+            })
+        })
+        .collect()
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 use pgpilot_api::PeerStatus;
 use pgpilot_dcs::{Cluster, Failover};
 
+use crate::sync::{self, SyncParams};
+
 /// The long-running action in progress, if any (run as a background task by the agent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActionKind {
@@ -101,6 +103,8 @@ pub struct Observation {
     /// We stopped PostgreSQL ourselves to hand over (and it has not run since): in maintenance
     /// mode it is still brought back as a replica.
     pub self_demoted: bool,
+    /// Synchronous replication settings (`synchronous_mode` & co).
+    pub sync: SyncParams,
 }
 
 impl Observation {
@@ -463,8 +467,16 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
     if !o.can_failover {
         return Err("nofailover".into());
     }
+    let sync_on = o.sync.active() && !o.sync.quorum();
     if let Some(f) = failover {
-        return manual_failover_no_leader(o, f, wal_position);
+        // A switchover in synchronous mode may only go to a synchronous standby.
+        if sync_on && f.leader.is_some() && !sync::listed(cluster.sync.as_ref(), &o.me, true) {
+            return Err("switchover: I am not a synchronous standby".into());
+        }
+        return manual_failover_no_leader(o, cluster, f, wal_position);
+    }
+    if !sync::may_race(&o.sync, &o.me, cluster.sync.as_ref()) {
+        return Err("I am not a synchronous standby (not listed in /sync)".into());
     }
     let optime = cluster.status.optime;
     if optime > wal_position && optime - wal_position > o.maximum_lag_on_failover {
@@ -482,41 +494,84 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
             ));
         }
     }
-    compare_with_peers(o, wal_position, None)
+    let votes = compare_with_peers(o, cluster, wal_position, None)?;
+    check_votes(o, cluster, votes)
+}
+
+/// Quorum mode: enough voters not ahead of us answered (spec/ha-loop.md §5.8).
+fn check_votes(o: &Observation, cluster: &Cluster, votes: usize) -> Result<(), String> {
+    if !o.sync.quorum() || sync::quorum_votes_enough(cluster.sync.as_ref(), &o.me, votes) {
+        return Ok(());
+    }
+    Err(format!(
+        "not enough quorum votes: {votes} of the voters {:?} are not ahead of me, quorum is {}",
+        sync::voting_set(cluster.sync.as_ref()),
+        cluster.sync.as_ref().map_or(0, |s| s.quorum)
+    ))
 }
 
 /// The WAL comparison of `_is_healthiest_node` against every reachable peer allowed to promote
-/// (except `exclude`, the former leader of a manual failover).
+/// (except `exclude`, the former leader of a manual failover). In synchronous (`on`) mode only
+/// `/sync` members count, and the former leader may be ahead (what it has beyond the standbys
+/// was never acknowledged). Returns the quorum votes: voters that are not ahead of us.
 fn compare_with_peers(
     o: &Observation,
+    cluster: &Cluster,
     wal_position: u64,
     exclude: Option<&str>,
-) -> Result<(), String> {
+) -> Result<usize, String> {
+    let s = cluster.sync.as_ref();
+    let sync_on = o.sync.active() && !o.sync.quorum();
+    let voting = if o.sync.quorum() {
+        sync::voting_set(s)
+    } else {
+        Default::default()
+    };
+    let former_leader = |name: &str| {
+        o.sync.active()
+            && s.and_then(|s| s.leader.as_deref())
+                .is_some_and(|l| l.eq_ignore_ascii_case(name))
+    };
+    let mut votes = 0;
     for peer in &o.peers {
-        if peer.name == o.me
-            || peer.nofailover
-            || peer.watchdog_failed
-            || Some(peer.name.as_str()) == exclude
-        {
+        if peer.name == o.me || Some(peer.name.as_str()) == exclude {
+            continue;
+        }
+        let voter = voting.iter().any(|v| v.eq_ignore_ascii_case(&peer.name));
+        let allowed = !peer.nofailover && !peer.watchdog_failed;
+        if !allowed && !voter {
+            continue;
+        }
+        if sync_on && !sync::listed(s, &peer.name, true) {
             continue;
         }
         if peer.is_primary {
             return Err(format!("Primary ({}) is still alive", peer.name));
         }
         if peer.wal_position > wal_position {
+            if former_leader(&peer.name) || !allowed {
+                continue;
+            }
             return Err(format!(
                 "Wal position of {} is ahead of my wal position",
                 peer.name
             ));
         }
-        if peer.wal_position == wal_position && peer.failover_priority > o.failover_priority {
+        if voter && peer.wal_position > 0 {
+            votes += 1;
+        }
+        if allowed
+            && !former_leader(&peer.name)
+            && peer.wal_position == wal_position
+            && peer.failover_priority > o.failover_priority
+        {
             return Err(format!(
                 "{} has equally tolerable WAL position and priority {}, while this node has priority {}",
                 peer.name, peer.failover_priority, o.failover_priority
             ));
         }
     }
-    Ok(())
+    Ok(votes)
 }
 
 /// `manual_failover_process_no_leader` (spec/ha-loop.md §5.2): a switchover or failover was
@@ -524,14 +579,18 @@ fn compare_with_peers(
 /// healthy; if it is not, the members except the former leader race without the lag check.
 fn manual_failover_no_leader(
     o: &Observation,
+    cluster: &Cluster,
     f: &Failover,
     wal_position: u64,
 ) -> Result<(), String> {
     let healthy = |p: &&PeerStatus| !p.nofailover && !p.watchdog_failed && p.name != o.me;
+    if f.member.as_deref() == Some(o.me.as_str()) {
+        return Ok(());
+    }
+    if o.sync.active() && !o.sync.quorum() && !sync::listed(cluster.sync.as_ref(), &o.me, true) {
+        return Err("manual failover: I am not a synchronous standby".into());
+    }
     if let Some(candidate) = f.member.as_deref() {
-        if candidate == o.me {
-            return Ok(());
-        }
         if o.peers.iter().filter(healthy).any(|p| p.name == candidate) {
             return Err(format!(
                 "manual failover: the candidate {candidate} is healthy, waiting for it"
@@ -547,7 +606,8 @@ fn manual_failover_no_leader(
         }
         return Ok(());
     }
-    compare_with_peers(o, wal_position, f.leader.as_deref())
+    let votes = compare_with_peers(o, cluster, wal_position, f.leader.as_deref())?;
+    check_votes(o, cluster, votes)
 }
 
 /// What the leader does about a `/failover` key (`process_manual_failover_from_leader`,
@@ -622,15 +682,34 @@ pub fn manual_failover_from_leader(
         .cluster
         .as_ref()
         .map_or(my_wal, |c| c.status.optime.max(my_wal));
-    let good = o.peers.iter().any(|p| {
-        p.name != me
-            && !p.nofailover
-            && !p.watchdog_failed
-            && !p.is_primary
-            && f.member.as_deref().is_none_or(|c| c == p.name)
-            && optime.saturating_sub(p.wal_position) <= o.maximum_lag_on_failover
-    });
-    if good {
+    let sync_state = o.cluster.as_ref().and_then(|c| c.sync.as_ref());
+    let sync_on = o.sync.active() && !o.sync.quorum();
+    let good: Vec<&PeerStatus> = o
+        .peers
+        .iter()
+        .filter(|p| {
+            p.name != me
+                && !p.nofailover
+                && !p.watchdog_failed
+                && !p.is_primary
+                && f.member.as_deref().is_none_or(|c| c == p.name)
+                && optime.saturating_sub(p.wal_position) <= o.maximum_lag_on_failover
+                // A switchover in synchronous mode goes to a synchronous standby.
+                && (!sync_on || sync::listed(sync_state, &p.name, false))
+        })
+        .collect();
+    // Quorum mode without a named candidate: enough voters must be able to elect one.
+    let needed = if o.sync.quorum() && f.member.is_none() {
+        let voters = sync::voting_set(sync_state);
+        let good_voters = good
+            .iter()
+            .filter(|p| voters.iter().any(|v| v.eq_ignore_ascii_case(&p.name)))
+            .count();
+        good_voters >= sync_state.map_or(0, |s| s.quorum as usize)
+    } else {
+        true
+    };
+    if !good.is_empty() && needed {
         ManualFailover::Demote {
             candidate: f.member.clone(),
         }

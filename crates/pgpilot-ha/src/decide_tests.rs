@@ -107,6 +107,7 @@ fn obs() -> Observation {
         rewind_check: false,
         peers: vec![],
         self_demoted: false,
+        sync: crate::sync::SyncParams::off(),
     }
 }
 

@@ -6,7 +6,12 @@ pub mod decide;
 #[cfg(test)]
 mod decide_tests;
 mod params;
+pub mod sync;
 
 pub use agent::{pg_info, Agent, AgentError, Exit};
-pub use decide::{decide, ActionKind, DataState, Decision, Observation, PgView};
+pub use decide::{
+    decide, is_healthiest, manual_failover_from_leader, ActionKind, DataState, Decision,
+    ManualFailover, Observation, PgView,
+};
 pub use params::{effective_parameters, effective_pg_hba};
+pub use sync::SyncParams;

@@ -123,6 +123,26 @@ pub struct WalSender {
     pub state: String,
     pub sync_state: String,
     pub sync_priority: i32,
+    /// `write_lsn`, `flush_lsn`, `replay_lsn` (not part of `/patroni`).
+    #[serde(skip)]
+    pub write_lsn: Option<Lsn>,
+    #[serde(skip)]
+    pub flush_lsn: Option<Lsn>,
+    #[serde(skip)]
+    pub replay_lsn: Option<Lsn>,
+}
+
+impl WalSender {
+    /// The position `synchronous_commit` waits for: `remote_apply` → replay, `remote_write` →
+    /// write, else flush.
+    pub fn sync_lsn(&self, synchronous_commit: &str) -> Lsn {
+        match synchronous_commit {
+            "remote_apply" => self.replay_lsn,
+            "remote_write" => self.write_lsn,
+            _ => self.flush_lsn,
+        }
+        .unwrap_or_default()
+    }
 }
 
 /// The result of the one monitoring query run each cycle on a running instance.
@@ -149,6 +169,8 @@ pub struct PgState {
     /// Upstream's last known end of WAL from the wal receiver (`latest_end_lsn`).
     pub latest_end_lsn: Option<Lsn>,
     pub replication: Vec<WalSender>,
+    /// `synchronous_commit` of the instance.
+    pub synchronous_commit: String,
     /// `pg_settings` rows with `pending_restart = true`: name -> (old/current value, new value).
     pub pending_restart: BTreeMap<String, (String, String)>,
 }

@@ -506,6 +506,9 @@ impl Postgres {
                     .as_i64()
                     .and_then(|n| i32::try_from(n).ok())
                     .unwrap_or(0),
+                write_lsn: v["write_lsn"].as_str().and_then(|s| s.parse().ok()),
+                flush_lsn: v["flush_lsn"].as_str().and_then(|s| s.parse().ok()),
+                replay_lsn: v["replay_lsn"].as_str().and_then(|s| s.parse().ok()),
             })
             .collect();
         let pending_json: Option<String> = row.get(12);
@@ -547,6 +550,7 @@ impl Postgres {
             replication_state,
             latest_end_lsn: lsn(13),
             replication,
+            synchronous_commit: row.get(14),
             pending_restart,
         })
     }
@@ -803,11 +807,13 @@ SELECT pg_catalog.pg_is_in_recovery(),
   (SELECT status FROM pg_catalog.pg_stat_get_wal_receiver()),
   pg_catalog.current_setting('restore_command'),
   (SELECT pg_catalog.json_agg(r)::text FROM (SELECT usename, application_name,
-     client_addr::text AS client_addr, state, sync_state, sync_priority
+     client_addr::text AS client_addr, state, sync_state, sync_priority,
+     write_lsn::text AS write_lsn, flush_lsn::text AS flush_lsn, replay_lsn::text AS replay_lsn
      FROM pg_catalog.pg_stat_replication) r),
   (SELECT pg_catalog.json_agg(p)::text FROM (SELECT s.name, s.setting,
      COALESCE((SELECT f.setting FROM pg_catalog.pg_file_settings f
                WHERE f.name = s.name ORDER BY f.seqno DESC LIMIT 1), s.boot_val) AS new
      FROM pg_catalog.pg_settings s WHERE s.pending_restart) p),
   CASE WHEN pg_catalog.pg_is_in_recovery() THEN
-    (SELECT latest_end_lsn::text FROM pg_catalog.pg_stat_get_wal_receiver()) END";
+    (SELECT latest_end_lsn::text FROM pg_catalog.pg_stat_get_wal_receiver()) END,
+  pg_catalog.current_setting('synchronous_commit')";
