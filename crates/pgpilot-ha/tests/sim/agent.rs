@@ -611,7 +611,8 @@ impl World {
                 msg
             }
             Decision::AdoptInitialize { sysid } => {
-                if let Err(e) = call!(self, i, |d| d.initialize(true, &sysid)) {
+                let create_new = cluster.is_none_or(|c| c.initialize.is_none());
+                if let Err(e) = call!(self, i, |d| d.initialize(create_new, &sysid)) {
                     return format!("failed to write initialize key: {e}");
                 }
                 self.agent(i).run_again = true;
@@ -789,7 +790,16 @@ impl World {
         self.agent(i).role = "primary".into();
         let id = self.next_id();
         if self.members[i].pg.promote(id).is_some() {
-            self.on_promote(i);
+            // Known policy bug K1 (see `known_bug_k1_...` in simulation.rs): in quorum mode a
+            // named switchover candidate that is not a `/sync` voter is promoted.
+            let k1 = params.quorum()
+                && obs.cluster.as_ref().is_some_and(|c| {
+                    c.failover
+                        .as_ref()
+                        .is_some_and(|f| f.member.as_deref() == Some(me.as_str()))
+                        && !sync::listed(c.sync.as_ref(), &me, true)
+                });
+            self.on_promote(i, k1);
             let desired = self.agent(i).desired(None);
             self.ensure_config(i, desired);
             self.agent(i).run_again = true;

@@ -167,6 +167,9 @@ pub struct Ack {
     pub at: Duration,
     /// Acknowledged while synchronous mode was on, by a primary outside the watchdog gap.
     pub protected: bool,
+    /// Known bug K2: acknowledged with an empty ssn in quorum mode while `/sync` still named
+    /// voters who may win a race without this commit.
+    pub k2: bool,
     pub lost: bool,
 }
 
@@ -189,6 +192,10 @@ pub struct Stats {
     /// Seeds that ended without a writable leader after the quiet period.
     pub no_leader_at_end: u64,
     pub fatal: u64,
+    /// Acknowledged commits lost to known bug K1 (tolerated in the main run).
+    pub known_k1_lost: u64,
+    /// Acknowledged commits lost to known bug K2 (tolerated in the main run).
+    pub known_k2_lost: u64,
     pub by_mode: BTreeMap<String, u64>,
 }
 
@@ -210,6 +217,8 @@ impl Stats {
         self.gap_lost += o.gap_lost;
         self.no_leader_at_end += o.no_leader_at_end;
         self.fatal += o.fatal;
+        self.known_k1_lost += o.known_k1_lost;
+        self.known_k2_lost += o.known_k2_lost;
         for (k, v) in &o.by_mode {
             *self.by_mode.entry(k.clone()).or_default() += v;
         }
@@ -232,6 +241,11 @@ pub struct World {
     dcs_down_until: Option<Instant>,
     start: Instant,
     pub violation: Option<String>,
+    /// Count known policy bugs instead of failing on them.
+    pub tolerate_known: bool,
+    /// A known bug lost commits in this run: later losses follow from it (diverged histories
+    /// that are never repaired) and are counted with it.
+    tainted: Option<&'static str>,
     step: usize,
     /// The checker's view of the store, dropped on every DCS call and every clock advance.
     cache: std::cell::RefCell<Option<Cluster>>,
@@ -292,6 +306,8 @@ impl World {
             dcs_down_until: None,
             start: now,
             violation: None,
+            tolerate_known: true,
+            tainted: None,
             step: 0,
             cache: std::cell::RefCell::new(None),
         }
@@ -427,7 +443,9 @@ impl World {
     }
 
     /// Invariant 2 at a promotion.
-    pub fn on_promote(&mut self, i: usize) {
+    /// `k1`: the promotion is an instance of known bug K1; with `tolerate_known` its losses
+    /// are counted instead of failing the run.
+    pub fn on_promote(&mut self, i: usize, k1: bool) {
         self.stats.promotions += 1;
         let name = self.members[i].name.clone();
         let Some(d) = self.members[i].pg.data.clone() else {
@@ -439,10 +457,15 @@ impl World {
             d.timeline(),
             d.wal.len()
         );
-        self.check_lost(&d, &format!("promotion of {name}"));
+        let what = if k1 {
+            format!("promotion of {name} (a quorum-mode switchover candidate outside /sync: known bug K1)")
+        } else {
+            format!("promotion of {name}")
+        };
+        self.check_lost(&d, &what, k1 && self.tolerate_known);
     }
 
-    fn check_lost(&mut self, d: &pg::Data, what: &str) {
+    fn check_lost(&mut self, d: &pg::Data, what: &str, known: bool) {
         let sync = self.cfg.active();
         let mut violation = None;
         for a in self.acks.iter_mut().filter(|a| !a.lost) {
@@ -454,16 +477,42 @@ impl World {
                 self.stats.async_lost += 1;
             } else if !a.protected {
                 self.stats.gap_lost += 1;
+            } else if known || self.tainted == Some("K1") {
+                self.stats.known_k1_lost += 1;
+                self.tainted = Some("K1");
+            } else if (a.k2 && self.tolerate_known) || self.tainted == Some("K2") {
+                self.stats.known_k2_lost += 1;
+                self.tainted = Some("K2");
             } else if violation.is_none() {
                 violation = Some(format!(
-                    "invariant 2: {what} loses commit {} (acknowledged by {} at {:?}, wal index {})",
-                    a.rec.id, a.member, a.at, a.index
+                    "invariant 2: {what} loses commit {} (acknowledged by {} at {:?}, wal index {}{})",
+                    a.rec.id,
+                    a.member,
+                    a.at,
+                    a.index,
+                    if a.k2 {
+                        ", with an empty ssn while /sync named voters: known bug K2"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }
         if let Some(v) = violation {
             self.violate(v);
         }
+    }
+
+    /// Quorum mode, `/sync` led by `p` names voters (read only when ssn is empty).
+    fn quorum_voters_listed(&self, p: usize) -> bool {
+        if self.cfg.sync_mode != SyncMode::Quorum {
+            return false;
+        }
+        let c = self.checker_cluster();
+        c.sync.as_ref().is_some_and(|s| {
+            s.leader.as_deref() == Some(self.members[p].name.as_str())
+                && !pgpilot_ha::sync::members(s).is_empty()
+        })
     }
 
     /// Invariants 1 and 3, after every action.
@@ -487,7 +536,8 @@ impl World {
         }
         let now = self.now();
         for i in strict {
-            if self.bootstrapping(i) {
+            // A member about to run again at this instant (`run_again`) is judged after it did.
+            if self.bootstrapping(i) || self.due(i) {
                 continue;
             }
             let m = &self.members[i];
@@ -551,6 +601,7 @@ impl World {
             let waiting = pg.waiting.clone();
             let mut still = Vec::new();
             let protected = self.cfg.active() && !self.excused(p);
+            let k2 = ssn.is_empty() && self.quorum_voters_listed(p);
             for idx in waiting {
                 let have = ssn
                     .names
@@ -573,6 +624,7 @@ impl World {
                         member: self.members[p].name.clone(),
                         at,
                         protected,
+                        k2,
                         lost: false,
                     });
                     self.stats.acked += 1;
@@ -955,7 +1007,24 @@ impl World {
             Duration::from_millis(50 + self.rng.below(2_000))
         };
         let target = self.now() + dt;
+        let mut same_instant = 0;
         while let Some(t) = self.next_event().filter(|t| *t <= target) {
+            if t <= self.now() {
+                same_instant += 1;
+                if same_instant > 200 {
+                    let due: Vec<&str> = (0..self.members.len())
+                        .filter(|&i| self.due(i))
+                        .map(|i| self.members[i].name.as_str())
+                        .collect();
+                    let msg = format!(
+                        "livelock: {due:?} run cycle after cycle without the clock moving (run_again every time)"
+                    );
+                    self.violate(msg);
+                    return;
+                }
+            } else {
+                same_instant = 0;
+            }
             self.advance_to(t).await;
             self.end_faults();
             self.complete_tasks();
@@ -1022,7 +1091,7 @@ impl World {
         match primary {
             Some(p) => {
                 let d = self.members[p].pg.data.clone().expect("data");
-                self.check_lost(&d, "the end of the run");
+                self.check_lost(&d, "the end of the run", false);
             }
             None => self.stats.no_leader_at_end += 1,
         }
@@ -1048,6 +1117,10 @@ pub struct Outcome {
 }
 
 pub fn run_seed(seed: u64, bug: Bug, tracing: bool) -> Outcome {
+    run_seed_with(seed, bug, tracing, true)
+}
+
+pub fn run_seed_with(seed: u64, bug: Bug, tracing: bool, tolerate_known: bool) -> Outcome {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -1055,6 +1128,7 @@ pub fn run_seed(seed: u64, bug: Bug, tracing: bool) -> Outcome {
         .expect("runtime");
     rt.block_on(async move {
         let mut w = World::new(seed, bug, tracing);
+        w.tolerate_known = tolerate_known;
         w.run().await;
         if w.stats.gap_double_primary_steps > 0 {
             w.stats.gap_double_primary_seeds = 1;
