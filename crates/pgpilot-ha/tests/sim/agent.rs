@@ -788,10 +788,19 @@ impl World {
             }
         }
         self.agent(i).role = "primary".into();
+        let behind = self.behind_newest_timeline(i);
+        let k4 = !obs.check_timeline && behind;
+        // K5: the manual-failover race (`/failover` present, leader gone) skips the timeline check
+        // that Patroni's `_is_healthiest_node` makes.
+        let k5 = obs.check_timeline
+            && behind
+            && obs.cluster.as_ref().is_some_and(|c| c.failover.is_some());
         let id = self.next_id();
         if self.members[i].pg.promote(id).is_some() {
-            // Known policy bug K1 (see `known_bug_k1_...` in simulation.rs): in quorum mode a
-            // named switchover candidate that is not a `/sync` voter is promoted.
+            // Known policy bugs (see `known_bug_*` in simulation.rs). K1: in quorum mode a named
+            // switchover candidate that is not a `/sync` voter is promoted. K3: in quorum mode the
+            // former `/sync` leader promotes again and `pre_promote` lowers the quorum.
+            let sync_state = obs.cluster.as_ref().and_then(|c| c.sync.as_ref());
             let k1 = params.quorum()
                 && obs.cluster.as_ref().is_some_and(|c| {
                     c.failover
@@ -799,7 +808,22 @@ impl World {
                         .is_some_and(|f| f.member.as_deref() == Some(me.as_str()))
                         && !sync::listed(c.sync.as_ref(), &me, true)
                 });
-            self.on_promote(i, k1);
+            let k3 = params.quorum()
+                && sync_state.is_some_and(|s| s.leader.as_deref() == Some(me.as_str()));
+            // K4: with check_timeline off, a member on an older timeline than the newest one in
+            // the cluster (a diverged former primary that was not rewound) wins a race by LSN.
+            let known = if k1 {
+                Some("K1")
+            } else if k3 {
+                Some("K3")
+            } else if k4 {
+                Some("K4")
+            } else if k5 {
+                Some("K5")
+            } else {
+                None
+            };
+            self.on_promote(i, known);
             let desired = self.agent(i).desired(None);
             self.ensure_config(i, desired);
             self.agent(i).run_again = true;
@@ -911,7 +935,7 @@ impl World {
             };
             let _ = call!(self, i, |d| d.write_status(&status));
             if let Some(c) = obs.cluster.as_ref() {
-                // `/history` is not modelled: check_timeline stays off in the simulation.
+                self.publish_history(i, c);
                 if c.initialize.as_deref().is_none_or(|v| !valid_sysid(v)) {
                     if let Some(sysid) = self.agent(i).sysid.clone() {
                         let _ = call!(self, i, |d| d.initialize(false, &sysid));
@@ -928,6 +952,32 @@ impl World {
             }
         }
         format!("no action. I am ({me}), the leader with the lock")
+    }
+
+    /// `Agent::publish_history`: `/history` follows our timeline (one line per switch, from
+    /// the simulated WAL instead of the timeline history file).
+    fn publish_history(&mut self, i: usize, c: &Cluster) {
+        let Some(d) = self.members[i].pg.data.as_ref() else {
+            return;
+        };
+        let tl = d.timeline();
+        if c.timeline() == tl || (tl <= 1 && c.history.is_some()) {
+            return;
+        }
+        let mut lines = Vec::new();
+        for (k, w) in d.wal.windows(2).enumerate() {
+            if w[1].tl != w[0].tl {
+                lines.push(pgpilot_dcs::HistoryLine {
+                    timeline: w[0].tl,
+                    lsn: (k as u64 + 1) * super::pg::LSN_UNIT,
+                    reason: "no recovery target specified".into(),
+                    timestamp: None,
+                    leader: None,
+                });
+            }
+        }
+        let doc = pgpilot_dcs::HistoryLine::lines_to_json(&lines);
+        let _ = call!(self, i, |d| d.set_history(&doc));
     }
 
     fn process_manual_failover(&mut self, i: usize, obs: &Observation) -> Option<String> {
@@ -1097,6 +1147,15 @@ impl World {
         }
         // `task_done` wakes the loop at once.
         a.next_run = a.next_run.min(now);
+    }
+
+    /// Whether `i`'s timeline is older than the newest timeline some member has reached.
+    fn behind_newest_timeline(&self, i: usize) -> bool {
+        let mine = self.members[i].pg.data.as_ref().map_or(0, Data::timeline);
+        self.members
+            .iter()
+            .filter_map(|m| m.pg.data.as_ref())
+            .any(|d| d.timeline() > mine)
     }
 
     /// A member to clone or rewind from: reachable, running, not frozen (and a primary for a

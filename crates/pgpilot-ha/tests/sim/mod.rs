@@ -84,6 +84,7 @@ pub struct SimConfig {
     pub strict: bool,
     pub node_count: usize,
     pub use_pg_rewind: bool,
+    pub check_timeline: bool,
     pub sysid: String,
     pub steps: usize,
 }
@@ -106,6 +107,7 @@ impl SimConfig {
             strict: rng.chance(30),
             node_count: if rng.chance(25) { 2 } else { 1 },
             use_pg_rewind: rng.chance(90),
+            check_timeline: rng.chance(50),
             sysid: "7000000000000000001".into(),
             steps: 300,
         }
@@ -123,6 +125,7 @@ impl SimConfig {
             "loop_wait": 10,
             "retry_timeout": 10,
             "maximum_lag_on_failover": 1048576,
+            "check_timeline": self.check_timeline,
             "synchronous_mode": mode,
             "synchronous_mode_strict": self.strict,
             "synchronous_node_count": self.node_count,
@@ -192,10 +195,10 @@ pub struct Stats {
     /// Seeds that ended without a writable leader after the quiet period.
     pub no_leader_at_end: u64,
     pub fatal: u64,
-    /// Acknowledged commits lost to known bug K1 (tolerated in the main run).
-    pub known_k1_lost: u64,
-    /// Acknowledged commits lost to known bug K2 (tolerated in the main run).
-    pub known_k2_lost: u64,
+    /// Acknowledged commits lost to known bugs (tolerated in the main run), and in how many
+    /// seeds.
+    pub known_lost: BTreeMap<&'static str, u64>,
+    pub known_seeds: BTreeMap<&'static str, u64>,
     pub by_mode: BTreeMap<String, u64>,
 }
 
@@ -217,8 +220,12 @@ impl Stats {
         self.gap_lost += o.gap_lost;
         self.no_leader_at_end += o.no_leader_at_end;
         self.fatal += o.fatal;
-        self.known_k1_lost += o.known_k1_lost;
-        self.known_k2_lost += o.known_k2_lost;
+        for (k, v) in &o.known_lost {
+            *self.known_lost.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.known_seeds {
+            *self.known_seeds.entry(k).or_default() += v;
+        }
         for (k, v) in &o.by_mode {
             *self.by_mode.entry(k.clone()).or_default() += v;
         }
@@ -246,6 +253,9 @@ pub struct World {
     /// A known bug lost commits in this run: later losses follow from it (diverged histories
     /// that are never repaired) and are counted with it.
     tainted: Option<&'static str>,
+    /// Commits acknowledged before the last promotion of known bug K3 (it weakened their
+    /// protection): `acks[..k3_mark]`.
+    k3_mark: usize,
     step: usize,
     /// The checker's view of the store, dropped on every DCS call and every clock advance.
     cache: std::cell::RefCell<Option<Cluster>>,
@@ -308,6 +318,7 @@ impl World {
             violation: None,
             tolerate_known: true,
             tainted: None,
+            k3_mark: 0,
             step: 0,
             cache: std::cell::RefCell::new(None),
         }
@@ -443,9 +454,9 @@ impl World {
     }
 
     /// Invariant 2 at a promotion.
-    /// `k1`: the promotion is an instance of known bug K1; with `tolerate_known` its losses
+    /// `known`: the promotion is an instance of a known bug; with `tolerate_known` its losses
     /// are counted instead of failing the run.
-    pub fn on_promote(&mut self, i: usize, k1: bool) {
+    pub fn on_promote(&mut self, i: usize, known: Option<&'static str>) {
         self.stats.promotions += 1;
         let name = self.members[i].name.clone();
         let Some(d) = self.members[i].pg.data.clone() else {
@@ -457,18 +468,21 @@ impl World {
             d.timeline(),
             d.wal.len()
         );
-        let what = if k1 {
-            format!("promotion of {name} (a quorum-mode switchover candidate outside /sync: known bug K1)")
-        } else {
-            format!("promotion of {name}")
+        if known == Some("K3") && self.tolerate_known {
+            self.k3_mark = self.acks.len();
+        }
+        let what = match known {
+            Some(k) => format!("promotion of {name} (known bug {k})"),
+            None => format!("promotion of {name}"),
         };
-        self.check_lost(&d, &what, k1 && self.tolerate_known);
+        self.check_lost(&d, &what, known.filter(|_| self.tolerate_known));
     }
 
-    fn check_lost(&mut self, d: &pg::Data, what: &str, known: bool) {
+    fn check_lost(&mut self, d: &pg::Data, what: &str, known: Option<&'static str>) {
         let sync = self.cfg.active();
         let mut violation = None;
-        for a in self.acks.iter_mut().filter(|a| !a.lost) {
+        let k3_mark = self.k3_mark;
+        for (n, a) in self.acks.iter_mut().enumerate().filter(|(_, a)| !a.lost) {
             if d.has(a.index, a.rec) {
                 continue;
             }
@@ -477,11 +491,11 @@ impl World {
                 self.stats.async_lost += 1;
             } else if !a.protected {
                 self.stats.gap_lost += 1;
-            } else if known || self.tainted == Some("K1") {
-                self.stats.known_k1_lost += 1;
-                self.tainted = Some("K1");
-            } else if (a.k2 && self.tolerate_known) || self.tainted == Some("K2") {
-                self.stats.known_k2_lost += 1;
+            } else if let Some(k) = known.or(self.tainted).or((n < k3_mark).then_some("K3")) {
+                *self.stats.known_lost.entry(k).or_default() += 1;
+                self.tainted = Some(k);
+            } else if a.k2 && self.tolerate_known {
+                *self.stats.known_lost.entry("K2").or_default() += 1;
                 self.tainted = Some("K2");
             } else if violation.is_none() {
                 violation = Some(format!(
@@ -1091,7 +1105,7 @@ impl World {
         match primary {
             Some(p) => {
                 let d = self.members[p].pg.data.clone().expect("data");
-                self.check_lost(&d, "the end of the run", false);
+                self.check_lost(&d, "the end of the run", None);
             }
             None => self.stats.no_leader_at_end += 1,
         }
@@ -1130,6 +1144,9 @@ pub fn run_seed_with(seed: u64, bug: Bug, tracing: bool, tolerate_known: bool) -
         let mut w = World::new(seed, bug, tracing);
         w.tolerate_known = tolerate_known;
         w.run().await;
+        if let Some(k) = w.tainted {
+            w.stats.known_seeds.insert(k, 1);
+        }
         if w.stats.gap_double_primary_steps > 0 {
             w.stats.gap_double_primary_seeds = 1;
         }
