@@ -439,7 +439,7 @@ impl World {
     fn reap_task(&mut self, i: usize, cluster: Option<&Cluster>) -> Option<String> {
         let me = self.members[i].name.clone();
         let a = self.agent(i);
-        if !a.task.as_ref().is_some_and(|t| t.result.is_some()) {
+        if a.task.as_ref().is_none_or(|t| t.result.is_none()) {
             return None;
         }
         let mut task = a.task.take().expect("task");
@@ -741,22 +741,7 @@ impl World {
                     "acquired session lock as a leader".into()
                 }
             }
-            Ok(false) => {
-                if self.bug == Bug::PromoteWithoutLock
-                    && matches!(
-                        obs.pg,
-                        PgView::Running {
-                            in_recovery: true,
-                            ..
-                        }
-                    )
-                {
-                    // Deliberately broken policy: lost the race and promotes anyway.
-                    let _ = self.promote(i, obs);
-                    return "BUG: promoted without the lock".into();
-                }
-                "following new leader after trying and failing to obtain lock".into()
-            }
+            Ok(false) => "following new leader after trying and failing to obtain lock".into(),
             Err(e) => format!("failed to obtain leader lock: {e}"),
         }
     }
@@ -812,6 +797,15 @@ impl World {
                 && sync_state.is_some_and(|s| s.leader.as_deref() == Some(me.as_str()));
             // K4: with check_timeline off, a member on an older timeline than the newest one in
             // the cluster (a diverged former primary that was not rewound) wins a race by LSN.
+            // K6: in quorum mode a named switchover candidate that is a voter promotes without
+            // any vote, after the leader released the key although the candidate never received
+            // its shutdown checkpoint.
+            let k6 = params.quorum()
+                && obs.cluster.as_ref().is_some_and(|c| {
+                    c.failover
+                        .as_ref()
+                        .is_some_and(|f| f.member.as_deref() == Some(me.as_str()))
+                });
             let known = if k1 {
                 Some("K1")
             } else if k3 {
@@ -820,6 +814,8 @@ impl World {
                 Some("K4")
             } else if k5 {
                 Some("K5")
+            } else if k6 {
+                Some("K6")
             } else {
                 None
             };
@@ -1035,6 +1031,21 @@ impl World {
             }
             self.demote(i, false);
             return "demoting self because I do not have the lock and I was a leader".into();
+        }
+        if self.bug == Bug::PromoteWithoutLock
+            && self.index(leader).is_some_and(|j| !self.reachable(i, j))
+            && matches!(
+                obs.pg,
+                PgView::Running {
+                    in_recovery: true,
+                    ..
+                }
+            )
+        {
+            // Deliberately broken policy: "the leader is unreachable, take over" without the
+            // leader key.
+            let _ = self.promote(i, obs);
+            return "BUG: promoted without the lock because the leader is unreachable".into();
         }
         let a = self.agent(i);
         a.role = "replica".into();

@@ -70,7 +70,7 @@ impl Rng {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
     None,
-    /// A replica that loses the leader race promotes anyway.
+    /// A replica that cannot reach the leader promotes without the leader key.
     PromoteWithoutLock,
     /// The simulated primary acknowledges commits without waiting for synchronous standbys.
     AckAsync,
@@ -109,7 +109,7 @@ impl SimConfig {
             use_pg_rewind: rng.chance(90),
             check_timeline: rng.chance(50),
             sysid: "7000000000000000001".into(),
-            steps: 300,
+            steps: 200,
         }
     }
 
@@ -194,7 +194,8 @@ pub struct Stats {
     pub gap_lost: u64,
     /// Seeds that ended without a writable leader after the quiet period.
     pub no_leader_at_end: u64,
-    pub fatal: u64,
+    /// The agent exited (Decision::Fatal or a failed bootstrap), by message.
+    pub fatal: BTreeMap<String, u64>,
     /// Acknowledged commits lost to known bugs (tolerated in the main run), and in how many
     /// seeds.
     pub known_lost: BTreeMap<&'static str, u64>,
@@ -219,7 +220,9 @@ impl Stats {
         self.async_lost += o.async_lost;
         self.gap_lost += o.gap_lost;
         self.no_leader_at_end += o.no_leader_at_end;
-        self.fatal += o.fatal;
+        for (k, v) in &o.fatal {
+            *self.fatal.entry(k.clone()).or_default() += v;
+        }
         for (k, v) in &o.known_lost {
             *self.known_lost.entry(k).or_default() += v;
         }
@@ -433,7 +436,12 @@ impl World {
     }
 
     pub fn fatal(&mut self, i: usize, msg: &str) {
-        self.stats.fatal += 1;
+        let name = self.members[i].name.clone();
+        *self
+            .stats
+            .fatal
+            .entry(msg.replace(&name, "<me>"))
+            .or_default() += 1;
         trace!(
             self,
             "  {}: FATAL {msg}; the agent exits (restarted in 10 s)",
@@ -1093,7 +1101,7 @@ impl World {
             self.dcs_down_until = Some(now);
         }
         trace!(self, "settle: faults healed");
-        let end = now + Duration::from_secs(180);
+        let end = now + Duration::from_secs(120);
         while self.now() < end && self.violation.is_none() {
             self.step(false).await;
         }
