@@ -85,6 +85,8 @@ pub struct SimConfig {
     pub node_count: usize,
     pub use_pg_rewind: bool,
     pub check_timeline: bool,
+    /// `/config` is edited during the run (synchronous_mode off/on/quorum, strict).
+    pub config_changes: bool,
     pub sysid: String,
     pub steps: usize,
 }
@@ -108,6 +110,7 @@ impl SimConfig {
             node_count: if rng.chance(25) { 2 } else { 1 },
             use_pg_rewind: rng.chance(90),
             check_timeline: rng.chance(50),
+            config_changes: false,
             sysid: "7000000000000000001".into(),
             steps: 200,
         }
@@ -168,7 +171,11 @@ pub struct Ack {
     pub index: usize,
     pub member: String,
     pub at: Duration,
-    /// Acknowledged while synchronous mode was on, by a primary outside the watchdog gap.
+    /// Acknowledged while synchronous mode was on (in `/config` and for the acknowledging
+    /// agent), in the current synchronous epoch (see `World::mode_epoch`).
+    pub sync_mode: bool,
+    pub epoch: u64,
+    /// Acknowledged by a primary outside the watchdog gap.
     pub protected: bool,
     /// Known bug K2: acknowledged with an empty ssn in quorum mode while `/sync` still named
     /// voters who may win a race without this commit.
@@ -259,6 +266,8 @@ pub struct World {
     /// Commits acknowledged before the last promotion of known bug K3 (it weakened their
     /// protection): `acks[..k3_mark]`.
     k3_mark: usize,
+    /// Bumped when synchronous mode is turned on or off.
+    mode_epoch: u64,
     step: usize,
     /// The checker's view of the store, dropped on every DCS call and every clock advance.
     cache: std::cell::RefCell<Option<Cluster>>,
@@ -267,7 +276,9 @@ pub struct World {
 impl World {
     pub fn new(seed: u64, bug: Bug, tracing: bool) -> World {
         let mut rng = Rng::new(seed);
-        let cfg = SimConfig::draw(&mut rng);
+        let mut cfg = SimConfig::draw(&mut rng);
+        // Drawn apart so that the seeds of the other draws keep their meaning.
+        cfg.config_changes = Rng::new(seed ^ 0xC0F1_6C4A_4E6E_5000).chance(30);
         let store = MemoryStore::new();
         let now = Instant::now();
         let ttl = Duration::from_secs(30);
@@ -297,10 +308,11 @@ impl World {
         };
         stats.by_mode.insert(
             format!(
-                "{:?}{} n={}",
+                "{:?}{} n={}{}",
                 cfg.sync_mode,
                 if cfg.strict { " strict" } else { "" },
-                cfg.node_count
+                cfg.node_count,
+                if cfg.config_changes { " +changes" } else { "" }
             ),
             1,
         );
@@ -322,6 +334,7 @@ impl World {
             tolerate_known: true,
             tainted: None,
             k3_mark: 0,
+            mode_epoch: 0,
             step: 0,
             cache: std::cell::RefCell::new(None),
         }
@@ -488,6 +501,7 @@ impl World {
 
     fn check_lost(&mut self, d: &pg::Data, what: &str, known: Option<&'static str>) {
         let sync = self.cfg.active();
+        let epoch = self.mode_epoch;
         let mut violation = None;
         let k3_mark = self.k3_mark;
         for (n, a) in self.acks.iter_mut().enumerate().filter(|(_, a)| !a.lost) {
@@ -495,7 +509,7 @@ impl World {
                 continue;
             }
             a.lost = true;
-            if !sync {
+            if !sync || !a.sync_mode || a.epoch != epoch {
                 self.stats.async_lost += 1;
             } else if !a.protected {
                 self.stats.gap_lost += 1;
@@ -622,7 +636,13 @@ impl World {
             let ssn = pg.live_ssn.clone();
             let waiting = pg.waiting.clone();
             let mut still = Vec::new();
-            let protected = self.cfg.active() && !self.excused(p);
+            let protected = !self.excused(p);
+            let sync_mode = self.cfg.active()
+                && self.members[p]
+                    .agent
+                    .as_ref()
+                    .is_some_and(|a| a.sync_params().active());
+            let epoch = self.mode_epoch;
             let k2 = ssn.is_empty() && self.quorum_voters_listed(p);
             for idx in waiting {
                 let have = ssn
@@ -645,6 +665,8 @@ impl World {
                         index: idx,
                         member: self.members[p].name.clone(),
                         at,
+                        sync_mode,
+                        epoch,
                         protected,
                         k2,
                         lost: false,
@@ -830,6 +852,30 @@ impl World {
                 self.fault("partition");
                 self.members[i].partitioned = true;
                 self.members[i].partition_until = Some(now + d);
+            }
+            52..=56 if self.cfg.config_changes && self.dcs_down_until.is_none() => {
+                let before = self.cfg.active();
+                self.cfg.sync_mode = match self.rng.below(3) {
+                    0 => SyncMode::Off,
+                    1 => SyncMode::On,
+                    _ => SyncMode::Quorum,
+                };
+                self.cfg.strict = self.rng.chance(30);
+                if before != self.cfg.active() {
+                    // Commits acknowledged before synchronous mode was turned off (or before it
+                    // was turned on) are not promised to survive a failover any more.
+                    self.mode_epoch += 1;
+                }
+                trace!(
+                    self,
+                    "event: /config edited: synchronous_mode {:?} strict {}",
+                    self.cfg.sync_mode,
+                    self.cfg.strict
+                );
+                self.fault("config change");
+                let doc = self.cfg.config_doc();
+                let _ = ready(self.checker.set_config(&doc, None));
+                self.invalidate();
             }
             42..=51 if self.dcs_down_until.is_none() => {
                 let c = self.checker_cluster();
