@@ -177,6 +177,7 @@ impl World {
         let pending = self.agent(i).pending.take();
         match pending {
             Some((_, Pending::Act(obs, decision))) => {
+                self.note_stale_renewal(i, &decision);
                 let msg = self.act(i, decision.clone(), &obs);
                 self.end_cycle(i, &obs, &decision, msg, false);
             }
@@ -191,6 +192,29 @@ impl World {
                 };
                 self.cycle_rest(i, Some(c), true);
             }
+        }
+    }
+
+    /// A thawed agent renewing the leader key on a decision taken before its freeze: if the key
+    /// is gone meanwhile, `update_leader` re-creates it (both backends do, as Patroni's etcd3
+    /// does) without any race. What this costs is the watchdog gap's, counted apart.
+    fn note_stale_renewal(&mut self, i: usize, decision: &Decision) {
+        if !matches!(
+            decision,
+            Decision::RenewLeader | Decision::UpdateLockDuring { .. }
+        ) || self.dcs_down()
+        {
+            return;
+        }
+        let me = self.members[i].name.clone();
+        let holder = self.leader_holder();
+        if holder.as_deref() != Some(me.as_str()) {
+            trace!(
+                self,
+                "  {me}: thawed with a stale decision to renew the leader key (held by {holder:?})"
+            );
+            self.stats.stale_renewals += 1;
+            self.mark_gap();
         }
     }
 

@@ -1,8 +1,30 @@
 //! The deterministic simulation (DESIGN.md "Test layers" 3): several members, each a simulated
-//! agent ([`agent`]) calling the real `decide()` and `sync` functions over one real
-//! `MemoryStore`, beside a simulated PostgreSQL ([`pg`]); a seeded scheduler injects faults and
-//! client commits on tokio's paused clock; the safety invariants are checked after every agent
-//! action and every scheduler step.
+//! agent ([`agent`]) calling the real `decide()`, `manual_failover_from_leader` and `sync`
+//! functions over one real `MemoryStore`, beside a simulated PostgreSQL ([`pg`]); a seeded
+//! scheduler injects faults and client commits on tokio's paused clock; the safety invariants are
+//! checked after every agent action and every scheduler step.
+//!
+//! One step: the clock moves by a random amount (every agent cycle, background task end and fault
+//! end due on the way runs at its own time), a fault or request may be injected, replicas stream,
+//! clients commit on every writable primary, commits are acknowledged per the primary's
+//! `synchronous_standby_names` in force, agents whose time came run, invariants are checked.
+//!
+//! Modelled: bootstrap race, clone, rewind, start/stop/crash/promote of PostgreSQL with WAL
+//! histories that can fork; synchronous and quorum replication with ssn on disk vs in force;
+//! crash of a whole member, crash of PostgreSQL alone, kill of the agent alone (PostgreSQL keeps
+//! running), freeze of the agent (and usually its PostgreSQL), possibly between deciding and
+//! acting; DCS outage; isolation of one member (its DCS calls fail, it streams to nobody, peers
+//! cannot read its `/patroni`); switchover requests with and without a candidate; `/config`
+//! edits of synchronous_mode and strict; `/patroni` answers as of the peer's last cycle; watch
+//! wake-ups; a failed DCS read costs retry_timeout.
+//!
+//! Not modelled: pause, scheduled switchovers and restarts, REST restart/reinitialize, failsafe,
+//! standby clusters, tags (nofailover, nosync, priorities, replicatefrom, clonefrom), slots,
+//! watchdog, archive/restore_command, failing pg_rewind or basebackup (they fail only when their
+//! source is unavailable), graceful agent shutdown (`leave_sync_duty`), synchronous_commit levels
+//! other than flush, maximum_lag_on_syncnode, ttl/loop_wait changes, a stale watch cache in the
+//! DCS client (memory reads are linearizable), asymmetric partitions, DCS latency other than the
+//! failing read.
 
 pub mod agent;
 pub mod pg;
@@ -177,8 +199,8 @@ pub struct Ack {
     pub epoch: u64,
     /// Acknowledged by a primary outside the watchdog gap.
     pub protected: bool,
-    /// Known bug K2: acknowledged with an empty ssn in quorum mode while `/sync` still named
-    /// voters who may win a race without this commit.
+    /// Known bug K2: acknowledged with an empty ssn while `/sync` still named standbys who may
+    /// win a race without this commit.
     pub k2: bool,
     pub lost: bool,
 }
@@ -199,6 +221,9 @@ pub struct Stats {
     /// Acknowledged commits lost in asynchronous mode (allowed) and in the gap.
     pub async_lost: u64,
     pub gap_lost: u64,
+    /// Thawed agents that renewed the leader key on a decision taken before their freeze while
+    /// the key was not theirs any more (gone, or someone else's).
+    pub stale_renewals: u64,
     /// Seeds that ended without a writable leader after the quiet period.
     pub no_leader_at_end: u64,
     /// The agent exited (Decision::Fatal or a failed bootstrap), by message.
@@ -226,6 +251,7 @@ impl Stats {
         self.gap_double_primary_seeds += o.gap_double_primary_seeds;
         self.async_lost += o.async_lost;
         self.gap_lost += o.gap_lost;
+        self.stale_renewals += o.stale_renewals;
         self.no_leader_at_end += o.no_leader_at_end;
         for (k, v) in &o.fatal {
             *self.fatal.entry(k.clone()).or_default() += v;
@@ -268,6 +294,9 @@ pub struct World {
     k3_mark: usize,
     /// Bumped when synchronous mode is turned on or off.
     mode_epoch: u64,
+    /// Commits acknowledged before the last stale renewal of a thawed agent (`acks[..gap_mark]`):
+    /// losing them is the watchdog gap's doing.
+    gap_mark: usize,
     step: usize,
     /// The checker's view of the store, dropped on every DCS call and every clock advance.
     cache: std::cell::RefCell<Option<Cluster>>,
@@ -335,6 +364,7 @@ impl World {
             tainted: None,
             k3_mark: 0,
             mode_epoch: 0,
+            gap_mark: 0,
             step: 0,
             cache: std::cell::RefCell::new(None),
         }
@@ -504,6 +534,7 @@ impl World {
         let epoch = self.mode_epoch;
         let mut violation = None;
         let k3_mark = self.k3_mark;
+        let gap_mark = self.gap_mark;
         for (n, a) in self.acks.iter_mut().enumerate().filter(|(_, a)| !a.lost) {
             if d.has(a.index, a.rec) {
                 continue;
@@ -511,7 +542,7 @@ impl World {
             a.lost = true;
             if !sync || !a.sync_mode || a.epoch != epoch {
                 self.stats.async_lost += 1;
-            } else if !a.protected {
+            } else if !a.protected || n < gap_mark {
                 self.stats.gap_lost += 1;
             } else if let Some(k) = known.or(self.tainted).or((n < k3_mark).then_some("K3")) {
                 *self.stats.known_lost.entry(k).or_default() += 1;
@@ -539,9 +570,21 @@ impl World {
         }
     }
 
-    /// Quorum mode, `/sync` led by `p` names voters (read only when ssn is empty).
+    pub fn dcs_down(&self) -> bool {
+        self.dcs_down_until.is_some()
+    }
+
+    pub fn leader_holder(&self) -> Option<String> {
+        self.checker_cluster().leader_name().map(str::to_string)
+    }
+
+    pub fn mark_gap(&mut self) {
+        self.gap_mark = self.acks.len();
+    }
+
+    /// Synchronous mode, `/sync` led by `p` names standbys (read only when ssn is empty).
     fn quorum_voters_listed(&self, p: usize) -> bool {
-        if self.cfg.sync_mode != SyncMode::Quorum {
+        if !self.cfg.active() {
             return false;
         }
         let c = self.checker_cluster();
