@@ -77,7 +77,7 @@ fn report(total: &Stats, elapsed: std::time::Duration) {
         total.commits, total.acked, total.promotions, total.switchovers_requested, total.fatal
     );
     eprintln!(
-        "  watchdog gap: two writable primaries in {} steps of {} seeds; thawed agents renewing a lost leader key on a stale decision: {}; acknowledged commits lost in the gap: {}",
+        "  watchdog gap: two writable primaries in {} steps of {} seeds; thawed agents re-creating an expired leader key on a stale decision: {}; acknowledged commits lost in the gap: {}",
         total.gap_double_primary_steps, total.gap_double_primary_seeds, total.stale_renewals, total.gap_lost
     );
     eprintln!(
@@ -85,8 +85,8 @@ fn report(total: &Stats, elapsed: std::time::Duration) {
         total.known_lost, total.known_seeds
     );
     eprintln!(
-        "  asynchronous mode: acknowledged commits lost {}; seeds without a leader after settling: {}",
-        total.async_lost, total.no_leader_at_end
+        "  asynchronous mode: acknowledged commits lost {}; seeds without a leader after settling: {} {:?}",
+        total.async_lost, total.no_leader_at_end, total.no_leader_why
     );
 }
 
@@ -167,16 +167,18 @@ fn known_bug_k1_quorum_switchover_to_a_non_voter_loses_acknowledged_commits() {
     replay_strict(440);
 }
 
-/// K4 (seed 1394): with `check_timeline: false` (the default, as in Patroni), a former primary
-/// that diverged and was not rewound (`use_pg_rewind: false`, or the rewind still pending) keeps a
-/// longer WAL on an older timeline; in a later race the voters see it "ahead" by LSN and vote for
-/// it, and it promotes without the commits of the newer timeline. Policy question rather than a
-/// one-line bug: compare (timeline, LSN), or refuse races by members whose timeline is behind
-/// `/history` even without check_timeline.
+/// K4 (seed 10759; also 8075, 8124, 10514, 12245): with `check_timeline: false` (the default,
+/// as in Patroni), a former primary that diverged and was not rewound keeps a longer WAL on an
+/// older timeline; in a later race its LSN looks ahead of everyone and it wins. Seed 10759
+/// (`synchronous_mode: on`, strict): pg1, demoted offline on timeline 4 with 142 records and no
+/// upstream, wins the race after pg3's switchover against pg2 (timeline 5, 139 records) and
+/// promotes without the timeline-5 commits. Policy question rather than a one-line bug: compare
+/// (timeline, LSN), or keep members whose timeline is behind `/history` out of races even without
+/// check_timeline.
 #[test]
 #[ignore = "known bug K4: without check_timeline a diverged member on an older timeline wins by LSN"]
 fn known_bug_k4_diverged_member_on_an_older_timeline_wins_a_race_by_lsn() {
-    replay_strict(1394);
+    replay_strict(10759);
 }
 
 /// K5 (seeds 931, 3938, 5362): `manual_failover_no_leader` (a `/failover` key is present and the

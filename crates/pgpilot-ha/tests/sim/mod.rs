@@ -226,6 +226,7 @@ pub struct Stats {
     pub stale_renewals: u64,
     /// Seeds that ended without a writable leader after the quiet period.
     pub no_leader_at_end: u64,
+    pub no_leader_why: BTreeMap<&'static str, u64>,
     /// The agent exited (Decision::Fatal or a failed bootstrap), by message.
     pub fatal: BTreeMap<String, u64>,
     /// Acknowledged commits lost to known bugs (tolerated in the main run), and in how many
@@ -253,6 +254,9 @@ impl Stats {
         self.gap_lost += o.gap_lost;
         self.stale_renewals += o.stale_renewals;
         self.no_leader_at_end += o.no_leader_at_end;
+        for (k, v) in &o.no_leader_why {
+            *self.no_leader_why.entry(k).or_default() += v;
+        }
         for (k, v) in &o.fatal {
             *self.fatal.entry(k.clone()).or_default() += v;
         }
@@ -1204,7 +1208,15 @@ impl World {
                 let d = self.members[p].pg.data.clone().expect("data");
                 self.check_lost(&d, "the end of the run", None);
             }
-            None => self.stats.no_leader_at_end += 1,
+            None => {
+                self.stats.no_leader_at_end += 1;
+                let why = match c.initialize.as_deref() {
+                    None => "no /initialize",
+                    Some("") => "/initialize still \"\" (bootstrap never published)",
+                    Some(_) => "cluster bootstrapped",
+                };
+                *self.stats.no_leader_why.entry(why).or_default() += 1;
+            }
         }
     }
 
