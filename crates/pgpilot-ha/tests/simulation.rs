@@ -253,3 +253,28 @@ fn known_bug_k2_quorum_step_empties_ssn_before_the_sync_key() {
     };
     assert_ne!(next_step(&view), SyncStep::SetSsn(Ssn::empty()));
 }
+
+/// Liveness L1 (seed 4; 242 of 30000 seeds): the bootstrap winner's DCS writes fail after initdb
+/// (`finish_bootstrap`), the agent exits leaving PostgreSQL running as a primary and
+/// `/initialize` = `""`; restarted while isolated it demotes offline (a replica with no upstream);
+/// once the DCS is back, decide() step 10 says "No initialize key in DCS and PostgreSQL is running
+/// as replica, aborting start" on every restart: the cluster never gets a leader until something
+/// stops that PostgreSQL. No data is at risk; the cluster is stuck.
+#[test]
+#[ignore = "liveness L1: a failed bootstrap publish can leave the cluster without a leader forever"]
+fn liveness_l1_failed_bootstrap_publish_then_offline_demotion_aborts_every_start() {
+    let o = run_seed(4, Bug::None, false);
+    let stuck = "No initialize key in DCS and PostgreSQL is running as replica, aborting start";
+    assert!(!o.stats.fatal.contains_key(stuck), "{:?}", o.stats.fatal);
+}
+
+/// Liveness L2 (32 of 2000 seeds end so): the bootstrap winner crashes during initdb; `/initialize`
+/// keeps the race value `""` (no lease), the restarted member has an empty data directory and
+/// every member waits "for leader to bootstrap" forever. Patroni behaves the same (the key must be
+/// removed by hand); listed so that the count in the statistics has a name.
+#[test]
+#[ignore = "liveness L2: a bootstrap winner that crashes during initdb leaves /initialize = \"\" forever"]
+fn liveness_l2_crash_during_initdb_leaves_the_cluster_unbootstrapped() {
+    let o = run_seed(77, Bug::None, false);
+    assert_eq!(o.stats.no_leader_at_end, 0, "{:?}", o.stats.no_leader_why);
+}
