@@ -278,3 +278,17 @@ fn liveness_l2_crash_during_initdb_leaves_the_cluster_unbootstrapped() {
     let o = run_seed(77, Bug::None, false);
     assert_eq!(o.stats.no_leader_at_end, 0, "{:?}", o.stats.no_leader_why);
 }
+
+/// Liveness L3 (seed 109; others among the "cluster bootstrapped" no-leader seeds): quorum mode,
+/// a switchover without a candidate from pg2 while no standby was a voter (`/sync` = leader pg2,
+/// no voters, quorum 0). pg2 demotes; then pg2 refuses ("manual failover: I was the leader and pg1
+/// is healthy") and pg1 refuses ("not enough quorum votes: 0 of the voters {pg2} are not ahead of
+/// me, quorum is 0"): `manual_failover_no_leader` excludes the former leader from
+/// `compare_with_peers`, and its vote is the only one a non-voter can get. Nobody ever leads and
+/// `/failover` stays.
+#[test]
+#[ignore = "liveness L3: quorum-mode switchover with no voters leaves the cluster leaderless"]
+fn liveness_l3_quorum_switchover_without_voters_deadlocks_the_race() {
+    let o = run_seed(109, Bug::None, false);
+    assert_eq!(o.stats.no_leader_at_end, 0, "{:?}", o.stats.no_leader_why);
+}
