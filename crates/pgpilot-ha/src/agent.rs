@@ -1024,7 +1024,11 @@ impl<D: Dcs> Agent<D> {
                 Ok(msg)
             }
             Decision::AdoptInitialize { sysid } => {
-                if let Err(e) = self.dcs.initialize(true, &sysid).await {
+                // Create-if-absent only when the key is absent (Patroni: `create_new=(initialize
+                // is None)`): a bootstrap race value `""` left by an agent that died before
+                // publishing its system identifier is overwritten, not re-raced forever.
+                let create_new = cluster.is_none_or(|c| c.initialize.is_none());
+                if let Err(e) = self.dcs.initialize(create_new, &sysid).await {
                     return Ok(format!("failed to write initialize key: {e}"));
                 }
                 self.run_again = true;

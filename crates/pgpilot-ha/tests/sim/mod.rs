@@ -1,0 +1,1268 @@
+//! The deterministic simulation (DESIGN.md "Test layers" 3): several members, each a simulated
+//! agent ([`agent`]) calling the real `decide()`, `manual_failover_from_leader` and `sync`
+//! functions over one real `MemoryStore`, beside a simulated PostgreSQL ([`pg`]); a seeded
+//! scheduler injects faults and client commits on tokio's paused clock; the safety invariants are
+//! checked after every agent action and every scheduler step.
+//!
+//! One step: the clock moves by a random amount (every agent cycle, background task end and fault
+//! end due on the way runs at its own time), a fault or request may be injected, replicas stream,
+//! clients commit on every writable primary, commits are acknowledged per the primary's
+//! `synchronous_standby_names` in force, agents whose time came run, invariants are checked.
+//!
+//! Modelled: bootstrap race, clone, rewind, start/stop/crash/promote of PostgreSQL with WAL
+//! histories that can fork; synchronous and quorum replication with ssn on disk vs in force;
+//! crash of a whole member, crash of PostgreSQL alone, kill of the agent alone (PostgreSQL keeps
+//! running), freeze of the agent (and usually its PostgreSQL), possibly between deciding and
+//! acting; DCS outage; isolation of one member (its DCS calls fail, it streams to nobody, peers
+//! cannot read its `/patroni`); switchover requests with and without a candidate; `/config`
+//! edits of synchronous_mode and strict; `/patroni` answers as of the peer's last cycle; watch
+//! wake-ups; a failed DCS read costs retry_timeout.
+//!
+//! Not modelled: pause, scheduled switchovers and restarts, REST restart/reinitialize, failsafe,
+//! standby clusters, tags (nofailover, nosync, priorities, replicatefrom, clonefrom), slots,
+//! watchdog, archive/restore_command, failing pg_rewind or basebackup (they fail only when their
+//! source is unavailable), graceful agent shutdown (`leave_sync_duty`), synchronous_commit levels
+//! other than flush, maximum_lag_on_syncnode, ttl/loop_wait changes, a stale watch cache in the
+//! DCS client (memory reads are linearizable), asymmetric partitions, DCS latency other than the
+//! failing read.
+
+pub mod agent;
+pub mod pg;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use pgpilot_config::{DynamicConfig, SyncMode};
+use pgpilot_dcs::memory::{MemoryDcs, MemoryStore};
+use pgpilot_dcs::{Cluster, Dcs};
+use tokio::time::Instant;
+
+use agent::{trace, Agent, Pending};
+use pg::{Pg, Rec};
+
+/// Polls a future that never waits (the memory DCS never does) to completion.
+pub fn ready<T>(f: impl Future<Output = T>) -> T {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("a simulated call waited"),
+    }
+}
+
+/// Polls a future once: `None` if it would wait.
+pub fn poll_once<T>(f: impl Future<Output = T>) -> Option<T> {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// splitmix64: small, seedable, good enough for scheduling.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A deliberately broken variant, to prove the checks are not vacuous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    None,
+    /// A replica that cannot reach the leader promotes without the leader key.
+    PromoteWithoutLock,
+    /// The simulated primary acknowledges commits without waiting for synchronous standbys.
+    AckAsync,
+}
+
+/// The cluster configuration drawn for one seed.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub members: usize,
+    pub sync_mode: SyncMode,
+    pub strict: bool,
+    pub node_count: usize,
+    pub use_pg_rewind: bool,
+    pub check_timeline: bool,
+    /// `/config` is edited during the run (synchronous_mode off/on/quorum, strict).
+    pub config_changes: bool,
+    pub sysid: String,
+    pub steps: usize,
+}
+
+impl SimConfig {
+    fn draw(rng: &mut Rng) -> SimConfig {
+        let members = match rng.below(10) {
+            0..=6 => 3,
+            7..=8 => 4,
+            _ => 5,
+        };
+        let sync_mode = match rng.below(10) {
+            0..=3 => SyncMode::Off,
+            4..=6 => SyncMode::On,
+            _ => SyncMode::Quorum,
+        };
+        SimConfig {
+            members,
+            sync_mode,
+            strict: rng.chance(30),
+            node_count: if rng.chance(25) { 2 } else { 1 },
+            use_pg_rewind: rng.chance(90),
+            check_timeline: rng.chance(50),
+            config_changes: false,
+            sysid: "7000000000000000001".into(),
+            steps: 200,
+        }
+    }
+
+    /// `/config` as written at bootstrap (`bootstrap.dcs`).
+    pub fn config_doc(&self) -> String {
+        let mode = match self.sync_mode {
+            SyncMode::Off => serde_json::Value::Bool(false),
+            SyncMode::On => serde_json::Value::Bool(true),
+            SyncMode::Quorum => serde_json::Value::from("quorum"),
+        };
+        serde_json::json!({
+            "ttl": 30,
+            "loop_wait": 10,
+            "retry_timeout": 10,
+            "maximum_lag_on_failover": 1048576,
+            "check_timeline": self.check_timeline,
+            "synchronous_mode": mode,
+            "synchronous_mode_strict": self.strict,
+            "synchronous_node_count": self.node_count,
+            "postgresql": {"use_pg_rewind": self.use_pg_rewind, "use_slots": true},
+        })
+        .to_string()
+    }
+
+    fn dynamic(&self) -> DynamicConfig {
+        let doc: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&self.config_doc()).expect("config json");
+        DynamicConfig::from_document(&doc).0
+    }
+
+    fn active(&self) -> bool {
+        self.sync_mode != SyncMode::Off
+    }
+}
+
+pub struct Member {
+    pub name: String,
+    pub pg: Pg,
+    /// `None` while the agent process is down.
+    pub agent: Option<Agent>,
+    /// When the agent comes back (after a crash).
+    pub restart_at: Option<Instant>,
+    /// SIGSTOPped (the agent, and the PostgreSQL when `pg.frozen`) until then.
+    pub frozen_until: Option<Instant>,
+    pub partitioned: bool,
+    pub partition_until: Option<Instant>,
+    /// The agent has not completed a cycle since it was frozen or restarted: the window a
+    /// watchdog would close. Its primary is left out of the invariants (and counted apart).
+    pub gap: bool,
+}
+
+/// An acknowledged commit.
+#[derive(Clone, Debug)]
+pub struct Ack {
+    pub rec: Rec,
+    pub index: usize,
+    pub member: String,
+    pub at: Duration,
+    /// Acknowledged while synchronous mode was on (in `/config` and for the acknowledging
+    /// agent), in the current synchronous epoch (see `World::mode_epoch`).
+    pub sync_mode: bool,
+    pub epoch: u64,
+    /// Acknowledged by a primary outside the watchdog gap.
+    pub protected: bool,
+    /// Known bug K2: acknowledged with an empty ssn while `/sync` still named standbys who may
+    /// win a race without this commit.
+    pub k2: bool,
+    pub lost: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub seeds: u64,
+    pub steps: u64,
+    pub cycles: u64,
+    pub commits: u64,
+    pub acked: u64,
+    pub promotions: u64,
+    pub switchovers_requested: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Steps with two writable primaries where one of them was in the watchdog gap.
+    pub gap_double_primary_steps: u64,
+    pub gap_double_primary_seeds: u64,
+    /// Acknowledged commits lost in asynchronous mode (allowed) and in the gap.
+    pub async_lost: u64,
+    pub gap_lost: u64,
+    /// Thawed agents that renewed the leader key on a decision taken before their freeze while
+    /// the key was not theirs any more (gone, or someone else's).
+    pub stale_renewals: u64,
+    /// Seeds that ended without a writable leader after the quiet period.
+    pub no_leader_at_end: u64,
+    pub no_leader_why: BTreeMap<&'static str, u64>,
+    /// The agent exited (Decision::Fatal or a failed bootstrap), by message.
+    pub fatal: BTreeMap<String, u64>,
+    /// Acknowledged commits lost to known bugs (tolerated in the main run), and in how many
+    /// seeds.
+    pub known_lost: BTreeMap<&'static str, u64>,
+    pub known_seeds: BTreeMap<&'static str, u64>,
+    pub by_mode: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        self.seeds += o.seeds;
+        self.steps += o.steps;
+        self.cycles += o.cycles;
+        self.commits += o.commits;
+        self.acked += o.acked;
+        self.promotions += o.promotions;
+        self.switchovers_requested += o.switchovers_requested;
+        for (k, v) in &o.faults {
+            *self.faults.entry(k).or_default() += v;
+        }
+        self.gap_double_primary_steps += o.gap_double_primary_steps;
+        self.gap_double_primary_seeds += o.gap_double_primary_seeds;
+        self.async_lost += o.async_lost;
+        self.gap_lost += o.gap_lost;
+        self.stale_renewals += o.stale_renewals;
+        self.no_leader_at_end += o.no_leader_at_end;
+        for (k, v) in &o.no_leader_why {
+            *self.no_leader_why.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.fatal {
+            *self.fatal.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.known_lost {
+            *self.known_lost.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.known_seeds {
+            *self.known_seeds.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.by_mode {
+            *self.by_mode.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+pub struct World {
+    pub cfg: SimConfig,
+    pub bug: Bug,
+    pub rng: Rng,
+    pub store: MemoryStore,
+    checker: MemoryDcs,
+    pub members: Vec<Member>,
+    pub tracing: bool,
+    /// The last lines of the trace (all of them when tracing).
+    pub trace: Vec<String>,
+    ids: u64,
+    pub acks: Vec<Ack>,
+    pub stats: Stats,
+    dcs_down_until: Option<Instant>,
+    start: Instant,
+    pub violation: Option<String>,
+    /// Count known policy bugs instead of failing on them.
+    pub tolerate_known: bool,
+    /// A known bug lost commits in this run: later losses follow from it (diverged histories
+    /// that are never repaired) and are counted with it.
+    tainted: Option<&'static str>,
+    /// Commits acknowledged before the last promotion of known bug K3 (it weakened their
+    /// protection): `acks[..k3_mark]`.
+    k3_mark: usize,
+    /// Bumped when synchronous mode is turned on or off.
+    mode_epoch: u64,
+    /// Commits acknowledged before the last stale renewal of a thawed agent (`acks[..gap_mark]`):
+    /// losing them is the watchdog gap's doing.
+    gap_mark: usize,
+    step: usize,
+    /// The checker's view of the store, dropped on every DCS call and every clock advance.
+    cache: std::cell::RefCell<Option<Cluster>>,
+}
+
+impl World {
+    pub fn new(seed: u64, bug: Bug, tracing: bool) -> World {
+        let mut rng = Rng::new(seed);
+        let mut cfg = SimConfig::draw(&mut rng);
+        // Drawn apart so that the seeds of the other draws keep their meaning.
+        cfg.config_changes = Rng::new(seed ^ 0xC0F1_6C4A_4E6E_5000).chance(30);
+        let store = MemoryStore::new();
+        let now = Instant::now();
+        let ttl = Duration::from_secs(30);
+        let members = (0..cfg.members)
+            .map(|k| {
+                let name = format!("pg{}", k + 1);
+                let dcs = MemoryDcs::new(store.clone(), "service", "sim", &name, ttl);
+                let mut agent = Agent::new(dcs, cfg.dynamic(), now);
+                // Agents start within the first loop_wait, in seeded order.
+                agent.next_run = now + Duration::from_millis(rng.below(10_000));
+                Member {
+                    name,
+                    pg: Pg::new(),
+                    agent: Some(agent),
+                    restart_at: None,
+                    frozen_until: None,
+                    partitioned: false,
+                    partition_until: None,
+                    gap: false,
+                }
+            })
+            .collect();
+        let checker = MemoryDcs::new(store.clone(), "service", "sim", "checker", ttl);
+        let mut stats = Stats {
+            seeds: 1,
+            ..Default::default()
+        };
+        stats.by_mode.insert(
+            format!(
+                "{:?}{} n={}{}",
+                cfg.sync_mode,
+                if cfg.strict { " strict" } else { "" },
+                cfg.node_count,
+                if cfg.config_changes { " +changes" } else { "" }
+            ),
+            1,
+        );
+        World {
+            cfg,
+            bug,
+            rng,
+            store,
+            checker,
+            members,
+            tracing,
+            trace: Vec::new(),
+            ids: 0,
+            acks: Vec::new(),
+            stats,
+            dcs_down_until: None,
+            start: now,
+            violation: None,
+            tolerate_known: true,
+            tainted: None,
+            k3_mark: 0,
+            mode_epoch: 0,
+            gap_mark: 0,
+            step: 0,
+            cache: std::cell::RefCell::new(None),
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now() - self.start
+    }
+
+    pub fn next_id(&mut self) -> u64 {
+        self.ids += 1;
+        self.ids
+    }
+
+    pub fn trace_line(&mut self, line: String) {
+        self.trace.push(line);
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.name == name)
+    }
+
+    /// Whether `i` and `j` can talk (a partition isolates one member from everyone).
+    pub fn reachable(&self, i: usize, j: usize) -> bool {
+        i == j || (!self.members[i].partitioned && !self.members[j].partitioned)
+    }
+
+    /// Whether replica `j`'s walreceiver streams from `p`.
+    pub fn connected(&self, j: usize, p: usize) -> bool {
+        if j == p {
+            return false;
+        }
+        let (r, u) = (&self.members[j].pg, &self.members[p].pg);
+        r.running()
+            && r.in_recovery
+            && !r.frozen
+            && r.live_upstream.as_deref() == Some(self.members[p].name.as_str())
+            && u.running()
+            && !u.frozen
+            && self.reachable(j, p)
+            && match (&r.data, &u.data) {
+                (Some(a), Some(b)) => a.prefix_of(b),
+                _ => false,
+            }
+    }
+
+    pub fn upstream_of(&self, j: usize) -> Option<usize> {
+        let up = self.members[j].pg.live_upstream.as_deref()?;
+        let p = self.index(up)?;
+        self.connected(j, p).then_some(p)
+    }
+
+    /// Fast shutdown: a primary's walsenders send everything up to the shutdown checkpoint to
+    /// the standbys connected at that moment before they exit.
+    pub fn stop_fast(&mut self, i: usize, ckpt_id: u64) {
+        let was_primary = self.members[i].pg.writable();
+        let receivers: Vec<usize> = (0..self.members.len())
+            .filter(|&j| was_primary && self.connected(j, i))
+            .collect();
+        self.members[i].pg.stop(true, ckpt_id);
+        if let Some(d) = self.members[i].pg.data.clone() {
+            for j in receivers {
+                if let Some(r) = self.members[j].pg.data.as_mut() {
+                    r.wal = d.wal.clone();
+                }
+            }
+        }
+    }
+
+    /// Forgets the checker's view (the store may have changed).
+    pub fn invalidate(&self) {
+        *self.cache.borrow_mut() = None;
+    }
+
+    fn checker_cluster(&self) -> Cluster {
+        if let Some(c) = self.cache.borrow().as_ref() {
+            return c.clone();
+        }
+        let c = self.read_store();
+        *self.cache.borrow_mut() = Some(c.clone());
+        c
+    }
+
+    fn read_store(&self) -> Cluster {
+        let down = self.dcs_down_until.is_some();
+        if down {
+            self.store.set_available(true);
+        }
+        let c = ready(self.checker.cluster()).expect("checker read");
+        if down {
+            self.store.set_available(false);
+        }
+        c
+    }
+
+    fn excused(&self, i: usize) -> bool {
+        let m = &self.members[i];
+        m.frozen_until.is_some() || m.gap || m.agent.is_none()
+    }
+
+    /// initdb started PostgreSQL; the agent takes the leader key when it reaps the task.
+    fn bootstrapping(&self, i: usize) -> bool {
+        self.members[i]
+            .agent
+            .as_ref()
+            .and_then(|a| a.task.as_ref())
+            .is_some_and(|t| t.kind == pgpilot_ha::ActionKind::Bootstrap)
+    }
+
+    pub fn fatal(&mut self, i: usize, msg: &str) {
+        let name = self.members[i].name.clone();
+        *self
+            .stats
+            .fatal
+            .entry(msg.replace(&name, "<me>"))
+            .or_default() += 1;
+        trace!(
+            self,
+            "  {}: FATAL {msg}; the agent exits (restarted in 10 s)",
+            self.members[i].name
+        );
+        let now = self.now();
+        let m = &mut self.members[i];
+        m.agent = None;
+        m.gap = true;
+        m.restart_at = Some(now + Duration::from_secs(10));
+    }
+
+    fn violate(&mut self, msg: String) {
+        if self.violation.is_none() {
+            trace!(self, "VIOLATION: {msg}");
+            self.violation = Some(msg);
+        }
+    }
+
+    /// Invariant 2 at a promotion.
+    /// `known`: the promotion is an instance of a known bug; with `tolerate_known` its losses
+    /// are counted instead of failing the run.
+    pub fn on_promote(&mut self, i: usize, known: Option<&'static str>) {
+        self.stats.promotions += 1;
+        let name = self.members[i].name.clone();
+        let Some(d) = self.members[i].pg.data.clone() else {
+            return;
+        };
+        trace!(
+            self,
+            "  {name}: PROMOTED to timeline {} at lsn {}",
+            d.timeline(),
+            d.wal.len()
+        );
+        if known == Some("K3") && self.tolerate_known {
+            self.k3_mark = self.acks.len();
+        }
+        let what = match known {
+            Some(k) => format!("promotion of {name} (known bug {k})"),
+            None => format!("promotion of {name}"),
+        };
+        self.check_lost(&d, &what, known.filter(|_| self.tolerate_known));
+    }
+
+    fn check_lost(&mut self, d: &pg::Data, what: &str, known: Option<&'static str>) {
+        let sync = self.cfg.active();
+        let epoch = self.mode_epoch;
+        let mut violation = None;
+        let k3_mark = self.k3_mark;
+        let gap_mark = self.gap_mark;
+        for (n, a) in self.acks.iter_mut().enumerate().filter(|(_, a)| !a.lost) {
+            if d.has(a.index, a.rec) {
+                continue;
+            }
+            a.lost = true;
+            if !sync || !a.sync_mode || a.epoch != epoch {
+                self.stats.async_lost += 1;
+            } else if !a.protected || n < gap_mark {
+                self.stats.gap_lost += 1;
+            } else if let Some(k) = known.or(self.tainted).or((n < k3_mark).then_some("K3")) {
+                *self.stats.known_lost.entry(k).or_default() += 1;
+                self.tainted = Some(k);
+            } else if a.k2 && self.tolerate_known {
+                *self.stats.known_lost.entry("K2").or_default() += 1;
+                self.tainted = Some("K2");
+            } else if violation.is_none() {
+                violation = Some(format!(
+                    "invariant 2: {what} loses commit {} (acknowledged by {} at {:?}, wal index {}{})",
+                    a.rec.id,
+                    a.member,
+                    a.at,
+                    a.index,
+                    if a.k2 {
+                        ", with an empty ssn while /sync named voters: known bug K2"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        if let Some(v) = violation {
+            self.violate(v);
+        }
+    }
+
+    pub fn dcs_down(&self) -> bool {
+        self.dcs_down_until.is_some()
+    }
+
+    pub fn leader_holder(&self) -> Option<String> {
+        self.checker_cluster().leader_name().map(str::to_string)
+    }
+
+    pub fn mark_gap(&mut self) {
+        self.gap_mark = self.acks.len();
+    }
+
+    /// Synchronous mode, `/sync` led by `p` names standbys (read only when ssn is empty).
+    fn quorum_voters_listed(&self, p: usize) -> bool {
+        if !self.cfg.active() {
+            return false;
+        }
+        let c = self.checker_cluster();
+        c.sync.as_ref().is_some_and(|s| {
+            s.leader.as_deref() == Some(self.members[p].name.as_str())
+                && !pgpilot_ha::sync::members(s).is_empty()
+        })
+    }
+
+    /// Invariants 1 and 3, after every action.
+    fn check(&mut self) {
+        let writable: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].pg.writable())
+            .collect();
+        let strict: Vec<usize> = writable
+            .iter()
+            .copied()
+            .filter(|&i| !self.excused(i))
+            .collect();
+        if strict.len() > 1 {
+            let names: Vec<&str> = strict
+                .iter()
+                .map(|&i| self.members[i].name.as_str())
+                .collect();
+            self.violate(format!("invariant 1: two writable primaries {names:?}"));
+        } else if writable.len() > 1 {
+            self.stats.gap_double_primary_steps += 1;
+        }
+        let now = self.now();
+        for i in strict {
+            // A member about to run again at this instant (`run_again`) is judged after it did.
+            if self.bootstrapping(i) || self.due(i) {
+                continue;
+            }
+            let m = &self.members[i];
+            let a = m.agent.as_ref().expect("agent");
+            let ttl = a.dynamic.ttl;
+            let renewed = a.last_renewal.is_some_and(|t| now - t < ttl);
+            if renewed {
+                continue;
+            }
+            let c = self.checker_cluster();
+            let holds = c.leader_name() == Some(m.name.as_str());
+            // A bootstrap whose DCS writes failed leaves its primary running while the agent
+            // exits (`finish_bootstrap`); nobody else has data until `/initialize` holds a
+            // system identifier, so that window is not a split brain.
+            let bootstrapped = c
+                .initialize
+                .as_deref()
+                .is_some_and(pgpilot_ha::decide::valid_sysid);
+            if !holds && bootstrapped {
+                let msg = format!(
+                    "invariant 3: {} runs a writable primary without the leader key (held by {:?}) and last renewed {:?} ago",
+                    m.name,
+                    c.leader_name(),
+                    a.last_renewal.map(|t| now - t)
+                );
+                self.violate(msg);
+            }
+        }
+    }
+
+    fn client_writes(&mut self) {
+        for i in 0..self.members.len() {
+            let pg = &self.members[i].pg;
+            if !pg.writable() || pg.frozen || self.bootstrapping(i) {
+                continue;
+            }
+            let n = self.rng.below(3);
+            for _ in 0..n {
+                let id = self.next_id();
+                let pg = &mut self.members[i].pg;
+                let d = pg.data.as_mut().expect("data");
+                let rec = Rec {
+                    tl: d.timeline(),
+                    id,
+                };
+                d.wal.push(rec);
+                pg.waiting.push(d.wal.len() - 1);
+                self.stats.commits += 1;
+            }
+        }
+    }
+
+    fn acknowledge(&mut self) {
+        let at = self.elapsed();
+        for p in 0..self.members.len() {
+            let pg = &self.members[p].pg;
+            if !pg.writable() || pg.frozen || pg.waiting.is_empty() {
+                continue;
+            }
+            let ssn = pg.live_ssn.clone();
+            let waiting = pg.waiting.clone();
+            let mut still = Vec::new();
+            let protected = !self.excused(p);
+            let sync_mode = self.cfg.active()
+                && self.members[p]
+                    .agent
+                    .as_ref()
+                    .is_some_and(|a| a.sync_params().active());
+            let epoch = self.mode_epoch;
+            let k2 = ssn.is_empty() && self.quorum_voters_listed(p);
+            for idx in waiting {
+                let have = ssn
+                    .names
+                    .iter()
+                    .filter_map(|n| self.index(n))
+                    .filter(|&j| {
+                        self.connected(j, p)
+                            && self.members[j]
+                                .pg
+                                .data
+                                .as_ref()
+                                .is_some_and(|d| d.wal.len() > idx)
+                    })
+                    .count();
+                if ssn.is_empty() || have >= ssn.numsync || self.bug == Bug::AckAsync {
+                    let rec = self.members[p].pg.data.as_ref().expect("data").wal[idx];
+                    self.acks.push(Ack {
+                        rec,
+                        index: idx,
+                        member: self.members[p].name.clone(),
+                        at,
+                        sync_mode,
+                        epoch,
+                        protected,
+                        k2,
+                        lost: false,
+                    });
+                    self.stats.acked += 1;
+                } else {
+                    still.push(idx);
+                }
+            }
+            self.members[p].pg.waiting = still;
+        }
+    }
+
+    fn replicate(&mut self) {
+        for j in 0..self.members.len() {
+            let Some(p) = self.upstream_of(j) else {
+                continue;
+            };
+            let src = self.members[p].pg.data.as_ref().expect("data");
+            let have = self.members[j].pg.data.as_ref().expect("data").wal.len();
+            let missing = src.wal.len() - have;
+            if missing == 0 {
+                continue;
+            }
+            let take = if self.rng.chance(70) {
+                missing
+            } else {
+                1 + self.rng.below(missing as u64) as usize
+            };
+            let recs: Vec<Rec> = src.wal[have..have + take].to_vec();
+            self.members[j]
+                .pg
+                .data
+                .as_mut()
+                .expect("data")
+                .wal
+                .extend(recs);
+        }
+    }
+
+    /// Ends faults that are due: restarts, thaws, healed partitions, the DCS back.
+    fn end_faults(&mut self) {
+        let now = self.now();
+        if self.dcs_down_until.is_some_and(|t| t <= now) {
+            self.dcs_down_until = None;
+            self.store.set_available(true);
+            self.invalidate();
+            trace!(self, "event: DCS available again");
+        }
+        for i in 0..self.members.len() {
+            let m = &mut self.members[i];
+            if m.restart_at.is_some_and(|t| t <= now) {
+                m.restart_at = None;
+                let ttl = Duration::from_secs(30);
+                let dcs = MemoryDcs::new(self.store.clone(), "service", "sim", &m.name, ttl);
+                m.agent = Some(Agent::new(dcs, self.cfg.dynamic(), now));
+                trace!(self, "event: {} agent restarted", self.members[i].name);
+            }
+            let m = &mut self.members[i];
+            if m.frozen_until.is_some_and(|t| t <= now) {
+                m.frozen_until = None;
+                m.pg.frozen = false;
+                if let Some(a) = m.agent.as_mut() {
+                    if let Some((t, _)) = a.pending.as_mut() {
+                        *t = now;
+                    }
+                }
+                trace!(self, "event: {} thawed", self.members[i].name);
+            }
+            let m = &mut self.members[i];
+            if m.partition_until.is_some_and(|t| t <= now) {
+                m.partition_until = None;
+                m.partitioned = false;
+                trace!(self, "event: {} partition healed", self.members[i].name);
+            }
+        }
+    }
+
+    fn fault(&mut self, what: &'static str) {
+        *self.stats.faults.entry(what).or_default() += 1;
+    }
+
+    fn faulty(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| {
+                m.agent.is_none()
+                    || m.frozen_until.is_some()
+                    || m.partitioned
+                    || m.restart_at.is_some()
+            })
+            .count()
+    }
+
+    /// The seeded scheduler's choice of fault or request for this step.
+    fn inject(&mut self) {
+        let now = self.now();
+        let n = self.members.len() as u64;
+        let i = self.rng.below(n) as usize;
+        let name = self.members[i].name.clone();
+        let secs = |rng: &mut Rng, lo: u64, hi: u64| {
+            Duration::from_millis(lo * 1000 + rng.below((hi - lo) * 1000))
+        };
+        let healthy = self.members[i].agent.is_some()
+            && self.members[i].frozen_until.is_none()
+            && !self.members[i].partitioned;
+        let room = self.faulty() < 2;
+        match self.rng.below(1000) {
+            0..=7 if healthy && room => {
+                let d = secs(&mut self.rng, 1, 60);
+                trace!(
+                    self,
+                    "event: crash {name} (agent and PostgreSQL), back in {d:?}"
+                );
+                self.fault("crash member");
+                let id = self.next_id();
+                let m = &mut self.members[i];
+                m.pg.stop(false, id);
+                m.agent = None;
+                m.restart_at = Some(now + d);
+            }
+            8..=13
+                if self.members[i].pg.proc != pg::Proc::Stopped && !self.members[i].pg.frozen =>
+            {
+                trace!(self, "event: crash PostgreSQL of {name}");
+                self.fault("crash postgres");
+                let id = self.next_id();
+                self.members[i].pg.stop(false, id);
+            }
+            14..=19 if healthy && room => {
+                let d = secs(&mut self.rng, 1, 40);
+                trace!(
+                    self,
+                    "event: kill the agent of {name} (PostgreSQL keeps running), back in {d:?}"
+                );
+                self.fault("kill agent");
+                let m = &mut self.members[i];
+                m.agent = None;
+                m.gap = true;
+                m.restart_at = Some(now + d);
+            }
+            20..=29 if healthy && room => {
+                let d = secs(&mut self.rng, 1, 60);
+                let with_pg = self.rng.chance(70);
+                let mid_cycle = self.rng.chance(50)
+                    && self.members[i]
+                        .agent
+                        .as_ref()
+                        .is_some_and(|a| a.pending.is_none());
+                trace!(self, "event: freeze {name} for {d:?} (postgres too: {with_pg}, mid-cycle: {mid_cycle})");
+                self.fault("freeze");
+                self.members[i].frozen_until = Some(now + d);
+                self.members[i].gap = true;
+                if mid_cycle {
+                    // The freeze cuts a cycle between deciding and acting.
+                    match self.call_cluster(i) {
+                        Some(c) => self.cycle_rest(i, Some(c), false),
+                        None => {
+                            let rt = self.members[i]
+                                .agent
+                                .as_ref()
+                                .expect("agent")
+                                .dynamic
+                                .retry_timeout;
+                            self.members[i].agent.as_mut().expect("agent").pending =
+                                Some((now + d + rt, Pending::AfterDcsError));
+                        }
+                    }
+                }
+                self.members[i].pg.frozen = with_pg;
+            }
+            30..=33 if self.dcs_down_until.is_none() => {
+                let d = secs(&mut self.rng, 1, 40);
+                trace!(self, "event: DCS outage for {d:?}");
+                self.fault("dcs outage");
+                self.store.set_available(false);
+                self.invalidate();
+                self.dcs_down_until = Some(now + d);
+            }
+            34..=41 if healthy && room => {
+                let d = secs(&mut self.rng, 1, 60);
+                trace!(self, "event: partition {name} for {d:?}");
+                self.fault("partition");
+                self.members[i].partitioned = true;
+                self.members[i].partition_until = Some(now + d);
+            }
+            52..=56 if self.cfg.config_changes && self.dcs_down_until.is_none() => {
+                let before = self.cfg.active();
+                self.cfg.sync_mode = match self.rng.below(3) {
+                    0 => SyncMode::Off,
+                    1 => SyncMode::On,
+                    _ => SyncMode::Quorum,
+                };
+                self.cfg.strict = self.rng.chance(30);
+                if before != self.cfg.active() {
+                    // Commits acknowledged before synchronous mode was turned off (or before it
+                    // was turned on) are not promised to survive a failover any more.
+                    self.mode_epoch += 1;
+                }
+                trace!(
+                    self,
+                    "event: /config edited: synchronous_mode {:?} strict {}",
+                    self.cfg.sync_mode,
+                    self.cfg.strict
+                );
+                self.fault("config change");
+                let doc = self.cfg.config_doc();
+                let _ = ready(self.checker.set_config(&doc, None));
+                self.invalidate();
+            }
+            42..=51 if self.dcs_down_until.is_none() => {
+                let c = self.checker_cluster();
+                let Some(leader) = c.leader_name().map(str::to_string) else {
+                    return;
+                };
+                let candidate = if self.rng.chance(50) {
+                    let k = self.rng.below(n) as usize;
+                    Some(self.members[k].name.clone()).filter(|c| *c != leader)
+                } else {
+                    None
+                };
+                trace!(
+                    self,
+                    "event: switchover requested from {leader} to {candidate:?}"
+                );
+                self.stats.switchovers_requested += 1;
+                let mut doc = serde_json::json!({"leader": leader});
+                if let Some(c) = candidate {
+                    doc["member"] = serde_json::Value::from(c);
+                }
+                let _ = ready(self.checker.set_failover(&doc.to_string(), None));
+                self.invalidate();
+            }
+            _ => {}
+        }
+    }
+
+    fn call_cluster(&self, i: usize) -> Option<Cluster> {
+        if self.members[i].partitioned {
+            return None;
+        }
+        ready(self.members[i].agent.as_ref()?.dcs.cluster()).ok()
+    }
+
+    fn due(&self, i: usize) -> bool {
+        let now = self.now();
+        let m = &self.members[i];
+        if m.frozen_until.is_some() {
+            return false;
+        }
+        let Some(a) = &m.agent else { return false };
+        match &a.pending {
+            Some((t, _)) => *t <= now,
+            None => a.next_run <= now,
+        }
+    }
+
+    /// `Dcs::watch` with a zero timeout on each agent's own client: a change of the leader,
+    /// config or failover key (or of status, for a non-leader) since its last `cluster()` wakes
+    /// it early.
+    fn wake_watchers(&mut self) {
+        if self.dcs_down_until.is_some() {
+            return;
+        }
+        let now = self.now();
+        for m in &mut self.members {
+            if m.partitioned || m.frozen_until.is_some() {
+                continue;
+            }
+            let Some(a) = m.agent.as_mut() else { continue };
+            if a.pending.is_some() || a.next_run <= now {
+                continue;
+            }
+            let leader_is_me = a.last_renewal.is_some();
+            if poll_once(a.dcs.watch(Duration::ZERO, leader_is_me)) == Some(true) {
+                a.next_run = now;
+            }
+        }
+    }
+
+    fn run_agents(&mut self) {
+        for _round in 0..4 {
+            let mut order: Vec<usize> = (0..self.members.len()).filter(|&i| self.due(i)).collect();
+            if order.is_empty() {
+                return;
+            }
+            for k in (1..order.len()).rev() {
+                let j = self.rng.below(k as u64 + 1) as usize;
+                order.swap(k, j);
+            }
+            for i in order {
+                if !self.due(i) {
+                    continue;
+                }
+                self.stats.cycles += 1;
+                self.run_agent(i);
+                self.acknowledge();
+                self.check();
+                if self.violation.is_some() {
+                    return;
+                }
+            }
+            self.wake_watchers();
+        }
+    }
+
+    fn complete_tasks(&mut self) {
+        for i in 0..self.members.len() {
+            self.complete_task(i);
+        }
+    }
+
+    fn summary(&mut self) {
+        if !self.tracing {
+            return;
+        }
+        let c = self.checker_cluster();
+        let mut s = format!(
+            "  dcs: leader={:?} sync={:?} failover={:?} init={:?}{}",
+            c.leader_name(),
+            c.sync
+                .as_ref()
+                .map(|s| (s.leader.clone(), s.sync_standby.clone(), s.quorum)),
+            c.failover
+                .as_ref()
+                .map(|f| (f.leader.clone(), f.member.clone())),
+            c.initialize,
+            if self.dcs_down_until.is_some() {
+                " (DOWN)"
+            } else {
+                ""
+            }
+        );
+        for m in &self.members {
+            let pg = &m.pg;
+            let (tl, len, last) = pg.data.as_ref().map_or((0, 0, None), |d| {
+                (
+                    d.timeline(),
+                    d.wal.len(),
+                    d.wal.last().map(|r| (r.tl, r.id)),
+                )
+            });
+            let _ = write!(
+                s,
+                "\n  {}: agent={} pg={:?}{}{} tl={tl} wal={len} last={last:?} up={:?} ssn={}/{:?} waiting={}",
+                m.name,
+                match (&m.agent, m.frozen_until.is_some(), m.partitioned) {
+                    (None, _, _) => "DOWN".to_string(),
+                    (Some(a), f, p) => format!(
+                        "{}/{}{}{}{}",
+                        a.role,
+                        a.state,
+                        if f { " FROZEN" } else { "" },
+                        if p { " PARTITIONED" } else { "" },
+                        if m.gap { " gap" } else { "" }
+                    ),
+                },
+                pg.proc,
+                if pg.running() && !pg.in_recovery { " PRIMARY" } else { "" },
+                if pg.frozen { " frozen" } else { "" },
+                pg.live_upstream,
+                pg.live_ssn.numsync,
+                pg.live_ssn.names,
+                pg.waiting.len(),
+            );
+        }
+        self.trace.push(s);
+    }
+
+    /// The earliest moment something is scheduled: an agent's next cycle, the end of a
+    /// background task or of a fault.
+    fn next_event(&self) -> Option<Instant> {
+        let mut t: Vec<Instant> = Vec::new();
+        t.extend(self.dcs_down_until);
+        for m in &self.members {
+            t.extend(m.restart_at);
+            t.extend(m.frozen_until);
+            t.extend(m.partition_until);
+            if m.frozen_until.is_some() {
+                continue;
+            }
+            if let Some(a) = &m.agent {
+                t.push(a.pending.as_ref().map_or(a.next_run, |p| p.0));
+                if let Some(task) = a.task.as_ref().filter(|t| t.result.is_none()) {
+                    t.push(task.done_at);
+                }
+            }
+        }
+        t.into_iter().min()
+    }
+
+    async fn advance_to(&mut self, t: Instant) {
+        let now = self.now();
+        if t > now {
+            tokio::time::advance(t - now).await;
+            self.invalidate();
+        }
+    }
+
+    /// Moves the clock by a random amount, running every agent cycle, task end and fault end
+    /// due on the way at its time.
+    async fn advance(&mut self) {
+        let dt = if self.rng.chance(5) {
+            Duration::from_millis(5_000 + self.rng.below(15_000))
+        } else {
+            Duration::from_millis(50 + self.rng.below(2_000))
+        };
+        let target = self.now() + dt;
+        let mut same_instant = 0;
+        while let Some(t) = self.next_event().filter(|t| *t <= target) {
+            if t <= self.now() {
+                same_instant += 1;
+                if same_instant > 200 {
+                    let due: Vec<&str> = (0..self.members.len())
+                        .filter(|&i| self.due(i))
+                        .map(|i| self.members[i].name.as_str())
+                        .collect();
+                    let msg = format!(
+                        "livelock: {due:?} run cycle after cycle without the clock moving (run_again every time)"
+                    );
+                    self.violate(msg);
+                    return;
+                }
+            } else {
+                same_instant = 0;
+            }
+            self.advance_to(t).await;
+            self.end_faults();
+            self.complete_tasks();
+            self.replicate();
+            self.acknowledge();
+            self.run_agents();
+            if self.violation.is_some() {
+                return;
+            }
+        }
+        self.advance_to(target).await;
+    }
+
+    async fn step(&mut self, faults: bool) {
+        self.step += 1;
+        self.stats.steps += 1;
+        self.advance().await;
+        if self.violation.is_some() {
+            return;
+        }
+        trace!(self, "step {} t={:?}", self.step, self.elapsed());
+        self.end_faults();
+        self.complete_tasks();
+        if faults {
+            self.inject();
+        }
+        self.replicate();
+        self.client_writes();
+        self.acknowledge();
+        self.check();
+        self.wake_watchers();
+        self.run_agents();
+        self.summary();
+    }
+
+    /// Heals everything and lets the cluster settle; then every acknowledged commit still
+    /// tracked must be on the primary.
+    async fn settle(&mut self) {
+        let now = self.now();
+        for m in &mut self.members {
+            if m.restart_at.is_some() {
+                m.restart_at = Some(now);
+            }
+            if m.frozen_until.is_some() {
+                m.frozen_until = Some(now);
+            }
+            if m.partitioned {
+                m.partition_until = Some(now);
+            }
+        }
+        if self.dcs_down_until.is_some() {
+            self.dcs_down_until = Some(now);
+        }
+        trace!(self, "settle: faults healed");
+        let end = now + Duration::from_secs(120);
+        while self.now() < end && self.violation.is_none() {
+            self.step(false).await;
+        }
+        let c = self.checker_cluster();
+        let primary = c
+            .leader_name()
+            .and_then(|l| self.index(l))
+            .filter(|&i| self.members[i].pg.writable());
+        match primary {
+            Some(p) => {
+                let d = self.members[p].pg.data.clone().expect("data");
+                self.check_lost(&d, "the end of the run", None);
+            }
+            None => {
+                self.stats.no_leader_at_end += 1;
+                let why = match c.initialize.as_deref() {
+                    None => "no /initialize",
+                    Some("") => "/initialize still \"\" (bootstrap never published)",
+                    Some(_) => "cluster bootstrapped",
+                };
+                *self.stats.no_leader_why.entry(why).or_default() += 1;
+            }
+        }
+    }
+
+    pub async fn run(&mut self) {
+        trace!(self, "config: {:?}", self.cfg);
+        for _ in 0..self.cfg.steps {
+            self.step(true).await;
+            if self.violation.is_some() {
+                return;
+            }
+        }
+        self.settle().await;
+    }
+}
+
+/// The outcome of one seed.
+pub struct Outcome {
+    pub violation: Option<String>,
+    pub stats: Stats,
+    pub trace: Vec<String>,
+}
+
+pub fn run_seed(seed: u64, bug: Bug, tracing: bool) -> Outcome {
+    run_seed_with(seed, bug, tracing, true)
+}
+
+pub fn run_seed_with(seed: u64, bug: Bug, tracing: bool, tolerate_known: bool) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let mut w = World::new(seed, bug, tracing);
+        w.tolerate_known = tolerate_known;
+        w.run().await;
+        if let Some(k) = w.tainted {
+            w.stats.known_seeds.insert(k, 1);
+        }
+        if w.stats.gap_double_primary_steps > 0 {
+            w.stats.gap_double_primary_seeds = 1;
+        }
+        Outcome {
+            violation: w.violation,
+            stats: w.stats,
+            trace: w.trace,
+        }
+    })
+}
