@@ -198,7 +198,9 @@ impl Config {
     /// Patroni's rule and minimums, checked before any cluster starts.
     pub fn validate(&self) -> Result<(), String> {
         if self.ttl < 20 || self.loop_wait < 1 || self.retry_timeout < 3 {
-            return Err("ttl >= 20, loop_wait >= 1 and retry_timeout >= 3 (Patroni's minimums)".into());
+            return Err(
+                "ttl >= 20, loop_wait >= 1 and retry_timeout >= 3 (Patroni's minimums)".into(),
+            );
         }
         if self.loop_wait + 2 * self.retry_timeout > self.ttl {
             return Err("loop_wait + 2 * retry_timeout must not exceed ttl".into());

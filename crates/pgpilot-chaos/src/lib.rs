@@ -28,4 +28,3 @@ pub mod workload;
 
 pub use config::{Config, Fault, Mode};
 pub use report::Report;
-

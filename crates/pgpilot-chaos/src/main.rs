@@ -13,7 +13,10 @@ use pgpilot_chaos::report::EXIT_TOOL_FAILURE;
 use pgpilot_chaos::{run, Config, Fault, Mode};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Chaos testing of pgpilot: lost commits and split brains under faults")]
+#[command(
+    version,
+    about = "Chaos testing of pgpilot: lost commits and split brains under faults"
+)]
 struct Args {
     /// Replication modes, each on a fresh cluster: async, sync, sync-strict, quorum (or all).
     #[arg(long, default_value = "async")]

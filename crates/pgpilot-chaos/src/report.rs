@@ -56,7 +56,12 @@ impl Report {
                     r.fault,
                     r.mode,
                     r.lost.len(),
-                    r.lost.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                    r.lost
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             if !r.windows.is_empty() {
@@ -111,7 +116,10 @@ impl Report {
                 .collect();
             let ran: Vec<&&RunResult> = rows.iter().filter(|r| r.skipped.is_none()).collect();
             if ran.is_empty() {
-                let why = rows.first().and_then(|r| r.skipped.clone()).unwrap_or_default();
+                let why = rows
+                    .first()
+                    .and_then(|r| r.skipped.clone())
+                    .unwrap_or_default();
                 let _ = writeln!(out, "| {fault} | {mode} | skipped: {why} | | | | | |");
                 continue;
             }
@@ -197,7 +205,9 @@ mod tests {
         r.runs.push(run(Fault::Kill9, Mode::Sync, 0, 2));
         let t = r.table();
         assert!(
-            t.contains("| kill9 | sync | 2 | 200 | 0 | 2 of 4 | 2, 1.5 s | 21.0 s / 21.0 s / 21.0 s |"),
+            t.contains(
+                "| kill9 | sync | 2 | 200 | 0 | 2 of 4 | 2, 1.5 s | 21.0 s / 21.0 s / 21.0 s |"
+            ),
             "{t}"
         );
     }

@@ -99,7 +99,10 @@ async fn run_mode(
     };
     eprintln!("chaos: [{mode}] starting etcd and {MEMBERS} members");
     let cluster = tokio::task::block_in_place(|| Cluster::start(MEMBERS, options));
-    eprintln!("chaos: [{mode}] cluster directory {}", cluster.dir().display());
+    eprintln!(
+        "chaos: [{mode}] cluster directory {}",
+        cluster.dir().display()
+    );
     let started = Instant::now();
     let leader = wait_recovered(&cluster, None, started, BOOTSTRAP_TIMEOUT)
         .await
@@ -161,7 +164,10 @@ async fn run_mode(
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let end = spans.get(i + 1).map(|n| n.start).unwrap_or_else(Instant::now);
+            let end = spans
+                .get(i + 1)
+                .map(|n| n.start)
+                .unwrap_or_else(Instant::now);
             RunResult {
                 fault: s.fault,
                 mode,
@@ -251,7 +257,8 @@ async fn faults_in_turn(
             match wait_recovered(cluster, Some(bank), after, cfg.recovery_timeout).await {
                 Ok(new_leader) => {
                     let log = bank.snapshot();
-                    let gap = analysis::recovery_time(&log.acks, &log.failures, start, Instant::now());
+                    let gap =
+                        analysis::recovery_time(&log.acks, &log.failures, start, Instant::now());
                     eprintln!(
                         "chaos: {tag}: fault lasted {}, recovered {} later; leader {}; write gap {}",
                         secs(injected),

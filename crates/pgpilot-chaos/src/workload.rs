@@ -242,7 +242,10 @@ impl Client {
                     .await?;
                 Ok::<_, tokio_postgres::Error>(())
             };
-            if !matches!(tokio::time::timeout(STATEMENT_TIMEOUT, body).await, Ok(Ok(()))) {
+            if !matches!(
+                tokio::time::timeout(STATEMENT_TIMEOUT, body).await,
+                Ok(Ok(()))
+            ) {
                 // Not committed: dropping the connection rolls the transaction back.
                 lock(&self.log).failures.push(Instant::now());
                 session = None;
@@ -293,7 +296,8 @@ impl Client {
             SUPERUSER.1,
             CONNECT_TIMEOUT.as_secs(),
         );
-        let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await?;
+        let (client, connection) =
+            tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -311,7 +315,8 @@ impl Client {
             .iter()
             .position(|&p| i32::from(p) == port)
             .with_context(|| format!("connected to unknown port {port}"))?;
-        let timeline = u32::from_str_radix(&tli, 16).with_context(|| format!("timeline {tli:?}"))?;
+        let timeline =
+            u32::from_str_radix(&tli, 16).with_context(|| format!("timeline {tli:?}"))?;
         let update = client
             .prepare("UPDATE accounts SET balance = balance + $2 WHERE id = $1")
             .await?;
