@@ -2,17 +2,18 @@
 //! another (each followed by a bounded wait for recovery), then the check on the final leader.
 
 use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::analysis;
 use crate::config::{Config, Fault, Mode};
 use crate::faults::{self, Outcome};
 use crate::harness::{self, Cluster, Options};
-use crate::netns::Netns;
+use crate::netns::{Netns, Proxies};
 use crate::report::{secs, Report, RunResult};
 use crate::workload::{self, Bank, INITIAL_BALANCE};
 
@@ -87,7 +88,7 @@ async fn run_mode(
     netns: Option<&Netns>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let options = Options {
+    let mut options = Options {
         scope: "pgpilot-chaos".into(),
         ttl: cfg.ttl,
         loop_wait: cfg.loop_wait,
@@ -97,8 +98,47 @@ async fn run_mode(
         })),
         ..Options::default()
     };
+    // With network namespaces (see crate::netns): agents started through a wrapper that enters
+    // their namespace, configurations moved to the members' addresses, proxies so that etcd is
+    // reachable from the members and the members from here on the harness's usual addresses.
+    // Declared before the cluster: dropped after it.
+    let mut proxies = Proxies::new();
+    let wrapper_dir = tempfile::Builder::new()
+        .prefix("pgpilot-chaos-")
+        .tempdir()
+        .context("create a temporary directory")?;
+    if let Some(n) = netns {
+        let ips: Vec<Ipv4Addr> = (0..MEMBERS).map(|i| n.member_ip(i)).collect();
+        let bridge = n.bridge_ip();
+        options.agent = Some(n.agent_wrapper(wrapper_dir.path(), &harness::agent_bin())?);
+        options.customize = Some(Arc::new(move |i, doc: &mut Value| {
+            mode.apply(&mut doc["bootstrap"]["dcs"]);
+            into_namespace(doc, ips[i], bridge);
+        }));
+    }
     eprintln!("chaos: [{mode}] starting etcd and {MEMBERS} members");
-    let cluster = tokio::task::block_in_place(|| Cluster::start(MEMBERS, options));
+    let cluster = tokio::task::block_in_place(|| Cluster::new(MEMBERS, options));
+    if let Some(n) = netns {
+        let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let etcd_port = cluster.etcd.client_port;
+        proxies
+            .forward(
+                SocketAddr::from((n.bridge_ip(), etcd_port)),
+                local(etcd_port),
+            )
+            .await?;
+        for i in 0..MEMBERS {
+            let m = cluster.member(i);
+            for port in [m.pg_port, m.api_port] {
+                proxies
+                    .forward(local(port), SocketAddr::from((n.member_ip(i), port)))
+                    .await?;
+            }
+        }
+    }
+    for i in 0..MEMBERS {
+        cluster.start_agent(i);
+    }
     eprintln!(
         "chaos: [{mode}] cluster directory {}",
         cluster.dir().display()
@@ -124,9 +164,14 @@ async fn run_mode(
     }
     let log = bank.stop().await;
 
-    // The check on the final leader.
+    // The check on the final leader. After a failed recovery the replicas may still be broken:
+    // a running primary holding the leader key is enough to count.
     let checked = async {
-        let leader = wait_recovered(&cluster, None, Instant::now(), cfg.recovery_timeout).await?;
+        let leader = if result.is_ok() {
+            wait_recovered(&cluster, None, Instant::now(), cfg.recovery_timeout).await?
+        } else {
+            wait_primary(&cluster, cfg.recovery_timeout).await?
+        };
         workload::read_ledger(&cluster, leader).await
     };
     let ledger = match checked.await {
@@ -338,6 +383,24 @@ async fn wait_recovered(
     }
 }
 
+/// Waits until the member holding the leader key reports a running primary; returns it.
+async fn wait_primary(cluster: &Cluster, timeout: Duration) -> anyhow::Result<usize> {
+    let start = Instant::now();
+    loop {
+        if let Some(l) = tokio::task::block_in_place(|| cluster.leader_index()) {
+            if let Ok(st) = cluster.patroni(l).await {
+                if st["role"] == "primary" && st["state"] == "running" {
+                    return Ok(l);
+                }
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!("no running primary holding the leader key within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The tail of every agent log, for a fault that did not recover.
 fn print_logs(cluster: &Cluster) {
     for i in 0..cluster.len() {
@@ -348,5 +411,35 @@ fn print_logs(cluster: &Cluster) {
             m.log_path.display(),
             harness::log_tail(&m.log_path, LOG_TAIL)
         );
+    }
+}
+
+/// Moves one member's configuration from 127.0.0.1 to its namespace: PostgreSQL and the REST API
+/// on `member`, etcd through the proxy on `bridge`, and `pg_hba.conf` open to the bridge's
+/// subnet (peers replicate from there; this process's proxies connect from `bridge`).
+fn into_namespace(doc: &mut Value, member: Ipv4Addr, bridge: Ipv4Addr) {
+    let on = |v: &Value, ip: Ipv4Addr| {
+        v.as_str()
+            .map(|s| json!(s.replace("127.0.0.1", &ip.to_string())))
+    };
+    for section in ["postgresql", "restapi"] {
+        for key in ["listen", "connect_address"] {
+            if let Some(v) = on(&doc[section][key], member) {
+                doc[section][key] = v;
+            }
+        }
+    }
+    if let Some(hosts) = doc["etcd3"]["hosts"].as_array_mut() {
+        for h in hosts.iter_mut() {
+            if let Some(v) = on(h, bridge) {
+                *h = v;
+            }
+        }
+    }
+    let [a, b, c, _] = bridge.octets();
+    let subnet = format!("{a}.{b}.{c}.0/24");
+    if let Some(hba) = doc["postgresql"]["pg_hba"].as_array_mut() {
+        hba.push(json!(format!("host all all {subnet} md5")));
+        hba.push(json!(format!("host replication all {subnet} md5")));
     }
 }
