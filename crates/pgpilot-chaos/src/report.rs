@@ -30,6 +30,8 @@ pub struct RunResult {
     pub indeterminate_present: usize,
     /// Lengths of the split-brain windows that started during this run.
     pub windows: Vec<Duration>,
+    /// The same, seen by the direct sampler's probe writes.
+    pub sampled: Vec<Duration>,
     /// First failed write after the injection to the next acknowledged one.
     pub recovery: Option<Duration>,
 }
@@ -64,14 +66,16 @@ impl Report {
                         .join(", ")
                 ));
             }
-            if !r.windows.is_empty() {
-                out.push(format!(
-                    "{} / {}: {} split-brain window(s), longest {}",
-                    r.fault,
-                    r.mode,
-                    r.windows.len(),
-                    secs(r.windows.iter().max().copied().unwrap_or_default())
-                ));
+            for (windows, seen) in [(&r.windows, "client writes"), (&r.sampled, "probes")] {
+                if let Some(longest) = windows.iter().max() {
+                    out.push(format!(
+                        "{} / {}: {} split-brain window(s) seen by {seen}, longest {}",
+                        r.fault,
+                        r.mode,
+                        windows.len(),
+                        secs(*longest)
+                    ));
+                }
             }
         }
         out
@@ -81,8 +85,12 @@ impl Report {
         self.runs.iter().map(|r| r.lost.len()).sum()
     }
 
+    /// Split-brain windows seen by the bank clients' writes and by the probes.
     pub fn split_brain_windows(&self) -> usize {
-        self.runs.iter().map(|r| r.windows.len()).sum()
+        self.runs
+            .iter()
+            .map(|r| r.windows.len() + r.sampled.len())
+            .sum()
     }
 
     pub fn exit_code(&self) -> i32 {
@@ -105,8 +113,9 @@ impl Report {
         }
         let mut out = String::from(
             "| fault | mode | runs | writes acknowledged | lost | indeterminate present | \
-             split-brain windows (count, longest) | recovery time (min / median / max) |\n\
-             |---|---|---:|---:|---:|---:|---|---|\n",
+             split-brain windows (count, longest) | sampled by probes (count, longest) | \
+             recovery time (min / median / max) |\n\
+             |---|---|---:|---:|---:|---:|---|---|---|\n",
         );
         for (fault, mode) in keys {
             let rows: Vec<&RunResult> = self
@@ -120,18 +129,19 @@ impl Report {
                     .first()
                     .and_then(|r| r.skipped.clone())
                     .unwrap_or_default();
-                let _ = writeln!(out, "| {fault} | {mode} | skipped: {why} | | | | | |");
+                let _ = writeln!(out, "| {fault} | {mode} | skipped: {why} | | | | | | |");
                 continue;
             }
             let acked: usize = ran.iter().map(|r| r.acked).sum();
             let lost: usize = ran.iter().map(|r| r.lost.len()).sum();
             let ind: usize = ran.iter().map(|r| r.indeterminate).sum();
             let ind_present: usize = ran.iter().map(|r| r.indeterminate_present).sum();
-            let windows: Vec<Duration> = ran.iter().flat_map(|r| r.windows.clone()).collect();
-            let windows = match windows.iter().max() {
-                Some(longest) => format!("{}, {}", windows.len(), secs(*longest)),
+            let cell = |w: Vec<Duration>| match w.iter().max() {
+                Some(longest) => format!("{}, {}", w.len(), secs(*longest)),
                 None => "0".into(),
             };
+            let windows = cell(ran.iter().flat_map(|r| r.windows.clone()).collect());
+            let sampled = cell(ran.iter().flat_map(|r| r.sampled.clone()).collect());
             let gaps: Vec<Duration> = ran.iter().filter_map(|r| r.recovery).collect();
             let mut recovery = match spread(&gaps) {
                 Some((min, med, max)) => format!("{} / {} / {}", secs(min), secs(med), secs(max)),
@@ -142,7 +152,7 @@ impl Report {
             }
             let _ = writeln!(
                 out,
-                "| {fault} | {mode} | {} | {acked} | {lost} | {ind_present} of {ind} | {windows} | {recovery} |",
+                "| {fault} | {mode} | {} | {acked} | {lost} | {ind_present} of {ind} | {windows} | {sampled} | {recovery} |",
                 ran.len()
             );
         }
@@ -169,6 +179,7 @@ mod tests {
             indeterminate: 2,
             indeterminate_present: 1,
             windows: vec![Duration::from_millis(1500); windows],
+            sampled: Vec::new(),
             recovery: Some(Duration::from_secs(21)),
         }
     }
@@ -206,7 +217,7 @@ mod tests {
         let t = r.table();
         assert!(
             t.contains(
-                "| kill9 | sync | 2 | 200 | 0 | 2 of 4 | 2, 1.5 s | 21.0 s / 21.0 s / 21.0 s |"
+                "| kill9 | sync | 2 | 200 | 0 | 2 of 4 | 2, 1.5 s | 0 | 21.0 s / 21.0 s / 21.0 s |"
             ),
             "{t}"
         );

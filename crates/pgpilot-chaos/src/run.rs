@@ -196,13 +196,17 @@ async fn run_mode(
     // Attribute every event to the span it happened in.
     let span_of = |t: Instant| spans.iter().rposition(|s| s.start <= t).unwrap_or(0);
     let windows = analysis::split_brain_windows(&log.acks);
-    for w in &windows {
-        eprintln!(
-            "chaos: [{mode}] SPLIT BRAIN: {} kept accepting writes for {} after {} had started",
-            cluster.member(w.old).name,
-            secs(w.length),
-            cluster.member(w.new).name
-        );
+    let sampled = analysis::split_brain_windows(&log.probes);
+    for (ws, seen) in [(&windows, "client writes"), (&sampled, "probes")] {
+        for w in ws {
+            eprintln!(
+                "chaos: [{mode}] SPLIT BRAIN ({seen}): {} kept accepting writes for {} after {} \
+                 had started",
+                cluster.member(w.old).name,
+                secs(w.length),
+                cluster.member(w.new).name
+            );
+        }
     }
     let present = |id: &str| ledger.as_ref().is_some_and(|l| l.transfer_ids.contains(id));
     let mut rows: Vec<RunResult> = spans
@@ -222,6 +226,7 @@ async fn run_mode(
                 indeterminate: 0,
                 indeterminate_present: 0,
                 windows: Vec::new(),
+                sampled: Vec::new(),
                 recovery: analysis::recovery_time(&log.acks, &log.failures, s.start, end),
             }
         })
@@ -243,6 +248,9 @@ async fn run_mode(
         }
         for w in &windows {
             rows[span_of(w.start)].windows.push(w.length);
+        }
+        for w in &sampled {
+            rows[span_of(w.start)].sampled.push(w.length);
         }
     }
     let unique: HashSet<&str> = log.acks.iter().map(|a| a.id.as_str()).collect();

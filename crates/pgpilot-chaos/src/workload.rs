@@ -58,6 +58,8 @@ pub struct Log {
     pub indeterminate: Vec<(String, Instant)>,
     /// Failed attempts (connect, statement or COMMIT).
     pub failures: Vec<Instant>,
+    /// The direct sampler's acknowledged probe writes (see [`Prober`]); not checked for loss.
+    pub probes: Vec<Ack>,
 }
 
 /// The running clients.
@@ -76,7 +78,8 @@ pub async fn create_schema(cluster: &Cluster, leader: usize, accounts: i32) -> a
             "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
              CREATE TABLE transfers (id text PRIMARY KEY, src int NOT NULL, dst int NOT NULL,
                                      amount bigint NOT NULL, port int NOT NULL,
-                                     at timestamptz NOT NULL DEFAULT now());",
+                                     at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE probes (id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());",
         )
         .await
         .context("create the bank tables")?;
@@ -116,7 +119,8 @@ pub async fn read_ledger(cluster: &Cluster, i: usize) -> anyhow::Result<Ledger> 
 }
 
 impl Bank {
-    /// Starts `clients` clients against the members listening on `ports` (index = member).
+    /// Starts `clients` clients against the members listening on `ports` (index = member),
+    /// and one [`Prober`] per member.
     pub fn start(ports: &[u16], clients: usize, accounts: i32) -> Bank {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Log::default()));
@@ -132,7 +136,17 @@ impl Bank {
                 };
                 tokio::spawn(client.run())
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut tasks = tasks;
+        for member in 0..ports.len() {
+            let prober = Prober {
+                member,
+                ports: ports.to_vec(),
+                stop: stop.clone(),
+                log: log.clone(),
+            };
+            tasks.push(tokio::spawn(prober.run()));
+        }
         Bank { stop, log, tasks }
     }
 
@@ -301,22 +315,9 @@ impl Client {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        // On a primary the current WAL file name starts with its timeline (8 hex digits).
-        let row = client
-            .query_one(
-                "SELECT inet_server_port(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
-                &[],
-            )
-            .await?;
-        let port: i32 = row.get(0);
-        let tli: String = row.get(1);
-        let member = self
-            .ports
-            .iter()
-            .position(|&p| i32::from(p) == port)
-            .with_context(|| format!("connected to unknown port {port}"))?;
-        let timeline =
-            u32::from_str_radix(&tli, 16).with_context(|| format!("timeline {tli:?}"))?;
+        let (member, timeline) = identify(&client, &self.ports)
+            .await?
+            .context("connected to a member in recovery")?;
         let update = client
             .prepare("UPDATE accounts SET balance = balance + $2 WHERE id = $1")
             .await?;
@@ -334,6 +335,103 @@ impl Client {
             update,
             insert,
         })
+    }
+}
+
+/// Which member `client` is connected to (by its port) and, if it is not in recovery, its
+/// timeline: on a primary the current WAL file name starts with the timeline (8 hex digits).
+async fn identify(
+    client: &tokio_postgres::Client,
+    ports: &[u16],
+) -> anyhow::Result<Option<(usize, u32)>> {
+    let row = client
+        .query_one(
+            "SELECT inet_server_port(), CASE WHEN pg_is_in_recovery() THEN NULL \
+             ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
+            &[],
+        )
+        .await?;
+    let port: i32 = row.get(0);
+    let member = ports
+        .iter()
+        .position(|&p| i32::from(p) == port)
+        .with_context(|| format!("connected to unknown port {port}"))?;
+    let Some(tli) = row.get::<_, Option<String>>(1) else {
+        return Ok(None);
+    };
+    let timeline = u32::from_str_radix(&tli, 16).with_context(|| format!("timeline {tli:?}"))?;
+    Ok(Some((member, timeline)))
+}
+
+/// The direct split-brain sampler of one member: every [`PROBE_INTERVAL`], on its own
+/// connection to that member only, asks whether it is out of recovery and, if so, writes a probe
+/// row. Acknowledged probes go through the same analysis as transfers, so two members accepting
+/// writes at once show even when no bank client happened to reach the second one.
+struct Prober {
+    member: usize,
+    ports: Vec<u16>,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Log>>,
+}
+
+/// How often a [`Prober`] samples its member.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// Upper bound of one probe (connect, or one statement).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Prober {
+    async fn run(self) {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={} password={} dbname=postgres connect_timeout=1 \
+             application_name=pgpilot-chaos-probe",
+            self.ports[self.member], SUPERUSER.0, SUPERUSER.1
+        );
+        let mut client: Option<tokio_postgres::Client> = None;
+        let mut seq: u64 = 0;
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while !self.stop.load(Ordering::SeqCst) {
+            tick.tick().await;
+            if client.is_none() {
+                let connect = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls);
+                match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+                    Ok(Ok((c, connection))) => {
+                        tokio::spawn(async move {
+                            let _ = connection.await;
+                        });
+                        client = Some(c);
+                    }
+                    _ => {
+                        // Down or cut off: try again a little later.
+                        tokio::time::sleep(PROBE_INTERVAL * 4).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = &client else { continue };
+            seq += 1;
+            let id = format!("p{}-{seq}", self.member);
+            let probe = async {
+                let Some((member, timeline)) = identify(c, &self.ports).await? else {
+                    return Ok(None);
+                };
+                let sent = Instant::now();
+                c.execute("INSERT INTO probes (id) VALUES ($1)", &[&id])
+                    .await?;
+                anyhow::Ok(Some(Ack {
+                    id: id.clone(),
+                    member,
+                    timeline,
+                    sent,
+                    acked: Instant::now(),
+                }))
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                Ok(Ok(Some(ack))) => lock(&self.log).probes.push(ack),
+                Ok(Ok(None)) => {}
+                _ => client = None,
+            }
+        }
     }
 }
 
