@@ -211,3 +211,43 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_parse_in_order_without_duplicates() {
+        assert_eq!(
+            parse_list("sync,async,sync", &Mode::ALL),
+            Ok(vec![Mode::Sync, Mode::Async])
+        );
+        assert_eq!(parse_list("all", &Fault::ALL), Ok(Fault::ALL.to_vec()));
+        assert!(parse_list("kill9,nope", &Fault::ALL).is_err());
+        assert!(parse_list("", &Mode::ALL).is_err());
+    }
+
+    #[test]
+    fn modes_write_patroni_keys() {
+        let mut dcs = json!({});
+        Mode::SyncStrict.apply(&mut dcs);
+        assert_eq!(
+            dcs,
+            json!({"synchronous_mode": true, "synchronous_mode_strict": true})
+        );
+        let mut dcs = json!({});
+        Mode::Quorum.apply(&mut dcs);
+        assert_eq!(dcs, json!({"synchronous_mode": "quorum"}));
+    }
+
+    #[test]
+    fn timings_follow_patronis_rule() {
+        let mut c = Config::new("pgpilot".into());
+        assert!(c.validate().is_ok());
+        c.ttl = 10;
+        assert!(c.validate().is_err());
+        c.ttl = 20;
+        c.retry_timeout = 10;
+        assert!(c.validate().is_err());
+    }
+}

@@ -451,3 +451,33 @@ fn into_namespace(doc: &mut Value, member: Ipv4Addr, bridge: Ipv4Addr) {
         hba.push(json!(format!("host replication all {subnet} md5")));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_moves_into_its_namespace() {
+        let mut doc = json!({
+            "postgresql": {
+                "listen": "127.0.0.1:5432",
+                "connect_address": "127.0.0.1:5432",
+                "pg_hba": ["local all all trust"],
+            },
+            "restapi": { "listen": "127.0.0.1:8008", "connect_address": "127.0.0.1:8008" },
+            "etcd3": { "hosts": ["127.0.0.1:2379"] },
+        });
+        into_namespace(
+            &mut doc,
+            Ipv4Addr::new(169, 254, 100, 11),
+            Ipv4Addr::new(169, 254, 100, 1),
+        );
+        assert_eq!(doc["postgresql"]["listen"], "169.254.100.11:5432");
+        assert_eq!(doc["restapi"]["connect_address"], "169.254.100.11:8008");
+        assert_eq!(doc["etcd3"]["hosts"][0], "169.254.100.1:2379");
+        assert_eq!(
+            doc["postgresql"]["pg_hba"][2],
+            "host replication all 169.254.100.0/24 md5"
+        );
+    }
+}
