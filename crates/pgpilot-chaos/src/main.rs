@@ -100,7 +100,18 @@ fn real_main() -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let report = runtime.block_on(run::run(&cfg, &prepared));
+    // Ctrl-C drops the run: the clusters' `Drop` stops agents and postmasters by PID, the netns
+    // helper removes its namespaces; then the partial table is lost, the exit code says so.
+    let report = runtime.block_on(async {
+        tokio::select! {
+            report = run::run(&cfg, &prepared) => Some(report),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let Some(report) = report else {
+        eprintln!("pgpilot-chaos: interrupted; the clusters were stopped");
+        return Ok(EXIT_TOOL_FAILURE);
+    };
     println!("{}", report.table());
     for v in report.violations() {
         println!("VIOLATION: {v}");
