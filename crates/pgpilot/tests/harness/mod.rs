@@ -50,7 +50,7 @@ mod yaml;
 #[allow(unused_imports)]
 pub use base64::{decode as base64_decode, encode as base64_encode};
 #[allow(unused_imports)]
-pub use cluster::{Cluster, Member, Options, API_AUTH};
+pub use cluster::{Cluster, Member, Options, API_AUTH, SUPERUSER};
 #[allow(unused_imports)]
 pub use etcd::{Etcd, Kv};
 #[allow(unused_imports)]
@@ -102,7 +102,12 @@ pub fn agent_bin() -> PathBuf {
         .get_or_init(|| {
             let built = match std::env::var_os("PGPILOT_TEST_AGENT") {
                 Some(other) => PathBuf::from(other),
-                None => PathBuf::from(env!("CARGO_BIN_EXE_pgpilot")),
+                // `option_env!`: crates outside `pgpilot` that include this harness through
+                // `#[path]` (pgpilot-chaos) have no such variable and set PGPILOT_TEST_AGENT.
+                None => match option_env!("CARGO_BIN_EXE_pgpilot") {
+                    Some(built) => PathBuf::from(built),
+                    None => panic!("set PGPILOT_TEST_AGENT to the pgpilot agent binary"),
+                },
             };
             if !nix::unistd::geteuid().is_root() {
                 return built;
