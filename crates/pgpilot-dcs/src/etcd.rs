@@ -283,8 +283,13 @@ impl EtcdDcs {
         .await
         .map_err(|_| {
             DcsError::Unavailable(format!("lease keepalive: no answer within {timeout:?}"))
-        })?
-        .map_err(err)?;
+        })?;
+        // etcd-client reports an expired lease as an error ("lease not found") rather than as
+        // a keepalive answer with ttl 0: both mean the lease is gone and a new one is needed.
+        let ttl = match ttl {
+            Err(etcd_client::Error::LeaseKeepAliveError(msg)) if msg.contains("not found") => 0,
+            other => other.map_err(err)?,
+        };
         if ttl <= 0 {
             warn!("etcd lease {id:x} was lost; granting a new one");
             *self.lease.lock().await = None;

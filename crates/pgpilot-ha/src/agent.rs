@@ -151,6 +151,10 @@ pub struct Agent<D: Dcs> {
     /// surely in force (see `process_sync`).
     ssn_set_at: Option<Instant>,
     ssn_lsn: Option<u64>,
+    /// Since when our replica has been running without streaming from a running leader.
+    not_streaming_since: Option<Instant>,
+    /// `ssn` reflects what this process set (false after start until `/sync` was read).
+    ssn_known: bool,
     /// Asking the primary to release us from synchronous duty before we stop: the member key
     /// then advertises `nosync: true, sync_priority: 0`.
     leaving_sync: bool,
@@ -199,6 +203,8 @@ impl<D: Dcs> Agent<D> {
             ssn: Ssn::empty(),
             ssn_set_at: None,
             ssn_lsn: None,
+            ssn_known: false,
+            not_streaming_since: None,
             leaving_sync: false,
             warned_strict: false,
         }
@@ -551,6 +557,7 @@ impl<D: Dcs> Agent<D> {
         };
         if let Some(c) = &cluster {
             self.apply_dynamic(c);
+            self.recover_ssn(c);
             self.last_cluster = Some(Arc::new(c.clone()));
             if c.leader_name() != Some(self.cfg.name.as_str()) {
                 self.last_renewal = None;
@@ -572,6 +579,7 @@ impl<D: Dcs> Agent<D> {
             },
         };
         let pg = self.observe_pg(&data).await;
+        self.watch_replication(cluster.as_ref(), &pg);
         let peers = match (&cluster, &pg) {
             (
                 Some(c),
@@ -632,6 +640,40 @@ impl<D: Dcs> Agent<D> {
             self.touch_member(obs.cluster.as_ref()).await;
         }
         Ok(msg)
+    }
+
+    /// A replica that stays unable to stream from a running leader may have WAL the leader
+    /// never had (it streamed from a primary that kept running after losing its key): after
+    /// a while its data is checked with pg_rewind like a demoted primary's (pg_rewind does
+    /// nothing when there is no divergence).
+    fn watch_replication(&mut self, cluster: Option<&Cluster>, pg: &PgView) {
+        let leader_running = cluster
+            .and_then(Cluster::leader_member)
+            .is_some_and(|l| l.name != self.cfg.name && l.data.state == "running");
+        let stuck = leader_running
+            && self.task.is_none()
+            && matches!(
+                pg,
+                PgView::Running {
+                    in_recovery: true,
+                    streaming: false,
+                    ..
+                }
+            );
+        if !stuck {
+            self.not_streaming_since = None;
+            return;
+        }
+        let since = *self.not_streaming_since.get_or_insert_with(Instant::now);
+        let patience = (self.dynamic.loop_wait * 5).max(Duration::from_secs(15));
+        if since.elapsed() >= patience && !self.rewind_check {
+            warn!(
+                "not streaming from the leader for {}s: checking whether this replica diverged",
+                since.elapsed().as_secs()
+            );
+            self.rewind_check = true;
+            self.not_streaming_since = None;
+        }
     }
 
     /// Reads `/config` into the dynamic configuration and applies TTL/retry changes.
@@ -1296,6 +1338,22 @@ impl<D: Dcs> Agent<D> {
         Ok(())
     }
 
+    /// After a start, before the first configuration is written: a `/sync` key that names us
+    /// as leader promises its standbys every acknowledged commit, so a primary we (re)start
+    /// must wait for them as that key says, not start with an empty ssn.
+    fn recover_ssn(&mut self, cluster: &Cluster) {
+        if self.ssn_known {
+            return;
+        }
+        self.ssn_known = true;
+        let params = self.sync_params();
+        if let Some(key) = SyncKey::of(cluster.sync.as_ref(), &self.cfg.name) {
+            if params.active() {
+                self.set_ssn(sync::ssn_for_key(&params, Some(&key)));
+            }
+        }
+    }
+
     fn set_ssn(&mut self, ssn: Ssn) {
         if ssn != self.ssn {
             let quorum = self.sync_params().quorum();
@@ -1561,6 +1619,17 @@ impl<D: Dcs> Agent<D> {
                     }
                 }
                 if caught_up || Instant::now() > deadline {
+                    if !caught_up && self.sync_params().active() {
+                        // In synchronous mode the key goes only to a member that has every
+                        // acknowledged commit: keep it, start again as primary, drop the request.
+                        warn!("switchover aborted: no candidate received the shutdown checkpoint in time");
+                        if let Some(f) = &cluster.failover {
+                            let _ = self.dcs.set_failover("{}", Some(f.version)).await;
+                        }
+                        self.rewind_check = false;
+                        self.run_again = true;
+                        return;
+                    }
                     if !caught_up {
                         warn!("no candidate received the shutdown checkpoint in time; releasing the leader key anyway");
                     }

@@ -467,12 +467,16 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
     if !o.can_failover {
         return Err("nofailover".into());
     }
-    let sync_on = o.sync.active() && !o.sync.quorum();
     if let Some(f) = failover {
-        // A switchover in synchronous mode may only go to a synchronous standby.
-        if sync_on && f.leader.is_some() && !sync::listed(cluster.sync.as_ref(), &o.me, true) {
+        // A switchover in synchronous (or quorum) mode may only go to a synchronous standby.
+        if o.sync.active()
+            && f.leader.is_some()
+            && !sync::listed(cluster.sync.as_ref(), &o.me, true)
+        {
             return Err("switchover: I am not a synchronous standby".into());
         }
+        // The timeline check stays on the manual path; only the lag check is dropped there.
+        check_timeline(o, cluster, timeline)?;
         return manual_failover_no_leader(o, cluster, f, wal_position);
     }
     if !sync::may_race(&o.sync, &o.me, cluster.sync.as_ref()) {
@@ -486,6 +490,13 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
             o.maximum_lag_on_failover
         ));
     }
+    check_timeline(o, cluster, timeline)?;
+    let votes = compare_with_peers(o, cluster, wal_position, None)?;
+    check_votes(o, cluster, votes)
+}
+
+/// `check_timeline`: a member on an older timeline than the cluster's may not win.
+fn check_timeline(o: &Observation, cluster: &Cluster, timeline: u32) -> Result<(), String> {
     if o.check_timeline {
         let cluster_tl = cluster.timeline();
         if timeline == 0 || timeline < cluster_tl {
@@ -494,8 +505,7 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
             ));
         }
     }
-    let votes = compare_with_peers(o, cluster, wal_position, None)?;
-    check_votes(o, cluster, votes)
+    Ok(())
 }
 
 /// Quorum mode: enough voters not ahead of us answered (spec/ha-loop.md §5.8).
@@ -683,7 +693,8 @@ pub fn manual_failover_from_leader(
         .as_ref()
         .map_or(my_wal, |c| c.status.optime.max(my_wal));
     let sync_state = o.cluster.as_ref().and_then(|c| c.sync.as_ref());
-    let sync_on = o.sync.active() && !o.sync.quorum();
+    // A switchover in synchronous or quorum mode goes to a `/sync` member.
+    let sync_on = o.sync.active();
     let good: Vec<&PeerStatus> = o
         .peers
         .iter()

@@ -185,10 +185,15 @@ pub fn listed(s: Option<&SyncState>, name: &str, with_leader: bool) -> bool {
                 .is_some_and(|l| l.eq_ignore_ascii_case(name)))
 }
 
-/// The overlap rule of the module docs.
+/// The overlap rule of the module docs. A key without voters lets nobody but its leader's
+/// equals win (the only vote left is the former leader's), so it is safe with any ssn; an empty
+/// ssn (commits acknowledged by the primary alone) is safe only with such a key.
 pub fn overlaps(ssn: &Ssn, key: &SyncKey) -> bool {
-    if ssn.is_empty() {
+    if key.voters.is_empty() {
         return true;
+    }
+    if ssn.is_empty() {
+        return false;
     }
     let union: BTreeSet<&String> = ssn.names.iter().chain(key.voters.iter()).collect();
     ssn.numsync + key.quorum >= union.len()
@@ -384,6 +389,29 @@ fn quorum_step(v: &SyncView<'_>) -> SyncStep {
         return SyncStep::SetSsn(target_ssn);
     }
     SyncStep::Nothing
+}
+
+/// The ssn that honours what `/sync` promises when we do not know what we set before (the
+/// agent restarted while its PostgreSQL ran or was about to start as primary): every listed
+/// standby required (`on`), or enough of them that any promotion quorum meets every commit
+/// quorum (quorum mode); strict mode with nobody listed waits for the placeholder.
+pub fn ssn_for_key(p: &SyncParams, key: Option<&SyncKey>) -> Ssn {
+    let voters = key.map(|k| k.voters.clone()).unwrap_or_default();
+    if voters.is_empty() {
+        if p.strict {
+            return Ssn::new(1, BTreeSet::from([PLACEHOLDER.to_string()]));
+        }
+        return Ssn::empty();
+    }
+    let n = if p.quorum() {
+        voters
+            .len()
+            .saturating_sub(key.map_or(0, |k| k.quorum))
+            .max(1)
+    } else {
+        voters.len()
+    };
+    Ssn::new(n, voters)
 }
 
 /// What a replica about to be promoted writes first (`/sync` with itself as leader, CAS) and

@@ -81,7 +81,7 @@ fn report(total: &Stats, elapsed: std::time::Duration) {
         total.gap_double_primary_steps, total.gap_double_primary_seeds, total.stale_renewals, total.gap_lost
     );
     eprintln!(
-        "  known bugs (K1..K6, see the ignored tests): acknowledged commits lost {:?} in seeds {:?}",
+        "  known bugs (K4 open; K1, K2, K5, K6 fixed, see the regression tests): acknowledged commits lost {:?} in seeds {:?}",
         total.known_lost, total.known_seeds
     );
     eprintln!(
@@ -154,6 +154,7 @@ fn replay_strict(seed: u64) {
     }
 }
 
+/// Fixed: `/sync` membership is required for a switchover in quorum mode too.
 /// K1 (seed 440; also 708, 843, 1058, ...): in `synchronous_mode: quorum` a switchover to a named
 /// candidate outside `/sync` goes ahead. The leader's `manual_failover_from_leader` and the
 /// candidate's `is_healthiest` require `/sync` membership only when `sync.active() &&
@@ -162,8 +163,7 @@ fn replay_strict(seed: u64) {
 /// after a partition, still within maximum_lag_on_failover by LSN, is named; the leader with ssn
 /// `ANY 2 (..)` demotes and the candidate promotes without commits the voters acknowledged.
 #[test]
-#[ignore = "known bug K1: quorum-mode switchover to a candidate outside /sync loses acknowledged commits"]
-fn known_bug_k1_quorum_switchover_to_a_non_voter_loses_acknowledged_commits() {
+fn fixed_k1_quorum_switchover_to_a_non_voter_loses_acknowledged_commits() {
     replay_strict(440);
 }
 
@@ -181,17 +181,19 @@ fn known_bug_k4_diverged_member_on_an_older_timeline_wins_a_race_by_lsn() {
     replay_strict(10759);
 }
 
+/// Fixed: the manual-failover race keeps the timeline check.
 /// K5 (seeds 931, 3938, 5362): `manual_failover_no_leader` (a `/failover` key is present and the
 /// leader is gone) races through `compare_with_peers` directly and skips the `check_timeline` test
 /// that Patroni's `_is_healthiest_node` still makes in that path (only the lag check is skipped,
 /// spec §5.2). Seed 931: pg4 (timeline 5) demotes for a switchover with no candidate; pg5, a
 /// former primary on timeline 4 with a longer WAL, wins and loses commits pg4 acknowledged.
 #[test]
-#[ignore = "known bug K5: the manual-failover race skips check_timeline"]
-fn known_bug_k5_manual_failover_race_skips_the_timeline_check() {
+fn fixed_k5_manual_failover_race_skips_the_timeline_check() {
     replay_strict(931);
 }
 
+/// Fixed: in synchronous modes a graceful demotion keeps the key (and starts again as
+/// primary) when no candidate received the shutdown checkpoint.
 /// K6 (seed 2863): quorum mode, switchover to a named candidate that is a `/sync` voter but lags
 /// (its PostgreSQL had crashed; its `/patroni` still showed the position of its last cycle, within
 /// maximum_lag_on_failover). The leader demotes gracefully, the candidate never receives the
@@ -200,11 +202,11 @@ fn known_bug_k5_manual_failover_race_skips_the_timeline_check() {
 /// voter under `ANY 1 (pg1,pg2,pg3,pg5)`. In quorum mode a voter is not guaranteed to hold every
 /// acknowledged commit: keep the key (or require quorum votes) when the candidate did not catch up.
 #[test]
-#[ignore = "known bug K6: quorum-mode switchover releases the key to a lagging voter"]
-fn known_bug_k6_quorum_switchover_releases_the_key_to_a_lagging_voter() {
+fn fixed_k6_quorum_switchover_releases_the_key_to_a_lagging_voter() {
     replay_strict(2863);
 }
 
+/// Fixed: the agent takes ssn from the `/sync` key it leads before writing any configuration.
 /// K2, first way in (seed 3177): a primary whose agent restarts (a member crash) comes back
 /// through "starting primary after failure", and `desired()` writes the agent's in-memory ssn —
 /// empty after the restart — into postgresql.conf: PostgreSQL starts acknowledging commits
@@ -213,19 +215,18 @@ fn known_bug_k6_quorum_switchover_releases_the_key_to_a_lagging_voter() {
 /// 12 commits alone, and pg3 won the race with two votes without them. The ssn a primary starts
 /// with should come from `/sync` (as `pre_promote` does), not from memory.
 #[test]
-#[ignore = "known bug K2: a restarted primary starts with an empty synchronous_standby_names"]
-fn known_bug_k2_restarted_primary_starts_with_an_empty_ssn() {
+fn fixed_k2_restarted_primary_starts_with_an_empty_ssn() {
     replay_strict(3177);
 }
 
+/// Fixed: `overlaps()` lets an empty ssn go only with a `/sync` without voters.
 /// K2, second way in (found reading the trace of seed 64 (old numbering) and checked here on the
 /// pure function): in quorum mode, when no standby streams any more, `quorum_step` sets ssn to
 /// empty before it shrinks `/sync`, because `overlaps()` treats an empty ssn as overlapping every
 /// key. Commits are then acknowledged by the primary alone while `/sync` still lets `b` win with
 /// `c`'s vote (quorum 1). `/sync` must lose its voters first (then ssn may empty).
 #[test]
-#[ignore = "known bug K2: quorum_step empties ssn while /sync still names voters"]
-fn known_bug_k2_quorum_step_empties_ssn_before_the_sync_key() {
+fn fixed_k2_quorum_step_empties_ssn_before_the_sync_key() {
     use pgpilot_config::SyncMode;
     use pgpilot_ha::sync::{next_step, Ssn, SyncKey, SyncParams, SyncStep, SyncView};
     let names: std::collections::BTreeSet<String> = ["b".to_string(), "c".to_string()].into();

@@ -85,9 +85,17 @@ async fn wait_for_sync_standby(cluster: &Cluster, leader: usize) -> usize {
     cluster.index_of(&name).expect("a member name")
 }
 
-/// The health check status code of `path` on member `i`.
-async fn check(cluster: &Cluster, i: usize, path: &str) -> u16 {
-    cluster.api_get(i, path).await.map_or(0, |(code, _)| code)
+/// Waits until the health check `path` on member `i` answers `want` (agents publish what
+/// they saw of `/sync` once per cycle).
+async fn check(cluster: &Cluster, i: usize, path: &str, want: u16) {
+    let what = format!("{path} on {} to answer {want}", cluster.member(i).name);
+    cluster
+        .wait(SHORT_TIMEOUT, &what, async || {
+            let code = cluster.api_get(i, path).await.map_or(0, |(code, _)| code);
+            anyhow::ensure!(code == want, "{code}");
+            Ok(())
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,13 +108,13 @@ async fn the_sync_standby_moves_when_it_is_stopped_and_rest_and_list_show_it() {
     let other = (0..3).find(|&i| i != leader && i != sync).unwrap();
 
     // Health checks and the status document.
-    assert_eq!(check(&cluster, sync, "/sync").await, 200);
-    assert_eq!(check(&cluster, other, "/sync").await, 503);
-    assert_eq!(check(&cluster, other, "/async").await, 200);
-    assert_eq!(check(&cluster, sync, "/async").await, 503);
-    assert_eq!(check(&cluster, sync, "/read-only-sync").await, 200);
-    assert_eq!(check(&cluster, leader, "/read-only-sync").await, 200);
-    assert_eq!(check(&cluster, other, "/read-only-sync").await, 503);
+    check(&cluster, sync, "/sync", 200).await;
+    check(&cluster, other, "/sync", 503).await;
+    check(&cluster, other, "/async", 200).await;
+    check(&cluster, sync, "/async", 503).await;
+    check(&cluster, sync, "/read-only-sync", 200).await;
+    check(&cluster, leader, "/read-only-sync", 200).await;
+    check(&cluster, other, "/read-only-sync", 503).await;
     assert_eq!(
         cluster.patroni(sync).await.unwrap()["sync_standby"],
         json!(true)
@@ -200,6 +208,11 @@ async fn strict_mode_blocks_commits_without_a_standby_and_keeps_sync() {
     let leader = cluster.wait_for_leader().await;
     cluster.wait_for_replicas_streaming(2).await;
     wait_for_sync_standby(&cluster, leader).await;
+    let client = cluster.pg_connect(leader).await;
+    client
+        .batch_execute("CREATE TABLE strict_check (id int)")
+        .await
+        .unwrap();
     let replicas: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     for &r in &replicas {
         cluster.terminate_agent(r);
@@ -214,11 +227,6 @@ async fn strict_mode_blocks_commits_without_a_standby_and_keeps_sync() {
     assert_eq!(s, quoted(&standbys[0]));
 
     // A commit now waits.
-    let client = cluster.pg_connect(leader).await;
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS strict_check (id int)")
-        .await
-        .ok();
     let pending = tokio::spawn(async move {
         client
             .batch_execute("INSERT INTO strict_check VALUES (1)")
@@ -334,9 +342,9 @@ async fn quorum_mode_with_three_members_survives_the_loss_of_one() {
         })
         .await;
     for i in (0..3).filter(|&i| i != leader) {
-        assert_eq!(check(&cluster, i, "/quorum").await, 200);
-        assert_eq!(check(&cluster, i, "/read-only-quorum").await, 200);
-        assert_eq!(check(&cluster, i, "/sync").await, 503);
+        check(&cluster, i, "/quorum", 200).await;
+        check(&cluster, i, "/read-only-quorum", 200).await;
+        check(&cluster, i, "/sync", 503).await;
         assert_eq!(
             cluster.patroni(i).await.unwrap()["quorum_standby"],
             json!(true)

@@ -83,6 +83,8 @@ pub struct Agent {
     pub ssn: Ssn,
     pub ssn_set_at: Option<Instant>,
     pub ssn_lsn: Option<u64>,
+    /// `Agent::ssn_known`.
+    pub ssn_known: bool,
     pub task: Option<Task>,
     pub run_again: bool,
     /// What `GET /patroni` answers: the snapshot published at the end of the last cycle.
@@ -108,6 +110,7 @@ impl Agent {
             ssn: Ssn::empty(),
             ssn_set_at: None,
             ssn_lsn: None,
+            ssn_known: false,
             task: None,
             run_again: false,
             published: None,
@@ -226,6 +229,16 @@ impl World {
         if let Some(c) = &cluster {
             let a = self.agent(i);
             apply_dynamic(a, c);
+            // `Agent::recover_ssn`.
+            if !a.ssn_known {
+                a.ssn_known = true;
+                let params = a.sync_params();
+                if let Some(key) = sync::SyncKey::of(c.sync.as_ref(), &me) {
+                    if params.active() {
+                        a.set_ssn(sync::ssn_for_key(&params, Some(&key)), now);
+                    }
+                }
+            }
             if c.leader_name() != Some(me.as_str()) {
                 a.last_renewal = None;
             }
@@ -1030,6 +1043,24 @@ impl World {
         a.last_pg = None;
         a.rewind_check = true;
         a.published = None;
+        // `Agent::demote_graceful`: a candidate must have received the shutdown checkpoint
+        // (the real agent waits up to 5 s; here `stop_fast` already delivered it to every
+        // connected standby); in synchronous mode the switchover is aborted otherwise.
+        let caught_up = (0..self.members.len()).any(|j| {
+            j != i
+                && self.reachable(i, j)
+                && _candidate.is_none_or(|c| c == self.members[j].name)
+                && self.members[j].pg.data.as_ref().map_or(0, Data::lsn) >= checkpoint
+        });
+        if !caught_up && self.agent(i).sync_params().active() {
+            if let Some(f) = obs.cluster.as_ref().and_then(|c| c.failover.clone()) {
+                let _ = call!(self, i, |d| d.set_failover("{}", Some(f.version)));
+            }
+            let a = self.agent(i);
+            a.rewind_check = false;
+            a.run_again = true;
+            return;
+        }
         let status = Status {
             optime: checkpoint,
             ..Default::default()
