@@ -370,9 +370,21 @@ async fn wait_recovered(
             }
         }
         let acked = bank.is_none_or(|b| b.acked_since(since));
-        if let (Some(l), true, true, true) =
-            (leader, primary_ok, streaming == cluster.len() - 1, acked)
-        {
+        // In synchronous modes the cluster is whole again only once `/sync` names a standby
+        // of the new leader: until then no failover is possible, by design.
+        let protected = leader.is_some_and(|l| {
+            tokio::task::block_in_place(|| sync_settled(cluster, &cluster.member(l).name))
+        });
+        if !protected {
+            seen.push("/sync names no standby of the leader yet".into());
+        }
+        if let (Some(l), true, true, true, true) = (
+            leader,
+            primary_ok,
+            streaming == cluster.len() - 1,
+            acked,
+            protected,
+        ) {
             return Ok(l);
         }
         if start.elapsed() > timeout {
@@ -389,6 +401,25 @@ async fn wait_recovered(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Without synchronous mode in `/config`: true. With it: `/sync` names `leader` and at least
+/// one standby.
+fn sync_settled(cluster: &Cluster, leader: &str) -> bool {
+    let config: serde_json::Value = cluster
+        .etcd_try_get("config")
+        .and_then(|c| serde_json::from_str(&c).ok())
+        .unwrap_or_default();
+    let mode = &config["synchronous_mode"];
+    let active = mode == true || mode == "on" || mode == "quorum" || mode == "true";
+    if !active {
+        return true;
+    }
+    let sync: serde_json::Value = cluster
+        .etcd_try_get("sync")
+        .and_then(|c| serde_json::from_str(&c).ok())
+        .unwrap_or_default();
+    sync["leader"] == leader && sync["sync_standby"].as_str().is_some_and(|s| !s.is_empty())
 }
 
 /// Waits until the member holding the leader key reports a running primary; returns it.

@@ -151,6 +151,8 @@ pub struct Agent<D: Dcs> {
     /// surely in force (see `process_sync`).
     ssn_set_at: Option<Instant>,
     ssn_lsn: Option<u64>,
+    /// A rewind source that was not ready is asked again only after this (one loop_wait).
+    rewind_not_before: Option<Instant>,
     /// Since when our replica has been running without streaming from a running leader.
     not_streaming_since: Option<Instant>,
     /// `ssn` reflects what this process set (false after start until `/sync` was read).
@@ -205,6 +207,7 @@ impl<D: Dcs> Agent<D> {
             ssn_lsn: None,
             ssn_known: false,
             not_streaming_since: None,
+            rewind_not_before: None,
             leaving_sync: false,
             warned_strict: false,
         }
@@ -868,6 +871,7 @@ impl<D: Dcs> Agent<D> {
             }
             (ActionKind::Rewind, Err(TaskError::NotReady(why))) => {
                 warn!("not running pg_rewind yet: {why}");
+                self.rewind_not_before = Some(Instant::now() + self.dynamic.loop_wait);
             }
             (ActionKind::Rewind, Err(e)) => {
                 error!("pg_rewind failed: {e}");
@@ -1126,6 +1130,9 @@ impl<D: Dcs> Agent<D> {
                 Ok(msg)
             }
             Decision::Rewind { leader } => {
+                if self.rewind_not_before.is_some_and(|t| Instant::now() < t) {
+                    return Ok(format!("waiting for the rewind source {leader}"));
+                }
                 let Some((host, port)) = cluster
                     .and_then(|c| c.member(&leader))
                     .and_then(|m| m.data.host_port())

@@ -568,9 +568,14 @@ impl Cluster {
         self.etcd.get(&self.key(rel)).expect("read etcd")
     }
 
+    /// Like [`Cluster::etcd_get`], `None` also when etcd does not answer (a fault may be on).
+    pub fn etcd_try_get(&self, rel: &str) -> Option<String> {
+        self.etcd.get(&self.key(rel)).ok().flatten()
+    }
+
     /// The leader key's value (the member name), read from etcd.
     pub fn leader_name(&self) -> Option<String> {
-        self.etcd.get(&self.key("leader")).ok().flatten()
+        self.etcd_try_get("leader")
     }
 
     pub fn leader_index(&self) -> Option<usize> {
