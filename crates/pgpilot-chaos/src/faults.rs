@@ -72,6 +72,19 @@ pub async fn inject(
             if let Some(e) = last {
                 bail!("remove {}: {e}", dir.display());
             }
+            // The fault lasts until the member has a data directory again (its agent stopped
+            // the orphaned postmaster and cloned a new copy): until then its old postmaster may
+            // still look like a healthy primary from outside.
+            let deadline = Instant::now() + cfg.recovery_timeout;
+            while !dir.join("PG_VERSION").exists() || !dir.join("global/pg_control").exists() {
+                ensure!(
+                    Instant::now() < deadline,
+                    "{} was not re-created within {:?}",
+                    dir.display(),
+                    cfg.recovery_timeout
+                );
+                tokio::time::sleep(POLL).await;
+            }
         }
         Fault::EtcdStop => {
             cluster.etcd.pause();

@@ -1083,6 +1083,19 @@ impl<D: Dcs> Agent<D> {
                 ))
             }
             Decision::ReleaseLock { msg } => {
+                // A data directory deleted under a running primary: the postmaster (found by
+                // its working directory) keeps accepting writes until it is stopped, so it
+                // stops before the key goes; if it can not be stopped, the key stays.
+                if !matches!(obs.data, DataState::Initialized { .. }) {
+                    if let Err(e) = self
+                        .pg
+                        .stop(StopMode::Immediate, self.pg_ctl_timeout())
+                        .await
+                    {
+                        error!("could not stop PostgreSQL, keeping the leader key: {e}");
+                        return Ok(format!("not releasing the leader key: {e}"));
+                    }
+                }
                 let _ = self.dcs.delete_leader().await;
                 self.last_renewal = None;
                 Ok(msg)
