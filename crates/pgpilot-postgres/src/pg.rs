@@ -636,7 +636,10 @@ impl Postgres {
                 .args(extra_args);
             // A spread checkpoint can keep a new replica waiting for up to checkpoint_timeout
             // (5 min by default) before the copy starts; ask for a fast one unless configured.
-            if !extra_args.iter().any(|a| a.starts_with("--checkpoint") || a == "-c") {
+            if !extra_args
+                .iter()
+                .any(|a| a.starts_with("--checkpoint") || a == "-c")
+            {
                 cmd.arg("--checkpoint=fast");
             }
             match self
