@@ -185,8 +185,15 @@ async fn switchover_storm(cluster: &Cluster, cfg: &Config) -> anyhow::Result<()>
         let start = Instant::now();
         let (leader, candidate) = loop {
             let leader = cluster.leader_index();
-            let replicas = streaming_replicas(cluster).await;
+            let mut replicas = streaming_replicas(cluster).await;
             if let Some(l) = leader {
+                // In synchronous modes a switchover goes to a `/sync` standby only.
+                let listed = tokio::task::block_in_place(|| {
+                    crate::run::sync_standbys(cluster, &cluster.member(l).name)
+                });
+                if let Some(listed) = listed {
+                    replicas.retain(|&r| listed.contains(&cluster.member(r).name));
+                }
                 // Rotate through the members rather than bouncing between two.
                 if let Some(&c) = replicas.iter().find(|&&r| r > l).or(replicas.first()) {
                     break (l, c);

@@ -406,6 +406,12 @@ async fn wait_recovered(
 /// Without synchronous mode in `/config`: true. With it: `/sync` names `leader` and at least
 /// one standby.
 fn sync_settled(cluster: &Cluster, leader: &str) -> bool {
+    sync_standbys(cluster, leader).is_none_or(|s| !s.is_empty())
+}
+
+/// `None` without synchronous mode in `/config`; else the standbys `/sync` lists for `leader`
+/// (empty when it names another leader or none).
+pub(crate) fn sync_standbys(cluster: &Cluster, leader: &str) -> Option<Vec<String>> {
     let config: serde_json::Value = cluster
         .etcd_try_get("config")
         .and_then(|c| serde_json::from_str(&c).ok())
@@ -413,13 +419,24 @@ fn sync_settled(cluster: &Cluster, leader: &str) -> bool {
     let mode = &config["synchronous_mode"];
     let active = mode == true || mode == "on" || mode == "quorum" || mode == "true";
     if !active {
-        return true;
+        return None;
     }
     let sync: serde_json::Value = cluster
         .etcd_try_get("sync")
         .and_then(|c| serde_json::from_str(&c).ok())
         .unwrap_or_default();
-    sync["leader"] == leader && sync["sync_standby"].as_str().is_some_and(|s| !s.is_empty())
+    if sync["leader"] != leader {
+        return Some(Vec::new());
+    }
+    Some(
+        sync["sync_standby"]
+            .as_str()
+            .unwrap_or("")
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 /// Waits until the member holding the leader key reports a running primary; returns it.
