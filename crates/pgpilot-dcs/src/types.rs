@@ -100,6 +100,17 @@ impl MemberData {
             .unwrap_or(1)
     }
 
+    /// `sync_priority` as Patroni derives it: 0 with the `nosync` tag, else the tag, default 1.
+    pub fn sync_priority(&self) -> i64 {
+        let Some(tags) = &self.tags else { return 1 };
+        if tags.get("nosync").is_some_and(truthy) {
+            return 0;
+        }
+        tags.get("sync_priority")
+            .and_then(|v| v.as_i64().or_else(|| v.as_str()?.trim().parse().ok()))
+            .unwrap_or(1)
+    }
+
     /// `clonefrom` tag.
     pub fn clonefrom(&self) -> bool {
         self.tags

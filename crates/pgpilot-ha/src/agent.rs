@@ -1406,10 +1406,11 @@ impl<D: Dcs> Agent<D> {
             }
             return;
         }
-        let Some(pg) = self.last_pg.clone() else {
+        let Some(pg) = self.last_pg.as_ref() else {
             return;
         };
         let primary_lsn = pg.wal_flush_lsn.map_or(0, |l| l.0);
+        let standbys = standbys(cluster, &me, pg);
         // The new value governs commits once the walsenders processed the reload: take the
         // flush LSN of that moment from a cycle at least half a second after the change.
         if self.ssn_lsn.is_none()
@@ -1419,7 +1420,6 @@ impl<D: Dcs> Agent<D> {
         {
             self.ssn_lsn = Some(primary_lsn);
         }
-        let standbys = standbys(cluster, &me, &pg);
         let key = SyncKey::of(cluster.sync.as_ref(), &me);
         let view = SyncView {
             params,
@@ -2052,37 +2052,18 @@ fn standbys(cluster: &Cluster, me: &str, pg: &PgState) -> Vec<Standby> {
         .iter()
         .filter(|m| m.name != me && m.data.state == "running")
         .filter_map(|m| {
-            let tags = m.data.tags.clone().unwrap_or_default();
-            if tags
-                .get("replicatefrom")
-                .and_then(Value::as_str)
-                .is_some_and(|r| r != me)
-            {
+            let upstream = m.data.tags.as_ref().and_then(|t| t.get("replicatefrom"));
+            if upstream.and_then(Value::as_str).is_some_and(|r| r != me) {
                 return None;
             }
-            let int = |k: &str| {
-                tags.get(k).and_then(|v| match v {
-                    Value::Number(n) => n.as_i64(),
-                    Value::String(s) => s.trim().parse().ok(),
-                    _ => None,
-                })
-            };
-            let nosync = tags.get("nosync").is_some_and(pgpilot_dcs::truthy);
-            let sync_priority = if nosync {
-                0
-            } else {
-                int("sync_priority").unwrap_or(1)
-            };
-            let nofailover = tags.get("nofailover").is_some_and(pgpilot_dcs::truthy)
-                || int("failover_priority").is_some_and(|p| p <= 0);
             let row = pg
                 .replication
                 .iter()
                 .find(|r| r.application_name.eq_ignore_ascii_case(&m.name));
             Some(Standby {
                 name: m.name.clone(),
-                sync_priority,
-                nofailover,
+                sync_priority: m.data.sync_priority(),
+                nofailover: m.data.nofailover(),
                 streaming: row.is_some_and(|r| r.state == "streaming"),
                 lsn: row.map_or(0, |r| r.sync_lsn(&pg.synchronous_commit).0),
                 sync_state: row.map(|r| r.sync_state.clone()).unwrap_or_default(),

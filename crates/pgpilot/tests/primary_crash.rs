@@ -56,3 +56,41 @@ async fn crashed_primary_is_restarted_by_its_agent() {
         cluster.wait_for_row(r, "crash_check", 2).await;
     }
 }
+
+/// The leader's data directory is deleted under its running postmaster (files still open, so it
+/// keeps accepting writes). The agent must stop that postmaster before it lets the key go:
+/// when another member holds the key, the old postmaster is already gone (never two writable
+/// primaries). Then the old leader clones a new copy and streams again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_whose_data_directory_is_deleted_stops_its_postmaster_before_the_key_moves() {
+    harness::init();
+    let cluster = Cluster::start(3, Options::default());
+    let old = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(2).await;
+    let pid = cluster
+        .postmaster_pid(old)
+        .expect("the leader's postmaster runs");
+    std::fs::remove_dir_all(&cluster.member(old).data_dir).unwrap();
+    let new = cluster
+        .wait_for_leader_except(&[old], FAILOVER_TIMEOUT)
+        .await;
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    assert!(
+        !alive,
+        "{} holds the key while the old leader's postmaster {pid} still runs",
+        cluster.member(new).name
+    );
+    // The order in the agent's log: the orphaned postmaster stopped, then the key released.
+    let log = cluster.agent_log(old);
+    let stopped = log.find(&format!(
+        "stopping postmaster {pid} whose data directory was removed"
+    ));
+    let released = log.find("released leader key because the data directory is empty");
+    assert!(
+        matches!((stopped, released), (Some(s), Some(r)) if s < r),
+        "the postmaster must be stopped before the key is released:\n{log}"
+    );
+    cluster
+        .wait_for_streaming_replica(old, None, FAILOVER_TIMEOUT)
+        .await;
+}
