@@ -132,6 +132,9 @@ pub struct EtcdConfig {
     pub protocol: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// `use_proxies` (or `proxy` given): the endpoints are proxies, do not discover the etcd
+    /// members behind them.
+    pub use_proxies: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -580,6 +580,9 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         protocol,
         username: r.string(&format!("{section}.username"), false),
         password: r.string(&format!("{section}.password"), false),
+        use_proxies: r.get(&format!("{section}.proxy")).is_some()
+            || r.boolean(&format!("{section}.use_proxies"))
+                .unwrap_or(false),
     };
 
     let dcs = match r.get("bootstrap.dcs") {

@@ -98,6 +98,7 @@ async fn client(etcd: &Etcd, name: &str, ttl: u64) -> Arc<EtcdDcs> {
             loop_wait: Duration::from_secs(1),
             username: None,
             password: None,
+            discover_members: true,
         })
         .await
         .unwrap(),

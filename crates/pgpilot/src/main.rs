@@ -176,6 +176,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         loop_wait: bootstrap_dynamic.loop_wait,
         username: cfg.etcd.username.clone(),
         password: cfg.etcd.password.clone(),
+        discover_members: !cfg.etcd.use_proxies,
     })
     .await
     .context("can not connect to etcd")?;

@@ -340,6 +340,7 @@ impl Ctx {
             loop_wait: Duration::from_secs(DEFAULT_LOOP_WAIT),
             username: self.cfg.etcd_username.clone(),
             password: self.cfg.etcd_password.clone(),
+            discover_members: !self.cfg.use_proxies,
         };
         // EtcdDcs::connect retries forever while etcd is down (the agent's behaviour); a CLI
         // gives up after one retry_timeout-sized budget.

@@ -19,6 +19,9 @@ pub struct CtlConfig {
     pub namespace: String,
     /// `host:port` etcd endpoints.
     pub endpoints: Vec<String>,
+    /// `use_proxies` (or `proxy`): talk to the endpoints as given, without asking etcd for
+    /// its other members.
+    pub use_proxies: bool,
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
     /// Basic auth for the REST API: `ctl.authentication`, else `restapi.authentication`.
@@ -198,7 +201,7 @@ impl CtlConfig {
         let section_name = ["etcd3", "etcd"]
             .into_iter()
             .find(|n| get(&doc, n).is_some());
-        let (endpoints, etcd_username, etcd_password) = match section_name {
+        let (endpoints, etcd_username, etcd_password, use_proxies) = match section_name {
             Some(name) => {
                 let section = get(&doc, name)
                     .and_then(Value::as_object)
@@ -215,6 +218,8 @@ impl CtlConfig {
                     etcd_endpoints(&section),
                     string(&doc, &format!("{name}.username")),
                     string(&doc, &format!("{name}.password")),
+                    section.contains_key("proxy")
+                        || section.get("use_proxies").is_some_and(pgpilot_dcs::truthy),
                 )
             }
             None => {
@@ -224,13 +229,14 @@ impl CtlConfig {
                 {
                     bail!("The {other} DCS is not supported by pgpilotctl: only etcd (v3 API)");
                 }
-                (Vec::new(), None, None)
+                (Vec::new(), None, None, false)
             }
         };
         Ok(CtlConfig {
             scope: string(&doc, "scope"),
             namespace: string(&doc, "namespace").unwrap_or_else(|| "/service/".into()),
             endpoints,
+            use_proxies,
             etcd_username,
             etcd_password,
             rest_auth: credentials(&doc, "ctl.authentication")

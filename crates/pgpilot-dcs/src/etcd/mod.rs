@@ -9,6 +9,8 @@
 //!   next revision. Our own writes are applied to the cache at once. When the watch is broken the
 //!   cache is not trusted: `cluster()` falls back to a direct read, and fails if that fails, so a
 //!   primary notices that the DCS is gone instead of acting on a stale view.
+//! * Requests and the watch go to one etcd member at a time and move to another when it fails
+//!   ([`endpoints`]): a request fails only when no member answered within retry_timeout.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,10 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
     Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
+
+mod endpoints;
+
+use endpoints::Endpoints;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -37,6 +43,9 @@ pub struct EtcdOptions {
     pub loop_wait: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Add the members etcd reports to `endpoints` (Patroni's default; `use_proxies` turns it
+    /// off when the endpoints are proxies or load balancers).
+    pub discover_members: bool,
 }
 
 /// One cached key: value, mod_revision, lease.
@@ -104,7 +113,7 @@ impl Cache {
 
 /// etcd v3 client for one member.
 pub struct EtcdDcs {
-    client: Client,
+    endpoints: Arc<Endpoints>,
     prefix: String,
     name: String,
     ttl: Mutex<Duration>,
@@ -126,36 +135,12 @@ impl Drop for EtcdDcs {
     }
 }
 
-fn err(e: etcd_client::Error) -> DcsError {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            DcsError::Unavailable(format!("{:?}: {}", s.code(), s.message()))
-        }
-        etcd_client::Error::TransportError(t) => DcsError::Unavailable(t.to_string()),
-        other => DcsError::Request(other.to_string()),
-    }
-}
-
-/// Bounds a request by the retry timeout.
-async fn bounded<T>(
-    timeout: Duration,
-    what: &str,
-    fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-) -> Result<T> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r.map_err(err),
-        Err(_) => Err(DcsError::Unavailable(format!(
-            "{what}: no answer within {timeout:?}"
-        ))),
-    }
-}
-
 /// HTTP/2 keepalive ping interval: above etcd's default `grpc-keepalive-min-time` (5 s).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
 
 impl EtcdDcs {
-    /// Connects (retrying every 5 s while etcd is unreachable, logging `waiting on etcd`) and
-    /// starts the watch cache.
+    /// Connects (retrying every 5 s while no etcd member answers, logging `waiting on etcd`),
+    /// discovers the etcd cluster's members and starts the watch cache.
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdDcs> {
         let mut copts = ConnectOptions::new()
             .with_connect_timeout(opts.retry_timeout)
@@ -168,26 +153,28 @@ impl EtcdDcs {
         if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
             copts = copts.with_user(u.clone(), p.clone());
         }
-        let client = loop {
-            match tokio::time::timeout(
-                opts.retry_timeout * 2,
-                Client::connect(opts.endpoints.clone(), Some(copts.clone())),
-            )
-            .await
+        if opts.endpoints.is_empty() {
+            return Err(DcsError::Request("no etcd endpoint configured".into()));
+        }
+        let endpoints = Arc::new(Endpoints::new(
+            &opts.endpoints,
+            copts,
+            opts.discover_members,
+        ));
+        loop {
+            let deadline = Instant::now() + opts.retry_timeout;
+            match endpoints
+                .call("status", deadline, |mut c| async move { c.status().await })
+                .await
             {
-                Ok(Ok(mut c)) => {
-                    // connect() is lazy for some transports: prove the cluster answers.
-                    match tokio::time::timeout(opts.retry_timeout, c.status()).await {
-                        Ok(Ok(_)) => break c,
-                        Ok(Err(e)) => warn!("waiting on etcd: {e}"),
-                        Err(_) => warn!("waiting on etcd: no answer"),
-                    }
-                }
-                Ok(Err(e)) => warn!("waiting on etcd: {e}"),
-                Err(_) => warn!("waiting on etcd: connect timed out"),
+                Ok(_) => break,
+                Err(e) => warn!("waiting on etcd: {e}"),
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
-        };
+        }
+        endpoints
+            .discover(Instant::now() + opts.retry_timeout)
+            .await;
         let (leader_events, _) = watch::channel(0);
         let (status_events, _) = watch::channel(0);
         let cache = Arc::new(Cache {
@@ -196,7 +183,7 @@ impl EtcdDcs {
             status_events,
         });
         let dcs = EtcdDcs {
-            client,
+            endpoints,
             prefix: cluster_prefix(&opts.namespace, &opts.scope),
             name: opts.name,
             ttl: Mutex::new(opts.ttl),
@@ -209,17 +196,33 @@ impl EtcdDcs {
             stop: CancellationToken::new(),
         };
         tokio::spawn(watch_loop(
-            dcs.client.clone(),
+            dcs.endpoints.clone(),
             dcs.prefix.clone(),
             dcs.cache.clone(),
+            dcs.retry_timeout(),
+            dcs.stop.clone(),
+        ));
+        tokio::spawn(rediscover_loop(
+            dcs.endpoints.clone(),
             dcs.retry_timeout(),
             dcs.stop.clone(),
         ));
         Ok(dcs)
     }
 
+    /// The etcd members this client knows (configured and discovered), as URLs.
+    pub fn known_endpoints(&self) -> Vec<String> {
+        self.endpoints.urls()
+    }
+
     fn retry_timeout(&self) -> Duration {
         *self.retry_timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The deadline of a request (or of a group of requests that form one operation) started
+    /// now: no etcd member answering within retry_timeout is a DCS failure.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.retry_timeout()
     }
 
     fn ttl(&self) -> Duration {
@@ -230,23 +233,30 @@ impl EtcdDcs {
         format!("{}{rel}", self.prefix)
     }
 
-    fn client(&self) -> Client {
-        self.client.clone()
+    /// One request, answered by whichever etcd member can (see [`endpoints`]).
+    async fn request<T, F, Fut>(&self, what: &str, deadline: Instant, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>
+            + Send
+            + 'static,
+    {
+        self.endpoints.call(what, deadline, f).await.map(|(v, _)| v)
     }
 
     /// Our lease, granted if we have none.
-    async fn lease(&self) -> Result<i64> {
+    async fn lease(&self, deadline: Instant) -> Result<i64> {
         let mut guard = self.lease.lock().await;
         if let Some(id) = *guard {
             return Ok(id);
         }
         let ttl = i64::try_from(self.ttl().as_secs()).unwrap_or(30);
-        let resp = bounded(
-            self.retry_timeout(),
-            "lease grant",
-            self.client().lease_grant(ttl, None),
-        )
-        .await?;
+        let resp = self
+            .request("lease grant", deadline, move |mut c| async move {
+                c.lease_grant(ttl, None).await
+            })
+            .await?;
         info!("granted etcd lease {:x} with ttl {ttl}s", resp.id());
         *guard = Some(resp.id());
         *self
@@ -260,7 +270,7 @@ impl EtcdDcs {
     /// the leader every cycle; otherwise (a replica's member key) at most every third of the
     /// TTL: a member key that lives on needs no more, and etcd is spared a request per member
     /// per loop_wait.
-    async fn keepalive(&self, force: bool) -> Result<i64> {
+    async fn keepalive(&self, force: bool, deadline: Instant) -> Result<i64> {
         if !force {
             let every = self.loop_wait.max(self.ttl() / 3);
             let recent = self
@@ -269,31 +279,31 @@ impl EtcdDcs {
                 .unwrap_or_else(|e| e.into_inner())
                 .is_some_and(|t| t.elapsed() < every);
             if recent {
-                return self.lease().await;
+                return self.lease(deadline).await;
             }
         }
-        let id = self.lease().await?;
-        let timeout = self.retry_timeout();
-        let mut client = self.client();
-        let ttl = tokio::time::timeout(timeout, async move {
-            let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
-            keeper.keep_alive().await?;
-            Ok::<_, etcd_client::Error>(stream.message().await?.map_or(0, |r| r.ttl()))
-        })
-        .await
-        .map_err(|_| {
-            DcsError::Unavailable(format!("lease keepalive: no answer within {timeout:?}"))
-        })?;
-        // etcd-client reports an expired lease as an error ("lease not found") rather than as
-        // a keepalive answer with ttl 0: both mean the lease is gone and a new one is needed.
-        let ttl = match ttl {
-            Err(etcd_client::Error::LeaseKeepAliveError(msg)) if msg.contains("not found") => 0,
-            other => other.map_err(err)?,
-        };
-        if ttl <= 0 {
+        let id = self.lease(deadline).await?;
+        // Opening the keepalive stream sends one keepalive and reads its answer. etcd-client
+        // reports an expired lease as an error ("lease not found"), etcd itself may answer
+        // NotFound: both mean the lease is gone and a new one is needed.
+        let alive = self
+            .request("lease keepalive", deadline, move |mut c| async move {
+                match c.lease_keep_alive(id).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
+                        Ok(false)
+                    }
+                    Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        if !alive {
             warn!("etcd lease {id:x} was lost; granting a new one");
             *self.lease.lock().await = None;
-            return self.lease().await;
+            return self.lease(deadline).await;
         }
         *self
             .last_keepalive
@@ -304,20 +314,26 @@ impl EtcdDcs {
 
     async fn put(&self, rel: &str, value: &str, lease: Option<i64>) -> Result<()> {
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let resp = bounded(
-            self.retry_timeout(),
-            "put",
-            self.client().put(self.key(rel), value, opts),
-        )
-        .await?;
+        let (key, val) = (self.key(rel), value.to_string());
+        let resp = self
+            .request("put", self.deadline(), move |mut c| {
+                let (key, val, opts) = (key.clone(), val.clone(), opts.clone());
+                async move { c.put(key, val, opts).await }
+            })
+            .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         self.cache.apply_put(rel, value, rev, lease.unwrap_or(0));
         Ok(())
     }
 
-    /// Runs a txn; on success applies `then_put`/`then_delete` to the cache.
-    async fn txn(&self, txn: Txn) -> Result<(bool, i64, Vec<TxnOpResponse>)> {
-        let resp = bounded(self.retry_timeout(), "txn", self.client().txn(txn)).await?;
+    /// Runs a txn; returns whether it succeeded, its revision and the responses.
+    async fn txn(&self, txn: Txn, deadline: Instant) -> Result<(bool, i64, Vec<TxnOpResponse>)> {
+        let resp = self
+            .request("txn", deadline, move |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         Ok((resp.succeeded(), rev, resp.op_responses()))
     }
@@ -328,12 +344,13 @@ impl EtcdDcs {
         value: &str,
         compare: Compare,
         lease: Option<i64>,
+        deadline: Instant,
     ) -> Result<bool> {
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
         let txn = Txn::new()
             .when([compare])
             .and_then([TxnOp::put(self.key(rel), value, opts)]);
-        let (ok, rev, _) = self.txn(txn).await?;
+        let (ok, rev, _) = self.txn(txn, deadline).await?;
         if ok {
             self.cache.apply_put(rel, value, rev, lease.unwrap_or(0));
         }
@@ -346,7 +363,7 @@ impl EtcdDcs {
         match version {
             Some(v) => {
                 let cmp = Compare::mod_revision(self.key(rel), CompareOp::Equal, v);
-                self.cas_put(rel, value, cmp, None).await
+                self.cas_put(rel, value, cmp, None, self.deadline()).await
             }
             None => self.put(rel, value, None).await.map(|()| true),
         }
@@ -357,12 +374,13 @@ impl EtcdDcs {
         if serializable {
             opts = opts.with_serializable();
         }
-        let resp = bounded(
-            self.retry_timeout(),
-            "range",
-            self.client().get(self.prefix.clone(), Some(opts)),
-        )
-        .await?;
+        let prefix = self.prefix.clone();
+        let resp = self
+            .request("range", self.deadline(), move |mut c| {
+                let (prefix, opts) = (prefix.clone(), opts.clone());
+                async move { c.get(prefix, Some(opts)).await }
+            })
+            .await?;
         let entries: Vec<(String, String, i64, i64)> = resp
             .kvs()
             .iter()
@@ -386,34 +404,50 @@ impl EtcdDcs {
     }
 }
 
-/// Keeps the cache in line with etcd: range, then watch from the next revision; starts over on
-/// any error, compaction or cancellation.
+/// How often the list of etcd members is asked again (Patroni refreshes its cache of etcd
+/// members every 5 minutes too).
+const REDISCOVER_EVERY: Duration = Duration::from_secs(300);
+
+async fn rediscover_loop(endpoints: Arc<Endpoints>, timeout: Duration, stop: CancellationToken) {
+    loop {
+        sleep_or_stop(&stop, REDISCOVER_EVERY).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        endpoints.discover(Instant::now() + timeout).await;
+    }
+}
+
+/// Keeps the cache in line with etcd: range, then watch from the next revision on the member
+/// that answered; starts over on any error, compaction or cancellation, and when requests
+/// moved to another member (the watched one failed: a silent, SIGSTOPped member would
+/// otherwise hold the stream open with no events until the HTTP/2 pings time out).
 async fn watch_loop(
-    mut client: Client,
+    endpoints: Arc<Endpoints>,
     prefix: String,
     cache: Arc<Cache>,
     timeout: Duration,
     stop: CancellationToken,
 ) {
+    let mut moved = endpoints.subscribe();
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let range = tokio::time::timeout(
-            timeout,
-            client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-        )
-        .await;
-        let resp = match range {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
+        moved.borrow_and_update();
+        let range_prefix = prefix.clone();
+        let range = endpoints
+            .call("watch range", Instant::now() + timeout, move |mut c| {
+                let p = range_prefix.clone();
+                async move { c.get(p, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await;
+        let (resp, member) = match range {
+            Ok(r) => r,
+            Err(e) => {
                 debug!("watch cache: range failed: {e}");
                 cache.lock().healthy = false;
                 sleep_or_stop(&stop, Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(_) => {
-                cache.lock().healthy = false;
                 continue;
             }
         };
@@ -439,15 +473,28 @@ async fn watch_loop(
         }
         cache.leader_events.send_modify(|n| *n += 1);
         cache.status_events.send_modify(|n| *n += 1);
+        // The watch goes to the member that served the range.
+        let Some((id, mut client)) = endpoints.preferred().filter(|(id, _)| *id == member) else {
+            cache.lock().healthy = false;
+            continue;
+        };
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
         let mut stream =
             match tokio::time::timeout(timeout, client.watch(prefix.clone(), Some(opts))).await {
                 Ok(Ok(s)) => s,
-                _ => {
+                Ok(Err(e)) => {
                     cache.lock().healthy = false;
+                    if endpoints::is_member_failure(&e) {
+                        endpoints.failed(id, &format!("watch: {e}"));
+                    }
                     sleep_or_stop(&stop, Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(_) => {
+                    cache.lock().healthy = false;
+                    endpoints.failed(id, "watch: no answer");
                     continue;
                 }
             };
@@ -455,11 +502,23 @@ async fn watch_loop(
         loop {
             let msg = tokio::select! {
                 _ = stop.cancelled() => return,
+                changed = moved.changed() => {
+                    if changed.is_err() || !endpoints.is_current(id) {
+                        debug!("watch cache: requests moved to another etcd member, following");
+                        break;
+                    }
+                    continue;
+                }
                 m = stream.message() => m,
             };
             match msg {
                 Ok(Some(resp)) => {
                     if resp.canceled() || resp.compact_revision() > 0 {
+                        if resp.canceled() && resp.compact_revision() == 0 {
+                            // e.g. "no leader": this member lost the etcd quorum.
+                            endpoints
+                                .failed(id, &format!("watch canceled: {}", resp.cancel_reason()));
+                        }
                         break;
                     }
                     for ev in resp.events() {
@@ -479,7 +538,16 @@ async fn watch_loop(
                         }
                     }
                 }
-                Ok(None) | Err(_) => break,
+                Ok(None) => {
+                    endpoints.failed(id, "watch stream closed");
+                    break;
+                }
+                Err(e) => {
+                    if endpoints::is_member_failure(&e) {
+                        endpoints.failed(id, &format!("watch stream: {e}"));
+                    }
+                    break;
+                }
             }
         }
         cache.lock().healthy = false;
@@ -529,7 +597,7 @@ impl Dcs for EtcdDcs {
     }
 
     async fn touch_member(&self, data: &MemberData) -> Result<()> {
-        let lease = self.keepalive(false).await?;
+        let lease = self.keepalive(false, self.deadline()).await?;
         let json = data.to_json();
         let rel = format!("members/{}", self.name);
         let unchanged = self
@@ -545,20 +613,27 @@ impl Dcs for EtcdDcs {
     }
 
     async fn attempt_to_acquire_leader(&self) -> Result<bool> {
-        let lease = self.keepalive(true).await?;
+        // One deadline for the keepalive and the transaction: the whole attempt fits in
+        // retry_timeout, as the timing rule loop_wait + 2 × retry_timeout ≤ ttl assumes.
+        let deadline = self.deadline();
+        let lease = self.keepalive(true, deadline).await?;
         let won = self
             .cas_put(
                 "leader",
                 &self.name,
                 Compare::create_revision(self.key("leader"), CompareOp::Equal, 0),
                 Some(lease),
+                deadline,
             )
             .await?;
         Ok(won)
     }
 
     async fn update_leader(&self, leader: Option<&Leader>) -> Result<bool> {
-        let lease = self.keepalive(true).await?;
+        // One deadline for the keepalive and the rebinding transaction (see
+        // attempt_to_acquire_leader).
+        let deadline = self.deadline();
+        let lease = self.keepalive(true, deadline).await?;
         let cached = self.cache.lock().entries.get("leader").cloned();
         let current = leader
             .map(|l| (l.name.clone(), l.lease))
@@ -584,7 +659,7 @@ impl Dcs for EtcdDcs {
             .when([Compare::value(key, CompareOp::Equal, self.name.clone())])
             .and_then([put])
             .or_else([TxnOp::txn(inner)]);
-        let (ok, rev, responses) = self.txn(txn).await?;
+        let (ok, rev, responses) = self.txn(txn, deadline).await?;
         let ok = ok
             || responses.iter().any(|r| match r {
                 TxnOpResponse::Txn(t) => t.succeeded(),
@@ -597,7 +672,7 @@ impl Dcs for EtcdDcs {
     }
 
     async fn take_leader(&self) -> Result<()> {
-        let lease = self.keepalive(true).await?;
+        let lease = self.keepalive(true, self.deadline()).await?;
         self.put("leader", &self.name.clone(), Some(lease)).await
     }
 
@@ -610,7 +685,7 @@ impl Dcs for EtcdDcs {
                 self.name.clone(),
             )])
             .and_then([TxnOp::delete(key, None::<DeleteOptions>)]);
-        let (ok, rev, _) = self.txn(txn).await?;
+        let (ok, rev, _) = self.txn(txn, self.deadline()).await?;
         if ok {
             self.cache.apply_delete("leader", rev);
         }
@@ -625,6 +700,7 @@ impl Dcs for EtcdDcs {
                     sysid,
                     Compare::create_revision(self.key("initialize"), CompareOp::Equal, 0),
                     None,
+                    self.deadline(),
                 )
                 .await;
         }
@@ -633,12 +709,13 @@ impl Dcs for EtcdDcs {
     }
 
     async fn cancel_initialization(&self) -> Result<()> {
-        let resp = bounded(
-            self.retry_timeout(),
-            "delete",
-            self.client().delete(self.key("initialize"), None),
-        )
-        .await?;
+        let key = self.key("initialize");
+        let resp = self
+            .request("delete", self.deadline(), move |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
         self.cache
             .apply_delete("initialize", resp.header().map_or(0, |h| h.revision()));
         Ok(())
@@ -663,7 +740,7 @@ impl Dcs for EtcdDcs {
             txn = txn.when([Compare::mod_revision(key.clone(), CompareOp::Equal, v)]);
         }
         let txn = txn.and_then([TxnOp::delete(key, None::<DeleteOptions>)]);
-        let (ok, rev, _) = self.txn(txn).await?;
+        let (ok, rev, _) = self.txn(txn, self.deadline()).await?;
         if ok {
             self.cache.apply_delete("sync", rev);
         }
@@ -722,14 +799,14 @@ impl Dcs for EtcdDcs {
     }
 
     async fn delete_cluster(&self) -> Result<()> {
-        bounded(
-            self.retry_timeout(),
-            "delete prefix",
-            self.client().delete(
-                self.prefix.clone(),
-                Some(DeleteOptions::new().with_prefix()),
-            ),
-        )
+        let prefix = self.prefix.clone();
+        self.request("delete prefix", self.deadline(), move |mut c| {
+            let prefix = prefix.clone();
+            async move {
+                c.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                    .await
+            }
+        })
         .await?;
         Ok(())
     }
@@ -737,11 +814,9 @@ impl Dcs for EtcdDcs {
     async fn close(&self) -> Result<()> {
         let id = self.lease.lock().await.take();
         if let Some(id) = id {
-            bounded(
-                self.retry_timeout(),
-                "lease revoke",
-                self.client().lease_revoke(id),
-            )
+            self.request("lease revoke", self.deadline(), move |mut c| async move {
+                c.lease_revoke(id).await
+            })
             .await?;
         }
         Ok(())
