@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 use harness::{secs, Cluster, Options, Writer, FAILOVER_TIMEOUT};
 use serde_json::json;
 
-/// Reads every id of `table` on member `i`.
-async fn ids(cluster: &Cluster, i: usize, table: &str) -> Vec<i64> {
-    let client = cluster.pg_connect(i).await;
-    client
-        .query(&format!("SELECT id FROM {table} ORDER BY id"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 /// Two switchovers under a client writing every 10 ms: first to a named candidate, then to
 /// whichever replica is healthiest. Each answers 200 with Patroni's sentence, every
 /// acknowledged row is on the final leader, and the old leaders stream from the new one.
@@ -131,7 +119,7 @@ async fn switchover_loses_no_acknowledged_write_and_the_old_leader_follows() {
     let log = writer.finish().await;
 
     // Every acknowledged row is on the final leader; the others follow it.
-    let present = ids(&cluster, third, "sw").await;
+    let present = cluster.ids(third, "sw").await;
     let lost: Vec<i64> = log
         .acked
         .iter()

@@ -72,6 +72,9 @@ pub struct Options {
     pub https: bool,
     /// Run this executable as the agent instead of pgpilot (e.g. Patroni's `patroni`).
     pub agent: Option<PathBuf>,
+    /// Members of the etcd cluster (1 by default; 3 to lose one and keep quorum). Every
+    /// member is listed in `etcd3.hosts`.
+    pub etcd_members: usize,
 }
 
 impl Default for Options {
@@ -97,6 +100,7 @@ impl Default for Options {
             customize: None,
             https: false,
             agent: None,
+            etcd_members: 1,
         }
     }
 }
@@ -157,7 +161,7 @@ impl Cluster {
     /// Starts etcd and writes the configuration of `n` members without starting agents.
     pub fn new(n: usize, options: Options) -> Cluster {
         init();
-        let etcd = Etcd::start();
+        let etcd = Etcd::start_members(options.etcd_members.max(1));
         let dir = tempfile::Builder::new()
             .prefix("pgpilot-cluster-")
             .tempdir()
@@ -165,7 +169,7 @@ impl Cluster {
         eprintln!(
             "harness: cluster in {} with etcd at {}",
             dir.path().display(),
-            etcd.endpoint()
+            etcd.endpoints().join(",")
         );
         let tls = options
             .https
@@ -264,7 +268,7 @@ impl Cluster {
                 "connect_address": format!("127.0.0.1:{}", m.api_port),
                 "authentication": { "username": API_AUTH.0, "password": API_AUTH.1 },
             },
-            "etcd3": { "hosts": [self.etcd.endpoint()] },
+            "etcd3": { "hosts": self.etcd.endpoints() },
             "bootstrap": {
                 "dcs": {
                     "ttl": o.ttl,
@@ -802,6 +806,18 @@ impl Cluster {
 
     pub async fn pg_connect_try(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
         pg::connect(self.members[i].pg_port).await
+    }
+
+    /// Every id of `table` (a [`Writer`](super::Writer)'s table) on member `i`, in order.
+    pub async fn ids(&self, i: usize, table: &str) -> Vec<i64> {
+        self.pg_connect(i)
+            .await
+            .query(&format!("SELECT id FROM {table} ORDER BY id"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
     }
 
     /// `SELECT system_identifier FROM pg_control_system()` on member `i`.

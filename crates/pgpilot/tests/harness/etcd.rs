@@ -28,154 +28,278 @@ pub struct Kv {
     pub lease: i64,
 }
 
-/// A running etcd, killed (by PID) in `Drop`.
-pub struct Etcd {
-    pub client_port: u16,
-    pub peer_port: u16,
-    /// Data and log. The data directory lives in /dev/shm when possible: fsync latency on a
-    /// shared disk would otherwise stall the 1 s HA loop.
-    dir: TempDir,
-    pub log_path: PathBuf,
+/// One etcd process of the test cluster.
+struct Node {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data: PathBuf,
+    log_path: PathBuf,
     child: Mutex<Option<Child>>,
     paused: AtomicBool,
 }
 
+/// A running etcd cluster of one member (the default) or several; every process is killed (by
+/// PID) in `Drop`. Methods without a member index act on the whole cluster (an outage of the
+/// DCS); `*_member` methods act on one member (the loss of one etcd member).
+pub struct Etcd {
+    /// Client and peer port of the first member.
+    pub client_port: u16,
+    pub peer_port: u16,
+    /// Log of the first member.
+    pub log_path: PathBuf,
+    nodes: Vec<Node>,
+    initial_cluster: String,
+    /// Data and logs. The data directories live in /dev/shm when possible: fsync latency on a
+    /// shared disk would otherwise stall the 1 s HA loop.
+    dir: TempDir,
+}
+
 impl Etcd {
-    /// Starts etcd on free loopback ports and waits until it answers `/health` and a range read.
+    /// Starts a one-member etcd on free loopback ports and waits until it answers.
     pub fn start() -> Etcd {
+        Etcd::start_members(1)
+    }
+
+    /// Starts an etcd cluster of `n` members on free loopback ports and waits until each
+    /// answers `/health` (with a raft leader) and a range read.
+    pub fn start_members(n: usize) -> Etcd {
         init();
-        let dir = tempfile::Builder::new()
-            .prefix("pgpilot-etcd-")
-            .tempdir_in("/dev/shm")
-            .or_else(|_| tempfile::Builder::new().prefix("pgpilot-etcd-").tempdir())
-            .expect("create etcd temp dir");
-        let log_path = dir.path().join("etcd.log");
         let mut last_error = String::new();
         // A port picked as free may be taken before etcd binds it: retry with new ports.
         for attempt in 1..=3 {
-            let (client_port, peer_port) = (free_port(), free_port());
-            let data = dir.path().join(format!("data-{attempt}"));
-            let peer = format!("http://127.0.0.1:{peer_port}");
-            let client = format!("http://127.0.0.1:{client_port}");
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .expect("open etcd log");
-            let mut cmd = Command::new(ETCD_BIN);
-            cmd.arg("--name=harness")
-                .arg(format!("--data-dir={}", data.display()))
-                .arg(format!("--listen-client-urls={client}"))
-                .arg(format!("--advertise-client-urls={client}"))
-                .arg(format!("--listen-peer-urls={peer}"))
-                .arg(format!("--initial-advertise-peer-urls={peer}"))
-                .arg(format!("--initial-cluster=harness={peer}"))
-                .arg("--initial-cluster-state=new")
-                .arg(format!("--initial-cluster-token=harness-{client_port}"))
-                .arg("--logger=zap")
-                .arg("--log-outputs=stderr")
-                .arg("--log-level=warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log);
-            clean_env(&mut cmd, dir.path());
-            let mut child =
-                spawn_child(cmd).unwrap_or_else(|e| panic!("can not start {ETCD_BIN}: {e}"));
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if healthy(client_port) {
-                    return Etcd {
-                        client_port,
-                        peer_port,
-                        log_path,
-                        dir,
-                        child: Mutex::new(Some(child)),
-                        paused: AtomicBool::new(false),
-                    };
-                }
-                if !matches!(child.try_wait(), Ok(None)) {
-                    last_error = format!("etcd exited:\n{}", tail(&log_path, 20));
-                    break;
-                }
-                if Instant::now() > deadline {
-                    last_error = format!("etcd not healthy after 30 s:\n{}", tail(&log_path, 20));
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+            let dir = tempfile::Builder::new()
+                .prefix("pgpilot-etcd-")
+                .tempdir_in("/dev/shm")
+                .or_else(|_| tempfile::Builder::new().prefix("pgpilot-etcd-").tempdir())
+                .expect("create etcd temp dir");
+            let nodes: Vec<Node> = (0..n)
+                .map(|i| Node {
+                    name: format!("etcd{i}"),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    data: dir.path().join(format!("data-{attempt}-{i}")),
+                    log_path: dir.path().join(format!("etcd{i}.log")),
+                    child: Mutex::new(None),
+                    paused: AtomicBool::new(false),
+                })
+                .collect();
+            let initial_cluster = nodes
+                .iter()
+                .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+                .collect::<Vec<_>>()
+                .join(",");
+            let etcd = Etcd {
+                client_port: nodes[0].client_port,
+                peer_port: nodes[0].peer_port,
+                log_path: nodes[0].log_path.clone(),
+                nodes,
+                initial_cluster,
+                dir,
+            };
+            for i in 0..n {
+                etcd.spawn(i);
             }
-            signal(child.id() as i32, Signal::SIGKILL);
-            let _ = child.wait();
+            match etcd.wait_healthy(&(0..n).collect::<Vec<_>>(), Duration::from_secs(30)) {
+                Ok(()) => return etcd,
+                Err(e) => last_error = e,
+            }
+            // Dropping kills the processes and removes the directory.
+            drop(etcd);
         }
         panic!("etcd did not start: {last_error}");
     }
 
-    /// `127.0.0.1:<client port>`, as written in `etcd3.hosts`.
-    pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+    /// Starts member `i` (again, with its data directory) as its own process.
+    fn spawn(&self, i: usize) {
+        let m = &self.nodes[i];
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log_path)
+            .expect("open etcd log");
+        let mut cmd = Command::new(ETCD_BIN);
+        cmd.arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", m.data.display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--initial-cluster-state=new")
+            .arg(format!(
+                "--initial-cluster-token=harness-{}",
+                self.nodes[0].client_port
+            ))
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log);
+        clean_env(&mut cmd, self.dir.path());
+        let child = spawn_child(cmd).unwrap_or_else(|e| panic!("can not start {ETCD_BIN}: {e}"));
+        *m.child.lock().unwrap() = Some(child);
+        m.paused.store(false, Ordering::SeqCst);
     }
 
-    pub fn pid(&self) -> Option<i32> {
-        self.child.lock().unwrap().as_ref().map(|c| c.id() as i32)
-    }
-
-    /// Whether the etcd process is still alive (reaps it if it exited).
-    pub fn running(&self) -> bool {
-        let mut guard = self.child.lock().unwrap();
-        match guard.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
+    /// Waits until every member in `which` is healthy; `Err` with the logs otherwise.
+    fn wait_healthy(&self, which: &[usize], timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        for &i in which {
+            let m = &self.nodes[i];
+            loop {
+                if healthy(m.client_port) {
+                    break;
+                }
+                if !m.running() {
+                    return Err(format!("{} exited:\n{}", m.name, tail(&m.log_path, 20)));
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} not healthy after {timeout:?}:\n{}",
+                        m.name,
+                        tail(&m.log_path, 20)
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
+        Ok(())
     }
 
-    /// `GET /health` says `"health":"true"` within the request timeout.
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `127.0.0.1:<client port>` of the first member, as written in `etcd3.hosts`.
+    pub fn endpoint(&self) -> String {
+        self.member_endpoint(0)
+    }
+
+    /// `127.0.0.1:<client port>` of member `i`.
+    pub fn member_endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// Every member's endpoint, in member order (`etcd3.hosts`).
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.nodes.len())
+            .map(|i| self.member_endpoint(i))
+            .collect()
+    }
+
+    /// PID of the first member.
+    pub fn pid(&self) -> Option<i32> {
+        self.nodes[0].pid()
+    }
+
+    pub fn member_pid(&self, i: usize) -> Option<i32> {
+        self.nodes[i].pid()
+    }
+
+    /// Whether every member process is alive (reaps the ones that exited).
+    pub fn running(&self) -> bool {
+        self.nodes.iter().all(Node::running)
+    }
+
+    pub fn member_running(&self, i: usize) -> bool {
+        self.nodes[i].running()
+    }
+
+    /// `GET /health` of the first member says `"health":"true"` within the request timeout.
     pub fn healthy(&self) -> bool {
-        healthy(self.client_port)
+        healthy(self.nodes[0].client_port)
     }
 
-    /// SIGSTOP: etcd stops answering but keeps its sockets (a hung DCS, not a dead one).
+    /// SIGSTOP of every member: etcd stops answering but keeps its sockets (a hung DCS, not a
+    /// dead one).
     pub fn pause(&self) {
-        if let Some(pid) = self.pid() {
-            signal(pid, Signal::SIGSTOP);
-            self.paused.store(true, Ordering::SeqCst);
+        for m in &self.nodes {
+            m.pause();
         }
     }
 
     /// SIGCONT after [`Etcd::pause`].
     pub fn resume(&self) {
-        if let Some(pid) = self.pid() {
-            signal(pid, Signal::SIGCONT);
-            self.paused.store(false, Ordering::SeqCst);
+        for m in &self.nodes {
+            m.resume();
         }
     }
 
-    pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::SeqCst)
+    /// SIGSTOP of member `i` only.
+    pub fn pause_member(&self, i: usize) {
+        self.nodes[i].pause();
     }
 
-    /// SIGKILL by PID and reap.
+    /// SIGCONT of member `i`.
+    pub fn resume_member(&self, i: usize) {
+        self.nodes[i].resume();
+    }
+
+    /// Whether any member is paused.
+    pub fn is_paused(&self) -> bool {
+        self.nodes.iter().any(|m| m.paused.load(Ordering::SeqCst))
+    }
+
+    /// SIGKILL of every member, by PID, and reap.
     pub fn stop(&self) {
-        let mut guard = self.child.lock().unwrap();
-        if let Some(mut child) = guard.take() {
-            let pid = child.id() as i32;
-            signal(pid, Signal::SIGKILL);
-            let _ = child.wait();
-            debug_assert!(!pid_alive(pid));
+        for m in &self.nodes {
+            m.kill();
+        }
+    }
+
+    /// SIGKILL of member `i` (its data directory stays for [`Etcd::restart_member`]).
+    pub fn kill_member(&self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts member `i` again on its ports and data directory (after [`Etcd::kill_member`])
+    /// and waits until it is healthy.
+    pub fn restart_member(&self, i: usize) {
+        self.nodes[i].kill();
+        self.spawn(i);
+        if let Err(e) = self.wait_healthy(&[i], Duration::from_secs(30)) {
+            panic!("etcd member {i} did not come back: {e}");
+        }
+    }
+
+    /// Waits until every member is healthy again (e.g. after a quorum loss).
+    pub fn wait_all_healthy(&self) {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        if let Err(e) = self.wait_healthy(&all, Duration::from_secs(60)) {
+            panic!("etcd cluster not healthy: {e}");
         }
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log_path, lines)
+        self.nodes
+            .iter()
+            .map(|m| {
+                let text = tail(&m.log_path, lines);
+                if self.nodes.len() == 1 {
+                    text
+                } else {
+                    format!("-- {} --\n{text}", m.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
+    /// A request to the first member that is running and not paused.
     fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let (code, text) = super::http_request(
-            self.client_port,
-            "POST",
-            path,
-            Some(&body.to_string()),
-            REQUEST_TIMEOUT,
-        )
-        .with_context(|| format!("etcd {path}"))?;
+        let port = self
+            .nodes
+            .iter()
+            .find(|m| m.running() && !m.paused.load(Ordering::SeqCst))
+            .map_or(self.client_port, |m| m.client_port);
+        let (code, text) =
+            super::http_request(port, "POST", path, Some(&body.to_string()), REQUEST_TIMEOUT)
+                .with_context(|| format!("etcd {path}"))?;
         anyhow::ensure!(code == 200, "etcd {path}: HTTP {code}: {text}");
         serde_json::from_str(&text).with_context(|| format!("etcd {path}: invalid JSON {text:?}"))
     }
@@ -299,6 +423,46 @@ fn parse_kvs(reply: &Value) -> anyhow::Result<Vec<Kv>> {
             })
         })
         .collect()
+}
+
+impl Node {
+    fn pid(&self) -> Option<i32> {
+        self.child.lock().unwrap().as_ref().map(|c| c.id() as i32)
+    }
+
+    fn running(&self) -> bool {
+        let mut guard = self.child.lock().unwrap();
+        match guard.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, Signal::SIGSTOP);
+            self.paused.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, Signal::SIGCONT);
+            self.paused.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// SIGKILL by PID (a stopped process dies too) and reap.
+    fn kill(&self) {
+        let mut guard = self.child.lock().unwrap();
+        if let Some(mut child) = guard.take() {
+            let pid = child.id() as i32;
+            signal(pid, Signal::SIGKILL);
+            let _ = child.wait();
+            debug_assert!(!pid_alive(pid));
+        }
+        self.paused.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Etcd {
