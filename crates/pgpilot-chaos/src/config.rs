@@ -82,6 +82,10 @@ pub enum Fault {
     RmDatadir,
     /// SIGSTOP etcd for longer than ttl, then SIGCONT.
     EtcdStop,
+    /// SIGKILL one of the three etcd members for longer than ttl (the others keep quorum),
+    /// then start it again; round `r` takes member `(r - 1) % 3`, so every position in
+    /// `etcd3.hosts` is hit, the first one (where requests start) included.
+    EtcdMemberLoss,
     /// Cut the leader off etcd and its replicas (network namespaces; root only).
     Partition,
     /// Several switchovers back to back through `POST /switchover`.
@@ -91,12 +95,13 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::Kill9,
         Fault::FreezeAgent,
         Fault::PgImmediate,
         Fault::RmDatadir,
         Fault::EtcdStop,
+        Fault::EtcdMemberLoss,
         Fault::Partition,
         Fault::SwitchoverStorm,
         Fault::RestartStorm,
@@ -109,6 +114,7 @@ impl Fault {
             Fault::PgImmediate => "pg-immediate",
             Fault::RmDatadir => "rm-datadir",
             Fault::EtcdStop => "etcd-stop",
+            Fault::EtcdMemberLoss => "etcd-member-loss",
             Fault::Partition => "partition",
             Fault::SwitchoverStorm => "switchover-storm",
             Fault::RestartStorm => "restart-storm",

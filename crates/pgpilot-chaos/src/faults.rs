@@ -34,6 +34,7 @@ pub enum Outcome {
 /// Injects `fault` on member `leader` and returns when the fault itself is over.
 pub async fn inject(
     fault: Fault,
+    round: usize,
     cluster: &Cluster,
     leader: usize,
     cfg: &Config,
@@ -90,6 +91,22 @@ pub async fn inject(
             cluster.etcd.pause();
             tokio::time::sleep(hold).await;
             cluster.etcd.resume();
+        }
+        Fault::EtcdMemberLoss => {
+            if cluster.etcd.len() < 3 {
+                return Ok(Outcome::Skipped(format!(
+                    "needs 3 etcd members, the cluster has {}",
+                    cluster.etcd.len()
+                )));
+            }
+            let victim = round.saturating_sub(1) % cluster.etcd.len();
+            eprintln!(
+                "chaos: killing etcd member {victim} ({})",
+                cluster.etcd.member_endpoint(victim)
+            );
+            cluster.etcd.kill_member(victim);
+            tokio::time::sleep(hold).await;
+            tokio::task::block_in_place(|| cluster.etcd.restart_member(victim));
         }
         Fault::Partition => {
             let Some(netns) = netns else {

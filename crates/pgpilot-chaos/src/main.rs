@@ -21,8 +21,8 @@ struct Args {
     /// Replication modes, each on a fresh cluster: async, sync, sync-strict, quorum (or all).
     #[arg(long, default_value = "async")]
     modes: String,
-    /// Faults: kill9, freeze-agent, pg-immediate, rm-datadir, etcd-stop, partition,
-    /// switchover-storm, restart-storm (or all).
+    /// Faults: kill9, freeze-agent, pg-immediate, rm-datadir, etcd-stop, etcd-member-loss,
+    /// partition, switchover-storm, restart-storm (or all).
     #[arg(long, default_value = "kill9,pg-immediate,switchover-storm")]
     faults: String,
     /// How many times each fault runs in each mode.

@@ -19,6 +19,8 @@ use crate::workload::{self, Bank, INITIAL_BALANCE};
 
 /// Members per cluster.
 const MEMBERS: usize = 3;
+/// etcd members of each chaos cluster.
+const ETCD_MEMBERS: usize = 3;
 /// Upper bound for bootstrap (initdb + 2 clones) on a slow shared machine.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(180);
 /// Workload time before the first fault and after the last one.
@@ -96,6 +98,8 @@ async fn run_mode(
         customize: Some(Arc::new(move |_, doc: &mut Value| {
             mode.apply(&mut doc["bootstrap"]["dcs"]);
         })),
+        // Three etcd members, as production runs them (and as etcd-member-loss needs).
+        etcd_members: ETCD_MEMBERS,
         ..Options::default()
     };
     // With network namespaces (see crate::netns): agents started through a wrapper that enters
@@ -120,13 +124,18 @@ async fn run_mode(
     let cluster = tokio::task::block_in_place(|| Cluster::new(MEMBERS, options));
     if let Some(n) = netns {
         let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let etcd_port = cluster.etcd.client_port;
-        proxies
-            .forward(
-                SocketAddr::from((n.bridge_ip(), etcd_port)),
-                local(etcd_port),
-            )
-            .await?;
+        for endpoint in cluster.etcd.endpoints() {
+            let etcd_port: u16 = endpoint
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .context("etcd endpoint without a port")?;
+            proxies
+                .forward(
+                    SocketAddr::from((n.bridge_ip(), etcd_port)),
+                    local(etcd_port),
+                )
+                .await?;
+        }
         for i in 0..MEMBERS {
             let m = cluster.member(i);
             for port in [m.pg_port, m.api_port] {
@@ -288,7 +297,7 @@ async fn faults_in_turn(
                 start,
                 skipped: None,
             });
-            let outcome = faults::inject(fault, cluster, leader, cfg, netns)
+            let outcome = faults::inject(fault, round, cluster, leader, cfg, netns)
                 .await
                 .with_context(|| format!("{tag}: injecting"));
             match outcome {
@@ -492,6 +501,9 @@ fn into_namespace(doc: &mut Value, member: Ipv4Addr, bridge: Ipv4Addr) {
             }
         }
     }
+    // The endpoints are this process's proxies: the addresses etcd advertises (127.0.0.1)
+    // mean nothing inside the namespace.
+    doc["etcd3"]["use_proxies"] = json!(true);
     let [a, b, c, _] = bridge.octets();
     let subnet = format!("{a}.{b}.{c}.0/24");
     if let Some(hba) = doc["postgresql"]["pg_hba"].as_array_mut() {
