@@ -2,66 +2,8 @@
 
 use std::time::Duration;
 
+use pgpilot_types::{PeerStatus, Peers};
 use serde_json::Value;
-
-/// What a peer's `GET /patroni` says, reduced to what the leader race needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PeerStatus {
-    pub name: String,
-    /// The peer reports it is not in recovery (`xlog.location` present or role primary).
-    pub is_primary: bool,
-    /// max(received_location, replayed_location), or location for a primary.
-    pub wal_position: u64,
-    pub timeline: Option<u32>,
-    pub nofailover: bool,
-    pub failover_priority: i64,
-    pub watchdog_failed: bool,
-    /// The whole document, for logs.
-    pub raw: Value,
-}
-
-impl PeerStatus {
-    /// Reads a `/patroni` document; `None` when it has no `xlog` (PostgreSQL not running).
-    pub fn from_document(name: &str, doc: Value) -> Option<PeerStatus> {
-        let xlog = doc.get("xlog").or_else(|| doc.get("wal"))?.clone();
-        let role = doc.get("role").and_then(Value::as_str).unwrap_or("");
-        let location = xlog.get("location").and_then(Value::as_u64);
-        let is_primary = location.is_some() || role == "primary" || role == "master";
-        let wal_position = location.unwrap_or_else(|| {
-            let r = xlog
-                .get("received_location")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let p = xlog
-                .get("replayed_location")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            r.max(p)
-        });
-        let tags = doc.get("tags").cloned().unwrap_or(Value::Null);
-        let nofailover = tags.get("nofailover").is_some_and(pgpilot_dcs::truthy);
-        let failover_priority = tags
-            .get("failover_priority")
-            .and_then(|v| {
-                v.as_i64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            })
-            .unwrap_or(1);
-        Some(PeerStatus {
-            name: name.to_string(),
-            is_primary,
-            wal_position,
-            timeline: doc
-                .get("timeline")
-                .and_then(Value::as_u64)
-                .and_then(|t| u32::try_from(t).ok()),
-            nofailover: nofailover || failover_priority <= 0,
-            failover_priority,
-            watchdog_failed: doc.get("watchdog_failed").is_some_and(pgpilot_dcs::truthy),
-            raw: doc,
-        })
-    }
-}
 
 /// HTTP client with Basic auth (`ctl.authentication`, else `restapi.authentication`).
 #[derive(Clone)]
@@ -105,8 +47,7 @@ impl Client {
         rb
     }
 
-    /// `GET <api_url>` (which ends in `/patroni`). `None` when unreachable, not 200, or the reply
-    /// has no `xlog` (PostgreSQL not running): such a peer does not take part in the race.
+    /// `GET <api_url>` (which ends in `/patroni`): see [`Peers::peer_status`].
     pub async fn peer_status(
         &self,
         name: &str,
@@ -132,5 +73,20 @@ impl Client {
             .send()
             .await
             .is_ok()
+    }
+}
+
+impl Peers for Client {
+    async fn peer_status(
+        &self,
+        name: &str,
+        api_url: &str,
+        timeout: Duration,
+    ) -> Option<PeerStatus> {
+        Client::peer_status(self, name, api_url, timeout).await
+    }
+
+    async fn answers(&self, api_url: &str, timeout: Duration) -> bool {
+        Client::answers(self, api_url, timeout).await
     }
 }

@@ -21,13 +21,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pgpilot_api::{Client, Command, NodeSnapshot, PeerStatus, PgInfo, RestartRequest};
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs, HistoryLine, MemberData, Status, PATRONI_COMPAT_VERSION};
 use pgpilot_postgres::{
     slot_name_for, DataDirState, DesiredConfig, PgState, Postgres, StandbyConfig, StopMode,
     Upstream,
 };
+use pgpilot_types::{Command, NodeSnapshot, PeerStatus, Peers, PgInfo, RestartRequest};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
@@ -96,11 +96,12 @@ struct ScheduledRestart {
 }
 
 /// The agent of one member.
-pub struct Agent<D: Dcs> {
+pub struct Agent<D: Dcs, P: Peers> {
     cfg: Config,
     dcs: Arc<D>,
     pg: Arc<Postgres>,
-    client: Client,
+    /// Other members' REST APIs (the leader race, the duplicate-name check).
+    peers: Arc<P>,
     /// The dynamic configuration in force (from `/config`, else the cache file, else
     /// `bootstrap.dcs`).
     dynamic: DynamicConfig,
@@ -164,21 +165,21 @@ pub struct Agent<D: Dcs> {
     warned_strict: bool,
 }
 
-impl<D: Dcs> Agent<D> {
+impl<D: Dcs, P: Peers> Agent<D, P> {
     pub fn new(
         cfg: Config,
         dcs: Arc<D>,
         pg: Arc<Postgres>,
-        client: Client,
+        peers: Arc<P>,
         snapshot: watch::Sender<Arc<NodeSnapshot>>,
-    ) -> Agent<D> {
+    ) -> Agent<D, P> {
         let dynamic = load_dynamic_cache(&cfg)
             .unwrap_or_else(|| DynamicConfig::from_document(&cfg.bootstrap.dcs).0);
         Agent {
             cfg,
             dcs,
             pg,
-            client,
+            peers,
             dynamic,
             snapshot,
             task: None,
@@ -218,7 +219,7 @@ impl<D: Dcs> Agent<D> {
         mut self,
         commands: mpsc::Receiver<Command>,
         config_path: Option<PathBuf>,
-    ) -> Agent<D> {
+    ) -> Agent<D, P> {
         self.commands = Some(commands);
         self.config_path = config_path;
         self
@@ -243,7 +244,7 @@ impl<D: Dcs> Agent<D> {
         if let Some(m) = cluster.member(&self.cfg.name) {
             if !m.data.api_url.is_empty()
                 && self
-                    .client
+                    .peers
                     .answers(&m.data.api_url, Duration::from_secs(3))
                     .await
             {
@@ -791,13 +792,9 @@ impl<D: Dcs> Agent<D> {
             if m.name == self.cfg.name || m.data.api_url.is_empty() {
                 continue;
             }
-            let client = self.client.clone();
+            let peers = self.peers.clone();
             let (name, url) = (m.name.clone(), m.data.api_url.clone());
-            set.spawn(async move {
-                client
-                    .peer_status(&name, &url, Duration::from_secs(2))
-                    .await
-            });
+            set.spawn(async move { peers.peer_status(&name, &url, Duration::from_secs(2)).await });
         }
         let mut peers = Vec::new();
         while let Some(res) = set.join_next().await {

@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use pgpilot_api::PeerStatus;
 use pgpilot_dcs::{Cluster, Failover};
+use pgpilot_types::PeerStatus;
 
 use crate::sync::{self, SyncParams};
 

@@ -1,7 +1,7 @@
 //! Table tests of `decide()`: one row per branch of the HA cycle, asserting the exact decision
 //! and the sentence logged (spec/ha-loop.md §5.1–5.3). No processes, no clock.
 
-use pgpilot_api::PeerStatus;
+use pgpilot_types::PeerStatus;
 use std::time::Duration;
 
 use pgpilot_dcs::{Cluster, Failover, HistoryLine, Leader, Member, MemberData, Status};

@@ -196,8 +196,8 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         tls: server_tls,
         live_pg: Some(live_pg(pg.clone())),
     };
-    let mut agent =
-        Agent::new(cfg, dcs.clone(), pg, client, snap_tx).with_commands(cmd_rx, config_path);
+    let mut agent = Agent::new(cfg, dcs.clone(), pg, Arc::new(client), snap_tx)
+        .with_commands(cmd_rx, config_path);
     agent
         .check_unique_name()
         .await

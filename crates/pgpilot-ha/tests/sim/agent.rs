@@ -12,7 +12,6 @@
 
 use std::time::Duration;
 
-use pgpilot_api::PeerStatus;
 use pgpilot_config::DynamicConfig;
 use pgpilot_dcs::memory::MemoryDcs;
 use pgpilot_dcs::{Cluster, Dcs, MemberData, Status};
@@ -22,6 +21,7 @@ use pgpilot_ha::{
     decide, is_healthiest, manual_failover_from_leader, ActionKind, DataState, Decision,
     ManualFailover, Observation, PgView,
 };
+use pgpilot_types::PeerStatus;
 use tokio::time::Instant;
 
 use super::pg::{Conf, Control, Data, Proc, Rec};
