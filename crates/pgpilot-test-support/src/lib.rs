@@ -3,8 +3,9 @@
 //! unwinds).
 //!
 //! Used by the integration tests and the benchmark of `crates/pgpilot` (the tests through
-//! `crates/pgpilot/tests/harness/mod.rs`, which hands over the freshly built agent) and by
-//! `pgpilot-chaos`. Every test starts with [`init`] (or [`init_with_agent`]):
+//! `crates/pgpilot/tests/harness/mod.rs`, which hands over the freshly built agent), by
+//! `pgpilot-chaos` and by `crates/pgpilot-dcs/tests/etcd_members.rs` (its [`Etcd`] only).
+//! Every test starts with [`init`] (or [`init_with_agent`]):
 //!
 //! * PostgreSQL refuses to run as root and CI runs the tests as root. When the test process is
 //!   root, [`init`] copies the agent binary to a world-readable place (the repository may live
