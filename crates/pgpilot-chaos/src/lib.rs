@@ -3,8 +3,8 @@
 //! writable primaries.
 //!
 //! For each mode (async, sync, sync-strict, quorum) it starts a fresh etcd and three `pgpilot`
-//! agents on loopback with the integration-test harness of `crates/pgpilot` (included below
-//! with `#[path]`, not copied), runs a bank-transfer workload through a multi-host connection
+//! agents on loopback with the integration-test harness (the `pgpilot-test-support` crate,
+//! `harness` below), runs a bank-transfer workload through a multi-host connection
 //! string with `target_session_attrs=read-write` ([`workload`]), injects faults on the current
 //! leader one after another and waits for the cluster to recover after each ([`faults`]), then
 //! checks on the final leader which acknowledged transfers are missing and whether two members
@@ -14,9 +14,7 @@
 //! This crate is a tool, not a library others build on: its errors are `anyhow` throughout (the
 //! lib target exists so that `tests/chaos_short.rs` can call [`run::run`] in-process).
 
-#[path = "../../pgpilot/tests/harness/mod.rs"]
-#[allow(clippy::all)]
-pub(crate) mod harness;
+pub(crate) use pgpilot_test_support as harness;
 
 pub mod analysis;
 pub mod config;

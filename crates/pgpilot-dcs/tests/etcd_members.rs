@@ -2,188 +2,19 @@
 //! die, hang or come back: requests, lease renewals and the watch move to a member that answers,
 //! and only the loss of the quorum is a DCS failure. Regression tests for "losing one of three
 //! etcd members demotes the primary" (the client kept sending requests to the dead member).
+//!
+//! The etcd cluster is the integration-test harness's ([`pgpilot_test_support::Etcd`]): free
+//! loopback ports, processes killed by PID on drop, and, started as root, the test process
+//! drops to the user `pgpilot` like the other integration tests.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::etcd::{EtcdDcs, EtcdOptions};
 use pgpilot_dcs::{Dcs, DcsError, MemberData};
+use pgpilot_test_support::Etcd;
 
 const RETRY_TIMEOUT: Duration = Duration::from_secs(3);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// One member of the test etcd cluster.
-struct Node {
-    name: String,
-    client_port: u16,
-    peer_port: u16,
-    data: PathBuf,
-    child: Option<Child>,
-    stopped: bool,
-}
-
-/// Three etcd members on 127.0.0.1 free ports; every process is killed by PID on drop.
-struct EtcdCluster {
-    nodes: Vec<Node>,
-    initial_cluster: String,
-    _dir: tempfile::TempDir,
-}
-
-impl EtcdCluster {
-    fn start(n: usize) -> EtcdCluster {
-        let bin = "/usr/bin/etcd";
-        assert!(
-            std::path::Path::new(bin).exists(),
-            "{bin} is missing: apt-get install etcd-server"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("pgpilot-etcd-members-")
-            .tempdir_in("/dev/shm")
-            .or_else(|_| tempfile::tempdir())
-            .unwrap();
-        let nodes: Vec<Node> = (0..n)
-            .map(|i| Node {
-                name: format!("e{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                data: dir.path().join(format!("e{i}")),
-                child: None,
-                stopped: false,
-            })
-            .collect();
-        let initial_cluster = nodes
-            .iter()
-            .map(|n| format!("{}=http://127.0.0.1:{}", n.name, n.peer_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut c = EtcdCluster {
-            nodes,
-            initial_cluster,
-            _dir: dir,
-        };
-        for i in 0..n {
-            c.spawn(i);
-        }
-        c.wait_healthy(&(0..n).collect::<Vec<_>>());
-        c
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let n = &self.nodes[i];
-        let client = format!("http://127.0.0.1:{}", n.client_port);
-        let peer = format!("http://127.0.0.1:{}", n.peer_port);
-        let child = Command::new("/usr/bin/etcd")
-            .arg(format!("--name={}", n.name))
-            .arg(format!("--data-dir={}", n.data.display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster={}", self.initial_cluster))
-            .arg("--initial-cluster-state=new")
-            .arg("--initial-cluster-token=pgpilot-dcs-test")
-            .arg("--heartbeat-interval=100")
-            .arg("--election-timeout=1000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.nodes[i].child = Some(child);
-        self.nodes[i].stopped = false;
-    }
-
-    /// Waits until every member in `which` answers `/health` with a leader.
-    fn wait_healthy(&self, which: &[usize]) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for &i in which {
-            let port = self.nodes[i].client_port;
-            while !health(port) {
-                assert!(Instant::now() < deadline, "etcd member e{i} is not healthy");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-
-    fn endpoint(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.nodes[i].client_port)
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        (0..self.nodes.len()).map(|i| self.endpoint(i)).collect()
-    }
-
-    fn pid(&self, i: usize) -> i32 {
-        self.nodes[i].child.as_ref().expect("running").id() as i32
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self, i: usize) {
-        self.kill(i);
-        self.spawn(i);
-    }
-
-    fn stop(&mut self, i: usize) {
-        signal(self.pid(i), "-STOP");
-        self.nodes[i].stopped = true;
-    }
-
-    fn cont(&mut self, i: usize) {
-        signal(self.pid(i), "-CONT");
-        self.nodes[i].stopped = false;
-    }
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].stopped {
-                self.cont(i);
-            }
-            self.kill(i);
-        }
-    }
-}
-
-fn signal(pid: i32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
-/// `GET /health` says true (the member has a leader).
-fn health(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.contains("\"health\":\"true\"")
-}
 
 async fn client(endpoints: Vec<String>, name: &str, discover: bool) -> Arc<EtcdDcs> {
     let connect = EtcdDcs::connect(EtcdOptions {
@@ -260,7 +91,7 @@ async fn sees_change(dcs: &EtcdDcs, other: &EtcdDcs, value: &str, what: &str) {
 /// the members are back everything works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_dead_member_never_fails_a_request_and_quorum_loss_does() {
-    let mut etcd = EtcdCluster::start(3);
+    let etcd = Etcd::start_members(3);
     let leader = client(etcd.endpoints(), "pg-0", true).await;
     let other = client(etcd.endpoints(), "pg-1", true).await;
     leader.touch_member(&member("pg-0")).await.unwrap();
@@ -268,7 +99,7 @@ async fn one_dead_member_never_fails_a_request_and_quorum_loss_does() {
     renew(&leader, "all members up").await;
 
     for victim in 0..3 {
-        etcd.kill(victim);
+        etcd.kill_member(victim);
         // Several cycles: the first finds the dead member, the next ones must not go back.
         for cycle in 0..3 {
             renew(&leader, &format!("e{victim} dead, cycle {cycle}")).await;
@@ -283,13 +114,13 @@ async fn one_dead_member_never_fails_a_request_and_quorum_loss_does() {
         .await;
         let c = leader.cluster_fresh().await.unwrap();
         assert_eq!(c.leader_name(), Some("pg-0"));
-        etcd.restart(victim);
-        etcd.wait_healthy(&[0, 1, 2]);
+        etcd.restart_member(victim);
+        etcd.wait_all_healthy();
     }
 
     // Quorum lost: no member can serve, the renewal fails within about retry_timeout.
-    etcd.kill(0);
-    etcd.kill(1);
+    etcd.kill_member(0);
+    etcd.kill_member(1);
     let started = Instant::now();
     let renewed = leader.update_leader(None).await;
     let took = started.elapsed();
@@ -305,9 +136,9 @@ async fn one_dead_member_never_fails_a_request_and_quorum_loss_does() {
 
     // Back: renewals work again (the lease may have expired meanwhile: it is re-granted and
     // the key re-created because nobody else took it).
-    etcd.restart(0);
-    etcd.restart(1);
-    etcd.wait_healthy(&[0, 1, 2]);
+    etcd.restart_member(0);
+    etcd.restart_member(1);
+    etcd.wait_all_healthy();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if matches!(leader.update_leader(None).await, Ok(true)) {
@@ -323,21 +154,21 @@ async fn one_dead_member_never_fails_a_request_and_quorum_loss_does() {
 /// to the others within retry_timeout; the leader keeps its key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_member_is_routed_around() {
-    let mut etcd = EtcdCluster::start(3);
+    let etcd = Etcd::start_members(3);
     let leader = client(etcd.endpoints(), "pg-0", true).await;
     let other = client(etcd.endpoints(), "pg-1", true).await;
     assert!(leader.attempt_to_acquire_leader().await.unwrap());
     // e0 is the first configured member: both clients talk to it.
-    etcd.stop(0);
+    etcd.pause_member(0);
     for cycle in 0..3 {
         renew(&leader, &format!("e0 hung, cycle {cycle}")).await;
     }
     sees_change(&leader, &other, "e0-hung", "one member hung").await;
-    etcd.cont(0);
+    etcd.resume_member(0);
     // The member that was hung is a candidate again once the others fail.
-    etcd.wait_healthy(&[0, 1, 2]);
-    etcd.kill(1);
-    etcd.kill(2);
+    etcd.wait_all_healthy();
+    etcd.kill_member(1);
+    etcd.kill_member(2);
     // e0 alone has no quorum: requests fail, but they do reach it (no panic, no hang).
     let renewed = leader.update_leader(None).await;
     assert!(renewed.is_err(), "no quorum, yet {renewed:?}");
@@ -347,12 +178,12 @@ async fn a_hung_member_is_routed_around() {
 /// the loss of that one member is survived too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_discovered_from_etcd() {
-    let mut etcd = EtcdCluster::start(3);
-    let leader = client(vec![etcd.endpoint(0)], "pg-0", true).await;
+    let etcd = Etcd::start_members(3);
+    let leader = client(vec![etcd.member_endpoint(0)], "pg-0", true).await;
     let known = leader.known_endpoints();
     assert_eq!(known.len(), 3, "discovered {known:?}");
     assert!(leader.attempt_to_acquire_leader().await.unwrap());
-    etcd.kill(0);
+    etcd.kill_member(0);
     for cycle in 0..3 {
         renew(
             &leader,
@@ -362,8 +193,8 @@ async fn members_are_discovered_from_etcd() {
     }
 
     // use_proxies: the configured endpoint is all there is.
-    etcd.restart(0);
-    etcd.wait_healthy(&[0, 1, 2]);
-    let proxied = client(vec![etcd.endpoint(0)], "pg-2", false).await;
+    etcd.restart_member(0);
+    etcd.wait_all_healthy();
+    let proxied = client(vec![etcd.member_endpoint(0)], "pg-2", false).await;
     assert_eq!(proxied.known_endpoints().len(), 1);
 }

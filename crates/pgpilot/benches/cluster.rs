@@ -1,18 +1,18 @@
 //! `cargo bench -p pgpilot --bench cluster -- [--reps N] [--idle SECONDS] [--profile fast|default|all]
 //! [--compare patroni] [--patroni PATH] [--markdown]`
 //!
-//! Starts its own etcd and 3-member clusters on loopback (see `tests/harness/bench.rs` for what
-//! is measured), runs each measurement N times (default 5) and prints min / median / max. With
-//! `--compare patroni` the same workload runs against Patroni (`patroni[etcd3]` 4.x from PyPI in
-//! a virtualenv built from /usr/bin/python3, or `--patroni PATH`), interleaved repetition by
-//! repetition, with a ratio column (pgpilot median / Patroni median). `--markdown` prints the
-//! result as the BENCHMARKS.md document (`bench/run.sh` writes it).
-
-#[path = "../tests/harness/mod.rs"]
-mod harness;
+//! Starts its own etcd and 3-member clusters on loopback (see
+//! `crates/pgpilot-test-support/src/bench.rs` for what is measured), runs each measurement N
+//! times (default 5) and prints min / median / max. With `--compare patroni` the same workload
+//! runs against Patroni (`patroni[etcd3]` 4.x from PyPI in a virtualenv built from
+//! /usr/bin/python3, or `--patroni PATH`), interleaved repetition by repetition, with a ratio
+//! column (pgpilot median / Patroni median). `--markdown` prints the result as the
+//! BENCHMARKS.md document (`bench/run.sh` writes it).
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use pgpilot_test_support as harness;
 
 use harness::bench::{cell, measure, rows, spread, Sample, PROFILES};
 
@@ -122,7 +122,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    harness::init();
+    harness::init_with_agent(env!("CARGO_BIN_EXE_pgpilot"));
     let ctl = PathBuf::from(env!("CARGO_BIN_EXE_pgpilotctl"));
     let patroni = if args.compare {
         match args

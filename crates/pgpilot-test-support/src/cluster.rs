@@ -322,6 +322,8 @@ impl Cluster {
         &self.members[i]
     }
 
+    /// Number of members.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.members.len()
     }
