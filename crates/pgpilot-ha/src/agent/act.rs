@@ -1,0 +1,360 @@
+//! The act phase: executes the [`Decision`](crate::decide::Decision) of the cycle — configuration
+//! files, follow/rewind, demotion, and replication slots on the primary.
+
+use std::time::{Duration, Instant};
+
+use pgpilot_dcs::{Cluster, Dcs};
+use pgpilot_postgres::{slot_name_for, DesiredConfig, StandbyConfig, StopMode, Upstream};
+use pgpilot_types::Peers;
+use tracing::{error, info, warn};
+
+use crate::decide::{is_healthiest, ActionKind, DataState, Decision, Observation, PgView};
+use crate::params::{effective_parameters, effective_pg_hba};
+use crate::sync::Ssn;
+
+use super::tasks::TaskError;
+use super::{Agent, AgentError};
+
+impl<D: Dcs, P: Peers> Agent<D, P> {
+    pub(super) fn pg_ctl_timeout(&self) -> Duration {
+        self.cfg.postgresql.pg_ctl_timeout
+    }
+
+    /// The configuration files we want for a role. In synchronous mode pgpilot owns
+    /// `synchronous_standby_names` (empty on replicas); otherwise the user's value stands.
+    pub(super) fn desired(&self, standby: Option<StandbyConfig>) -> DesiredConfig {
+        let mut parameters = effective_parameters(&self.cfg, &self.dynamic);
+        let params = self.sync_params();
+        if params.active() {
+            parameters.insert(
+                "synchronous_standby_names".into(),
+                self.sync_duty.ssn.render(params.quorum()),
+            );
+        }
+        DesiredConfig {
+            parameters,
+            pg_hba: effective_pg_hba(&self.cfg, &self.dynamic),
+            standby,
+        }
+    }
+
+    pub(super) fn standby_for(
+        &self,
+        cluster: Option<&Cluster>,
+        leader: Option<&str>,
+    ) -> StandbyConfig {
+        let upstream = leader
+            .and_then(|l| cluster.and_then(|c| c.member(l)))
+            .and_then(|m| m.data.host_port())
+            .map(|(host, port)| Upstream { host, port });
+        StandbyConfig {
+            upstream,
+            slot_name: self
+                .dynamic
+                .use_slots
+                .then(|| slot_name_for(&self.cfg.name)),
+        }
+    }
+
+    /// Writes the configuration files if they differ from what we last wrote. Returns whether
+    /// a file changed on disk.
+    pub(super) async fn ensure_config(&mut self, desired: DesiredConfig) -> bool {
+        if self.written.as_ref() == Some(&desired) {
+            return false;
+        }
+        match self.pg.write_config(&desired).await {
+            Ok(changed) => {
+                self.written = Some(desired);
+                changed
+            }
+            Err(e) => {
+                error!("could not write PostgreSQL configuration: {e}");
+                false
+            }
+        }
+    }
+
+    pub(super) async fn act(
+        &mut self,
+        decision: Decision,
+        obs: &Observation,
+    ) -> Result<String, AgentError> {
+        let me = self.cfg.name.clone();
+        let cluster = obs.cluster.as_ref();
+        match decision {
+            Decision::NoAction { msg } => Ok(msg),
+            Decision::Fatal { msg } => Err(AgentError::Fatal(msg)),
+            Decision::DemoteOffline => {
+                self.demote(StopMode::Fast).await;
+                Ok("demoted self because DCS is not accessible and I was a leader".into())
+            }
+            Decision::UpdateLockDuring { action } => match self.dcs.update_leader(None).await {
+                Ok(true) => {
+                    self.last_renewal = Some(Instant::now());
+                    Ok(format!("updated leader lock during {}", action.describe()))
+                }
+                _ => {
+                    self.last_renewal = None;
+                    Ok(format!("{} in progress", action.describe()))
+                }
+            },
+            Decision::DemoteImmediate { msg } => {
+                self.demote(StopMode::Immediate).await;
+                Ok(msg)
+            }
+            Decision::RaceBootstrap => match self.dcs.initialize(true, "").await {
+                Ok(true) => {
+                    self.start_bootstrap();
+                    Ok("trying to bootstrap a new cluster".into())
+                }
+                Ok(false) => Ok("failed to acquire initialize lock".into()),
+                Err(e) => Ok(format!("failed to acquire initialize lock: {e}")),
+            },
+            Decision::Clone { from, msg } => {
+                let Some((host, port)) = cluster
+                    .and_then(|c| c.member(&from))
+                    .and_then(|m| m.data.host_port())
+                else {
+                    return Ok(format!("can not clone from '{from}': no conn_url"));
+                };
+                self.start_clone(Upstream { host, port }, cluster);
+                Ok(msg)
+            }
+            Decision::AdoptInitialize { sysid } => {
+                // Create-if-absent only when the key is absent (Patroni: `create_new=(initialize
+                // is None)`): a bootstrap race value `""` left by an agent that died before
+                // publishing its system identifier is overwritten, not re-raced forever.
+                let create_new = cluster.is_none_or(|c| c.initialize.is_none());
+                if let Err(e) = self.dcs.initialize(create_new, &sysid).await {
+                    return Ok(format!("failed to write initialize key: {e}"));
+                }
+                self.run_again = true;
+                Ok(format!(
+                    "adopting the existing data directory: initialize key set to {sysid}"
+                ))
+            }
+            Decision::ReleaseLock { msg } => {
+                // A data directory deleted under a running primary: the postmaster (found by
+                // its working directory) keeps accepting writes until it is stopped, so it
+                // stops before the key goes; if it can not be stopped, the key stays.
+                if !matches!(obs.data, DataState::Initialized { .. }) {
+                    if let Err(e) = self
+                        .pg
+                        .stop(StopMode::Immediate, self.pg_ctl_timeout())
+                        .await
+                    {
+                        error!("could not stop PostgreSQL, keeping the leader key: {e}");
+                        return Ok(format!("not releasing the leader key: {e}"));
+                    }
+                }
+                let _ = self.dcs.delete_leader().await;
+                self.last_renewal = None;
+                Ok(msg)
+            }
+            Decision::StartPostgres {
+                as_primary,
+                follow,
+                msg,
+            } => {
+                let mut as_primary = as_primary;
+                let mut msg = msg;
+                if obs.cluster.as_ref().and_then(|c| c.leader_name()) == Some(me.as_str()) {
+                    // The view may come from a cache while the DCS is frozen: start writable only
+                    // after the lock was renewed for real, otherwise read-only.
+                    if let Ok(true) = self.dcs.update_leader(None).await {
+                        self.last_renewal = Some(Instant::now());
+                    } else {
+                        self.last_renewal = None;
+                        if as_primary {
+                            as_primary = false;
+                            msg = "starting as readonly because i had the session lock".into();
+                        }
+                    }
+                }
+                let standby = if as_primary {
+                    None
+                } else {
+                    Some(self.standby_for(cluster, follow.as_deref()))
+                };
+                self.role = if as_primary { "primary" } else { "replica" }.into();
+                let desired = self.desired(standby);
+                self.ensure_config(desired).await;
+                self.state = "starting".into();
+                let pg = self.pg.clone();
+                let timeout = if as_primary {
+                    self.dynamic
+                        .primary_start_timeout
+                        .max(self.pg_ctl_timeout())
+                } else {
+                    self.pg_ctl_timeout()
+                };
+                self.spawn_task(ActionKind::Start, async move {
+                    pg.start(timeout).await.map_err(|e| e.to_string())
+                });
+                Ok(msg)
+            }
+            Decision::Rewind { leader } => {
+                if self.rewind.not_before.is_some_and(|t| Instant::now() < t) {
+                    return Ok(format!("waiting for the rewind source {leader}"));
+                }
+                let Some((host, port)) = cluster
+                    .and_then(|c| c.member(&leader))
+                    .and_then(|m| m.data.host_port())
+                else {
+                    return Ok(format!("can not rewind from '{leader}': no conn_url"));
+                };
+                let pg = self.pg.clone();
+                let timeout = self.pg_ctl_timeout();
+                self.spawn_task(ActionKind::Rewind, async move {
+                    let source = Upstream { host, port };
+                    // A source that is not ready (still promoting, unreachable) is not a
+                    // failed rewind: try again next cycle.
+                    pg.prepare_rewind_source(&source).await.map_err(|e| {
+                        TaskError::NotReady(format!("rewind source not ready: {e}"))
+                    })?;
+                    // pg_rewind needs a cleanly shut down target; PostgreSQL 13+ pg_rewind runs
+                    // crash recovery itself when it is not.
+                    pg.stop(StopMode::Fast, timeout)
+                        .await
+                        .map_err(|e| TaskError::Failed(e.to_string()))?;
+                    pg.rewind(&source)
+                        .await
+                        .map_err(|e| TaskError::Failed(e.to_string()))
+                });
+                Ok(format!("running pg_rewind from {leader}"))
+            }
+            Decision::RemoveDataDirectory { msg } => {
+                warn!("{msg}");
+                let _ = self
+                    .pg
+                    .stop(StopMode::Immediate, self.pg_ctl_timeout())
+                    .await;
+                if let Err(e) = self.pg.remove_data_dir().await {
+                    error!("could not remove the data directory: {e}");
+                }
+                self.sysid = None;
+                self.written = None;
+                self.rewind.failed = false;
+                self.run_again = true;
+                Ok(msg)
+            }
+            Decision::AcquireLeader => self.acquire_leader(obs).await,
+            Decision::NotHealthiest { msg } => {
+                if let Some(Err(reason)) = cluster.map(|c| is_healthiest(obs, c)) {
+                    info!("{reason}");
+                }
+                if matches!(
+                    obs.pg,
+                    PgView::Running {
+                        in_recovery: false,
+                        ..
+                    }
+                ) {
+                    self.demote(StopMode::Immediate).await;
+                    return Ok(msg.replace("following", "demoting self and following"));
+                }
+                Ok(msg)
+            }
+            Decision::RenewLeader => self.renew_leader(obs).await,
+            Decision::Follow { leader } => self.follow(obs, &leader).await,
+        }
+    }
+
+    /// Stops PostgreSQL. After a fast (offline) demotion it is restarted read-only with no
+    /// upstream at once; after an immediate one it stays down and the next cycle, seeing a
+    /// former primary in pg_controldata, decides between a rewind and a start as a replica.
+    /// The configuration files are deliberately left as they were until then: writing
+    /// `standby.signal` now would hide that this data directory was a primary.
+    pub(super) async fn demote(&mut self, mode: StopMode) {
+        self.last_renewal = None;
+        self.rewind.check = true;
+        self.role = "demoted".into();
+        self.state = "stopping".into();
+        if let Err(e) = self.pg.stop(mode, self.pg_ctl_timeout()).await {
+            error!("could not stop PostgreSQL while demoting: {e}");
+        }
+        self.state = "stopped".into();
+        self.last_pg = None;
+        self.publish(Instant::now());
+        if mode == StopMode::Fast {
+            let desired = self.desired(Some(StandbyConfig {
+                upstream: None,
+                slot_name: None,
+            }));
+            self.ensure_config(desired).await;
+            self.role = "replica".into();
+            self.state = "starting".into();
+            let pg = self.pg.clone();
+            let timeout = self.pg_ctl_timeout();
+            self.spawn_task(ActionKind::Start, async move {
+                pg.start(timeout).await.map_err(|e| e.to_string())
+            });
+        }
+        self.run_again = true;
+    }
+
+    pub(super) async fn follow(
+        &mut self,
+        obs: &Observation,
+        leader: &str,
+    ) -> Result<String, AgentError> {
+        let me = self.cfg.name.clone();
+        if matches!(
+            obs.pg,
+            PgView::Running {
+                in_recovery: false,
+                ..
+            }
+        ) {
+            if obs.paused {
+                return Ok("continue to run as primary without lock".into());
+            }
+            self.demote(StopMode::Immediate).await;
+            return Ok("demoting self because I do not have the lock and I was a leader".into());
+        }
+        self.role = "replica".into();
+        self.slots = None;
+        self.sync_duty.ssn = Ssn::empty();
+        if let (Some(l), PgView::Running { timeline, .. }) = (
+            obs.cluster.as_ref().and_then(Cluster::leader_member),
+            &obs.pg,
+        ) {
+            if l.data.timeline.is_some_and(|tl| tl <= *timeline) {
+                self.rewind.check = false;
+            }
+        }
+        let standby = self.standby_for(obs.cluster.as_ref(), Some(leader));
+        let desired = self.desired(Some(standby));
+        if self.ensure_config(desired).await {
+            // primary_conninfo and primary_slot_name are reloadable since PostgreSQL 13.
+            if let Err(e) = self.pg.reload().await {
+                warn!("reload failed: {e}");
+            }
+        }
+        Ok(format!(
+            "no action. I am ({me}), a secondary, and following a leader ({leader})"
+        ))
+    }
+
+    /// Physical slots for every other member (spec/ha-loop.md §5.9), only when the member set
+    /// changed.
+    pub(super) async fn sync_slots(&mut self, cluster: &Cluster) {
+        if !self.dynamic.use_slots {
+            return;
+        }
+        let mut wanted: Vec<String> = cluster
+            .members
+            .iter()
+            .filter(|m| m.name != self.cfg.name)
+            .map(|m| slot_name_for(&m.name))
+            .collect();
+        wanted.sort();
+        if self.slots.as_ref() == Some(&wanted) {
+            return;
+        }
+        match self.pg.sync_slots(&wanted).await {
+            Ok(()) => self.slots = Some(wanted),
+            Err(e) => warn!("could not synchronise replication slots: {e}"),
+        }
+    }
+}

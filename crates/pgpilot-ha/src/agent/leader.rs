@@ -1,0 +1,309 @@
+//! The leader key: the race for it and promotion, its renewal each cycle (with the
+//! synchronous-replication duty and `/config`/`/status` writes), and handing it over in a
+//! switchover or manual failover.
+
+use std::time::{Duration, Instant};
+
+use pgpilot_dcs::{Dcs, Status};
+use pgpilot_postgres::{StopMode, Upstream};
+use pgpilot_types::Peers;
+use serde_json::Value;
+use tracing::{error, info, warn};
+
+use crate::decide::{
+    manual_failover_from_leader, valid_sysid, ManualFailover, Observation, PgView,
+};
+use crate::sync;
+
+use super::{Agent, AgentError};
+
+impl<D: Dcs, P: Peers> Agent<D, P> {
+    pub(super) async fn acquire_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
+        match self.dcs.attempt_to_acquire_leader().await {
+            Ok(true) => {
+                self.last_renewal = Some(Instant::now());
+                if let Some(f) = obs.cluster.as_ref().and_then(|c| c.failover.as_ref()) {
+                    let _ = self.dcs.set_failover("{}", Some(f.version)).await;
+                }
+                if matches!(
+                    obs.pg,
+                    PgView::Running {
+                        in_recovery: true,
+                        ..
+                    }
+                ) {
+                    if let Err(msg) = self.promote(obs).await {
+                        return Ok(msg);
+                    }
+                    Ok("promoted self to leader by acquiring session lock".into())
+                } else {
+                    self.role = "primary".into();
+                    Ok("acquired session lock as a leader".into())
+                }
+            }
+            Ok(false) => Ok("following new leader after trying and failing to obtain lock".into()),
+            Err(e) => Ok(format!("failed to obtain leader lock: {e}")),
+        }
+    }
+
+    /// Promotes the local replica (we hold the lock). In synchronous mode `/sync` names us
+    /// first (CAS) and ssn is in place before the first commit: `Err` = promotion postponed.
+    pub(super) async fn promote(&mut self, obs: &Observation) -> Result<(), String> {
+        let params = self.sync_params();
+        if params.active() {
+            let current = obs.cluster.as_ref().and_then(|c| c.sync.as_ref());
+            let (ssn, key) = sync::pre_promote(&params, &self.cfg.name, current);
+            let written = self
+                .dcs
+                .set_sync(&key.document(&self.cfg.name), current.map(|s| s.version))
+                .await;
+            if !matches!(written, Ok(true)) {
+                if let Err(e) = written {
+                    warn!("could not write /sync: {e}");
+                }
+                return Err(
+                    "Postponing promotion because synchronous replication state was updated by somebody else"
+                        .into(),
+                );
+            }
+            self.set_ssn(ssn);
+            if let Some(mut d) = self.written.clone() {
+                d.parameters = self.desired(None).parameters;
+                if self.ensure_config(d).await {
+                    let _ = self.pg.reload().await;
+                }
+            }
+        }
+        self.role = "primary".into();
+        match self.pg.promote(self.pg_ctl_timeout()).await {
+            Ok(()) => {
+                let desired = self.desired(None);
+                self.ensure_config(desired).await;
+                self.slots = None;
+                self.run_again = true;
+            }
+            Err(e) => error!("promote failed: {e}"),
+        }
+        Ok(())
+    }
+
+    pub(super) async fn renew_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
+        let me = self.cfg.name.clone();
+        let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
+        match self.dcs.update_leader(leader.as_ref()).await {
+            Ok(true) => {
+                self.last_renewal = Some(Instant::now());
+            }
+            res => {
+                if let Err(e) = res {
+                    error!("failed to update leader lock: {e}");
+                }
+                self.last_renewal = None;
+                if matches!(
+                    obs.pg,
+                    PgView::Running {
+                        in_recovery: false,
+                        ..
+                    }
+                ) {
+                    if obs.paused {
+                        return Ok(
+                            "continue to run as primary after failing to update leader lock in DCS"
+                                .into(),
+                        );
+                    }
+                    self.demote(StopMode::Immediate).await;
+                    return Ok("demoted self because failed to update leader lock in DCS".into());
+                }
+                return Ok("not promoting because failed to update leader lock in DCS".into());
+            }
+        }
+        if let PgView::Running {
+            in_recovery,
+            timeline,
+            wal_position,
+            ..
+        } = obs.pg
+        {
+            if in_recovery {
+                if obs.paused {
+                    return Ok(format!("no action. I am ({me}), the leader with the lock"));
+                }
+                if let Err(msg) = self.promote(obs).await {
+                    return Ok(msg);
+                }
+                return Ok("promoted self to leader because I had the session lock".into());
+            }
+            self.role = "primary".into();
+            let status = Status {
+                optime: wal_position,
+                ..Default::default()
+            };
+            if let Err(e) = self.dcs.write_status(&status).await {
+                warn!("could not write /status: {e}");
+            }
+            if let Some(c) = obs.cluster.as_ref() {
+                self.publish_history(c, timeline).await;
+                self.sync_slots(c).await;
+                if c.initialize.as_deref().is_none_or(|i| !valid_sysid(i)) {
+                    if let Some(sysid) = &self.sysid {
+                        let _ = self.dcs.initialize(false, sysid).await;
+                    }
+                }
+                if c.config.as_ref().is_none_or(|cfg| cfg.data.is_empty()) {
+                    let doc = Value::Object(self.dynamic.raw.clone()).to_string();
+                    let _ = self.dcs.set_config(&doc, None).await;
+                }
+            }
+            let desired = self.desired(None);
+            if self.ensure_config(desired).await {
+                let _ = self.pg.reload().await;
+            }
+            self.process_sync(obs).await;
+            if let Some(msg) = self.process_manual_failover(obs).await {
+                return Ok(msg);
+            }
+        }
+        Ok(format!("no action. I am ({me}), the leader with the lock"))
+    }
+
+    /// The leader's handling of `/failover` (spec/ha-loop.md §5.4). `Some(msg)` when it acted.
+    pub(super) async fn process_manual_failover(&mut self, obs: &Observation) -> Option<String> {
+        let f = obs.cluster.as_ref()?.failover.clone()?;
+        let seconds_until = f.scheduled_at.as_deref().filter(|_| !obs.paused).map(|at| {
+            match at.parse::<jiff::Timestamp>() {
+                Ok(ts) => {
+                    (ts.as_millisecond() - jiff::Timestamp::now().as_millisecond()) as f64 / 1000.0
+                }
+                // Unparsable: treat as stale so that it is cleaned up.
+                Err(_) => f64::NEG_INFINITY,
+            }
+        });
+        let mut step = manual_failover_from_leader(obs, &f, seconds_until, self.dynamic.loop_wait);
+        if let ManualFailover::SleepUntilDue(d) = step {
+            tokio::time::sleep(d).await;
+            info!(
+                "Manual scheduled switchover at {}",
+                f.scheduled_at.as_deref().unwrap_or("")
+            );
+            step = manual_failover_from_leader(obs, &f, Some(0.0), self.dynamic.loop_wait);
+        }
+        match step {
+            ManualFailover::Wait { msg } => {
+                info!("{msg}");
+                None
+            }
+            ManualFailover::SleepUntilDue(_) => None,
+            ManualFailover::Clear { msg } => {
+                warn!("{msg}");
+                info!("Cleaning up failover key");
+                let _ = self.dcs.set_failover("{}", Some(f.version)).await;
+                None
+            }
+            ManualFailover::Demote { candidate } => {
+                self.demote_graceful(obs, candidate.as_deref()).await;
+                Some("switchover: demoting myself".into())
+            }
+        }
+    }
+
+    /// Graceful demotion for a switchover (spec/ha-loop.md §5.5 `graceful`): checkpoint, fast
+    /// stop, wait (bounded) until a candidate has received the shutdown checkpoint, publish it as
+    /// `/status.optime`, release the key, and wait briefly for the new leader. PostgreSQL stays
+    /// down; the next cycle rewinds if needed and starts it as a replica of the new leader.
+    pub(super) async fn demote_graceful(&mut self, obs: &Observation, candidate: Option<&str>) {
+        info!("switchover: demoting myself");
+        // A checkpoint now makes the shutdown checkpoint short.
+        if let Err(e) = self.pg.checkpoint().await {
+            warn!("CHECKPOINT before switchover failed: {e}");
+        }
+        self.state = "stopping".into();
+        if let Err(e) = self.pg.stop(StopMode::Fast, self.pg_ctl_timeout()).await {
+            // PostgreSQL is still running: keep the key (never two primaries).
+            error!("could not stop PostgreSQL for the switchover, keeping the leader key: {e}");
+            self.state = "running".into();
+            return;
+        }
+        self.state = "stopped".into();
+        self.role = "demoted".into();
+        self.last_pg = None;
+        self.rewind.check = true;
+        // Peers deciding the race read our /patroni: it must not show a primary any more.
+        self.publish(Instant::now());
+        let checkpoint = match self.pg.controldata().await {
+            Ok(cd) => cd.checkpoint_lsn.0,
+            Err(e) => {
+                warn!("pg_controldata after the switchover stop failed: {e}");
+                0
+            }
+        };
+        // Let a candidate receive the shutdown checkpoint so nothing acknowledged is lost. Its
+        // WAL position is asked over SQL: its REST status is up to one loop_wait old.
+        if let Some(cluster) = obs.cluster.as_ref() {
+            let candidates: Vec<Upstream> = cluster
+                .members
+                .iter()
+                .filter(|m| m.name != self.cfg.name && !m.data.nofailover())
+                .filter(|m| candidate.is_none_or(|c| c == m.name))
+                .filter_map(|m| m.data.host_port())
+                .map(|(host, port)| Upstream { host, port })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let mut caught_up = false;
+                for c in &candidates {
+                    if self
+                        .pg
+                        .remote_wal_position(c)
+                        .await
+                        .is_ok_and(|lsn| lsn >= checkpoint)
+                    {
+                        caught_up = true;
+                        break;
+                    }
+                }
+                if caught_up || Instant::now() > deadline {
+                    if !caught_up && self.sync_params().active() {
+                        // In synchronous mode the key goes only to a member that has every
+                        // acknowledged commit: keep it, start again as primary, drop the request.
+                        warn!("switchover aborted: no candidate received the shutdown checkpoint in time");
+                        if let Some(f) = &cluster.failover {
+                            let _ = self.dcs.set_failover("{}", Some(f.version)).await;
+                        }
+                        self.rewind.check = false;
+                        self.run_again = true;
+                        return;
+                    }
+                    if !caught_up {
+                        warn!("no candidate received the shutdown checkpoint in time; releasing the leader key anyway");
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let status = Status {
+            optime: checkpoint,
+            ..Default::default()
+        };
+        let _ = self.dcs.write_status(&status).await;
+        match self.dcs.delete_leader().await {
+            Ok(true) => info!("Leader key released"),
+            Ok(false) => {}
+            Err(e) => error!("could not release the leader key: {e}"),
+        }
+        self.last_renewal = None;
+        self.touch_member(obs.cluster.as_ref()).await;
+        // Give the candidate a moment to take the key, so that the next cycle follows it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(c) = self.dcs.cluster().await {
+                if c.leader_name().is_some_and(|l| l != self.cfg.name) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.run_again = true;
+    }
+}

@@ -1,0 +1,391 @@
+//! The [`Agent`]: runs one HA cycle after another.
+//!
+//! ```text
+//! observe (DCS snapshot from the watch cache, local PostgreSQL, peers only during a race)
+//!   -> decide (pure)  -> act (pg_ctl, DCS writes)  -> publish (member key, /status, REST snapshot)
+//! ```
+//!
+//! Long actions (bootstrap, clone, rewind, start) run as a background task; while one runs the
+//! cycle keeps renewing the leader key and reports "<action> in progress". A cycle is woken
+//! early by a DCS event (leader key changed, `/config` changed), by the end of a background
+//! task, or by shutdown.
+//!
+//! Shutdown order (SIGTERM), in one place: stop the background task; unless paused, stop
+//! PostgreSQL (fast), and if we hold the leader key publish the shutdown checkpoint as
+//! `/status.optime` and delete the key (value-compare) so a replica takes over without waiting
+//! for the TTL; touch our member key one last time. The REST API is stopped by the caller after
+//! `run` returns.
+//!
+//! One file per phase of the cycle:
+//!
+//! | file | what it does |
+//! |---|---|
+//! | `mod.rs` | the struct, `run` (wake-ups, commands, shutdown) and `run_cycle` (one cycle, in order) |
+//! | `observe.rs` | `/config` into the dynamic configuration, the local PostgreSQL, peers during a race |
+//! | `tasks.rs` | background actions (bootstrap, clone, rewind, start) and reaping their outcome |
+//! | `act.rs` | executing the decision: configuration files, follow/rewind, demotion, slots |
+//! | `leader.rs` | the leader race and promotion, renewal, switchover and manual failover |
+//! | `sync_duty.rs` | `synchronous_standby_names` and `/sync`, one safe step per cycle |
+//! | `commands.rs` | REST commands: restart (now or scheduled), reinitialize, reload |
+//! | `publish.rs` | the member key, `/history`, the REST snapshot |
+//! | `shutdown.rs` | the shutdown order above |
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgpilot_config::{Config, DynamicConfig};
+use pgpilot_dcs::{Cluster, Dcs};
+use pgpilot_postgres::{DataDirState, DesiredConfig, PgState, Postgres};
+use pgpilot_types::{Command, NodeSnapshot, Peers};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::decide::{decide, DataState, Observation, PgView};
+use crate::sync::Ssn;
+
+mod act;
+mod commands;
+mod leader;
+mod observe;
+mod publish;
+mod shutdown;
+mod sync_duty;
+mod tasks;
+
+use commands::{recv, ScheduledRestart};
+use observe::load_dynamic_cache;
+use publish::epoch_secs;
+pub use publish::pg_info;
+use tasks::Task;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent must stop and exit non-zero (system ID mismatch, failed bootstrap, ...).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// How `run` ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Shutdown was requested and completed.
+    Shutdown,
+}
+
+/// What this member knows about pg_rewind.
+#[derive(Debug, Default)]
+struct Rewind {
+    /// pg_rewind against the current leader failed; do not loop on it.
+    failed: bool,
+    /// pg_rewind succeeded (possibly with nothing to do) since PostgreSQL last ran: the data
+    /// directory no longer counts as a diverged former primary.
+    done: bool,
+    /// Set by our own demotion, cleared when a rewind ran or a leader on our timeline is
+    /// followed: see `Observation::rewind_check`.
+    check: bool,
+    /// A rewind source that was not ready is asked again only after this (one loop_wait).
+    not_before: Option<Instant>,
+}
+
+/// The synchronous-replication duty: what the primary set and when, and a replica's request to
+/// be released from it before it stops.
+#[derive(Debug, Default)]
+struct SyncDuty {
+    /// `synchronous_standby_names` as we manage it (empty unless primary in synchronous mode).
+    ssn: Ssn,
+    /// When `ssn` was last changed, and the primary's flush LSN taken once the change is
+    /// surely in force (see `process_sync`).
+    ssn_set_at: Option<Instant>,
+    ssn_lsn: Option<u64>,
+    /// `ssn` reflects what this process set (false after start until `/sync` was read).
+    ssn_known: bool,
+    /// Asking the primary to release us from synchronous duty before we stop: the member key
+    /// then advertises `nosync: true, sync_priority: 0`.
+    leaving: bool,
+    /// The strict-mode warning was logged for the current placeholder period.
+    warned_strict: bool,
+}
+
+/// The agent of one member.
+pub struct Agent<D: Dcs, P: Peers> {
+    cfg: Config,
+    dcs: Arc<D>,
+    pg: Arc<Postgres>,
+    /// Other members' REST APIs (the leader race, the duplicate-name check).
+    peers: Arc<P>,
+    /// The dynamic configuration in force (from `/config`, else the cache file, else
+    /// `bootstrap.dcs`).
+    dynamic: DynamicConfig,
+    snapshot: watch::Sender<Arc<NodeSnapshot>>,
+    /// The running background action, if any.
+    task: Option<Task>,
+    /// Signalled when a background action ends, to run the next cycle at once.
+    task_done: Arc<Notify>,
+    /// Time of the last successful leader key renewal (None: we do not hold it).
+    last_renewal: Option<Instant>,
+    /// Last DCS view read successfully, and when.
+    last_cluster: Option<Arc<Cluster>>,
+    last_dcs_ok: Option<Instant>,
+    dcs_last_seen: u64,
+    /// State string published in the member key and `/patroni`.
+    state: String,
+    /// Role published in the member key.
+    role: String,
+    /// Last monitoring query result.
+    last_pg: Option<PgState>,
+    sysid: Option<String>,
+    /// pg_rewind bookkeeping of this member (see [`Rewind`]).
+    rewind: Rewind,
+    /// The primary's synchronous-replication duty (see [`SyncDuty`]).
+    sync_duty: SyncDuty,
+    /// The desired configuration last written to disk (skip rewriting an unchanged one).
+    written: Option<DesiredConfig>,
+    /// Physical slots last synchronised on the primary.
+    slots: Option<Vec<String>>,
+    /// Timeline whose history we last published to `/history`.
+    history_timeline: u32,
+    /// Set when the cycle must run again immediately (e.g. after winning a race).
+    run_again: bool,
+    /// Warnings of the dynamic configuration already logged (log each once).
+    logged_warnings: Vec<String>,
+    /// Requests from the REST API (restart, reinitialize, reload, wake-ups).
+    commands: Option<mpsc::Receiver<Command>>,
+    /// The local configuration file, re-read on reload (`None`: environment only).
+    config_path: Option<PathBuf>,
+    scheduled_restart: Option<ScheduledRestart>,
+    /// Since when our replica has been running without streaming from a running leader.
+    not_streaming_since: Option<Instant>,
+}
+
+impl<D: Dcs, P: Peers> Agent<D, P> {
+    pub fn new(
+        cfg: Config,
+        dcs: Arc<D>,
+        pg: Arc<Postgres>,
+        peers: Arc<P>,
+        snapshot: watch::Sender<Arc<NodeSnapshot>>,
+    ) -> Agent<D, P> {
+        let dynamic = load_dynamic_cache(&cfg)
+            .unwrap_or_else(|| DynamicConfig::from_document(&cfg.bootstrap.dcs).0);
+        Agent {
+            cfg,
+            dcs,
+            pg,
+            peers,
+            dynamic,
+            snapshot,
+            task: None,
+            task_done: Arc::new(Notify::new()),
+            last_renewal: None,
+            last_cluster: None,
+            last_dcs_ok: None,
+            dcs_last_seen: 0,
+            state: "stopped".into(),
+            role: "uninitialized".into(),
+            last_pg: None,
+            sysid: None,
+            rewind: Rewind::default(),
+            sync_duty: SyncDuty::default(),
+            written: None,
+            slots: None,
+            history_timeline: 0,
+            run_again: false,
+            logged_warnings: Vec::new(),
+            commands: None,
+            config_path: None,
+            scheduled_restart: None,
+            not_streaming_since: None,
+        }
+    }
+
+    /// Connects the REST API's command channel and names the file a reload re-reads.
+    pub fn with_commands(
+        mut self,
+        commands: mpsc::Receiver<Command>,
+        config_path: Option<PathBuf>,
+    ) -> Agent<D, P> {
+        self.commands = Some(commands);
+        self.config_path = config_path;
+        self
+    }
+
+    pub fn dynamic(&self) -> &DynamicConfig {
+        &self.dynamic
+    }
+
+    /// Refuses to start when another live agent already uses our name (spec/ha-loop.md §5.0.3):
+    /// its member key exists and its REST API answers.
+    pub async fn check_unique_name(&self) -> Result<(), AgentError> {
+        let cluster = loop {
+            match self.dcs.cluster().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    warn!("Can not get cluster from dcs: {e}");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        };
+        if let Some(m) = cluster.member(&self.cfg.name) {
+            if !m.data.api_url.is_empty()
+                && self
+                    .peers
+                    .answers(&m.data.api_url, Duration::from_secs(3))
+                    .await
+            {
+                return Err(AgentError::Fatal(format!(
+                    "Can't start; there is already a node named '{}' running",
+                    self.cfg.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs cycles until `shutdown` is cancelled, then shuts down in order.
+    pub async fn run(&mut self, shutdown: CancellationToken) -> Result<Exit, AgentError> {
+        loop {
+            let started = Instant::now();
+            let msg = match self.run_cycle().await {
+                Ok(msg) => msg,
+                Err(AgentError::Fatal(msg)) => {
+                    error!("{msg}");
+                    self.publish(started);
+                    return Err(AgentError::Fatal(msg));
+                }
+            };
+            if self.dynamic.pause {
+                info!("PAUSE: {msg}");
+            } else {
+                info!("{msg}");
+            }
+            self.publish(started);
+            let loop_wait = self.dynamic.loop_wait;
+            let elapsed = started.elapsed();
+            if elapsed > loop_wait + Duration::from_secs(1) {
+                warn!("Loop time exceeded, rescheduling immediately.");
+            }
+            if std::mem::take(&mut self.run_again) {
+                continue;
+            }
+            let remaining = loop_wait.saturating_sub(elapsed);
+            let leader_is_me = self.last_renewal.is_some();
+            let command = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.dcs.watch(remaining, leader_is_me) => None,
+                _ = self.task_done.notified() => None,
+                c = recv(&mut self.commands) => c,
+            };
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if let Some(c) = command {
+                self.handle_command(c).await;
+            }
+        }
+        self.shutdown().await;
+        Ok(Exit::Shutdown)
+    }
+
+    /// One HA cycle: observe, decide, act. Returns the sentence to log.
+    async fn run_cycle(&mut self) -> Result<String, AgentError> {
+        // Observe the DCS.
+        let cluster = match self.dcs.cluster().await {
+            Ok(c) => {
+                self.last_dcs_ok = Some(Instant::now());
+                self.dcs_last_seen = epoch_secs();
+                Some(c)
+            }
+            Err(e) => {
+                error!("Error communicating with DCS: {e}");
+                None
+            }
+        };
+        if let Some(c) = &cluster {
+            self.apply_dynamic(c);
+            self.recover_ssn(c);
+            self.last_cluster = Some(Arc::new(c.clone()));
+            if c.leader_name() != Some(self.cfg.name.as_str()) {
+                self.last_renewal = None;
+            }
+        }
+
+        // Finish a background task that ended.
+        if let Some(msg) = self.reap_task(cluster.as_ref()).await? {
+            return Ok(msg);
+        }
+
+        // Observe PostgreSQL.
+        let data = match self.pg.data_dir_state() {
+            DataDirState::Empty => DataState::Empty,
+            DataDirState::Invalid(r) => DataState::Invalid(r),
+            DataDirState::Initialized => match self.system_identifier().await {
+                Some(sysid) => DataState::Initialized { sysid },
+                None => DataState::Invalid("pg_controldata failed".into()),
+            },
+        };
+        let pg = self.observe_pg(&data).await;
+        self.watch_replication(cluster.as_ref(), &pg);
+        let peers = match (&cluster, &pg) {
+            (
+                Some(c),
+                PgView::Running {
+                    in_recovery: true, ..
+                },
+            ) if c.is_unlocked() && self.task.is_none() => self.fetch_peers(c).await,
+            // The leader asked to hand over checks its candidates.
+            (
+                Some(c),
+                PgView::Running {
+                    in_recovery: false, ..
+                },
+            ) if c.failover.is_some()
+                && c.leader_name() == Some(self.cfg.name.as_str())
+                && self.task.is_none() =>
+            {
+                self.fetch_peers(c).await
+            }
+            _ => Vec::new(),
+        };
+
+        let obs = Observation {
+            me: self.cfg.name.clone(),
+            cluster: cluster.clone(),
+            data,
+            pg,
+            action: self.task.as_ref().map(|t| t.kind),
+            paused: cluster.as_ref().is_some_and(Cluster::is_paused),
+            can_failover: self.cfg.tags.can_failover(),
+            failover_priority: self.cfg.tags.failover_priority,
+            can_bootstrap: true,
+            maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
+            check_timeline: self.dynamic.check_timeline,
+            use_pg_rewind: self
+                .cfg
+                .postgresql
+                .use_pg_rewind
+                .unwrap_or(self.dynamic.use_pg_rewind),
+            remove_data_directory_on_rewind_failure: self
+                .cfg
+                .postgresql
+                .remove_data_directory_on_rewind_failure,
+            rewind_failed: self.rewind.failed,
+            rewind_check: self.rewind.check,
+            peers,
+            self_demoted: self.rewind.check || self.rewind.done,
+            sync: self.sync_params(),
+        };
+        let decision = decide(&obs);
+        let msg = self.act(decision, &obs).await?;
+        if obs.cluster.as_ref().is_some_and(|c| !c.is_unlocked()) {
+            self.evaluate_scheduled_restart().await;
+        }
+
+        // Publish: member key every cycle (the backend skips unchanged values).
+        if obs.cluster.is_some() {
+            self.touch_member(obs.cluster.as_ref()).await;
+        }
+        Ok(msg)
+    }
+}

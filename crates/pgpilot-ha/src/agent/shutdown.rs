@@ -1,0 +1,57 @@
+//! Shutdown (SIGTERM) in one place: stop the background task; unless paused, stop PostgreSQL,
+//! and if we hold the leader key publish the shutdown checkpoint and release the key; touch our
+//! member key one last time.
+
+use pgpilot_dcs::{Cluster, Dcs, Status};
+use pgpilot_postgres::StopMode;
+use pgpilot_types::Peers;
+use tracing::{error, info};
+
+use super::Agent;
+
+impl<D: Dcs, P: Peers> Agent<D, P> {
+    /// The written shutdown order (module docs).
+    pub(super) async fn shutdown(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.handle.abort();
+        }
+        let paused = self.last_cluster.as_deref().is_some_and(Cluster::is_paused);
+        if paused {
+            info!("Leader key is not deleted and Postgresql is not stopped due paused state");
+            return;
+        }
+        let was_leader = self.last_renewal.is_some();
+        if !was_leader {
+            self.leave_sync_duty().await;
+        }
+        self.state = "stopping".into();
+        match self.pg.stop(StopMode::Fast, self.pg_ctl_timeout()).await {
+            Ok(()) => {
+                self.state = "stopped".into();
+                if was_leader {
+                    if let Ok(cd) = self.pg.controldata().await {
+                        let status = Status {
+                            optime: cd.checkpoint_lsn.0,
+                            ..Default::default()
+                        };
+                        let _ = self.dcs.write_status(&status).await;
+                    }
+                    match self.dcs.delete_leader().await {
+                        Ok(true) => info!("Leader key released"),
+                        Ok(false) => {}
+                        Err(e) => error!("could not release the leader key: {e}"),
+                    }
+                }
+            }
+            Err(e) => {
+                // PostgreSQL still runs: keep the key, a second primary must never appear.
+                error!("could not stop PostgreSQL, keeping the leader key: {e}");
+                return;
+            }
+        }
+        self.last_pg = None;
+        self.role = if was_leader { "demoted" } else { "replica" }.into();
+        let cluster = self.last_cluster.clone();
+        self.touch_member(cluster.as_deref()).await;
+    }
+}

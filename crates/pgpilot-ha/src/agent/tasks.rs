@@ -1,0 +1,265 @@
+//! Background actions (bootstrap, clone, rewind, start, restart): started by `act`, reaped at
+//! the start of the next cycles. While one runs, the cycle only renews the leader key.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pgpilot_dcs::{Cluster, Dcs};
+use pgpilot_postgres::{StopMode, Upstream};
+use pgpilot_types::Peers;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::decide::ActionKind;
+
+use super::{Agent, AgentError};
+
+/// How a background action failed.
+#[derive(Debug)]
+pub(super) enum TaskError {
+    /// A precondition outside us is not met yet (the rewind source still promoting): try again
+    /// next cycle; this is not a failed action.
+    NotReady(String),
+    Failed(String),
+}
+
+impl From<String> for TaskError {
+    fn from(e: String) -> TaskError {
+        TaskError::Failed(e)
+    }
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskError::NotReady(e) | TaskError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// A background action and what to do with its result.
+pub(super) struct Task {
+    pub(super) kind: ActionKind,
+    pub(super) handle: JoinHandle<Result<(), TaskError>>,
+    /// A REST caller waiting for the outcome (`POST /restart`).
+    pub(super) reply: Option<oneshot::Sender<(u16, String)>>,
+}
+
+impl<D: Dcs, P: Peers> Agent<D, P> {
+    /// Handles the end of a background task. Returns a message when the cycle should end here.
+    pub(super) async fn reap_task(
+        &mut self,
+        cluster: Option<&Cluster>,
+    ) -> Result<Option<String>, AgentError> {
+        let Some(task) = &self.task else {
+            return Ok(None);
+        };
+        if !task.handle.is_finished() {
+            return Ok(None);
+        }
+        let Some(mut task) = self.task.take() else {
+            return Ok(None);
+        };
+        let result = match (&mut task.handle).await {
+            Ok(r) => r,
+            Err(e) => Err(TaskError::Failed(format!(
+                "task panicked or was cancelled: {e}"
+            ))),
+        };
+        if let Some(reply) = task.reply.take() {
+            // The caller may read /patroni right after our answer: show the restarted server.
+            if result.is_ok() {
+                if let Ok(st) = self.pg.query_state().await {
+                    self.state = "running".into();
+                    self.last_pg = Some(st);
+                    self.publish(Instant::now());
+                }
+            }
+            let answer = match &result {
+                Ok(()) => (200, "restarted successfully".to_string()),
+                Err(_) => (503, "restart failed".to_string()),
+            };
+            let _ = reply.send(answer);
+        }
+        match (task.kind, result) {
+            (ActionKind::Bootstrap, Ok(())) => {
+                return self.finish_bootstrap().await.map(Some);
+            }
+            (ActionKind::Bootstrap, Err(e)) => {
+                error!("bootstrap failed: {e}");
+                if let Err(e) = self.dcs.cancel_initialization().await {
+                    error!("could not remove the initialize key: {e}");
+                }
+                let _ = self
+                    .pg
+                    .stop(StopMode::Immediate, Duration::from_secs(30))
+                    .await;
+                move_aside_failed(&self.cfg.postgresql.data_dir);
+                return Err(AgentError::Fatal("Failed to bootstrap cluster".into()));
+            }
+            (ActionKind::Clone | ActionKind::Reinitialize, Err(e)) => {
+                error!("failed to bootstrap from leader: {e}");
+                self.state = "creating replica".into();
+                let _ = self
+                    .pg
+                    .stop(StopMode::Immediate, Duration::from_secs(30))
+                    .await;
+                if let Err(e) = self.pg.remove_data_dir().await {
+                    error!("could not clean the data directory after a failed clone: {e}");
+                }
+                self.sysid = None;
+                self.written = None;
+            }
+            (ActionKind::Rewind, Err(TaskError::NotReady(why))) => {
+                warn!("not running pg_rewind yet: {why}");
+                self.rewind.not_before = Some(Instant::now() + self.dynamic.loop_wait);
+            }
+            (ActionKind::Rewind, Err(e)) => {
+                error!("pg_rewind failed: {e}");
+                self.rewind.failed = true;
+            }
+            (ActionKind::Rewind, Ok(())) => {
+                info!("pg_rewind finished");
+                self.rewind.failed = false;
+                self.rewind.done = true;
+                self.rewind.check = false;
+                self.written = None;
+            }
+            (kind, Err(e)) => {
+                error!("{} failed: {e}", kind.describe());
+                if matches!(kind, ActionKind::Start | ActionKind::Restart) {
+                    self.state = "start failed".into();
+                    let holds =
+                        cluster.and_then(Cluster::leader_name) == Some(self.cfg.name.as_str());
+                    if holds {
+                        // A lock holder whose PostgreSQL does not come back lets another member
+                        // take over instead of holding the cluster hostage (spec/ha-loop.md §5.1.8).
+                        let _ = self
+                            .pg
+                            .stop(StopMode::Immediate, self.pg_ctl_timeout())
+                            .await;
+                        self.role = "demoted".into();
+                        self.last_renewal = None;
+                        if let Err(e) = self.dcs.delete_leader().await {
+                            error!("could not release the leader key: {e}");
+                        }
+                        return Ok(Some(
+                            "removed leader key after trying and failing to start postgres".into(),
+                        ));
+                    }
+                }
+            }
+            (_, Ok(())) => {}
+        }
+        Ok(None)
+    }
+
+    /// The bootstrap task created a running primary: publish it (spec/ha-loop.md §5.1.7).
+    pub(super) async fn finish_bootstrap(&mut self) -> Result<String, AgentError> {
+        self.sysid = None;
+        let sysid = match self.pg.controldata().await {
+            Ok(cd) => cd.system_identifier,
+            Err(e) => {
+                return Err(AgentError::Fatal(format!(
+                    "Failed to bootstrap cluster: {e}"
+                )))
+            }
+        };
+        self.sysid = Some(sysid.clone());
+        let config = Value::Object(self.cfg.bootstrap.dcs.clone()).to_string();
+        let res = async {
+            self.dcs.initialize(false, &sysid).await?;
+            self.dcs.set_config(&config, None).await?;
+            self.dcs.take_leader().await
+        }
+        .await;
+        if let Err(e) = res {
+            return Err(AgentError::Fatal(format!(
+                "Failed to bootstrap cluster: could not publish it in DCS: {e}"
+            )));
+        }
+        self.last_renewal = Some(Instant::now());
+        self.role = "primary".into();
+        self.state = "running".into();
+        self.save_dynamic_cache();
+        self.run_again = true;
+        Ok("initialized a new cluster".into())
+    }
+
+    pub(super) fn spawn_task<F, E>(&mut self, kind: ActionKind, fut: F)
+    where
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<TaskError> + Send + 'static,
+    {
+        let done = self.task_done.clone();
+        let handle = tokio::spawn(async move {
+            let r = fut.await.map_err(Into::into);
+            done.notify_one();
+            r
+        });
+        self.task = Some(Task {
+            kind,
+            handle,
+            reply: None,
+        });
+    }
+
+    pub(super) fn start_bootstrap(&mut self) {
+        self.state = "initializing new cluster".into();
+        self.role = "uninitialized".into();
+        let pg = self.pg.clone();
+        let initdb = self.cfg.bootstrap.initdb.clone();
+        let post = self.cfg.bootstrap.post_bootstrap.clone();
+        let desired = self.desired(None);
+        let timeout = self.pg_ctl_timeout();
+        self.written = Some(desired.clone());
+        self.spawn_task::<_, String>(ActionKind::Bootstrap, async move {
+            pg.initdb(&initdb).await.map_err(|e| e.to_string())?;
+            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
+            pg.start(timeout).await.map_err(|e| e.to_string())?;
+            pg.create_roles().await.map_err(|e| e.to_string())?;
+            if let Some(cmd) = post {
+                pg.run_post_bootstrap(&cmd)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+    }
+
+    pub(super) fn start_clone(&mut self, from: Upstream, cluster: Option<&Cluster>) {
+        self.state = "creating replica".into();
+        self.role = "replica".into();
+        let leader = cluster.and_then(Cluster::leader_name).map(str::to_string);
+        let standby = self.standby_for(cluster, leader.as_deref());
+        let desired = self.desired(Some(standby));
+        self.written = Some(desired.clone());
+        let pg = self.pg.clone();
+        let args = self.cfg.postgresql.basebackup.clone();
+        let timeout = self.pg_ctl_timeout();
+        self.sysid = None;
+        self.spawn_task(ActionKind::Clone, async move {
+            // A postmaster whose data directory was deleted under it still holds the port.
+            pg.stop(StopMode::Immediate, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.basebackup(&from, &args)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
+            pg.start(timeout).await.map_err(|e| e.to_string())
+        });
+    }
+}
+
+/// A failed bootstrap leaves its data directory as `<data_dir>.failed` for inspection.
+pub(super) fn move_aside_failed(dir: &std::path::Path) {
+    let mut failed = PathBuf::from(dir);
+    failed.set_extension("failed");
+    let _ = std::fs::remove_dir_all(&failed);
+    if let Err(e) = std::fs::rename(dir, &failed) {
+        error!("could not move {} aside: {e}", dir.display());
+    }
+}
