@@ -2,14 +2,18 @@
 //! does, then either writes the DCS directly (`edit-config`, `remove`, the failover fallback) or
 //! calls members' REST APIs. Messages are patronictl's, word for word.
 
+mod console;
+mod members;
+mod schedule;
+
 use std::collections::HashMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use pgpilot_dcs::etcd::{EtcdDcs, EtcdOptions};
-use pgpilot_dcs::{Cluster, Dcs, Member, MemberData, PATRONI_COMPAT_VERSION};
+use pgpilot_dcs::{Cluster, Dcs, Member, PATRONI_COMPAT_VERSION};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
@@ -21,161 +25,13 @@ use crate::list::{self, GlobalConfig};
 use crate::table::{Format, Table};
 use crate::yaml;
 
-/// The user declined or stdin closed at a prompt: printed as click's `Aborted!`.
-#[derive(Debug)]
-pub struct Aborted;
-
-impl std::fmt::Display for Aborted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Aborted!")
-    }
-}
-
-impl std::error::Error for Aborted {}
-
-/// Writes to stdout; a closed pipe ends the program successfully (`pgpilotctl list | head`).
-pub fn out(text: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let res = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush());
-    if let Err(e) = res {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-    }
-}
-
-/// `click.echo(text)`.
-pub fn echo(text: &str) {
-    out(&format!("{text}\n"));
-}
-
-fn read_line() -> anyhow::Result<String> {
-    let mut line = String::new();
-    let n = std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("can not read from stdin")?;
-    if n == 0 {
-        out("\n");
-        return Err(Aborted.into());
-    }
-    Ok(line.trim_end_matches(['\n', '\r']).to_string())
-}
-
-/// `click.prompt(text, default=...)`: `text [default]: `; empty input takes the default, and
-/// without a default the question is asked again.
-pub fn prompt(text: &str, default: Option<&str>) -> anyhow::Result<String> {
-    loop {
-        match default {
-            Some(d) => out(&format!("{text} [{d}]: ")),
-            None => out(&format!("{text}: ")),
-        }
-        let line = read_line()?;
-        if !line.is_empty() {
-            return Ok(line);
-        }
-        if let Some(d) = default {
-            return Ok(d.to_string());
-        }
-    }
-}
-
-/// `click.confirm(text)`: `text [y/N]: `.
-pub fn confirm(text: &str) -> anyhow::Result<bool> {
-    loop {
-        out(&format!("{text} [y/N]: "));
-        match read_line()?.trim().to_lowercase().as_str() {
-            "y" | "yes" => return Ok(true),
-            "n" | "no" | "" => return Ok(false),
-            _ => echo("Error: invalid input"),
-        }
-    }
-}
-
-/// patronictl's `timestamp(precision)`: local time, `precision` digits of microseconds
-/// (6 prints 5, as patronictl's slicing does; 0 prints none).
-pub fn timestamp(precision: usize) -> String {
-    let now = jiff::ZonedDateTime::now();
-    let base = now.strftime("%Y-%m-%d %H:%M:%S").to_string();
-    if precision == 0 {
-        return base;
-    }
-    let micros = format!("{:06}", now.subsec_nanosecond() / 1000);
-    format!("{base}.{}", &micros[..precision - 1])
-}
-
-fn clear_screen() {
-    if std::io::stdout().is_terminal() {
-        out("\x1b[2J\x1b[1;1H");
-    }
-}
-
-/// `parse_scheduled`: `None`/`now` mean immediately; naive timestamps get the local zone.
-/// Returns Python's `isoformat()` of the parsed time.
-pub fn parse_scheduled(scheduled: Option<&str>) -> anyhow::Result<Option<String>> {
-    let Some(s) = scheduled
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && *s != "now")
-    else {
-        return Ok(None);
-    };
-    let err = || {
-        anyhow!(
-            "Unable to parse scheduled timestamp ({s}). It should be in an unambiguous format (e.g. ISO 8601)"
-        )
-    };
-    // Split a trailing `Z` / `+HH:MM` / `-HHMM` / `+HH` offset from the civil part.
-    let (civil, offset_secs) = split_offset(s);
-    let dt: jiff::civil::DateTime = civil.trim().parse().map_err(|_| err())?;
-    let offset = match offset_secs {
-        Some(secs) => jiff::tz::Offset::from_seconds(secs).map_err(|_| err())?,
-        None => dt
-            .to_zoned_datetime(jiff::tz::TimeZone::system())
-            .map_err(|_| err())?
-            .offset(),
-    };
-    Ok(Some(isoformat(dt, offset)))
-}
-
-fn split_offset(s: &str) -> (&str, Option<i32>) {
-    if let Some(c) = s.strip_suffix(['Z', 'z']) {
-        return (c, Some(0));
-    }
-    // The offset starts at the last '+' or '-' after the time's 'T' or ' '.
-    let time_start = s.find(['T', 't', ' ']).unwrap_or(s.len());
-    let Some(pos) = s[time_start..].rfind(['+', '-']).map(|p| p + time_start) else {
-        return (s, None);
-    };
-    let sign = if s.as_bytes()[pos] == b'-' { -1 } else { 1 };
-    let digits: String = s[pos + 1..].chars().filter(char::is_ascii_digit).collect();
-    let (h, m) = match digits.len() {
-        1 | 2 => (digits.parse::<i32>().ok(), Some(0)),
-        4 => (digits[..2].parse().ok(), digits[2..].parse().ok()),
-        _ => (None, None),
-    };
-    match (h, m) {
-        (Some(h), Some(m)) if s[pos + 1..].chars().all(|c| c.is_ascii_digit() || c == ':') => {
-            (&s[..pos], Some(sign * (h * 3600 + m * 60)))
-        }
-        _ => (s, None),
-    }
-}
-
-/// `datetime.isoformat()` of an aware datetime: microseconds only when non-zero.
-fn isoformat(dt: jiff::civil::DateTime, offset: jiff::tz::Offset) -> String {
-    let mut s = dt.strftime("%Y-%m-%dT%H:%M:%S").to_string();
-    let micros = dt.subsec_nanosecond() / 1000;
-    if micros != 0 {
-        s.push_str(&format!(".{micros:06}"));
-    }
-    let secs = offset.seconds();
-    let sign = if secs < 0 { '-' } else { '+' };
-    let abs = secs.abs();
-    s.push_str(&format!("{sign}{:02}:{:02}", abs / 3600, abs % 3600 / 60));
-    s
-}
+pub(crate) use console::Aborted;
+use console::{clear_screen, confirm, echo, out, prompt};
+use members::{
+    any_member, bare_member, check_response, confirm_members_action, conn_host_port, get_members,
+    leader_member, members_leader_first, members_with_role, output_members,
+};
+use schedule::{next_hour_example, parse_scheduled, timestamp};
 
 /// `postgres_version_to_int` validation (`X.Y` for 10+, `X.Y.Z`).
 fn check_pg_version(v: &str) -> anyhow::Result<()> {
@@ -196,91 +52,6 @@ pub fn format_pg_version(v: u64) -> String {
         format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
     } else {
         format!("{}.{}", v / 10000, v % 100)
-    }
-}
-
-/// A member as patronictl's `cluster.leader.member` gives it when the leader key names a member
-/// that has no key: name only.
-fn bare_member(name: &str) -> Member {
-    Member {
-        name: name.to_string(),
-        data: MemberData::default(),
-        version: 0,
-        lease: 0,
-    }
-}
-
-fn leader_member(c: &Cluster) -> Option<Member> {
-    let name = c.leader_name()?;
-    Some(c.member(name).cloned().unwrap_or_else(|| bare_member(name)))
-}
-
-/// `get_all_members(cluster, role)`.
-pub fn members_with_role(c: &Cluster, role: Role) -> Vec<Member> {
-    match role {
-        Role::Leader | Role::Primary | Role::StandbyLeader => {
-            let Some(l) = leader_member(c) else {
-                return Vec::new();
-            };
-            let r = l.data.role.as_str();
-            let ok = match role {
-                Role::Leader => true,
-                Role::StandbyLeader => r != "primary" && r != "master",
-                _ => r != "standby_leader",
-            };
-            if ok {
-                vec![l]
-            } else {
-                Vec::new()
-            }
-        }
-        Role::Replica | Role::Standby => {
-            let leader = c.leader.as_ref().map(|l| l.name.as_str());
-            c.members
-                .iter()
-                .filter(|m| Some(m.name.as_str()) != leader)
-                .cloned()
-                .collect()
-        }
-        Role::Any => c.members.clone(),
-    }
-}
-
-/// `get_any_member(cluster, role, member)`.
-pub fn any_member(
-    c: &Cluster,
-    role: Option<Role>,
-    member: Option<&str>,
-) -> anyhow::Result<Option<Member>> {
-    let role = match (member, role) {
-        (Some(_), Some(_)) => bail!("--role and --member are mutually exclusive options"),
-        (Some(_), None) => Role::Any,
-        (None, r) => r.unwrap_or(Role::Leader),
-    };
-    Ok(members_with_role(c, role)
-        .into_iter()
-        .find(|m| member.is_none_or(|n| m.name == n)))
-}
-
-/// `get_all_members_leader_first`: members with an api_url, the leader first.
-fn members_leader_first(c: &Cluster) -> Vec<Member> {
-    let leader = leader_member(c).filter(|l| !l.data.api_url.is_empty());
-    let mut out: Vec<Member> = leader.iter().cloned().collect();
-    let leader_name = leader.map(|l| l.name);
-    out.extend(
-        c.members
-            .iter()
-            .filter(|m| !m.data.api_url.is_empty() && Some(&m.name) != leader_name.as_ref())
-            .cloned(),
-    );
-    out
-}
-
-/// `host` and `port` of a member's `conn_url` for `dsn` and `query`.
-fn conn_host_port(m: &Member) -> anyhow::Result<(String, u16)> {
-    match list::member_host_port(m) {
-        Some((h, p)) => Ok((h, p.unwrap_or(5432))),
-        None => bail!("Member {} has no connection address", m.name),
     }
 }
 
@@ -372,129 +143,6 @@ impl Ctx {
     ) -> anyhow::Result<Reply> {
         self.rest.request(m, method, endpoint, body, timeout).await
     }
-}
-
-fn output_members(c: &Cluster, name: &str, fmt: Format) {
-    out(&list::render_members(c, name, false, fmt));
-}
-
-/// `get_members`: members of `role` (optionally among `names`), prompting for one when none is
-/// given, then the confirmation.
-#[allow(clippy::too_many_arguments)]
-fn get_members(
-    c: &Cluster,
-    cluster_name: &str,
-    names: &[String],
-    role: Role,
-    force: bool,
-    action: &str,
-    ask_confirmation: bool,
-) -> anyhow::Result<Vec<Member>> {
-    let members = members_with_role(c, role);
-    let candidates: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
-    if !names.is_empty() || !candidates.is_empty() || !force {
-        if names.is_empty() && candidates.is_empty() {
-            bail!("{cluster_name} cluster doesn't have any members");
-        }
-        output_members(c, cluster_name, Format::Pretty);
-    }
-    let mut wanted: Vec<String> = if !names.is_empty() {
-        let w: Vec<String> = names
-            .iter()
-            .filter(|n| candidates.contains(n))
-            .cloned()
-            .collect();
-        if w.is_empty() {
-            bail!("No {} among provided members", role.name());
-        }
-        w
-    } else if action != "reinitialize" {
-        candidates.clone()
-    } else {
-        Vec::new()
-    };
-    if wanted.is_empty() && !force {
-        wanted = vec![prompt(
-            &format!(
-                "Which member do you want to {action} [{}]?",
-                candidates.join(", ")
-            ),
-            Some(""),
-        )?];
-    }
-    for n in &wanted {
-        if !candidates.contains(n) {
-            bail!("{n} is not a member of cluster");
-        }
-    }
-    let selected: Vec<Member> = members
-        .into_iter()
-        .filter(|m| wanted.contains(&m.name))
-        .collect();
-    if ask_confirmation {
-        confirm_members_action(&selected, force, action, None, false)?;
-    }
-    Ok(selected)
-}
-
-fn confirm_members_action(
-    members: &[Member],
-    force: bool,
-    action: &str,
-    scheduled_at: Option<&str>,
-    pending: bool,
-) -> anyhow::Result<()> {
-    if force {
-        return Ok(());
-    }
-    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
-    match scheduled_at {
-        Some(at) => {
-            let ok = if pending {
-                confirm("The nodes needing a restart will be identified at the scheduled time, and might be different from the ones showing pending restart right now. Is this fine?")?
-            } else {
-                confirm(&format!(
-                    "Are you sure you want to schedule {action} of members {} at {}?",
-                    names.join(", "),
-                    at.replacen('T', " ", 1)
-                ))?
-            };
-            if !ok {
-                bail!("Aborted scheduled {action}");
-            }
-        }
-        None => {
-            if !confirm(&format!(
-                "Are you sure you want to {action} members {}?",
-                names.join(", ")
-            ))? {
-                bail!("Aborted {action}");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `check_response`: prints `Failed: ...` for status >= 400, else `Success: ...`.
-fn check_response(r: &Reply, member: &str, action: &str, silent_success: bool) -> bool {
-    if r.status >= 400 {
-        echo(&format!(
-            "Failed: {action} for member {member}, status code={}, ({})",
-            r.status, r.body
-        ));
-        return false;
-    }
-    if !silent_success {
-        echo(&format!("Success: {action} for member {member}"));
-    }
-    true
-}
-
-fn next_hour_example() -> String {
-    let t = jiff::ZonedDateTime::now()
-        .checked_add(jiff::SignedDuration::from_hours(1))
-        .unwrap_or_else(|_| jiff::ZonedDateTime::now());
-    t.strftime("%Y-%m-%dT%H:%M").to_string()
 }
 
 /// Runs one command.
@@ -1918,36 +1566,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scheduled_timestamps() {
-        assert_eq!(parse_scheduled(None).unwrap(), None);
-        assert_eq!(parse_scheduled(Some("now")).unwrap(), None);
-        assert_eq!(
-            parse_scheduled(Some("2023-05-29T04:32:31-3"))
-                .unwrap()
-                .as_deref(),
-            Some("2023-05-29T04:32:31-03:00")
-        );
-        assert_eq!(
-            parse_scheduled(Some("2023-05-29T04:32:31.5Z"))
-                .unwrap()
-                .as_deref(),
-            Some("2023-05-29T04:32:31.500000+00:00")
-        );
-        assert_eq!(
-            parse_scheduled(Some("2023-05-29 04:32+02:00"))
-                .unwrap()
-                .as_deref(),
-            Some("2023-05-29T04:32:00+02:00")
-        );
-        // Naive: the local zone is added.
-        let local = parse_scheduled(Some("2023-05-29T04:32:31"))
-            .unwrap()
-            .unwrap();
-        assert!(local.starts_with("2023-05-29T04:32:31"), "{local}");
-        assert!(parse_scheduled(Some("tomorrow-ish")).is_err());
-    }
-
-    #[test]
     fn pg_versions() {
         assert!(check_pg_version("9.6.24").is_ok());
         assert!(check_pg_version("16.4").is_ok());
@@ -1957,11 +1575,5 @@ mod tests {
         assert_eq!(format_pg_version(160004), "16.4");
         assert_eq!(format_pg_version(90624), "9.6.24");
         assert_eq!(format_pg_version(100000), "10.0");
-    }
-
-    #[test]
-    fn timestamps_have_patronictl_precision() {
-        assert_eq!(timestamp(0).len(), 19);
-        assert_eq!(timestamp(6).len(), 25);
     }
 }
