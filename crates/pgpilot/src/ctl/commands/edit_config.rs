@@ -1,5 +1,6 @@
-//! `edit-config`: changes the cluster's dynamic configuration in the DCS, from an editor, a
-//! YAML file or `--set`/`--pg` pairs, after showing the diff (`patronictl edit-config`).
+//! `edit-config` and `show-config`: change the cluster's dynamic configuration in the DCS, from an
+//! editor, a YAML file or `--set`/`--pg` pairs, after showing the diff; or print it as YAML
+//! (`patronictl edit-config` / `patronictl show-config`).
 
 use std::io::Write;
 
@@ -150,6 +151,14 @@ pub(super) async fn edit_config_cmd(ctx: &mut Ctx, name: &str, a: EditArgs) -> a
             bail!("Config modification aborted due to concurrent changes");
         }
         echo("Configuration changed");
+    }
+    Ok(())
+}
+
+pub(super) async fn show_config_cmd(ctx: &mut Ctx, name: &str) -> anyhow::Result<()> {
+    let c = ctx.cluster(name).await?;
+    if let Some(cfg) = &c.config {
+        echo(&yaml::dump(&Value::Object(cfg.data.clone()), false));
     }
     Ok(())
 }

@@ -1,11 +1,16 @@
 //! The commands: each reads the cluster from the DCS, asks for confirmation where patronictl
 //! does, then either writes the DCS directly (`edit-config`, `remove`, the failover fallback) or
 //! calls members' REST APIs. Messages are patronictl's, word for word.
+//!
+//! Here: the per-invocation context (`Ctx`) and the dispatch (`run`). Each command has a file of
+//! its own; what several commands share is in `console`, `members` and `schedule`.
 
 mod cluster_role;
 mod console;
+mod dsn;
 mod edit_config;
 mod flush;
+mod history;
 mod list_topology;
 mod members;
 mod pause;
@@ -24,24 +29,23 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use pgpilot_dcs::etcd::{EtcdDcs, EtcdOptions};
-use pgpilot_dcs::{Cluster, Dcs, Member, PATRONI_COMPAT_VERSION};
+use pgpilot_dcs::{Cluster, Dcs, Member};
 use reqwest::Method;
 use serde_json::{Map, Value};
 
-use crate::args::{Command, Role};
+use crate::args::Command;
 use crate::config::{CtlConfig, DEFAULT_LOOP_WAIT};
-use crate::http::{Reply, Rest, SHORT};
-use crate::list;
+use crate::http::{Reply, Rest};
 use crate::table::Format;
-use crate::yaml;
 
 use cluster_role::change_cluster_role;
+use console::prompt;
 pub(crate) use console::Aborted;
-use console::{echo, out, prompt};
-use edit_config::{edit_config_cmd, EditArgs};
+use dsn::dsn_cmd;
+use edit_config::{edit_config_cmd, show_config_cmd, EditArgs};
 use flush::flush_cmd;
+use history::history_cmd;
 use list_topology::list_cmd;
-use members::{any_member, conn_host_port, members_with_role};
 use pause::toggle_pause;
 use query::{query_cmd, QueryArgs};
 use reinit::reinit_cmd;
@@ -49,7 +53,7 @@ use reload::reload_cmd;
 use remove::remove_cmd;
 use restart::{restart_cmd, RestartArgs};
 use switchover::failover_cmd;
-use version::format_pg_version;
+use version::version_cmd;
 
 /// Shared state of one invocation: configuration, REST client, DCS clients per cluster.
 pub(crate) struct Ctx {
@@ -191,12 +195,7 @@ pub(crate) async fn run(
         } => {
             ctx.check_group(group)?;
             let name = ctx.cluster_name(cluster_name)?;
-            let c = ctx.cluster(&name).await?;
-            let m = any_member(&c, role, member.as_deref())?
-                .ok_or_else(|| anyhow!("Can not find a suitable member"))?;
-            let (host, port) = conn_host_port(&m)?;
-            echo(&format!("host={host} port={port}"));
-            Ok(())
+            dsn_cmd(ctx, &name, role, member.as_deref()).await
         }
         Command::Query {
             cluster_name,
@@ -382,54 +381,21 @@ pub(crate) async fn run(
         } => {
             ctx.check_group(group)?;
             let name = ctx.cluster_name(cluster_name)?;
-            let c = ctx.cluster(&name).await?;
-            if let Some(cfg) = &c.config {
-                echo(&yaml::dump(&Value::Object(cfg.data.clone()), false));
-            }
-            Ok(())
+            show_config_cmd(ctx, &name).await
         }
         Command::Version {
             cluster_name,
             member_names,
             group,
         } => {
-            if invoked_as_patronictl {
-                echo(&format!("patronictl version {PATRONI_COMPAT_VERSION}"));
-            } else {
-                echo(&format!("pgpilotctl version {}", env!("CARGO_PKG_VERSION")));
-            }
-            let Some(name) = cluster_name else {
-                return Ok(());
-            };
-            ctx.check_group(group)?;
-            echo("");
-            let c = ctx.cluster(&name).await?;
-            for m in members_with_role(&c, Role::Any) {
-                if m.data.api_url.is_empty()
-                    || !(member_names.is_empty() || member_names.contains(&m.name))
-                {
-                    continue;
-                }
-                match ctx.request(&m, Method::GET, None, None, SHORT).await {
-                    Ok(r) => {
-                        let data: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-                        let version = data
-                            .get("patroni")
-                            .and_then(|p| p.get("version"))
-                            .map(crate::table::py_str)
-                            .unwrap_or_else(|| "None".into());
-                        let pg = data
-                            .get("server_version")
-                            .and_then(Value::as_u64)
-                            .filter(|v| *v > 0)
-                            .map(|v| format!(" PostgreSQL {}", format_pg_version(v)))
-                            .unwrap_or_default();
-                        echo(&format!("{}: Patroni {version}{pg}", m.name));
-                    }
-                    Err(e) => echo(&format!("{}: failed to get version: {e:#}", m.name)),
-                }
-            }
-            Ok(())
+            version_cmd(
+                ctx,
+                cluster_name,
+                &member_names,
+                group,
+                invoked_as_patronictl,
+            )
+            .await
         }
         Command::History {
             cluster_name,
@@ -438,9 +404,7 @@ pub(crate) async fn run(
         } => {
             ctx.check_group(group)?;
             let name = ctx.cluster_name(cluster_name)?;
-            let c = ctx.cluster(&name).await?;
-            out(&list::render_history(&c, fmt.to_format()));
-            Ok(())
+            history_cmd(ctx, &name, fmt).await
         }
         Command::DemoteCluster {
             cluster_name,

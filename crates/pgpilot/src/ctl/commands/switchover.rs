@@ -1,6 +1,6 @@
 //! `switchover` and `failover`: hand the leadership to another member through the leader's REST
-//! API, or write the DCS failover key when no API answers (`patronictl switchover` /
-//! `patronictl failover`).
+//! API (the candidate's when there is no leader), or write the DCS failover key when no API
+//! answers (`patronictl switchover` / `patronictl failover`).
 
 use anyhow::{anyhow, bail};
 use pgpilot_dcs::Dcs;
