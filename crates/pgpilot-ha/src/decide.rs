@@ -19,10 +19,8 @@ use crate::sync::{self, SyncParams};
 pub enum ActionKind {
     Bootstrap,
     Clone,
-    Promote,
     Rewind,
     Start,
-    Stop,
     Reinitialize,
     Restart,
 }
@@ -33,10 +31,8 @@ impl ActionKind {
         match self {
             ActionKind::Bootstrap => "bootstrap",
             ActionKind::Clone => "bootstrap from leader",
-            ActionKind::Promote => "promote",
             ActionKind::Rewind => "rewind",
             ActionKind::Start => "starting",
-            ActionKind::Stop => "stopping",
             ActionKind::Reinitialize => "reinitialize",
             ActionKind::Restart => "restart",
         }
@@ -141,16 +137,23 @@ pub enum Decision {
     RenewLeader,
     /// Try to take the leader key (create-if-absent); won: promote; lost: follow.
     AcquireLeader,
-    /// Not the healthiest: stay a replica (demote first if running as primary).
-    NotHealthiest { msg: String },
+    /// Not the healthiest: log `reason`, then stay a replica; `demote`: PostgreSQL runs as a
+    /// primary (not paused), stop it at once (immediate) before following.
+    NotHealthiest {
+        reason: String,
+        demote: bool,
+        msg: String,
+    },
     /// Follow `leader`: demote if primary, make sure the replica configuration points at it.
     Follow { leader: String },
     /// PostgreSQL is stopped: start it. `as_primary` only when we hold the lock and it was a
-    /// primary.
+    /// primary. `renew_lock_first`: we hold the lock in a view that may come from the watch
+    /// cache, so renew it first and pass the outcome through [`start_after_renewal`].
     StartPostgres {
         as_primary: bool,
         follow: Option<String>,
         msg: String,
+        renew_lock_first: bool,
     },
     /// Former primary must rewind against `leader` before following it.
     Rewind { leader: String },
@@ -159,6 +162,65 @@ pub enum Decision {
     RemoveDataDirectory { msg: String },
     /// We hold the lock but cannot serve as primary: release it.
     ReleaseLock { msg: String },
+}
+
+/// What follows a [`Decision::AcquireLeader`] attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterAcquire {
+    /// Won and PostgreSQL is in recovery: promote it.
+    Promote,
+    /// Won and PostgreSQL already runs as a primary.
+    Lead,
+    /// Lost the race, or the DCS failed: log `msg`; `demote`: PostgreSQL runs as a primary
+    /// without the lock (not paused), stop it at once.
+    Lost { demote: bool, msg: String },
+}
+
+/// The pure follow-up of a lock attempt, given its outcome (`Ok(won)` or the DCS error).
+/// Patroni: `follow('demoted self due after trying and failing to obtain lock', 'following new
+/// leader after trying and failing to obtain lock')`.
+pub fn after_acquire(outcome: Result<bool, String>, o: &Observation) -> AfterAcquire {
+    let pg_primary = matches!(
+        o.pg,
+        PgView::Running {
+            in_recovery: false,
+            ..
+        }
+    );
+    match outcome {
+        Ok(true) if pg_primary => AfterAcquire::Lead,
+        Ok(true) => AfterAcquire::Promote,
+        Ok(false) if pg_primary && !o.paused => AfterAcquire::Lost {
+            demote: true,
+            msg: "demoted self due after trying and failing to obtain lock".into(),
+        },
+        Ok(false) if pg_primary => AfterAcquire::Lost {
+            demote: false,
+            msg: "continue to run as primary without lock".into(),
+        },
+        Ok(false) => AfterAcquire::Lost {
+            demote: false,
+            msg: "following new leader after trying and failing to obtain lock".into(),
+        },
+        Err(e) => AfterAcquire::Lost {
+            demote: false,
+            msg: format!("failed to obtain leader lock: {e}"),
+        },
+    }
+}
+
+/// The follow-up of a [`Decision::StartPostgres`] with `renew_lock_first`, given whether the
+/// renewal succeeded: a primary starts writable only after the lock was renewed for real (the
+/// view may come from the watch cache while the DCS is frozen), otherwise read-only. Returns
+/// `(as_primary, msg)`.
+pub fn start_after_renewal(as_primary: bool, msg: String, renewed: bool) -> (bool, String) {
+    if as_primary && !renewed {
+        return (
+            false,
+            "starting as readonly because i had the session lock".into(),
+        );
+    }
+    (as_primary, msg)
 }
 
 /// A system identifier as Patroni accepts it in `/initialize`: at least 10 digits.
@@ -191,6 +253,7 @@ pub fn decide(o: &Observation) -> Decision {
                 as_primary: false,
                 follow: None,
                 msg: "starting as a secondary".into(),
+                renew_lock_first: false,
             };
         }
         return Decision::NoAction {
@@ -330,12 +393,14 @@ pub fn decide(o: &Observation) -> Decision {
                         as_primary: true,
                         follow: None,
                         msg: "starting primary after failure".into(),
+                        renew_lock_first: true,
                     };
                 }
                 return Decision::StartPostgres {
                     as_primary: false,
                     follow: None,
                     msg: "starting as readonly because i had the session lock".into(),
+                    renew_lock_first: true,
                 };
             }
             let leader = cluster.leader_name().map(str::to_string);
@@ -358,6 +423,7 @@ pub fn decide(o: &Observation) -> Decision {
                 as_primary: false,
                 follow: leader,
                 msg: "starting as a secondary".into(),
+                renew_lock_first: false,
             };
         }
         PgView::Unresponsive => {
@@ -377,14 +443,29 @@ pub fn decide(o: &Observation) -> Decision {
     if cluster.is_unlocked() {
         return match is_healthiest(o, cluster) {
             Ok(()) => Decision::AcquireLeader,
-            // The agent logs the reason (is_healthiest again) before this sentence.
-            Err(_) => {
-                let msg = if !o.can_failover && !o.paused {
-                    "following a different leader because I am not allowed to promote"
-                } else {
-                    "following a different leader because i am not the healthiest node"
+            Err(reason) => {
+                // Patroni's `follow(demote_reason, follow_reason)`: a primary is demoted
+                // (immediate) unless paused, when it keeps running without the lock.
+                let not_allowed = !o.can_failover && !o.paused;
+                let demote = pg_primary && !o.paused;
+                let msg = match (pg_primary, o.paused, not_allowed) {
+                    (true, true, _) => "continue to run as primary without lock",
+                    (true, false, true) => {
+                        "demoting self because I am not allowed to become primary"
+                    }
+                    (true, false, false) => "demoting self because i am not the healthiest node",
+                    (false, _, true) => {
+                        "following a different leader because I am not allowed to promote"
+                    }
+                    (false, _, false) => {
+                        "following a different leader because i am not the healthiest node"
+                    }
                 };
-                Decision::NotHealthiest { msg: msg.into() }
+                Decision::NotHealthiest {
+                    reason,
+                    demote,
+                    msg: msg.into(),
+                }
             }
         };
     }
@@ -417,6 +498,18 @@ pub fn decide(o: &Observation) -> Decision {
                 leader: leader.name.clone(),
             };
         }
+    }
+    // Someone else holds the lock: a primary must stop accepting writes now (Patroni's
+    // `demote('immediate-nolock')`), except in maintenance mode.
+    if pg_primary {
+        if o.paused {
+            return Decision::NoAction {
+                msg: "continue to run as primary without lock".into(),
+            };
+        }
+        return Decision::DemoteImmediate {
+            msg: "demoting self because I do not have the lock and I was a leader".into(),
+        };
     }
     Decision::Follow {
         // `is_unlocked` was checked above, so the leader name exists.

@@ -115,8 +115,11 @@ fn no_action(msg: &str) -> Decision {
     Decision::NoAction { msg: msg.into() }
 }
 
-fn not_healthiest() -> Decision {
+/// A replica that is not the healthiest follows; `reason` is what `is_healthiest` says.
+fn not_healthiest(reason: &str) -> Decision {
     Decision::NotHealthiest {
+        reason: reason.into(),
+        demote: false,
         msg: "following a different leader because i am not the healthiest node".into(),
     }
 }
@@ -126,6 +129,7 @@ fn start_secondary(follow: Option<&str>) -> Decision {
         as_primary: false,
         follow: follow.map(str::to_string),
         msg: "starting as a secondary".into(),
+        renew_lock_first: false,
     }
 }
 
@@ -352,9 +356,9 @@ fn decision_table() {
             Decision::Fatal { msg: "No initialize key in DCS and PostgreSQL is running as replica, aborting start".into() }),
         // §5.1.11: PostgreSQL stopped.
         ("stopped, lock holder, was primary", Box::new(|o| { o.cluster = mine(); o.pg = stopped(true) }),
-            Decision::StartPostgres { as_primary: true, follow: None, msg: "starting primary after failure".into() }),
+            Decision::StartPostgres { as_primary: true, follow: None, msg: "starting primary after failure".into(), renew_lock_first: true }),
         ("stopped, lock holder, was replica", Box::new(|o| { o.cluster = mine(); o.pg = stopped(false) }),
-            Decision::StartPostgres { as_primary: false, follow: None, msg: "starting as readonly because i had the session lock".into() }),
+            Decision::StartPostgres { as_primary: false, follow: None, msg: "starting as readonly because i had the session lock".into(), renew_lock_first: true }),
         ("stopped former primary, rewind", Box::new(|o| o.pg = stopped(true)), Decision::Rewind { leader: "pg1".into() }),
         ("stopped former primary, no rewind configured", Box::new(|o| { o.pg = stopped(true); o.use_pg_rewind = false }), start_secondary(Some("pg1"))),
         ("rewind failed, remove allowed", Box::new(|o| { o.pg = stopped(true); o.rewind_failed = true; o.remove_data_directory_on_rewind_failure = true }),
@@ -368,32 +372,50 @@ fn decision_table() {
         ("unresponsive replica", Box::new(|o| o.pg = PgView::Unresponsive), no_action("PostgreSQL is not accepting connections yet")),
         // §5.2: leader race.
         ("race, healthiest", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![peer("pg3", 900)] }), Decision::AcquireLeader),
-        ("race, peer ahead", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![peer("pg3", 1001)] }), not_healthiest()),
-        ("race, primary alive", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![PeerStatus { is_primary: true, ..peer("pg1", 1000) }] }), not_healthiest()),
-        ("race, too far behind", Box::new(|o| { o.cluster = unlocked(); o.pg = replica(1); o.maximum_lag_on_failover = 10 }), not_healthiest()),
-        ("race, equal WAL, higher peer priority", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![PeerStatus { failover_priority: 2, ..peer("pg3", 1000) }] }), not_healthiest()),
+        ("race, peer ahead", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![peer("pg3", 1001)] }), not_healthiest("Wal position of pg3 is ahead of my wal position")),
+        ("race, primary alive", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![PeerStatus { is_primary: true, ..peer("pg1", 1000) }] }), not_healthiest("Primary (pg1) is still alive")),
+        ("race, too far behind", Box::new(|o| { o.cluster = unlocked(); o.pg = replica(1); o.maximum_lag_on_failover = 10 }), not_healthiest("My wal position exceeds maximum replication lag (999 > 10)")),
+        ("race, equal WAL, higher peer priority", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![PeerStatus { failover_priority: 2, ..peer("pg3", 1000) }] }), not_healthiest("pg3 has equally tolerable WAL position and priority 2, while this node has priority 1")),
         ("race, equal WAL, equal priority", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![peer("pg3", 1000)] }), Decision::AcquireLeader),
         ("race, nofailover peer ahead is ignored", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![PeerStatus { nofailover: true, ..peer("pg3", 5000) }] }), Decision::AcquireLeader),
         ("race, nofailover", Box::new(|o| { o.cluster = unlocked(); o.can_failover = false }),
-            Decision::NotHealthiest { msg: "following a different leader because I am not allowed to promote".into() }),
-        ("race, paused replica", Box::new(|o| { o.cluster = unlocked(); o.paused = true }), not_healthiest()),
+            Decision::NotHealthiest { reason: "nofailover".into(), demote: false, msg: "following a different leader because I am not allowed to promote".into() }),
+        // Patroni's `is_healthiest_node` asks "am I primary?" before "nofailover?".
+        ("race, nofailover primary", Box::new(|o| { o.cluster = unlocked(); o.can_failover = false; o.pg = primary(1) }), Decision::AcquireLeader),
+        ("race, nofailover stale primary", Box::new(|o| {
+            let mut c = cluster(None);
+            c.history = Some(vec![HistoryLine { timeline: 1, lsn: 10, reason: "x".into(), timestamp: None, leader: None }]);
+            o.cluster = Some(c);
+            o.pg = primary(1);
+            o.can_failover = false;
+        }), Decision::NotHealthiest { reason: "my timeline 1 is behind the cluster timeline 2".into(), demote: true, msg: "demoting self because I am not allowed to become primary".into() }),
+        ("race, paused replica", Box::new(|o| { o.cluster = unlocked(); o.paused = true }), not_healthiest("paused")),
         ("race, check_timeline", Box::new(|o| {
             let mut c = cluster(None);
             c.history = Some(vec![HistoryLine { timeline: 1, lsn: 10, reason: "x".into(), timestamp: None, leader: None }]);
             o.cluster = Some(c);
             o.check_timeline = true;
-        }), not_healthiest()),
+        }), not_healthiest("My timeline 1 is behind last known cluster timeline 2")),
         ("race, running primary", Box::new(|o| { o.cluster = unlocked(); o.pg = primary(1) }), Decision::AcquireLeader),
         ("race, stale primary on an old timeline", Box::new(|o| {
             let mut c = cluster(None);
             c.history = Some(vec![HistoryLine { timeline: 1, lsn: 10, reason: "x".into(), timestamp: None, leader: None }]);
             o.cluster = Some(c);
             o.pg = primary(1);
-        }), not_healthiest()),
+        }), Decision::NotHealthiest { reason: "my timeline 1 is behind the cluster timeline 2".into(), demote: true, msg: "demoting self because i am not the healthiest node".into() }),
+        ("race, paused primary of another cluster keeps running", Box::new(|o| {
+            let mut c = cluster(None);
+            c.initialize = Some("not a sysid".into());
+            o.cluster = Some(c);
+            o.pg = primary(1);
+            o.paused = true;
+        }), Decision::NotHealthiest { reason: "system ID mismatch".into(), demote: false, msg: "continue to run as primary without lock".into() }),
         // §5.3: a leader exists.
         ("lock holder", Box::new(|o| { o.cluster = mine(); o.pg = primary(1) }), Decision::RenewLeader),
         ("follower", Box::new(|_| {}), Decision::Follow { leader: "pg1".into() }),
-        ("primary without lock", Box::new(|o| o.pg = primary(1)), Decision::Follow { leader: "pg1".into() }),
+        ("primary without lock", Box::new(|o| o.pg = primary(1)),
+            Decision::DemoteImmediate { msg: "demoting self because I do not have the lock and I was a leader".into() }),
+        ("paused primary without lock", Box::new(|o| { o.pg = primary(1); o.paused = true }), no_action("continue to run as primary without lock")),
         ("demoted, leader on newer timeline", Box::new(|o| {
             let mut c = cluster(Some("pg1"));
             c.members[0].data.timeline = Some(2);
@@ -403,14 +425,14 @@ fn decision_table() {
         ("demoted, leader on same timeline", Box::new(|o| o.rewind_check = true), Decision::Follow { leader: "pg1".into() }),
         // §5.2 manual failover without a leader.
         ("switchover to me, peer ahead", Box::new(|o| { o.cluster = with_failover(Some("pg1"), Some("pg2")); o.peers = vec![peer("pg3", 2000)] }), Decision::AcquireLeader),
-        ("switchover to pg3, healthy", Box::new(|o| { o.cluster = with_failover(Some("pg1"), Some("pg3")); o.peers = vec![peer("pg3", 500)] }), not_healthiest()),
+        ("switchover to pg3, healthy", Box::new(|o| { o.cluster = with_failover(Some("pg1"), Some("pg3")); o.peers = vec![peer("pg3", 500)] }), not_healthiest("manual failover: the candidate pg3 is healthy, waiting for it")),
         ("switchover to pg3, unreachable: race without former leader", Box::new(|o| { o.cluster = with_failover(Some("pg1"), Some("pg3")); o.peers = vec![peer("pg1", 5000)] }), Decision::AcquireLeader),
         ("switchover to anyone, I am ahead", Box::new(|o| { o.cluster = with_failover(Some("pg1"), None); o.peers = vec![peer("pg3", 500)] }), Decision::AcquireLeader),
-        ("switchover to anyone, peer ahead", Box::new(|o| { o.cluster = with_failover(Some("pg1"), None); o.peers = vec![peer("pg3", 5000)] }), not_healthiest()),
+        ("switchover to anyone, peer ahead", Box::new(|o| { o.cluster = with_failover(Some("pg1"), None); o.peers = vec![peer("pg3", 5000)] }), not_healthiest("Wal position of pg3 is ahead of my wal position")),
         ("manual failover ignores the lag limit", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.pg = replica(1); o.maximum_lag_on_failover = 0 }), Decision::AcquireLeader),
         ("paused, candidate is me", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.paused = true }), Decision::AcquireLeader),
-        ("paused, candidate is pg3", Box::new(|o| { o.cluster = with_failover(None, Some("pg3")); o.paused = true }), not_healthiest()),
-        ("paused, nofailover candidate", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.paused = true; o.can_failover = false }), not_healthiest()),
+        ("paused, candidate is pg3", Box::new(|o| { o.cluster = with_failover(None, Some("pg3")); o.paused = true }), not_healthiest("paused")),
+        ("paused, nofailover candidate", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.paused = true; o.can_failover = false }), not_healthiest("paused")),
         ("paused, stopped", Box::new(|o| { o.paused = true; o.pg = stopped(false) }), no_action("postgres is not running")),
         ("paused, stopped by our own switchover", Box::new(|o| { o.paused = true; o.pg = stopped(true); o.self_demoted = true }), Decision::Rewind { leader: "pg1".into() }),
         ("paused, rewound after our own switchover", Box::new(|o| { o.paused = true; o.pg = stopped(false); o.self_demoted = true }), start_secondary(Some("pg1"))),
@@ -528,12 +550,136 @@ fn safety_over_every_combination() {
                         )
                     {
                         assert!(
-                            matches!(d, Decision::Follow { .. }),
-                            "a primary without the lock must follow (and so demote): {ctx}"
+                            matches!(d, Decision::DemoteImmediate { .. }),
+                            "a primary without the lock must demote: {ctx}"
+                        );
+                    }
+                    // A primary in an unlocked cluster takes the lock or stops being one; it
+                    // never goes on as a primary that merely "follows".
+                    if view.starts_with("unlocked")
+                        && !paused
+                        && action.is_none()
+                        && matches!(
+                            pg,
+                            PgView::Running {
+                                in_recovery: false,
+                                ..
+                            }
+                        )
+                    {
+                        assert!(
+                            matches!(
+                                d,
+                                Decision::AcquireLeader
+                                    | Decision::NotHealthiest { demote: true, .. }
+                            ),
+                            "{ctx}"
+                        );
+                    }
+                    // Demotion is never decided in maintenance mode, except for a background
+                    // action that lost the lock (Patroni stops such a primary too).
+                    if paused {
+                        assert!(
+                            !matches!(
+                                d,
+                                Decision::NotHealthiest { demote: true, .. }
+                                    | Decision::DemoteOffline
+                            ),
+                            "{ctx}"
                         );
                     }
                 }
             }
         }
     }
+}
+
+/// The follow-ups of a lock attempt and of the renewal before a start, given their outcome.
+#[test]
+fn follow_ups_after_a_lock_attempt_or_renewal() {
+    use crate::decide::{after_acquire, start_after_renewal, AfterAcquire};
+    let lost = |demote: bool, msg: &str| AfterAcquire::Lost {
+        demote,
+        msg: msg.into(),
+    };
+    type Row = (
+        &'static str,
+        Result<bool, String>,
+        PgView,
+        bool,
+        AfterAcquire,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "won, replica",
+            Ok(true),
+            replica(1000),
+            false,
+            AfterAcquire::Promote,
+        ),
+        (
+            "won, primary",
+            Ok(true),
+            primary(1),
+            false,
+            AfterAcquire::Lead,
+        ),
+        (
+            "lost, replica",
+            Ok(false),
+            replica(1000),
+            false,
+            lost(
+                false,
+                "following new leader after trying and failing to obtain lock",
+            ),
+        ),
+        (
+            "lost, primary",
+            Ok(false),
+            primary(1),
+            false,
+            lost(
+                true,
+                "demoted self due after trying and failing to obtain lock",
+            ),
+        ),
+        (
+            "lost, paused primary",
+            Ok(false),
+            primary(1),
+            true,
+            lost(false, "continue to run as primary without lock"),
+        ),
+        (
+            "DCS error, replica",
+            Err("timeout".into()),
+            replica(1000),
+            false,
+            lost(false, "failed to obtain leader lock: timeout"),
+        ),
+    ];
+    for (name, outcome, pg, paused, want) in rows {
+        let mut o = obs();
+        o.pg = pg;
+        o.paused = paused;
+        assert_eq!(after_acquire(outcome, &o), want, "{name}");
+    }
+    let primary_msg = || "starting primary after failure".to_string();
+    assert_eq!(
+        start_after_renewal(true, primary_msg(), true),
+        (true, primary_msg())
+    );
+    assert_eq!(
+        start_after_renewal(true, primary_msg(), false),
+        (
+            false,
+            "starting as readonly because i had the session lock".to_string()
+        )
+    );
+    let readonly = || "starting as readonly because i had the session lock".to_string();
+    assert_eq!(
+        start_after_renewal(false, readonly(), false),
+        (false, readonly())
+    );
 }

@@ -8,7 +8,7 @@ use pgpilot_postgres::{slot_name_for, DesiredConfig, StandbyConfig, StopMode, Up
 use pgpilot_types::Peers;
 use tracing::{error, info, warn};
 
-use crate::decide::{is_healthiest, ActionKind, DataState, Decision, Observation, PgView};
+use crate::decide::{start_after_renewal, ActionKind, DataState, Decision, Observation, PgView};
 use crate::params::{effective_parameters, effective_pg_hba};
 use crate::sync::Ssn;
 
@@ -79,7 +79,6 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         decision: Decision,
         obs: &Observation,
     ) -> Result<String, AgentError> {
-        let me = self.cfg.name.clone();
         let cluster = obs.cluster.as_ref();
         match decision {
             Decision::NoAction { msg } => Ok(msg),
@@ -155,22 +154,21 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 as_primary,
                 follow,
                 msg,
+                renew_lock_first,
             } => {
-                let mut as_primary = as_primary;
-                let mut msg = msg;
-                if obs.cluster.as_ref().and_then(|c| c.leader_name()) == Some(me.as_str()) {
-                    // The view may come from a cache while the DCS is frozen: start writable only
-                    // after the lock was renewed for real, otherwise read-only.
-                    if let Ok(true) = self.dcs.update_leader(None).await {
-                        self.last_renewal = Some(Instant::now());
-                    } else {
-                        self.last_renewal = None;
-                        if as_primary {
-                            as_primary = false;
-                            msg = "starting as readonly because i had the session lock".into();
+                let (as_primary, msg) = if renew_lock_first {
+                    let renewed = match self.dcs.update_leader(None).await {
+                        Ok(renewed) => renewed,
+                        Err(e) => {
+                            warn!("could not renew the leader lock before starting: {e}");
+                            false
                         }
-                    }
-                }
+                    };
+                    self.last_renewal = renewed.then(Instant::now);
+                    start_after_renewal(as_primary, msg, renewed)
+                } else {
+                    (as_primary, msg)
+                };
                 let standby = if as_primary {
                     None
                 } else {
@@ -239,19 +237,14 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 Ok(msg)
             }
             Decision::AcquireLeader => self.acquire_leader(obs).await,
-            Decision::NotHealthiest { msg } => {
-                if let Some(Err(reason)) = cluster.map(|c| is_healthiest(obs, c)) {
-                    info!("{reason}");
-                }
-                if matches!(
-                    obs.pg,
-                    PgView::Running {
-                        in_recovery: false,
-                        ..
-                    }
-                ) {
+            Decision::NotHealthiest {
+                reason,
+                demote,
+                msg,
+            } => {
+                info!("{reason}");
+                if demote {
                     self.demote(StopMode::Immediate).await;
-                    return Ok(msg.replace("following", "demoting self and following"));
                 }
                 Ok(msg)
             }
@@ -299,19 +292,6 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         leader: &str,
     ) -> Result<String, AgentError> {
         let me = self.cfg.name.clone();
-        if matches!(
-            obs.pg,
-            PgView::Running {
-                in_recovery: false,
-                ..
-            }
-        ) {
-            if obs.paused {
-                return Ok("continue to run as primary without lock".into());
-            }
-            self.demote(StopMode::Immediate).await;
-            return Ok("demoting self because I do not have the lock and I was a leader".into());
-        }
         self.role = "replica".into();
         self.slots = None;
         self.sync_duty.ssn = Ssn::empty();

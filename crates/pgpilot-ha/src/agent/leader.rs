@@ -11,7 +11,8 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 
 use crate::decide::{
-    manual_failover_from_leader, valid_sysid, ManualFailover, Observation, PgView,
+    after_acquire, manual_failover_from_leader, valid_sysid, AfterAcquire, ManualFailover,
+    Observation, PgView,
 };
 use crate::sync;
 
@@ -19,30 +20,38 @@ use super::{Agent, AgentError};
 
 impl<D: Dcs, P: Peers> Agent<D, P> {
     pub(super) async fn acquire_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
-        match self.dcs.attempt_to_acquire_leader().await {
-            Ok(true) => {
-                self.last_renewal = Some(Instant::now());
-                if let Some(f) = obs.cluster.as_ref().and_then(|c| c.failover.as_ref()) {
-                    let _ = self.dcs.set_failover("{}", Some(f.version)).await;
-                }
-                if matches!(
-                    obs.pg,
-                    PgView::Running {
-                        in_recovery: true,
-                        ..
-                    }
-                ) {
-                    if let Err(msg) = self.promote(obs).await {
-                        return Ok(msg);
-                    }
-                    Ok("promoted self to leader by acquiring session lock".into())
-                } else {
-                    self.role = "primary".into();
-                    Ok("acquired session lock as a leader".into())
+        let outcome = self
+            .dcs
+            .attempt_to_acquire_leader()
+            .await
+            .map_err(|e| e.to_string());
+        if outcome == Ok(true) {
+            self.last_renewal = Some(Instant::now());
+            if let Some(f) = obs.cluster.as_ref().and_then(|c| c.failover.as_ref()) {
+                // A stale `/failover` key is harmless (the next leader cycle clears it too),
+                // but say so.
+                if let Err(e) = self.dcs.set_failover("{}", Some(f.version)).await {
+                    warn!("could not clear the failover key: {e}");
                 }
             }
-            Ok(false) => Ok("following new leader after trying and failing to obtain lock".into()),
-            Err(e) => Ok(format!("failed to obtain leader lock: {e}")),
+        }
+        match after_acquire(outcome, obs) {
+            AfterAcquire::Promote => {
+                if let Err(msg) = self.promote(obs).await {
+                    return Ok(msg);
+                }
+                Ok("promoted self to leader by acquiring session lock".into())
+            }
+            AfterAcquire::Lead => {
+                self.role = "primary".into();
+                Ok("acquired session lock as a leader".into())
+            }
+            AfterAcquire::Lost { demote, msg } => {
+                if demote {
+                    self.demote(StopMode::Immediate).await;
+                }
+                Ok(msg)
+            }
         }
     }
 

@@ -15,11 +15,11 @@ use std::time::Duration;
 use pgpilot_config::DynamicConfig;
 use pgpilot_dcs::memory::MemoryDcs;
 use pgpilot_dcs::{Cluster, Dcs, MemberData, Status};
-use pgpilot_ha::decide::valid_sysid;
+use pgpilot_ha::decide::{after_acquire, start_after_renewal, valid_sysid, AfterAcquire};
 use pgpilot_ha::sync::{self, Ssn, Standby, SyncKey, SyncParams, SyncStep, SyncView};
 use pgpilot_ha::{
-    decide, is_healthiest, manual_failover_from_leader, ActionKind, DataState, Decision,
-    ManualFailover, Observation, PgView,
+    decide, manual_failover_from_leader, ActionKind, DataState, Decision, ManualFailover,
+    Observation, PgView,
 };
 use pgpilot_types::PeerStatus;
 use tokio::time::Instant;
@@ -594,7 +594,6 @@ impl World {
     }
 
     fn act(&mut self, i: usize, decision: Decision, obs: &Observation) -> String {
-        let me = self.members[i].name.clone();
         let now = self.now();
         let cluster = obs.cluster.as_ref();
         match decision {
@@ -665,20 +664,15 @@ impl World {
                 as_primary,
                 follow,
                 msg,
+                renew_lock_first,
             } => {
-                let mut as_primary = as_primary;
-                let mut msg = msg;
-                if cluster.and_then(Cluster::leader_name) == Some(me.as_str()) {
-                    if let Ok(true) = call!(self, i, |d| d.update_leader(None)) {
-                        self.agent(i).last_renewal = Some(now);
-                    } else {
-                        self.agent(i).last_renewal = None;
-                        if as_primary {
-                            as_primary = false;
-                            msg = "starting as readonly because i had the session lock".into();
-                        }
-                    }
-                }
+                let (as_primary, msg) = if renew_lock_first {
+                    let renewed = matches!(call!(self, i, |d| d.update_leader(None)), Ok(true));
+                    self.agent(i).last_renewal = renewed.then_some(now);
+                    start_after_renewal(as_primary, msg, renewed)
+                } else {
+                    (as_primary, msg)
+                };
                 let standby = if as_primary { None } else { Some(follow) };
                 let a = self.agent(i);
                 a.role = if as_primary { "primary" } else { "replica" }.into();
@@ -710,19 +704,16 @@ impl World {
                 msg
             }
             Decision::AcquireLeader => self.acquire_leader(i, obs),
-            Decision::NotHealthiest { msg } => {
-                let reason = cluster.map(|c| is_healthiest(obs, c));
-                if matches!(
-                    obs.pg,
-                    PgView::Running {
-                        in_recovery: false,
-                        ..
-                    }
-                ) {
+            Decision::NotHealthiest {
+                reason,
+                demote,
+                msg,
+            } => {
+                if demote {
                     self.demote(i, false);
-                    return msg.replace("following", "demoting self and following");
+                    return msg;
                 }
-                format!("{msg} ({reason:?})")
+                format!("{msg} ({reason})")
             }
             Decision::RenewLeader => self.renew_leader(i, obs),
             Decision::Follow { leader } => self.follow(i, obs, &leader),
@@ -757,30 +748,30 @@ impl World {
 
     fn acquire_leader(&mut self, i: usize, obs: &Observation) -> String {
         let now = self.now();
-        match call!(self, i, |d| d.attempt_to_acquire_leader()) {
-            Ok(true) => {
-                self.agent(i).last_renewal = Some(now);
-                if let Some(f) = obs.cluster.as_ref().and_then(|c| c.failover.as_ref()) {
-                    let _ = call!(self, i, |d| d.set_failover("{}", Some(f.version)));
-                }
-                if matches!(
-                    obs.pg,
-                    PgView::Running {
-                        in_recovery: true,
-                        ..
-                    }
-                ) {
-                    if let Err(msg) = self.promote(i, obs) {
-                        return msg;
-                    }
-                    "promoted self to leader by acquiring session lock".into()
-                } else {
-                    self.agent(i).role = "primary".into();
-                    "acquired session lock as a leader".into()
-                }
+        let outcome = call!(self, i, |d| d.attempt_to_acquire_leader()).map_err(|e| e.to_string());
+        if outcome == Ok(true) {
+            self.agent(i).last_renewal = Some(now);
+            if let Some(f) = obs.cluster.as_ref().and_then(|c| c.failover.as_ref()) {
+                let _ = call!(self, i, |d| d.set_failover("{}", Some(f.version)));
             }
-            Ok(false) => "following new leader after trying and failing to obtain lock".into(),
-            Err(e) => format!("failed to obtain leader lock: {e}"),
+        }
+        match after_acquire(outcome, obs) {
+            AfterAcquire::Promote => {
+                if let Err(msg) = self.promote(i, obs) {
+                    return msg;
+                }
+                "promoted self to leader by acquiring session lock".into()
+            }
+            AfterAcquire::Lead => {
+                self.agent(i).role = "primary".into();
+                "acquired session lock as a leader".into()
+            }
+            AfterAcquire::Lost { demote, msg } => {
+                if demote {
+                    self.demote(i, false);
+                }
+                msg
+            }
         }
     }
 
@@ -1075,19 +1066,6 @@ impl World {
 
     fn follow(&mut self, i: usize, obs: &Observation, leader: &str) -> String {
         let me = self.members[i].name.clone();
-        if matches!(
-            obs.pg,
-            PgView::Running {
-                in_recovery: false,
-                ..
-            }
-        ) {
-            if obs.paused {
-                return "continue to run as primary without lock".into();
-            }
-            self.demote(i, false);
-            return "demoting self because I do not have the lock and I was a leader".into();
-        }
         if self.bug == Bug::PromoteWithoutLock
             && self.index(leader).is_some_and(|j| !self.reachable(i, j))
             && matches!(
