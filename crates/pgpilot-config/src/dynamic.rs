@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use pgpilot_dcs::truthy;
 use serde_json::{Map, Value};
 
 /// Typed view of the `/config` document with the defaults of spec/config.md §3.8 and the timing
@@ -52,7 +53,7 @@ impl SyncMode {
     pub fn parse(v: Option<&Value>) -> SyncMode {
         match v {
             Some(Value::String(s)) if s.eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
-            other if truthy(other) => SyncMode::On,
+            other if other.is_some_and(truthy) => SyncMode::On,
             _ => SyncMode::Off,
         }
     }
@@ -71,17 +72,6 @@ fn int(doc: &Map<String, Value>, key: &str, warnings: &mut Vec<String>) -> Optio
         warnings.push(format!("{key}: {v} is not an integer, using the default"));
     }
     n
-}
-
-fn truthy(v: Option<&Value>) -> bool {
-    match v {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => {
-            matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1")
-        }
-        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
-        _ => false,
-    }
 }
 
 impl DynamicConfig {
@@ -130,17 +120,15 @@ impl DynamicConfig {
                     .or_else(|| int(doc, "master_start_timeout", &mut w))
                     .unwrap_or(300),
             ),
-            check_timeline: truthy(doc.get("check_timeline")),
+            check_timeline: doc.get("check_timeline").is_some_and(truthy),
             max_timelines_history: int(doc, "max_timelines_history", &mut w)
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(0),
-            pause: truthy(doc.get("pause")),
-            use_pg_rewind: truthy(pg.and_then(|p| p.get("use_pg_rewind"))),
-            use_slots: pg
-                .and_then(|p| p.get("use_slots"))
-                .is_none_or(|v| truthy(Some(v))),
+            pause: doc.get("pause").is_some_and(truthy),
+            use_pg_rewind: pg.and_then(|p| p.get("use_pg_rewind")).is_some_and(truthy),
+            use_slots: pg.and_then(|p| p.get("use_slots")).is_none_or(truthy),
             synchronous_mode: SyncMode::parse(doc.get("synchronous_mode")),
-            synchronous_mode_strict: truthy(doc.get("synchronous_mode_strict")),
+            synchronous_mode_strict: doc.get("synchronous_mode_strict").is_some_and(truthy),
             synchronous_node_count: int(doc, "synchronous_node_count", &mut w)
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(1)

@@ -178,6 +178,43 @@ fn environment_overrides_and_env_only() {
     assert_eq!(c.namespace, "/service");
 }
 
+/// Boolean PATRONI_* variables are read with Patroni's parse_bool; a value it does not know
+/// (`y`, `maybe`) is ignored, as Patroni ignores it, and the file's value stays.
+#[test]
+fn environment_booleans_follow_parse_bool() {
+    let text = format!("{SAMPLE}\nctl:\n  insecure: true\n");
+    let insecure = |value: &str| {
+        let e = env(&[
+            ("PATRONI_CONFIGURATION", text.as_str()),
+            ("PATRONI_CTL_INSECURE", value),
+        ]);
+        load(None, &e).unwrap().config.ctl.tls.insecure
+    };
+    for (value, want) in [
+        ("off", false),
+        ("No", false),
+        ("0", false),
+        ("FALSE", false),
+        ("y", true),
+        ("n", true),
+        ("maybe", true),
+        ("", true),
+    ] {
+        assert_eq!(insecure(value), want, "PATRONI_CTL_INSECURE={value:?}");
+    }
+    let e = env(&[
+        ("PATRONI_CONFIGURATION", SAMPLE),
+        ("PATRONI_RESTAPI_ALLOWLIST_INCLUDE_MEMBERS", "Yes"),
+    ]);
+    assert!(
+        load(None, &e)
+            .unwrap()
+            .config
+            .restapi
+            .allowlist_include_members
+    );
+}
+
 /// Every missing required key is named in one error.
 #[test]
 fn missing_keys_are_all_named() {

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::values::truthy;
+
 /// The numeric version every pgpilot agent advertises in its member key and `/patroni`.
 ///
 /// Peers (including real Patroni and patronictl) parse it as dotted integers and use it to pick
@@ -128,16 +130,6 @@ impl MemberData {
             Some((h, p)) => Some((h.trim_matches(['[', ']']).to_string(), p.parse().ok()?)),
             None => Some((hostport.to_string(), 5432)),
         }
-    }
-}
-
-/// Patroni's truthiness for tag values read from YAML/JSON.
-pub fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1"),
-        _ => false,
     }
 }
 
