@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgpilot_dcs::{truthy, Cluster, Dcs};
+use pgpilot_dcs::{truthy, Cluster, Dcs, SyncMode};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -461,8 +461,7 @@ async fn failover_impossible<D: Dcs>(
             return Some("leader name does not match".into());
         }
     }
-    let (sync_on, quorum) = crate::status::sync_mode(cluster);
-    let sync_only = sync_on && !quorum && action == "switchover";
+    let sync_only = crate::status::sync_mode(cluster) == SyncMode::On && action == "switchover";
     let members: Vec<_> = match candidate {
         Some(c) => {
             if sync_only && !crate::status::in_sync_key(cluster, c) {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pgpilot_dcs::truthy;
+use pgpilot_dcs::{truthy, SyncMode};
 use serde_json::{Map, Value};
 
 /// Typed view of the `/config` document with the defaults of spec/config.md §3.8 and the timing
@@ -19,7 +19,7 @@ pub struct DynamicConfig {
     pub pause: bool,
     pub use_pg_rewind: bool,
     pub use_slots: bool,
-    /// `synchronous_mode`: `on`/`true`, `quorum`, else off.
+    /// `synchronous_mode` as [`SyncMode::from_value`] reads it.
     pub synchronous_mode: SyncMode,
     pub synchronous_mode_strict: bool,
     /// `synchronous_node_count` (at least 1).
@@ -36,26 +36,6 @@ pub struct DynamicConfig {
 impl Default for DynamicConfig {
     fn default() -> Self {
         DynamicConfig::from_document(&Map::new()).0
-    }
-}
-
-/// `synchronous_mode` (spec/ha-loop.md §5.7–5.8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SyncMode {
-    #[default]
-    Off,
-    On,
-    Quorum,
-}
-
-impl SyncMode {
-    /// Patroni's reading: the string `quorum`, else any true value means `on`.
-    pub fn parse(v: Option<&Value>) -> SyncMode {
-        match v {
-            Some(Value::String(s)) if s.eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
-            other if other.is_some_and(truthy) => SyncMode::On,
-            _ => SyncMode::Off,
-        }
     }
 }
 
@@ -127,7 +107,7 @@ impl DynamicConfig {
             pause: doc.get("pause").is_some_and(truthy),
             use_pg_rewind: pg.and_then(|p| p.get("use_pg_rewind")).is_some_and(truthy),
             use_slots: pg.and_then(|p| p.get("use_slots")).is_none_or(truthy),
-            synchronous_mode: SyncMode::parse(doc.get("synchronous_mode")),
+            synchronous_mode: SyncMode::from_value(doc.get("synchronous_mode")),
             synchronous_mode_strict: doc.get("synchronous_mode_strict").is_some_and(truthy),
             synchronous_node_count: int(doc, "synchronous_node_count", &mut w)
                 .and_then(|n| usize::try_from(n).ok())

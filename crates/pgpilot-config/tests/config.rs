@@ -215,6 +215,38 @@ fn environment_booleans_follow_parse_bool() {
     );
 }
 
+/// `--validate-config` accepts exactly the `synchronous_mode` values the dynamic configuration
+/// reads (Patroni's validator: `quorum` in any case, or a parse_bool word).
+#[test]
+fn synchronous_mode_validator_and_reader_agree() {
+    use pgpilot_config::SyncMode;
+    let cases = [
+        (json!("quorum"), Some(SyncMode::Quorum)),
+        (json!("Quorum"), Some(SyncMode::Quorum)),
+        (json!(true), Some(SyncMode::On)),
+        (json!("on"), Some(SyncMode::On)),
+        (json!("ON"), Some(SyncMode::On)),
+        (json!("yes"), Some(SyncMode::On)),
+        (json!(1), Some(SyncMode::On)),
+        (json!(false), Some(SyncMode::Off)),
+        (json!("off"), Some(SyncMode::Off)),
+        (json!("0"), Some(SyncMode::Off)),
+        (json!("y"), None),
+        (json!("sync"), None),
+        (json!(2), None),
+    ];
+    for (value, want) in cases {
+        let mut doc = yaml::parse(SAMPLE, "f").unwrap();
+        doc["bootstrap"]["dcs"]["synchronous_mode"] = value.clone();
+        let rejected = validate(&doc)
+            .iter()
+            .any(|p| p.path == "bootstrap.dcs.synchronous_mode");
+        assert_eq!(rejected, want.is_none(), "validator on {value}");
+        let (d, _) = dynamic(json!({ "synchronous_mode": value }));
+        assert_eq!(d.synchronous_mode, want.unwrap_or(SyncMode::Off), "{value}");
+    }
+}
+
 /// Every missing required key is named in one error.
 #[test]
 fn missing_keys_are_all_named() {

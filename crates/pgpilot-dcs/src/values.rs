@@ -40,6 +40,41 @@ pub fn truthy(v: &Value) -> bool {
     parse_bool(v) == Some(true)
 }
 
+/// `synchronous_mode` of `/config` (spec/ha-loop.md §5.7–5.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    #[default]
+    Off,
+    On,
+    Quorum,
+}
+
+impl SyncMode {
+    /// Patroni's `validator.validate_synchronous_mode`: the string `quorum` in any case, else
+    /// whatever [`parse_bool`] reads. `None`: a value the validator rejects.
+    pub fn parse(v: &Value) -> Option<SyncMode> {
+        if v.as_str().is_some_and(|s| s.to_lowercase() == "quorum") {
+            return Some(SyncMode::Quorum);
+        }
+        parse_bool(v).map(|on| if on { SyncMode::On } else { SyncMode::Off })
+    }
+
+    /// What the agent, the REST API and the CLI act on (Patroni's `is_quorum_commit_mode` and
+    /// `check_mode('synchronous_mode')`): absent and invalid values mean off.
+    pub fn from_value(v: Option<&Value>) -> SyncMode {
+        v.and_then(SyncMode::parse).unwrap_or_default()
+    }
+
+    /// `on` or `quorum`: synchronous replication is requested.
+    pub fn is_active(self) -> bool {
+        self != SyncMode::Off
+    }
+
+    pub fn is_quorum(self) -> bool {
+        self == SyncMode::Quorum
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +123,40 @@ mod tests {
                 assert_eq!(parse_bool_str(s), *want, "parse_bool_str({s:?})");
             }
         }
+    }
+
+    #[test]
+    fn sync_mode_accepts_what_patronis_validator_accepts() {
+        let quorum = ["quorum", "Quorum", "QUORUM"].map(|s| (json!(s), Some(SyncMode::Quorum)));
+        // Everything else is parse_bool's: the same words, the same refusals.
+        let words = [
+            (TRUE_WORDS, Some(SyncMode::On)),
+            (FALSE_WORDS, Some(SyncMode::Off)),
+        ];
+        let mut cases: Vec<(Value, Option<SyncMode>)> = words
+            .iter()
+            .flat_map(|(list, want)| list.iter().map(|s| (json!(s), *want)))
+            .chain(quorum)
+            .collect();
+        cases.extend([
+            (json!(true), Some(SyncMode::On)),
+            (json!(0), Some(SyncMode::Off)),
+        ]);
+        let refused = ["quorum ", "y", "o", "", "sync", "any"].map(|s| json!(s));
+        cases.extend(
+            refused
+                .into_iter()
+                .chain([json!(2), Value::Null])
+                .map(|v| (v, None)),
+        );
+        for (input, want) in &cases {
+            assert_eq!(SyncMode::parse(input), *want, "SyncMode::parse({input})");
+            let read = SyncMode::from_value(Some(input));
+            assert_eq!(read, want.unwrap_or(SyncMode::Off), "from_value({input})");
+        }
+        assert_eq!(SyncMode::from_value(None), SyncMode::Off);
+        assert!(SyncMode::On.is_active() && !SyncMode::On.is_quorum());
+        assert!(SyncMode::Quorum.is_active() && SyncMode::Quorum.is_quorum());
+        assert!(!SyncMode::Off.is_active());
     }
 }

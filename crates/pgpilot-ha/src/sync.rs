@@ -46,11 +46,11 @@ impl SyncParams {
     }
 
     pub fn active(&self) -> bool {
-        self.mode != SyncMode::Off
+        self.mode.is_active()
     }
 
     pub fn quorum(&self) -> bool {
-        self.mode == SyncMode::Quorum
+        self.mode.is_quorum()
     }
 }
 

@@ -4,7 +4,7 @@
 //! `output_members`: role names from the leader key, `/sync` and `/config`, lags against
 //! `/status.optime` in MB (Python's round-half-even), `host:port` only when needed.
 
-use pgpilot_dcs::{truthy, Cluster, Member};
+use pgpilot_dcs::{truthy, Cluster, Member, SyncMode};
 use serde_json::{Map, Value};
 
 use crate::table::{Format, Table};
@@ -40,15 +40,17 @@ impl<'a> GlobalConfig<'a> {
             })
     }
 
+    /// `synchronous_mode` as [`SyncMode::from_value`] reads it.
+    fn sync_mode(&self) -> SyncMode {
+        SyncMode::from_value(self.get("synchronous_mode"))
+    }
+
     pub fn is_quorum_commit_mode(&self) -> bool {
-        self.get("synchronous_mode")
-            .and_then(Value::as_str)
-            .is_some_and(|s| s.eq_ignore_ascii_case("quorum"))
+        self.sync_mode().is_quorum()
     }
 
     pub fn is_synchronous_mode(&self) -> bool {
-        (self.get("synchronous_mode").is_some_and(truthy) || self.is_quorum_commit_mode())
-            && !self.is_standby_cluster()
+        self.sync_mode().is_active() && !self.is_standby_cluster()
     }
 
     /// `loop_wait` from `/config`, else `default`.
