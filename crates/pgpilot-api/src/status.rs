@@ -16,12 +16,9 @@ pub(crate) fn sync_mode(c: &Cluster) -> SyncMode {
     )
 }
 
-/// Whether `name` is a standby listed in `/sync` (case-insensitive).
+/// Whether `name` is a standby listed in `/sync` (Patroni's `cluster.sync.matches(name)`).
 pub(crate) fn in_sync_key(c: &Cluster, name: &str) -> bool {
-    c.sync
-        .as_ref()
-        .and_then(|sy| sy.sync_standby.as_deref())
-        .is_some_and(|list| list.split(',').any(|n| n.trim().eq_ignore_ascii_case(name)))
+    c.sync.as_ref().is_some_and(|s| s.matches(name, false))
 }
 
 /// Whether this node is listed in `/sync` (case-insensitive) — `(sync, quorum)` flags.

@@ -74,19 +74,14 @@ pub fn py_truthy(v: &Value) -> bool {
     }
 }
 
-/// Names in `/sync` (lower-cased), empty when the key has no leader.
+/// The voters of `/sync`, lower-cased (see [`pgpilot_dcs::SyncState::voters`]).
+///
+/// Only `ctl/commands.rs` still calls this; `SyncState::matches` is the reading to use.
 pub fn sync_members(c: &Cluster) -> Vec<String> {
-    match &c.sync {
-        Some(s) if s.leader.as_deref().is_some_and(|l| !l.is_empty()) => s
-            .sync_standby
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .filter(|n| !n.is_empty())
-            .map(str::to_lowercase)
-            .collect(),
-        _ => Vec::new(),
-    }
+    c.sync
+        .as_ref()
+        .map(|s| s.voters().map(str::to_lowercase).collect())
+        .unwrap_or_default()
 }
 
 /// Host and port a member publishes (`conn_kwargs` first, else `conn_url`).
@@ -130,7 +125,6 @@ pub struct MemberInfo {
 pub fn members_info(c: &Cluster) -> Vec<MemberInfo> {
     let gc = GlobalConfig::from_cluster(c);
     let leader = c.leader.as_ref().map(|l| l.name.as_str());
-    let sync = sync_members(c);
     let sync_role = if gc.is_quorum_commit_mode() {
         "quorum_standby"
     } else {
@@ -148,7 +142,9 @@ pub fn members_info(c: &Cluster) -> Vec<MemberInfo> {
                 } else {
                     "leader"
                 }
-            } else if gc.is_synchronous_mode() && sync.contains(&m.name.to_lowercase()) {
+            } else if gc.is_synchronous_mode()
+                && c.sync.as_ref().is_some_and(|s| s.matches(&m.name, false))
+            {
                 sync_role
             } else {
                 "replica"
