@@ -268,7 +268,9 @@ async fn post_restart<D: Dcs>(shared: &Arc<Shared<D>>, req: &Request) -> Respons
                     return Response::text(400, "Timeout should be a positive number of seconds")
                 }
             },
-            "restart_pending" => r.restart_pending = truthy(v),
+            // Patroni's Ha.restart tests `'restart_pending' in restart_data`: the key's presence,
+            // whatever its value.
+            "restart_pending" => r.restart_pending = true,
             other => {
                 return Response::text(
                     400,
