@@ -2,31 +2,23 @@
 
 use std::time::Instant;
 
-use pgpilot_dcs::{Cluster, PATRONI_COMPAT_VERSION};
+use pgpilot_dcs::{Cluster, SyncMode, PATRONI_COMPAT_VERSION};
 use serde_json::{json, Map, Value};
 
 use crate::NodeSnapshot;
 
-/// `synchronous_mode` of the cluster's `/config`: `(on, quorum)`; quorum implies on.
-pub(crate) fn sync_mode(c: &Cluster) -> (bool, bool) {
-    let mode = c
-        .config
-        .as_ref()
-        .and_then(|cfg| cfg.data.get("synchronous_mode"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let quorum = mode
-        .as_str()
-        .is_some_and(|m| m.eq_ignore_ascii_case("quorum"));
-    (quorum || pgpilot_dcs::truthy(&mode), quorum)
+/// `synchronous_mode` of the cluster's `/config`.
+pub(crate) fn sync_mode(c: &Cluster) -> SyncMode {
+    SyncMode::from_value(
+        c.config
+            .as_ref()
+            .and_then(|cfg| cfg.data.get("synchronous_mode")),
+    )
 }
 
-/// Whether `name` is a standby listed in `/sync` (case-insensitive).
+/// Whether `name` is a standby listed in `/sync` (Patroni's `cluster.sync.matches(name)`).
 pub(crate) fn in_sync_key(c: &Cluster, name: &str) -> bool {
-    c.sync
-        .as_ref()
-        .and_then(|sy| sy.sync_standby.as_deref())
-        .is_some_and(|list| list.split(',').any(|n| n.trim().eq_ignore_ascii_case(name)))
+    c.sync.as_ref().is_some_and(|s| s.matches(name, false))
 }
 
 /// Whether this node is listed in `/sync` (case-insensitive) — `(sync, quorum)` flags.
@@ -34,12 +26,12 @@ pub(crate) fn sync_flags(s: &NodeSnapshot, cluster: Option<&Cluster>) -> (bool, 
     let Some(c) = cluster else {
         return (false, false);
     };
-    let (on, quorum) = sync_mode(c);
-    if !on || s.role != "replica" {
+    let mode = sync_mode(c);
+    if !mode.is_active() || s.role != "replica" {
         return (false, false);
     }
     let listed = in_sync_key(c, &s.name);
-    if quorum {
+    if mode.is_quorum() {
         (false, listed)
     } else {
         (listed, false)

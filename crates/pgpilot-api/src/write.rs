@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgpilot_dcs::{Cluster, Dcs};
+use pgpilot_dcs::{truthy, Cluster, Dcs, SyncMode};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -153,18 +153,6 @@ fn postgres_version_to_int(text: &str) -> Result<i32, String> {
     Ok(parts[0] * 10000 + parts[1] * 100 + parts[2])
 }
 
-fn parse_bool(v: Option<&Value>) -> bool {
-    match v {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(
-            s.to_ascii_lowercase().as_str(),
-            "true" | "on" | "yes" | "1" | "y"
-        ),
-        Some(Value::Number(n)) => n.as_i64().is_some_and(|n| n != 0),
-        _ => false,
-    }
-}
-
 async fn ask_agent(
     shared: &Shared<impl Dcs>,
     make: impl FnOnce(oneshot::Sender<(u16, String)>) -> Command,
@@ -199,8 +187,8 @@ pub(crate) async fn handle<D: Dcs>(shared: &Arc<Shared<D>>, req: &Request) -> Re
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let force = parse_bool(body.get("force"));
-            let from_leader = parse_bool(body.get("from_leader"));
+            let force = body.get("force").is_some_and(truthy);
+            let from_leader = body.get("from_leader").is_some_and(truthy);
             ask_agent(shared, |reply| Command::Reinitialize {
                 force,
                 from_leader,
@@ -280,7 +268,9 @@ async fn post_restart<D: Dcs>(shared: &Arc<Shared<D>>, req: &Request) -> Respons
                     return Response::text(400, "Timeout should be a positive number of seconds")
                 }
             },
-            "restart_pending" => r.restart_pending = parse_bool(Some(v)),
+            // Patroni's Ha.restart tests `'restart_pending' in restart_data`: the key's presence,
+            // whatever its value.
+            "restart_pending" => r.restart_pending = true,
             other => {
                 return Response::text(
                     400,
@@ -473,8 +463,7 @@ async fn failover_impossible<D: Dcs>(
             return Some("leader name does not match".into());
         }
     }
-    let (sync_on, quorum) = crate::status::sync_mode(cluster);
-    let sync_only = sync_on && !quorum && action == "switchover";
+    let sync_only = crate::status::sync_mode(cluster) == SyncMode::On && action == "switchover";
     let members: Vec<_> = match candidate {
         Some(c) => {
             if sync_only && !crate::status::in_sync_key(cluster, c) {

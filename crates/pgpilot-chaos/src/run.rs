@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use pgpilot_dcs::{SyncMode, SyncState};
 use serde_json::{json, Value};
 
 use crate::analysis;
@@ -421,31 +422,21 @@ fn sync_settled(cluster: &Cluster, leader: &str) -> bool {
 /// `None` without synchronous mode in `/config`; else the standbys `/sync` lists for `leader`
 /// (empty when it names another leader or none).
 pub(crate) fn sync_standbys(cluster: &Cluster, leader: &str) -> Option<Vec<String>> {
-    let config: serde_json::Value = cluster
+    let config: Value = cluster
         .etcd_try_get("config")
         .and_then(|c| serde_json::from_str(&c).ok())
         .unwrap_or_default();
-    let mode = &config["synchronous_mode"];
-    let active = mode == true || mode == "on" || mode == "quorum" || mode == "true";
-    if !active {
+    if !SyncMode::from_value(config.get("synchronous_mode")).is_active() {
         return None;
     }
-    let sync: serde_json::Value = cluster
+    let sync: SyncState = cluster
         .etcd_try_get("sync")
         .and_then(|c| serde_json::from_str(&c).ok())
         .unwrap_or_default();
-    if sync["leader"] != leader {
+    if !sync.leader_matches(leader) {
         return Some(Vec::new());
     }
-    Some(
-        sync["sync_standby"]
-            .as_str()
-            .unwrap_or("")
-            .split(',')
-            .filter(|n| !n.is_empty())
-            .map(str::to_string)
-            .collect(),
-    )
+    Some(sync.voters().map(str::to_string).collect())
 }
 
 /// Waits until the member holding the leader key reports a running primary; returns it.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use pgpilot_dcs::{truthy, SyncMode};
 use serde_json::{Map, Value};
 
 /// Typed view of the `/config` document with the defaults of spec/config.md §3.8 and the timing
@@ -18,7 +19,7 @@ pub struct DynamicConfig {
     pub pause: bool,
     pub use_pg_rewind: bool,
     pub use_slots: bool,
-    /// `synchronous_mode`: `on`/`true`, `quorum`, else off.
+    /// `synchronous_mode` as [`SyncMode::from_value`] reads it.
     pub synchronous_mode: SyncMode,
     pub synchronous_mode_strict: bool,
     /// `synchronous_node_count` (at least 1).
@@ -38,26 +39,6 @@ impl Default for DynamicConfig {
     }
 }
 
-/// `synchronous_mode` (spec/ha-loop.md §5.7–5.8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SyncMode {
-    #[default]
-    Off,
-    On,
-    Quorum,
-}
-
-impl SyncMode {
-    /// Patroni's reading: the string `quorum`, else any true value means `on`.
-    pub fn parse(v: Option<&Value>) -> SyncMode {
-        match v {
-            Some(Value::String(s)) if s.eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
-            other if truthy(other) => SyncMode::On,
-            _ => SyncMode::Off,
-        }
-    }
-}
-
 /// Patroni casts these with `int()`: numbers and numeric strings are accepted.
 fn int(doc: &Map<String, Value>, key: &str, warnings: &mut Vec<String>) -> Option<i64> {
     let v = doc.get(key)?;
@@ -71,17 +52,6 @@ fn int(doc: &Map<String, Value>, key: &str, warnings: &mut Vec<String>) -> Optio
         warnings.push(format!("{key}: {v} is not an integer, using the default"));
     }
     n
-}
-
-fn truthy(v: Option<&Value>) -> bool {
-    match v {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => {
-            matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1")
-        }
-        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
-        _ => false,
-    }
 }
 
 impl DynamicConfig {
@@ -130,17 +100,15 @@ impl DynamicConfig {
                     .or_else(|| int(doc, "master_start_timeout", &mut w))
                     .unwrap_or(300),
             ),
-            check_timeline: truthy(doc.get("check_timeline")),
+            check_timeline: doc.get("check_timeline").is_some_and(truthy),
             max_timelines_history: int(doc, "max_timelines_history", &mut w)
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(0),
-            pause: truthy(doc.get("pause")),
-            use_pg_rewind: truthy(pg.and_then(|p| p.get("use_pg_rewind"))),
-            use_slots: pg
-                .and_then(|p| p.get("use_slots"))
-                .is_none_or(|v| truthy(Some(v))),
-            synchronous_mode: SyncMode::parse(doc.get("synchronous_mode")),
-            synchronous_mode_strict: truthy(doc.get("synchronous_mode_strict")),
+            pause: doc.get("pause").is_some_and(truthy),
+            use_pg_rewind: pg.and_then(|p| p.get("use_pg_rewind")).is_some_and(truthy),
+            use_slots: pg.and_then(|p| p.get("use_slots")).is_none_or(truthy),
+            synchronous_mode: SyncMode::from_value(doc.get("synchronous_mode")),
+            synchronous_mode_strict: doc.get("synchronous_mode_strict").is_some_and(truthy),
             synchronous_node_count: int(doc, "synchronous_node_count", &mut w)
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(1)

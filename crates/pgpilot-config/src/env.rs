@@ -79,12 +79,10 @@ fn set(doc: &mut Map<String, Value>, path: &[&str], value: Value) {
     cur.insert(path[path.len() - 1].to_string(), value);
 }
 
-fn parse_bool(s: &str) -> Value {
-    match s.to_ascii_lowercase().as_str() {
-        "true" | "on" | "yes" | "1" | "y" => Value::Bool(true),
-        "false" | "off" | "no" | "0" | "n" => Value::Bool(false),
-        _ => Value::from(s),
-    }
+/// Patroni's `parse_bool` of a variable; `None` when it is no boolean word, and then Patroni
+/// ignores the variable (the file's value, if any, stays).
+fn parse_bool(s: &str) -> Option<Value> {
+    pgpilot_dcs::parse_bool_str(s).map(Value::Bool)
 }
 
 fn parse_int(s: &str) -> Value {
@@ -146,7 +144,10 @@ pub fn apply(doc: &mut Map<String, Value>, env: &[(String, String)]) {
                 }
                 "HTTP_EXTRA_HEADERS" | "HTTPS_EXTRA_HEADERS" => parse_dict(&v),
                 "ALLOWLIST" => parse_list(&v),
-                "ALLOWLIST_INCLUDE_MEMBERS" => parse_bool(&v),
+                "ALLOWLIST_INCLUDE_MEMBERS" => match parse_bool(&v) {
+                    Some(b) => b,
+                    None => continue,
+                },
                 "REQUEST_QUEUE_SIZE" => parse_int(&v),
                 "LISTEN" | "CONNECT_ADDRESS" | "CERTFILE" | "KEYFILE" | "KEYFILE_PASSWORD"
                 | "CAFILE" | "CIPHERS" | "VERIFY_CLIENT" | "SERVER_TOKENS" => Value::from(v),
@@ -159,7 +160,11 @@ pub fn apply(doc: &mut Map<String, Value>, env: &[(String, String)]) {
                 "USERNAME" | "PASSWORD" => {
                     set(doc, &["ctl", "authentication", &key], Value::from(v))
                 }
-                "INSECURE" => set(doc, &["ctl", "insecure"], parse_bool(&v)),
+                "INSECURE" => {
+                    if let Some(b) = parse_bool(&v) {
+                        set(doc, &["ctl", "insecure"], b)
+                    }
+                }
                 "CACERT" | "CERTFILE" | "KEYFILE" | "KEYFILE_PASSWORD" => {
                     set(doc, &["ctl", &key], Value::from(v))
                 }
@@ -206,7 +211,10 @@ pub fn apply(doc: &mut Map<String, Value>, env: &[(String, String)]) {
             let val = match p {
                 "MAX_QUEUE_SIZE" | "FILE_SIZE" | "FILE_NUM" | "MODE" => parse_int(&v),
                 "STATIC_FIELDS" | "LOGGERS" => parse_dict(&v),
-                "DEDUPLICATE_HEARTBEAT_LOGS" => parse_bool(&v),
+                "DEDUPLICATE_HEARTBEAT_LOGS" => match parse_bool(&v) {
+                    Some(b) => b,
+                    None => continue,
+                },
                 "TYPE" | "LEVEL" | "TRACEBACK_LEVEL" | "FORMAT" | "DATEFORMAT" | "DIR" => {
                     Value::from(v)
                 }
@@ -229,7 +237,10 @@ pub fn apply(doc: &mut Map<String, Value>, env: &[(String, String)]) {
                 }
                 "LABELS" | "SET_ACLS" | "AUTH_DATA" | "BOOTSTRAP_LABELS" => parse_dict(&v),
                 "USE_PROXIES" | "REGISTER_SERVICE" | "USE_ENDPOINTS" | "BYPASS_API_SERVICE"
-                | "VERIFY" => parse_bool(&v),
+                | "VERIFY" => match parse_bool(&v) {
+                    Some(b) => b,
+                    None => continue,
+                },
                 _ => Value::from(v),
             };
             set(doc, &[&sec, &suffix.to_ascii_lowercase()], val);

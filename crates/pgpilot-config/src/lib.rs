@@ -23,8 +23,9 @@ mod load;
 mod validate;
 pub mod yaml;
 
-pub use dynamic::{DynamicConfig, SyncMode};
+pub use dynamic::DynamicConfig;
 pub use load::{etcd_endpoint, load, load_document, load_from_value};
+pub use pgpilot_dcs::SyncMode;
 pub use validate::validate;
 
 /// A problem with the configuration, always naming the key path (`postgresql.listen`).

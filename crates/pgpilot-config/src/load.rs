@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pgpilot_dcs::truthy;
 use serde_json::{Map, Value};
 
 use crate::{
@@ -221,29 +222,18 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Patroni's `parse_bool`; any other value is a problem.
     pub fn boolean(&mut self, path: &str) -> Option<bool> {
-        match self.get(path)? {
-            Value::Bool(b) => Some(*b),
-            Value::String(s) => match s.to_ascii_lowercase().as_str() {
-                "true" | "on" | "yes" | "1" => Some(true),
-                "false" | "off" | "no" | "0" => Some(false),
-                _ => {
-                    self.problem(
-                        path,
-                        format!("{s} didn't pass validation: expected a boolean"),
-                    );
-                    None
-                }
-            },
-            Value::Number(n) => Some(n.as_f64().is_some_and(|f| f != 0.0)),
-            other => {
-                self.problem(
-                    path,
-                    format!("{other} didn't pass validation: expected a boolean"),
-                );
-                None
-            }
+        let v = self.get(path)?;
+        let b = pgpilot_dcs::parse_bool(v);
+        if b.is_none() {
+            let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            self.problem(
+                path,
+                format!("{shown} didn't pass validation: expected a boolean"),
+            );
         }
+        b
     }
 
     pub fn number(&mut self, path: &str) -> Option<f64> {
@@ -415,7 +405,6 @@ fn tags(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Tags {
     let Some(Value::Object(map)) = r.get("tags").cloned() else {
         return t;
     };
-    let truthy = |v: &Value| pgpilot_dcs_truthy(v);
     t.nofailover = map.get("nofailover").is_some_and(truthy);
     t.noloadbalance = map.get("noloadbalance").is_some_and(truthy);
     t.clonefrom = map.get("clonefrom").is_some_and(truthy);
@@ -450,15 +439,6 @@ fn tags(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Tags {
         }
     }
     t
-}
-
-fn pgpilot_dcs_truthy(v: &Value) -> bool {
-    match v {
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1"),
-        _ => false,
-    }
 }
 
 /// Every leaf path of `v` (objects only), for the unknown-keys warning.

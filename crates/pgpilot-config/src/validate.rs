@@ -83,13 +83,10 @@ pub fn validate(doc: &Value) -> Vec<Problem> {
         }
     }
     if let Some(v) = r.get("bootstrap.dcs.synchronous_mode") {
-        let ok = matches!(v, Value::Bool(_))
-            || v.as_str()
-                .is_some_and(|s| ["on", "off", "true", "false", "quorum"].contains(&s));
-        if !ok {
+        if pgpilot_dcs::SyncMode::parse(v).is_none() {
             bad(
                 "bootstrap.dcs.synchronous_mode",
-                format!("{v} didn't pass validation: must be on, off or quorum"),
+                format!("{v} didn't pass validation: must be a boolean or quorum"),
             );
         }
     }

@@ -178,6 +178,75 @@ fn environment_overrides_and_env_only() {
     assert_eq!(c.namespace, "/service");
 }
 
+/// Boolean PATRONI_* variables are read with Patroni's parse_bool; a value it does not know
+/// (`y`, `maybe`) is ignored, as Patroni ignores it, and the file's value stays.
+#[test]
+fn environment_booleans_follow_parse_bool() {
+    let text = format!("{SAMPLE}\nctl:\n  insecure: true\n");
+    let insecure = |value: &str| {
+        let e = env(&[
+            ("PATRONI_CONFIGURATION", text.as_str()),
+            ("PATRONI_CTL_INSECURE", value),
+        ]);
+        load(None, &e).unwrap().config.ctl.tls.insecure
+    };
+    for (value, want) in [
+        ("off", false),
+        ("No", false),
+        ("0", false),
+        ("FALSE", false),
+        ("y", true),
+        ("n", true),
+        ("maybe", true),
+        ("", true),
+    ] {
+        assert_eq!(insecure(value), want, "PATRONI_CTL_INSECURE={value:?}");
+    }
+    let e = env(&[
+        ("PATRONI_CONFIGURATION", SAMPLE),
+        ("PATRONI_RESTAPI_ALLOWLIST_INCLUDE_MEMBERS", "Yes"),
+    ]);
+    assert!(
+        load(None, &e)
+            .unwrap()
+            .config
+            .restapi
+            .allowlist_include_members
+    );
+}
+
+/// `--validate-config` accepts exactly the `synchronous_mode` values the dynamic configuration
+/// reads (Patroni's validator: `quorum` in any case, or a parse_bool word).
+#[test]
+fn synchronous_mode_validator_and_reader_agree() {
+    use pgpilot_config::SyncMode;
+    let cases = [
+        (json!("quorum"), Some(SyncMode::Quorum)),
+        (json!("Quorum"), Some(SyncMode::Quorum)),
+        (json!(true), Some(SyncMode::On)),
+        (json!("on"), Some(SyncMode::On)),
+        (json!("ON"), Some(SyncMode::On)),
+        (json!("yes"), Some(SyncMode::On)),
+        (json!(1), Some(SyncMode::On)),
+        (json!(false), Some(SyncMode::Off)),
+        (json!("off"), Some(SyncMode::Off)),
+        (json!("0"), Some(SyncMode::Off)),
+        (json!("y"), None),
+        (json!("sync"), None),
+        (json!(2), None),
+    ];
+    for (value, want) in cases {
+        let mut doc = yaml::parse(SAMPLE, "f").unwrap();
+        doc["bootstrap"]["dcs"]["synchronous_mode"] = value.clone();
+        let rejected = validate(&doc)
+            .iter()
+            .any(|p| p.path == "bootstrap.dcs.synchronous_mode");
+        assert_eq!(rejected, want.is_none(), "validator on {value}");
+        let (d, _) = dynamic(json!({ "synchronous_mode": value }));
+        assert_eq!(d.synchronous_mode, want.unwrap_or(SyncMode::Off), "{value}");
+    }
+}
+
 /// Every missing required key is named in one error.
 #[test]
 fn missing_keys_are_all_named() {

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::values::truthy;
+
 /// The numeric version every pgpilot agent advertises in its member key and `/patroni`.
 ///
 /// Peers (including real Patroni and patronictl) parse it as dotted integers and use it to pick
@@ -131,16 +133,6 @@ impl MemberData {
     }
 }
 
-/// Patroni's truthiness for tag values read from YAML/JSON.
-pub fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1"),
-        _ => false,
-    }
-}
-
 /// One `members/<name>` key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
@@ -241,6 +233,67 @@ pub struct SyncState {
     pub quorum: u32,
     #[serde(skip)]
     pub version: i64,
+}
+
+/// Patroni's reading of `/sync` (`dcs.SyncState`). Names compare case-insensitively, as
+/// PostgreSQL compares `synchronous_standby_names`.
+impl SyncState {
+    /// A key without a leader says nothing: no voters, no members, matches no name.
+    pub fn is_empty(&self) -> bool {
+        self.leader.as_deref().is_none_or(str::is_empty)
+    }
+
+    /// The standbys of `sync_standby`: split on commas, trimmed, blanks dropped; none when the
+    /// key [`is_empty`](SyncState::is_empty).
+    pub fn voters(&self) -> impl Iterator<Item = &str> {
+        let list = if self.is_empty() {
+            ""
+        } else {
+            self.sync_standby.as_deref().unwrap_or("")
+        };
+        split_names(list)
+    }
+
+    /// The leader, then the [`voters`](SyncState::voters); none when the key is empty.
+    pub fn members(&self) -> impl Iterator<Item = &str> {
+        let leader = if self.is_empty() {
+            None
+        } else {
+            self.leader.as_deref()
+        };
+        leader.into_iter().chain(self.voters())
+    }
+
+    /// Whether `name` is one of the voters (with `check_leader`, or the leader).
+    pub fn matches(&self, name: &str, check_leader: bool) -> bool {
+        if name.is_empty() || self.is_empty() {
+            return false;
+        }
+        let name = name.to_lowercase();
+        let leader = self
+            .leader
+            .as_deref()
+            .filter(|_| check_leader)
+            .map(str::trim);
+        self.voters()
+            .chain(leader)
+            .any(|n| n.to_lowercase() == name)
+    }
+
+    /// Whether `name` is the key's leader.
+    pub fn leader_matches(&self, name: &str) -> bool {
+        !name.is_empty()
+            && !self.is_empty()
+            && self
+                .leader
+                .as_deref()
+                .is_some_and(|l| l.to_lowercase() == name.to_lowercase())
+    }
+}
+
+/// Patroni's `SyncState._str_to_list`.
+fn split_names(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|n| !n.is_empty())
 }
 
 /// One line of `/history`: `[timeline, switch_lsn, reason, timestamp, new_leader]`; older entries
@@ -430,6 +483,59 @@ pub fn cluster_prefix(namespace: &str, scope: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sync(leader: Option<&str>, standbys: Option<&str>) -> SyncState {
+        SyncState {
+            leader: leader.map(str::to_string),
+            sync_standby: standbys.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    /// Patroni's `SyncState` doctests, plus the splitting of `_str_to_list`.
+    #[test]
+    fn sync_state_reads_like_patroni() {
+        let s = sync(Some("foo"), Some("bar,zoo"));
+        assert!(!s.matches("foo", false));
+        assert!(s.matches("fOo", true));
+        assert!(s.matches("Bar", false));
+        assert!(s.matches("zoO", false));
+        assert!(!s.matches("baz", false));
+        assert!(!s.matches("", true));
+        assert!(s.leader_matches("FOO"));
+        assert!(!s.leader_matches("bar"));
+        assert_eq!(s.voters().collect::<Vec<_>>(), ["bar", "zoo"]);
+        assert_eq!(s.members().collect::<Vec<_>>(), ["foo", "bar", "zoo"]);
+
+        // Blanks around names and empty entries are dropped; case is kept in the lists.
+        let s = sync(Some("L"), Some(" a , ,B,, "));
+        assert_eq!(s.voters().collect::<Vec<_>>(), ["a", "B"]);
+        assert!(s.matches("A", false) && s.matches("b", false));
+        assert!(!s.matches(" a", false));
+
+        // A key without a leader is empty: it lists nobody.
+        for s in [
+            SyncState::default(),
+            sync(None, Some("a,b")),
+            sync(Some(""), Some("a,b")),
+        ] {
+            assert!(s.is_empty());
+            assert_eq!(s.voters().count(), 0);
+            assert_eq!(s.members().count(), 0);
+            assert!(!s.matches("a", true));
+            assert!(!s.leader_matches(""));
+        }
+
+        // A leader alone: no voters, matched only with check_leader.
+        let s = sync(Some("l"), None);
+        assert!(!s.is_empty());
+        assert_eq!(s.voters().count(), 0);
+        assert_eq!(s.members().collect::<Vec<_>>(), ["l"]);
+        assert!(!s.matches("l", false) && s.matches("L", true));
+
+        // Non-ASCII names compare as Python's str.lower() does.
+        assert!(sync(Some("l"), Some("Ärzte")).matches("ärzte", false));
+    }
 
     #[test]
     fn prefix_collapses_slashes() {

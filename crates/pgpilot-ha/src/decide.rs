@@ -564,7 +564,10 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
         // A switchover in synchronous (or quorum) mode may only go to a synchronous standby.
         if o.sync.active()
             && f.leader.is_some()
-            && !sync::listed(cluster.sync.as_ref(), &o.me, true)
+            && !cluster
+                .sync
+                .as_ref()
+                .is_some_and(|s| s.matches(&o.me, true))
         {
             return Err("switchover: I am not a synchronous standby".into());
         }
@@ -625,27 +628,18 @@ fn compare_with_peers(
 ) -> Result<usize, String> {
     let s = cluster.sync.as_ref();
     let sync_on = o.sync.active() && !o.sync.quorum();
-    let voting = if o.sync.quorum() {
-        sync::voting_set(s)
-    } else {
-        Default::default()
-    };
-    let former_leader = |name: &str| {
-        o.sync.active()
-            && s.and_then(|s| s.leader.as_deref())
-                .is_some_and(|l| l.eq_ignore_ascii_case(name))
-    };
+    let former_leader = |name: &str| o.sync.active() && s.is_some_and(|s| s.leader_matches(name));
     let mut votes = 0;
     for peer in &o.peers {
         if peer.name == o.me || Some(peer.name.as_str()) == exclude {
             continue;
         }
-        let voter = voting.iter().any(|v| v.eq_ignore_ascii_case(&peer.name));
+        let voter = o.sync.quorum() && s.is_some_and(|s| s.matches(&peer.name, true));
         let allowed = !peer.nofailover && !peer.watchdog_failed;
         if !allowed && !voter {
             continue;
         }
-        if sync_on && !sync::listed(s, &peer.name, true) {
+        if sync_on && !s.is_some_and(|s| s.matches(&peer.name, true)) {
             continue;
         }
         if peer.is_primary {
@@ -690,7 +684,13 @@ fn manual_failover_no_leader(
     if f.member.as_deref() == Some(o.me.as_str()) {
         return Ok(());
     }
-    if o.sync.active() && !o.sync.quorum() && !sync::listed(cluster.sync.as_ref(), &o.me, true) {
+    if o.sync.active()
+        && !o.sync.quorum()
+        && !cluster
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.matches(&o.me, true))
+    {
         return Err("manual failover: I am not a synchronous standby".into());
     }
     if let Some(candidate) = f.member.as_deref() {
@@ -799,15 +799,14 @@ pub fn manual_failover_from_leader(
                 && f.member.as_deref().is_none_or(|c| c == p.name)
                 && optime.saturating_sub(p.wal_position) <= o.maximum_lag_on_failover
                 // A switchover in synchronous mode goes to a synchronous standby.
-                && (!sync_on || sync::listed(sync_state, &p.name, false))
+                && (!sync_on || sync_state.is_some_and(|s| s.matches(&p.name, false)))
         })
         .collect();
     // Quorum mode without a named candidate: enough voters must be able to elect one.
     let needed = if o.sync.quorum() && f.member.is_none() {
-        let voters = sync::voting_set(sync_state);
         let good_voters = good
             .iter()
-            .filter(|p| voters.iter().any(|v| v.eq_ignore_ascii_case(&p.name)))
+            .filter(|p| sync_state.is_some_and(|s| s.matches(&p.name, true)))
             .count();
         good_voters >= sync_state.map_or(0, |s| s.quorum as usize)
     } else {

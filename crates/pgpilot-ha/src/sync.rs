@@ -46,11 +46,11 @@ impl SyncParams {
     }
 
     pub fn active(&self) -> bool {
-        self.mode != SyncMode::Off
+        self.mode.is_active()
     }
 
     pub fn quorum(&self) -> bool {
-        self.mode == SyncMode::Quorum
+        self.mode.is_quorum()
     }
 }
 
@@ -138,15 +138,11 @@ pub struct SyncKey {
 impl SyncKey {
     pub fn of(sync: Option<&SyncState>, me: &str) -> Option<SyncKey> {
         let s = sync?;
-        if !s
-            .leader
-            .as_deref()
-            .is_some_and(|l| l.eq_ignore_ascii_case(me))
-        {
+        if !s.leader_matches(me) {
             return None;
         }
         Some(SyncKey {
-            voters: members(s),
+            voters: s.voters().map(str::to_string).collect(),
             quorum: s.quorum as usize,
         })
     }
@@ -163,26 +159,10 @@ impl SyncKey {
     }
 }
 
-/// The standby names listed in `/sync` (not the leader).
-pub fn members(s: &SyncState) -> BTreeSet<String> {
-    s.sync_standby
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// Whether `name` is listed in `/sync` as a standby, or (with `with_leader`) as its leader.
+/// [`SyncState::matches`] of an optional key. Kept for `agent.rs` only, until its split lands:
+/// call `matches` on the key instead.
 pub fn listed(s: Option<&SyncState>, name: &str, with_leader: bool) -> bool {
-    let Some(s) = s else { return false };
-    members(s).iter().any(|m| m.eq_ignore_ascii_case(name))
-        || (with_leader
-            && s.leader
-                .as_deref()
-                .is_some_and(|l| l.eq_ignore_ascii_case(name)))
+    s.is_some_and(|s| s.matches(name, with_leader))
 }
 
 /// The overlap rule of the module docs. A key without voters lets nobody but its leader's
@@ -418,7 +398,7 @@ pub fn ssn_for_key(p: &SyncParams, key: Option<&SyncKey>) -> Ssn {
 /// the ssn it starts with, so that nothing it acknowledges can be lost by a later failover.
 pub fn pre_promote(p: &SyncParams, me: &str, sync: Option<&SyncState>) -> (Ssn, SyncKey) {
     let (old, quorum) = match sync {
-        Some(s) => (members(s), s.quorum as usize),
+        Some(s) => (s.voters().map(str::to_string).collect(), s.quorum as usize),
         None => (BTreeSet::new(), 0),
     };
     let was_voter = old.iter().any(|n| n.eq_ignore_ascii_case(me));
@@ -466,7 +446,7 @@ pub fn pre_promote(p: &SyncParams, me: &str, sync: Option<&SyncState>) -> (Ssn, 
 /// mode only `/sync` members (its former leader included) may; an absent or empty key lets
 /// nobody. In quorum mode anyone may race, and needs votes ([`quorum_votes_enough`]).
 pub fn may_race(p: &SyncParams, me: &str, sync: Option<&SyncState>) -> bool {
-    !p.active() || p.quorum() || listed(sync, me, true)
+    !p.active() || p.quorum() || sync.is_some_and(|s| s.matches(me, true))
 }
 
 /// Quorum mode: do the votes suffice? `votes` = voters (from `/sync`: leader and standbys) that
@@ -474,29 +454,20 @@ pub fn may_race(p: &SyncParams, me: &str, sync: Option<&SyncState>) -> bool {
 pub fn quorum_votes_enough(sync: Option<&SyncState>, me: &str, votes: usize) -> bool {
     let Some(s) = sync else { return false };
     let quorum = s.quorum as usize;
-    if s.leader
-        .as_deref()
-        .is_some_and(|l| l.eq_ignore_ascii_case(me))
-    {
+    if s.leader_matches(me) {
         return true;
     }
-    if listed(Some(s), me, false) {
+    if s.matches(me, false) {
         votes >= quorum
     } else {
         votes > quorum
     }
 }
 
-/// The voting set of `/sync`: its leader and standbys.
+/// The voting set of `/sync`: its leader and standbys ([`SyncState::members`]).
 pub fn voting_set(sync: Option<&SyncState>) -> BTreeSet<String> {
-    let Some(s) = sync else {
-        return BTreeSet::new();
-    };
-    let mut v = members(s);
-    if let Some(l) = &s.leader {
-        v.insert(l.clone());
-    }
-    v
+    sync.map(|s| s.members().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -820,7 +820,7 @@ impl World {
                     c.failover
                         .as_ref()
                         .is_some_and(|f| f.member.as_deref() == Some(me.as_str()))
-                        && !sync::listed(c.sync.as_ref(), &me, true)
+                        && !c.sync.as_ref().is_some_and(|s| s.matches(&me, true))
                 });
             let k3 = params.quorum()
                 && sync_state.is_some_and(|s| s.leader.as_deref() == Some(me.as_str()));

@@ -594,7 +594,7 @@ impl World {
         let c = self.checker_cluster();
         c.sync.as_ref().is_some_and(|s| {
             s.leader.as_deref() == Some(self.members[p].name.as_str())
-                && !pgpilot_ha::sync::members(s).is_empty()
+                && s.voters().next().is_some()
         })
     }
 

@@ -4,7 +4,7 @@
 //! `output_members`: role names from the leader key, `/sync` and `/config`, lags against
 //! `/status.optime` in MB (Python's round-half-even), `host:port` only when needed.
 
-use pgpilot_dcs::{truthy, Cluster, Member};
+use pgpilot_dcs::{truthy, Cluster, Member, SyncMode};
 use serde_json::{Map, Value};
 
 use crate::table::{Format, Table};
@@ -40,15 +40,17 @@ impl<'a> GlobalConfig<'a> {
             })
     }
 
+    /// `synchronous_mode` as [`SyncMode::from_value`] reads it.
+    fn sync_mode(&self) -> SyncMode {
+        SyncMode::from_value(self.get("synchronous_mode"))
+    }
+
     pub fn is_quorum_commit_mode(&self) -> bool {
-        self.get("synchronous_mode")
-            .and_then(Value::as_str)
-            .is_some_and(|s| s.eq_ignore_ascii_case("quorum"))
+        self.sync_mode().is_quorum()
     }
 
     pub fn is_synchronous_mode(&self) -> bool {
-        (self.get("synchronous_mode").is_some_and(truthy) || self.is_quorum_commit_mode())
-            && !self.is_standby_cluster()
+        self.sync_mode().is_active() && !self.is_standby_cluster()
     }
 
     /// `loop_wait` from `/config`, else `default`.
@@ -72,19 +74,14 @@ pub fn py_truthy(v: &Value) -> bool {
     }
 }
 
-/// Names in `/sync` (lower-cased), empty when the key has no leader.
+/// The voters of `/sync`, lower-cased (see [`pgpilot_dcs::SyncState::voters`]).
+///
+/// Only `ctl/commands.rs` still calls this; `SyncState::matches` is the reading to use.
 pub fn sync_members(c: &Cluster) -> Vec<String> {
-    match &c.sync {
-        Some(s) if s.leader.as_deref().is_some_and(|l| !l.is_empty()) => s
-            .sync_standby
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .filter(|n| !n.is_empty())
-            .map(str::to_lowercase)
-            .collect(),
-        _ => Vec::new(),
-    }
+    c.sync
+        .as_ref()
+        .map(|s| s.voters().map(str::to_lowercase).collect())
+        .unwrap_or_default()
 }
 
 /// Host and port a member publishes (`conn_kwargs` first, else `conn_url`).
@@ -128,7 +125,6 @@ pub struct MemberInfo {
 pub fn members_info(c: &Cluster) -> Vec<MemberInfo> {
     let gc = GlobalConfig::from_cluster(c);
     let leader = c.leader.as_ref().map(|l| l.name.as_str());
-    let sync = sync_members(c);
     let sync_role = if gc.is_quorum_commit_mode() {
         "quorum_standby"
     } else {
@@ -146,7 +142,9 @@ pub fn members_info(c: &Cluster) -> Vec<MemberInfo> {
                 } else {
                     "leader"
                 }
-            } else if gc.is_synchronous_mode() && sync.contains(&m.name.to_lowercase()) {
+            } else if gc.is_synchronous_mode()
+                && c.sync.as_ref().is_some_and(|s| s.matches(&m.name, false))
+            {
                 sync_role
             } else {
                 "replica"

@@ -1,0 +1,162 @@
+//! How Patroni reads the loosely typed values of its documents: `/config`, member tags, REST
+//! request bodies and `PATRONI_*` variables. One function for each reading, so the agent, the
+//! REST API, `pgpilotctl` and the configuration loader cannot drift apart. It lives here, the
+//! lowest crate every one of them depends on.
+
+use serde_json::Value;
+
+/// Patroni's `utils.parse_bool`: `str(value).lower()` is one of `on`, `true`, `yes`, `1` (true)
+/// or `off`, `false`, `no`, `0` (false); anything else is `None`.
+///
+/// Whole words only: `y`, `n`, `o`, `t`, `of` and the empty string are `None` (prefixes are
+/// PostgreSQL's rule for GUC booleans, not Patroni's). Numbers read as their Python `str()`:
+/// `1` and `0` only, so `2` and `1.0` are `None`; null, arrays and objects are `None`.
+pub fn parse_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => parse_bool_str(s),
+        Value::Number(n) if n.is_f64() => None,
+        Value::Number(n) => match n.as_i64() {
+            Some(1) => Some(true),
+            Some(0) => Some(false),
+            _ => None,
+        },
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+/// [`parse_bool`] of a string (an environment variable, a query parameter).
+pub fn parse_bool_str(s: &str) -> Option<bool> {
+    match s.to_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Some(true),
+        "off" | "false" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Patroni's `bool(parse_bool(value))` (`global_config.check_mode`): true only for a value
+/// [`parse_bool`] reads as true; false, absent-like and unrecognised values are false.
+pub fn truthy(v: &Value) -> bool {
+    parse_bool(v) == Some(true)
+}
+
+/// `synchronous_mode` of `/config` (spec/ha-loop.md §5.7–5.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    #[default]
+    Off,
+    On,
+    Quorum,
+}
+
+impl SyncMode {
+    /// Patroni's `validator.validate_synchronous_mode`: the string `quorum` in any case, else
+    /// whatever [`parse_bool`] reads. `None`: a value the validator rejects.
+    pub fn parse(v: &Value) -> Option<SyncMode> {
+        if v.as_str().is_some_and(|s| s.to_lowercase() == "quorum") {
+            return Some(SyncMode::Quorum);
+        }
+        parse_bool(v).map(|on| if on { SyncMode::On } else { SyncMode::Off })
+    }
+
+    /// What the agent, the REST API and the CLI act on (Patroni's `is_quorum_commit_mode` and
+    /// `check_mode('synchronous_mode')`): absent and invalid values mean off.
+    pub fn from_value(v: Option<&Value>) -> SyncMode {
+        v.and_then(SyncMode::parse).unwrap_or_default()
+    }
+
+    /// `on` or `quorum`: synchronous replication is requested.
+    pub fn is_active(self) -> bool {
+        self != SyncMode::Off
+    }
+
+    pub fn is_quorum(self) -> bool {
+        self == SyncMode::Quorum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Strings: whole words in any case; no prefixes, no single letters, no trimming.
+    const TRUE_WORDS: &[&str] = &["on", "ON", "true", "True", "yes", "Yes", "YES", "1"];
+    const FALSE_WORDS: &[&str] = &["off", "Off", "false", "FALSE", "no", "No", "0"];
+    const NO_WORDS: &[&str] = &[
+        "y", "Y", "n", "t", "f", "o", "of", "ye", "tru", "", " on", "on ", "2", "-1", "1.0",
+        "none", "null", "quorum", "garbage",
+    ];
+
+    #[test]
+    fn parse_bool_is_patronis_whole_word_rule() {
+        let words = [
+            (TRUE_WORDS, Some(true)),
+            (FALSE_WORDS, Some(false)),
+            (NO_WORDS, None),
+        ];
+        let mut cases: Vec<(Value, Option<bool>)> = words
+            .iter()
+            .flat_map(|(list, want)| list.iter().map(|s| (json!(s), *want)))
+            .collect();
+        // Other JSON values read as their Python str(): True, False, 1, 0, 2, 1.0, None, [], {}.
+        cases.extend([
+            (json!(true), Some(true)),
+            (json!(false), Some(false)),
+            (json!(1), Some(true)),
+            (json!(0), Some(false)),
+        ]);
+        let others = [
+            json!(2),
+            json!(-1),
+            json!(1.0),
+            json!(0.0),
+            Value::Null,
+            json!([]),
+            json!({}),
+        ];
+        cases.extend(others.into_iter().map(|v| (v, None)));
+        for (input, want) in &cases {
+            assert_eq!(parse_bool(input), *want, "parse_bool({input})");
+            assert_eq!(truthy(input), *want == Some(true), "truthy({input})");
+            if let Value::String(s) = input {
+                assert_eq!(parse_bool_str(s), *want, "parse_bool_str({s:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn sync_mode_accepts_what_patronis_validator_accepts() {
+        let quorum = ["quorum", "Quorum", "QUORUM"].map(|s| (json!(s), Some(SyncMode::Quorum)));
+        // Everything else is parse_bool's: the same words, the same refusals.
+        let words = [
+            (TRUE_WORDS, Some(SyncMode::On)),
+            (FALSE_WORDS, Some(SyncMode::Off)),
+        ];
+        let mut cases: Vec<(Value, Option<SyncMode>)> = words
+            .iter()
+            .flat_map(|(list, want)| list.iter().map(|s| (json!(s), *want)))
+            .chain(quorum)
+            .collect();
+        cases.extend([
+            (json!(true), Some(SyncMode::On)),
+            (json!(0), Some(SyncMode::Off)),
+        ]);
+        let refused = ["quorum ", "y", "o", "", "sync", "any"].map(|s| json!(s));
+        cases.extend(
+            refused
+                .into_iter()
+                .chain([json!(2), Value::Null])
+                .map(|v| (v, None)),
+        );
+        for (input, want) in &cases {
+            assert_eq!(SyncMode::parse(input), *want, "SyncMode::parse({input})");
+            let read = SyncMode::from_value(Some(input));
+            assert_eq!(read, want.unwrap_or(SyncMode::Off), "from_value({input})");
+        }
+        assert_eq!(SyncMode::from_value(None), SyncMode::Off);
+        assert!(SyncMode::On.is_active() && !SyncMode::On.is_quorum());
+        assert!(SyncMode::Quorum.is_active() && SyncMode::Quorum.is_quorum());
+        assert!(!SyncMode::Off.is_active());
+    }
+}
