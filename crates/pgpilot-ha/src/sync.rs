@@ -159,12 +159,6 @@ impl SyncKey {
     }
 }
 
-/// [`SyncState::matches`] of an optional key. Kept for `agent.rs` only, until its split lands:
-/// call `matches` on the key instead.
-pub fn listed(s: Option<&SyncState>, name: &str, with_leader: bool) -> bool {
-    s.is_some_and(|s| s.matches(name, with_leader))
-}
-
 /// The overlap rule of the module docs. A key without voters lets nobody but its leader's
 /// equals win (the only vote left is the former leader's), so it is safe with any ssn; an empty
 /// ssn (commits acknowledged by the primary alone) is safe only with such a key.

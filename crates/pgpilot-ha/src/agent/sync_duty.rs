@@ -136,7 +136,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     /// and waits up to 2 × loop_wait, so commits do not hang on a standby that is going away.
     pub(super) async fn leave_sync_duty(&mut self) {
         let me = self.cfg.name.clone();
-        let listed = |c: &Cluster| sync::listed(c.sync.as_ref(), &me, false);
+        let listed = |c: &Cluster| c.sync.as_ref().is_some_and(|s| s.matches(&me, false));
         if !self.sync_params().active()
             || self.role != "replica"
             || !self.last_cluster.as_deref().is_some_and(listed)

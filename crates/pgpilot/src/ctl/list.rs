@@ -74,16 +74,6 @@ pub fn py_truthy(v: &Value) -> bool {
     }
 }
 
-/// The voters of `/sync`, lower-cased (see [`pgpilot_dcs::SyncState::voters`]).
-///
-/// Only `ctl/commands.rs` still calls this; `SyncState::matches` is the reading to use.
-pub fn sync_members(c: &Cluster) -> Vec<String> {
-    c.sync
-        .as_ref()
-        .map(|s| s.voters().map(str::to_lowercase).collect())
-        .unwrap_or_default()
-}
-
 /// Host and port a member publishes (`conn_kwargs` first, else `conn_url`).
 pub fn member_host_port(m: &Member) -> Option<(String, Option<u16>)> {
     if let Some(kw) = m.data.extra.get("conn_kwargs").and_then(Value::as_object) {

@@ -12,7 +12,7 @@ use super::members::{leader_member, output_members};
 use super::schedule::{next_hour_example, parse_scheduled, timestamp};
 use super::Ctx;
 use crate::http::LONG;
-use crate::list::{self, GlobalConfig};
+use crate::list::GlobalConfig;
 use crate::table::Format;
 use crate::yaml;
 
@@ -93,16 +93,11 @@ pub(super) async fn failover_cmd(
             bail!("Member {cand} does not exist in cluster {name} or is tagged as nofailover");
         }
     }
-    let sync = list::sync_members(&c);
+    // Patroni's `not cluster.sync.is_empty and not cluster.sync.matches(candidate, True)`.
+    let sync = c.sync.clone().unwrap_or_default();
     if !force && action == "failover" && gc.is_synchronous_mode() && !sync.is_empty() {
         let cand = candidate.clone().unwrap_or_default();
-        let leader_matches = c
-            .sync
-            .as_ref()
-            .and_then(|s| s.leader.as_deref())
-            .is_some_and(|l| l.eq_ignore_ascii_case(&cand));
-        if !sync.contains(&cand.to_lowercase())
-            && !leader_matches
+        if !sync.matches(&cand, true)
             && !confirm(&format!(
                 "Are you sure you want to failover to the asynchronous node {cand}?"
             ))?
