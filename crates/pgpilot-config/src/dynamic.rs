@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pgpilot_dcs::{truthy, SyncMode};
+use pgpilot_values::{truthy, SyncMode};
 use serde_json::{Map, Value};
 
 /// Typed view of the `/config` document with the defaults of spec/config.md §3.8 and the timing

@@ -82,7 +82,7 @@ fn set(doc: &mut Map<String, Value>, path: &[&str], value: Value) {
 /// Patroni's `parse_bool` of a variable; `None` when it is no boolean word, and then Patroni
 /// ignores the variable (the file's value, if any, stays).
 fn parse_bool(s: &str) -> Option<Value> {
-    pgpilot_dcs::parse_bool_str(s).map(Value::Bool)
+    pgpilot_values::parse_bool_str(s).map(Value::Bool)
 }
 
 fn parse_int(s: &str) -> Value {

@@ -25,7 +25,7 @@ pub mod yaml;
 
 pub use dynamic::DynamicConfig;
 pub use load::{etcd_endpoint, load, load_document, load_from_value};
-pub use pgpilot_dcs::SyncMode;
+pub use pgpilot_values::SyncMode;
 pub use validate::validate;
 
 /// A problem with the configuration, always naming the key path (`postgresql.listen`).

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pgpilot_dcs::truthy;
+use pgpilot_values::truthy;
 use serde_json::{Map, Value};
 
 use crate::{
@@ -225,7 +225,7 @@ impl<'a> Reader<'a> {
     /// Patroni's `parse_bool`; any other value is a problem.
     pub fn boolean(&mut self, path: &str) -> Option<bool> {
         let v = self.get(path)?;
-        let b = pgpilot_dcs::parse_bool(v);
+        let b = pgpilot_values::parse_bool(v);
         if b.is_none() {
             let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
             self.problem(

@@ -83,7 +83,7 @@ pub fn validate(doc: &Value) -> Vec<Problem> {
         }
     }
     if let Some(v) = r.get("bootstrap.dcs.synchronous_mode") {
-        if pgpilot_dcs::SyncMode::parse(v).is_none() {
+        if pgpilot_values::SyncMode::parse(v).is_none() {
             bad(
                 "bootstrap.dcs.synchronous_mode",
                 format!("{v} didn't pass validation: must be a boolean or quorum"),

@@ -12,10 +12,11 @@ use std::time::Duration;
 pub mod etcd;
 pub mod memory;
 pub mod types;
-pub mod values;
 
 pub use types::*;
-pub use values::{parse_bool, parse_bool_str, truthy, SyncMode};
+// The readings of loose values live below this crate (the configuration loader shares them).
+pub use pgpilot_values as values;
+pub use pgpilot_values::{parse_bool, parse_bool_str, truthy, SyncMode};
 
 /// What went wrong talking to the DCS. The HA cycle treats every variant the same way
 /// ("Error communicating with DCS"): a primary that cannot renew demotes; the variants exist for

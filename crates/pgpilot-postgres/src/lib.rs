@@ -10,11 +10,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod files;
-mod lsn;
 mod pg;
 
-pub use lsn::Lsn;
 pub use pg::{quote_ident, quote_literal, Postgres};
+pub use pgpilot_values::Lsn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {

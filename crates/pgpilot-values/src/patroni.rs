@@ -1,7 +1,6 @@
 //! How Patroni reads the loosely typed values of its documents: `/config`, member tags, REST
 //! request bodies and `PATRONI_*` variables. One function for each reading, so the agent, the
-//! REST API, `pgpilotctl` and the configuration loader cannot drift apart. It lives here, the
-//! lowest crate every one of them depends on.
+//! REST API, `pgpilotctl` and the configuration loader cannot drift apart.
 
 use serde_json::Value;
 

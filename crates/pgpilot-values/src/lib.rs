@@ -1,0 +1,10 @@
+//! The values every part of pgpilot reads the same way, at the bottom of the crate graph so
+//! that the configuration loader, the DCS layer, PostgreSQL control, the agent, the REST API and
+//! `pgpilotctl` share one reading: Patroni's booleans and `synchronous_mode` ([`patroni`]), and
+//! WAL positions ([`Lsn`]).
+
+mod lsn;
+pub mod patroni;
+
+pub use lsn::Lsn;
+pub use patroni::{parse_bool, parse_bool_str, truthy, SyncMode};
