@@ -186,9 +186,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 } else {
                     self.pg_ctl_timeout()
                 };
-                self.spawn_task(ActionKind::Start, async move {
-                    pg.start(timeout).await.map_err(|e| e.to_string())
-                });
+                self.spawn_task(ActionKind::Start, async move { pg.start(timeout).await });
                 Ok(msg)
             }
             Decision::Rewind { leader } => {
@@ -203,21 +201,17 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 };
                 let pg = self.pg.clone();
                 let timeout = self.pg_ctl_timeout();
-                self.spawn_task(ActionKind::Rewind, async move {
+                self.spawn_task::<_, TaskError>(ActionKind::Rewind, async move {
                     let source = Upstream { host, port };
                     // A source that is not ready (still promoting, unreachable) is not a
                     // failed rewind: try again next cycle.
-                    pg.prepare_rewind_source(&source).await.map_err(|e| {
-                        TaskError::NotReady(format!("rewind source not ready: {e}"))
-                    })?;
+                    pg.prepare_rewind_source(&source)
+                        .await
+                        .map_err(TaskError::NotReady)?;
                     // pg_rewind needs a cleanly shut down target; PostgreSQL 13+ pg_rewind runs
                     // crash recovery itself when it is not.
-                    pg.stop(StopMode::Fast, timeout)
-                        .await
-                        .map_err(|e| TaskError::Failed(e.to_string()))?;
-                    pg.rewind(&source)
-                        .await
-                        .map_err(|e| TaskError::Failed(e.to_string()))
+                    pg.stop(StopMode::Fast, timeout).await?;
+                    Ok(pg.rewind(&source).await?)
                 });
                 Ok(format!("running pg_rewind from {leader}"))
             }
@@ -279,9 +273,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             self.state = "starting".into();
             let pg = self.pg.clone();
             let timeout = self.pg_ctl_timeout();
-            self.spawn_task(ActionKind::Start, async move {
-                pg.start(timeout).await.map_err(|e| e.to_string())
-            });
+            self.spawn_task(ActionKind::Start, async move { pg.start(timeout).await });
         }
         self.run_again = true;
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgpilot_config::Config;
 use pgpilot_dcs::Dcs;
-use pgpilot_postgres::{StopMode, Upstream};
+use pgpilot_postgres::{PgError, StopMode, Upstream};
 use pgpilot_types::{Command, Peers, RestartRequest};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -127,11 +127,9 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             self.pg_ctl_timeout()
         });
         self.state = "restarting".into();
-        self.spawn_task(ActionKind::Restart, async move {
-            pg.stop(StopMode::Fast, stop_timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.start(start_timeout).await.map_err(|e| e.to_string())
+        self.spawn_task::<_, PgError>(ActionKind::Restart, async move {
+            pg.stop(StopMode::Fast, stop_timeout).await?;
+            pg.start(start_timeout).await
         });
         if let Some(task) = &mut self.task {
             task.reply = reply;
@@ -232,16 +230,12 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         let pg = self.pg.clone();
         let args = self.cfg.postgresql.basebackup.clone();
         let timeout = self.pg_ctl_timeout();
-        self.spawn_task(ActionKind::Reinitialize, async move {
-            pg.stop(StopMode::Immediate, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.remove_data_dir().await.map_err(|e| e.to_string())?;
-            pg.basebackup(&Upstream { host, port }, &args)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
-            pg.start(timeout).await.map_err(|e| e.to_string())
+        self.spawn_task::<_, PgError>(ActionKind::Reinitialize, async move {
+            pg.stop(StopMode::Immediate, timeout).await?;
+            pg.remove_data_dir().await?;
+            pg.basebackup(&Upstream { host, port }, &args).await?;
+            pg.write_config(&desired).await?;
+            pg.start(timeout).await
         });
         (200, "reinitialize started".into())
     }

@@ -5,38 +5,29 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Cluster, Dcs};
-use pgpilot_postgres::{StopMode, Upstream};
+use pgpilot_postgres::{PgError, StopMode, Upstream};
 use pgpilot_types::Peers;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::decide::ActionKind;
 
 use super::{Agent, AgentError};
 
-/// How a background action failed.
-#[derive(Debug)]
+/// How a background action failed: the typed PostgreSQL error of the step that failed.
+#[derive(Debug, thiserror::Error)]
 pub(super) enum TaskError {
     /// A precondition outside us is not met yet (the rewind source still promoting): try again
     /// next cycle; this is not a failed action.
-    NotReady(String),
-    Failed(String),
-}
-
-impl From<String> for TaskError {
-    fn from(e: String) -> TaskError {
-        TaskError::Failed(e)
-    }
-}
-
-impl std::fmt::Display for TaskError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TaskError::NotReady(e) | TaskError::Failed(e) => f.write_str(e),
-        }
-    }
+    #[error("rewind source not ready: {0}")]
+    NotReady(#[source] PgError),
+    #[error(transparent)]
+    Failed(#[from] PgError),
+    /// The task panicked or was aborted.
+    #[error("task panicked or was cancelled: {0}")]
+    Aborted(#[from] JoinError),
 }
 
 /// A background action and what to do with its result.
@@ -64,9 +55,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         };
         let result = match (&mut task.handle).await {
             Ok(r) => r,
-            Err(e) => Err(TaskError::Failed(format!(
-                "task panicked or was cancelled: {e}"
-            ))),
+            Err(e) => Err(TaskError::Aborted(e)),
         };
         if let Some(reply) = task.reply.take() {
             // The caller may read /patroni right after our answer: show the restarted server.
@@ -215,15 +204,13 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         let desired = self.desired(None);
         let timeout = self.pg_ctl_timeout();
         self.written = Some(desired.clone());
-        self.spawn_task::<_, String>(ActionKind::Bootstrap, async move {
-            pg.initdb(&initdb).await.map_err(|e| e.to_string())?;
-            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
-            pg.start(timeout).await.map_err(|e| e.to_string())?;
-            pg.create_roles().await.map_err(|e| e.to_string())?;
+        self.spawn_task::<_, PgError>(ActionKind::Bootstrap, async move {
+            pg.initdb(&initdb).await?;
+            pg.write_config(&desired).await?;
+            pg.start(timeout).await?;
+            pg.create_roles().await?;
             if let Some(cmd) = post {
-                pg.run_post_bootstrap(&cmd)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                pg.run_post_bootstrap(&cmd).await?;
             }
             Ok(())
         });
@@ -240,16 +227,12 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         let args = self.cfg.postgresql.basebackup.clone();
         let timeout = self.pg_ctl_timeout();
         self.sysid = None;
-        self.spawn_task(ActionKind::Clone, async move {
+        self.spawn_task::<_, PgError>(ActionKind::Clone, async move {
             // A postmaster whose data directory was deleted under it still holds the port.
-            pg.stop(StopMode::Immediate, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.basebackup(&from, &args)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
-            pg.start(timeout).await.map_err(|e| e.to_string())
+            pg.stop(StopMode::Immediate, timeout).await?;
+            pg.basebackup(&from, &args).await?;
+            pg.write_config(&desired).await?;
+            pg.start(timeout).await
         });
     }
 }
