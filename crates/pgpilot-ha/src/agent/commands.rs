@@ -16,6 +16,17 @@ use crate::decide::ActionKind;
 
 use super::Agent;
 
+/// Why an immediate `POST /restart` is refused (the 503 text).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RestartRefused {
+    #[error("{} already in progress", .0.describe())]
+    InProgress(ActionKind),
+    #[error("postgres is still starting")]
+    Starting,
+    #[error("restart conditions are not satisfied")]
+    ConditionsNotMet,
+}
+
 /// A restart requested for later through `POST /restart` with `schedule`.
 pub(super) struct ScheduledRestart {
     pub(super) at: jiff::Timestamp,
@@ -56,8 +67,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                     let _ = reply.send((202, "Restart scheduled".into()));
                     return;
                 }
-                if let Err(msg) = self.restart_allowed(&request) {
-                    let _ = reply.send((503, msg));
+                if let Err(refused) = self.restart_allowed(&request) {
+                    let _ = reply.send((503, refused.to_string()));
                     return;
                 }
                 self.start_restart(&request, Some(reply));
@@ -73,16 +84,16 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         }
     }
 
-    /// Why an immediate restart can not run now (`Err` = the 503 text).
-    pub(super) fn restart_allowed(&self, r: &RestartRequest) -> Result<(), String> {
+    /// Whether an immediate restart can run now.
+    pub(super) fn restart_allowed(&self, r: &RestartRequest) -> Result<(), RestartRefused> {
         if let Some(task) = &self.task {
-            return Err(format!("{} already in progress", task.kind.describe()));
+            return Err(RestartRefused::InProgress(task.kind));
         }
         if self.state == "starting" {
-            return Err("postgres is still starting".into());
+            return Err(RestartRefused::Starting);
         }
         if !self.restart_matches(r) {
-            return Err("restart conditions are not satisfied".into());
+            return Err(RestartRefused::ConditionsNotMet);
         }
         Ok(())
     }

@@ -18,6 +18,19 @@ use crate::sync;
 
 use super::{Agent, AgentError};
 
+/// What [`Agent::promote`] did. Postponing is not a failure: the cycle reports it and the next
+/// one tries again.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use]
+pub(super) enum Promotion {
+    /// `pg_ctl promote` was run (its failure is logged; the next cycle, still seeing a replica
+    /// while holding the lock, promotes again).
+    Done,
+    /// Synchronous mode: `/sync` could not be written to name us first, so PostgreSQL was not
+    /// promoted. Carries the sentence of the cycle.
+    Postponed(&'static str),
+}
+
 impl<D: Dcs, P: Peers> Agent<D, P> {
     pub(super) async fn acquire_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
         let outcome = self
@@ -37,8 +50,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         }
         match after_acquire(outcome, obs) {
             AfterAcquire::Promote => {
-                if let Err(msg) = self.promote(obs).await {
-                    return Ok(msg);
+                if let Promotion::Postponed(msg) = self.promote(obs).await {
+                    return Ok(msg.into());
                 }
                 Ok("promoted self to leader by acquiring session lock".into())
             }
@@ -56,8 +69,9 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     }
 
     /// Promotes the local replica (we hold the lock). In synchronous mode `/sync` names us
-    /// first (CAS) and ssn is in place before the first commit: `Err` = promotion postponed.
-    pub(super) async fn promote(&mut self, obs: &Observation) -> Result<(), String> {
+    /// first (CAS) and ssn is in place before the first commit, else the promotion is
+    /// [`Promotion::Postponed`].
+    pub(super) async fn promote(&mut self, obs: &Observation) -> Promotion {
         let params = self.sync_params();
         if params.active() {
             let current = obs.cluster.as_ref().and_then(|c| c.sync.as_ref());
@@ -70,9 +84,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 if let Err(e) = written {
                     warn!("could not write /sync: {e}");
                 }
-                return Err(
-                    "Postponing promotion because synchronous replication state was updated by somebody else"
-                        .into(),
+                return Promotion::Postponed(
+                    "Postponing promotion because synchronous replication state was updated by somebody else",
                 );
             }
             self.set_ssn(ssn);
@@ -93,7 +106,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             }
             Err(e) => error!("promote failed: {e}"),
         }
-        Ok(())
+        Promotion::Done
     }
 
     pub(super) async fn renew_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
@@ -138,8 +151,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 if obs.paused {
                     return Ok(format!("no action. I am ({me}), the leader with the lock"));
                 }
-                if let Err(msg) = self.promote(obs).await {
-                    return Ok(msg);
+                if let Promotion::Postponed(msg) = self.promote(obs).await {
+                    return Ok(msg.into());
                 }
                 return Ok("promoted self to leader because I had the session lock".into());
             }
