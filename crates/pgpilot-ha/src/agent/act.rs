@@ -92,7 +92,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                     self.last_renewal = Some(Instant::now());
                     Ok(format!("updated leader lock during {}", action.describe()))
                 }
-                _ => {
+                res => {
+                    if let Err(e) = res {
+                        error!("failed to update leader lock: {e}");
+                    }
                     self.last_renewal = None;
                     Ok(format!("{} in progress", action.describe()))
                 }
@@ -146,7 +149,11 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                         return Ok(format!("not releasing the leader key: {e}"));
                     }
                 }
-                let _ = self.dcs.delete_leader().await;
+                // Going on is safe: the key is on our lease, so a key we failed to delete
+                // expires within ttl since we stop renewing it.
+                if let Err(e) = self.dcs.delete_leader().await {
+                    error!("could not release the leader key: {e}");
+                }
                 self.last_renewal = None;
                 Ok(msg)
             }
@@ -217,10 +224,15 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             }
             Decision::RemoveDataDirectory { msg } => {
                 warn!("{msg}");
-                let _ = self
+                // Another member holds the leader key here; a postmaster that survives is
+                // stopped again by the clone that follows, which needs its port.
+                if let Err(e) = self
                     .pg
                     .stop(StopMode::Immediate, self.pg_ctl_timeout())
-                    .await;
+                    .await
+                {
+                    error!("could not stop PostgreSQL before removing the data directory: {e}");
+                }
                 if let Err(e) = self.pg.remove_data_dir().await {
                     error!("could not remove the data directory: {e}");
                 }

@@ -37,7 +37,8 @@ pub(super) struct ScheduledRestart {
 }
 
 impl<D: Dcs, P: Peers> Agent<D, P> {
-    /// Carries out a request of the REST API between two cycles.
+    /// Carries out a request of the REST API between two cycles. The replies' send errors are
+    /// ignored: one means the caller went away (its request timed out), nothing is left to tell.
     pub(super) async fn handle_command(&mut self, command: Command) {
         match command {
             Command::Wakeup => {}
@@ -189,7 +190,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     pub(super) async fn reinitialize(&mut self, force: bool, from_leader: bool) -> (u16, String) {
         let cluster = match self.dcs.cluster().await {
             Ok(c) => c,
-            Err(_) => return (503, "Cluster has no leader, can not reinitialize".into()),
+            Err(e) => {
+                warn!("reinitialize: could not read the cluster from DCS: {e}");
+                return (503, "Cluster has no leader, can not reinitialize".into());
+            }
         };
         let Some(leader) = cluster.leader_member() else {
             return (503, "Cluster has no leader, can not reinitialize".into());

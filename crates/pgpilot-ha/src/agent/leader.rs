@@ -92,7 +92,9 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             if let Some(mut d) = self.written.clone() {
                 d.parameters = self.desired(None).parameters;
                 if self.ensure_config(d).await {
-                    let _ = self.pg.reload().await;
+                    if let Err(e) = self.pg.reload().await {
+                        warn!("reload failed: {e}");
+                    }
                 }
             }
         }
@@ -168,18 +170,26 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 self.publish_history(c, timeline).await;
                 self.sync_slots(c).await;
                 if c.initialize.as_deref().is_none_or(|i| !valid_sysid(i)) {
+                    // Written again next cycle while it is missing.
                     if let Some(sysid) = &self.sysid {
-                        let _ = self.dcs.initialize(false, sysid).await;
+                        if let Err(e) = self.dcs.initialize(false, sysid).await {
+                            warn!("could not write the initialize key: {e}");
+                        }
                     }
                 }
                 if c.config.as_ref().is_none_or(|cfg| cfg.data.is_empty()) {
                     let doc = Value::Object(self.dynamic.raw.clone()).to_string();
-                    let _ = self.dcs.set_config(&doc, None).await;
+                    // Written again next cycle while it is missing.
+                    if let Err(e) = self.dcs.set_config(&doc, None).await {
+                        warn!("could not write /config: {e}");
+                    }
                 }
             }
             let desired = self.desired(None);
             if self.ensure_config(desired).await {
-                let _ = self.pg.reload().await;
+                if let Err(e) = self.pg.reload().await {
+                    warn!("reload failed: {e}");
+                }
             }
             self.process_sync(obs).await;
             if let Some(msg) = self.process_manual_failover(obs).await {
@@ -219,7 +229,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             ManualFailover::Clear { msg } => {
                 warn!("{msg}");
                 info!("Cleaning up failover key");
-                let _ = self.dcs.set_failover("{}", Some(f.version)).await;
+                // A key left behind is cleaned up by the next leader cycle.
+                if let Err(e) = self.dcs.set_failover("{}", Some(f.version)).await {
+                    warn!("could not clear the failover key: {e}");
+                }
                 None
             }
             ManualFailover::Demote { candidate } => {
@@ -289,8 +302,11 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                         // In synchronous mode the key goes only to a member that has every
                         // acknowledged commit: keep it, start again as primary, drop the request.
                         warn!("switchover aborted: no candidate received the shutdown checkpoint in time");
+                        // A key left behind is cleaned up by the next leader cycle.
                         if let Some(f) = &cluster.failover {
-                            let _ = self.dcs.set_failover("{}", Some(f.version)).await;
+                            if let Err(e) = self.dcs.set_failover("{}", Some(f.version)).await {
+                                warn!("could not clear the failover key: {e}");
+                            }
                         }
                         self.rewind.check = false;
                         self.run_again = true;
@@ -308,7 +324,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             optime: checkpoint,
             ..Default::default()
         };
-        let _ = self.dcs.write_status(&status).await;
+        // Without it the candidates compare their member keys' positions instead.
+        if let Err(e) = self.dcs.write_status(&status).await {
+            warn!("could not write /status: {e}");
+        }
         match self.dcs.delete_leader().await {
             Ok(true) => info!("Leader key released"),
             Ok(false) => {}

@@ -70,6 +70,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 Ok(()) => (200, "restarted successfully".to_string()),
                 Err(_) => (503, "restart failed".to_string()),
             };
+            // The REST caller may have gone away (timed out): nothing is left to tell.
             let _ = reply.send(answer);
         }
         match (task.kind, result) {
@@ -81,20 +82,28 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 if let Err(e) = self.dcs.cancel_initialization().await {
                     error!("could not remove the initialize key: {e}");
                 }
-                let _ = self
+                // The agent exits next; the data directory is moved aside for inspection.
+                if let Err(e) = self
                     .pg
                     .stop(StopMode::Immediate, Duration::from_secs(30))
-                    .await;
+                    .await
+                {
+                    error!("could not stop PostgreSQL after the failed bootstrap: {e}");
+                }
                 move_aside_failed(&self.cfg.postgresql.data_dir);
                 return Err(AgentError::Fatal("Failed to bootstrap cluster".into()));
             }
             (ActionKind::Clone | ActionKind::Reinitialize, Err(e)) => {
                 error!("failed to bootstrap from leader: {e}");
                 self.state = "creating replica".into();
-                let _ = self
+                // A replica that never joined: the next clone stops a survivor again.
+                if let Err(e) = self
                     .pg
                     .stop(StopMode::Immediate, Duration::from_secs(30))
-                    .await;
+                    .await
+                {
+                    error!("could not stop PostgreSQL after the failed clone: {e}");
+                }
                 if let Err(e) = self.pg.remove_data_dir().await {
                     error!("could not clean the data directory after a failed clone: {e}");
                 }
@@ -125,10 +134,15 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                     if holds {
                         // A lock holder whose PostgreSQL does not come back lets another member
                         // take over instead of holding the cluster hostage (spec/ha-loop.md §5.1.8).
-                        let _ = self
+                        // If this stop fails too the key is still released: a primary that
+                        // comes up later without the key is demoted by the next cycle.
+                        if let Err(e) = self
                             .pg
                             .stop(StopMode::Immediate, self.pg_ctl_timeout())
-                            .await;
+                            .await
+                        {
+                            error!("could not stop PostgreSQL after its failed start: {e}");
+                        }
                         self.role = "demoted".into();
                         self.last_renewal = None;
                         if let Err(e) = self.dcs.delete_leader().await {
@@ -241,7 +255,13 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
 pub(super) fn move_aside_failed(dir: &std::path::Path) {
     let mut failed = PathBuf::from(dir);
     failed.set_extension("failed");
-    let _ = std::fs::remove_dir_all(&failed);
+    // Usually there is none; if an old one can not be removed the rename below says so.
+    match std::fs::remove_dir_all(&failed) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            warn!("could not remove the old {}: {e}", failed.display());
+        }
+        _ => {}
+    }
     if let Err(e) = std::fs::rename(dir, &failed) {
         error!("could not move {} aside: {e}", dir.display());
     }
