@@ -92,7 +92,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                     self.last_renewal = Some(Instant::now());
                     Ok(format!("updated leader lock during {}", action.describe()))
                 }
-                _ => {
+                res => {
+                    if let Err(e) = res {
+                        error!("failed to update leader lock: {e}");
+                    }
                     self.last_renewal = None;
                     Ok(format!("{} in progress", action.describe()))
                 }
@@ -146,7 +149,11 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                         return Ok(format!("not releasing the leader key: {e}"));
                     }
                 }
-                let _ = self.dcs.delete_leader().await;
+                // Going on is safe: the key is on our lease, so a key we failed to delete
+                // expires within ttl since we stop renewing it.
+                if let Err(e) = self.dcs.delete_leader().await {
+                    error!("could not release the leader key: {e}");
+                }
                 self.last_renewal = None;
                 Ok(msg)
             }
@@ -186,9 +193,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 } else {
                     self.pg_ctl_timeout()
                 };
-                self.spawn_task(ActionKind::Start, async move {
-                    pg.start(timeout).await.map_err(|e| e.to_string())
-                });
+                self.spawn_task(ActionKind::Start, async move { pg.start(timeout).await });
                 Ok(msg)
             }
             Decision::Rewind { leader } => {
@@ -203,30 +208,31 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 };
                 let pg = self.pg.clone();
                 let timeout = self.pg_ctl_timeout();
-                self.spawn_task(ActionKind::Rewind, async move {
+                self.spawn_task::<_, TaskError>(ActionKind::Rewind, async move {
                     let source = Upstream { host, port };
                     // A source that is not ready (still promoting, unreachable) is not a
                     // failed rewind: try again next cycle.
-                    pg.prepare_rewind_source(&source).await.map_err(|e| {
-                        TaskError::NotReady(format!("rewind source not ready: {e}"))
-                    })?;
+                    pg.prepare_rewind_source(&source)
+                        .await
+                        .map_err(TaskError::NotReady)?;
                     // pg_rewind needs a cleanly shut down target; PostgreSQL 13+ pg_rewind runs
                     // crash recovery itself when it is not.
-                    pg.stop(StopMode::Fast, timeout)
-                        .await
-                        .map_err(|e| TaskError::Failed(e.to_string()))?;
-                    pg.rewind(&source)
-                        .await
-                        .map_err(|e| TaskError::Failed(e.to_string()))
+                    pg.stop(StopMode::Fast, timeout).await?;
+                    Ok(pg.rewind(&source).await?)
                 });
                 Ok(format!("running pg_rewind from {leader}"))
             }
             Decision::RemoveDataDirectory { msg } => {
                 warn!("{msg}");
-                let _ = self
+                // Another member holds the leader key here; a postmaster that survives is
+                // stopped again by the clone that follows, which needs its port.
+                if let Err(e) = self
                     .pg
                     .stop(StopMode::Immediate, self.pg_ctl_timeout())
-                    .await;
+                    .await
+                {
+                    error!("could not stop PostgreSQL before removing the data directory: {e}");
+                }
                 if let Err(e) = self.pg.remove_data_dir().await {
                     error!("could not remove the data directory: {e}");
                 }
@@ -279,9 +285,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             self.state = "starting".into();
             let pg = self.pg.clone();
             let timeout = self.pg_ctl_timeout();
-            self.spawn_task(ActionKind::Start, async move {
-                pg.start(timeout).await.map_err(|e| e.to_string())
-            });
+            self.spawn_task(ActionKind::Start, async move { pg.start(timeout).await });
         }
         self.run_again = true;
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgpilot_config::Config;
 use pgpilot_dcs::Dcs;
-use pgpilot_postgres::{StopMode, Upstream};
+use pgpilot_postgres::{PgError, StopMode, Upstream};
 use pgpilot_types::{Command, Peers, RestartRequest};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +15,17 @@ use tracing::{error, info, warn};
 use crate::decide::ActionKind;
 
 use super::Agent;
+
+/// Why an immediate `POST /restart` is refused (the 503 text).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RestartRefused {
+    #[error("{} already in progress", .0.describe())]
+    InProgress(ActionKind),
+    #[error("postgres is still starting")]
+    Starting,
+    #[error("restart conditions are not satisfied")]
+    ConditionsNotMet,
+}
 
 /// A restart requested for later through `POST /restart` with `schedule`.
 pub(super) struct ScheduledRestart {
@@ -26,7 +37,8 @@ pub(super) struct ScheduledRestart {
 }
 
 impl<D: Dcs, P: Peers> Agent<D, P> {
-    /// Carries out a request of the REST API between two cycles.
+    /// Carries out a request of the REST API between two cycles. The replies' send errors are
+    /// ignored: one means the caller went away (its request timed out), nothing is left to tell.
     pub(super) async fn handle_command(&mut self, command: Command) {
         match command {
             Command::Wakeup => {}
@@ -56,8 +68,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                     let _ = reply.send((202, "Restart scheduled".into()));
                     return;
                 }
-                if let Err(msg) = self.restart_allowed(&request) {
-                    let _ = reply.send((503, msg));
+                if let Err(refused) = self.restart_allowed(&request) {
+                    let _ = reply.send((503, refused.to_string()));
                     return;
                 }
                 self.start_restart(&request, Some(reply));
@@ -73,16 +85,16 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         }
     }
 
-    /// Why an immediate restart can not run now (`Err` = the 503 text).
-    pub(super) fn restart_allowed(&self, r: &RestartRequest) -> Result<(), String> {
+    /// Whether an immediate restart can run now.
+    pub(super) fn restart_allowed(&self, r: &RestartRequest) -> Result<(), RestartRefused> {
         if let Some(task) = &self.task {
-            return Err(format!("{} already in progress", task.kind.describe()));
+            return Err(RestartRefused::InProgress(task.kind));
         }
         if self.state == "starting" {
-            return Err("postgres is still starting".into());
+            return Err(RestartRefused::Starting);
         }
         if !self.restart_matches(r) {
-            return Err("restart conditions are not satisfied".into());
+            return Err(RestartRefused::ConditionsNotMet);
         }
         Ok(())
     }
@@ -127,11 +139,9 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             self.pg_ctl_timeout()
         });
         self.state = "restarting".into();
-        self.spawn_task(ActionKind::Restart, async move {
-            pg.stop(StopMode::Fast, stop_timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.start(start_timeout).await.map_err(|e| e.to_string())
+        self.spawn_task::<_, PgError>(ActionKind::Restart, async move {
+            pg.stop(StopMode::Fast, stop_timeout).await?;
+            pg.start(start_timeout).await
         });
         if let Some(task) = &mut self.task {
             task.reply = reply;
@@ -180,7 +190,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     pub(super) async fn reinitialize(&mut self, force: bool, from_leader: bool) -> (u16, String) {
         let cluster = match self.dcs.cluster().await {
             Ok(c) => c,
-            Err(_) => return (503, "Cluster has no leader, can not reinitialize".into()),
+            Err(e) => {
+                warn!("reinitialize: could not read the cluster from DCS: {e}");
+                return (503, "Cluster has no leader, can not reinitialize".into());
+            }
         };
         let Some(leader) = cluster.leader_member() else {
             return (503, "Cluster has no leader, can not reinitialize".into());
@@ -232,16 +245,12 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         let pg = self.pg.clone();
         let args = self.cfg.postgresql.basebackup.clone();
         let timeout = self.pg_ctl_timeout();
-        self.spawn_task(ActionKind::Reinitialize, async move {
-            pg.stop(StopMode::Immediate, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.remove_data_dir().await.map_err(|e| e.to_string())?;
-            pg.basebackup(&Upstream { host, port }, &args)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
-            pg.start(timeout).await.map_err(|e| e.to_string())
+        self.spawn_task::<_, PgError>(ActionKind::Reinitialize, async move {
+            pg.stop(StopMode::Immediate, timeout).await?;
+            pg.remove_data_dir().await?;
+            pg.basebackup(&Upstream { host, port }, &args).await?;
+            pg.write_config(&desired).await?;
+            pg.start(timeout).await
         });
         (200, "reinitialize started".into())
     }

@@ -18,6 +18,19 @@ use crate::sync;
 
 use super::{Agent, AgentError};
 
+/// What [`Agent::promote`] did. Postponing is not a failure: the cycle reports it and the next
+/// one tries again.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use]
+pub(super) enum Promotion {
+    /// `pg_ctl promote` was run (its failure is logged; the next cycle, still seeing a replica
+    /// while holding the lock, promotes again).
+    Done,
+    /// Synchronous mode: `/sync` could not be written to name us first, so PostgreSQL was not
+    /// promoted. Carries the sentence of the cycle.
+    Postponed(&'static str),
+}
+
 impl<D: Dcs, P: Peers> Agent<D, P> {
     pub(super) async fn acquire_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
         let outcome = self
@@ -37,8 +50,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         }
         match after_acquire(outcome, obs) {
             AfterAcquire::Promote => {
-                if let Err(msg) = self.promote(obs).await {
-                    return Ok(msg);
+                if let Promotion::Postponed(msg) = self.promote(obs).await {
+                    return Ok(msg.into());
                 }
                 Ok("promoted self to leader by acquiring session lock".into())
             }
@@ -56,8 +69,9 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     }
 
     /// Promotes the local replica (we hold the lock). In synchronous mode `/sync` names us
-    /// first (CAS) and ssn is in place before the first commit: `Err` = promotion postponed.
-    pub(super) async fn promote(&mut self, obs: &Observation) -> Result<(), String> {
+    /// first (CAS) and ssn is in place before the first commit, else the promotion is
+    /// [`Promotion::Postponed`].
+    pub(super) async fn promote(&mut self, obs: &Observation) -> Promotion {
         let params = self.sync_params();
         if params.active() {
             let current = obs.cluster.as_ref().and_then(|c| c.sync.as_ref());
@@ -70,16 +84,17 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 if let Err(e) = written {
                     warn!("could not write /sync: {e}");
                 }
-                return Err(
-                    "Postponing promotion because synchronous replication state was updated by somebody else"
-                        .into(),
+                return Promotion::Postponed(
+                    "Postponing promotion because synchronous replication state was updated by somebody else",
                 );
             }
             self.set_ssn(ssn);
             if let Some(mut d) = self.written.clone() {
                 d.parameters = self.desired(None).parameters;
                 if self.ensure_config(d).await {
-                    let _ = self.pg.reload().await;
+                    if let Err(e) = self.pg.reload().await {
+                        warn!("reload failed: {e}");
+                    }
                 }
             }
         }
@@ -93,7 +108,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             }
             Err(e) => error!("promote failed: {e}"),
         }
-        Ok(())
+        Promotion::Done
     }
 
     pub(super) async fn renew_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
@@ -138,8 +153,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 if obs.paused {
                     return Ok(format!("no action. I am ({me}), the leader with the lock"));
                 }
-                if let Err(msg) = self.promote(obs).await {
-                    return Ok(msg);
+                if let Promotion::Postponed(msg) = self.promote(obs).await {
+                    return Ok(msg.into());
                 }
                 return Ok("promoted self to leader because I had the session lock".into());
             }
@@ -155,18 +170,26 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 self.publish_history(c, timeline).await;
                 self.sync_slots(c).await;
                 if c.initialize.as_deref().is_none_or(|i| !valid_sysid(i)) {
+                    // Written again next cycle while it is missing.
                     if let Some(sysid) = &self.sysid {
-                        let _ = self.dcs.initialize(false, sysid).await;
+                        if let Err(e) = self.dcs.initialize(false, sysid).await {
+                            warn!("could not write the initialize key: {e}");
+                        }
                     }
                 }
                 if c.config.as_ref().is_none_or(|cfg| cfg.data.is_empty()) {
                     let doc = Value::Object(self.dynamic.raw.clone()).to_string();
-                    let _ = self.dcs.set_config(&doc, None).await;
+                    // Written again next cycle while it is missing.
+                    if let Err(e) = self.dcs.set_config(&doc, None).await {
+                        warn!("could not write /config: {e}");
+                    }
                 }
             }
             let desired = self.desired(None);
             if self.ensure_config(desired).await {
-                let _ = self.pg.reload().await;
+                if let Err(e) = self.pg.reload().await {
+                    warn!("reload failed: {e}");
+                }
             }
             self.process_sync(obs).await;
             if let Some(msg) = self.process_manual_failover(obs).await {
@@ -206,7 +229,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             ManualFailover::Clear { msg } => {
                 warn!("{msg}");
                 info!("Cleaning up failover key");
-                let _ = self.dcs.set_failover("{}", Some(f.version)).await;
+                // A key left behind is cleaned up by the next leader cycle.
+                if let Err(e) = self.dcs.set_failover("{}", Some(f.version)).await {
+                    warn!("could not clear the failover key: {e}");
+                }
                 None
             }
             ManualFailover::Demote { candidate } => {
@@ -276,8 +302,11 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                         // In synchronous mode the key goes only to a member that has every
                         // acknowledged commit: keep it, start again as primary, drop the request.
                         warn!("switchover aborted: no candidate received the shutdown checkpoint in time");
+                        // A key left behind is cleaned up by the next leader cycle.
                         if let Some(f) = &cluster.failover {
-                            let _ = self.dcs.set_failover("{}", Some(f.version)).await;
+                            if let Err(e) = self.dcs.set_failover("{}", Some(f.version)).await {
+                                warn!("could not clear the failover key: {e}");
+                            }
                         }
                         self.rewind.check = false;
                         self.run_again = true;
@@ -295,7 +324,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             optime: checkpoint,
             ..Default::default()
         };
-        let _ = self.dcs.write_status(&status).await;
+        // Without it the candidates compare their member keys' positions instead.
+        if let Err(e) = self.dcs.write_status(&status).await {
+            warn!("could not write /status: {e}");
+        }
         match self.dcs.delete_leader().await {
             Ok(true) => info!("Leader key released"),
             Ok(false) => {}

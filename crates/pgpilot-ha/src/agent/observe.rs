@@ -146,10 +146,15 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                     clean: cd.state.starts_with("shut down"),
                 }
             }
-            Err(_) => PgView::Stopped {
-                was_primary: false,
-                clean: false,
-            },
+            Err(e) => {
+                if self.task.is_none() {
+                    warn!("pg_controldata failed: {e}");
+                }
+                PgView::Stopped {
+                    was_primary: false,
+                    clean: false,
+                }
+            }
         }
     }
 

@@ -17,8 +17,11 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     /// Keeps `/history` in line with our timeline after a promotion.
     pub(super) async fn publish_history(&mut self, cluster: &Cluster, timeline: u32) {
         if timeline <= 1 {
+            // Written again next cycle while it is missing.
             if cluster.history.is_none() {
-                let _ = self.dcs.set_history("[]").await;
+                if let Err(e) = self.dcs.set_history("[]").await {
+                    warn!("could not write /history: {e}");
+                }
             }
             self.history_timeline = timeline;
             return;

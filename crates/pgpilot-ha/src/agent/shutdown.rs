@@ -5,7 +5,7 @@
 use pgpilot_dcs::{Cluster, Dcs, Status};
 use pgpilot_postgres::StopMode;
 use pgpilot_types::Peers;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::Agent;
 
@@ -29,12 +29,18 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             Ok(()) => {
                 self.state = "stopped".into();
                 if was_leader {
-                    if let Ok(cd) = self.pg.controldata().await {
-                        let status = Status {
-                            optime: cd.checkpoint_lsn.0,
-                            ..Default::default()
-                        };
-                        let _ = self.dcs.write_status(&status).await;
+                    // Without /status the replicas compare their member keys' positions.
+                    match self.pg.controldata().await {
+                        Ok(cd) => {
+                            let status = Status {
+                                optime: cd.checkpoint_lsn.0,
+                                ..Default::default()
+                            };
+                            if let Err(e) = self.dcs.write_status(&status).await {
+                                warn!("could not write /status: {e}");
+                            }
+                        }
+                        Err(e) => warn!("pg_controldata after the shutdown stop failed: {e}"),
                     }
                     match self.dcs.delete_leader().await {
                         Ok(true) => info!("Leader key released"),

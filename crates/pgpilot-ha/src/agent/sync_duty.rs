@@ -68,8 +68,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 self.sync_duty.ssn = Ssn::empty();
             }
             if let Some(s) = &cluster.sync {
-                if self.dcs.delete_sync(Some(s.version)).await.is_ok() {
-                    info!("synchronous mode is off: removed /sync");
+                // Tried again next cycle while the key is there.
+                match self.dcs.delete_sync(Some(s.version)).await {
+                    Ok(_) => info!("synchronous mode is off: removed /sync"),
+                    Err(e) => warn!("could not remove /sync: {e}"),
                 }
             }
             return;

@@ -5,38 +5,29 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Cluster, Dcs};
-use pgpilot_postgres::{StopMode, Upstream};
+use pgpilot_postgres::{PgError, StopMode, Upstream};
 use pgpilot_types::Peers;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::decide::ActionKind;
 
 use super::{Agent, AgentError};
 
-/// How a background action failed.
-#[derive(Debug)]
+/// How a background action failed: the typed PostgreSQL error of the step that failed.
+#[derive(Debug, thiserror::Error)]
 pub(super) enum TaskError {
     /// A precondition outside us is not met yet (the rewind source still promoting): try again
     /// next cycle; this is not a failed action.
-    NotReady(String),
-    Failed(String),
-}
-
-impl From<String> for TaskError {
-    fn from(e: String) -> TaskError {
-        TaskError::Failed(e)
-    }
-}
-
-impl std::fmt::Display for TaskError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TaskError::NotReady(e) | TaskError::Failed(e) => f.write_str(e),
-        }
-    }
+    #[error("rewind source not ready: {0}")]
+    NotReady(#[source] PgError),
+    #[error(transparent)]
+    Failed(#[from] PgError),
+    /// The task panicked or was aborted.
+    #[error("task panicked or was cancelled: {0}")]
+    Aborted(#[from] JoinError),
 }
 
 /// A background action and what to do with its result.
@@ -64,9 +55,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         };
         let result = match (&mut task.handle).await {
             Ok(r) => r,
-            Err(e) => Err(TaskError::Failed(format!(
-                "task panicked or was cancelled: {e}"
-            ))),
+            Err(e) => Err(TaskError::Aborted(e)),
         };
         if let Some(reply) = task.reply.take() {
             // The caller may read /patroni right after our answer: show the restarted server.
@@ -81,6 +70,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 Ok(()) => (200, "restarted successfully".to_string()),
                 Err(_) => (503, "restart failed".to_string()),
             };
+            // The REST caller may have gone away (timed out): nothing is left to tell.
             let _ = reply.send(answer);
         }
         match (task.kind, result) {
@@ -92,20 +82,28 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 if let Err(e) = self.dcs.cancel_initialization().await {
                     error!("could not remove the initialize key: {e}");
                 }
-                let _ = self
+                // The agent exits next; the data directory is moved aside for inspection.
+                if let Err(e) = self
                     .pg
                     .stop(StopMode::Immediate, Duration::from_secs(30))
-                    .await;
+                    .await
+                {
+                    error!("could not stop PostgreSQL after the failed bootstrap: {e}");
+                }
                 move_aside_failed(&self.cfg.postgresql.data_dir);
                 return Err(AgentError::Fatal("Failed to bootstrap cluster".into()));
             }
             (ActionKind::Clone | ActionKind::Reinitialize, Err(e)) => {
                 error!("failed to bootstrap from leader: {e}");
                 self.state = "creating replica".into();
-                let _ = self
+                // A replica that never joined: the next clone stops a survivor again.
+                if let Err(e) = self
                     .pg
                     .stop(StopMode::Immediate, Duration::from_secs(30))
-                    .await;
+                    .await
+                {
+                    error!("could not stop PostgreSQL after the failed clone: {e}");
+                }
                 if let Err(e) = self.pg.remove_data_dir().await {
                     error!("could not clean the data directory after a failed clone: {e}");
                 }
@@ -136,10 +134,15 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                     if holds {
                         // A lock holder whose PostgreSQL does not come back lets another member
                         // take over instead of holding the cluster hostage (spec/ha-loop.md §5.1.8).
-                        let _ = self
+                        // If this stop fails too the key is still released: a primary that
+                        // comes up later without the key is demoted by the next cycle.
+                        if let Err(e) = self
                             .pg
                             .stop(StopMode::Immediate, self.pg_ctl_timeout())
-                            .await;
+                            .await
+                        {
+                            error!("could not stop PostgreSQL after its failed start: {e}");
+                        }
                         self.role = "demoted".into();
                         self.last_renewal = None;
                         if let Err(e) = self.dcs.delete_leader().await {
@@ -215,15 +218,13 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         let desired = self.desired(None);
         let timeout = self.pg_ctl_timeout();
         self.written = Some(desired.clone());
-        self.spawn_task::<_, String>(ActionKind::Bootstrap, async move {
-            pg.initdb(&initdb).await.map_err(|e| e.to_string())?;
-            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
-            pg.start(timeout).await.map_err(|e| e.to_string())?;
-            pg.create_roles().await.map_err(|e| e.to_string())?;
+        self.spawn_task::<_, PgError>(ActionKind::Bootstrap, async move {
+            pg.initdb(&initdb).await?;
+            pg.write_config(&desired).await?;
+            pg.start(timeout).await?;
+            pg.create_roles().await?;
             if let Some(cmd) = post {
-                pg.run_post_bootstrap(&cmd)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                pg.run_post_bootstrap(&cmd).await?;
             }
             Ok(())
         });
@@ -240,16 +241,12 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         let args = self.cfg.postgresql.basebackup.clone();
         let timeout = self.pg_ctl_timeout();
         self.sysid = None;
-        self.spawn_task(ActionKind::Clone, async move {
+        self.spawn_task::<_, PgError>(ActionKind::Clone, async move {
             // A postmaster whose data directory was deleted under it still holds the port.
-            pg.stop(StopMode::Immediate, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.basebackup(&from, &args)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.write_config(&desired).await.map_err(|e| e.to_string())?;
-            pg.start(timeout).await.map_err(|e| e.to_string())
+            pg.stop(StopMode::Immediate, timeout).await?;
+            pg.basebackup(&from, &args).await?;
+            pg.write_config(&desired).await?;
+            pg.start(timeout).await
         });
     }
 }
@@ -258,7 +255,13 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
 pub(super) fn move_aside_failed(dir: &std::path::Path) {
     let mut failed = PathBuf::from(dir);
     failed.set_extension("failed");
-    let _ = std::fs::remove_dir_all(&failed);
+    // Usually there is none; if an old one can not be removed the rename below says so.
+    match std::fs::remove_dir_all(&failed) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            warn!("could not remove the old {}: {e}", failed.display());
+        }
+        _ => {}
+    }
     if let Err(e) = std::fs::rename(dir, &failed) {
         error!("could not move {} aside: {e}", dir.display());
     }
