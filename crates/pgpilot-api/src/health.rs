@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::http::Request;
 use crate::status::sync_flags;
-use crate::NodeSnapshot;
+use crate::{NodeSnapshot, State};
 
 /// `lag` query value: bytes, or a number with a unit (`16kB`, `64MB`, `1GB`, `1TB`).
 pub fn parse_lag(s: &str) -> Option<u64> {
@@ -73,7 +73,7 @@ fn codes(s: &NodeSnapshot, req: &Request, now: Instant) -> Codes {
         .get("noloadbalance")
         .is_some_and(pgpilot_dcs::truthy);
     let replica =
-        if !noloadbalance && !lagging && role == "replica" && s.state == "running" && rs_ok {
+        if !noloadbalance && !lagging && role == "replica" && s.state == State::Running && rs_ok {
             200
         } else {
             503
@@ -157,7 +157,7 @@ pub fn health_code(s: &NodeSnapshot, req: &Request, now: Instant) -> u16 {
         return filtered(code);
     }
     if path.contains("health") {
-        return filtered(if s.state == "running" { 200 } else { 503 });
+        return filtered(if s.state == State::Running { 200 } else { 503 });
     }
     let cluster = s.fresh_cluster(now);
     if cluster.is_none() {
@@ -194,7 +194,7 @@ pub fn readiness(s: &NodeSnapshot, req: &Request, now: Instant) -> u16 {
         return 200;
     }
     let Some(pg) = &s.pg else { return 503 };
-    if s.state != "running" || pg.replication_state.as_deref() != Some("streaming") {
+    if s.state != State::Running || pg.replication_state.as_deref() != Some("streaming") {
         return 503;
     }
     let leader_optime = s
@@ -231,7 +231,7 @@ mod tests {
 
     use super::*;
     use crate::http::parse_query;
-    use crate::{NodeSnapshot, PgInfo};
+    use crate::{NodeSnapshot, PgInfo, Role};
 
     fn req(target: &str) -> Request {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -246,8 +246,12 @@ mod tests {
 
     fn snapshot(primary: bool, leader: bool, now: Instant) -> NodeSnapshot {
         let mut s = NodeSnapshot::starting("pg1", "batman");
-        s.state = "running".into();
-        s.role = if primary { "primary" } else { "replica" }.into();
+        s.state = State::Running;
+        s.role = if primary {
+            Role::Primary
+        } else {
+            Role::Replica
+        };
         s.pg = Some(PgInfo {
             in_recovery: !primary,
             timeline: 1,
@@ -296,7 +300,7 @@ mod tests {
             .insert("noloadbalance".into(), json!(true));
         let unlocked_primary = snapshot(true, false, now);
         let mut stopped = snapshot(false, false, now);
-        stopped.state = "stopped".into();
+        stopped.state = State::Stopped;
         stopped.pg = None;
         let rows: &[(&str, &NodeSnapshot, &str, u16)] = &[
             ("primary", &primary, "/", 200),

@@ -20,7 +20,9 @@ pub mod tls;
 mod write;
 
 pub use client::Client;
-pub use pgpilot_types::{Command, NodeSnapshot, PeerStatus, Peers, PgInfo, RestartRequest};
+pub use pgpilot_types::{
+    Command, NodeSnapshot, PeerStatus, Peers, PgInfo, RestartRequest, Role, State,
+};
 pub use server::{serve, ServerOptions};
 pub use status::status_document;
 pub use tls::{ClientTls, ServerTls, TlsError};

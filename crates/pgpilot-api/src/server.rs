@@ -17,7 +17,7 @@ use crate::http::{python_json, read_request, write_response, Request, Response};
 use crate::status::{status_document, sync_flags};
 use crate::tls::{ServerTls, VerifyClient};
 use crate::write::{self, allowed, resolve_allowlist};
-use crate::{Client, Command, LivePg, NodeSnapshot, PgInfo};
+use crate::{Client, Command, LivePg, NodeSnapshot, PgInfo, Role, State};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
@@ -204,7 +204,7 @@ async fn live_snapshot<D: Dcs>(
     // Only while the agent itself sees PostgreSQL running: during a stop, start or clone the
     // snapshot is the truth.
     if snap.pg.is_none()
-        || snap.state != "running"
+        || snap.state != State::Running
         || matches!(
             first,
             "cluster" | "history" | "config" | "liveness" | "metrics"
@@ -338,7 +338,7 @@ pub fn cluster_json(snap: &NodeSnapshot, c: &Cluster) -> Value {
         let is_leader = Some(m.name.as_str()) == leader;
         let mut probe = snap.clone();
         probe.name = m.name.clone();
-        probe.role = "replica".into();
+        probe.role = Role::Replica;
         let (sync, quorum) = sync_flags(&probe, Some(c));
         let role = if is_leader {
             if standby_cluster {
@@ -507,7 +507,7 @@ mod tests {
     #[tokio::test]
     async fn wire_format() {
         let mut snap = NodeSnapshot::starting("pg1", "batman");
-        snap.state = "running".into();
+        snap.state = State::Running;
         let auth = Some(("admin".into(), "secret".into()));
         let (addr, stop, server) = start(snap, options(auth, None)).await;
         assert_eq!(
@@ -542,7 +542,7 @@ mod tests {
     #[tokio::test]
     async fn health_checks_use_the_live_postgres_state() {
         let mut snap = NodeSnapshot::starting("pg1", "batman");
-        snap.state = "running".into();
+        snap.state = State::Running;
         snap.pg = Some(PgInfo {
             in_recovery: true,
             ..Default::default()

@@ -5,7 +5,7 @@ use std::time::Instant;
 use pgpilot_dcs::{Cluster, SyncMode, PATRONI_COMPAT_VERSION};
 use serde_json::{json, Map, Value};
 
-use crate::NodeSnapshot;
+use crate::{NodeSnapshot, Role};
 
 /// `synchronous_mode` of the cluster's `/config`.
 pub(crate) fn sync_mode(c: &Cluster) -> SyncMode {
@@ -27,7 +27,7 @@ pub(crate) fn sync_flags(s: &NodeSnapshot, cluster: Option<&Cluster>) -> (bool, 
         return (false, false);
     };
     let mode = sync_mode(c);
-    if !mode.is_active() || s.role != "replica" {
+    if !mode.is_active() || s.role != Role::Replica {
         return (false, false);
     }
     let listed = in_sync_key(c, &s.name);
@@ -42,7 +42,7 @@ pub(crate) fn sync_flags(s: &NodeSnapshot, cluster: Option<&Cluster>) -> (bool, 
 pub fn status_document(s: &NodeSnapshot, now: Instant) -> Value {
     let mut d = Map::new();
     let cluster = s.fresh_cluster(now);
-    d.insert("state".into(), json!(s.state));
+    d.insert("state".into(), json!(s.state.as_str()));
     if let Some(pg) = &s.pg {
         d.insert(
             "postmaster_start_time".into(),
@@ -82,7 +82,7 @@ pub fn status_document(s: &NodeSnapshot, now: Instant) -> Value {
             d.insert("quorum_standby".into(), json!(true));
         }
     } else {
-        d.insert("role".into(), json!(s.role));
+        d.insert("role".into(), json!(s.role.as_str()));
     }
     if s.paused {
         d.insert("pause".into(), json!(true));

@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::Cluster;
+
+mod role;
+pub use role::{Role, State};
 use serde_json::{Map, Value};
 
 /// How the agent reaches other members' REST APIs.
@@ -100,10 +103,8 @@ pub struct PgInfo {
 pub struct NodeSnapshot {
     pub name: String,
     pub scope: String,
-    /// PG state string (`running`, `starting`, `stopped`, `crashed`, `creating replica`, ...).
-    pub state: String,
-    /// Agent role: `primary`, `replica`, `demoted`, `uninitialized`, `standby_leader`.
-    pub role: String,
+    pub state: State,
+    pub role: Role,
     pub pg: Option<PgInfo>,
     /// Holding the leader key: `Some(expiry)` = last successful renewal + ttl. `is_leader` is
     /// `now < expiry`.
@@ -136,8 +137,8 @@ impl NodeSnapshot {
         NodeSnapshot {
             name: name.to_string(),
             scope: scope.to_string(),
-            state: "stopped".to_string(),
-            role: "uninitialized".to_string(),
+            state: State::Stopped,
+            role: Role::Uninitialized,
             pg: None,
             leader_until: None,
             cluster: None,

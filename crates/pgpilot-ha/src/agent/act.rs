@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{slot_name_for, DesiredConfig, StandbyConfig, StopMode, Upstream};
-use pgpilot_types::Peers;
+use pgpilot_types::{Peers, Role, State};
 use tracing::{error, info, warn};
 
 use crate::decide::{start_after_renewal, ActionKind, DataState, Decision, Observation, PgView};
@@ -181,10 +181,14 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 } else {
                     Some(self.standby_for(cluster, follow.as_deref()))
                 };
-                self.role = if as_primary { "primary" } else { "replica" }.into();
+                self.role = if as_primary {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                };
                 let desired = self.desired(standby);
                 self.ensure_config(desired).await;
-                self.state = "starting".into();
+                self.state = State::Starting;
                 let pg = self.pg.clone();
                 let timeout = if as_primary {
                     self.dynamic
@@ -267,12 +271,12 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     pub(super) async fn demote(&mut self, mode: StopMode) {
         self.last_renewal = None;
         self.rewind.check = true;
-        self.role = "demoted".into();
-        self.state = "stopping".into();
+        self.role = Role::Demoted;
+        self.state = State::Stopping;
         if let Err(e) = self.pg.stop(mode, self.pg_ctl_timeout()).await {
             error!("could not stop PostgreSQL while demoting: {e}");
         }
-        self.state = "stopped".into();
+        self.state = State::Stopped;
         self.last_pg = None;
         self.publish(Instant::now());
         if mode == StopMode::Fast {
@@ -281,8 +285,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 slot_name: None,
             }));
             self.ensure_config(desired).await;
-            self.role = "replica".into();
-            self.state = "starting".into();
+            self.role = Role::Replica;
+            self.state = State::Starting;
             let pg = self.pg.clone();
             let timeout = self.pg_ctl_timeout();
             self.spawn_task(ActionKind::Start, async move { pg.start(timeout).await });
@@ -296,7 +300,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         leader: &str,
     ) -> Result<String, AgentError> {
         let me = self.cfg.name.clone();
-        self.role = "replica".into();
+        self.role = Role::Replica;
         self.slots = None;
         self.sync_duty.ssn = Ssn::empty();
         if let (Some(l), PgView::Running { timeline, .. }) = (

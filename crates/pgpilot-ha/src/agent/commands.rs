@@ -7,7 +7,7 @@ use std::time::Duration;
 use pgpilot_config::Config;
 use pgpilot_dcs::Dcs;
 use pgpilot_postgres::{PgError, StopMode, Upstream};
-use pgpilot_types::{Command, Peers, RestartRequest};
+use pgpilot_types::{Command, Peers, RestartRequest, Role, State};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -90,7 +90,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         if let Some(task) = &self.task {
             return Err(RestartRefused::InProgress(task.kind));
         }
-        if self.state == "starting" {
+        if self.state == State::Starting {
             return Err(RestartRefused::Starting);
         }
         if !self.restart_matches(r) {
@@ -102,7 +102,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     /// Patroni's `restart_matches`: the role, version and pending-restart filters.
     pub(super) fn restart_matches(&self, r: &RestartRequest) -> bool {
         let mut reason = None;
-        if r.role.as_deref().is_some_and(|role| role != self.role) {
+        if r.role
+            .as_deref()
+            .is_some_and(|role| role != self.role.as_str())
+        {
             reason = Some("host role mismatch");
         }
         let version = self.last_pg.as_ref().map_or(0, |p| p.server_version);
@@ -131,14 +134,14 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     ) {
         let pg = self.pg.clone();
         let stop_timeout = self.pg_ctl_timeout();
-        let start_timeout = r.timeout.unwrap_or(if self.role == "primary" {
+        let start_timeout = r.timeout.unwrap_or(if self.role == Role::Primary {
             self.dynamic
                 .primary_start_timeout
                 .max(self.pg_ctl_timeout())
         } else {
             self.pg_ctl_timeout()
         });
-        self.state = "restarting".into();
+        self.state = State::Restarting;
         self.spawn_task::<_, PgError>(ActionKind::Restart, async move {
             pg.stop(StopMode::Fast, stop_timeout).await?;
             pg.start(start_timeout).await
@@ -233,8 +236,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             "reinitialize: removing the data directory and cloning from '{}'",
             source.name
         );
-        self.state = "creating replica".into();
-        self.role = "replica".into();
+        self.state = State::CreatingReplica;
+        self.role = Role::Replica;
         let standby = self.standby_for(Some(&cluster), Some(leader.name.as_str()));
         let desired = self.desired(Some(standby));
         self.written = Some(desired.clone());

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Dcs, Status};
 use pgpilot_postgres::{StopMode, Upstream};
-use pgpilot_types::Peers;
+use pgpilot_types::{Peers, Role, State};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
@@ -56,7 +56,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 Ok("promoted self to leader by acquiring session lock".into())
             }
             AfterAcquire::Lead => {
-                self.role = "primary".into();
+                self.role = Role::Primary;
                 Ok("acquired session lock as a leader".into())
             }
             AfterAcquire::Lost { demote, msg } => {
@@ -98,7 +98,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 }
             }
         }
-        self.role = "primary".into();
+        self.role = Role::Primary;
         match self.pg.promote(self.pg_ctl_timeout()).await {
             Ok(()) => {
                 let desired = self.desired(None);
@@ -158,7 +158,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 }
                 return Ok("promoted self to leader because I had the session lock".into());
             }
-            self.role = "primary".into();
+            self.role = Role::Primary;
             let status = Status {
                 optime: wal_position,
                 ..Default::default()
@@ -252,15 +252,15 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         if let Err(e) = self.pg.checkpoint().await {
             warn!("CHECKPOINT before switchover failed: {e}");
         }
-        self.state = "stopping".into();
+        self.state = State::Stopping;
         if let Err(e) = self.pg.stop(StopMode::Fast, self.pg_ctl_timeout()).await {
             // PostgreSQL is still running: keep the key (never two primaries).
             error!("could not stop PostgreSQL for the switchover, keeping the leader key: {e}");
-            self.state = "running".into();
+            self.state = State::Running;
             return;
         }
-        self.state = "stopped".into();
-        self.role = "demoted".into();
+        self.state = State::Stopped;
+        self.role = Role::Demoted;
         self.last_pg = None;
         self.rewind.check = true;
         // Peers deciding the race read our /patroni: it must not show a primary any more.

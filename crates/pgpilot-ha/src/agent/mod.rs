@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{DataDirState, DesiredConfig, PgState, Postgres};
-use pgpilot_types::{Command, NodeSnapshot, Peers};
+use pgpilot_types::{Command, NodeSnapshot, Peers, Role, State};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -129,10 +129,10 @@ pub struct Agent<D: Dcs, P: Peers> {
     last_cluster: Option<Arc<Cluster>>,
     last_dcs_ok: Option<Instant>,
     dcs_last_seen: u64,
-    /// State string published in the member key and `/patroni`.
-    state: String,
+    /// State published in the member key and `/patroni`.
+    state: State,
     /// Role published in the member key.
-    role: String,
+    role: Role,
     /// Last monitoring query result.
     last_pg: Option<PgState>,
     sysid: Option<String>,
@@ -182,8 +182,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             last_cluster: None,
             last_dcs_ok: None,
             dcs_last_seen: 0,
-            state: "stopped".into(),
-            role: "uninitialized".into(),
+            state: State::Stopped,
+            role: Role::Uninitialized,
             last_pg: None,
             sysid: None,
             rewind: Rewind::default(),

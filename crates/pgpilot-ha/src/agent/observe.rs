@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs};
-use pgpilot_types::{PeerStatus, Peers};
+use pgpilot_types::{PeerStatus, Peers, State};
 use serde_json::{Map, Value};
 use tracing::warn;
 
@@ -115,7 +115,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                         streaming: st.replication_state.as_deref() == Some("streaming"),
                     };
                     if self.task.is_none() {
-                        self.state = "running".into();
+                        self.state = State::Running;
                     }
                     self.rewind.done = false;
                     self.last_pg = Some(st);
@@ -136,10 +136,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                 let was_primary = matches!(cd.state.as_str(), "in production" | "shut down")
                     && !self.pg.settings().data_dir.join("standby.signal").exists()
                     && !self.rewind.done;
-                if self.task.is_none() && self.state == "running" {
-                    self.state = "crashed".into();
-                } else if self.task.is_none() && self.state != "crashed" {
-                    self.state = "stopped".into();
+                if self.task.is_none() && self.state == State::Running {
+                    self.state = State::Crashed;
+                } else if self.task.is_none() && self.state != State::Crashed {
+                    self.state = State::Stopped;
                 }
                 PgView::Stopped {
                     was_primary,

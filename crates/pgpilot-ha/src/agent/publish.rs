@@ -76,8 +76,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         let mut m = MemberData {
             conn_url: self.cfg.conn_url(),
             api_url: self.cfg.api_url(),
-            state: self.state.clone(),
-            role: self.role.clone(),
+            state: self.state.as_str().into(),
+            role: self.role.as_str().into(),
             version: PATRONI_COMPAT_VERSION.into(),
             ..Default::default()
         };
@@ -127,8 +127,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         let snap = NodeSnapshot {
             name: self.cfg.name.clone(),
             scope: self.cfg.scope.clone(),
-            state: self.state.clone(),
-            role: self.role.clone(),
+            state: self.state,
+            role: self.role,
             pg,
             leader_until: self.last_renewal.map(|t| t + self.dynamic.ttl),
             cluster: self.last_cluster.clone(),

@@ -4,7 +4,7 @@
 
 use pgpilot_dcs::{Cluster, Dcs, Status};
 use pgpilot_postgres::StopMode;
-use pgpilot_types::Peers;
+use pgpilot_types::{Peers, Role, State};
 use tracing::{error, info, warn};
 
 use super::Agent;
@@ -24,10 +24,10 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         if !was_leader {
             self.leave_sync_duty().await;
         }
-        self.state = "stopping".into();
+        self.state = State::Stopping;
         match self.pg.stop(StopMode::Fast, self.pg_ctl_timeout()).await {
             Ok(()) => {
-                self.state = "stopped".into();
+                self.state = State::Stopped;
                 if was_leader {
                     // Without /status the replicas compare their member keys' positions.
                     match self.pg.controldata().await {
@@ -56,7 +56,11 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             }
         }
         self.last_pg = None;
-        self.role = if was_leader { "demoted" } else { "replica" }.into();
+        self.role = if was_leader {
+            Role::Demoted
+        } else {
+            Role::Replica
+        };
         let cluster = self.last_cluster.clone();
         self.touch_member(cluster.as_deref()).await;
     }

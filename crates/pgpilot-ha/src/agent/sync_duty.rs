@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::PgState;
-use pgpilot_types::Peers;
+use pgpilot_types::{Peers, Role};
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -140,7 +140,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         let me = self.cfg.name.clone();
         let listed = |c: &Cluster| c.sync.as_ref().is_some_and(|s| s.matches(&me, false));
         if !self.sync_params().active()
-            || self.role != "replica"
+            || self.role != Role::Replica
             || !self.last_cluster.as_deref().is_some_and(listed)
         {
             return;

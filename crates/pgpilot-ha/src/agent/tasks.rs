@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{PgError, StopMode, Upstream};
-use pgpilot_types::Peers;
+use pgpilot_types::{Peers, Role, State};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
@@ -61,7 +61,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             // The caller may read /patroni right after our answer: show the restarted server.
             if result.is_ok() {
                 if let Ok(st) = self.pg.query_state().await {
-                    self.state = "running".into();
+                    self.state = State::Running;
                     self.last_pg = Some(st);
                     self.publish(Instant::now());
                 }
@@ -95,7 +95,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             }
             (ActionKind::Clone | ActionKind::Reinitialize, Err(e)) => {
                 error!("failed to bootstrap from leader: {e}");
-                self.state = "creating replica".into();
+                self.state = State::CreatingReplica;
                 // A replica that never joined: the next clone stops a survivor again.
                 if let Err(e) = self
                     .pg
@@ -128,7 +128,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             (kind, Err(e)) => {
                 error!("{} failed: {e}", kind.describe());
                 if matches!(kind, ActionKind::Start | ActionKind::Restart) {
-                    self.state = "start failed".into();
+                    self.state = State::StartFailed;
                     let holds =
                         cluster.and_then(Cluster::leader_name) == Some(self.cfg.name.as_str());
                     if holds {
@@ -143,7 +143,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
                         {
                             error!("could not stop PostgreSQL after its failed start: {e}");
                         }
-                        self.role = "demoted".into();
+                        self.role = Role::Demoted;
                         self.last_renewal = None;
                         if let Err(e) = self.dcs.delete_leader().await {
                             error!("could not release the leader key: {e}");
@@ -184,8 +184,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             )));
         }
         self.last_renewal = Some(Instant::now());
-        self.role = "primary".into();
-        self.state = "running".into();
+        self.role = Role::Primary;
+        self.state = State::Running;
         self.save_dynamic_cache();
         self.run_again = true;
         Ok("initialized a new cluster".into())
@@ -210,8 +210,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     }
 
     pub(super) fn start_bootstrap(&mut self) {
-        self.state = "initializing new cluster".into();
-        self.role = "uninitialized".into();
+        self.state = State::InitializingNewCluster;
+        self.role = Role::Uninitialized;
         let pg = self.pg.clone();
         let initdb = self.cfg.bootstrap.initdb.clone();
         let post = self.cfg.bootstrap.post_bootstrap.clone();
@@ -231,8 +231,8 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
     }
 
     pub(super) fn start_clone(&mut self, from: Upstream, cluster: Option<&Cluster>) {
-        self.state = "creating replica".into();
-        self.role = "replica".into();
+        self.state = State::CreatingReplica;
+        self.role = Role::Replica;
         let leader = cluster.and_then(Cluster::leader_name).map(str::to_string);
         let standby = self.standby_for(cluster, leader.as_deref());
         let desired = self.desired(Some(standby));
