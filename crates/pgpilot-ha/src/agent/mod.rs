@@ -355,7 +355,9 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
             data,
             pg,
             action: self.task.as_ref().map(|t| t.kind),
-            paused: cluster.as_ref().is_some_and(Cluster::is_paused),
+            // Patroni's `is_paused()`: the last `/config` seen, so maintenance mode holds while
+            // the DCS is unreachable (a paused primary is never demoted offline).
+            paused: self.dynamic.pause,
             can_failover: self.cfg.tags.can_failover(),
             failover_priority: self.cfg.tags.failover_priority,
             can_bootstrap: true,

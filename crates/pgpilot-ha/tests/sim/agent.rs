@@ -422,7 +422,7 @@ impl World {
         let a = self.members[i].agent.as_ref().expect("agent");
         Observation {
             me,
-            paused: cluster.as_ref().is_some_and(Cluster::is_paused),
+            paused: a.dynamic.pause,
             cluster,
             data,
             pg,
