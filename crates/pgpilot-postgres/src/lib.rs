@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod control;
 mod files;
 mod pg;
 
+pub use control::PgControl;
 pub use pg::{quote_ident, quote_literal, Postgres};
 pub use pgpilot_values::Lsn;
 

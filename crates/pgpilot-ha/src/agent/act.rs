@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Cluster, Dcs};
-use pgpilot_postgres::{slot_name_for, DesiredConfig, StandbyConfig, StopMode, Upstream};
+use pgpilot_postgres::{
+    slot_name_for, DesiredConfig, PgControl, StandbyConfig, StopMode, Upstream,
+};
 use pgpilot_types::{Peers, Role, State};
 use tracing::{error, info, warn};
 
@@ -15,7 +17,7 @@ use crate::sync::Ssn;
 use super::tasks::TaskError;
 use super::{Agent, AgentError};
 
-impl<D: Dcs, P: Peers> Agent<D, P> {
+impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     pub(super) fn pg_ctl_timeout(&self) -> Duration {
         self.cfg.postgresql.pg_ctl_timeout
     }

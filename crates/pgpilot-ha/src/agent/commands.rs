@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgpilot_config::Config;
 use pgpilot_dcs::Dcs;
-use pgpilot_postgres::{PgError, StopMode, Upstream};
+use pgpilot_postgres::{PgControl, PgError, StopMode, Upstream};
 use pgpilot_types::{Command, Peers, RestartRequest, Role, State};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -36,7 +36,7 @@ pub(super) struct ScheduledRestart {
     pub(super) postmaster_start_time: Option<String>,
 }
 
-impl<D: Dcs, P: Peers> Agent<D, P> {
+impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// Carries out a request of the REST API between two cycles. The replies' send errors are
     /// ignored: one means the caller went away (its request timed out), nothing is left to tell.
     pub(super) async fn handle_command(&mut self, command: Command) {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Dcs, Status};
-use pgpilot_postgres::{StopMode, Upstream};
+use pgpilot_postgres::{PgControl, StopMode, Upstream};
 use pgpilot_types::{Peers, Role, State};
 use serde_json::Value;
 use tracing::{error, info, warn};
@@ -31,7 +31,7 @@ pub(super) enum Promotion {
     Postponed(&'static str),
 }
 
-impl<D: Dcs, P: Peers> Agent<D, P> {
+impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     pub(super) async fn acquire_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
         let outcome = self
             .dcs

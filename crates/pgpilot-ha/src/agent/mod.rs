@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs};
-use pgpilot_postgres::{DataDirState, DesiredConfig, PgState, Postgres};
+use pgpilot_postgres::{DataDirState, DesiredConfig, PgControl, PgState, Postgres};
 use pgpilot_types::{Command, NodeSnapshot, Peers, Role, State};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -109,10 +109,10 @@ struct SyncDuty {
 }
 
 /// The agent of one member.
-pub struct Agent<D: Dcs, P: Peers> {
+pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     cfg: Config,
     dcs: Arc<D>,
-    pg: Arc<Postgres>,
+    pg: Arc<Pg>,
     /// Other members' REST APIs (the leader race, the duplicate-name check).
     peers: Arc<P>,
     /// The dynamic configuration in force (from `/config`, else the cache file, else
@@ -159,14 +159,14 @@ pub struct Agent<D: Dcs, P: Peers> {
     not_streaming_since: Option<Instant>,
 }
 
-impl<D: Dcs, P: Peers> Agent<D, P> {
+impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     pub fn new(
         cfg: Config,
         dcs: Arc<D>,
-        pg: Arc<Postgres>,
+        pg: Arc<Pg>,
         peers: Arc<P>,
         snapshot: watch::Sender<Arc<NodeSnapshot>>,
-    ) -> Agent<D, P> {
+    ) -> Agent<D, P, Pg> {
         let dynamic = load_dynamic_cache(&cfg)
             .unwrap_or_else(|| DynamicConfig::from_document(&cfg.bootstrap.dcs).0);
         Agent {
@@ -205,7 +205,7 @@ impl<D: Dcs, P: Peers> Agent<D, P> {
         mut self,
         commands: mpsc::Receiver<Command>,
         config_path: Option<PathBuf>,
-    ) -> Agent<D, P> {
+    ) -> Agent<D, P, Pg> {
         self.commands = Some(commands);
         self.config_path = config_path;
         self

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs};
+use pgpilot_postgres::PgControl;
 use pgpilot_types::{PeerStatus, Peers, State};
 use serde_json::{Map, Value};
 use tracing::warn;
@@ -13,7 +14,7 @@ use crate::decide::{DataState, PgView};
 
 use super::Agent;
 
-impl<D: Dcs, P: Peers> Agent<D, P> {
+impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// A replica that stays unable to stream from a running leader may have WAL the leader
     /// never had (it streamed from a primary that kept running after losing its key): after
     /// a while its data is checked with pg_rewind like a demoted primary's (pg_rewind does

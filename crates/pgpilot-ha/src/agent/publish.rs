@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pgpilot_dcs::{Cluster, Dcs, HistoryLine, MemberData, PATRONI_COMPAT_VERSION};
-use pgpilot_postgres::PgState;
+use pgpilot_postgres::{PgControl, PgState};
 use pgpilot_types::{NodeSnapshot, Peers, PgInfo};
 use serde_json::{Map, Value};
 use tracing::warn;
 
 use super::Agent;
 
-impl<D: Dcs, P: Peers> Agent<D, P> {
+impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// Keeps `/history` in line with our timeline after a promotion.
     pub(super) async fn publish_history(&mut self, cluster: &Cluster, timeline: u32) {
         if timeline <= 1 {

@@ -3,13 +3,13 @@
 //! member key one last time.
 
 use pgpilot_dcs::{Cluster, Dcs, Status};
-use pgpilot_postgres::StopMode;
+use pgpilot_postgres::{PgControl, StopMode};
 use pgpilot_types::{Peers, Role, State};
 use tracing::{error, info, warn};
 
 use super::Agent;
 
-impl<D: Dcs, P: Peers> Agent<D, P> {
+impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// The written shutdown order (module docs).
     pub(super) async fn shutdown(&mut self) {
         if let Some(task) = self.task.take() {

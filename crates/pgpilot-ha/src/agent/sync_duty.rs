@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Cluster, Dcs};
-use pgpilot_postgres::PgState;
+use pgpilot_postgres::{PgControl, PgState};
 use pgpilot_types::{Peers, Role};
 use serde_json::Value;
 use tracing::{info, warn};
@@ -15,7 +15,7 @@ use crate::sync::{self, Ssn, Standby, SyncKey, SyncParams, SyncStep, SyncView};
 
 use super::Agent;
 
-impl<D: Dcs, P: Peers> Agent<D, P> {
+impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// The synchronous replication settings in force.
     pub(super) fn sync_params(&self) -> SyncParams {
         SyncParams {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::{Cluster, Dcs};
-use pgpilot_postgres::{PgError, StopMode, Upstream};
+use pgpilot_postgres::{PgControl, PgError, StopMode, Upstream};
 use pgpilot_types::{Peers, Role, State};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -38,7 +38,7 @@ pub(super) struct Task {
     pub(super) reply: Option<oneshot::Sender<(u16, String)>>,
 }
 
-impl<D: Dcs, P: Peers> Agent<D, P> {
+impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// Handles the end of a background task. Returns a message when the cycle should end here.
     pub(super) async fn reap_task(
         &mut self,

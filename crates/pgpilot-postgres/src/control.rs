@@ -1,0 +1,116 @@
+//! [`PgControl`]: what the HA agent asks of its PostgreSQL, as a trait, so that the agent can be
+//! driven over a simulated PostgreSQL as it is over the DCS ([`Postgres`] is the real one).
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::{
+    ControlData, DataDirState, DesiredConfig, Lsn, PgSettings, PgState, Postgres, Result, StopMode,
+    Upstream,
+};
+
+/// The operations the agent performs on its PostgreSQL. Each has the meaning (and the
+/// timeouts) of the [`Postgres`] method of the same name.
+pub trait PgControl: Send + Sync + 'static {
+    fn settings(&self) -> &PgSettings;
+    fn data_dir_state(&self) -> DataDirState;
+    fn postmaster_pid(&self) -> Option<i32>;
+    fn controldata(&self) -> impl Future<Output = Result<ControlData>> + Send;
+    fn initdb(&self, options: &[String]) -> impl Future<Output = Result<()>> + Send;
+    fn write_config(&self, desired: &DesiredConfig) -> impl Future<Output = Result<bool>> + Send;
+    fn start(&self, timeout: Duration) -> impl Future<Output = Result<()>> + Send;
+    fn stop(&self, mode: StopMode, timeout: Duration) -> impl Future<Output = Result<()>> + Send;
+    fn promote(&self, timeout: Duration) -> impl Future<Output = Result<()>> + Send;
+    fn reload(&self) -> impl Future<Output = Result<()>> + Send;
+    fn remote_wal_position(&self, at: &Upstream) -> impl Future<Output = Result<u64>> + Send;
+    fn prepare_rewind_source(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send;
+    fn query_state(&self) -> impl Future<Output = Result<PgState>> + Send;
+    fn create_roles(&self) -> impl Future<Output = Result<()>> + Send;
+    fn run_post_bootstrap(&self, command: &str) -> impl Future<Output = Result<()>> + Send;
+    fn basebackup(
+        &self,
+        from: &Upstream,
+        extra_args: &[String],
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn rewind(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send;
+    fn sync_slots(&self, wanted: &[String]) -> impl Future<Output = Result<()>> + Send;
+    fn checkpoint(&self) -> impl Future<Output = Result<()>> + Send;
+    fn timeline_history(
+        &self,
+        timeline: u32,
+    ) -> impl Future<Output = Result<Vec<(u32, Lsn, String)>>> + Send;
+    fn remove_data_dir(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl PgControl for Postgres {
+    fn settings(&self) -> &PgSettings {
+        Postgres::settings(self)
+    }
+    fn data_dir_state(&self) -> DataDirState {
+        Postgres::data_dir_state(self)
+    }
+    fn postmaster_pid(&self) -> Option<i32> {
+        Postgres::postmaster_pid(self)
+    }
+    fn controldata(&self) -> impl Future<Output = Result<ControlData>> + Send {
+        Postgres::controldata(self)
+    }
+    fn initdb(&self, options: &[String]) -> impl Future<Output = Result<()>> + Send {
+        Postgres::initdb(self, options)
+    }
+    fn write_config(&self, desired: &DesiredConfig) -> impl Future<Output = Result<bool>> + Send {
+        Postgres::write_config(self, desired)
+    }
+    fn start(&self, timeout: Duration) -> impl Future<Output = Result<()>> + Send {
+        Postgres::start(self, timeout)
+    }
+    fn stop(&self, mode: StopMode, timeout: Duration) -> impl Future<Output = Result<()>> + Send {
+        Postgres::stop(self, mode, timeout)
+    }
+    fn promote(&self, timeout: Duration) -> impl Future<Output = Result<()>> + Send {
+        Postgres::promote(self, timeout)
+    }
+    fn reload(&self) -> impl Future<Output = Result<()>> + Send {
+        Postgres::reload(self)
+    }
+    fn remote_wal_position(&self, at: &Upstream) -> impl Future<Output = Result<u64>> + Send {
+        Postgres::remote_wal_position(self, at)
+    }
+    fn prepare_rewind_source(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send {
+        Postgres::prepare_rewind_source(self, from)
+    }
+    fn query_state(&self) -> impl Future<Output = Result<PgState>> + Send {
+        Postgres::query_state(self)
+    }
+    fn create_roles(&self) -> impl Future<Output = Result<()>> + Send {
+        Postgres::create_roles(self)
+    }
+    fn run_post_bootstrap(&self, command: &str) -> impl Future<Output = Result<()>> + Send {
+        Postgres::run_post_bootstrap(self, command)
+    }
+    fn basebackup(
+        &self,
+        from: &Upstream,
+        extra_args: &[String],
+    ) -> impl Future<Output = Result<()>> + Send {
+        Postgres::basebackup(self, from, extra_args)
+    }
+    fn rewind(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send {
+        Postgres::rewind(self, from)
+    }
+    fn sync_slots(&self, wanted: &[String]) -> impl Future<Output = Result<()>> + Send {
+        Postgres::sync_slots(self, wanted)
+    }
+    fn checkpoint(&self) -> impl Future<Output = Result<()>> + Send {
+        Postgres::checkpoint(self)
+    }
+    fn timeline_history(
+        &self,
+        timeline: u32,
+    ) -> impl Future<Output = Result<Vec<(u32, Lsn, String)>>> + Send {
+        Postgres::timeline_history(self, timeline)
+    }
+    fn remove_data_dir(&self) -> impl Future<Output = Result<()>> + Send {
+        Postgres::remove_data_dir(self)
+    }
+}
