@@ -516,6 +516,14 @@ fn safety_over_every_combination() {
                     let ctx = format!(
                         "{view} {pg:?} paused={paused} self_demoted={self_demoted} action={action:?}: {d:?}"
                     );
+                    let unpaused_primary = !paused
+                        && matches!(
+                            pg,
+                            PgView::Running {
+                                in_recovery: false,
+                                ..
+                            }
+                        );
                     match &d {
                         Decision::RenewLeader | Decision::UpdateLockDuring { .. } => {
                             assert!(view.starts_with("mine"), "{ctx}")
@@ -526,29 +534,10 @@ fn safety_over_every_combination() {
                         Decision::AcquireLeader => assert!(view.starts_with("unlocked"), "{ctx}"),
                         _ => {}
                     }
-                    if *view == "down"
-                        && !paused
-                        && matches!(
-                            pg,
-                            PgView::Running {
-                                in_recovery: false,
-                                ..
-                            }
-                        )
-                    {
+                    if *view == "down" && unpaused_primary {
                         assert_eq!(d, Decision::DemoteOffline, "{ctx}");
                     }
-                    if *view == "other"
-                        && !paused
-                        && action.is_none()
-                        && matches!(
-                            pg,
-                            PgView::Running {
-                                in_recovery: false,
-                                ..
-                            }
-                        )
-                    {
+                    if view.starts_with("other") && unpaused_primary && action.is_none() {
                         assert!(
                             matches!(d, Decision::DemoteImmediate { .. }),
                             "a primary without the lock must demote: {ctx}"
@@ -556,17 +545,7 @@ fn safety_over_every_combination() {
                     }
                     // A primary in an unlocked cluster takes the lock or stops being one; it
                     // never goes on as a primary that merely "follows".
-                    if view.starts_with("unlocked")
-                        && !paused
-                        && action.is_none()
-                        && matches!(
-                            pg,
-                            PgView::Running {
-                                in_recovery: false,
-                                ..
-                            }
-                        )
-                    {
+                    if view.starts_with("unlocked") && unpaused_primary && action.is_none() {
                         assert!(
                             matches!(
                                 d,
@@ -576,14 +555,14 @@ fn safety_over_every_combination() {
                             "{ctx}"
                         );
                     }
-                    // Demotion is never decided in maintenance mode, except for a background
-                    // action that lost the lock (Patroni stops such a primary too).
+                    // Demotion is never decided in maintenance mode.
                     if paused {
                         assert!(
                             !matches!(
                                 d,
                                 Decision::NotHealthiest { demote: true, .. }
                                     | Decision::DemoteOffline
+                                    | Decision::DemoteImmediate { .. }
                             ),
                             "{ctx}"
                         );
