@@ -1,7 +1,9 @@
 //! The act phase: executes the [`Decision`](crate::decide::Decision) of the cycle — configuration
 //! files, follow/rewind, demotion, and replication slots on the primary.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{

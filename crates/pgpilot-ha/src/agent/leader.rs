@@ -2,7 +2,9 @@
 //! synchronous-replication duty and `/config`/`/status` writes), and handing it over in a
 //! switchover or manual failover.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use pgpilot_dcs::{Dcs, Status};
 use pgpilot_postgres::{PgControl, StopMode, Upstream};

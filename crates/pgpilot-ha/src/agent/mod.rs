@@ -16,6 +16,9 @@
 //! for the TTL; touch our member key one last time. The REST API is stopped by the caller after
 //! `run` returns.
 //!
+//! The agent's clock is tokio's (`tokio::time::Instant`, `sleep`), the same as the system clock
+//! in production, so that a runtime with a paused clock drives every wait of the cycle.
+//!
 //! One file per phase of the cycle:
 //!
 //! | file | what it does |
@@ -32,7 +35,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs};

@@ -1,7 +1,9 @@
 //! The observe phase: the dynamic configuration from `/config` (and its cache file), the local
 //! PostgreSQL, the stuck-replica watch, and the peers' REST status during a leader race.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs};

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs, HistoryLine, MemberData, PATRONI_COMPAT_VERSION};
 use pgpilot_postgres::{PgControl, PgState};
@@ -130,9 +132,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             state: self.state,
             role: self.role,
             pg,
-            leader_until: self.last_renewal.map(|t| t + self.dynamic.ttl),
+            leader_until: self.last_renewal.map(|t| (t + self.dynamic.ttl).into_std()),
             cluster: self.last_cluster.clone(),
-            cluster_valid_until: self.last_dcs_ok.map(|t| t + self.dynamic.ttl),
+            cluster_valid_until: self.last_dcs_ok.map(|t| (t + self.dynamic.ttl).into_std()),
             dcs_last_seen: self.dcs_last_seen,
             paused: self.dynamic.pause,
             tags: self.effective_tags(),
@@ -145,7 +147,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 .map(|s| pending_reason(&s.pending_restart)),
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
             ttl: self.dynamic.ttl,
-            next_run: cycle_started.max(now) + self.dynamic.loop_wait,
+            next_run: (cycle_started.max(now) + self.dynamic.loop_wait).into_std(),
             loop_wait: self.dynamic.loop_wait,
             scheduled_restart: self.scheduled_restart_json(),
         };

@@ -2,7 +2,9 @@
 //! moved one safe step per cycle (see [`crate::sync`]), and a replica leaving that duty before
 //! it stops.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{PgControl, PgState};

@@ -2,7 +2,9 @@
 //! the start of the next cycles. While one runs, the cycle only renews the leader key.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{PgControl, PgError, StopMode, Upstream};
