@@ -37,13 +37,13 @@ pub struct EtcdSetup {
     pub members: usize,
     /// Client URLs over https with this server certificate and CA (`--cert-file`,
     /// `--key-file`, `--trusted-ca-file`); the peers stay on http. The harness's own JSON
-    /// requests (`get`, `put`, `list`, ...) do not work then; health is checked on a plain
-    /// `--listen-metrics-urls` port.
+    /// requests (`get`, `put`, `list`, ...) use the client certificate; health is checked on a
+    /// plain `--listen-metrics-urls` port.
     pub tls: Option<TlsFiles>,
     /// With `tls`: `--client-cert-auth` (clients need a certificate signed by the CA).
     pub client_cert_auth: bool,
-    /// `auth enable` with a `root` user of this password (plain http only: set up through the
-    /// JSON gateway). The harness's JSON requests then fail (no token).
+    /// `auth enable` with a `root` user of this password (set up through the JSON gateway).
+    /// The harness's JSON requests then fail (they carry no token).
     pub root_password: Option<String>,
     /// `--auth-token-ttl` in seconds (etcd's default: 300).
     pub auth_token_ttl: Option<u64>,
@@ -99,10 +99,6 @@ impl Etcd {
     pub fn start_with(setup: EtcdSetup) -> Etcd {
         init();
         let n = setup.members.max(1);
-        assert!(
-            setup.root_password.is_none() || setup.tls.is_none(),
-            "the harness enables etcd auth through the plain-http JSON gateway: not with TLS"
-        );
         let mut last_error = String::new();
         // A port picked as free may be taken before etcd binds it: retry with new ports.
         for attempt in 1..=3 {
@@ -244,6 +240,11 @@ impl Etcd {
         } else {
             "http"
         }
+    }
+
+    /// The certificates when the client URLs are https.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.setup.tls.as_ref()
     }
 
     /// `<scheme>://127.0.0.1:<client port>` of every member, in member order.
@@ -406,9 +407,13 @@ impl Etcd {
             .iter()
             .find(|m| m.running() && !m.paused.load(Ordering::SeqCst))
             .map_or(self.client_port, |m| m.client_port);
-        let (code, text) =
-            super::http_request(port, "POST", path, Some(&body.to_string()), REQUEST_TIMEOUT)
-                .with_context(|| format!("etcd {path}"))?;
+        let (code, text) = match &self.setup.tls {
+            Some(tls) => https_post(tls, port, path, &body.to_string()),
+            None => {
+                super::http_request(port, "POST", path, Some(&body.to_string()), REQUEST_TIMEOUT)
+            }
+        }
+        .with_context(|| format!("etcd {path}"))?;
         anyhow::ensure!(code == 200, "etcd {path}: HTTP {code}: {text}");
         serde_json::from_str(&text).with_context(|| format!("etcd {path}: invalid JSON {text:?}"))
     }
@@ -488,6 +493,38 @@ impl Etcd {
             Err(e) => format!("(can not read etcd: {e:#})"),
         }
     }
+}
+
+/// A JSON request to etcd's gateway over https with the client certificate. The harness's
+/// callers are synchronous (some run inside a test's runtime): reqwest runs on a thread of its
+/// own.
+fn https_post(tls: &TlsFiles, port: u16, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let (tls, url, body) = (
+        tls.clone(),
+        format!("https://127.0.0.1:{port}{path}"),
+        body.to_string(),
+    );
+    std::thread::spawn(move || -> anyhow::Result<(u16, String)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let ca = std::fs::read(&tls.ca)?;
+            let mut id = std::fs::read(&tls.client_cert)?;
+            id.extend(std::fs::read(&tls.client_key)?);
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(REQUEST_TIMEOUT)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+                .identity(reqwest::Identity::from_pem(&id)?)
+                .build()?;
+            let resp = client.post(url).body(body).send().await?;
+            let code = resp.status().as_u16();
+            Ok((code, resp.text().await?))
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the https request thread panicked"))?
 }
 
 /// `GET /health` answers `"health":"true"` and a range read works.

@@ -57,7 +57,9 @@ pub fn make_certs(dir: &Path) -> TlsFiles {
         (
             "server",
             "127.0.0.1",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            // clientAuth too: etcd's JSON gateway connects to its own TLS port with the server
+            // certificate, which `--client-cert-auth` then checks as a client certificate.
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
         ),
         (
             "client",
