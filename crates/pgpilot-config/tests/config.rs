@@ -499,3 +499,23 @@ fn etcd_tls_from_the_environment() {
     assert_eq!(c.etcd.username.as_deref(), Some("patroni"));
     assert_eq!(c.etcd.password.as_deref(), Some("pw"));
 }
+
+/// `--validate-config` reads the TLS files of https etcd endpoints as a start does.
+#[test]
+fn validate_reads_the_etcd_tls_files() {
+    let doc = yaml::parse(
+        &SAMPLE.replace(
+            "etcd3:\n  host: 127.0.0.1:2379\n",
+            "etcd3:\n  url: https://127.0.0.1:2379\n  cacert: /nonexistent/ca.pem\n",
+        ),
+        "test",
+    )
+    .unwrap();
+    let problems = validate(&doc);
+    assert!(
+        problems.iter().any(|p| p.path == "etcd3"
+            && p.message
+                .contains("etcd3.cacert: /nonexistent/ca.pem: missing")),
+        "{problems:?}"
+    );
+}

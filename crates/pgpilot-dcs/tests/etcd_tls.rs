@@ -326,3 +326,32 @@ async fn username_without_auth_enable_works() {
         Some("pg1")
     );
 }
+
+/// TLS with client certificates and `auth enable` together: the password decides, a wrong one
+/// is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_auth_together() {
+    let (dir, files) = temp_certs();
+    let etcd = Etcd::start_with(EtcdSetup {
+        tls: Some(files.clone()),
+        client_cert_auth: true,
+        root_password: Some("s3cret".into()),
+        ..Default::default()
+    });
+    let dcs = connect(with_user(
+        options(etcd.urls(), "pg1", client_tls(&files)),
+        "root",
+        "s3cret",
+    ))
+    .await;
+    dcs.touch_member(&member("pg1")).await.unwrap();
+    assert!(dcs.attempt_to_acquire_leader().await.unwrap());
+    let e = refused(with_user(
+        options(etcd.urls(), "pg2", client_tls(&files)),
+        "root",
+        "wrong",
+    ))
+    .await;
+    assert!(e.contains("authentication failed"), "{e}");
+    drop(dir);
+}

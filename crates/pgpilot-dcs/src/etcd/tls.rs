@@ -105,6 +105,11 @@ impl EtcdTls {
         Ok(())
     }
 
+    /// Reads and checks the files, as a start does (`--validate-config`).
+    pub fn check(&self) -> Result<(), DcsError> {
+        self.options().map(|_| ())
+    }
+
     /// Reads and checks the files and builds the client's TLS settings.
     pub(crate) fn options(&self) -> Result<TlsOptions, DcsError> {
         let mut tls = TlsOptions::new();
