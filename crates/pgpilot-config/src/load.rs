@@ -425,6 +425,17 @@ fn etcd_hosts(r: &mut Reader<'_>, section: &str) -> Vec<String> {
     Vec::new()
 }
 
+/// An endpoint as it may be shown: `scheme://user:password@host` loses `user:password@`.
+fn without_userinfo(endpoint: &str) -> String {
+    match endpoint.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => endpoint.to_string(),
+        },
+        None => endpoint.to_string(),
+    }
+}
+
 /// The `etcd3` (or `etcd`) section: endpoints, their one scheme, credentials and TLS files.
 ///
 /// The scheme of an endpoint is its URL's (`url: https://...`, `hosts: [https://h:2379]`), else
@@ -470,7 +481,10 @@ fn etcd_section(r: &mut Reader<'_>, section: &str, warnings: &mut Vec<String>) -
             if s != "http" && s != "https" {
                 r.problem(
                     &format!("{section}.hosts"),
-                    format!("{h} didn't pass validation: the scheme must be http or https"),
+                    format!(
+                        "{} didn't pass validation: the scheme must be http or https",
+                        without_userinfo(h)
+                    ),
                 );
             }
         }
@@ -487,7 +501,11 @@ fn etcd_section(r: &mut Reader<'_>, section: &str, warnings: &mut Vec<String>) -
             &format!("{section}.hosts"),
             format!(
                 "{} didn't pass validation: the endpoints mix {}; use one scheme for all of them",
-                written.join(","),
+                written
+                    .iter()
+                    .map(|h| without_userinfo(h))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 schemes.join(" and ")
             ),
         );

@@ -433,9 +433,10 @@ fn etcd_scheme_conflicts_are_refused() {
         "{e}"
     );
     let e = problems(&with_etcd(
-        "etcd3:\n  hosts: https://h1:2379,h2:2379\n  protocol: http\n",
+        "etcd3:\n  hosts: https://u:pw@h1:2379,h2:2379\n  protocol: http\n",
     ));
     assert!(e.contains("etcd3.hosts") && e.contains("mix"), "{e}");
+    assert!(!e.contains("pw"), "the password is not shown: {e}");
     let e = problems(&with_etcd(
         "etcd3:\n  url: http://h1:2379\n  protocol: https\n",
     ));
