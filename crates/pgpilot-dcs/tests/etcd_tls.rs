@@ -68,14 +68,25 @@ fn tls_etcd(members: usize) -> (Etcd, TlsFiles, tempfile::TempDir) {
     (etcd, files, dir)
 }
 
-/// Over TLS with a client certificate: one winner of the bootstrap and leader races, the
-/// loser's watch wakes when the leader lets go, and the winner keeps renewing.
+/// Over TLS with a client certificate (one client with cert and key in one file): one winner
+/// of the bootstrap and leader races, the loser's watch wakes when the leader lets go, and the
+/// winner keeps renewing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_leader_race_and_watch() {
     let (etcd, files, _dir) = tls_etcd(1);
     assert_eq!(etcd.urls()[0], format!("https://{}", etcd.endpoint()));
     let a = connect(options(etcd.urls(), "pg1", client_tls(&files))).await;
-    let b = connect(options(etcd.urls(), "pg2", client_tls(&files))).await;
+    // `key` defaults to the `cert` file: one PEM holding both works.
+    let combined = files.client_cert.with_file_name("client-and-key.pem");
+    let mut pem = std::fs::read(&files.client_cert).unwrap();
+    pem.extend(std::fs::read(&files.client_key).unwrap());
+    std::fs::write(&combined, pem).unwrap();
+    let one_file = EtcdTls {
+        cert: Some(combined),
+        key: None,
+        ..client_tls(&files)
+    };
+    let b = connect(options(etcd.urls(), "pg2", one_file)).await;
     assert!(a
         .known_endpoints()
         .iter()

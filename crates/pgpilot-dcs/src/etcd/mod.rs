@@ -140,6 +140,13 @@ impl Drop for EtcdDcs {
     }
 }
 
+/// Whether etcd's answer (as [`endpoints::describe`] renders it) refuses our credentials.
+fn refused_credentials(answer: &str) -> bool {
+    answer.contains("authentication failed")
+        || answer.starts_with("PermissionDenied")
+        || answer.starts_with("Unauthenticated")
+}
+
 /// HTTP/2 keepalive ping interval: above etcd's default `grpc-keepalive-min-time` (5 s).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
 
@@ -206,9 +213,9 @@ impl EtcdDcs {
                 .await
             {
                 Ok(_) => break,
-                // An answer that is a refusal (e.g. "authentication failed, invalid user ID or
-                // password") does not change by waiting.
-                Err(DcsError::Request(e)) => {
+                // Refused credentials ("authentication failed, invalid user ID or password")
+                // do not change by waiting. Other answers are waited on as before.
+                Err(DcsError::Request(e)) if refused_credentials(&e) => {
                     let hint = if opts.username.is_some() {
                         " (check the etcd username and password)"
                     } else {
