@@ -24,7 +24,7 @@ mod validate;
 pub mod yaml;
 
 pub use dynamic::DynamicConfig;
-pub use load::{etcd_endpoint, load, load_document, load_from_value};
+pub use load::{etcd_endpoint, etcd_from_document, load, load_document, load_from_value};
 pub use pgpilot_values::SyncMode;
 pub use validate::validate;
 
@@ -127,15 +127,43 @@ pub struct CtlConfig {
 /// `etcd3:` section (also accepted: `etcd:` — treated as v3 with a warning).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EtcdConfig {
+    /// `etcd3` or `etcd`: the section it was read from (to name keys in messages).
+    pub section: String,
     /// `host:port` endpoints (from `host`, `hosts` list or comma string, or `url`); default port 2379.
     pub hosts: Vec<String>,
-    /// `http` (https not supported yet: refused by validation).
+    /// `http` or `https`, for every endpoint: a URL's scheme, else `protocol`, else http
+    /// (a mix is refused by validation).
     pub protocol: String,
     pub username: Option<String>,
     pub password: Option<String>,
     /// `use_proxies` (or `proxy` given): the endpoints are proxies, do not discover the etcd
     /// members behind them.
     pub use_proxies: bool,
+    /// `cacert`: CA etcd's certificate is verified with (the system's CAs when absent).
+    pub cacert: Option<PathBuf>,
+    /// `cert` and `key`: client certificate (`key` defaults to the `cert` file).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl EtcdConfig {
+    /// The endpoints as URLs with their scheme, as the etcd client takes them.
+    pub fn urls(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .map(|h| format!("{}://{h}", self.protocol))
+            .collect()
+    }
+
+    /// The TLS files for the etcd client.
+    pub fn tls(&self) -> pgpilot_dcs::etcd::EtcdTls {
+        pgpilot_dcs::etcd::EtcdTls {
+            section: self.section.clone(),
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

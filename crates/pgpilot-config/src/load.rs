@@ -52,8 +52,28 @@ const MODELLED: &[&str] = &[
     "ctl.keyfile",
     "ctl.cacert",
     "ctl.insecure",
-    "etcd3",
-    "etcd",
+    "etcd3.host",
+    "etcd3.hosts",
+    "etcd3.url",
+    "etcd3.proxy",
+    "etcd3.use_proxies",
+    "etcd3.protocol",
+    "etcd3.username",
+    "etcd3.password",
+    "etcd3.cacert",
+    "etcd3.cert",
+    "etcd3.key",
+    "etcd.host",
+    "etcd.hosts",
+    "etcd.url",
+    "etcd.proxy",
+    "etcd.use_proxies",
+    "etcd.protocol",
+    "etcd.username",
+    "etcd.password",
+    "etcd.cacert",
+    "etcd.cert",
+    "etcd.key",
     "bootstrap.dcs",
     "bootstrap.initdb",
     "bootstrap.pg_hba",
@@ -376,25 +396,187 @@ pub fn etcd_endpoint(h: &str) -> String {
     }
 }
 
+/// The endpoints of an etcd section as written: `hosts` (list or comma string), else `host`,
+/// `url` or `proxy` (comma strings), each maybe with a scheme.
 fn etcd_hosts(r: &mut Reader<'_>, section: &str) -> Vec<String> {
-    let with_port = etcd_endpoint;
+    let split = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
     if let Some(v) = r.get(&format!("{section}.hosts")) {
         return match v {
-            Value::Array(a) => a.iter().filter_map(Value::as_str).map(with_port).collect(),
-            Value::String(s) => s
-                .split(',')
-                .filter(|x| !x.trim().is_empty())
-                .map(with_port)
+            Value::Array(a) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|h| h.trim().to_string())
                 .collect(),
+            Value::String(s) => split(s),
             _ => Vec::new(),
         };
     }
     for key in ["host", "url", "proxy"] {
         if let Some(s) = r.string(&format!("{section}.{key}"), false) {
-            return s.split(',').map(with_port).collect();
+            return split(&s);
         }
     }
     Vec::new()
+}
+
+/// An endpoint as it may be shown: `scheme://user:password@host` loses `user:password@`.
+fn without_userinfo(endpoint: &str) -> String {
+    match endpoint.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => endpoint.to_string(),
+        },
+        None => endpoint.to_string(),
+    }
+}
+
+/// The `etcd3` (or `etcd`) section: endpoints, their one scheme, credentials and TLS files.
+///
+/// The scheme of an endpoint is its URL's (`url: https://...`, `hosts: [https://h:2379]`), else
+/// `protocol`, else http. An https endpoint is never turned into a plaintext one: endpoints of
+/// different schemes, or a URL scheme that contradicts `protocol`, are refused. As in Patroni,
+/// user and password may come from a URL (`https://user:pass@host`).
+fn etcd_section(r: &mut Reader<'_>, section: &str, warnings: &mut Vec<String>) -> EtcdConfig {
+    let written = etcd_hosts(r, section);
+    if written.is_empty() && r.get(section).is_some() {
+        r.problem(&format!("{section}.hosts"), "is not defined.");
+    }
+    let protocol_key = format!("{section}.protocol");
+    let configured = r.string(&protocol_key, false);
+    if let Some(p) = &configured {
+        if p != "http" && p != "https" {
+            r.problem(
+                &protocol_key,
+                format!("{p} didn't pass validation: expected http or https"),
+            );
+        }
+    }
+    let mut schemes: Vec<String> = Vec::new();
+    let mut hosts = Vec::new();
+    let mut url_user: Option<(String, Option<String>)> = None;
+    for h in &written {
+        let (scheme, rest) = match h.split_once("://") {
+            Some((s, rest)) => (Some(s.to_ascii_lowercase()), rest),
+            None => (None, h.as_str()),
+        };
+        let rest = rest.split('/').next().unwrap_or_default();
+        let rest = match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let (u, p) = match userinfo.split_once(':') {
+                    Some((u, p)) => (u.to_string(), Some(p.to_string())),
+                    None => (userinfo.to_string(), None),
+                };
+                url_user.get_or_insert((u, p));
+                host
+            }
+            None => rest,
+        };
+        if let Some(s) = &scheme {
+            if s != "http" && s != "https" {
+                r.problem(
+                    &format!("{section}.hosts"),
+                    format!(
+                        "{} didn't pass validation: the scheme must be http or https",
+                        without_userinfo(h)
+                    ),
+                );
+            }
+        }
+        let scheme = scheme
+            .or_else(|| configured.clone())
+            .unwrap_or_else(|| "http".into());
+        if !schemes.contains(&scheme) {
+            schemes.push(scheme);
+        }
+        hosts.push(etcd_endpoint(rest));
+    }
+    if schemes.len() > 1 {
+        r.problem(
+            &format!("{section}.hosts"),
+            format!(
+                "{} didn't pass validation: the endpoints mix {}; use one scheme for all of them",
+                written
+                    .iter()
+                    .map(|h| without_userinfo(h))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                schemes.join(" and ")
+            ),
+        );
+    }
+    let protocol = schemes
+        .first()
+        .cloned()
+        .or_else(|| configured.clone())
+        .unwrap_or_else(|| "http".into());
+    if let Some(p) = &configured {
+        if *p != protocol && schemes.len() == 1 {
+            r.problem(
+                &protocol_key,
+                format!("{p} didn't pass validation: the endpoints say {protocol}"),
+            );
+        }
+    }
+    let path = |r: &mut Reader<'_>, key: &str| {
+        r.string(&format!("{section}.{key}"), false)
+            .map(PathBuf::from)
+    };
+    let (cacert, cert, key) = (path(r, "cacert"), path(r, "cert"), path(r, "key"));
+    if protocol != "https" {
+        let unused: Vec<String> = [("cacert", &cacert), ("cert", &cert), ("key", &key)]
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| format!("{section}.{k}"))
+            .collect();
+        if !unused.is_empty() {
+            warnings.push(format!(
+                "{} not used: the etcd endpoints are http (set {section}.protocol: https or https:// URLs for TLS)",
+                unused.join(", ")
+            ));
+        }
+    }
+    let (url_username, url_password) = url_user.unzip();
+    EtcdConfig {
+        section: section.to_string(),
+        hosts,
+        protocol,
+        username: r
+            .string(&format!("{section}.username"), false)
+            .or(url_username),
+        password: r
+            .string(&format!("{section}.password"), false)
+            .or(url_password.flatten()),
+        use_proxies: r.get(&format!("{section}.proxy")).is_some()
+            || r.boolean(&format!("{section}.use_proxies"))
+                .unwrap_or(false),
+        cacert,
+        cert,
+        key,
+    }
+}
+
+/// The etcd section of a merged document (`etcd3`, else `etcd`), without validating anything
+/// else: what pgpilotctl reads. `Ok(None)` when there is no etcd section.
+pub fn etcd_from_document(doc: &Value) -> Result<Option<(EtcdConfig, Vec<String>)>, ConfigError> {
+    let mut r = Reader {
+        doc,
+        problems: Vec::new(),
+    };
+    let Some(section) = ["etcd3", "etcd"].into_iter().find(|s| r.get(s).is_some()) else {
+        return Ok(None);
+    };
+    let mut warnings = Vec::new();
+    let etcd = etcd_section(&mut r, section, &mut warnings);
+    if !r.problems.is_empty() {
+        return Err(ConfigError::Invalid(r.problems));
+    }
+    Ok(Some((etcd, warnings)))
 }
 
 fn tags(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Tags {
@@ -542,28 +724,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         r.problem("etcd3", "is not defined.");
         "etcd3"
     };
-    let hosts = etcd_hosts(&mut r, section);
-    if hosts.is_empty() && r.get(section).is_some() {
-        r.problem(&format!("{section}.hosts"), "is not defined.");
-    }
-    let protocol = r
-        .string(&format!("{section}.protocol"), false)
-        .unwrap_or_else(|| "http".into());
-    if protocol != "http" {
-        r.problem(
-            &format!("{section}.protocol"),
-            format!("{protocol} didn't pass validation: only http is supported by pgpilot yet"),
-        );
-    }
-    let etcd = EtcdConfig {
-        hosts,
-        protocol,
-        username: r.string(&format!("{section}.username"), false),
-        password: r.string(&format!("{section}.password"), false),
-        use_proxies: r.get(&format!("{section}.proxy")).is_some()
-            || r.boolean(&format!("{section}.use_proxies"))
-                .unwrap_or(false),
-    };
+    let etcd = etcd_section(&mut r, section, &mut warnings);
 
     let dcs = match r.get("bootstrap.dcs") {
         Some(Value::Object(m)) => m.clone(),

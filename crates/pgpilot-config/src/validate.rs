@@ -13,6 +13,16 @@ const LOG_LEVELS: &[&str] = &[
 /// The full schema check behind `--validate-config`: every problem, each with its key path.
 pub fn validate(doc: &Value) -> Vec<Problem> {
     let mut problems = match load_from_value(doc.clone()) {
+        // The TLS files of https etcd endpoints are read as a start would read them.
+        Ok(loaded) if loaded.config.etcd.protocol == "https" => {
+            match loaded.config.etcd.tls().check() {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![Problem {
+                    path: loaded.config.etcd.section.clone(),
+                    message: e.to_string(),
+                }],
+            }
+        }
         Ok(_) => Vec::new(),
         Err(ConfigError::Invalid(p)) => p,
         Err(e) => vec![Problem {

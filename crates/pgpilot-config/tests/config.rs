@@ -363,3 +363,160 @@ fn dynamic_timing_rule() {
     assert_eq!(d.primary_start_timeout.as_secs(), 12);
     let _ = Map::<String, Value>::new();
 }
+
+/// `SAMPLE` with its etcd3 section replaced.
+fn with_etcd(section: &str) -> Vec<(String, String)> {
+    let doc = SAMPLE.replace("etcd3:\n  host: 127.0.0.1:2379\n", section);
+    env(&[("PATRONI_CONFIGURATION", &doc)])
+}
+
+fn problems(e: &[(String, String)]) -> String {
+    match load(None, e) {
+        Ok(_) => panic!("accepted"),
+        Err(err) => err.to_string(),
+    }
+}
+
+/// https endpoints: from `url`'s scheme, from `protocol`, or from each `hosts` URL; the TLS
+/// files are read; a URL's user and password are taken as Patroni does.
+#[test]
+fn etcd_https_endpoints_and_tls_files() {
+    let c = load(
+        None,
+        &with_etcd("etcd3:\n  url: https://u:p@h1:2400/\n  cacert: /ca.pem\n"),
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.etcd.urls(), vec!["https://h1:2400"]);
+    assert_eq!(c.etcd.username.as_deref(), Some("u"));
+    assert_eq!(c.etcd.password.as_deref(), Some("p"));
+    assert_eq!(c.etcd.tls().cacert.unwrap().to_str(), Some("/ca.pem"));
+
+    let loaded = load(
+        None,
+        &with_etcd(
+            "etcd3:\n  hosts: h1:2379,h2\n  protocol: https\n  cert: /c.pem\n  key: /k.pem\n",
+        ),
+    )
+    .unwrap();
+    let c = loaded.config;
+    assert_eq!(c.etcd.urls(), vec!["https://h1:2379", "https://h2:2379"]);
+    let tls = c.etcd.tls();
+    assert_eq!(tls.section, "etcd3");
+    assert_eq!(tls.cert.unwrap().to_str(), Some("/c.pem"));
+    assert_eq!(tls.key.unwrap().to_str(), Some("/k.pem"));
+    assert!(
+        !loaded.warnings.iter().any(|w| w.contains("etcd3")),
+        "{:?}",
+        loaded.warnings
+    );
+
+    let c = load(
+        None,
+        &with_etcd("etcd3:\n  hosts:\n  - https://h1:2379\n  - https://h2:2379\n"),
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.etcd.protocol, "https");
+    assert_eq!(c.etcd.hosts, vec!["h1:2379", "h2:2379"]);
+}
+
+/// Never a downgrade: mixed schemes, a URL that contradicts `protocol` and an unknown protocol
+/// are refused with their keys.
+#[test]
+fn etcd_scheme_conflicts_are_refused() {
+    let e = problems(&with_etcd(
+        "etcd3:\n  hosts:\n  - https://h1:2379\n  - http://h2:2379\n",
+    ));
+    assert!(
+        e.contains("etcd3.hosts") && e.contains("mix https and http"),
+        "{e}"
+    );
+    let e = problems(&with_etcd(
+        "etcd3:\n  hosts: https://u:pw@h1:2379,h2:2379\n  protocol: http\n",
+    ));
+    assert!(e.contains("etcd3.hosts") && e.contains("mix"), "{e}");
+    assert!(!e.contains("pw"), "the password is not shown: {e}");
+    let e = problems(&with_etcd(
+        "etcd3:\n  url: http://h1:2379\n  protocol: https\n",
+    ));
+    assert!(
+        e.contains("etcd3.protocol") && e.contains("the endpoints say http"),
+        "{e}"
+    );
+    let e = problems(&with_etcd("etcd3:\n  host: h1\n  protocol: grpcs\n"));
+    assert!(
+        e.contains("etcd3.protocol") && e.contains("http or https"),
+        "{e}"
+    );
+}
+
+/// Keys that are not used are named: TLS files with http endpoints, and keys pgpilot does not
+/// implement (an encrypted key's password, SRV discovery).
+#[test]
+fn etcd_unused_keys_are_warned() {
+    let w = load(None, &with_etcd("etcd3:\n  host: h1\n  cacert: /ca.pem\n"))
+        .unwrap()
+        .warnings;
+    assert!(
+        w.iter()
+            .any(|w| w.contains("etcd3.cacert not used") && w.contains("http")),
+        "{w:?}"
+    );
+    let w = load(
+        None,
+        &with_etcd("etcd3:\n  host: h1\n  key_password: x\n  srv: example.com\n"),
+    )
+    .unwrap()
+    .warnings;
+    assert!(
+        w.iter().any(|w| w.contains("not implemented")
+            && w.contains("etcd3.key_password")
+            && w.contains("etcd3.srv")),
+        "{w:?}"
+    );
+}
+
+/// `PATRONI_ETCD3_PROTOCOL`/`CACERT`/`CERT`/`KEY` set the keys of the etcd3 section, as
+/// Patroni's environment does.
+#[test]
+fn etcd_tls_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "p.yml", SAMPLE);
+    let e = env(&[
+        ("PATRONI_ETCD3_PROTOCOL", "https"),
+        ("PATRONI_ETCD3_CACERT", "/etc/etcd/ca.pem"),
+        ("PATRONI_ETCD3_CERT", "/etc/etcd/client.pem"),
+        ("PATRONI_ETCD3_KEY", "/etc/etcd/client.key"),
+        ("PATRONI_ETCD3_USERNAME", "patroni"),
+        ("PATRONI_ETCD3_PASSWORD", "pw"),
+    ]);
+    let c = load(Some(&path), &e).unwrap().config;
+    assert_eq!(c.etcd.urls(), vec!["https://127.0.0.1:2379"]);
+    let tls = c.etcd.tls();
+    assert_eq!(tls.cacert.unwrap().to_str(), Some("/etc/etcd/ca.pem"));
+    assert_eq!(tls.cert.unwrap().to_str(), Some("/etc/etcd/client.pem"));
+    assert_eq!(tls.key.unwrap().to_str(), Some("/etc/etcd/client.key"));
+    assert_eq!(c.etcd.username.as_deref(), Some("patroni"));
+    assert_eq!(c.etcd.password.as_deref(), Some("pw"));
+}
+
+/// `--validate-config` reads the TLS files of https etcd endpoints as a start does.
+#[test]
+fn validate_reads_the_etcd_tls_files() {
+    let doc = yaml::parse(
+        &SAMPLE.replace(
+            "etcd3:\n  host: 127.0.0.1:2379\n",
+            "etcd3:\n  url: https://127.0.0.1:2379\n  cacert: /nonexistent/ca.pem\n",
+        ),
+        "test",
+    )
+    .unwrap();
+    let problems = validate(&doc);
+    assert!(
+        problems.iter().any(|p| p.path == "etcd3"
+            && p.message
+                .contains("etcd3.cacert: /nonexistent/ca.pem: missing")),
+        "{problems:?}"
+    );
+}

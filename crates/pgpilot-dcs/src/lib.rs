@@ -29,6 +29,10 @@ pub enum DcsError {
     /// The store answered but refused the request.
     #[error("DCS request failed: {0}")]
     Request(String),
+    /// The client's own settings are unusable (a TLS file, mixed URL schemes, credentials
+    /// etcd refused): not worth retrying, reported at start.
+    #[error("etcd client configuration: {0}")]
+    Config(String),
 }
 
 pub type Result<T> = std::result::Result<T, DcsError>;

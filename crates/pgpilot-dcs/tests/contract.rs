@@ -25,6 +25,7 @@ async fn client(etcd: &Etcd, name: &str, ttl: u64) -> Arc<EtcdDcs> {
             username: None,
             password: None,
             discover_members: true,
+            tls: Default::default(),
         })
         .await
         .unwrap(),

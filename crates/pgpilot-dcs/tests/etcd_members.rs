@@ -11,23 +11,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::etcd::{EtcdDcs, EtcdOptions};
-use pgpilot_dcs::{Dcs, DcsError, MemberData};
+use pgpilot_dcs::{Dcs, DcsError};
 use pgpilot_test_support::Etcd;
+
+mod common;
+use common::{member, options, sees_change};
 
 const RETRY_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn client(endpoints: Vec<String>, name: &str, discover: bool) -> Arc<EtcdDcs> {
     let connect = EtcdDcs::connect(EtcdOptions {
-        endpoints,
-        namespace: "/service/".into(),
-        scope: "members".into(),
-        name: name.into(),
-        ttl: Duration::from_secs(20),
-        retry_timeout: RETRY_TIMEOUT,
-        loop_wait: Duration::from_secs(1),
-        username: None,
-        password: None,
         discover_members: discover,
+        ..options(endpoints, "members", name)
     });
     Arc::new(
         tokio::time::timeout(Duration::from_secs(30), connect)
@@ -35,17 +30,6 @@ async fn client(endpoints: Vec<String>, name: &str, discover: bool) -> Arc<EtcdD
             .expect("connect within 30 s")
             .expect("connect"),
     )
-}
-
-fn member(name: &str) -> MemberData {
-    MemberData {
-        conn_url: format!("postgres://127.0.0.1:5432/{name}"),
-        api_url: format!("http://127.0.0.1:8008/patroni/{name}"),
-        state: "running".into(),
-        role: "primary".into(),
-        version: "4.1.4".into(),
-        ..Default::default()
-    }
 }
 
 /// The leader renews its key (keepalive + value-compare txn), as the HA cycle does; prints how
@@ -60,30 +44,6 @@ async fn renew(dcs: &EtcdDcs, what: &str) -> Duration {
         "{what}: the leader could not renew its key while etcd has quorum: {renewed:?}"
     );
     took
-}
-
-/// A write by another client reaches `dcs`'s watch-fed cache.
-async fn sees_change(dcs: &EtcdDcs, other: &EtcdDcs, value: &str, what: &str) {
-    let doc = format!(r#"{{"ttl":20,"note":"{value}"}}"#);
-    assert!(
-        other.set_config(&doc, None).await.unwrap(),
-        "{what}: set_config"
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let c = dcs.cluster().await.expect("cluster");
-        if c.config
-            .as_ref()
-            .is_some_and(|cfg| cfg.data.get("note").and_then(|v| v.as_str()) == Some(value))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: the watch cache did not see the change within 15 s"
-        );
-        dcs.watch(Duration::from_millis(500), false).await;
-    }
 }
 
 /// Killing any one member — each position in the configured list, the one the client talks

@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
 
+use super::etcd::EtcdSetup;
 use super::tls::TlsFiles;
 use super::{
     agent_bin, clean_env, free_port, init, kill_postmaster_of, log_tail, pg, pid_alive,
@@ -75,6 +76,9 @@ pub struct Options {
     /// Members of the etcd cluster (1 by default; 3 to lose one and keep quorum). Every
     /// member is listed in `etcd3.hosts`.
     pub etcd_members: usize,
+    /// etcd on https client URLs with `--client-cert-auth`: the agents get `etcd3.hosts` as
+    /// https URLs and `etcd3.cacert`/`cert`/`key` (certificates made by the harness).
+    pub etcd_tls: bool,
 }
 
 impl Default for Options {
@@ -101,6 +105,7 @@ impl Default for Options {
             https: false,
             agent: None,
             etcd_members: 1,
+            etcd_tls: false,
         }
     }
 }
@@ -161,11 +166,19 @@ impl Cluster {
     /// Starts etcd and writes the configuration of `n` members without starting agents.
     pub fn new(n: usize, options: Options) -> Cluster {
         init();
-        let etcd = Etcd::start_members(options.etcd_members.max(1));
         let dir = tempfile::Builder::new()
             .prefix("pgpilot-cluster-")
             .tempdir()
             .expect("create cluster temp dir");
+        let etcd_tls = options
+            .etcd_tls
+            .then(|| super::tls::make_certs(&dir.path().join("etcd-tls")));
+        let etcd = Etcd::start_with(EtcdSetup {
+            members: options.etcd_members.max(1),
+            client_cert_auth: etcd_tls.is_some(),
+            tls: etcd_tls,
+            ..Default::default()
+        });
         eprintln!(
             "harness: cluster in {} with etcd at {}",
             dir.path().display(),
@@ -268,7 +281,7 @@ impl Cluster {
                 "connect_address": format!("127.0.0.1:{}", m.api_port),
                 "authentication": { "username": API_AUTH.0, "password": API_AUTH.1 },
             },
-            "etcd3": { "hosts": self.etcd.endpoints() },
+            "etcd3": self.etcd_section(),
             "bootstrap": {
                 "dcs": {
                     "ttl": o.ttl,
@@ -316,6 +329,19 @@ impl Cluster {
             customize(m.index, &mut doc);
         }
         doc
+    }
+
+    /// The `etcd3` section of the members' configuration.
+    fn etcd_section(&self) -> Value {
+        match self.etcd.tls() {
+            Some(t) => json!({
+                "hosts": self.etcd.urls(),
+                "cacert": t.ca,
+                "cert": t.client_cert,
+                "key": t.client_key,
+            }),
+            None => json!({ "hosts": self.etcd.endpoints() }),
+        }
     }
 
     pub fn member(&self, i: usize) -> &Member {

@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+use super::tls::TlsFiles;
 use super::{base64, clean_env, free_port, init, pid_alive, signal, spawn_child, tail, ETCD_BIN};
 
 /// Timeout of one request to etcd (a paused etcd must not hang a test).
@@ -28,10 +29,32 @@ pub struct Kv {
     pub lease: i64,
 }
 
+/// How to start the test etcd: plain (the default), with TLS on its client URLs, with
+/// authentication enabled.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdSetup {
+    /// Number of members (0 means 1).
+    pub members: usize,
+    /// Client URLs over https with this server certificate and CA (`--cert-file`,
+    /// `--key-file`, `--trusted-ca-file`); the peers stay on http. The harness's own JSON
+    /// requests (`get`, `put`, `list`, ...) use the client certificate; health is checked on a
+    /// plain `--listen-metrics-urls` port.
+    pub tls: Option<TlsFiles>,
+    /// With `tls`: `--client-cert-auth` (clients need a certificate signed by the CA).
+    pub client_cert_auth: bool,
+    /// `auth enable` with a `root` user of this password (set up through the JSON gateway).
+    /// The harness's JSON requests then fail (they carry no token).
+    pub root_password: Option<String>,
+    /// `--auth-token-ttl` in seconds (etcd's default: 300).
+    pub auth_token_ttl: Option<u64>,
+}
+
 /// One etcd process of the test cluster.
 struct Node {
     name: String,
     client_port: u16,
+    /// Plain-http `/health` (`--listen-metrics-urls`), used when the client URLs are TLS.
+    metrics_port: u16,
     peer_port: u16,
     data: PathBuf,
     log_path: PathBuf,
@@ -50,6 +73,7 @@ pub struct Etcd {
     pub log_path: PathBuf,
     nodes: Vec<Node>,
     initial_cluster: String,
+    setup: EtcdSetup,
     /// Data and logs. The data directories live in /dev/shm when possible: fsync latency on a
     /// shared disk would otherwise stall the 1 s HA loop.
     dir: TempDir,
@@ -64,7 +88,17 @@ impl Etcd {
     /// Starts an etcd cluster of `n` members on free loopback ports and waits until each
     /// answers `/health` (with a raft leader) and a range read.
     pub fn start_members(n: usize) -> Etcd {
+        Etcd::start_with(EtcdSetup {
+            members: n,
+            ..Default::default()
+        })
+    }
+
+    /// Starts an etcd cluster as `setup` says (TLS, authentication) and waits until each
+    /// member answers.
+    pub fn start_with(setup: EtcdSetup) -> Etcd {
         init();
+        let n = setup.members.max(1);
         let mut last_error = String::new();
         // A port picked as free may be taken before etcd binds it: retry with new ports.
         for attempt in 1..=3 {
@@ -77,6 +111,7 @@ impl Etcd {
                 .map(|i| Node {
                     name: format!("etcd{i}"),
                     client_port: free_port(),
+                    metrics_port: free_port(),
                     peer_port: free_port(),
                     data: dir.path().join(format!("data-{attempt}-{i}")),
                     log_path: dir.path().join(format!("etcd{i}.log")),
@@ -95,13 +130,20 @@ impl Etcd {
                 log_path: nodes[0].log_path.clone(),
                 nodes,
                 initial_cluster,
+                setup: setup.clone(),
                 dir,
             };
             for i in 0..n {
                 etcd.spawn(i);
             }
             match etcd.wait_healthy(&(0..n).collect::<Vec<_>>(), Duration::from_secs(30)) {
-                Ok(()) => return etcd,
+                Ok(()) => match &setup.root_password {
+                    Some(pw) => match etcd.enable_auth(pw) {
+                        Ok(()) => return etcd,
+                        Err(e) => last_error = format!("{e:#}"),
+                    },
+                    None => return etcd,
+                },
                 Err(e) => last_error = e,
             }
             // Dropping kills the processes and removes the directory.
@@ -114,7 +156,7 @@ impl Etcd {
     fn spawn(&self, i: usize) {
         let m = &self.nodes[i];
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), m.client_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -136,7 +178,22 @@ impl Etcd {
             .arg("--logger=zap")
             .arg("--log-outputs=stderr")
             .arg("--log-level=warn")
-            .stdin(Stdio::null())
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                m.metrics_port
+            ));
+        if let Some(tls) = &self.setup.tls {
+            cmd.arg(format!("--cert-file={}", tls.server_cert.display()))
+                .arg(format!("--key-file={}", tls.server_key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()));
+            if self.setup.client_cert_auth {
+                cmd.arg("--client-cert-auth");
+            }
+        }
+        if let Some(ttl) = self.setup.auth_token_ttl {
+            cmd.arg(format!("--auth-token-ttl={ttl}"));
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
         clean_env(&mut cmd, self.dir.path());
@@ -151,7 +208,7 @@ impl Etcd {
         for &i in which {
             let m = &self.nodes[i];
             loop {
-                if healthy(m.client_port) {
+                if self.member_healthy(m) {
                     break;
                 }
                 if !m.running() {
@@ -174,6 +231,58 @@ impl Etcd {
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// `http` or `https` (the client URLs).
+    pub fn scheme(&self) -> &'static str {
+        if self.setup.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The certificates when the client URLs are https.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.setup.tls.as_ref()
+    }
+
+    /// `<scheme>://127.0.0.1:<client port>` of every member, in member order.
+    pub fn urls(&self) -> Vec<String> {
+        self.endpoints()
+            .iter()
+            .map(|e| format!("{}://{e}", self.scheme()))
+            .collect()
+    }
+
+    /// Member `m` answers: `/health` on the plain metrics port when the client URLs are TLS or
+    /// need a token, else `/health` and a range read on the client port.
+    fn member_healthy(&self, m: &Node) -> bool {
+        if self.setup.tls.is_some() || self.setup.root_password.is_some() {
+            let health =
+                super::http_request(m.metrics_port, "GET", "/health", None, REQUEST_TIMEOUT);
+            matches!(health, Ok((200, ref body)) if body.contains("\"true\""))
+        } else {
+            healthy(m.client_port)
+        }
+    }
+
+    /// `root` user with the `root` role, then `auth enable` (etcdctl's steps), through the
+    /// JSON gateway.
+    fn enable_auth(&self, password: &str) -> anyhow::Result<()> {
+        // The root role may exist already (etcd creates it with the first grant on some
+        // versions): its error is not fatal, the grant below is.
+        let _ = self.post("/v3/auth/role/add", json!({ "name": "root" }));
+        self.post(
+            "/v3/auth/user/add",
+            json!({ "name": "root", "password": password }),
+        )?;
+        self.post(
+            "/v3/auth/user/grant",
+            json!({ "user": "root", "role": "root" }),
+        )?;
+        self.post("/v3/auth/enable", json!({}))?;
+        Ok(())
     }
 
     /// `127.0.0.1:<client port>` of the first member, as written in `etcd3.hosts`.
@@ -213,7 +322,7 @@ impl Etcd {
 
     /// `GET /health` of the first member says `"health":"true"` within the request timeout.
     pub fn healthy(&self) -> bool {
-        healthy(self.nodes[0].client_port)
+        self.member_healthy(&self.nodes[0])
     }
 
     /// SIGSTOP of every member: etcd stops answering but keeps its sockets (a hung DCS, not a
@@ -298,9 +407,13 @@ impl Etcd {
             .iter()
             .find(|m| m.running() && !m.paused.load(Ordering::SeqCst))
             .map_or(self.client_port, |m| m.client_port);
-        let (code, text) =
-            super::http_request(port, "POST", path, Some(&body.to_string()), REQUEST_TIMEOUT)
-                .with_context(|| format!("etcd {path}"))?;
+        let (code, text) = match &self.setup.tls {
+            Some(tls) => https_post(tls, port, path, &body.to_string()),
+            None => {
+                super::http_request(port, "POST", path, Some(&body.to_string()), REQUEST_TIMEOUT)
+            }
+        }
+        .with_context(|| format!("etcd {path}"))?;
         anyhow::ensure!(code == 200, "etcd {path}: HTTP {code}: {text}");
         serde_json::from_str(&text).with_context(|| format!("etcd {path}: invalid JSON {text:?}"))
     }
@@ -380,6 +493,38 @@ impl Etcd {
             Err(e) => format!("(can not read etcd: {e:#})"),
         }
     }
+}
+
+/// A JSON request to etcd's gateway over https with the client certificate. The harness's
+/// callers are synchronous (some run inside a test's runtime): reqwest runs on a thread of its
+/// own.
+fn https_post(tls: &TlsFiles, port: u16, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let (tls, url, body) = (
+        tls.clone(),
+        format!("https://127.0.0.1:{port}{path}"),
+        body.to_string(),
+    );
+    std::thread::spawn(move || -> anyhow::Result<(u16, String)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let ca = std::fs::read(&tls.ca)?;
+            let mut id = std::fs::read(&tls.client_cert)?;
+            id.extend(std::fs::read(&tls.client_key)?);
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(REQUEST_TIMEOUT)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+                .identity(reqwest::Identity::from_pem(&id)?)
+                .build()?;
+            let resp = client.post(url).body(body).send().await?;
+            let code = resp.status().as_u16();
+            Ok((code, resp.text().await?))
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the https request thread panicked"))?
 }
 
 /// `GET /health` answers `"health":"true"` and a range read works.

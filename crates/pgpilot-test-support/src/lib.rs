@@ -53,9 +53,9 @@ mod yaml;
 
 pub use base64::{decode as base64_decode, encode as base64_encode};
 pub use cluster::{Cluster, Member, Options, API_AUTH, SUPERUSER};
-pub use etcd::{Etcd, Kv};
+pub use etcd::{Etcd, EtcdSetup, Kv};
 pub use pg::{controldata_system_identifier, Standalone};
-pub use tls::TlsFiles;
+pub use tls::{make_certs, temp_certs, TlsFiles};
 pub use writer::{Writer, WriterLog};
 pub use yaml::to_yaml;
 

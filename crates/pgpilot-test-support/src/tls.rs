@@ -27,6 +27,18 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A fresh temporary directory with a CA and both certificates, made after the harness dropped
+/// root (see [`crate::init`]), so the processes the tests start (etcd, agents) can read them.
+pub fn temp_certs() -> (tempfile::TempDir, TlsFiles) {
+    crate::init();
+    let dir = tempfile::Builder::new()
+        .prefix("pgpilot-tls-")
+        .tempdir()
+        .expect("create the tls dir");
+    let files = make_certs(dir.path());
+    (dir, files)
+}
+
 /// Writes the CA and both certificates into `dir`.
 pub fn make_certs(dir: &Path) -> TlsFiles {
     std::fs::create_dir_all(dir).expect("create the tls dir");
@@ -45,7 +57,9 @@ pub fn make_certs(dir: &Path) -> TlsFiles {
         (
             "server",
             "127.0.0.1",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            // clientAuth too: etcd's JSON gateway connects to its own TLS port with the server
+            // certificate, which `--client-cert-auth` then checks as a client certificate.
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
         ),
         (
             "client",

@@ -167,7 +167,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
     // The dynamic configuration known before the first DCS read gives the lease TTL.
     let bootstrap_dynamic = pgpilot_config::DynamicConfig::from_document(&cfg.bootstrap.dcs).0;
     let dcs = EtcdDcs::connect(EtcdOptions {
-        endpoints: cfg.etcd.hosts.clone(),
+        endpoints: cfg.etcd.urls(),
         namespace: cfg.namespace.clone(),
         scope: cfg.scope.clone(),
         name: cfg.name.clone(),
@@ -177,6 +177,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         username: cfg.etcd.username.clone(),
         password: cfg.etcd.password.clone(),
         discover_members: !cfg.etcd.use_proxies,
+        tls: cfg.etcd.tls(),
     })
     .await
     .context("can not connect to etcd")?;

@@ -73,6 +73,8 @@ struct Attempt<T> {
 /// The members of one etcd cluster and the routing rule above.
 pub(crate) struct Endpoints {
     options: ConnectOptions,
+    /// `options` without the user, for an etcd whose authentication is not enabled.
+    anonymous: ConnectOptions,
     /// Add the members etcd reports (`use_proxies: false`).
     discover: bool,
     state: Mutex<State>,
@@ -117,16 +119,41 @@ pub(crate) fn is_member_failure(e: &etcd_client::Error) -> bool {
     }
 }
 
-fn describe(e: &etcd_client::Error) -> String {
-    match e {
+/// The error with its causes: a transport error says only "transport error", the reason (a
+/// refused connection, a TLS certificate etcd or we refused) is in its sources.
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
+    let mut text = match e {
         etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
         other => other.to_string(),
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
     }
+    text
+}
+
+/// etcd's answer to an authentication request while auth is off: Patroni then works without a
+/// token, and so do we.
+fn auth_not_enabled(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("authentication is not enabled"))
 }
 
 impl Endpoints {
     /// `endpoints`: the configured members (`host:port` or URLs), in the configured order.
-    pub(crate) fn new(endpoints: &[String], options: ConnectOptions, discover: bool) -> Endpoints {
+    /// `anonymous`: the same options without credentials (used when etcd says its
+    /// authentication is not enabled).
+    pub(crate) fn new(
+        endpoints: &[String],
+        options: ConnectOptions,
+        anonymous: ConnectOptions,
+        discover: bool,
+    ) -> Endpoints {
         let mut nodes = Vec::new();
         for e in endpoints {
             let url = normalize_url(e);
@@ -143,6 +170,7 @@ impl Endpoints {
         let (moved, _) = watch::channel(0);
         Endpoints {
             options: options.with_require_leader(true),
+            anonymous: anonymous.with_require_leader(true),
             discover,
             state: Mutex::new(State {
                 next_id: nodes.len() as u64,
@@ -434,10 +462,11 @@ impl Endpoints {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
     {
         let options = self.options.clone();
+        let anonymous = self.anonymous.clone();
         async move {
             let (client, built) = match client {
                 Some(c) => (c, None),
-                None => match Client::connect([url.as_str()], Some(options)).await {
+                None => match connect(&url, options, anonymous).await {
                     Ok(c) => (c.clone(), Some(c)),
                     Err(e) => {
                         return Attempt {
@@ -457,13 +486,28 @@ impl Endpoints {
     }
 }
 
+/// A client for one member; without the user when etcd's authentication is not enabled.
+async fn connect(
+    url: &str,
+    options: ConnectOptions,
+    anonymous: ConnectOptions,
+) -> std::result::Result<Client, etcd_client::Error> {
+    match Client::connect([url], Some(options)).await {
+        Err(e) if auth_not_enabled(&e) => {
+            debug!("etcd {url}: authentication is not enabled; connecting without a user");
+            Client::connect([url], Some(anonymous)).await
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pool(urls: &[&str]) -> Endpoints {
         let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
-        Endpoints::new(&urls, ConnectOptions::new(), true)
+        Endpoints::new(&urls, ConnectOptions::new(), ConnectOptions::new(), true)
     }
 
     fn order(e: &Endpoints) -> Vec<String> {

@@ -22,8 +22,10 @@ use etcd_client::{
 };
 
 mod endpoints;
+mod tls;
 
-use endpoints::Endpoints;
+use endpoints::{normalize_url, Endpoints};
+pub use tls::EtcdTls;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -33,7 +35,8 @@ use crate::{cluster_prefix, Cluster, Dcs, DcsError, Leader, MemberData, Result, 
 /// How to reach etcd and who we are.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
-    /// `host:port` endpoints.
+    /// Endpoints: `http://host:port`, `https://host:port`, or `host:port` (http). All of one
+    /// scheme: a mix is refused.
     pub endpoints: Vec<String>,
     pub namespace: String,
     pub scope: String,
@@ -46,6 +49,8 @@ pub struct EtcdOptions {
     /// Add the members etcd reports to `endpoints` (Patroni's default; `use_proxies` turns it
     /// off when the endpoints are proxies or load balancers).
     pub discover_members: bool,
+    /// CA and client certificate for `https` endpoints.
+    pub tls: EtcdTls,
 }
 
 /// One cached key: value, mod_revision, lease.
@@ -135,13 +140,42 @@ impl Drop for EtcdDcs {
     }
 }
 
+/// Whether etcd's answer (as [`endpoints::describe`] renders it) refuses our credentials.
+fn refused_credentials(answer: &str) -> bool {
+    answer.contains("authentication failed")
+        || answer.starts_with("PermissionDenied")
+        || answer.starts_with("Unauthenticated")
+}
+
 /// HTTP/2 keepalive ping interval: above etcd's default `grpc-keepalive-min-time` (5 s).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
 
 impl EtcdDcs {
     /// Connects (retrying every 5 s while no etcd member answers, logging `waiting on etcd`),
-    /// discovers the etcd cluster's members and starts the watch cache.
+    /// discovers the etcd cluster's members and starts the watch cache. Settings that can never
+    /// work (a bad TLS file, mixed schemes, credentials etcd refuses) fail at once.
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdDcs> {
+        EtcdDcs::connect_until(opts, None).await
+    }
+
+    /// [`EtcdDcs::connect`] that gives up after `budget` (a CLI, a test) with the reason of the
+    /// last failure (e.g. the TLS handshake error).
+    pub async fn connect_within(opts: EtcdOptions, budget: Duration) -> Result<EtcdDcs> {
+        EtcdDcs::connect_until(opts, Some(Instant::now() + budget)).await
+    }
+
+    async fn connect_until(opts: EtcdOptions, give_up: Option<Instant>) -> Result<EtcdDcs> {
+        if opts.endpoints.is_empty() {
+            return Err(DcsError::Config("no etcd endpoint configured".into()));
+        }
+        let urls: Vec<String> = opts.endpoints.iter().map(|e| normalize_url(e)).collect();
+        let https = urls.iter().filter(|u| u.starts_with("https://")).count();
+        if https > 0 && https < urls.len() {
+            return Err(DcsError::Config(format!(
+                "the etcd endpoints mix http and https ({}): use one scheme for all of them",
+                urls.join(", ")
+            )));
+        }
         let mut copts = ConnectOptions::new()
             .with_connect_timeout(opts.retry_timeout)
             // etcd refuses HTTP/2 pings more often than every 5 s (grpc-keepalive-min-time):
@@ -150,15 +184,26 @@ impl EtcdDcs {
             // 6 s + retry_timeout; every request of the HA cycle has its own deadline anyway.
             .with_keep_alive(KEEPALIVE_INTERVAL, opts.retry_timeout)
             .with_keep_alive_while_idle(true);
-        if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
-            copts = copts.with_user(u.clone(), p.clone());
+        if https > 0 {
+            copts = copts.with_tls(opts.tls.options()?);
+        } else if opts.tls.is_set() {
+            warn!(
+                "etcd TLS files are configured but the endpoints are http ({}): they are not used",
+                urls.join(", ")
+            );
         }
-        if opts.endpoints.is_empty() {
-            return Err(DcsError::Request("no etcd endpoint configured".into()));
+        let anonymous = copts.clone();
+        if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
+            // The token etcd hands out expires (--auth-token-ttl): etcd-client authenticates
+            // again when a request is refused with "invalid auth token" and repeats it.
+            copts = copts
+                .with_user(u.clone(), p.clone())
+                .with_auto_token_refresh(true);
         }
         let endpoints = Arc::new(Endpoints::new(
-            &opts.endpoints,
+            &urls,
             copts,
+            anonymous,
             opts.discover_members,
         ));
         loop {
@@ -168,7 +213,35 @@ impl EtcdDcs {
                 .await
             {
                 Ok(_) => break,
-                Err(e) => warn!("waiting on etcd: {e}"),
+                // Refused credentials ("authentication failed, invalid user ID or password")
+                // do not change by waiting. Other answers are waited on as before.
+                Err(DcsError::Request(e)) if refused_credentials(&e) => {
+                    let hint = if opts.username.is_some() {
+                        " (check the etcd username and password)"
+                    } else {
+                        ""
+                    };
+                    return Err(DcsError::Config(format!("etcd refused us: {e}{hint}")));
+                }
+                Err(e) => {
+                    // etcd refusing a client without a certificate (TLS 1.3) shows here only as
+                    // a cancelled request: say what is likely missing.
+                    let e = match e {
+                        DcsError::Unavailable(m) if https > 0 && opts.tls.cert.is_none() => {
+                            DcsError::Unavailable(format!(
+                                "{m}; no client certificate is configured ({}.cert, {}.key): \
+                             needed if etcd runs with --client-cert-auth",
+                                opts.tls.section_name(),
+                                opts.tls.section_name()
+                            ))
+                        }
+                        other => other,
+                    };
+                    if give_up.is_some_and(|t| Instant::now() + Duration::from_secs(5) > t) {
+                        return Err(e);
+                    }
+                    warn!("waiting on etcd: {e}");
+                }
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }

@@ -17,8 +17,10 @@ pub const DEFAULT_LOOP_WAIT: u64 = 10;
 pub struct CtlConfig {
     pub scope: Option<String>,
     pub namespace: String,
-    /// `host:port` etcd endpoints.
+    /// etcd endpoints as URLs (`http://host:port` or `https://host:port`).
     pub endpoints: Vec<String>,
+    /// `cacert`/`cert`/`key` of the etcd section, for https endpoints.
+    pub etcd_tls: pgpilot_dcs::etcd::EtcdTls,
     /// `use_proxies` (or `proxy`): talk to the endpoints as given, without asking etcd for
     /// its other members.
     pub use_proxies: bool,
@@ -149,31 +151,6 @@ fn credentials(doc: &Value, path: &str) -> Option<(String, Option<String>)> {
     Some((user, string(doc, &format!("{path}.password"))))
 }
 
-/// `host:port` endpoints of an etcd section (`hosts` list or comma string, `host`, `url`,
-/// `proxy`); default port 2379.
-fn etcd_endpoints(section: &Map<String, Value>) -> Vec<String> {
-    let with_port = pgpilot_config::etcd_endpoint;
-    let split = |s: &str| -> Vec<String> {
-        s.split(',')
-            .filter(|x| !x.trim().is_empty())
-            .map(with_port)
-            .collect()
-    };
-    match section.get("hosts") {
-        Some(Value::Array(a)) => {
-            return a.iter().filter_map(Value::as_str).map(with_port).collect()
-        }
-        Some(Value::String(s)) => return split(s),
-        _ => {}
-    }
-    for key in ["host", "url", "proxy"] {
-        if let Some(Value::String(s)) = section.get(key) {
-            return split(s);
-        }
-    }
-    Vec::new()
-}
-
 impl CtlConfig {
     /// Builds the CLI configuration from the merged document and `--dcs-url`.
     pub fn from_document(
@@ -198,29 +175,13 @@ impl CtlConfig {
                 }
             }
         }
-        let section_name = ["etcd3", "etcd"]
-            .into_iter()
-            .find(|n| get(&doc, n).is_some());
-        let (endpoints, etcd_username, etcd_password, use_proxies) = match section_name {
-            Some(name) => {
-                let section = get(&doc, name)
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                if section
-                    .get("protocol")
-                    .and_then(Value::as_str)
-                    .is_some_and(|p| p != "http")
-                {
-                    bail!("{name}.protocol: only http is supported by pgpilotctl");
+        // The same reading of the etcd section as the agent's (schemes, TLS files, refusals).
+        let etcd = match pgpilot_config::etcd_from_document(&doc)? {
+            Some((etcd, warnings)) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
                 }
-                (
-                    etcd_endpoints(&section),
-                    string(&doc, &format!("{name}.username")),
-                    string(&doc, &format!("{name}.password")),
-                    section.contains_key("proxy")
-                        || section.get("use_proxies").is_some_and(pgpilot_dcs::truthy),
-                )
+                Some(etcd)
             }
             None => {
                 if let Some(other) = ["consul", "zookeeper", "exhibitor", "kubernetes", "raft"]
@@ -229,16 +190,17 @@ impl CtlConfig {
                 {
                     bail!("The {other} DCS is not supported by pgpilotctl: only etcd (v3 API)");
                 }
-                (Vec::new(), None, None, false)
+                None
             }
         };
         Ok(CtlConfig {
             scope: string(&doc, "scope"),
             namespace: string(&doc, "namespace").unwrap_or_else(|| "/service/".into()),
-            endpoints,
-            use_proxies,
-            etcd_username,
-            etcd_password,
+            endpoints: etcd.as_ref().map(|e| e.urls()).unwrap_or_default(),
+            etcd_tls: etcd.as_ref().map(|e| e.tls()).unwrap_or_default(),
+            use_proxies: etcd.as_ref().is_some_and(|e| e.use_proxies),
+            etcd_username: etcd.as_ref().and_then(|e| e.username.clone()),
+            etcd_password: etcd.as_ref().and_then(|e| e.password.clone()),
             rest_auth: credentials(&doc, "ctl.authentication")
                 .or_else(|| credentials(&doc, "restapi.authentication")),
             insecure: insecure || get(&doc, "ctl.insecure").is_some_and(pgpilot_dcs::truthy),
@@ -322,11 +284,11 @@ mod tests {
         let doc = json!({"scope": "demo", "etcd3": {"hosts": ["a:1", "b"]},
                          "restapi": {"authentication": {"username": "u", "password": "p"}}});
         let c = CtlConfig::from_document(doc.clone(), None, false).unwrap();
-        assert_eq!(c.endpoints, vec!["a:1", "b:2379"]);
+        assert_eq!(c.endpoints, vec!["http://a:1", "http://b:2379"]);
         assert_eq!(c.namespace, "/service/");
         assert_eq!(c.rest_auth, Some(("u".into(), Some("p".into()))));
         let c = CtlConfig::from_document(doc, Some("etcd3://x:2400/ns"), true).unwrap();
-        assert_eq!(c.endpoints, vec!["x:2400"]);
+        assert_eq!(c.endpoints, vec!["http://x:2400"]);
         assert_eq!(c.namespace, "/ns");
         assert!(c.insecure);
     }
@@ -337,7 +299,7 @@ mod tests {
                          "ctl": {"authentication": {"username": "c"}},
                          "restapi": {"authentication": {"username": "u", "password": "p"}}});
         let c = CtlConfig::from_document(doc, None, false).unwrap();
-        assert_eq!(c.endpoints, vec!["h:1"]);
+        assert_eq!(c.endpoints, vec!["http://h:1"]);
         assert_eq!(c.rest_auth, Some(("c".into(), None)));
         let err = CtlConfig::from_document(json!({"consul": {"host": "h"}}), None, false)
             .unwrap_err()

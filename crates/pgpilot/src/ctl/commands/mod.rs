@@ -112,17 +112,18 @@ impl Ctx {
             username: self.cfg.etcd_username.clone(),
             password: self.cfg.etcd_password.clone(),
             discover_members: !self.cfg.use_proxies,
+            tls: self.cfg.etcd_tls.clone(),
         };
         // EtcdDcs::connect retries forever while etcd is down (the agent's behaviour); a CLI
-        // gives up after one retry_timeout-sized budget.
-        let dcs = tokio::time::timeout(Duration::from_secs(15), EtcdDcs::connect(opts))
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "DCS is not accessible: no etcd answered at {}",
-                    self.cfg.endpoints.join(",")
-                )
-            })??;
+        // gives up after one retry_timeout-sized budget, with the reason (e.g. a TLS error).
+        let endpoints = self.cfg.endpoints.join(",");
+        let dcs = tokio::time::timeout(
+            Duration::from_secs(20),
+            EtcdDcs::connect_within(opts, Duration::from_secs(15)),
+        )
+        .await
+        .map_err(|_| anyhow!("DCS is not accessible: no etcd answered at {endpoints}"))?
+        .map_err(|e| anyhow!("{e} (etcd at {endpoints})"))?;
         let dcs = Arc::new(dcs);
         self.dcs.insert(scope.to_string(), dcs.clone());
         Ok(dcs)
