@@ -561,6 +561,16 @@ fn etcd_section(r: &mut Reader<'_>, section: &str, warnings: &mut Vec<String>) -
     }
 }
 
+/// Why an `etcd:` section (Patroni's etcd v2 API) stops the agent and pgpilotctl. The v2 and v3
+/// key spaces of etcd are disjoint: read as v3, a section that Patroni members use through v2
+/// would show an empty cluster, and an agent could bootstrap a second one beside them.
+const ETCD_V2_REFUSED: &str = "is Patroni's etcd v2 API, which pgpilot does not speak: pgpilot \
+     uses etcd's v3 API, whose keys are separate from v2's, so it would not see a cluster kept in \
+     v2 and could bootstrap a second one. Rename the section to etcd3 (same keys; \
+     PATRONI_ETCD3_* for the environment) once the cluster's keys live in the v3 store: a new \
+     cluster, or a Patroni cluster switched to etcd3 (stop it, copy its keys into v3, e.g. \
+     `etcdctl migrate` on etcd 3.4, then start the members with etcd3)";
+
 /// The etcd section of a merged document (`etcd3`, else `etcd`), without validating anything
 /// else: what pgpilotctl reads. `Ok(None)` when there is no etcd section.
 pub fn etcd_from_document(doc: &Value) -> Result<Option<(EtcdConfig, Vec<String>)>, ConfigError> {
@@ -571,6 +581,10 @@ pub fn etcd_from_document(doc: &Value) -> Result<Option<(EtcdConfig, Vec<String>
     let Some(section) = ["etcd3", "etcd"].into_iter().find(|s| r.get(s).is_some()) else {
         return Ok(None);
     };
+    if section == "etcd" {
+        r.problem("etcd", ETCD_V2_REFUSED);
+        return Err(ConfigError::Invalid(r.problems));
+    }
     let mut warnings = Vec::new();
     let etcd = etcd_section(&mut r, section, &mut warnings);
     if !r.problems.is_empty() {
@@ -716,9 +730,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
     let section = if r.get("etcd3").is_some() {
         "etcd3"
     } else if r.get("etcd").is_some() {
-        warnings.push(
-            "the etcd section is read as etcd3: pgpilot talks to etcd through the v3 API".into(),
-        );
+        r.problem("etcd", ETCD_V2_REFUSED);
         "etcd"
     } else {
         r.problem("etcd3", "is not defined.");

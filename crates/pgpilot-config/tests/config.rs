@@ -270,6 +270,29 @@ fn missing_keys_are_all_named() {
     }
 }
 
+/// Patroni's `etcd:` (v2 API) section, from the file or the environment, stops the agent with
+/// the key named and what to change: etcd's v2 and v3 key spaces are disjoint, so reading it as
+/// v3 could bootstrap a second cluster beside Patroni members that use v2.
+#[test]
+fn etcd_v2_section_is_refused() {
+    let text = SAMPLE.replace("etcd3:", "etcd:");
+    assert_ne!(text, SAMPLE);
+    for source in [
+        env(&[("PATRONI_CONFIGURATION", &text)]),
+        env(&[
+            (
+                "PATRONI_CONFIGURATION",
+                &SAMPLE.replace("etcd3:", "unused:"),
+            ),
+            ("PATRONI_ETCD_HOSTS", "127.0.0.1:2379"),
+        ]),
+    ] {
+        let err = load(None, &source).unwrap_err().to_string();
+        assert!(err.contains("etcd: is Patroni's etcd v2 API"), "{err}");
+        assert!(err.contains("Rename the section to etcd3"), "{err}");
+    }
+}
+
 /// Forbidden initdb options and a bad listen port are refused with their key paths.
 #[test]
 fn invalid_values_named() {

@@ -295,12 +295,17 @@ mod tests {
 
     #[test]
     fn ctl_auth_wins_and_other_dcs_refused() {
-        let doc = json!({"etcd": {"host": "h:1"},
+        let doc = json!({"etcd3": {"host": "h:1"},
                          "ctl": {"authentication": {"username": "c"}},
                          "restapi": {"authentication": {"username": "u", "password": "p"}}});
         let c = CtlConfig::from_document(doc, None, false).unwrap();
         assert_eq!(c.endpoints, vec!["http://h:1"]);
         assert_eq!(c.rest_auth, Some(("c".into(), None)));
+        // Patroni's v2 section is never read as v3 (disjoint key spaces).
+        let err = CtlConfig::from_document(json!({"etcd": {"host": "h:1"}}), None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("etcd") && err.contains("v2"), "{err}");
         let err = CtlConfig::from_document(json!({"consul": {"host": "h"}}), None, false)
             .unwrap_err()
             .to_string();
