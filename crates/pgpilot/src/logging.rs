@@ -51,6 +51,10 @@ where
     }
 }
 
+/// tokio-postgres logs every statement it sends at debug level, the `ALTER ROLE ... PASSWORD`
+/// of bootstrap included: its debug output stays off unless `RUST_LOG` names it explicitly.
+const QUIET_SQL: &str = "tokio_postgres=info";
+
 /// Maps Patroni's `log.level` to a filter; `RUST_LOG` overrides it.
 fn filter(level: &str) -> EnvFilter {
     let lvl = match level.to_ascii_uppercase().as_str() {
@@ -59,7 +63,22 @@ fn filter(level: &str) -> EnvFilter {
         "ERROR" | "CRITICAL" | "FATAL" => "error",
         _ => "info",
     };
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(lvl))
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let names_sql = from_env
+        .as_deref()
+        .is_some_and(|v| v.contains("tokio_postgres"));
+    let filter = from_env
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(lvl));
+    if names_sql {
+        return filter;
+    }
+    match QUIET_SQL.parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// Where log lines go: `<log.dir>/patroni.log` when `log.dir` is set (as Patroni names it;
@@ -99,4 +118,29 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<()> {
 /// Patroni logs fatal conditions at CRITICAL, a level tracing does not have.
 pub fn critical(msg: &str) {
     eprintln!("{} CRITICAL: {msg}", timestamp());
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::prelude::*;
+
+    /// `log.level: DEBUG` shows the agent's debug lines but not tokio-postgres's statements,
+    /// which carry the passwords of `ALTER ROLE`.
+    #[test]
+    fn debug_level_keeps_sql_statements_out() {
+        if std::env::var_os("RUST_LOG").is_some() {
+            eprintln!("RUST_LOG is set: the filter under test is the user's");
+            return;
+        }
+        let subscriber = tracing_subscriber::registry().with(super::filter("DEBUG"));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::enabled!(target: "pgpilot_ha::agent", Level::DEBUG));
+            assert!(!tracing::enabled!(
+                target: "tokio_postgres::simple_query",
+                Level::DEBUG
+            ));
+            assert!(tracing::enabled!(target: "tokio_postgres::connection", Level::INFO));
+        });
+    }
 }
