@@ -427,8 +427,9 @@ fn etcd_hosts(r: &mut Reader<'_>, section: &str) -> Vec<String> {
 
 /// An endpoint as it may be shown: `scheme://user:password@host` loses `user:password@`.
 fn without_userinfo(endpoint: &str) -> String {
+    // Up to the last `@`, as the endpoint parser reads it: a password may contain `@`.
     match endpoint.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((_, host)) => format!("{scheme}://{host}"),
             None => endpoint.to_string(),
         },
@@ -880,4 +881,20 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         raw: doc.clone(),
     };
     Ok(Loaded { config, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Nothing of a URL's user or password survives, whatever characters the password holds.
+    #[test]
+    fn userinfo_is_dropped_up_to_the_last_at() {
+        for (url, shown) in [
+            ("https://u:p@h:2379", "https://h:2379"),
+            ("https://u:p@ss@h:2379", "https://h:2379"),
+            ("http://h:2379", "http://h:2379"),
+            ("h:2379", "h:2379"),
+        ] {
+            assert_eq!(super::without_userinfo(url), shown, "{url}");
+        }
+    }
 }
