@@ -62,6 +62,9 @@ pub struct Loaded {
 pub struct Credentials {
     pub username: String,
     pub password: Option<String>,
+    /// libpq options of a `postgresql.authentication` role (`sslmode`, `sslcert`, ...); empty
+    /// for the REST credentials.
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +198,11 @@ pub struct PostgresqlConfig {
     pub superuser: Credentials,
     pub replication: Credentials,
     pub rewind: Option<Credentials>,
+    /// `use_unix_socket`: the agent's own superuser connections go through the first absolute
+    /// directory of `unix_socket_directories`.
+    pub use_unix_socket: bool,
+    /// `use_unix_socket_repl`: the same for replication connections to the local server.
+    pub use_unix_socket_repl: bool,
     /// Local `postgresql.parameters` (cluster-wide ones are removed with a warning).
     pub parameters: Map<String, Value>,
     /// Local `postgresql.pg_hba` (overrides the dynamic one).

@@ -86,6 +86,8 @@ const MODELLED: &[&str] = &[
     "postgresql.bin_dir",
     "postgresql.pgpass",
     "postgresql.authentication",
+    "postgresql.use_unix_socket",
+    "postgresql.use_unix_socket_repl",
     "postgresql.parameters",
     "postgresql.pg_hba",
     "postgresql.basebackup",
@@ -288,7 +290,67 @@ impl<'a> Reader<'a> {
         }
         let username = self.string(&format!("{path}.username"), true)?;
         let password = self.string(&format!("{path}.password"), false);
-        Some(Credentials { username, password })
+        Some(Credentials {
+            username,
+            password,
+            options: BTreeMap::new(),
+        })
+    }
+
+    /// A `postgresql.authentication.<role>` entry: username, password and the libpq options
+    /// Patroni passes on (`sslmode`, `sslcert`, ...). Values of the enumerated options are
+    /// checked here, so a typo is refused at start rather than at the first connection; any
+    /// other key is named in a warning.
+    fn pg_credentials(
+        &mut self,
+        path: &str,
+        required: bool,
+        warnings: &mut Vec<String>,
+    ) -> Option<Credentials> {
+        let mut creds = self.credentials(path, required)?;
+        let Some(Value::Object(entry)) = self.get(path) else {
+            return Some(creds);
+        };
+        for key in entry.keys() {
+            if key == "username" || key == "password" {
+                continue;
+            }
+            let key_path = format!("{path}.{key}");
+            if !pgpilot_values::AUTH_LIBPQ_OPTIONS.contains(&key.as_str()) {
+                warnings.push(format!(
+                    "{key_path}: not a connection option Patroni or pgpilot pass to libpq; ignored"
+                ));
+                continue;
+            }
+            let Some(value) = self.string(&key_path, false) else {
+                continue;
+            };
+            let allowed: &[&str] = match key.as_str() {
+                "sslmode" => &[
+                    "disable",
+                    "allow",
+                    "prefer",
+                    "require",
+                    "verify-ca",
+                    "verify-full",
+                ],
+                "gssencmode" | "channel_binding" => &["disable", "prefer", "require"],
+                "sslnegotiation" => &["postgres", "direct"],
+                _ => &[],
+            };
+            if !allowed.is_empty() && !allowed.contains(&value.as_str()) {
+                self.problem(
+                    &key_path,
+                    format!(
+                        "{value} didn't pass validation: expected one of {}",
+                        allowed.join(", ")
+                    ),
+                );
+                continue;
+            }
+            creds.options.insert(key.clone(), value);
+        }
+        Some(creds)
     }
 
     /// `host:port` split; problems name `path`.
@@ -781,12 +843,32 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         "postgresql.authentication"
     };
     let superuser = r
-        .credentials(&format!("{auth_base}.superuser"), true)
+        .pg_credentials(&format!("{auth_base}.superuser"), true, &mut warnings)
         .unwrap_or_default();
     let replication = r
-        .credentials(&format!("{auth_base}.replication"), true)
+        .pg_credentials(&format!("{auth_base}.replication"), true, &mut warnings)
         .unwrap_or_default();
-    let rewind = r.credentials(&format!("{auth_base}.rewind"), false);
+    let rewind = r.pg_credentials(&format!("{auth_base}.rewind"), false, &mut warnings);
+    if let Some(other) = r
+        .get("postgresql.authentication")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.keys()
+                .filter(|k| !["superuser", "replication", "rewind"].contains(&k.as_str()))
+                .map(|k| format!("postgresql.authentication.{k}"))
+                .collect::<Vec<_>>()
+        })
+        .filter(|o| !o.is_empty())
+    {
+        warnings.push(format!(
+            "{}: not a role pgpilot connects as (superuser, replication, rewind); ignored",
+            other.join(", ")
+        ));
+    }
+    let use_unix_socket = r.boolean("postgresql.use_unix_socket").unwrap_or(false);
+    let use_unix_socket_repl = r
+        .boolean("postgresql.use_unix_socket_repl")
+        .unwrap_or(false);
     let mut parameters = match r.get("postgresql.parameters") {
         Some(Value::Object(m)) => m.clone(),
         _ => Map::new(),
@@ -824,6 +906,8 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         superuser,
         replication,
         rewind,
+        use_unix_socket,
+        use_unix_socket_repl,
         parameters,
         pg_hba: r.lines("postgresql.pg_hba"),
         basebackup: r.options("postgresql.basebackup", BASEBACKUP_FORBIDDEN),

@@ -306,6 +306,63 @@ fn invalid_values_named() {
     assert!(err.contains("postgresql.listen"), "{err}");
 }
 
+/// `postgresql.authentication.<role>` carries libpq options (Patroni's
+/// `_AUTH_ALLOWED_PARAMETERS`), also from `PATRONI_<ROLE>_SSL*`; an unknown one is named, an
+/// invalid enumerated value refused; `use_unix_socket` is read.
+#[test]
+fn authentication_libpq_options_are_read_and_checked() {
+    let text = SAMPLE
+        .replace(
+            "      username: replicator\n",
+            "      username: replicator\n      sslmode: verify-ca\n      sslrootcert: /ca.pem\n      sslcompression: 1\n",
+        )
+        .replace(
+            "\n  parameters:\n",
+            "\n  use_unix_socket: true\n  parameters:\n",
+        );
+    let loaded = load(
+        None,
+        &env(&[
+            ("PATRONI_CONFIGURATION", &text),
+            ("PATRONI_SUPERUSER_SSLCERT", "/client.pem"),
+        ]),
+    )
+    .unwrap();
+    let pg = &loaded.config.postgresql;
+    assert_eq!(pg.replication.options["sslmode"], "verify-ca");
+    assert_eq!(pg.replication.options["sslrootcert"], "/ca.pem");
+    assert_eq!(pg.superuser.options["sslcert"], "/client.pem");
+    assert!(pg.use_unix_socket && !pg.use_unix_socket_repl);
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("postgresql.authentication.replication.sslcompression")),
+        "{:?}",
+        loaded.warnings
+    );
+    assert!(
+        !loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("use_unix_socket")),
+        "{:?}",
+        loaded.warnings
+    );
+
+    let bad = SAMPLE.replace(
+        "      username: postgres\n",
+        "      username: postgres\n      sslmode: verify_full\n",
+    );
+    let err = load(None, &env(&[("PATRONI_CONFIGURATION", &bad)]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("postgresql.authentication.superuser.sslmode") && err.contains("verify-full"),
+        "{err}"
+    );
+}
+
 /// Duplicate keys are refused; PyYAML's booleans are read as booleans.
 #[test]
 fn yaml_semantics() {

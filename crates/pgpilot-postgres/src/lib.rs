@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod conn;
 mod control;
 mod files;
 mod pg;
+mod tls;
 
 pub use control::PgControl;
 pub use pg::{quote_ident, quote_literal, Postgres};
@@ -45,6 +47,10 @@ pub type Result<T> = std::result::Result<T, PgError>;
 pub struct Credentials {
     pub username: String,
     pub password: Option<String>,
+    /// The role's libpq options (`sslmode`, `sslcert`, `sslkey`, `sslrootcert`, `sslcrl`,
+    /// `sslcrldir`, `sslpassword`, `gssencmode`, `channel_binding`, `sslnegotiation`): used by
+    /// the agent's own connections and written into every connection string for libpq tools.
+    pub options: BTreeMap<String, String>,
 }
 
 /// Static settings of the local instance (from the local configuration).
@@ -62,7 +68,8 @@ pub struct PgSettings {
     /// `listen_addresses` (comma list as in `postgresql.listen`).
     pub listen_addresses: String,
     pub port: u16,
-    /// Host used for our own local connections (first listen host; `127.0.0.1` for `*`/`0.0.0.0`).
+    /// Host used for our own local connections: the first listen host (`127.0.0.1` for
+    /// `*`/`0.0.0.0`), or a unix socket directory (an absolute path) with `use_unix_socket`.
     pub local_host: String,
     pub superuser: Credentials,
     pub replication: Credentials,

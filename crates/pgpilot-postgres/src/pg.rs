@@ -9,7 +9,7 @@ use tokio::process::Command;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::files::{conninfo, render_hba, render_pgpass, render_postgresql_conf, OUR_HEADER};
+use crate::files::{render_hba, render_pgpass, render_postgresql_conf, role_dsn, OUR_HEADER};
 use crate::{
     ControlData, DataDirState, DesiredConfig, Lsn, PgError, PgSettings, PgState, Result, StopMode,
     Upstream, WalSender,
@@ -379,30 +379,17 @@ impl Postgres {
 
     /// A superuser connection to `at` (this member or another one), bounded by `QUERY_TIMEOUT`.
     async fn connect_to(&self, at: &Upstream) -> Result<tokio_postgres::Client> {
-        let s = &self.settings;
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&at.host)
-            .port(at.port)
-            .user(&s.superuser.username)
-            .dbname("postgres")
-            .application_name("pgpilot")
-            .connect_timeout(QUERY_TIMEOUT);
-        if let Some(pw) = &s.superuser.password {
-            cfg.password(pw);
-        }
-        let (client, connection) =
-            tokio::time::timeout(QUERY_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
-                .await
-                .map_err(|_| {
-                    PgError::Timeout(QUERY_TIMEOUT, format!("connect to {}:{}", at.host, at.port))
-                })?
-                .map_err(|e| sql_err(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!("connection closed: {e}");
-            }
-        });
-        Ok(client)
+        let target = crate::conn::Target {
+            host: &at.host,
+            port: at.port,
+        };
+        crate::conn::connect(
+            &target,
+            "superuser",
+            &self.settings.superuser,
+            QUERY_TIMEOUT,
+        )
+        .await
     }
 
     /// Call before [`Postgres::rewind`]. pg_rewind compares timelines through the source's
@@ -595,9 +582,15 @@ impl Postgres {
     /// Runs `bootstrap.post_bootstrap` with the superuser DSN as its one argument.
     pub async fn run_post_bootstrap(&self, command: &str) -> Result<()> {
         let s = &self.settings;
-        let dsn = format!(
-            "dbname=postgres user={} host={} port={}",
-            s.superuser.username, s.local_host, s.port
+        let port = s.port.to_string();
+        let dsn = role_dsn(
+            &s.superuser,
+            &[
+                ("dbname", "postgres"),
+                ("host", &s.local_host),
+                ("port", &port),
+            ],
+            &[],
         );
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -617,13 +610,17 @@ impl Postgres {
     pub async fn basebackup(&self, from: &Upstream, extra_args: &[String]) -> Result<()> {
         write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))?;
         let s = &self.settings;
-        let dsn = conninfo(&[
-            ("host", from.host.as_str()),
-            ("port", &from.port.to_string()),
-            ("user", &s.replication.username),
-            ("dbname", "postgres"),
-            ("application_name", &s.name),
-        ]);
+        let port = from.port.to_string();
+        let dsn = role_dsn(
+            &s.replication,
+            &[
+                ("host", &from.host),
+                ("port", &port),
+                ("dbname", "postgres"),
+                ("application_name", &s.name),
+            ],
+            &[],
+        );
         let mut last = None;
         for attempt in 1..=2 {
             self.remove_data_dir().await?;
@@ -662,12 +659,16 @@ impl Postgres {
         write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))?;
         let s = &self.settings;
         let user = s.rewind.as_ref().unwrap_or(&s.superuser);
-        let dsn = conninfo(&[
-            ("host", from.host.as_str()),
-            ("port", &from.port.to_string()),
-            ("user", &user.username),
-            ("dbname", "postgres"),
-        ]);
+        let port = from.port.to_string();
+        let dsn = role_dsn(
+            user,
+            &[
+                ("host", &from.host),
+                ("port", &port),
+                ("dbname", "postgres"),
+            ],
+            &[],
+        );
         let mut cmd = Command::new(self.bin("pg_rewind"));
         cmd.arg("-D")
             .arg(self.data())
@@ -754,14 +755,19 @@ impl Postgres {
 
 /// tokio-postgres prints only "db error" for server errors: include the server's message.
 fn sql_err(e: &tokio_postgres::Error) -> PgError {
+    PgError::Sql(describe(e))
+}
+
+/// An error of tokio-postgres with the server's message, or the cause it wraps (TLS, I/O).
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => PgError::Sql(format!("{}: {}", db.severity(), db.message())),
-        None => PgError::Sql(format!(
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => format!(
             "{e}: {}",
             std::error::Error::source(e)
                 .map(|s| s.to_string())
                 .unwrap_or_default()
-        )),
+        ),
     }
 }
 

@@ -79,6 +79,9 @@ pub struct Options {
     /// etcd on https client URLs with `--client-cert-auth`: the agents get `etcd3.hosts` as
     /// https URLs and `etcd3.cacert`/`cert`/`key` (certificates made by the harness).
     pub etcd_tls: bool,
+    /// The harness's own SQL goes through the member's unix socket (for a `pg_hba.conf` that
+    /// refuses its plain TCP connection, e.g. TLS only).
+    pub harness_via_socket: bool,
 }
 
 impl Default for Options {
@@ -106,6 +109,7 @@ impl Default for Options {
             agent: None,
             etcd_members: 1,
             etcd_tls: false,
+            harness_via_socket: false,
         }
     }
 }
@@ -833,7 +837,11 @@ impl Cluster {
     }
 
     pub async fn pg_connect_try(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
-        pg::connect(self.members[i].pg_port).await
+        let m = &self.members[i];
+        if self.options.harness_via_socket {
+            return pg::connect_socket(&m.socket_dir, m.pg_port).await;
+        }
+        pg::connect(m.pg_port).await
     }
 
     /// Every id of `table` (a [`Writer`](super::Writer)'s table) on member `i`, in order.

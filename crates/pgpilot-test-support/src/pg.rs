@@ -156,6 +156,28 @@ pub async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// A superuser connection through the unix socket in `dir`.
+pub async fn connect_socket(dir: &Path, port: u16) -> anyhow::Result<tokio_postgres::Client> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host_path(dir)
+        .port(port)
+        .user(SUPERUSER.0)
+        .dbname("postgres")
+        .application_name("pgpilot-test-harness")
+        .connect_timeout(std::time::Duration::from_secs(3));
+    let (client, connection) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        cfg.connect(tokio_postgres::NoTls),
+    )
+    .await
+    .context("connecting took more than 5 s")?
+    .with_context(|| format!("connect to {}/.s.PGSQL.{port}", dir.display()))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
 fn append(path: &Path, text: &str) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()

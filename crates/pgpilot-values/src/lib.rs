@@ -7,4 +7,4 @@ mod lsn;
 pub mod patroni;
 
 pub use lsn::Lsn;
-pub use patroni::{parse_bool, parse_bool_str, truthy, SyncMode};
+pub use patroni::{parse_bool, parse_bool_str, truthy, SyncMode, AUTH_LIBPQ_OPTIONS};

@@ -4,6 +4,22 @@
 
 use serde_json::Value;
 
+/// The keys of a `postgresql.authentication.<role>` entry besides `username` and `password`:
+/// the libpq options Patroni accepts there (its `_AUTH_ALLOWED_PARAMETERS`) and passes on to
+/// every connection made as that role.
+pub const AUTH_LIBPQ_OPTIONS: &[&str] = &[
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "gssencmode",
+    "channel_binding",
+    "sslnegotiation",
+];
+
 /// Patroni's `utils.parse_bool`: `str(value).lower()` is one of `on`, `true`, `yes`, `1` (true)
 /// or `off`, `false`, `no`, `0` (false); anything else is `None`.
 ///

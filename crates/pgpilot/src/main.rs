@@ -110,14 +110,20 @@ fn pg_settings(cfg: &Config) -> PgSettings {
         .unwrap_or("")
         .trim()
         .to_string();
-    let local_host = match first.as_str() {
+    let tcp_host = match first.as_str() {
         "" | "*" | "0.0.0.0" => "127.0.0.1".to_string(),
         "::" => "::1".to_string(),
         h => h.to_string(),
     };
+    let local_host = if pg.use_unix_socket {
+        local_socket_dir(pg.parameters.get("unix_socket_directories")).unwrap_or(tcp_host)
+    } else {
+        tcp_host
+    };
     let creds = |c: &pgpilot_config::Credentials| Credentials {
         username: c.username.clone(),
         password: c.password.clone(),
+        options: c.options.clone(),
     };
     PgSettings {
         name: cfg.name.clone(),
@@ -133,6 +139,29 @@ fn pg_settings(cfg: &Config) -> PgSettings {
         rewind: pg.rewind.as_ref().map(creds),
         pgpass: pg.pgpass.clone(),
         pg_ctl_timeout: pg.pg_ctl_timeout,
+    }
+}
+
+/// With `use_unix_socket`, Patroni's choice of socket: the first absolute directory of
+/// `unix_socket_directories`; none there (relative ones only) means TCP; the parameter unset
+/// means libpq's default directory (`/var/run/postgresql` as Debian builds it, else `/tmp`).
+fn local_socket_dir(unix_socket_directories: Option<&serde_json::Value>) -> Option<String> {
+    match unix_socket_directories {
+        Some(v) => v
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+            .split(',')
+            .map(str::trim)
+            .find(|d| d.starts_with('/'))
+            .map(str::to_string),
+        None => Some(
+            ["/var/run/postgresql", "/tmp"]
+                .into_iter()
+                .find(|d| std::path::Path::new(d).is_dir())
+                .unwrap_or("/tmp")
+                .to_string(),
+        ),
     }
 }
 

@@ -1,0 +1,228 @@
+//! PostgreSQL connections as `postgresql.authentication` configures them: TLS with client
+//! certificates (the acceptance suite's and the pglift seed's set-up: `ssl=on`,
+//! `hostssl ... clientcert=verify-ca`, `sslmode`/`sslrootcert`/`sslcert`/`sslkey` per role)
+//! and the unix socket (`use_unix_socket` with `local ... trust`).
+
+mod harness;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::{Cluster, Options, FAILOVER_TIMEOUT, SUPERUSER};
+use pgpilot_postgres::{Credentials, PgSettings, Postgres};
+use serde_json::{json, Map, Value};
+
+/// The roles' TLS options: every agent connection over TCP must present the client
+/// certificate (pg_hba says `clientcert=verify-ca`) and check the server's against the CA.
+fn tls_auth(doc: &mut Value, t: &harness::TlsFiles) {
+    for (role, mode) in [
+        ("superuser", "verify-full"),
+        ("replication", "verify-ca"),
+        ("rewind", "verify-ca"),
+    ] {
+        let r = &mut doc["postgresql"]["authentication"][role];
+        r["sslmode"] = json!(mode);
+        r["sslrootcert"] = json!(t.ca);
+        r["sslcert"] = json!(t.client_cert);
+        r["sslkey"] = json!(t.client_key);
+    }
+    doc["postgresql"]["pg_hba"] = json!([
+        "local all all trust",
+        "hostssl all all 127.0.0.1/32 md5 clientcert=verify-ca",
+        "hostssl replication all 127.0.0.1/32 md5 clientcert=verify-ca",
+    ]);
+}
+
+/// Bootstrap, a replica cloned with pg_basebackup and streaming, and a switchover, with a
+/// pg_hba.conf that accepts TCP connections only over TLS with a client certificate. Then the
+/// sslmode rules seen from the library: a wrong CA and a host name the certificate does not
+/// name are refused where libpq refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_pg_hba_demands_tls_client_certificates_runs_and_switches_over() {
+    harness::init();
+    let (_certs_dir, certs) = harness::temp_certs();
+    let t = certs.clone();
+    let mut parameters = Map::new();
+    parameters.insert("ssl".into(), json!("on"));
+    parameters.insert("ssl_ca_file".into(), json!(certs.ca));
+    parameters.insert("ssl_cert_file".into(), json!(certs.server_cert));
+    parameters.insert("ssl_key_file".into(), json!(certs.server_key));
+    let options = Options {
+        parameters,
+        harness_via_socket: true,
+        customize: Some(Arc::new(move |_, doc: &mut Value| tls_auth(doc, &t))),
+        ..Options::default()
+    };
+    let cluster = Cluster::start(2, options);
+    let leader = cluster.wait_for_leader().await;
+    let replicas = cluster.wait_for_replicas_streaming(1).await;
+    let replica = replicas[0];
+
+    // The walreceiver and the agent's monitoring connection both came in over TLS.
+    let rows = cluster
+        .pg_connect(leader)
+        .await
+        .query(
+            "SELECT a.backend_type, a.application_name, s.ssl, a.client_addr IS NOT NULL \
+             FROM pg_catalog.pg_stat_ssl s JOIN pg_catalog.pg_stat_activity a USING (pid) \
+             WHERE a.backend_type = 'walsender' OR a.application_name = 'pgpilot'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(String, String, bool, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    eprintln!("connections on the leader: {seen:?}");
+    let replica_name = cluster.member(replica).name.clone();
+    assert!(
+        seen.iter()
+            .any(|(b, app, ssl, tcp)| b == "walsender" && *app == replica_name && *ssl && *tcp),
+        "the replica streams over TLS: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(b, app, ssl, tcp)| b == "client backend" && app == "pgpilot" && *ssl && *tcp),
+        "the agent monitors over TLS: {seen:?}"
+    );
+
+    // A switchover: the new leader's agent and the old leader's walreceiver reconnect over TLS.
+    let (code, text) = cluster
+        .api_call(
+            leader,
+            "POST",
+            "/switchover",
+            Some(json!({"leader": cluster.member(leader).name, "candidate": replica_name})),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{text}");
+    let tl = cluster.primary_timeline(replica).await;
+    cluster
+        .wait_for_streaming_replica(leader, Some(tl), FAILOVER_TIMEOUT)
+        .await;
+
+    // The library's sslmode rules against the running server (its certificate names
+    // IP:127.0.0.1 only).
+    let port = cluster.member(replica).pg_port;
+    let settings = |host: &str, options: &[(&str, &str)]| PgSettings {
+        name: "probe".into(),
+        scope: "probe".into(),
+        data_dir: PathBuf::from("/nonexistent"),
+        config_dir: PathBuf::from("/nonexistent"),
+        bin_dir: PathBuf::new(),
+        listen_addresses: host.into(),
+        port,
+        local_host: host.into(),
+        superuser: Credentials {
+            username: SUPERUSER.0.into(),
+            password: Some(SUPERUSER.1.into()),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+        replication: Credentials::default(),
+        rewind: None,
+        pgpass: PathBuf::from("/nonexistent/pgpass"),
+        pg_ctl_timeout: Duration::from_secs(5),
+    };
+    let ca = certs.ca.display().to_string();
+    let cert = certs.client_cert.display().to_string();
+    let key = certs.client_key.display().to_string();
+    let client = [("sslcert", cert.as_str()), ("sslkey", key.as_str())];
+    let with = |extra: &[(&'static str, &str)]| {
+        let mut all: Vec<(&str, &str)> = client.to_vec();
+        all.extend_from_slice(extra);
+        all.into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let probe = |host: &str, opts: Vec<(&str, String)>| {
+        let pairs: Vec<(&str, &str)> = opts.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Postgres::new(settings(host, &pairs))
+    };
+    // verify-ca by address and by name: the chain is what counts.
+    for host in ["127.0.0.1", "localhost"] {
+        let pg = probe(
+            host,
+            with(&[("sslmode", "verify-ca"), ("sslrootcert", &ca)]),
+        );
+        pg.query_state()
+            .await
+            .unwrap_or_else(|e| panic!("verify-ca to {host}: {e}"));
+    }
+    // verify-full: 127.0.0.1 is in the certificate, localhost is not.
+    let pg = probe(
+        "127.0.0.1",
+        with(&[("sslmode", "verify-full"), ("sslrootcert", &ca)]),
+    );
+    pg.query_state().await.expect("verify-full to 127.0.0.1");
+    let pg = probe(
+        "localhost",
+        with(&[("sslmode", "verify-full"), ("sslrootcert", &ca)]),
+    );
+    let e = pg.query_state().await.unwrap_err().to_string();
+    assert!(e.contains("certificate"), "verify-full to localhost: {e}");
+    // Another CA: refused, and the error says why.
+    let (_other_dir, other) = harness::temp_certs();
+    let other_ca = other.ca.display().to_string();
+    let pg = probe(
+        "127.0.0.1",
+        with(&[("sslmode", "verify-ca"), ("sslrootcert", &other_ca)]),
+    );
+    let e = pg.query_state().await.unwrap_err().to_string();
+    assert!(e.contains("certificate"), "wrong CA: {e}");
+    // No client certificate: the server's pg_hba refuses, as for libpq.
+    let pg = probe("127.0.0.1", vec![("sslmode", "require".to_string())]);
+    let e = pg.query_state().await.unwrap_err().to_string();
+    assert!(e.contains("certificate"), "no client certificate: {e}");
+    cluster.assert_agents_alive();
+}
+
+/// `use_unix_socket`: the agent's superuser connections go through the socket, so a pg_hba.conf
+/// that rejects the superuser over TCP still lets it bootstrap, create the roles and lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_unix_socket_connects_the_agent_through_the_socket() {
+    harness::init();
+    let options = Options {
+        harness_via_socket: true,
+        customize: Some(Arc::new(|_, doc: &mut Value| {
+            doc["postgresql"]["use_unix_socket"] = json!(true);
+            doc["postgresql"]["pg_hba"] = json!([
+                "local all all trust",
+                format!("host all {} 127.0.0.1/32 reject", SUPERUSER.0),
+                "host all all 127.0.0.1/32 md5",
+                "host replication all 127.0.0.1/32 md5",
+            ]);
+        })),
+        ..Options::default()
+    };
+    let cluster = Cluster::start(2, options);
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(1).await;
+    let rows = cluster
+        .pg_connect(leader)
+        .await
+        .query(
+            "SELECT client_addr IS NULL FROM pg_catalog.pg_stat_activity \
+             WHERE application_name = 'pgpilot'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let via_socket: Vec<bool> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(
+        !via_socket.is_empty() && via_socket.iter().all(|s| *s),
+        "the agent's connections come through the socket: {via_socket:?}"
+    );
+    let log = cluster.agent_log(leader);
+    assert!(
+        !log.contains("use_unix_socket"),
+        "use_unix_socket is not reported as ignored:\n{log}"
+    );
+    cluster.assert_agents_alive();
+}
