@@ -5,10 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use pgpilot_dcs::values::x509;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
+use rustls::{DigitallySignedStruct, RootCertStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -56,15 +59,77 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+fn roots(path: &Path) -> Result<(RootCertStore, Vec<Vec<u8>>), TlsError> {
     let mut roots = RootCertStore::empty();
+    let mut anchors = Vec::new();
     for c in certs(path)? {
+        anchors.push(c.as_ref().to_vec());
         roots.add(c).map_err(|e| TlsError::File {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
     }
-    Ok(roots)
+    Ok((roots, anchors))
+}
+
+/// webpki's client verification, plus OpenSSL's acceptance of a client certificate that is
+/// itself one of the `cafile` certificates (Patroni's acceptance suite uses one self-signed
+/// certificate as CA, server and client certificate; webpki refuses it as "CA used as end
+/// entity", Patroni's Python/OpenSSL server takes it).
+#[derive(Debug)]
+struct ClientVerifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    anchors: Vec<Vec<u8>>,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.webpki.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.webpki.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if x509::is_trusted_as_itself(end_entity, &self.anchors, seconds) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        self.webpki
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// Builds the server configuration. `verify_client` is `none`, `optional` or `required`; the
@@ -97,7 +162,8 @@ pub fn server_tls(
     } else {
         let ca = cafile
             .ok_or_else(|| TlsError::Config("restapi.verify_client needs restapi.cafile".into()))?;
-        let verifier = WebPkiClientVerifier::builder(Arc::new(roots(ca)?));
+        let (roots, anchors) = roots(ca)?;
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
         let verifier = if mode == VerifyClient::Optional {
             verifier.allow_unauthenticated()
         } else {
@@ -106,7 +172,10 @@ pub fn server_tls(
         let verifier = verifier
             .build()
             .map_err(|e| TlsError::Config(format!("restapi.cafile: {e}")))?;
-        builder.with_client_cert_verifier(verifier)
+        builder.with_client_cert_verifier(Arc::new(ClientVerifier {
+            webpki: verifier,
+            anchors,
+        }))
     };
     let config = builder
         .with_single_cert(chain, key)

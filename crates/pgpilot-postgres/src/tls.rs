@@ -86,6 +86,7 @@ pub(crate) fn client_config(
         Arc::new(AcceptAny(provider.signature_verification_algorithms))
     } else {
         let mut roots = RootCertStore::empty();
+        let mut anchors = Vec::new();
         if system {
             let found = rustls_native_certs::load_native_certs();
             for cert in found.certs {
@@ -110,6 +111,7 @@ pub(crate) fn client_config(
                 }
             };
             for cert in pem_certs(&key_path("sslrootcert"), &path)? {
+                anchors.push(cert.as_ref().to_vec());
                 roots.add(cert).map_err(|e| {
                     PgError::Invalid(format!(
                         "{}: {}: {e}",
@@ -148,11 +150,11 @@ pub(crate) fn client_config(
             .with_crls(crls)
             .build()
             .map_err(|e| PgError::Invalid(format!("{}: {e}", key_path("sslrootcert"))))?;
-        if verify == Verify::Chain {
-            Arc::new(ChainOnly(webpki))
-        } else {
-            webpki
-        }
+        Arc::new(Checked {
+            webpki,
+            anchors,
+            check_name: verify == Verify::ChainAndName,
+        })
     };
     let builder = builder
         .dangerous()
@@ -276,12 +278,18 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name in the certificate is not
-/// compared with the host connected to.
+/// `verify-ca` and `verify-full`: the chain must lead to a trusted root (or the certificate
+/// be one of them, as OpenSSL accepts and webpki does not); `verify-full` also compares the
+/// name in the certificate with the host connected to.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Checked {
+    webpki: Arc<WebPkiServerVerifier>,
+    /// The DER of every `sslrootcert` certificate.
+    anchors: Vec<Vec<u8>>,
+    check_name: bool,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Checked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -290,13 +298,24 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if pgpilot_values::x509::is_trusted_as_itself(end_entity, &self.anchors, seconds) {
+            if self.check_name {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+            }
+            return Ok(ServerCertVerified::assertion());
+        }
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -307,7 +326,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -316,11 +335,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }
 
@@ -417,23 +436,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for PgTlsStream<S> {
 
 /// RFC 5929 `tls-server-end-point`: the server certificate hashed with the hash of its
 /// signature algorithm (SHA-256 for MD5 and SHA-1). `None` for an algorithm without one
-/// (Ed25519, RSA-PSS), as PostgreSQL itself then refuses channel binding.
+/// (Ed25519, RSA-PSS) or one ring lacks (SHA-224), as PostgreSQL itself then refuses channel
+/// binding.
 fn server_end_point(der: &[u8]) -> Option<Vec<u8>> {
-    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm AlgorithmIdentifier, ... }
-    let (cert, _) = der_element(der, 0x30)?;
-    let (_, rest) = der_element(cert, 0x30)?;
-    let (alg, _) = der_element(rest, 0x30)?;
-    let (oid, _) = der_element(alg, 0x06)?;
     const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
     const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
     const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
-    let algorithm = match oid {
+    let algorithm = match pgpilot_values::x509::signature_algorithm(der)? {
         [p @ .., last] if p == RSA => match last {
             0x04 | 0x05 | 0x0b => &ring::digest::SHA256,
             0x0c => &ring::digest::SHA384,
             0x0d => &ring::digest::SHA512,
-            // sha224WithRSA among others: ring has no SHA-224, so no binding rather than a
-            // wrong one.
             _ => return None,
         },
         [p @ .., last] if p == ECDSA_SHA2 => match last {
@@ -448,46 +461,9 @@ fn server_end_point(der: &[u8]) -> Option<Vec<u8>> {
     Some(ring::digest::digest(algorithm, der).as_ref().to_vec())
 }
 
-/// One DER element with tag `tag` at the start of `input`: (its content, what follows).
-fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&t, rest) = input.split_first()?;
-    if t != tag {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| rest.split_at(len))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn der_lengths_short_and_long() {
-        assert_eq!(
-            der_element(&[0x30, 0x02, 1, 2, 9], 0x30),
-            Some((&[1u8, 2][..], &[9u8][..]))
-        );
-        let mut long = vec![0x04, 0x81, 0x80];
-        long.extend(std::iter::repeat_n(7u8, 0x80));
-        let (content, rest) = der_element(&long, 0x04).unwrap();
-        assert_eq!(content.len(), 0x80);
-        assert!(rest.is_empty());
-        assert_eq!(der_element(&[0x30, 0x05, 1], 0x30), None, "truncated");
-        assert_eq!(der_element(&[0x31, 0x00], 0x30), None, "wrong tag");
-    }
 
     #[test]
     fn end_point_hash_follows_the_signature_algorithm() {

@@ -226,3 +226,126 @@ async fn use_unix_socket_connects_the_agent_through_the_socket() {
     );
     cluster.assert_agents_alive();
 }
+
+/// Patroni's acceptance suite makes one self-signed certificate (`openssl req -x509`, so
+/// `CA:TRUE`) and uses it as CA, server and client certificate everywhere: REST with
+/// `verify_client: required`, PostgreSQL `ssl=on` with `clientcert=verify-ca` and
+/// `sslmode=verify-ca`. OpenSSL accepts a peer whose certificate is itself trusted; webpki
+/// calls it "CA used as end entity". pgpilot accepts it as OpenSSL does, and still refuses a
+/// client without a certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_certificate_trusted_as_itself_works_for_rest_and_postgresql() {
+    harness::init();
+    let dir = tempfile::Builder::new()
+        .prefix("pgpilot-selfsigned-")
+        .tempdir()
+        .unwrap();
+    let (cert, key) = (
+        dir.path().join("patroni.crt"),
+        dir.path().join("patroni.key"),
+    );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-nodes",
+            "-new",
+            "-x509",
+            "-subj",
+            "/CN=batman.patroni",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = harness::TlsFiles {
+        ca: cert.clone(),
+        server_cert: cert.clone(),
+        server_key: key.clone(),
+        client_cert: cert.clone(),
+        client_key: key.clone(),
+    };
+    let mut parameters = Map::new();
+    parameters.insert("ssl".into(), json!("on"));
+    parameters.insert("ssl_ca_file".into(), json!(cert));
+    parameters.insert("ssl_cert_file".into(), json!(cert));
+    parameters.insert("ssl_key_file".into(), json!(key));
+    let options = Options {
+        parameters,
+        harness_via_socket: true,
+        customize: Some(Arc::new(move |_, doc: &mut Value| {
+            tls_auth(doc, &t);
+            doc["restapi"]["certfile"] = json!(t.server_cert);
+            doc["restapi"]["keyfile"] = json!(t.server_key);
+            doc["restapi"]["cafile"] = json!(t.ca);
+            doc["restapi"]["verify_client"] = json!("required");
+            doc["ctl"] = json!({
+                "insecure": true,
+                "certfile": t.client_cert,
+                "keyfile": t.client_key,
+            });
+        })),
+        ..Options::default()
+    };
+    let cluster = Cluster::start(2, options);
+    // The harness's own REST client does not know this certificate: ask with one that
+    // presents it, as the suite's client does (`ctl.insecure`, client certificate).
+    let mut identity = std::fs::read(&cert).unwrap();
+    identity.extend(std::fs::read(&key).unwrap());
+    let with_cert = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let status = |i: usize| {
+        let url = format!("https://127.0.0.1:{}/patroni", cluster.member(i).api_port);
+        let client = with_cert.clone();
+        async move {
+            let r = client.get(&url).send().await?;
+            anyhow::Ok((r.status().as_u16(), r.json::<Value>().await?))
+        }
+    };
+    // The leader runs as primary; the replica (its walreceiver with verify-ca, its agent
+    // asking the leader over REST with the certificate) streams.
+    let deadline = std::time::Instant::now() + FAILOVER_TIMEOUT;
+    let (leader, replica) = loop {
+        if let Some(leader) = cluster.leader_index() {
+            let replica = 1 - leader;
+            if let (Ok((200, l)), Ok((_, r))) = (status(leader).await, status(replica).await) {
+                if l["role"] == "primary" && r["replication_state"] == "streaming" {
+                    break (leader, replica);
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no streaming pair: {:?} {:?}",
+            status(0).await.ok(),
+            status(1).await.ok()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("leader {leader}, replica {replica} streaming");
+    let url = format!(
+        "https://127.0.0.1:{}/patroni",
+        cluster.member(leader).api_port
+    );
+    let without = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let refused = without.get(&url).send().await;
+    assert!(
+        refused.is_err(),
+        "verify_client required refuses a client without a certificate: {refused:?}"
+    );
+    cluster.assert_agents_alive();
+}
