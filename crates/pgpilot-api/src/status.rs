@@ -111,5 +111,27 @@ pub fn status_document(s: &NodeSnapshot, now: Instant) -> Value {
         "patroni".into(),
         json!({"version": PATRONI_COMPAT_VERSION, "scope": s.scope, "name": s.name}),
     );
+    if s.watchdog_failed {
+        d.insert("watchdog_failed".into(), json!(true));
+    }
     Value::Object(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `watchdog_failed: true` only when the watchdog is required and unusable, after
+    /// `patroni` as Patroni writes it; peers read it to leave the member out of leader races.
+    #[test]
+    fn watchdog_failed_only_when_true() {
+        let mut s = NodeSnapshot::starting("pg1", "batman");
+        let doc = status_document(&s, Instant::now());
+        assert!(doc.get("watchdog_failed").is_none(), "{doc}");
+        s.watchdog_failed = true;
+        let doc = status_document(&s, Instant::now());
+        let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
+        assert_eq!(keys[keys.len() - 2..], ["patroni", "watchdog_failed"]);
+        assert_eq!(doc["watchdog_failed"], json!(true));
+    }
 }

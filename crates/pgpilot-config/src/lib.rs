@@ -80,6 +80,7 @@ pub struct Config {
     pub postgresql: PostgresqlConfig,
     pub tags: Tags,
     pub log: LogConfig,
+    pub watchdog: WatchdogConfig,
     /// The whole merged local document (file + env), for keys not modelled here.
     pub raw: Value,
 }
@@ -217,6 +218,65 @@ pub struct PostgresqlConfig {
     pub remove_data_directory_on_diverged_timelines: bool,
     /// `postgresql.callbacks.<action>` commands.
     pub callbacks: BTreeMap<String, String>,
+}
+
+/// `watchdog.mode` (spec/config.md §3.10), read as Patroni's `parse_mode`: `off` (also `false`,
+/// `disable`, `disabled`), `automatic` (also `auto`; the default), `required` (also `require`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogMode {
+    /// Never open a watchdog device.
+    Off,
+    /// Use the device while leader if it can be opened; go on without it otherwise.
+    Automatic,
+    /// Never take or hold the leader key without a working watchdog.
+    Required,
+}
+
+/// The hidden `watchdog.driver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogDriver {
+    /// `default`: a Linux watchdog device (`/dev/watchdog`) through its ioctls.
+    Linux,
+    /// `testing`: Patroni's named-pipe protocol for its acceptance suite (`Ctimeout=<n>\n`,
+    /// `1` per keepalive, `V` on close) written to `device`, a FIFO.
+    Testing,
+}
+
+/// The `watchdog` section (local only: Patroni ignores one in `/config`). Absent = automatic
+/// on `/dev/watchdog`, as in Patroni.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    pub mode: WatchdogMode,
+    /// Default `/dev/watchdog`.
+    pub device: PathBuf,
+    /// Seconds between the watchdog firing and the leader key expiring: the watchdog timeout is
+    /// `ttl - safety_margin`, or `ttl / 2` when it is -1. Default 5.
+    pub safety_margin: i64,
+    pub driver: WatchdogDriver,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            mode: WatchdogMode::Automatic,
+            device: PathBuf::from("/dev/watchdog"),
+            safety_margin: 5,
+            driver: WatchdogDriver::Linux,
+        }
+    }
+}
+
+impl WatchdogConfig {
+    /// The watchdog timeout for a leader key `ttl` (seconds; may be ≤ 0 for a margin ≥ ttl,
+    /// which the agent refuses as unsafe).
+    pub fn timeout(&self, ttl: Duration) -> i64 {
+        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        if self.safety_margin == -1 {
+            ttl / 2
+        } else {
+            ttl - self.safety_margin
+        }
+    }
 }
 
 /// `tags` (spec/config.md §3.11).

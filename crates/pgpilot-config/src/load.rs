@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::{
     env, yaml, BootstrapConfig, Config, ConfigError, Credentials, CtlConfig, EtcdConfig, Loaded,
-    LogConfig, PostgresqlConfig, Problem, RestApiConfig, Tags,
+    LogConfig, PostgresqlConfig, Problem, RestApiConfig, Tags, WatchdogConfig, WatchdogDriver,
+    WatchdogMode,
 };
 use crate::{CtlTls, TlsServerConfig};
 
@@ -98,6 +99,10 @@ const MODELLED: &[&str] = &[
     "log.level",
     "log.type",
     "log.dir",
+    "watchdog.mode",
+    "watchdog.device",
+    "watchdog.safety_margin",
+    "watchdog.driver",
 ];
 
 const INITDB_FORBIDDEN: &[&str] = &["pgdata", "nosync", "pwfile", "sync-only", "version"];
@@ -700,6 +705,62 @@ fn tags(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Tags {
     t
 }
 
+/// The `watchdog` section (spec/config.md §3.10). A mode, driver or margin Patroni's
+/// `--validate-config` would refuse is a problem rather than Patroni's runtime fallback to `off`:
+/// a misspelt `required` must not silently run a leader without its fence. Patroni's runtime
+/// spellings (`auto`, `require`, `disable(d)`) are accepted.
+fn watchdog(r: &mut Reader<'_>) -> WatchdogConfig {
+    let mut w = WatchdogConfig::default();
+    match r.get("watchdog") {
+        None | Some(Value::Object(_)) => {}
+        Some(other) => {
+            r.problem(
+                "watchdog",
+                format!("{other} didn't pass validation: expected a mapping"),
+            );
+            return w;
+        }
+    }
+    match r.get("watchdog.mode") {
+        None => {}
+        Some(Value::Bool(false)) => w.mode = WatchdogMode::Off,
+        Some(v) => {
+            let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            match shown.to_ascii_lowercase().as_str() {
+                "off" | "disable" | "disabled" => w.mode = WatchdogMode::Off,
+                "automatic" | "auto" => w.mode = WatchdogMode::Automatic,
+                "required" | "require" => w.mode = WatchdogMode::Required,
+                _ => r.problem(
+                    "watchdog.mode",
+                    format!("{shown} didn't pass validation: must be off, automatic or required"),
+                ),
+            }
+        }
+    }
+    if let Some(device) = r.string("watchdog.device", false) {
+        w.device = PathBuf::from(device);
+    }
+    match r.get("watchdog.safety_margin") {
+        None => {}
+        Some(Value::Number(n)) if n.as_i64().is_some_and(|m| m >= -1) => {
+            w.safety_margin = n.as_i64().unwrap_or(5);
+        }
+        Some(v) => r.problem(
+            "watchdog.safety_margin",
+            format!("{v} didn't pass validation: expected an integer, at least -1"),
+        ),
+    }
+    match r.string("watchdog.driver", false).as_deref() {
+        None | Some("default") => {}
+        Some("testing") => w.driver = WatchdogDriver::Testing,
+        Some(other) => r.problem(
+            "watchdog.driver",
+            format!("{other} didn't pass validation: must be default or testing"),
+        ),
+    }
+    w
+}
+
 /// Every leaf path of `v` (objects only), for the unknown-keys warning.
 fn leaf_paths(prefix: &str, v: &Value, out: &mut Vec<String>) {
     if let Value::Object(m) = v {
@@ -922,6 +983,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         callbacks,
     };
     let tags = tags(&mut r, &mut warnings);
+    let watchdog = watchdog(&mut r);
     let log = LogConfig {
         level: r
             .string("log.level", false)
@@ -962,6 +1024,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         postgresql,
         tags,
         log,
+        watchdog,
         raw: doc.clone(),
     };
     Ok(Loaded { config, warnings })

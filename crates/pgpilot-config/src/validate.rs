@@ -65,18 +65,6 @@ pub fn validate(doc: &Value) -> Vec<Problem> {
             "restapi.server_tokens",
             &["original", "productonly", "minimal"],
         ),
-        (
-            "watchdog.mode",
-            &[
-                "off",
-                "automatic",
-                "required",
-                "auto",
-                "require",
-                "disable",
-                "disabled",
-            ],
-        ),
         ("log.type", &["plain", "json"]),
     ];
     for (path, allowed) in enums {

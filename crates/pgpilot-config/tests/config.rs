@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use pgpilot_config::{load, validate, yaml, ConfigError, DynamicConfig};
+use pgpilot_config::{
+    load, validate, yaml, ConfigError, DynamicConfig, WatchdogConfig, WatchdogDriver, WatchdogMode,
+};
 use serde_json::{json, Map, Value};
 
 const SAMPLE: &str = r#"
@@ -112,13 +114,13 @@ fn patroni_sample_loads() {
         json!({"custom": "x"})
     );
     assert_eq!(c.ctl.authentication.as_ref().unwrap().username, "admin");
-    let unknown: Vec<&String> = loaded
-        .warnings
-        .iter()
-        .filter(|w| w.contains("not implemented"))
-        .collect();
-    assert_eq!(unknown.len(), 1, "{:?}", loaded.warnings);
-    assert!(unknown[0].contains("watchdog"), "{unknown:?}");
+    // `watchdog` is modelled: no warning names it.
+    assert!(
+        !loaded.warnings.iter().any(|w| w.contains("watchdog")),
+        "{:?}",
+        loaded.warnings
+    );
+    assert_eq!(c.watchdog.mode, WatchdogMode::Automatic);
     assert!(loaded
         .warnings
         .iter()
@@ -598,5 +600,115 @@ fn validate_reads_the_etcd_tls_files() {
             && p.message
                 .contains("etcd3.cacert: /nonexistent/ca.pem: missing")),
         "{problems:?}"
+    );
+}
+
+/// `SAMPLE` with its watchdog section replaced by `section` (YAML lines of the mapping).
+fn with_watchdog(section: &str) -> Vec<(String, String)> {
+    let doc = SAMPLE.replace(
+        "watchdog:\n  mode: automatic\n",
+        &format!("watchdog:\n{section}"),
+    );
+    env(&[("PATRONI_CONFIGURATION", &doc)])
+}
+
+/// The watchdog section: Patroni's defaults, its runtime spellings of `mode` (PyYAML reads
+/// `off` as false), the hidden `driver`, and the margin that gives the timeout.
+#[test]
+fn watchdog_section() {
+    let read = |section: &str| load(None, &with_watchdog(section)).unwrap().config.watchdog;
+    assert_eq!(read(""), WatchdogConfig::default());
+    assert_eq!(
+        WatchdogConfig::default(),
+        WatchdogConfig {
+            mode: WatchdogMode::Automatic,
+            device: "/dev/watchdog".into(),
+            safety_margin: 5,
+            driver: WatchdogDriver::Linux,
+        }
+    );
+    for (mode, want) in [
+        ("off", WatchdogMode::Off),
+        ("'off'", WatchdogMode::Off),
+        ("false", WatchdogMode::Off),
+        ("disabled", WatchdogMode::Off),
+        ("disable", WatchdogMode::Off),
+        ("automatic", WatchdogMode::Automatic),
+        ("auto", WatchdogMode::Automatic),
+        ("required", WatchdogMode::Required),
+        ("Require", WatchdogMode::Required),
+    ] {
+        assert_eq!(read(&format!("  mode: {mode}\n")).mode, want, "{mode}");
+    }
+    let w =
+        read("  mode: required\n  driver: testing\n  device: /tmp/wd.fifo\n  safety_margin: -1\n");
+    assert_eq!(
+        w,
+        WatchdogConfig {
+            mode: WatchdogMode::Required,
+            device: "/tmp/wd.fifo".into(),
+            safety_margin: -1,
+            driver: WatchdogDriver::Testing,
+        }
+    );
+    let ttl = Duration::from_secs(30);
+    assert_eq!(w.timeout(ttl), 15, "-1: half the ttl");
+    assert_eq!(
+        WatchdogConfig::default().timeout(ttl),
+        25,
+        "ttl - safety_margin"
+    );
+}
+
+/// A mode, margin or driver Patroni's validator refuses is refused with its key path: a
+/// misspelt `required` must not run a leader without its fence.
+#[test]
+fn watchdog_section_problems_are_named() {
+    for (section, path, what) in [
+        (
+            "  mode: requried\n",
+            "watchdog.mode",
+            "requried didn't pass validation",
+        ),
+        (
+            "  mode: on\n",
+            "watchdog.mode",
+            "true didn't pass validation",
+        ),
+        (
+            "  safety_margin: -2\n",
+            "watchdog.safety_margin",
+            "-2 didn't pass validation",
+        ),
+        (
+            "  safety_margin: five\n",
+            "watchdog.safety_margin",
+            "\"five\" didn't pass",
+        ),
+        (
+            "  driver: ipmi\n",
+            "watchdog.driver",
+            "ipmi didn't pass validation",
+        ),
+        (
+            "  device: [a, b]\n",
+            "watchdog.device",
+            "didn't pass validation",
+        ),
+    ] {
+        let err = problems(&with_watchdog(section));
+        assert!(err.contains(&format!("{path}: ")), "{section}: {err}");
+        assert!(err.contains(what), "{section}: {err}");
+    }
+    let doc = yaml::parse(
+        &SAMPLE.replace("  mode: automatic", "  mode: sometimes"),
+        "f",
+    )
+    .unwrap();
+    let paths: Vec<String> = validate(&doc).into_iter().map(|p| p.path).collect();
+    assert_eq!(
+        paths.iter().filter(|p| *p == "watchdog.mode").count(),
+        1,
+        "--validate-config names it once: {paths:?}"
     );
 }

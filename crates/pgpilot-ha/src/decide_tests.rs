@@ -108,6 +108,7 @@ fn obs() -> Observation {
         peers: vec![],
         self_demoted: false,
         sync: crate::sync::SyncParams::off(),
+        watchdog_usable: true,
     }
 }
 
@@ -410,6 +411,13 @@ fn decision_table() {
             o.pg = primary(1);
             o.paused = true;
         }), Decision::NotHealthiest { reason: "system ID mismatch".into(), demote: false, msg: "continue to run as primary without lock".into() }),
+        // §5.2.7: a required watchdog that can not be used keeps a replica out of the race;
+        // a running primary and a manual failover's candidate still take the key (and then
+        // let it go when the device does not arm: `after_watchdog_refused`).
+        ("race, required watchdog unusable", Box::new(|o| { o.cluster = unlocked(); o.watchdog_usable = false }), not_healthiest("Watchdog device is not usable")),
+        ("race, required watchdog unusable, primary", Box::new(|o| { o.cluster = unlocked(); o.pg = primary(1); o.watchdog_usable = false }), Decision::AcquireLeader),
+        ("switchover to me, required watchdog unusable", Box::new(|o| { o.cluster = with_failover(Some("pg1"), Some("pg2")); o.watchdog_usable = false }), Decision::AcquireLeader),
+        ("lock holder, required watchdog unusable", Box::new(|o| { o.cluster = mine(); o.pg = primary(1); o.watchdog_usable = false }), Decision::RenewLeader),
         // §5.3: a leader exists.
         ("lock holder", Box::new(|o| { o.cluster = mine(); o.pg = primary(1) }), Decision::RenewLeader),
         ("follower", Box::new(|_| {}), Decision::Follow { leader: "pg1".into() }),
@@ -660,5 +668,27 @@ fn follow_ups_after_a_lock_attempt_or_renewal() {
     assert_eq!(
         start_after_renewal(false, readonly(), false),
         (false, readonly())
+    );
+}
+
+/// A leader whose required watchdog does not arm (Patroni's `enforce_primary_role`).
+#[test]
+fn after_the_watchdog_refused() {
+    use crate::decide::{after_watchdog_refused, WatchdogRefused};
+    let mut o = obs();
+    o.cluster = Some(cluster(Some("pg2")));
+    o.pg = primary(1);
+    assert_eq!(
+        after_watchdog_refused(&o),
+        WatchdogRefused::Demote {
+            msg: "Demoting self because watchdog could not be activated".into()
+        }
+    );
+    o.pg = replica(1000);
+    assert_eq!(
+        after_watchdog_refused(&o),
+        WatchdogRefused::Release {
+            msg: "Not promoting self because watchdog could not be activated".into()
+        }
     );
 }

@@ -7,6 +7,7 @@ pub mod decide;
 mod decide_tests;
 mod params;
 pub mod sync;
+pub mod watchdog;
 
 pub use agent::{pg_info, Agent, AgentError, Exit};
 pub use decide::{

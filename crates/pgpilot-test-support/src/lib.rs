@@ -48,6 +48,7 @@ mod cluster;
 mod etcd;
 mod pg;
 mod tls;
+mod watchdog;
 mod writer;
 mod yaml;
 
@@ -56,6 +57,7 @@ pub use cluster::{Cluster, Member, Options, API_AUTH, SUPERUSER};
 pub use etcd::{Etcd, EtcdSetup, Kv};
 pub use pg::{controldata_system_identifier, Standalone};
 pub use tls::{make_certs, temp_certs, TlsFiles};
+pub use watchdog::{WatchdogEvent, WatchdogMonitor};
 pub use writer::{Writer, WriterLog};
 pub use yaml::to_yaml;
 

@@ -129,6 +129,9 @@ pub struct NodeSnapshot {
     pub loop_wait: Duration,
     /// A restart scheduled through `POST /restart` (for `/patroni`).
     pub scheduled_restart: Option<Map<String, Value>>,
+    /// `watchdog.mode: required` and no usable watchdog: peers leave this member out of leader
+    /// races (`/patroni` `watchdog_failed`).
+    pub watchdog_failed: bool,
 }
 
 impl NodeSnapshot {
@@ -154,6 +157,7 @@ impl NodeSnapshot {
             next_run: Instant::now(),
             loop_wait: Duration::from_secs(10),
             scheduled_restart: None,
+            watchdog_failed: false,
         }
     }
 

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{
-    slot_name_for, DesiredConfig, PgControl, StandbyConfig, StopMode, Upstream,
+    slot_name_for, DesiredConfig, PgControl, PgError, StandbyConfig, StopMode, Upstream,
 };
 use pgpilot_types::{Peers, Role, State};
 use tracing::{error, info, warn};
@@ -93,7 +93,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
             Decision::UpdateLockDuring { action } => match self.dcs.update_leader(None).await {
                 Ok(true) => {
-                    self.last_renewal = Some(Instant::now());
+                    self.renewed();
                     Ok(format!("updated leader lock during {}", action.describe()))
                 }
                 res => {
@@ -154,11 +154,13 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     }
                 }
                 // Going on is safe: the key is on our lease, so a key we failed to delete
-                // expires within ttl since we stop renewing it.
+                // expires within ttl since we stop renewing it. PostgreSQL is not a primary
+                // here (stopped, in recovery, or paused): the watchdog has no duty left.
                 if let Err(e) = self.dcs.delete_leader().await {
                     error!("could not release the leader key: {e}");
                 }
                 self.last_renewal = None;
+                self.watchdog.disable();
                 Ok(msg)
             }
             Decision::StartPostgres {
@@ -175,11 +177,20 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                             false
                         }
                     };
-                    self.last_renewal = renewed.then(Instant::now);
+                    if renewed {
+                        self.renewed();
+                    } else {
+                        self.last_renewal = None;
+                    }
                     start_after_renewal(as_primary, msg, renewed)
                 } else {
                     (as_primary, msg)
                 };
+                // Patroni's `recover`: only a primary restarting under its key keeps the
+                // watchdog; a replica has no use for it until it is promoted.
+                if !as_primary {
+                    self.watchdog.disable();
+                }
                 let standby = if as_primary {
                     None
                 } else {
@@ -272,14 +283,21 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// former primary in pg_controldata, decides between a rewind and a start as a replica.
     /// The configuration files are deliberately left as they were until then: writing
     /// `standby.signal` now would hide that this data directory was a primary.
-    pub(super) async fn demote(&mut self, mode: StopMode) {
+    ///
+    /// Returns whether PostgreSQL stopped: if not, it may still be a primary and the watchdog
+    /// stays armed.
+    pub(super) async fn demote(&mut self, mode: StopMode) -> bool {
         self.last_renewal = None;
         self.rewind.check = true;
         self.role = Role::Demoted;
         self.state = State::Stopping;
-        if let Err(e) = self.pg.stop(mode, self.pg_ctl_timeout()).await {
-            error!("could not stop PostgreSQL while demoting: {e}");
-        }
+        let stopped = match self.stop_then_disarm(mode).await {
+            Ok(()) => true,
+            Err(e) => {
+                error!("could not stop PostgreSQL while demoting: {e}");
+                false
+            }
+        };
         self.state = State::Stopped;
         self.last_pg = None;
         self.publish(Instant::now());
@@ -296,6 +314,41 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self.spawn_task(ActionKind::Start, async move { pg.start(timeout).await });
         }
         self.run_again = true;
+        stopped
+    }
+
+    /// Stops PostgreSQL, which may be a primary, and closes the watchdog once it is down. If it
+    /// can not be stopped the watchdog stays armed, without keepalives, and resets the host
+    /// before the key can expire. (Patroni closes it a little earlier, at the "safepoint" when
+    /// no client backend is left; a shutdown checkpoint that outlasts the watchdog timeout
+    /// resets the host here.)
+    pub(super) async fn stop_then_disarm(&mut self, mode: StopMode) -> Result<(), PgError> {
+        self.pg.stop(mode, self.pg_ctl_timeout()).await?;
+        self.watchdog.disable();
+        Ok(())
+    }
+
+    /// A successful leader key renewal: note it and keep the watchdog alive.
+    pub(super) fn renewed(&mut self) {
+        self.last_renewal = Some(Instant::now());
+        self.watchdog.keepalive();
+    }
+
+    /// After acting: a member that does not hold the key and whose PostgreSQL is stopped or in
+    /// recovery has nothing left for the watchdog to fence. A primary without the key keeps it
+    /// armed (without keepalives) until it is stopped.
+    pub(super) fn disarm_when_not_leading(&mut self, obs: &Observation) {
+        let not_primary = matches!(
+            obs.pg,
+            PgView::Stopped { .. }
+                | PgView::Running {
+                    in_recovery: true,
+                    ..
+                }
+        );
+        if self.watchdog.is_running() && self.last_renewal.is_none() && not_primary {
+            self.watchdog.disable();
+        }
     }
 
     pub(super) async fn follow(

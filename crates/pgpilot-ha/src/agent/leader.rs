@@ -13,8 +13,8 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 
 use crate::decide::{
-    after_acquire, manual_failover_from_leader, valid_sysid, AfterAcquire, ManualFailover,
-    Observation, PgView,
+    after_acquire, after_watchdog_refused, manual_failover_from_leader, valid_sysid, AfterAcquire,
+    ManualFailover, Observation, PgView, WatchdogRefused,
 };
 use crate::sync;
 
@@ -52,12 +52,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
         match after_acquire(outcome, obs) {
             AfterAcquire::Promote => {
+                if let Some(msg) = self.arm_watchdog(obs).await {
+                    return Ok(msg);
+                }
                 if let Promotion::Postponed(msg) = self.promote(obs).await {
                     return Ok(msg.into());
                 }
                 Ok("promoted self to leader by acquiring session lock".into())
             }
             AfterAcquire::Lead => {
+                if let Some(msg) = self.arm_watchdog(obs).await {
+                    return Ok(msg);
+                }
                 self.role = Role::Primary;
                 Ok("acquired session lock as a leader".into())
             }
@@ -68,6 +74,33 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 Ok(msg)
             }
         }
+    }
+
+    /// Patroni's `enforce_primary_role` first step: outside maintenance mode a leader arms its
+    /// watchdog before running a primary. If `required` and it does not arm, the key goes
+    /// (after stopping a primary at once): `Some(sentence of the cycle)`.
+    async fn arm_watchdog(&mut self, obs: &Observation) -> Option<String> {
+        if obs.paused || self.watchdog.is_running() || self.watchdog.activate() {
+            return None;
+        }
+        let msg = match after_watchdog_refused(obs) {
+            WatchdogRefused::Demote { msg } => {
+                if !self.demote(StopMode::Immediate).await {
+                    // Still a primary: keep the key (the armed-or-not watchdog fences).
+                    return Some(msg);
+                }
+                msg
+            }
+            WatchdogRefused::Release { msg } => msg,
+        };
+        self.last_renewal = None;
+        match self.dcs.delete_leader().await {
+            Ok(true) => info!("Leader key released"),
+            Ok(false) => {}
+            // On our lease: it expires within ttl since we stop renewing it.
+            Err(e) => error!("could not release the leader key: {e}"),
+        }
+        Some(msg)
     }
 
     /// Promotes the local replica (we hold the lock). In synchronous mode `/sync` names us
@@ -118,7 +151,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
         match self.dcs.update_leader(leader.as_ref()).await {
             Ok(true) => {
-                self.last_renewal = Some(Instant::now());
+                self.renewed();
+                if let Some(msg) = self.arm_watchdog(obs).await {
+                    return Ok(msg);
+                }
             }
             res => {
                 if let Err(e) = res {
@@ -255,7 +291,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             warn!("CHECKPOINT before switchover failed: {e}");
         }
         self.state = State::Stopping;
-        if let Err(e) = self.pg.stop(StopMode::Fast, self.pg_ctl_timeout()).await {
+        if let Err(e) = self.stop_then_disarm(StopMode::Fast).await {
             // PostgreSQL is still running: keep the key (never two primaries).
             error!("could not stop PostgreSQL for the switchover, keeping the leader key: {e}");
             self.state = State::Running;

@@ -32,6 +32,12 @@
 //! | `commands.rs` | REST commands: restart (now or scheduled), reinitialize, reload |
 //! | `publish.rs` | the member key, `/history`, the REST snapshot |
 //! | `shutdown.rs` | the shutdown order above |
+//!
+//! The watchdog (`crate::watchdog`) is armed before this member runs a primary (promotion,
+//! bootstrap, taking or holding the key), kept alive with every renewal, and closed once
+//! PostgreSQL is stopped or no longer a primary without the key, in maintenance mode, and on a
+//! clean shutdown. If PostgreSQL can not be stopped it stays armed without keepalives: the host
+//! is reset before the key expires.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +55,7 @@ use tracing::{error, info, warn};
 
 use crate::decide::{decide, DataState, Observation, PgView};
 use crate::sync::Ssn;
+use crate::watchdog::{SystemWatchdogs, Watchdog, WatchdogOpener};
 
 mod act;
 mod commands;
@@ -162,6 +169,8 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     scheduled_restart: Option<ScheduledRestart>,
     /// Since when our replica has been running without streaming from a running leader.
     not_streaming_since: Option<Instant>,
+    /// The watchdog device, armed only for leader duty (module docs).
+    watchdog: Watchdog,
 }
 
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
@@ -174,6 +183,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     ) -> Agent<D, P, Pg> {
         let dynamic = load_dynamic_cache(&cfg)
             .unwrap_or_else(|| DynamicConfig::from_document(&cfg.bootstrap.dcs).0);
+        let watchdog = Watchdog::new(
+            Arc::new(SystemWatchdogs),
+            &cfg.watchdog,
+            dynamic.ttl,
+            dynamic.loop_wait,
+        );
         Agent {
             cfg,
             dcs,
@@ -202,7 +217,19 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             config_path: None,
             scheduled_restart: None,
             not_streaming_since: None,
+            watchdog,
         }
+    }
+
+    /// Opens watchdog devices with `opener` instead of the system's (tests).
+    pub fn with_watchdog(mut self, opener: Arc<dyn WatchdogOpener>) -> Agent<D, P, Pg> {
+        self.watchdog = Watchdog::new(
+            opener,
+            &self.cfg.watchdog,
+            self.dynamic.ttl,
+            self.dynamic.loop_wait,
+        );
+        self
     }
 
     /// Connects the REST API's command channel and names the file a reload re-reads.
@@ -316,6 +343,14 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
         }
 
+        // The watchdog follows the local section and the key's timing; maintenance mode
+        // closes it (Patroni: "paused -> disable watchdog").
+        self.watchdog
+            .configure(&self.cfg.watchdog, self.dynamic.ttl, self.dynamic.loop_wait);
+        if self.dynamic.pause {
+            self.watchdog.disable();
+        }
+
         // Finish a background task that ended.
         if let Some(msg) = self.reap_task(cluster.as_ref()).await? {
             return Ok(msg);
@@ -382,9 +417,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             peers,
             self_demoted: self.rewind.check || self.rewind.done,
             sync: self.sync_params(),
+            watchdog_usable: self.watchdog.is_healthy(),
         };
         let decision = decide(&obs);
         let msg = self.act(decision, &obs).await?;
+        self.disarm_when_not_leading(&obs);
         if obs.cluster.as_ref().is_some_and(|c| !c.is_unlocked()) {
             self.evaluate_scheduled_restart().await;
         }

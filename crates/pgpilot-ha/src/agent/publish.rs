@@ -150,6 +150,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             next_run: (cycle_started.max(now) + self.dynamic.loop_wait).into_std(),
             loop_wait: self.dynamic.loop_wait,
             scheduled_restart: self.scheduled_restart_json(),
+            watchdog_failed: !self.watchdog.is_healthy(),
         };
         self.snapshot.send_replace(Arc::new(snap));
     }

@@ -1,6 +1,7 @@
 //! Shutdown (SIGTERM) in one place: stop the background task; unless paused, stop PostgreSQL,
-//! and if we hold the leader key publish the shutdown checkpoint and release the key; touch our
-//! member key one last time.
+//! close the watchdog, and if we hold the leader key publish the shutdown checkpoint and release
+//! the key; touch our member key one last time. Paused: PostgreSQL and the key stay, the
+//! watchdog is closed. If PostgreSQL can not be stopped, the key and the watchdog stay.
 
 use pgpilot_dcs::{Cluster, Dcs, Status};
 use pgpilot_postgres::{PgControl, StopMode};
@@ -18,6 +19,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let paused = self.last_cluster.as_deref().is_some_and(Cluster::is_paused);
         if paused {
             info!("Leader key is not deleted and Postgresql is not stopped due paused state");
+            self.watchdog.disable();
             return;
         }
         let was_leader = self.last_renewal.is_some();
@@ -25,7 +27,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self.leave_sync_duty().await;
         }
         self.state = State::Stopping;
-        match self.pg.stop(StopMode::Fast, self.pg_ctl_timeout()).await {
+        match self.stop_then_disarm(StopMode::Fast).await {
             Ok(()) => {
                 self.state = State::Stopped;
                 if was_leader {
@@ -51,7 +53,14 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
             Err(e) => {
                 // PostgreSQL still runs: keep the key, a second primary must never appear.
-                error!("could not stop PostgreSQL, keeping the leader key: {e}");
+                error!(
+                    "PostgreSQL shutdown failed, leader key not removed.{} ({e})",
+                    if self.watchdog.is_running() {
+                        " Leaving watchdog running."
+                    } else {
+                        ""
+                    }
+                );
                 return;
             }
         }

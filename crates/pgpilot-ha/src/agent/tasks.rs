@@ -81,19 +81,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
             (ActionKind::Bootstrap, Err(e)) => {
                 error!("bootstrap failed: {e}");
-                if let Err(e) = self.dcs.cancel_initialization().await {
-                    error!("could not remove the initialize key: {e}");
-                }
-                // The agent exits next; the data directory is moved aside for inspection.
-                if let Err(e) = self
-                    .pg
-                    .stop(StopMode::Immediate, Duration::from_secs(30))
-                    .await
-                {
-                    error!("could not stop PostgreSQL after the failed bootstrap: {e}");
-                }
-                move_aside_failed(&self.cfg.postgresql.data_dir);
-                return Err(AgentError::Fatal("Failed to bootstrap cluster".into()));
+                return Err(self.cancel_initialization().await);
             }
             (ActionKind::Clone | ActionKind::Reinitialize, Err(e)) => {
                 error!("failed to bootstrap from leader: {e}");
@@ -147,6 +135,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                         }
                         self.role = Role::Demoted;
                         self.last_renewal = None;
+                        self.watchdog.disable();
                         if let Err(e) = self.dcs.delete_leader().await {
                             error!("could not release the leader key: {e}");
                         }
@@ -173,6 +162,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
         };
         self.sysid = Some(sysid.clone());
+        // The new primary is published only with its watchdog armed.
+        if !self.watchdog.activate() {
+            error!("Cancelling bootstrap because watchdog activation failed");
+            return Err(self.cancel_initialization().await);
+        }
         let config = Value::Object(self.cfg.bootstrap.dcs.clone()).to_string();
         let res = async {
             self.dcs.initialize(false, &sysid).await?;
@@ -191,6 +185,25 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.save_dynamic_cache();
         self.run_again = true;
         Ok("initialized a new cluster".into())
+    }
+
+    /// A bootstrap that can not be finished (spec/ha-loop.md §5.1.7 `cancel_initialization`):
+    /// the initialize key goes, PostgreSQL stops, the data directory is moved aside for
+    /// inspection, and the agent exits with the returned error.
+    async fn cancel_initialization(&mut self) -> AgentError {
+        info!("removing initialize key after failed attempt to bootstrap the cluster");
+        if let Err(e) = self.dcs.cancel_initialization().await {
+            error!("could not remove the initialize key: {e}");
+        }
+        if let Err(e) = self
+            .pg
+            .stop(StopMode::Immediate, Duration::from_secs(30))
+            .await
+        {
+            error!("could not stop PostgreSQL after the failed bootstrap: {e}");
+        }
+        move_aside_failed(&self.cfg.postgresql.data_dir);
+        AgentError::Fatal("Failed to bootstrap cluster".into())
     }
 
     pub(super) fn spawn_task<F, E>(&mut self, kind: ActionKind, fut: F)

@@ -66,6 +66,11 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
         check_timeline(o, cluster, timeline)?;
         return manual_failover_no_leader(o, cluster, f, wal_position);
     }
+    // Patroni's order: after the manual failover (whose winner still fails to arm the device
+    // and lets the key go) and before the comparison with the other members.
+    if !o.watchdog_usable {
+        return Err("Watchdog device is not usable".into());
+    }
     if !sync::may_race(&o.sync, &o.me, cluster.sync.as_ref()) {
         return Err("I am not a synchronous standby (not listed in /sync)".into());
     }

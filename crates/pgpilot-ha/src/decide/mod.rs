@@ -109,6 +109,9 @@ pub struct Observation {
     pub self_demoted: bool,
     /// Synchronous replication settings (`synchronous_mode` & co).
     pub sync: SyncParams,
+    /// The watchdog can do its duty: `false` only with `watchdog.mode: required` and a device
+    /// that can not be used. Such a member does not run for leader.
+    pub watchdog_usable: bool,
 }
 
 impl Observation {
@@ -182,6 +185,34 @@ pub enum AfterAcquire {
     /// Lost the race, or the DCS failed: log `msg`; `demote`: PostgreSQL runs as a primary
     /// without the lock (not paused), stop it at once.
     Lost { demote: bool, msg: String },
+}
+
+/// What a leader does when its watchdog could not be armed in `required` mode (Patroni's
+/// `enforce_primary_role`): a primary stops at once and lets the key go; a replica does not
+/// promote and lets the key go. Carries the sentence of the cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchdogRefused {
+    Demote { msg: String },
+    Release { msg: String },
+}
+
+/// The pure follow-up of a failed watchdog activation while holding the key.
+pub fn after_watchdog_refused(o: &Observation) -> WatchdogRefused {
+    if matches!(
+        o.pg,
+        PgView::Running {
+            in_recovery: false,
+            ..
+        }
+    ) {
+        WatchdogRefused::Demote {
+            msg: "Demoting self because watchdog could not be activated".into(),
+        }
+    } else {
+        WatchdogRefused::Release {
+            msg: "Not promoting self because watchdog could not be activated".into(),
+        }
+    }
 }
 
 /// The pure follow-up of a lock attempt, given its outcome (`Ok(won)` or the DCS error).

@@ -439,6 +439,8 @@ impl World {
             peers,
             self_demoted: a.rewind_check || a.rewind_done,
             sync: a.sync_params(),
+            // Not modelled (see the module docs of `sim`): no member is refused for it.
+            watchdog_usable: true,
         }
     }
 
