@@ -229,14 +229,17 @@ async fn live_snapshot<D: Dcs>(
             _ => None,
         },
     };
+    let mut fresh = (*snap).clone();
     match info {
-        Some(info) => {
-            let mut fresh = (*snap).clone();
-            fresh.pg = Some(info);
-            Arc::new(fresh)
+        Some(info) => fresh.pg = Some(info),
+        // The postmaster died (or stopped answering) since the last cycle: say so now, as
+        // Patroni does, rather than serve "running" to the load balancer until the next cycle.
+        None => {
+            fresh.state = State::Unknown;
+            fresh.pg = None;
         }
-        None => snap,
     }
+    Arc::new(fresh)
 }
 
 async fn allowed_client<D: Dcs>(shared: &Shared<D>, peer: IpAddr) -> bool {
@@ -562,6 +565,28 @@ mod tests {
             serde_json::from_str(get.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["role"], "primary", "{body}");
         assert_eq!(body["xlog"]["location"], 42, "{body}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// A postmaster killed since the last cycle: the live query fails, and the health checks
+    /// answer 503 with `state: unknown` at once (Patroni's answer), not "running" until the
+    /// next cycle notices.
+    #[tokio::test]
+    async fn a_failed_live_query_reports_unknown_at_once() {
+        let mut snap = NodeSnapshot::starting("pg1", "batman");
+        snap.state = State::Running;
+        snap.pg = Some(PgInfo {
+            in_recovery: true,
+            ..Default::default()
+        });
+        let dead: LivePg = Arc::new(|| Box::pin(async { None }));
+        let (addr, stop, server) = start(snap, options(None, Some(dead))).await;
+        let get = exchange(addr, "GET /replica HTTP/1.0\r\n\r\n").await;
+        assert!(get.starts_with("HTTP/1.0 503 "), "{get}");
+        let body: serde_json::Value =
+            serde_json::from_str(get.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["state"], "unknown", "{body}");
         stop.cancel();
         server.await.unwrap().unwrap();
     }

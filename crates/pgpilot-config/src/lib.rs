@@ -295,9 +295,11 @@ pub struct Tags {
 }
 
 impl Tags {
-    /// Whether this member may ever be promoted by an automatic failover.
+    /// Whether this member may ever be promoted by an automatic failover: not `nofailover`
+    /// as Patroni derives it (the boolean tag wins over `failover_priority`, which then only
+    /// ranks candidates).
     pub fn can_failover(&self) -> bool {
-        !self.nofailover && self.failover_priority > 0
+        !self.nofailover
     }
 }
 

@@ -669,28 +669,16 @@ fn tags(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Tags {
     let Some(Value::Object(map)) = r.get("tags").cloned() else {
         return t;
     };
-    t.nofailover = map.get("nofailover").is_some_and(truthy);
+    t.nofailover = pgpilot_values::bool_tag(&map, "nofailover", "failover_priority");
+    t.failover_priority = pgpilot_values::priority_tag(&map, "nofailover", "failover_priority");
+    t.nosync = pgpilot_values::bool_tag(&map, "nosync", "sync_priority");
     t.noloadbalance = map.get("noloadbalance").is_some_and(truthy);
     t.clonefrom = map.get("clonefrom").is_some_and(truthy);
-    t.nosync = map.get("nosync").is_some_and(truthy);
     t.replicatefrom = map
         .get("replicatefrom")
         .and_then(Value::as_str)
         .map(str::to_string);
-    let prio = map.get("failover_priority").and_then(|v| match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    });
-    if let Some(p) = prio {
-        t.failover_priority = p;
-        if t.nofailover && p > 0 {
-            warnings.push(format!("Conflicting configuration between nofailover: True and failover_priority: {p}. Defaulting to nofailover: True"));
-        }
-    }
-    if t.nofailover {
-        t.failover_priority = 0;
-    }
+    warnings.extend(pgpilot_values::conflicting_tags(&map));
     for (k, v) in &map {
         let keep = match k.as_str() {
             "nofailover" => truthy(v) || map.contains_key("failover_priority"),

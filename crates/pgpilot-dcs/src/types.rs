@@ -82,35 +82,25 @@ impl MemberData {
         serde_json::from_str(text).unwrap_or_default()
     }
 
-    /// `nofailover` as Patroni derives it: the boolean tag, or `failover_priority <= 0`.
+    /// `nofailover` as Patroni derives it ([`crate::values::bool_tag`]).
     pub fn nofailover(&self) -> bool {
-        let Some(tags) = &self.tags else { return false };
-        if tags.get("nofailover").is_some_and(truthy) {
-            return true;
-        }
-        tags.get("failover_priority")
-            .and_then(Value::as_i64)
-            .is_some_and(|p| p <= 0)
-    }
-
-    /// `failover_priority` tag, default 1.
-    pub fn failover_priority(&self) -> i64 {
         self.tags
             .as_ref()
-            .and_then(|t| t.get("failover_priority"))
-            .and_then(Value::as_i64)
-            .unwrap_or(1)
+            .is_some_and(|t| crate::values::bool_tag(t, "nofailover", "failover_priority"))
+    }
+
+    /// `failover_priority` as Patroni derives it ([`crate::values::priority_tag`]).
+    pub fn failover_priority(&self) -> i64 {
+        self.tags.as_ref().map_or(1, |t| {
+            crate::values::priority_tag(t, "nofailover", "failover_priority")
+        })
     }
 
     /// `sync_priority` as Patroni derives it: 0 with the `nosync` tag, else the tag, default 1.
     pub fn sync_priority(&self) -> i64 {
-        let Some(tags) = &self.tags else { return 1 };
-        if tags.get("nosync").is_some_and(truthy) {
-            return 0;
-        }
-        tags.get("sync_priority")
-            .and_then(|v| v.as_i64().or_else(|| v.as_str()?.trim().parse().ok()))
-            .unwrap_or(1)
+        self.tags.as_ref().map_or(1, |t| {
+            crate::values::priority_tag(t, "nosync", "sync_priority")
+        })
     }
 
     /// `clonefrom` tag.

@@ -208,15 +208,11 @@ impl PeerStatus {
                 .unwrap_or(0);
             r.max(p)
         });
-        let tags = doc.get("tags").cloned().unwrap_or(Value::Null);
-        let nofailover = tags.get("nofailover").is_some_and(pgpilot_dcs::truthy);
-        let failover_priority = tags
-            .get("failover_priority")
-            .and_then(|v| {
-                v.as_i64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            })
-            .unwrap_or(1);
+        let empty = Map::new();
+        let tags = doc.get("tags").and_then(Value::as_object).unwrap_or(&empty);
+        let nofailover = pgpilot_dcs::values::bool_tag(tags, "nofailover", "failover_priority");
+        let failover_priority =
+            pgpilot_dcs::values::priority_tag(tags, "nofailover", "failover_priority");
         Some(PeerStatus {
             name: name.to_string(),
             is_primary,
@@ -225,7 +221,7 @@ impl PeerStatus {
                 .get("timeline")
                 .and_then(Value::as_u64)
                 .and_then(|t| u32::try_from(t).ok()),
-            nofailover: nofailover || failover_priority <= 0,
+            nofailover,
             failover_priority,
             watchdog_failed: doc.get("watchdog_failed").is_some_and(pgpilot_dcs::truthy),
             raw: doc,

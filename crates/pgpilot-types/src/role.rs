@@ -51,6 +51,9 @@ pub enum State {
     CreatingReplica,
     /// initdb of a new cluster is running.
     InitializingNewCluster,
+    /// Only in a REST answer: the agent saw PostgreSQL running, and the query made for this
+    /// request failed (Patroni's `get_postgresql_status` says `unknown` then).
+    Unknown,
 }
 
 impl State {
@@ -65,6 +68,7 @@ impl State {
             State::StartFailed => "start failed",
             State::CreatingReplica => "creating replica",
             State::InitializingNewCluster => "initializing new cluster",
+            State::Unknown => "unknown",
         }
     }
 }

@@ -8,4 +8,7 @@ pub mod patroni;
 pub mod x509;
 
 pub use lsn::Lsn;
-pub use patroni::{parse_bool, parse_bool_str, truthy, SyncMode, AUTH_LIBPQ_OPTIONS};
+pub use patroni::{
+    bool_tag, conflicting_tags, parse_bool, parse_bool_str, priority_tag, truthy, SyncMode,
+    AUTH_LIBPQ_OPTIONS,
+};

@@ -2,7 +2,7 @@
 //! request bodies and `PATRONI_*` variables. One function for each reading, so the agent, the
 //! REST API, `pgpilotctl` and the configuration loader cannot drift apart.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The keys of a `postgresql.authentication.<role>` entry besides `username` and `password`:
 /// the libpq options Patroni accepts there (its `_AUTH_ALLOWED_PARAMETERS`) and passes on to
@@ -53,6 +53,63 @@ pub fn parse_bool_str(s: &str) -> Option<bool> {
 /// [`parse_bool`] reads as true; false, absent-like and unrecognised values are false.
 pub fn truthy(v: &Value) -> bool {
     parse_bool(v) == Some(true)
+}
+
+/// Patroni's `parse_int` of a tag: a number, or a string holding one.
+fn tag_int(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A boolean tag with its priority companion (`nofailover`/`failover_priority`,
+/// `nosync`/`sync_priority`), as Patroni's `Tags._bool_tag` reads it: the boolean when it is
+/// set at all (it wins over the priority), else `priority <= 0`.
+pub fn bool_tag(tags: &Map<String, Value>, bool_name: &str, priority_name: &str) -> bool {
+    match tags.get(bool_name) {
+        Some(Value::Null) | None => tag_int(tags.get(priority_name)).is_some_and(|p| p <= 0),
+        Some(v) => truthy(v),
+    }
+}
+
+/// The priority of such a pair, as Patroni's `Tags._priority_tag`: 0 when the boolean is true,
+/// else the priority tag, 1 when absent or not a number.
+pub fn priority_tag(tags: &Map<String, Value>, bool_name: &str, priority_name: &str) -> i64 {
+    if tags.get(bool_name).is_some_and(truthy) {
+        return 0;
+    }
+    tag_int(tags.get(priority_name)).unwrap_or(1)
+}
+
+/// Patroni's warnings for contradictory tags (`nofailover: true` with a positive
+/// `failover_priority`, or `false` with one `<= 0`; the same for `nosync`/`sync_priority`),
+/// word for word: log alerts match them.
+pub fn conflicting_tags(tags: &Map<String, Value>) -> Vec<String> {
+    let python = |v: &Value| match v {
+        Value::Bool(true) => "True".to_string(),
+        Value::Bool(false) => "False".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = Vec::new();
+    for (b, p) in [
+        ("nofailover", "failover_priority"),
+        ("nosync", "sync_priority"),
+    ] {
+        let (Some(bv), Some(pv)) = (tags.get(b), tag_int(tags.get(p))) else {
+            continue;
+        };
+        let on = truthy(bv);
+        if (on && pv > 0) || (!on && pv <= 0) {
+            let shown = python(bv);
+            out.push(format!(
+                "Conflicting configuration between {b}: {shown} and {p}: {pv}. Defaulting to {b}: {shown}"
+            ));
+        }
+    }
+    out
 }
 
 /// `synchronous_mode` of `/config` (spec/ha-loop.md §5.7–5.8).
@@ -173,5 +230,61 @@ mod tests {
         assert!(SyncMode::On.is_active() && !SyncMode::On.is_quorum());
         assert!(SyncMode::Quorum.is_active() && SyncMode::Quorum.is_quorum());
         assert!(!SyncMode::Off.is_active());
+    }
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    /// Patroni's `Tags` rules: the boolean wins when set; the priority decides alone otherwise.
+    #[test]
+    fn boolean_and_priority_tags_follow_patroni() {
+        let cases = [
+            (json!({}), false, 1),
+            (json!({"failover_priority": 0}), true, 0),
+            (json!({"failover_priority": "2"}), false, 2),
+            (json!({"nofailover": true, "failover_priority": 1}), true, 0),
+            (
+                json!({"nofailover": false, "failover_priority": 0}),
+                false,
+                0,
+            ),
+            (json!({"nofailover": true}), true, 0),
+        ];
+        for (tags, nofailover, priority) in cases {
+            let t = map(tags.clone());
+            assert_eq!(
+                bool_tag(&t, "nofailover", "failover_priority"),
+                nofailover,
+                "{tags}"
+            );
+            assert_eq!(
+                priority_tag(&t, "nofailover", "failover_priority"),
+                priority,
+                "{tags}"
+            );
+        }
+    }
+
+    #[test]
+    fn conflicts_are_worded_as_patroni_words_them() {
+        assert_eq!(
+            conflicting_tags(&map(json!({"nofailover": true, "failover_priority": 1}))),
+            ["Conflicting configuration between nofailover: True and failover_priority: 1. Defaulting to nofailover: True"]
+        );
+        assert_eq!(
+            conflicting_tags(&map(json!({"nosync": false, "sync_priority": "0"}))),
+            ["Conflicting configuration between nosync: False and sync_priority: 0. Defaulting to nosync: False"]
+        );
+        assert!(
+            conflicting_tags(&map(json!({"nofailover": true, "failover_priority": 0}))).is_empty()
+        );
+        assert!(conflicting_tags(&map(json!({"failover_priority": 0}))).is_empty());
     }
 }

@@ -269,6 +269,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 return;
             }
         };
+        for w in &loaded.warnings {
+            warn!("{w}");
+        }
         let mut cfg = loaded.config;
         if cfg.name != self.cfg.name
             || cfg.scope != self.cfg.scope
