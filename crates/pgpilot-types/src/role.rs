@@ -51,6 +51,10 @@ pub enum State {
     CreatingReplica,
     /// initdb of a new cluster is running.
     InitializingNewCluster,
+    /// A custom bootstrap method (`bootstrap.method`) is running.
+    RunningCustomBootstrap,
+    /// The cluster a custom bootstrap restored is starting (and recovering).
+    StartingAfterCustomBootstrap,
 }
 
 impl State {
@@ -65,6 +69,8 @@ impl State {
             State::StartFailed => "start failed",
             State::CreatingReplica => "creating replica",
             State::InitializingNewCluster => "initializing new cluster",
+            State::RunningCustomBootstrap => "running custom bootstrap script",
+            State::StartingAfterCustomBootstrap => "starting after custom bootstrap",
         }
     }
 }

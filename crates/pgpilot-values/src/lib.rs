@@ -11,4 +11,4 @@ pub mod x509;
 
 pub use lsn::Lsn;
 pub use methods::{python_str, BootstrapRecovery, CustomBootstrap, MethodCommand, ReplicaMethod};
-pub use patroni::{parse_bool, parse_bool_str, truthy, SyncMode, AUTH_LIBPQ_OPTIONS};
+pub use patroni::{guc_value, parse_bool, parse_bool_str, truthy, SyncMode, AUTH_LIBPQ_OPTIONS};

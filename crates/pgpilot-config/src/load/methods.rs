@@ -6,7 +6,7 @@
 //! is used (passed to the command), so nothing here is ignored silently.
 
 use pgpilot_values::{
-    python_str, truthy, BootstrapRecovery, CustomBootstrap, MethodCommand, ReplicaMethod,
+    guc_value, python_str, truthy, BootstrapRecovery, CustomBootstrap, MethodCommand, ReplicaMethod,
 };
 use serde_json::{Map, Value};
 
@@ -54,23 +54,23 @@ fn split_command(r: &mut Reader<'_>, path: &str, command: &str) -> Option<Vec<St
     }
 }
 
-/// The section's keys other than `command`, values as Python's `str()`.
-fn section_keys(section: &Map<String, Value>) -> Vec<(String, String)> {
-    section
-        .iter()
-        .filter(|(k, _)| k.as_str() != "command")
-        .map(|(k, v)| (k.clone(), python_str(v)))
-        .collect()
-}
-
-/// A recovery setting's value as postgresql.conf takes it.
-fn recovery_value(v: &Value) -> String {
-    match v {
-        Value::Bool(true) => "on".into(),
-        Value::Bool(false) => "off".into(),
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+/// The method's command with its section's other keys (values as Python's `str()`).
+fn method_command(
+    name: String,
+    command: String,
+    argv: Vec<String>,
+    section: &Map<String, Value>,
+) -> MethodCommand {
+    MethodCommand {
+        name,
+        command,
+        argv,
+        keys: section
+            .iter()
+            .filter(|(k, _)| k.as_str() != "command")
+            .map(|(k, v)| (k.clone(), python_str(v)))
+            .collect(),
+        no_params: section.get("no_params").is_some_and(truthy),
     }
 }
 
@@ -130,7 +130,7 @@ pub(super) fn bootstrap_method(
             BootstrapRecovery::Params(
                 params
                     .iter()
-                    .map(|(k, v)| (k.clone(), recovery_value(v)))
+                    .map(|(k, v)| (k.clone(), guc_value(v)))
                     .collect(),
             )
         }
@@ -143,13 +143,7 @@ pub(super) fn bootstrap_method(
         }
     };
     Some(CustomBootstrap {
-        method: MethodCommand {
-            name,
-            command,
-            argv,
-            keys: section_keys(&section),
-            no_params: section.get("no_params").is_some_and(truthy),
-        },
+        method: method_command(name, command, argv, &section),
         recovery,
     })
 }
@@ -222,13 +216,7 @@ pub(super) fn replica_methods(
             continue;
         };
         methods.push(ReplicaMethod::Custom {
-            method: MethodCommand {
-                name,
-                command,
-                argv,
-                keys: section_keys(&section),
-                no_params: section.get("no_params").is_some_and(truthy),
-            },
+            method: method_command(name, command, argv, &section),
             no_leader: section.get("no_leader").is_some_and(truthy),
             keep_data: section.get("keep_data").is_some_and(truthy),
         });
