@@ -25,7 +25,9 @@ pub mod yaml;
 
 pub use dynamic::DynamicConfig;
 pub use load::{etcd_endpoint, etcd_from_document, load, load_document, load_from_value};
-pub use pgpilot_values::SyncMode;
+pub use pgpilot_values::{
+    BootstrapRecovery, CustomBootstrap, MethodCommand, ReplicaMethod, SyncMode,
+};
 pub use validate::validate;
 
 /// A problem with the configuration, always naming the key path (`postgresql.listen`).
@@ -180,6 +182,10 @@ pub struct BootstrapConfig {
     pub pg_hba: Vec<String>,
     /// `bootstrap.post_bootstrap` (alias `post_init`).
     pub post_bootstrap: Option<String>,
+    /// `bootstrap.method` naming a `bootstrap.<method>` section with a `command`; `None` =
+    /// `initdb` (the default). A method without its section or command is refused at load:
+    /// Patroni would run initdb instead, turning a restore into an empty cluster.
+    pub method: Option<CustomBootstrap>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,6 +216,9 @@ pub struct PostgresqlConfig {
     pub pg_hba: Option<Vec<String>>,
     /// `postgresql.basebackup` rendered as `--option` / `--option=value`.
     pub basebackup: Vec<String>,
+    /// `postgresql.create_replica_methods` (legacy `create_replica_method`) in order, each
+    /// custom one with its `postgresql.<method>` section; `[basebackup]` when absent or empty.
+    pub create_replica_methods: Vec<ReplicaMethod>,
     /// Default 60 s.
     pub pg_ctl_timeout: Duration,
     /// Local `use_pg_rewind` (overrides the dynamic one when set).

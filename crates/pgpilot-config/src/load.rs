@@ -15,6 +15,8 @@ use crate::{
 };
 use crate::{CtlTls, TlsServerConfig};
 
+mod methods;
+
 /// Name Patroni reserves for the strict synchronous-mode placeholder.
 const PLACEHOLDER: &str = "__patroni_strict_sync_replica_placeholder__";
 
@@ -80,6 +82,7 @@ const MODELLED: &[&str] = &[
     "bootstrap.pg_hba",
     "bootstrap.post_bootstrap",
     "bootstrap.post_init",
+    "bootstrap.method",
     "postgresql.listen",
     "postgresql.connect_address",
     "postgresql.data_dir",
@@ -92,6 +95,8 @@ const MODELLED: &[&str] = &[
     "postgresql.parameters",
     "postgresql.pg_hba",
     "postgresql.basebackup",
+    "postgresql.create_replica_methods",
+    "postgresql.create_replica_method",
     "postgresql.pg_ctl_timeout",
     "postgresql.use_pg_rewind",
     "postgresql.remove_data_directory_on_rewind_failure",
@@ -749,8 +754,9 @@ fn watchdog(r: &mut Reader<'_>) -> WatchdogConfig {
     w
 }
 
-/// Every leaf path of `v` (objects only), for the unknown-keys warning.
-fn leaf_paths(prefix: &str, v: &Value, out: &mut Vec<String>) {
+/// Every leaf path of `v` (objects only) that neither [`MODELLED`] nor `also` (the sections the
+/// configured methods name) covers, for the unknown-keys warning.
+fn leaf_paths(prefix: &str, v: &Value, also: &[String], out: &mut Vec<String>) {
     if let Value::Object(m) = v {
         for (k, child) in m {
             let p = if prefix.is_empty() {
@@ -758,11 +764,11 @@ fn leaf_paths(prefix: &str, v: &Value, out: &mut Vec<String>) {
             } else {
                 format!("{prefix}.{k}")
             };
-            if MODELLED.contains(&p.as_str()) {
+            if MODELLED.contains(&p.as_str()) || also.contains(&p) {
                 continue;
             }
             if MODELLED.iter().any(|m| m.starts_with(&format!("{p}."))) && child.is_object() {
-                leaf_paths(&p, child, out);
+                leaf_paths(&p, child, also, out);
             } else {
                 out.push(p);
             }
@@ -868,7 +874,22 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         post_bootstrap: r
             .string("bootstrap.post_bootstrap", false)
             .or_else(|| r.string("bootstrap.post_init", false)),
+        method: methods::bootstrap_method(&mut r, &mut warnings),
     };
+    if bootstrap
+        .dcs
+        .get("postgresql")
+        .and_then(Value::as_object)
+        .is_some_and(|p| {
+            p.contains_key("create_replica_methods") || p.contains_key("create_replica_method")
+        })
+    {
+        warnings.push(
+            "bootstrap.dcs.postgresql.create_replica_methods: pgpilot reads replica creation \
+             methods only from the local postgresql section; ignored here"
+                .into(),
+        );
+    }
 
     let (listen_addresses, port) = r.host_port("postgresql.listen").unwrap_or_default();
     let connect_address = r
@@ -960,6 +981,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         parameters,
         pg_hba: r.lines("postgresql.pg_hba"),
         basebackup: r.options("postgresql.basebackup", BASEBACKUP_FORBIDDEN),
+        create_replica_methods: methods::replica_methods(&mut r, &mut warnings),
         pg_ctl_timeout: Duration::from_secs_f64(pg_ctl_timeout.max(1.0)),
         use_pg_rewind: r.boolean("postgresql.use_pg_rewind"),
         remove_data_directory_on_rewind_failure: r
@@ -981,7 +1003,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
     };
 
     let mut unknown = Vec::new();
-    leaf_paths("", &doc, &mut unknown);
+    leaf_paths("", &doc, &methods::method_sections(&r), &mut unknown);
     if !unknown.is_empty() {
         warnings.push(format!(
             "keys not implemented by pgpilot yet, accepted and ignored: {}",

@@ -712,3 +712,172 @@ fn watchdog_section_problems_are_named() {
         "--validate-config names it once: {paths:?}"
     );
 }
+
+/// `SAMPLE` with `extra` added under its `bootstrap:` section and `pg_extra` under
+/// `postgresql:` (both indented by the caller as YAML wants).
+fn with_methods(extra: &str, pg_extra: &str) -> Vec<(String, String)> {
+    let doc = SAMPLE
+        .replace("bootstrap:\n", &format!("bootstrap:\n{extra}"))
+        .replace(
+            "postgresql:\n  listen:",
+            &format!("postgresql:\n{pg_extra}  listen:"),
+        );
+    env(&[("PATRONI_CONFIGURATION", &doc)])
+}
+
+/// A custom bootstrap method is read with its command split as a shell would, its other keys
+/// kept in order with Python's spelling, and its recovery settings; no warning names it.
+#[test]
+fn custom_bootstrap_method_is_read() {
+    let loaded = load(
+        None,
+        &with_methods(
+            "  method: backup_restore\n  backup_restore:\n    command: /usr/bin/restore --from=\"my backup\"\n    test-argument: test-value\n    sleep: 0\n    no_params: false\n    recovery_conf:\n      recovery_target_action: promote\n      restore_command: cp /archive/%f %p\n",
+            "",
+        ),
+    )
+    .unwrap();
+    let b = loaded.config.bootstrap.method.expect("a custom method");
+    assert_eq!(b.method.name, "backup_restore");
+    assert_eq!(b.method.argv, ["/usr/bin/restore", "--from=my backup"]);
+    assert!(!b.method.no_params);
+    assert_eq!(
+        b.method.bootstrap_argv("batman", "/d"),
+        [
+            "/usr/bin/restore",
+            "--from=my backup",
+            "--scope=batman",
+            "--datadir=/d",
+            "--test-argument=test-value",
+            "--sleep=0"
+        ]
+    );
+    assert_eq!(
+        b.recovery,
+        pgpilot_config::BootstrapRecovery::Params(vec![
+            ("recovery_target_action".into(), "promote".into()),
+            ("restore_command".into(), "cp /archive/%f %p".into()),
+        ])
+    );
+    assert!(
+        !loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("backup_restore") || w.contains("bootstrap.method")),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+/// `keep_existing_recovery_conf` keeps the restore's recovery files; `method: initdb` is the
+/// default.
+#[test]
+fn keep_existing_recovery_conf_and_initdb() {
+    let c = load(
+        None,
+        &with_methods(
+            "  method: pgbackrest\n  pgbackrest:\n    command: pgbackrest restore\n    keep_existing_recovery_conf: true\n    no_params: true\n",
+            "",
+        ),
+    )
+    .unwrap()
+    .config;
+    let b = c.bootstrap.method.unwrap();
+    assert_eq!(b.recovery, pgpilot_config::BootstrapRecovery::KeepExisting);
+    assert_eq!(
+        b.method.bootstrap_argv("s", "/d"),
+        ["pgbackrest", "restore"]
+    );
+    let c = load(None, &with_methods("  method: initdb\n", ""))
+        .unwrap()
+        .config;
+    assert!(c.bootstrap.method.is_none());
+}
+
+/// A method without its section or its command is refused, naming the key: Patroni would run
+/// initdb instead and turn a restore into an empty cluster.
+#[test]
+fn custom_bootstrap_without_section_or_command_is_refused() {
+    let text = problems(&with_methods("  method: from_backup\n", ""));
+    assert!(text.contains("bootstrap.method"), "{text}");
+    assert!(text.contains("from_backup"), "{text}");
+    let text = problems(&with_methods(
+        "  method: from_backup\n  from_backup:\n    recovery_conf: {}\n",
+        "",
+    ));
+    assert!(text.contains("bootstrap.from_backup.command"), "{text}");
+    let text = problems(&with_methods(
+        "  method: from_backup\n  from_backup:\n    command: restore 'unbalanced\n",
+        "",
+    ));
+    assert!(text.contains("bootstrap.from_backup.command"), "{text}");
+}
+
+/// `create_replica_methods` in order, each with its section; basebackup by default; a method
+/// without a section runs its name (warned); the legacy singular key is read.
+#[test]
+fn create_replica_methods_are_read() {
+    let c = load(None, &with_methods("", "")).unwrap().config;
+    assert_eq!(
+        c.postgresql.create_replica_methods,
+        [pgpilot_config::ReplicaMethod::Basebackup]
+    );
+    let loaded = load(
+        None,
+        &with_methods(
+            "",
+            "  create_replica_methods:\n  - wal_e\n  - restore\n  - basebackup\n  wal_e:\n    command: /bin/wal-e restore\n    no_leader: 1\n    keep_data: true\n    envdir: /etc/wal-e\n",
+        ),
+    )
+    .unwrap();
+    let methods = &loaded.config.postgresql.create_replica_methods;
+    assert_eq!(methods.len(), 3);
+    let pgpilot_config::ReplicaMethod::Custom {
+        method,
+        no_leader,
+        keep_data,
+    } = &methods[0]
+    else {
+        panic!("{methods:?}")
+    };
+    assert!(*no_leader && *keep_data);
+    assert_eq!(
+        method.replica_argv("batman", "/d", "dbname=postgres"),
+        [
+            "/bin/wal-e",
+            "restore",
+            "--no_leader=1",
+            "--keep_data=True",
+            "--envdir=/etc/wal-e",
+            "--scope=batman",
+            "--role=replica",
+            "--datadir=/d",
+            "--connstring=dbname=postgres"
+        ]
+    );
+    let pgpilot_config::ReplicaMethod::Custom { method, .. } = &methods[1] else {
+        panic!("{methods:?}")
+    };
+    assert_eq!(method.argv, ["restore"]);
+    assert_eq!(methods[2], pgpilot_config::ReplicaMethod::Basebackup);
+    let warned: Vec<_> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.contains("restore") || w.contains("wal_e"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", loaded.warnings);
+    assert!(warned[0].contains("postgresql.restore"), "{warned:?}");
+
+    let c = load(
+        None,
+        &with_methods("", "  create_replica_method:\n  - basebackup\n"),
+    )
+    .unwrap()
+    .config;
+    assert_eq!(
+        c.postgresql.create_replica_methods,
+        [pgpilot_config::ReplicaMethod::Basebackup]
+    );
+    let text = problems(&with_methods("", "  create_replica_methods: basebackup\n"));
+    assert!(text.contains("postgresql.create_replica_methods"), "{text}");
+}

@@ -99,6 +99,7 @@ fn obs() -> Observation {
         can_failover: true,
         failover_priority: 1,
         can_bootstrap: true,
+        can_clone_without_leader: false,
         maximum_lag_on_failover: 1_048_576,
         check_timeline: false,
         use_pg_rewind: true,
@@ -335,6 +336,8 @@ fn decision_table() {
         ("action, primary without lock", Box::new(|o| { o.pg = primary(1); o.action = Some(ActionKind::Rewind) }), Decision::DemoteImmediate { msg: "lost leader lock during rewind".into() }),
         ("action, replica", Box::new(|o| o.action = Some(ActionKind::Clone)), no_action("bootstrap from leader in progress")),
         ("bootstrap without lock", Box::new(|o| { o.cluster = unlocked(); o.pg = primary(1); o.action = Some(ActionKind::Bootstrap) }), no_action("bootstrap in progress")),
+        ("custom bootstrap recovering", Box::new(|o| { o.cluster = Some(Cluster { initialize: Some(String::new()), ..Default::default() }); o.data = DataState::Empty; o.pg = PgView::Unresponsive; o.action = Some(ActionKind::BootstrapRecovery) }), no_action("waiting for end of recovery after bootstrap")),
+        ("clone without leader in progress", Box::new(|o| { o.cluster = unlocked(); o.action = Some(ActionKind::CloneWithoutLeader) }), no_action("bootstrap (without leader) in progress")),
         // §5.1.9: empty data directory.
         ("empty, holds lock", Box::new(|o| { o.cluster = mine(); o.data = DataState::Empty }), Decision::ReleaseLock { msg: "released leader key because the data directory is empty".into() }),
         ("empty, paused", Box::new(|o| { o.data = DataState::Empty; o.paused = true }), no_action("running with empty data directory")),
@@ -348,6 +351,16 @@ fn decision_table() {
             o.cluster = Some(c);
         }), Decision::Clone { from: "pg3".into(), msg: "trying to bootstrap from replica 'pg3'".into() }),
         ("empty, initialized but no leader", Box::new(|o| { o.cluster = unlocked(); o.data = DataState::Empty }), no_action("waiting for leader to bootstrap")),
+        // A no_leader replica creation method restores a member of a cluster without a leader,
+        // but not while another member races for `/initialize` (value "").
+        ("empty, no leader, no_leader method", Box::new(|o| { o.cluster = unlocked(); o.data = DataState::Empty; o.can_clone_without_leader = true }),
+            Decision::CloneWithoutLeader { msg: "trying to bootstrap (without leader)".into() }),
+        ("empty, no leader, no_leader method, nofailover, fresh", Box::new(|o| { o.cluster = Some(Cluster::default()); o.data = DataState::Empty; o.can_failover = false; o.can_clone_without_leader = true }),
+            Decision::CloneWithoutLeader { msg: "trying to bootstrap (without leader)".into() }),
+        ("empty, no_leader method, concurrent bootstrap", Box::new(|o| { o.cluster = Some(Cluster { initialize: Some(String::new()), ..Default::default() }); o.data = DataState::Empty; o.can_clone_without_leader = true }),
+            no_action("waiting for leader to bootstrap")),
+        ("empty, fresh cluster, no_leader method: race first", Box::new(|o| { o.cluster = Some(Cluster::default()); o.data = DataState::Empty; o.can_clone_without_leader = true }), Decision::RaceBootstrap),
+        ("empty, leader exists, no_leader method: clone", Box::new(|o| { o.data = DataState::Empty; o.can_clone_without_leader = true }), Decision::Clone { from: "pg1".into(), msg: "trying to bootstrap from leader 'pg1'".into() }),
         ("invalid data dir", Box::new(|o| o.data = DataState::Invalid("x".into())), no_action("data dir for the cluster is not empty, but system ID is invalid; consider doing reinitialize")),
         // §5.1.10: system identifier.
         ("sysid mismatch", Box::new(|o| o.data = DataState::Initialized { sysid: "7322222222222222222".into() }),

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use pgpilot_config::{Config, DynamicConfig};
-use serde_json::Value;
 
 /// Cluster-wide parameters with Patroni's defaults: only the dynamic configuration may set them.
 pub const CLUSTER_WIDE_DEFAULTS: &[(&str, &str)] = &[
@@ -26,15 +25,7 @@ pub const CLUSTER_WIDE_DEFAULTS: &[(&str, &str)] = &[
 const FORCED: &[&str] = &["listen_addresses", "port", "cluster_name", "hot_standby"];
 
 /// Renders a YAML/JSON value the way PostgreSQL expects it in postgresql.conf.
-pub fn render_value(v: &Value) -> String {
-    match v {
-        Value::Bool(true) => "on".into(),
-        Value::Bool(false) => "off".into(),
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
+pub use pgpilot_values::guc_value as render_value;
 
 /// The merged GUCs for postgresql.conf (without the forced ones, which the postgres crate adds).
 pub fn effective_parameters(cfg: &Config, dynamic: &DynamicConfig) -> BTreeMap<String, String> {
@@ -76,6 +67,7 @@ pub fn effective_pg_hba(cfg: &Config, dynamic: &DynamicConfig) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn render_values() {

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::{
-    ControlData, DataDirState, DesiredConfig, Lsn, PgSettings, PgState, Postgres, Result, StopMode,
-    Upstream,
+    ControlData, CustomBootstrap, DataDirState, DesiredConfig, Lsn, PgSettings, PgState, Postgres,
+    ReplicaMethod, Result, StopMode, Upstream,
 };
 
 /// The operations the agent performs on its PostgreSQL. Each has the meaning (and the
@@ -27,11 +27,15 @@ pub trait PgControl: Send + Sync + 'static {
     fn query_state(&self) -> impl Future<Output = Result<PgState>> + Send;
     fn create_roles(&self) -> impl Future<Output = Result<()>> + Send;
     fn run_post_bootstrap(&self, command: &str) -> impl Future<Output = Result<()>> + Send;
-    fn basebackup(
+    fn custom_bootstrap(&self, b: &CustomBootstrap) -> impl Future<Output = Result<()>> + Send;
+    fn start_no_wait(&self) -> impl Future<Output = Result<()>> + Send;
+    fn wait_for_end_of_recovery(&self) -> impl Future<Output = Result<()>> + Send;
+    fn create_replica(
         &self,
-        from: &Upstream,
-        extra_args: &[String],
-    ) -> impl Future<Output = Result<()>> + Send;
+        methods: &[ReplicaMethod],
+        from: Option<&Upstream>,
+        basebackup: &[String],
+    ) -> impl Future<Output = Result<String>> + Send;
     fn rewind(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send;
     fn sync_slots(&self, wanted: &[String]) -> impl Future<Output = Result<()>> + Send;
     fn checkpoint(&self) -> impl Future<Output = Result<()>> + Send;
@@ -88,12 +92,22 @@ impl PgControl for Postgres {
     fn run_post_bootstrap(&self, command: &str) -> impl Future<Output = Result<()>> + Send {
         Postgres::run_post_bootstrap(self, command)
     }
-    fn basebackup(
+    fn custom_bootstrap(&self, b: &CustomBootstrap) -> impl Future<Output = Result<()>> + Send {
+        Postgres::custom_bootstrap(self, b)
+    }
+    fn start_no_wait(&self) -> impl Future<Output = Result<()>> + Send {
+        Postgres::start_no_wait(self)
+    }
+    fn wait_for_end_of_recovery(&self) -> impl Future<Output = Result<()>> + Send {
+        Postgres::wait_for_end_of_recovery(self)
+    }
+    fn create_replica(
         &self,
-        from: &Upstream,
-        extra_args: &[String],
-    ) -> impl Future<Output = Result<()>> + Send {
-        Postgres::basebackup(self, from, extra_args)
+        methods: &[ReplicaMethod],
+        from: Option<&Upstream>,
+        basebackup: &[String],
+    ) -> impl Future<Output = Result<String>> + Send {
+        Postgres::create_replica(self, methods, from, basebackup)
     }
     fn rewind(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send {
         Postgres::rewind(self, from)

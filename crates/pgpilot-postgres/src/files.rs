@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use pgpilot_values::{parse_bool_str, BootstrapRecovery};
+
 use crate::{ControlData, Credentials, DesiredConfig, Lsn, PgSettings};
 
 /// First line of every postgresql.conf pgpilot writes (tells ours from a user's).
@@ -105,6 +107,23 @@ pub fn render_postgresql_conf(s: &PgSettings, d: &DesiredConfig) -> String {
         }
         params.insert("recovery_target_timeline".into(), "latest".into());
     }
+    match &d.bootstrap_recovery {
+        BootstrapRecovery::None => {}
+        BootstrapRecovery::Params(_) => {
+            let (recovery, _, promotes) = bootstrap_recovery_params(&d.bootstrap_recovery);
+            params.extend(recovery);
+            // A restore whose recovery ends in a promotion need not be readable before: with
+            // hot_standby off it also survives shared-memory settings larger than the
+            // backup's (Patroni does the same).
+            if promotes {
+                params.insert("hot_standby".into(), "off".into());
+            }
+        }
+        // The restore tool wrote the recovery settings; trust it to end in a promotion.
+        BootstrapRecovery::KeepExisting => {
+            params.insert("hot_standby".into(), "off".into());
+        }
+    }
     let mut out = format!(
         "{OUR_HEADER}\n# It will be overwritten by pgpilot!\ninclude 'postgresql.base.conf'\n\n"
     );
@@ -112,6 +131,112 @@ pub fn render_postgresql_conf(s: &PgSettings, d: &DesiredConfig) -> String {
         out.push_str(&format!("{k} = {}\n", conf_quote(&v)));
     }
     out
+}
+
+/// The `recovery_conf` settings of a custom bootstrap as written to postgresql.conf (without
+/// `standby_mode`, and `pause_at_recovery_target` turned into `recovery_target_action` as
+/// Patroni does for PostgreSQL 9.5+), whether `standby.signal` rather than `recovery.signal`
+/// is wanted (`standby_mode` true), and whether recovery ends in a promotion.
+pub fn bootstrap_recovery_params(r: &BootstrapRecovery) -> (BTreeMap<String, String>, bool, bool) {
+    let BootstrapRecovery::Params(list) = r else {
+        return (BTreeMap::new(), false, false);
+    };
+    let mut params: BTreeMap<String, String> = list.iter().cloned().collect();
+    let standby = params
+        .remove("standby_mode")
+        .is_some_and(|v| parse_bool_str(&v) == Some(true));
+    let pause = params
+        .remove("pause_at_recovery_target")
+        .and_then(|v| parse_bool_str(&v));
+    if let Some(pause) = pause {
+        params
+            .entry("recovery_target_action".into())
+            .or_insert_with(|| if pause { "pause" } else { "promote" }.into());
+    }
+    // PostgreSQL's default action is `pause`, which without hot_standby means shutdown.
+    let promotes = params
+        .get("recovery_target_action")
+        .is_some_and(|a| a == "promote");
+    (params, standby, promotes)
+}
+
+/// pg_hba.conf while a custom bootstrap's restored cluster first runs: the superuser password
+/// there is unknown, so the superuser and the replication user are trusted from the local
+/// socket and the address the agent connects to, until the roles have our passwords
+/// (Patroni's `replace_pg_hba` during a custom bootstrap). `resolved` are the addresses of
+/// `local_host` when it is a host name.
+pub fn custom_bootstrap_hba(s: &PgSettings, resolved: &[std::net::IpAddr]) -> Vec<String> {
+    let mut sources = vec![("local", String::new())];
+    if !s.local_host.starts_with('/') {
+        let addrs: Vec<std::net::IpAddr> = match s.local_host.parse() {
+            Ok(ip) => vec![ip],
+            Err(_) => resolved.to_vec(),
+        };
+        for ip in addrs {
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            sources.push(("host", format!("{ip}/{bits}")));
+        }
+    }
+    let mut lines = Vec::new();
+    for (kind, address) in sources {
+        let address = if address.is_empty() {
+            String::new()
+        } else {
+            format!(" {address}")
+        };
+        lines.push(format!(
+            "{kind} replication {}{address} trust",
+            s.replication.username
+        ));
+        lines.push(format!(
+            "{kind} all {}{address} trust",
+            s.superuser.username
+        ));
+    }
+    lines
+}
+
+/// Recovery settings Patroni never leaves in `postgresql.auto.conf` (they would override the
+/// ones pgpilot writes to postgresql.conf, e.g. a `primary_conninfo` from `pg_basebackup -R`).
+const RECOVERY_SETTINGS: &[&str] = &[
+    "archive_cleanup_command",
+    "pause_at_recovery_target",
+    "primary_conninfo",
+    "primary_slot_name",
+    "promote_trigger_file",
+    "recovery_end_command",
+    "recovery_min_apply_delay",
+    "recovery_target",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_timeline",
+    "recovery_target_xid",
+    "restore_command",
+    "standby_mode",
+    "trigger_file",
+];
+
+/// `postgresql.auto.conf` without recovery settings; `None` when there are none to remove.
+pub fn sanitize_auto_conf(text: &str) -> Option<String> {
+    let mut removed = false;
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        let name = line
+            .trim_start()
+            .split(|c: char| c == '=' || c.is_whitespace())
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if RECOVERY_SETTINGS.contains(&name.as_str()) {
+            removed = true;
+        } else {
+            out.push_str(line);
+        }
+    }
+    removed.then_some(out)
 }
 
 pub fn render_hba(lines: &[String]) -> String {
@@ -327,6 +452,84 @@ Data page checksum version:           1\n";
                 (2, Lsn(0x5000000), "x".into())
             ]
         );
+    }
+
+    #[test]
+    fn bootstrap_recovery_settings_end_in_a_promotion_without_hot_standby() {
+        let d = DesiredConfig {
+            bootstrap_recovery: BootstrapRecovery::Params(vec![
+                ("restore_command".into(), "cp /a/%f %p".into()),
+                ("recovery_target_action".into(), "promote".into()),
+                ("recovery_target_timeline".into(), "latest".into()),
+            ]),
+            ..Default::default()
+        };
+        let text = render_postgresql_conf(&settings(), &d);
+        assert!(text.contains("hot_standby = 'off'\n"), "{text}");
+        assert!(text.contains("restore_command = 'cp /a/%f %p'\n"), "{text}");
+        assert!(
+            text.contains("recovery_target_action = 'promote'\n"),
+            "{text}"
+        );
+        assert!(!text.contains("primary_conninfo"), "{text}");
+
+        let keep = DesiredConfig {
+            bootstrap_recovery: BootstrapRecovery::KeepExisting,
+            ..Default::default()
+        };
+        assert!(render_postgresql_conf(&settings(), &keep).contains("hot_standby = 'off'\n"));
+    }
+
+    #[test]
+    fn legacy_recovery_flags_are_translated() {
+        let r = BootstrapRecovery::Params(vec![
+            ("standby_mode".into(), "on".into()),
+            ("pause_at_recovery_target".into(), "false".into()),
+        ]);
+        let (params, standby, promotes) = bootstrap_recovery_params(&r);
+        assert!(standby && promotes);
+        assert_eq!(
+            params.into_iter().collect::<Vec<_>>(),
+            [("recovery_target_action".to_string(), "promote".to_string())]
+        );
+        let pause = BootstrapRecovery::Params(vec![("recovery_target_time".into(), "x".into())]);
+        assert!(!bootstrap_recovery_params(&pause).2);
+    }
+
+    #[test]
+    fn custom_bootstrap_trusts_the_two_roles_locally_only() {
+        assert_eq!(
+            custom_bootstrap_hba(&settings(), &[]),
+            [
+                "local replication rep trust",
+                "local all postgres trust",
+                "host replication rep 127.0.0.1/32 trust",
+                "host all postgres 127.0.0.1/32 trust",
+            ]
+        );
+        let mut s = settings();
+        s.local_host = "localhost".into();
+        let v6: std::net::IpAddr = "::1".parse().unwrap();
+        assert_eq!(
+            custom_bootstrap_hba(&s, &[v6])[2..],
+            [
+                "host replication rep ::1/128 trust",
+                "host all postgres ::1/128 trust"
+            ]
+        );
+        s.local_host = "/run/postgresql".into();
+        assert_eq!(custom_bootstrap_hba(&s, &[]).len(), 2);
+    }
+
+    #[test]
+    fn auto_conf_loses_only_recovery_settings() {
+        let text = "# Do not edit this file manually!\nwork_mem = '8MB'\n\
+                    primary_conninfo = 'host=x'\nRestore_Command='cp'\n";
+        assert_eq!(
+            sanitize_auto_conf(text).as_deref(),
+            Some("# Do not edit this file manually!\nwork_mem = '8MB'\n")
+        );
+        assert_eq!(sanitize_auto_conf("work_mem = '8MB'\n"), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod tls;
 
 pub use control::PgControl;
 pub use pg::{quote_ident, quote_literal, Postgres};
-pub use pgpilot_values::Lsn;
+pub use pgpilot_values::{BootstrapRecovery, CustomBootstrap, Lsn, MethodCommand, ReplicaMethod};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -214,6 +214,10 @@ pub struct DesiredConfig {
     /// `Some` = run as a standby (writes standby.signal + primary_conninfo,
     /// primary_slot_name, recovery_target_timeline='latest'); `None` = primary (removes them).
     pub standby: Option<StandbyConfig>,
+    /// Only while a custom bootstrap's restored directory first starts: its recovery settings
+    /// and signal file (or those the restore left), with `hot_standby` off when recovery ends
+    /// in a promotion. [`BootstrapRecovery::None`] everywhere else.
+    pub bootstrap_recovery: BootstrapRecovery,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -222,6 +226,29 @@ pub struct StandbyConfig {
     pub upstream: Option<Upstream>,
     /// `primary_slot_name`; None when use_slots is off.
     pub slot_name: Option<String>,
+}
+
+/// pg_hba.conf lines while a custom bootstrap's restored cluster first runs (see
+/// `files::custom_bootstrap_hba`), with `local_host` resolved when it is a host name.
+pub async fn custom_bootstrap_hba(s: &PgSettings) -> Vec<String> {
+    let resolved: Vec<std::net::IpAddr> =
+        if s.local_host.starts_with('/') || s.local_host.parse::<std::net::IpAddr>().is_ok() {
+            Vec::new()
+        } else {
+            match tokio::net::lookup_host((s.local_host.as_str(), s.port)).await {
+                Ok(addrs) => {
+                    let mut ips: Vec<std::net::IpAddr> = addrs.map(|a| a.ip()).collect();
+                    ips.sort();
+                    ips.dedup();
+                    ips
+                }
+                Err(e) => {
+                    tracing::warn!("could not resolve {}: {e}", s.local_host);
+                    Vec::new()
+                }
+            }
+        };
+    files::custom_bootstrap_hba(s, &resolved)
 }
 
 /// Physical slot name for a member (spec/ha-loop.md §5.9): lower-cased, `-` and `.` become `_`,

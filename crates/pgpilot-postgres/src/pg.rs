@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::sync::Mutex;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::files::{render_hba, render_pgpass, render_postgresql_conf, role_dsn, OUR_HEADER};
+use crate::files::{
+    bootstrap_recovery_params, render_hba, render_pgpass, render_postgresql_conf, role_dsn,
+    sanitize_auto_conf, OUR_HEADER,
+};
 use crate::{
-    ControlData, DataDirState, DesiredConfig, Lsn, PgError, PgSettings, PgState, Result, StopMode,
-    Upstream, WalSender,
+    BootstrapRecovery, ControlData, CustomBootstrap, DataDirState, DesiredConfig, Lsn, PgError,
+    PgSettings, PgState, ReplicaMethod, Result, StopMode, Upstream, WalSender,
 };
 
 /// Deadline for one monitoring query or connection attempt.
@@ -254,19 +257,51 @@ impl Postgres {
             changed |= write_if_changed(&cfg.join("pg_hba.conf"), &render_hba(&desired.pg_hba))?;
         }
         changed |= write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))?;
-        let signal = self.data().join("standby.signal");
-        match (&desired.standby, signal.exists()) {
-            (Some(_), false) => {
-                write_if_changed(&signal, "")?;
-                changed = true;
+        let standby_signal = self.data().join("standby.signal");
+        let recovery_signal = self.data().join("recovery.signal");
+        // Which signal files must exist (true) or be absent (false); the others are left alone.
+        let signals: Vec<(&Path, bool)> = match &desired.bootstrap_recovery {
+            // The restore tool's recovery files and settings stay as it wrote them.
+            BootstrapRecovery::KeepExisting => vec![],
+            BootstrapRecovery::Params(_) => {
+                let (_, standby, _) = bootstrap_recovery_params(&desired.bootstrap_recovery);
+                vec![(&standby_signal, standby), (&recovery_signal, !standby)]
             }
-            (None, true) => {
-                std::fs::remove_file(&signal).map_err(io_err(&signal))?;
-                changed = true;
+            BootstrapRecovery::None => vec![(&standby_signal, desired.standby.is_some())],
+        };
+        for (signal, wanted) in signals {
+            match (wanted, signal.exists()) {
+                (true, false) => {
+                    write_if_changed(signal, "")?;
+                    changed = true;
+                }
+                (false, true) => {
+                    std::fs::remove_file(signal).map_err(io_err(signal))?;
+                    changed = true;
+                }
+                _ => {}
             }
-            _ => {}
+        }
+        if desired.bootstrap_recovery != BootstrapRecovery::KeepExisting {
+            changed |= self.sanitize_auto_conf()?;
         }
         Ok(changed)
+    }
+
+    /// Removes recovery settings from `postgresql.auto.conf` (Patroni's `_sanitize_auto_conf`):
+    /// ours in postgresql.conf must be the ones in force. Returns whether the file changed.
+    fn sanitize_auto_conf(&self) -> Result<bool> {
+        let path = self.data().join("postgresql.auto.conf");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(false);
+        };
+        match sanitize_auto_conf(&text) {
+            Some(clean) => {
+                info!("removing recovery settings from {}", path.display());
+                write_if_changed(&path, &clean)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Where the server log goes: a sibling of the data directory, so pg_basebackup never
@@ -603,6 +638,229 @@ impl Postgres {
             );
         self.run(cmd, "post_bootstrap", Duration::from_secs(3600))
             .await?;
+        Ok(())
+    }
+
+    /// Runs a user's command (custom bootstrap, replica creation method) without a shell, its
+    /// output going where the agent's goes, as Patroni runs it. Returns the exit code.
+    ///
+    /// Not bounded in time: a restore takes as long as the backup is large, and Patroni waits
+    /// for it too. It ends with the agent: the child is killed when the task is dropped
+    /// (shutdown aborts it).
+    async fn run_user_command(
+        &self,
+        argv: &[String],
+        pgpassfile: bool,
+    ) -> std::result::Result<i32, String> {
+        let Some((program, args)) = argv.split_first() else {
+            return Err("empty command".into());
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+        if pgpassfile {
+            cmd.env("PGPASSFILE", &self.settings.pgpass);
+        }
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let status = child.wait().await.map_err(|e| e.to_string())?;
+        // A command killed by a signal has no code; Patroni's subprocess reports -<signal>.
+        Ok(status.code().unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            -status.signal().unwrap_or(1)
+        }))
+    }
+
+    /// Runs a custom bootstrap method instead of initdb (Patroni's `_custom_bootstrap`), then
+    /// readies what it restored: no promote trigger file, and unless the recovery settings are
+    /// to be written ([`BootstrapRecovery::Params`], by [`Postgres::write_config`]) or kept, no
+    /// recovery files either. The original configuration is kept as postgresql.base.conf.
+    pub async fn custom_bootstrap(&self, b: &CustomBootstrap) -> Result<()> {
+        let m = &b.method;
+        let argv = m.bootstrap_argv(&self.settings.scope, &self.data().display().to_string());
+        info!("Running custom bootstrap script: {}", m.command);
+        let failed = |detail: String| PgError::Command {
+            command: format!("custom bootstrap script {}", m.command),
+            detail,
+        };
+        match self.run_user_command(&argv, false).await {
+            Ok(0) => {}
+            Ok(code) => return Err(failed(format!("exited with code={code}"))),
+            Err(e) => {
+                error!("Exception during custom bootstrap: {e}");
+                return Err(failed(e));
+            }
+        }
+        if self.data_dir_state() != DataDirState::Initialized {
+            return Err(failed(format!(
+                "succeeded but left no PostgreSQL cluster in {}",
+                self.data().display()
+            )));
+        }
+        let mut remove = vec![self.data().join("promote")];
+        if let BootstrapRecovery::Params(params) = &b.recovery {
+            if let Some((_, trigger)) = params.iter().find(|(k, _)| k == "promote_trigger_file") {
+                remove.push(self.data().join(trigger));
+            }
+        }
+        if b.recovery == BootstrapRecovery::None {
+            remove.extend(
+                ["recovery.conf", "recovery.signal", "standby.signal"].map(|f| self.data().join(f)),
+            );
+        }
+        for path in remove {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err(&path)(e));
+                }
+                _ => {}
+            }
+        }
+        self.move_base_conf()
+    }
+
+    /// `pg_ctl start` without waiting: a restored cluster recovering with hot_standby off does
+    /// not accept connections until its recovery ends, which may take hours.
+    pub async fn start_no_wait(&self) -> Result<()> {
+        if self.postmaster_pid().is_some() {
+            return Ok(());
+        }
+        let mut cmd = self.pg_ctl("start");
+        cmd.arg("-W").arg("-l").arg(self.log_file());
+        if self.settings.config_dir != self.settings.data_dir {
+            cmd.arg("-o").arg(format!(
+                "--config-file={}",
+                self.settings.config_dir.join("postgresql.conf").display()
+            ));
+        }
+        *self.conn.lock().await = None;
+        self.run(cmd, "pg_ctl start", self.settings.pg_ctl_timeout)
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until PostgreSQL runs out of recovery (Patroni's "waiting for end of recovery
+    /// after bootstrap"), as long as it takes; fails as soon as the postmaster is gone (a
+    /// recovery target with `shutdown`, a missing WAL file, a crash).
+    pub async fn wait_for_end_of_recovery(&self) -> Result<()> {
+        let mut missing = 0;
+        loop {
+            if self.postmaster_pid().is_none() {
+                missing += 1;
+                // pg_ctl start -W returns before the postmaster writes its pid file.
+                if missing >= 5 {
+                    return Err(PgError::Invalid(
+                        "PostgreSQL stopped before the end of recovery after bootstrap".into(),
+                    ));
+                }
+            } else {
+                missing = 0;
+                if let Ok(st) = self.query_state().await {
+                    if !st.in_recovery {
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Creates this replica's data directory with the first of `methods` that succeeds
+    /// (Patroni's `create_replica`): the built-in pg_basebackup from `from` with `basebackup`
+    /// options, or a user's command. Without `from` only the methods that work without a
+    /// leader are tried. A failed method's leftovers are removed unless it has `keep_data`.
+    /// Returns the name of the method that worked.
+    pub async fn create_replica(
+        &self,
+        methods: &[ReplicaMethod],
+        from: Option<&Upstream>,
+        basebackup: &[String],
+    ) -> Result<String> {
+        let s = &self.settings;
+        let connstring = from.map(|f| {
+            let port = f.port.to_string();
+            role_dsn(
+                &s.replication,
+                &[("dbname", "postgres"), ("host", &f.host), ("port", &port)],
+                &[],
+            )
+        });
+        if from.is_some() {
+            write_if_changed(&s.pgpass, &render_pgpass(s))?;
+        }
+        let mut failures = Vec::new();
+        for method in methods {
+            let name = method.name();
+            match (method, from) {
+                (ReplicaMethod::Basebackup, Some(from)) => {
+                    match self.basebackup(from, basebackup).await {
+                        Ok(()) => {
+                            info!("replica has been created using basebackup");
+                            return Ok(name.to_string());
+                        }
+                        Err(e) => failures.push(format!("basebackup: {e}")),
+                    }
+                }
+                (ReplicaMethod::Custom { .. }, None) if !method.works_without_leader() => {}
+                (ReplicaMethod::Basebackup, None) => {}
+                (
+                    ReplicaMethod::Custom {
+                        method: m,
+                        keep_data,
+                        ..
+                    },
+                    _,
+                ) => {
+                    self.clear_for_method(*keep_data).await?;
+                    let argv = m.replica_argv(
+                        &s.scope,
+                        &self.data().display().to_string(),
+                        connstring.as_deref().unwrap_or(""),
+                    );
+                    match self.run_user_command(&argv, from.is_some()).await {
+                        Ok(0) => {
+                            info!("replica has been created using {name}");
+                            return Ok(name.to_string());
+                        }
+                        Ok(code) => {
+                            error!(
+                                "Error creating replica using method {name}: {} exited with code={code}",
+                                m.command
+                            );
+                            failures.push(format!("{name}: exited with code={code}"));
+                        }
+                        Err(e) => {
+                            error!("Error creating replica using method {name}: {e}");
+                            failures.push(format!("{name}: {e}"));
+                        }
+                    }
+                    if !keep_data && self.data_dir_state() != DataDirState::Empty {
+                        self.remove_data_dir().await?;
+                    }
+                }
+            }
+        }
+        Err(PgError::Command {
+            command: "create replica".into(),
+            detail: if failures.is_empty() {
+                "no replica creation method can work without a leader".into()
+            } else {
+                format!("every method failed: {}", failures.join("; "))
+            },
+        })
+    }
+
+    /// Before a replica creation command: a data directory with something in it is emptied
+    /// unless `keep_data`; an empty one is removed, since Patroni's removal deletes the
+    /// directory itself and scripts written for it create the directory (e.g. copytree).
+    async fn clear_for_method(&self, keep_data: bool) -> Result<()> {
+        if self.data_dir_state() != DataDirState::Empty {
+            if keep_data {
+                info!("Leaving data directory uncleaned");
+                return Ok(());
+            }
+            self.remove_data_dir().await?;
+        }
+        // A mount point can not be removed: the method then finds it empty.
+        let _ = std::fs::remove_dir(self.data());
         Ok(())
     }
 

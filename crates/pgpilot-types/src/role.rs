@@ -54,6 +54,10 @@ pub enum State {
     /// Only in a REST answer: the agent saw PostgreSQL running, and the query made for this
     /// request failed (Patroni's `get_postgresql_status` says `unknown` then).
     Unknown,
+    /// A custom bootstrap method (`bootstrap.method`) is running.
+    RunningCustomBootstrap,
+    /// The cluster a custom bootstrap restored is starting (and recovering).
+    StartingAfterCustomBootstrap,
 }
 
 impl State {
@@ -69,6 +73,8 @@ impl State {
             State::CreatingReplica => "creating replica",
             State::InitializingNewCluster => "initializing new cluster",
             State::Unknown => "unknown",
+            State::RunningCustomBootstrap => "running custom bootstrap script",
+            State::StartingAfterCustomBootstrap => "starting after custom bootstrap",
         }
     }
 }

@@ -1,14 +1,17 @@
 //! The values every part of pgpilot reads the same way, at the bottom of the crate graph so
 //! that the configuration loader, the DCS layer, PostgreSQL control, the agent, the REST API and
-//! `pgpilotctl` share one reading: Patroni's booleans and `synchronous_mode` ([`patroni`]), and
-//! WAL positions ([`Lsn`]), and the two facts read from a certificate ([`x509`]).
+//! `pgpilotctl` share one reading: Patroni's booleans and `synchronous_mode` ([`patroni`]), WAL
+//! positions ([`Lsn`]), the user's bootstrap and replica creation commands ([`methods`]), and
+//! the two facts read from a certificate ([`x509`]).
 
 mod lsn;
+pub mod methods;
 pub mod patroni;
 pub mod x509;
 
 pub use lsn::Lsn;
+pub use methods::{python_str, BootstrapRecovery, CustomBootstrap, MethodCommand, ReplicaMethod};
 pub use patroni::{
-    bool_tag, conflicting_tags, parse_bool, parse_bool_str, priority_tag, truthy, SyncMode,
-    AUTH_LIBPQ_OPTIONS,
+    bool_tag, conflicting_tags, guc_value, parse_bool, parse_bool_str, priority_tag, truthy,
+    SyncMode, AUTH_LIBPQ_OPTIONS,
 };

@@ -112,6 +112,18 @@ pub fn conflicting_tags(tags: &Map<String, Value>) -> Vec<String> {
     out
 }
 
+/// A YAML value as PostgreSQL takes it in postgresql.conf: booleans `on`/`off`, strings as
+/// they are, null empty.
+pub fn guc_value(v: &Value) -> String {
+    match v {
+        Value::Bool(true) => "on".into(),
+        Value::Bool(false) => "off".into(),
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
 /// `synchronous_mode` of `/config` (spec/ha-loop.md §5.7–5.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {

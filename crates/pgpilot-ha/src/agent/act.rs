@@ -7,7 +7,8 @@ use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{
-    slot_name_for, DesiredConfig, PgControl, PgError, StandbyConfig, StopMode, Upstream,
+    slot_name_for, BootstrapRecovery, DesiredConfig, PgControl, PgError, StandbyConfig, StopMode,
+    Upstream,
 };
 use pgpilot_types::{Peers, Role, State};
 use tracing::{error, info, warn};
@@ -39,6 +40,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             parameters,
             pg_hba: effective_pg_hba(&self.cfg, &self.dynamic),
             standby,
+            bootstrap_recovery: BootstrapRecovery::None,
         }
     }
 
@@ -123,7 +125,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 else {
                     return Ok(format!("can not clone from '{from}': no conn_url"));
                 };
-                self.start_clone(Upstream { host, port }, cluster);
+                self.start_clone(Some(Upstream { host, port }), cluster);
+                Ok(msg)
+            }
+            Decision::CloneWithoutLeader { msg } => {
+                self.start_clone(None, cluster);
                 Ok(msg)
             }
             Decision::AdoptInitialize { sysid } => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgpilot_config::Config;
 use pgpilot_dcs::Dcs;
-use pgpilot_postgres::{PgControl, PgError, StopMode, Upstream};
+use pgpilot_postgres::{PgControl, PgError, ReplicaMethod, StopMode, Upstream};
 use pgpilot_types::{Command, Peers, RestartRequest, Role, State};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -247,11 +247,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.rewind.check = false;
         let pg = self.pg.clone();
         let args = self.cfg.postgresql.basebackup.clone();
+        // `--from-leader` always clones with pg_basebackup, as in Patroni.
+        let methods = if from_leader {
+            vec![ReplicaMethod::Basebackup]
+        } else {
+            self.cfg.postgresql.create_replica_methods.clone()
+        };
         let timeout = self.pg_ctl_timeout();
         self.spawn_task::<_, PgError>(ActionKind::Reinitialize, async move {
             pg.stop(StopMode::Immediate, timeout).await?;
             pg.remove_data_dir().await?;
-            pg.basebackup(&Upstream { host, port }, &args).await?;
+            pg.create_replica(&methods, Some(&Upstream { host, port }), &args)
+                .await?;
             pg.write_config(&desired).await?;
             pg.start(timeout).await
         });

@@ -47,13 +47,13 @@ use tokio::time::Instant;
 
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs};
-use pgpilot_postgres::{DataDirState, DesiredConfig, PgControl, PgState, Postgres};
+use pgpilot_postgres::{DataDirState, DesiredConfig, PgControl, PgState, Postgres, ReplicaMethod};
 use pgpilot_types::{Command, NodeSnapshot, Peers, Role, State};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::decide::{decide, DataState, Observation, PgView};
+use crate::decide::{decide, ActionKind, DataState, Observation, PgView};
 use crate::sync::Ssn;
 use crate::watchdog::{SystemWatchdogs, Watchdog, WatchdogOpener};
 
@@ -394,13 +394,19 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             cluster: cluster.clone(),
             data,
             pg,
-            action: self.task.as_ref().map(|t| t.kind),
+            action: self.task.as_ref().map(Task::observed_kind),
             // Patroni's `is_paused()`: the last `/config` seen, so maintenance mode holds while
             // the DCS is unreachable (a paused primary is never demoted offline).
             paused: self.dynamic.pause,
             can_failover: self.cfg.tags.can_failover(),
             failover_priority: self.cfg.tags.failover_priority,
             can_bootstrap: true,
+            can_clone_without_leader: self
+                .cfg
+                .postgresql
+                .create_replica_methods
+                .iter()
+                .any(ReplicaMethod::works_without_leader),
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
             check_timeline: self.dynamic.check_timeline,
             use_pg_rewind: self
@@ -419,6 +425,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             sync: self.sync_params(),
             watchdog_usable: self.watchdog.is_healthy(),
         };
+        if obs.action == Some(ActionKind::BootstrapRecovery) {
+            self.state = State::StartingAfterCustomBootstrap;
+        }
         let decision = decide(&obs);
         let msg = self.act(decision, &obs).await?;
         self.disarm_when_not_leading(&obs);

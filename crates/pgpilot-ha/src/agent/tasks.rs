@@ -2,12 +2,14 @@
 //! the start of the next cycles. While one runs, the cycle only renews the leader key.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
-use pgpilot_postgres::{PgControl, PgError, StopMode, Upstream};
+use pgpilot_postgres::{BootstrapRecovery, PgControl, PgError, StopMode, Upstream};
 use pgpilot_types::{Peers, Role, State};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -38,6 +40,20 @@ pub(super) struct Task {
     pub(super) handle: JoinHandle<Result<(), TaskError>>,
     /// A REST caller waiting for the outcome (`POST /restart`).
     pub(super) reply: Option<oneshot::Sender<(u16, String)>>,
+    /// Set by a custom bootstrap while its restored cluster recovers: the cycle then reports
+    /// [`ActionKind::BootstrapRecovery`].
+    pub(super) recovering: Arc<AtomicBool>,
+}
+
+impl Task {
+    /// The action as the cycle observes it.
+    pub(super) fn observed_kind(&self) -> ActionKind {
+        if self.kind == ActionKind::Bootstrap && self.recovering.load(Ordering::Relaxed) {
+            ActionKind::BootstrapRecovery
+        } else {
+            self.kind
+        }
+    }
 }
 
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
@@ -76,15 +92,24 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             let _ = reply.send(answer);
         }
         match (task.kind, result) {
-            (ActionKind::Bootstrap, Ok(())) => {
+            (ActionKind::Bootstrap | ActionKind::BootstrapRecovery, Ok(())) => {
                 return self.finish_bootstrap().await.map(Some);
             }
-            (ActionKind::Bootstrap, Err(e)) => {
+            (ActionKind::Bootstrap | ActionKind::BootstrapRecovery, Err(e)) => {
                 error!("bootstrap failed: {e}");
                 return Err(self.cancel_initialization().await);
             }
-            (ActionKind::Clone | ActionKind::Reinitialize, Err(e)) => {
-                error!("failed to bootstrap from leader: {e}");
+            (
+                kind @ (ActionKind::Clone
+                | ActionKind::CloneWithoutLeader
+                | ActionKind::Reinitialize),
+                Err(e),
+            ) => {
+                if kind == ActionKind::CloneWithoutLeader {
+                    error!("failed to bootstrap (without leader): {e}");
+                } else {
+                    error!("failed to bootstrap from leader: {e}");
+                }
                 self.state = State::CreatingReplica;
                 // A replica that never joined: the next clone stops a survivor again.
                 if let Err(e) = self
@@ -221,31 +246,70 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             kind,
             handle,
             reply: None,
+            recovering: Arc::new(AtomicBool::new(false)),
         });
     }
 
     pub(super) fn start_bootstrap(&mut self) {
-        self.state = State::InitializingNewCluster;
         self.role = Role::Uninitialized;
         let pg = self.pg.clone();
-        let initdb = self.cfg.bootstrap.initdb.clone();
         let post = self.cfg.bootstrap.post_bootstrap.clone();
         let desired = self.desired(None);
         let timeout = self.pg_ctl_timeout();
         self.written = Some(desired.clone());
+        let Some(custom) = self.cfg.bootstrap.method.clone() else {
+            self.state = State::InitializingNewCluster;
+            let initdb = self.cfg.bootstrap.initdb.clone();
+            self.spawn_task::<_, PgError>(ActionKind::Bootstrap, async move {
+                pg.initdb(&initdb).await?;
+                pg.write_config(&desired).await?;
+                pg.start(timeout).await?;
+                pg.create_roles().await?;
+                if let Some(cmd) = post {
+                    pg.run_post_bootstrap(&cmd).await?;
+                }
+                Ok(())
+            });
+            return;
+        };
+        // A custom method never falls back to initdb: its failure fails the bootstrap.
+        self.state = State::RunningCustomBootstrap;
+        let recovering = Arc::new(AtomicBool::new(false));
+        let flag = recovering.clone();
         self.spawn_task::<_, PgError>(ActionKind::Bootstrap, async move {
-            pg.initdb(&initdb).await?;
-            pg.write_config(&desired).await?;
-            pg.start(timeout).await?;
+            pg.custom_bootstrap(&custom).await?;
+            // First start: the restore's recovery settings, and trust for our two roles
+            // whose passwords the restored cluster does not know yet.
+            let mut first = desired.clone();
+            first.bootstrap_recovery = custom.recovery.clone();
+            first.pg_hba = pgpilot_postgres::custom_bootstrap_hba(pg.settings()).await;
+            pg.write_config(&first).await?;
+            flag.store(true, Ordering::Relaxed);
+            pg.start_no_wait().await?;
+            pg.wait_for_end_of_recovery().await?;
+            flag.store(false, Ordering::Relaxed);
             pg.create_roles().await?;
             if let Some(cmd) = post {
                 pg.run_post_bootstrap(&cmd).await?;
             }
-            Ok(())
+            // Our own configuration from now on; hot_standby (postmaster context) needs a
+            // restart if the recovery turned it off, the rest a reload.
+            pg.write_config(&desired).await?;
+            if first.bootstrap_recovery == BootstrapRecovery::None {
+                pg.reload().await
+            } else {
+                pg.stop(StopMode::Fast, timeout).await?;
+                pg.start(timeout).await
+            }
         });
+        if let Some(task) = &mut self.task {
+            task.recovering = recovering;
+        }
     }
 
-    pub(super) fn start_clone(&mut self, from: Upstream, cluster: Option<&Cluster>) {
+    /// Creates this member's data directory with `create_replica_methods` (from `from`, or
+    /// without a leader), then starts it as a replica.
+    pub(super) fn start_clone(&mut self, from: Option<Upstream>, cluster: Option<&Cluster>) {
         self.state = State::CreatingReplica;
         self.role = Role::Replica;
         let leader = cluster.and_then(Cluster::leader_name).map(str::to_string);
@@ -254,12 +318,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.written = Some(desired.clone());
         let pg = self.pg.clone();
         let args = self.cfg.postgresql.basebackup.clone();
+        let methods = self.cfg.postgresql.create_replica_methods.clone();
         let timeout = self.pg_ctl_timeout();
         self.sysid = None;
-        self.spawn_task::<_, PgError>(ActionKind::Clone, async move {
+        let kind = if from.is_some() {
+            ActionKind::Clone
+        } else {
+            ActionKind::CloneWithoutLeader
+        };
+        self.spawn_task::<_, PgError>(kind, async move {
             // A postmaster whose data directory was deleted under it still holds the port.
             pg.stop(StopMode::Immediate, timeout).await?;
-            pg.basebackup(&from, &args).await?;
+            pg.create_replica(&methods, from.as_ref(), &args).await?;
             pg.write_config(&desired).await?;
             pg.start(timeout).await
         });

@@ -26,7 +26,11 @@ pub use manual::{manual_failover_from_leader, ManualFailover};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActionKind {
     Bootstrap,
+    /// The bootstrap task waits for the cluster a custom method restored to end its recovery.
+    BootstrapRecovery,
     Clone,
+    /// A replica creation method that needs no leader (`no_leader`) runs.
+    CloneWithoutLeader,
     Rewind,
     Start,
     Reinitialize,
@@ -37,8 +41,9 @@ impl ActionKind {
     /// The words Patroni uses in "<action> in progress" / "updated leader lock during <action>".
     pub fn describe(self) -> &'static str {
         match self {
-            ActionKind::Bootstrap => "bootstrap",
+            ActionKind::Bootstrap | ActionKind::BootstrapRecovery => "bootstrap",
             ActionKind::Clone => "bootstrap from leader",
+            ActionKind::CloneWithoutLeader => "bootstrap (without leader)",
             ActionKind::Rewind => "rewind",
             ActionKind::Start => "starting",
             ActionKind::Reinitialize => "reinitialize",
@@ -93,6 +98,8 @@ pub struct Observation {
     pub failover_priority: i64,
     /// A `bootstrap` section exists in the local configuration.
     pub can_bootstrap: bool,
+    /// One of `create_replica_methods` works without a leader (`no_leader`).
+    pub can_clone_without_leader: bool,
     pub maximum_lag_on_failover: u64,
     pub check_timeline: bool,
     pub use_pg_rewind: bool,
@@ -130,8 +137,11 @@ pub enum Decision {
     NoAction { msg: String },
     /// Race for `/initialize`; the winner starts initdb in the background.
     RaceBootstrap,
-    /// Clone the data directory from `from` (pg_basebackup), then follow the leader.
+    /// Clone the data directory from `from` (`create_replica_methods`), then follow the leader.
     Clone { from: String, msg: String },
+    /// No member to clone from: create the data directory with the replica creation methods
+    /// that need none (`no_leader`), e.g. a restore from a backup.
+    CloneWithoutLeader { msg: String },
     /// Write `/initialize` with our system identifier (adopting existing data).
     AdoptInitialize { sysid: String },
     /// Refuse to go on: log at CRITICAL and exit non-zero.
@@ -306,6 +316,11 @@ pub fn decide(o: &Observation) -> Decision {
         if holds_lock {
             return Decision::UpdateLockDuring { action };
         }
+        if action == ActionKind::BootstrapRecovery {
+            return Decision::NoAction {
+                msg: "waiting for end of recovery after bootstrap".into(),
+            };
+        }
         if action != ActionKind::Bootstrap && pg_primary && !o.paused {
             return Decision::DemoteImmediate {
                 msg: format!("lost leader lock during {}", action.describe()),
@@ -355,6 +370,12 @@ pub fn decide(o: &Observation) -> Decision {
                 return Decision::Clone {
                     from: source.name.clone(),
                     msg,
+                };
+            }
+            // Patroni: not while another member races for `/initialize` (value "").
+            if o.can_clone_without_leader && cluster.initialize.as_deref() != Some("") {
+                return Decision::CloneWithoutLeader {
+                    msg: "trying to bootstrap (without leader)".into(),
                 };
             }
             return Decision::NoAction {

@@ -430,6 +430,7 @@ impl World {
             can_failover: true,
             failover_priority: 1,
             can_bootstrap: true,
+            can_clone_without_leader: false,
             maximum_lag_on_failover: a.dynamic.maximum_lag_on_failover,
             check_timeline: a.dynamic.check_timeline,
             use_pg_rewind: a.dynamic.use_pg_rewind,
@@ -649,6 +650,8 @@ impl World {
                 self.spawn_task(i, ActionKind::Clone, TaskOp::Clone { from, conf });
                 msg
             }
+            // The simulated members configure no replica creation method without a leader.
+            Decision::CloneWithoutLeader { msg } => msg,
             Decision::AdoptInitialize { sysid } => {
                 let create_new = cluster.is_none_or(|c| c.initialize.is_none());
                 if let Err(e) = call!(self, i, |d| d.initialize(create_new, &sysid)) {
