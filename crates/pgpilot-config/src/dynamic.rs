@@ -1,5 +1,6 @@
 //! The dynamic configuration (`/config`, seeded from `bootstrap.dcs`), read leniently every cycle.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgpilot_values::{truthy, SyncMode};
@@ -13,7 +14,12 @@ pub struct DynamicConfig {
     pub loop_wait: Duration,
     pub retry_timeout: Duration,
     pub maximum_lag_on_failover: u64,
+    /// `primary_start_timeout` (legacy `master_start_timeout`): how long a crashed primary may
+    /// take to start again under its key; zero = hand over at once when someone can take over.
     pub primary_start_timeout: Duration,
+    /// `primary_stop_timeout` (legacy `master_stop_timeout`); zero = no limit. Used only in
+    /// synchronous mode: a primary whose stop takes longer is killed (SIGKILL).
+    pub primary_stop_timeout: Duration,
     pub check_timeline: bool,
     pub max_timelines_history: usize,
     pub pause: bool,
@@ -29,6 +35,12 @@ pub struct DynamicConfig {
     /// `postgresql.parameters` of the dynamic document.
     pub parameters: Map<String, Value>,
     pub pg_hba: Option<Vec<String>>,
+    /// `postgresql.callbacks`, `postgresql.pre_promote` and `postgresql.before_stop` of the
+    /// document: Patroni lays `postgresql.*` of `/config` under the local section, so these
+    /// apply where the local configuration does not set them.
+    pub callbacks: Option<BTreeMap<String, String>>,
+    pub pre_promote: Option<String>,
+    pub before_stop: Option<String>,
     /// The document as stored (unknown keys kept).
     pub raw: Map<String, Value>,
 }
@@ -52,6 +64,14 @@ fn int(doc: &Map<String, Value>, key: &str, warnings: &mut Vec<String>) -> Optio
         warnings.push(format!("{key}: {v} is not an integer, using the default"));
     }
     n
+}
+
+/// A non-empty command string of the `postgresql` section.
+fn command(pg: Option<&Map<String, Value>>, key: &str) -> Option<String> {
+    pg.and_then(|p| p.get(key))
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_string)
 }
 
 impl DynamicConfig {
@@ -100,6 +120,11 @@ impl DynamicConfig {
                     .or_else(|| int(doc, "master_start_timeout", &mut w))
                     .unwrap_or(300),
             ),
+            primary_stop_timeout: secs(
+                int(doc, "primary_stop_timeout", &mut w)
+                    .or_else(|| int(doc, "master_stop_timeout", &mut w))
+                    .unwrap_or(0),
+            ),
             check_timeline: doc.get("check_timeline").is_some_and(truthy),
             max_timelines_history: int(doc, "max_timelines_history", &mut w)
                 .and_then(|n| usize::try_from(n).ok())
@@ -129,6 +154,16 @@ impl DynamicConfig {
                         .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
                         .collect()
                 }),
+            callbacks: pg
+                .and_then(|p| p.get("callbacks"))
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                        .collect()
+                }),
+            pre_promote: command(pg, "pre_promote"),
+            before_stop: command(pg, "before_stop"),
             raw: doc.clone(),
         };
         (cfg, w)

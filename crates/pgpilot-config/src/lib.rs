@@ -225,8 +225,15 @@ pub struct PostgresqlConfig {
     pub use_pg_rewind: Option<bool>,
     pub remove_data_directory_on_rewind_failure: bool,
     pub remove_data_directory_on_diverged_timelines: bool,
-    /// `postgresql.callbacks.<action>` commands.
+    /// `postgresql.callbacks.<action>` commands (`on_start`, `on_stop`, `on_restart`,
+    /// `on_reload`, `on_role_change`; other names are kept and never run, as in Patroni).
     pub callbacks: BTreeMap<String, String>,
+    /// `postgresql.pre_promote`: the fencing command run before a promotion; a non-zero exit
+    /// cancels it and the leader key is released.
+    pub pre_promote: Option<String>,
+    /// `postgresql.before_stop`: a command run before PostgreSQL is stopped (its failure is
+    /// only logged).
+    pub before_stop: Option<String>,
 }
 
 /// `watchdog.mode` (spec/config.md §3.10), read as Patroni's `parse_mode`: `off` (also `false`,

@@ -100,6 +100,9 @@ const MODELLED: &[&str] = &[
     "postgresql.pg_ctl_timeout",
     "postgresql.use_pg_rewind",
     "postgresql.remove_data_directory_on_rewind_failure",
+    "postgresql.callbacks",
+    "postgresql.pre_promote",
+    "postgresql.before_stop",
     "tags",
     "log.level",
     "log.type",
@@ -991,6 +994,8 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
             .boolean("postgresql.remove_data_directory_on_diverged_timelines")
             .unwrap_or(false),
         callbacks,
+        pre_promote: r.string("postgresql.pre_promote", false),
+        before_stop: r.string("postgresql.before_stop", false),
     };
     let tags = tags(&mut r, &mut warnings);
     let watchdog = watchdog(&mut r);

@@ -446,6 +446,54 @@ fn dynamic_timing_rule() {
     let _ = Map::<String, Value>::new();
 }
 
+/// `primary_*_timeout` over their legacy `master_*` spellings; the stop timeout defaults to 0
+/// (no limit) and the start timeout to 300; `postgresql.callbacks`, `pre_promote` and
+/// `before_stop` of `/config` are read for members that do not set them locally.
+#[test]
+fn dynamic_start_stop_timeouts_and_hooks() {
+    let (d, _) = dynamic(json!({}));
+    assert_eq!(d.primary_start_timeout.as_secs(), 300);
+    assert_eq!(d.primary_stop_timeout.as_secs(), 0);
+    assert_eq!((d.callbacks.clone(), d.pre_promote.clone()), (None, None));
+
+    let (d, _) = dynamic(json!({"master_stop_timeout": 7, "master_start_timeout": 0}));
+    assert_eq!(d.primary_stop_timeout.as_secs(), 7);
+    assert_eq!(d.primary_start_timeout.as_secs(), 0);
+
+    let (d, _) = dynamic(json!({
+        "primary_stop_timeout": "9", "master_stop_timeout": 7,
+        "postgresql": {"callbacks": {"on_start": "/bin/cb"}, "pre_promote": "/bin/fence", "before_stop": ""},
+    }));
+    assert_eq!(d.primary_stop_timeout.as_secs(), 9);
+    assert_eq!(
+        d.callbacks.unwrap().get("on_start").map(String::as_str),
+        Some("/bin/cb")
+    );
+    assert_eq!(d.pre_promote.as_deref(), Some("/bin/fence"));
+    assert_eq!(d.before_stop, None);
+}
+
+/// The local `postgresql.callbacks`, `pre_promote` and `before_stop` are read and no longer
+/// named in the "not implemented" warning.
+#[test]
+fn local_callbacks_pre_promote_and_before_stop() {
+    let doc = SAMPLE.replace(
+        "  data_dir: data/postgresql0\n",
+        "  data_dir: data/postgresql0\n  callbacks:\n    on_role_change: /bin/cb --flag\n  pre_promote: /bin/fence\n  before_stop: /bin/drain\n",
+    );
+    let loaded = load(None, &env(&[("PATRONI_CONFIGURATION", &doc)])).unwrap();
+    let pg = &loaded.config.postgresql;
+    assert_eq!(
+        pg.callbacks.get("on_role_change").map(String::as_str),
+        Some("/bin/cb --flag")
+    );
+    assert_eq!(pg.pre_promote.as_deref(), Some("/bin/fence"));
+    assert_eq!(pg.before_stop.as_deref(), Some("/bin/drain"));
+    let warnings = loaded.warnings.join("\n");
+    assert!(!warnings.contains("callbacks"), "{warnings}");
+    assert!(!warnings.contains("pre_promote"), "{warnings}");
+}
+
 /// `SAMPLE` with its etcd3 section replaced.
 fn with_etcd(section: &str) -> Vec<(String, String)> {
     let doc = SAMPLE.replace("etcd3:\n  host: 127.0.0.1:2379\n", section);

@@ -110,6 +110,8 @@ fn obs() -> Observation {
         self_demoted: false,
         sync: crate::sync::SyncParams::off(),
         watchdog_usable: true,
+        primary_start_timeout: Duration::from_secs(300),
+        pre_promote_backoff: false,
     }
 }
 
@@ -371,6 +373,26 @@ fn decision_table() {
         // §5.1.11: PostgreSQL stopped.
         ("stopped, lock holder, was primary", Box::new(|o| { o.cluster = mine(); o.pg = stopped(true) }),
             Decision::StartPostgres { as_primary: true, follow: None, msg: "starting primary after failure".into(), renew_lock_first: true }),
+        // primary_start_timeout: 0 hands over at once, only to a member that can take over.
+        ("stopped, lock holder, start timeout 0, healthy replica", Box::new(|o| {
+            o.cluster = mine(); o.pg = stopped(true); o.primary_start_timeout = Duration::ZERO; o.peers = vec![peer("pg3", 1000)];
+        }), Decision::FailOverAfterCrash),
+        ("stopped, lock holder, start timeout 0, nobody to take over", Box::new(|o| {
+            o.cluster = mine(); o.pg = stopped(true); o.primary_start_timeout = Duration::ZERO;
+        }), Decision::StartPostgres { as_primary: true, follow: None, msg: "starting primary after failure".into(), renew_lock_first: true }),
+        ("stopped, lock holder, start timeout 0, only a lagging or nofailover replica", Box::new(|o| {
+            o.cluster = mine(); o.pg = stopped(true); o.primary_start_timeout = Duration::ZERO;
+            let mut nofailover = peer("pg1", 1000);
+            nofailover.nofailover = true;
+            o.peers = vec![peer("pg3", 0), nofailover];
+            o.maximum_lag_on_failover = 10;
+        }), Decision::StartPostgres { as_primary: true, follow: None, msg: "starting primary after failure".into(), renew_lock_first: true }),
+        ("stopped, lock holder, start timeout 300, healthy replica", Box::new(|o| {
+            o.cluster = mine(); o.pg = stopped(true); o.peers = vec![peer("pg3", 1000)];
+        }), Decision::StartPostgres { as_primary: true, follow: None, msg: "starting primary after failure".into(), renew_lock_first: true }),
+        // A member that released the key after a failed pre_promote sits out the races for a ttl.
+        ("leader race during the pre_promote backoff", Box::new(|o| { o.cluster = unlocked(); o.pre_promote_backoff = true }),
+            not_healthiest("backoff: skip leader race after pre_promote script failure and releasing the lock voluntarily")),
         ("stopped, lock holder, was replica", Box::new(|o| { o.cluster = mine(); o.pg = stopped(false) }),
             Decision::StartPostgres { as_primary: false, follow: None, msg: "starting as readonly because i had the session lock".into(), renew_lock_first: true }),
         ("stopped former primary, rewind", Box::new(|o| o.pg = stopped(true)), Decision::Rewind { leader: "pg1".into() }),
@@ -704,4 +726,91 @@ fn after_the_watchdog_refused() {
             msg: "Not promoting self because watchdog could not be activated".into()
         }
     );
+}
+
+/// Patroni's `follow()` callback choice: a start, restart or reload of a PostgreSQL that was
+/// a primary (or demoted), or that switches between replica and standby leader, is a role
+/// change; before the first callback everything is a plain start.
+#[test]
+fn callback_after_a_start_restart_or_reload() {
+    use crate::decide::{follow_callback, PgChange};
+    use crate::hooks::CallbackAction::*;
+    use pgpilot_types::Role::*;
+    let rows = [
+        (false, Primary, Replica, PgChange::Start, OnStart),
+        (false, Uninitialized, Replica, PgChange::Start, OnStart),
+        (true, Primary, Replica, PgChange::Start, OnRoleChange),
+        (true, Demoted, Replica, PgChange::Start, OnRoleChange),
+        (true, Demoted, Replica, PgChange::Reload, OnRoleChange),
+        (true, Replica, Replica, PgChange::Start, OnStart),
+        (true, Replica, Replica, PgChange::Restart, OnRestart),
+        (true, Replica, Replica, PgChange::Reload, OnReload),
+        (
+            true,
+            Replica,
+            StandbyLeader,
+            PgChange::Restart,
+            OnRoleChange,
+        ),
+        (true, StandbyLeader, Replica, PgChange::Reload, OnRoleChange),
+        (true, Uninitialized, Replica, PgChange::Start, OnStart),
+    ];
+    for (called, old, new, change, want) in rows {
+        assert_eq!(
+            follow_callback(called, old, new, change),
+            want,
+            "called={called} {old} -> {new} {change:?}"
+        );
+    }
+}
+
+/// After `pre_promote`: success promotes; a failure gives the key back (kept in maintenance
+/// mode); a lock lost while it ran cancels the promotion.
+#[test]
+fn after_a_pre_promote_run() {
+    use crate::decide::{after_pre_promote, AfterPrePromote, PrePromoteOutcome};
+    let cancelled = "Promotion cancelled because the pre-promote script failed".to_string();
+    assert_eq!(
+        after_pre_promote(PrePromoteOutcome::Succeeded, false),
+        AfterPrePromote::Promote
+    );
+    assert_eq!(
+        after_pre_promote(PrePromoteOutcome::Failed, false),
+        AfterPrePromote::Release {
+            msg: cancelled.clone()
+        }
+    );
+    assert_eq!(
+        after_pre_promote(PrePromoteOutcome::Failed, true),
+        AfterPrePromote::Cancel { msg: cancelled }
+    );
+    assert_eq!(
+        after_pre_promote(PrePromoteOutcome::LostLock, false),
+        AfterPrePromote::Cancel {
+            msg: "lost leader before promote".into()
+        }
+    );
+}
+
+/// `is_failover_possible`: in synchronous mode only a `/sync` member counts.
+#[test]
+fn failover_possible_in_synchronous_mode_needs_a_sync_standby() {
+    use crate::decide::failover_possible;
+    let mut o = obs();
+    o.peers = vec![peer("pg3", 1000)];
+    let mut c = cluster(Some("pg2"));
+    assert!(failover_possible(&o, &c));
+    o.sync = crate::sync::SyncParams {
+        mode: pgpilot_config::SyncMode::On,
+        ..crate::sync::SyncParams::off()
+    };
+    assert!(!failover_possible(&o, &c));
+    c.sync = Some(pgpilot_dcs::SyncState {
+        leader: Some("pg2".into()),
+        sync_standby: Some("pg3".into()),
+        ..Default::default()
+    });
+    assert!(failover_possible(&o, &c));
+    o.peers[0].is_primary = true;
+    assert!(!failover_possible(&o, &c));
 }

@@ -20,6 +20,7 @@ pub trait PgControl: Send + Sync + 'static {
     fn write_config(&self, desired: &DesiredConfig) -> impl Future<Output = Result<bool>> + Send;
     fn start(&self, timeout: Duration) -> impl Future<Output = Result<()>> + Send;
     fn stop(&self, mode: StopMode, timeout: Duration) -> impl Future<Output = Result<()>> + Send;
+    fn kill_postmaster(&self, timeout: Duration) -> impl Future<Output = Result<()>> + Send;
     fn promote(&self, timeout: Duration) -> impl Future<Output = Result<()>> + Send;
     fn reload(&self) -> impl Future<Output = Result<()>> + Send;
     fn remote_wal_position(&self, at: &Upstream) -> impl Future<Output = Result<u64>> + Send;
@@ -70,6 +71,9 @@ impl PgControl for Postgres {
     }
     fn stop(&self, mode: StopMode, timeout: Duration) -> impl Future<Output = Result<()>> + Send {
         Postgres::stop(self, mode, timeout)
+    }
+    fn kill_postmaster(&self, timeout: Duration) -> impl Future<Output = Result<()>> + Send {
+        Postgres::kill_postmaster(self, timeout)
     }
     fn promote(&self, timeout: Duration) -> impl Future<Output = Result<()>> + Send {
         Postgres::promote(self, timeout)

@@ -372,6 +372,31 @@ impl Postgres {
         }
     }
 
+    /// SIGKILL to the postmaster and its process group (pg_ctl starts it as a session leader,
+    /// so the group holds every backend), then waits at most `timeout` until it is gone. The
+    /// last resort of a stop that took longer than `primary_stop_timeout`.
+    pub async fn kill_postmaster(&self, timeout: Duration) -> Result<()> {
+        use nix::sys::signal::{kill, killpg, Signal};
+        let Some(pid) = self.postmaster_pid() else {
+            return Ok(());
+        };
+        *self.conn.lock().await = None;
+        let target = nix::unistd::Pid::from_raw(pid);
+        if killpg(target, Signal::SIGKILL).is_err() {
+            // Not a group leader (started by other means): the postmaster alone; its backends
+            // exit when they notice it is gone.
+            let _ = kill(target, Signal::SIGKILL);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.postmaster_pid().is_some() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(PgError::Timeout(timeout, "killing the postmaster".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     /// `pg_ctl promote -w`.
     pub async fn promote(&self, timeout: Duration) -> Result<()> {
         let mut cmd = self.pg_ctl("promote");

@@ -1,5 +1,7 @@
 //! The act phase: executes the [`Decision`](crate::decide::Decision) of the cycle — configuration
-//! files, follow/rewind, demotion, and replication slots on the primary.
+//! files, follow/rewind, demotion, and replication slots on the primary — and the one way this
+//! agent stops PostgreSQL ([`stop_postgres`]: `before_stop`, the stop, `on_stop`, and the
+//! `primary_stop_timeout` kill).
 
 use std::time::Duration;
 
@@ -13,16 +15,103 @@ use pgpilot_postgres::{
 use pgpilot_types::{Peers, Role, State};
 use tracing::{error, info, warn};
 
-use crate::decide::{start_after_renewal, ActionKind, DataState, Decision, Observation, PgView};
+use crate::decide::{
+    follow_callback, start_after_renewal, ActionKind, DataState, Decision, Observation, PgChange,
+    PgView,
+};
+use crate::hooks::{CallbackAction, Hooks};
 use crate::params::{effective_parameters, effective_pg_hba};
 use crate::sync::Ssn;
 
 use super::tasks::TaskError;
 use super::{Agent, AgentError};
 
+/// Stops PostgreSQL as Patroni's `Postgresql.stop` does: if a postmaster runs, `before_stop`
+/// first (waited for at most `timeout`), then the stop, then `on_stop` for `on_stop`'s role
+/// (`None` inside a restart, whose callback is `on_restart`). With `kill_after` (Patroni's
+/// `primary_stop_timeout`, synchronous mode only) a stop that takes longer is escalated to an
+/// immediate shutdown and then to SIGKILL of the postmaster and its backends.
+pub(super) async fn stop_postgres<Pg: PgControl>(
+    pg: &Pg,
+    hooks: &Hooks,
+    mode: StopMode,
+    timeout: Duration,
+    on_stop: Option<Role>,
+    kill_after: Option<Duration>,
+) -> Result<(), PgError> {
+    let running = pg.postmaster_pid().is_some();
+    if running {
+        hooks.before_stop(timeout).await;
+    }
+    match kill_after {
+        None => pg.stop(mode, timeout).await?,
+        Some(limit) => {
+            if let Err(e) = pg.stop(mode, limit).await {
+                if pg.postmaster_pid().is_some() {
+                    warn!("Timeout during postmaster stop, aborting Postgres. ({e})");
+                    let stopped = mode != StopMode::Immediate
+                        && pg.stop(StopMode::Immediate, limit).await.is_ok();
+                    if !stopped {
+                        warn!("Sending SIGKILL to Postmaster and its children");
+                        pg.kill_postmaster(timeout).await?;
+                    }
+                }
+            }
+        }
+    }
+    if let (true, Some(role)) = (running, on_stop) {
+        hooks.fire(CallbackAction::OnStop, role);
+    }
+    Ok(())
+}
+
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     pub(super) fn pg_ctl_timeout(&self) -> Duration {
         self.cfg.postgresql.pg_ctl_timeout
+    }
+
+    /// Patroni's `primary_stop_timeout()`: the limit of a primary's stop, only in synchronous
+    /// mode and when set.
+    pub(super) fn primary_stop_timeout(&self) -> Option<Duration> {
+        let t = self.dynamic.primary_stop_timeout;
+        (!t.is_zero() && self.sync_params().active()).then_some(t)
+    }
+
+    /// Stops PostgreSQL with the hooks (see [`stop_postgres`]); `on_stop` fires for the role
+    /// PostgreSQL has now.
+    pub(super) async fn stop_pg(&mut self, mode: StopMode) -> Result<(), PgError> {
+        let role = self.role;
+        stop_postgres(
+            &*self.pg,
+            &self.hooks,
+            mode,
+            self.pg_ctl_timeout(),
+            Some(role),
+            None,
+        )
+        .await
+    }
+
+    /// An immediate stop that fires no callback (cleaning up after a failed bootstrap, clone or
+    /// start); `before_stop` still runs if PostgreSQL does.
+    pub(super) async fn stop_without_callback(&self, timeout: Duration) -> Result<(), PgError> {
+        stop_postgres(
+            &*self.pg,
+            &self.hooks,
+            StopMode::Immediate,
+            timeout,
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `pg_ctl reload`, then `on_reload`.
+    pub(super) async fn reload_pg(&mut self) {
+        match self.pg.reload().await {
+            Ok(()) => self.hooks.fire(CallbackAction::OnReload, self.role),
+            Err(e) => warn!("reload failed: {e}"),
+        }
     }
 
     /// The configuration files we want for a role. In synchronous mode pgpilot owns
@@ -150,11 +239,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 // its working directory) keeps accepting writes until it is stopped, so it
                 // stops before the key goes; if it can not be stopped, the key stays.
                 if !matches!(obs.data, DataState::Initialized { .. }) {
-                    if let Err(e) = self
-                        .pg
-                        .stop(StopMode::Immediate, self.pg_ctl_timeout())
-                        .await
-                    {
+                    if let Err(e) = self.stop_pg(StopMode::Immediate).await {
                         error!("could not stop PostgreSQL, keeping the leader key: {e}");
                         return Ok(format!("not releasing the leader key: {e}"));
                     }
@@ -202,6 +287,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 } else {
                     Some(self.standby_for(cluster, follow.as_deref()))
                 };
+                // Patroni: a primary restarting after a crash fires `on_start`; a replica start
+                // goes through `follow()`, where a former primary's start is a role change.
+                let callback = if as_primary {
+                    CallbackAction::OnStart
+                } else {
+                    follow_callback(
+                        self.hooks.called(),
+                        self.role,
+                        Role::Replica,
+                        PgChange::Start,
+                    )
+                };
                 self.role = if as_primary {
                     Role::Primary
                 } else {
@@ -219,7 +316,25 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     self.pg_ctl_timeout()
                 };
                 self.spawn_task(ActionKind::Start, async move { pg.start(timeout).await });
+                self.when_done(callback, self.role);
                 Ok(msg)
+            }
+            Decision::FailOverAfterCrash => {
+                // Patroni's `demote('immediate')` of a stopped primary: nothing to stop, the
+                // key goes, and the next cycle starts PostgreSQL as a replica (after a rewind
+                // if needed).
+                info!("Primary crashed. Failing over.");
+                self.watchdog.disable();
+                self.last_renewal = None;
+                self.rewind.check = true;
+                self.role = Role::Demoted;
+                match self.dcs.delete_leader().await {
+                    Ok(true) => info!("Leader key released"),
+                    Ok(false) => {}
+                    // On our lease: it expires within ttl since we stop renewing it.
+                    Err(e) => error!("could not release the leader key: {e}"),
+                }
+                Ok("stopped PostgreSQL to fail over after a crash".into())
             }
             Decision::Rewind { leader } => {
                 if self.rewind.not_before.is_some_and(|t| Instant::now() < t) {
@@ -232,6 +347,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     return Ok(format!("can not rewind from '{leader}': no conn_url"));
                 };
                 let pg = self.pg.clone();
+                let hooks = self.hooks.clone();
+                let role = self.role;
                 let timeout = self.pg_ctl_timeout();
                 self.spawn_task::<_, TaskError>(ActionKind::Rewind, async move {
                     let source = Upstream { host, port };
@@ -242,7 +359,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                         .map_err(TaskError::NotReady)?;
                     // pg_rewind needs a cleanly shut down target; PostgreSQL 13+ pg_rewind runs
                     // crash recovery itself when it is not.
-                    pg.stop(StopMode::Fast, timeout).await?;
+                    stop_postgres(&*pg, &hooks, StopMode::Fast, timeout, Some(role), None).await?;
                     Ok(pg.rewind(&source).await?)
                 });
                 Ok(format!("running pg_rewind from {leader}"))
@@ -251,11 +368,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 warn!("{msg}");
                 // Another member holds the leader key here; a postmaster that survives is
                 // stopped again by the clone that follows, which needs its port.
-                if let Err(e) = self
-                    .pg
-                    .stop(StopMode::Immediate, self.pg_ctl_timeout())
-                    .await
-                {
+                if let Err(e) = self.stop_pg(StopMode::Immediate).await {
                     error!("could not stop PostgreSQL before removing the data directory: {e}");
                 }
                 if let Err(e) = self.pg.remove_data_dir().await {
@@ -295,7 +408,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     pub(super) async fn demote(&mut self, mode: StopMode) -> bool {
         self.last_renewal = None;
         self.rewind.check = true;
-        self.role = Role::Demoted;
         self.state = State::Stopping;
         let stopped = match self.stop_then_disarm(mode).await {
             Ok(()) => true,
@@ -304,6 +416,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 false
             }
         };
+        self.role = Role::Demoted;
         self.state = State::Stopped;
         self.last_pg = None;
         self.publish(Instant::now());
@@ -313,11 +426,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 slot_name: None,
             }));
             self.ensure_config(desired).await;
+            let callback = follow_callback(
+                self.hooks.called(),
+                Role::Demoted,
+                Role::Replica,
+                PgChange::Start,
+            );
             self.role = Role::Replica;
             self.state = State::Starting;
             let pg = self.pg.clone();
             let timeout = self.pg_ctl_timeout();
             self.spawn_task(ActionKind::Start, async move { pg.start(timeout).await });
+            self.when_done(callback, Role::Replica);
         }
         self.run_again = true;
         stopped
@@ -328,8 +448,20 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// before the key can expire. (Patroni closes it a little earlier, at the "safepoint" when
     /// no client backend is left; a shutdown checkpoint that outlasts the watchdog timeout
     /// resets the host here.)
+    ///
+    /// `on_stop` fires for the role PostgreSQL had; in synchronous mode `primary_stop_timeout`
+    /// bounds the stop (see [`stop_postgres`]).
     pub(super) async fn stop_then_disarm(&mut self, mode: StopMode) -> Result<(), PgError> {
-        self.pg.stop(mode, self.pg_ctl_timeout()).await?;
+        let kill_after = self.primary_stop_timeout();
+        stop_postgres(
+            &*self.pg,
+            &self.hooks,
+            mode,
+            self.pg_ctl_timeout(),
+            Some(self.role),
+            kill_after,
+        )
+        .await?;
         self.watchdog.disable();
         Ok(())
     }
@@ -363,6 +495,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         leader: &str,
     ) -> Result<String, AgentError> {
         let me = self.cfg.name.clone();
+        let old_role = self.role;
         self.role = Role::Replica;
         self.slots = None;
         self.sync_duty.ssn = Ssn::empty();
@@ -378,8 +511,17 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let desired = self.desired(Some(standby));
         if self.ensure_config(desired).await {
             // primary_conninfo and primary_slot_name are reloadable since PostgreSQL 13.
-            if let Err(e) = self.pg.reload().await {
-                warn!("reload failed: {e}");
+            match self.pg.reload().await {
+                Ok(()) => self.hooks.fire(
+                    follow_callback(
+                        self.hooks.called(),
+                        old_role,
+                        Role::Replica,
+                        PgChange::Reload,
+                    ),
+                    Role::Replica,
+                ),
+                Err(e) => warn!("reload failed: {e}"),
             }
         }
         Ok(format!(

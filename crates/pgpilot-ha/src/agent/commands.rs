@@ -12,8 +12,10 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::decide::ActionKind;
+use crate::decide::{follow_callback, ActionKind, PgChange};
+use crate::hooks::CallbackAction;
 
+use super::act::stop_postgres;
 use super::Agent;
 
 /// Why an immediate `POST /restart` is refused (the 503 text).
@@ -133,6 +135,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         reply: Option<oneshot::Sender<(u16, String)>>,
     ) {
         let pg = self.pg.clone();
+        let hooks = self.hooks.clone();
         let stop_timeout = self.pg_ctl_timeout();
         let start_timeout = r.timeout.unwrap_or(if self.role == Role::Primary {
             self.dynamic
@@ -142,10 +145,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self.pg_ctl_timeout()
         });
         self.state = State::Restarting;
+        // `before_stop` runs, `on_stop` does not: a restart fires `on_restart` alone.
         self.spawn_task::<_, PgError>(ActionKind::Restart, async move {
-            pg.stop(StopMode::Fast, stop_timeout).await?;
+            stop_postgres(&*pg, &hooks, StopMode::Fast, stop_timeout, None, None).await?;
             pg.start(start_timeout).await
         });
+        self.when_done(CallbackAction::OnRestart, self.role);
         if let Some(task) = &mut self.task {
             task.reply = reply;
         }
@@ -236,6 +241,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             "reinitialize: removing the data directory and cloning from '{}'",
             source.name
         );
+        let old_role = self.role;
         self.state = State::CreatingReplica;
         self.role = Role::Replica;
         let standby = self.standby_for(Some(&cluster), Some(leader.name.as_str()));
@@ -246,6 +252,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.rewind.failed = false;
         self.rewind.check = false;
         let pg = self.pg.clone();
+        let hooks = self.hooks.clone();
         let args = self.cfg.postgresql.basebackup.clone();
         // `--from-leader` always clones with pg_basebackup, as in Patroni.
         let methods = if from_leader {
@@ -254,14 +261,26 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self.cfg.postgresql.create_replica_methods.clone()
         };
         let timeout = self.pg_ctl_timeout();
+        // The stop fires `on_stop` (Patroni's `_do_reinitialize`), so the start after the clone
+        // is a plain `on_start` of a replica that stays a replica.
+        let callback = follow_callback(true, old_role, Role::Replica, PgChange::Start);
         self.spawn_task::<_, PgError>(ActionKind::Reinitialize, async move {
-            pg.stop(StopMode::Immediate, timeout).await?;
+            stop_postgres(
+                &*pg,
+                &hooks,
+                StopMode::Immediate,
+                timeout,
+                Some(old_role),
+                None,
+            )
+            .await?;
             pg.remove_data_dir().await?;
             pg.create_replica(&methods, Some(&Upstream { host, port }), &args)
                 .await?;
             pg.write_config(&desired).await?;
             pg.start(timeout).await
         });
+        self.when_done(callback, Role::Replica);
         (200, "reinitialize started".into())
     }
 

@@ -13,9 +13,11 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 
 use crate::decide::{
-    after_acquire, after_watchdog_refused, manual_failover_from_leader, valid_sysid, AfterAcquire,
-    ManualFailover, Observation, PgView, WatchdogRefused,
+    after_acquire, after_pre_promote, after_watchdog_refused, manual_failover_from_leader,
+    valid_sysid, AfterAcquire, AfterPrePromote, ManualFailover, Observation, PgView,
+    PrePromoteOutcome, WatchdogRefused,
 };
+use crate::hooks::{self, CallbackAction};
 use crate::sync;
 
 use super::{Agent, AgentError};
@@ -31,6 +33,20 @@ pub(super) enum Promotion {
     /// Synchronous mode: `/sync` could not be written to name us first, so PostgreSQL was not
     /// promoted. Carries the sentence of the cycle.
     Postponed(&'static str),
+    /// `pre_promote` failed (the key was given back outside maintenance mode) or the key was
+    /// lost while it ran. Carries the sentence of the cycle.
+    Cancelled(String),
+}
+
+impl Promotion {
+    /// The sentence of a cycle whose promotion did not happen.
+    fn not_done(self) -> Option<String> {
+        match self {
+            Promotion::Done => None,
+            Promotion::Postponed(msg) => Some(msg.into()),
+            Promotion::Cancelled(msg) => Some(msg),
+        }
+    }
 }
 
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
@@ -55,8 +71,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 if let Some(msg) = self.arm_watchdog(obs).await {
                     return Ok(msg);
                 }
-                if let Promotion::Postponed(msg) = self.promote(obs).await {
-                    return Ok(msg.into());
+                if let Some(msg) = self.promote(obs).await.not_done() {
+                    return Ok(msg);
                 }
                 Ok("promoted self to leader by acquiring session lock".into())
             }
@@ -127,15 +143,31 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             if let Some(mut d) = self.written.clone() {
                 d.parameters = self.desired(None).parameters;
                 if self.ensure_config(d).await {
-                    if let Err(e) = self.pg.reload().await {
-                        warn!("reload failed: {e}");
-                    }
+                    self.reload_pg().await;
                 }
             }
+        }
+        let outcome = self.run_pre_promote().await;
+        match after_pre_promote(outcome, obs.paused) {
+            AfterPrePromote::Promote => {}
+            AfterPrePromote::Release { msg } => {
+                warn!("Releasing the leader key voluntarily because the pre-promote script failed");
+                self.pre_promote_released_at = Some(Instant::now());
+                self.last_renewal = None;
+                match self.dcs.delete_leader().await {
+                    Ok(true) => info!("Leader key released"),
+                    Ok(false) => {}
+                    // On our lease: it expires within ttl since we stop renewing it.
+                    Err(e) => error!("could not release the leader key: {e}"),
+                }
+                return Promotion::Cancelled(msg);
+            }
+            AfterPrePromote::Cancel { msg } => return Promotion::Cancelled(msg),
         }
         self.role = Role::Primary;
         match self.pg.promote(self.pg_ctl_timeout()).await {
             Ok(()) => {
+                self.hooks.fire(CallbackAction::OnRoleChange, Role::Primary);
                 let desired = self.desired(None);
                 self.ensure_config(desired).await;
                 self.slots = None;
@@ -144,6 +176,52 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             Err(e) => error!("promote failed: {e}"),
         }
         Promotion::Done
+    }
+
+    /// Runs `pre_promote` (if set) and waits for it, renewing the leader key every loop_wait
+    /// meanwhile as Patroni's cycle does while its promote task runs (the watchdog is kept
+    /// alive with it). A renewal that fails kills the script: the key may be someone else's
+    /// soon and this member must not promote.
+    async fn run_pre_promote(&mut self) -> PrePromoteOutcome {
+        let Some(command) = self.hooks.pre_promote() else {
+            return PrePromoteOutcome::Succeeded;
+        };
+        let mut script = match hooks::spawn_pre_promote(&command) {
+            Ok(s) => s,
+            Err(msg) => {
+                error!("{msg}");
+                return PrePromoteOutcome::Failed;
+            }
+        };
+        loop {
+            match tokio::time::timeout(self.dynamic.loop_wait, script.wait()).await {
+                Ok(Ok(status)) => {
+                    let code = hooks::exit_code(status);
+                    info!("pre_promote script `{command}` exited with {code}");
+                    return if code == 0 {
+                        PrePromoteOutcome::Succeeded
+                    } else {
+                        PrePromoteOutcome::Failed
+                    };
+                }
+                Ok(Err(e)) => {
+                    error!("Exception when calling `{command}`: {e}");
+                    return PrePromoteOutcome::Failed;
+                }
+                Err(_) => match self.dcs.update_leader(None).await {
+                    Ok(true) => self.renewed(),
+                    res => {
+                        if let Err(e) = res {
+                            error!("failed to update leader lock: {e}");
+                        }
+                        self.last_renewal = None;
+                        info!("Terminating {command}");
+                        script.kill().await;
+                        return PrePromoteOutcome::LostLock;
+                    }
+                },
+            }
+        }
     }
 
     pub(super) async fn renew_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
@@ -191,8 +269,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 if obs.paused {
                     return Ok(format!("no action. I am ({me}), the leader with the lock"));
                 }
-                if let Promotion::Postponed(msg) = self.promote(obs).await {
-                    return Ok(msg.into());
+                if let Some(msg) = self.promote(obs).await.not_done() {
+                    return Ok(msg);
                 }
                 return Ok("promoted self to leader because I had the session lock".into());
             }
@@ -225,9 +303,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
             let desired = self.desired(None);
             if self.ensure_config(desired).await {
-                if let Err(e) = self.pg.reload().await {
-                    warn!("reload failed: {e}");
-                }
+                self.reload_pg().await;
             }
             self.process_sync(obs).await;
             if let Some(msg) = self.process_manual_failover(obs).await {

@@ -38,6 +38,13 @@
 //! PostgreSQL is stopped or no longer a primary without the key, in maintenance mode, and on a
 //! clean shutdown. If PostgreSQL can not be stopped it stays armed without keepalives: the host
 //! is reset before the key expires.
+//!
+//! The user's hooks (`crate::hooks`) are run where Patroni runs them: `before_stop` and
+//! `on_stop` around every stop of a running PostgreSQL (`act::stop_postgres`), the callback a
+//! start, restart or reload fires once it is done (chosen by `decide::follow_callback`),
+//! `on_role_change` after a promotion and after a primary that failed to start gave its key up,
+//! `on_start` after bootstrap and on the first cycle that finds PostgreSQL running, and
+//! `pre_promote` before a promotion, waited for while the key is renewed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,6 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::decide::{decide, ActionKind, DataState, Observation, PgView};
+use crate::hooks::{CallbackAction, HookSettings, Hooks};
 use crate::sync::Ssn;
 use crate::watchdog::{SystemWatchdogs, Watchdog, WatchdogOpener};
 
@@ -171,6 +179,11 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     not_streaming_since: Option<Instant>,
     /// The watchdog device, armed only for leader duty (module docs).
     watchdog: Watchdog,
+    /// Callbacks, `pre_promote`, `before_stop` (module docs).
+    hooks: Hooks,
+    /// When we last gave the key back because `pre_promote` failed: for a ttl after it this
+    /// member stays out of the leader race.
+    pre_promote_released_at: Option<Instant>,
 }
 
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
@@ -188,6 +201,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             &cfg.watchdog,
             dynamic.ttl,
             dynamic.loop_wait,
+        );
+        let hooks = Hooks::new(
+            &cfg.scope,
+            HookSettings::effective(&cfg.postgresql, &dynamic),
         );
         Agent {
             cfg,
@@ -218,6 +235,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             scheduled_restart: None,
             not_streaming_since: None,
             watchdog,
+            hooks,
+            pre_promote_released_at: None,
         }
     }
 
@@ -320,6 +339,24 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         Ok(Exit::Shutdown)
     }
 
+    /// Patroni's step 13: the first cycle that finds PostgreSQL running with nothing in
+    /// progress fires `on_start` unless a callback was already fired (the agent joined a
+    /// running PostgreSQL).
+    fn first_on_start(&mut self, obs: &Observation) {
+        let PgView::Running { in_recovery, .. } = obs.pg else {
+            return;
+        };
+        if self.task.is_some() || self.hooks.called() {
+            return;
+        }
+        let role = match self.role {
+            Role::Uninitialized if in_recovery => Role::Replica,
+            Role::Uninitialized => Role::Primary,
+            role => role,
+        };
+        self.hooks.fire(CallbackAction::OnStart, role);
+    }
+
     /// One HA cycle: observe, decide, act. Returns the sentence to log.
     async fn run_cycle(&mut self) -> Result<String, AgentError> {
         // Observe the DCS.
@@ -342,6 +379,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 self.last_renewal = None;
             }
         }
+
+        // The hooks follow the local section (reloads) over `/config`'s `postgresql` section.
+        self.hooks
+            .configure(HookSettings::effective(&self.cfg.postgresql, &self.dynamic));
 
         // The watchdog follows the local section and the key's timing; maintenance mode
         // closes it (Patroni: "paused -> disable watchdog").
@@ -386,6 +427,15 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             {
                 self.fetch_peers(c).await
             }
+            // A crashed primary with `primary_start_timeout: 0` hands over only if someone
+            // can take over.
+            (Some(c), PgView::Stopped { .. })
+                if self.dynamic.primary_start_timeout.is_zero()
+                    && c.leader_name() == Some(self.cfg.name.as_str())
+                    && self.task.is_none() =>
+            {
+                self.fetch_peers(c).await
+            }
             _ => Vec::new(),
         };
 
@@ -424,12 +474,17 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self_demoted: self.rewind.check || self.rewind.done,
             sync: self.sync_params(),
             watchdog_usable: self.watchdog.is_healthy(),
+            primary_start_timeout: self.dynamic.primary_start_timeout,
+            pre_promote_backoff: self
+                .pre_promote_released_at
+                .is_some_and(|t| t.elapsed() < self.dynamic.ttl),
         };
         if obs.action == Some(ActionKind::BootstrapRecovery) {
             self.state = State::StartingAfterCustomBootstrap;
         }
         let decision = decide(&obs);
         let msg = self.act(decision, &obs).await?;
+        self.first_on_start(&obs);
         self.disarm_when_not_leading(&obs);
         if obs.cluster.as_ref().is_some_and(|c| !c.is_unlocked()) {
             self.evaluate_scheduled_restart().await;

@@ -1,7 +1,10 @@
 //! Shutdown (SIGTERM) in one place: stop the background task; unless paused, stop PostgreSQL,
 //! close the watchdog, and if we hold the leader key publish the shutdown checkpoint and release
 //! the key; touch our member key one last time. Paused: PostgreSQL and the key stay, the
-//! watchdog is closed. If PostgreSQL can not be stopped, the key and the watchdog stay.
+//! watchdog is closed. If PostgreSQL can not be stopped, the key and the watchdog stay. Last, the
+//! callbacks still running (`on_stop`) are given a few seconds to finish, then killed.
+
+use std::time::Duration;
 
 use pgpilot_dcs::{Cluster, Dcs, Status};
 use pgpilot_postgres::{PgControl, StopMode};
@@ -10,9 +13,18 @@ use tracing::{error, info, warn};
 
 use super::Agent;
 
+/// How long the agent waits at exit for a callback still running (`on_stop`). Patroni does not
+/// wait and leaves it running; here nothing the agent started outlives it.
+const CALLBACKS_AT_EXIT: Duration = Duration::from_secs(10);
+
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// The written shutdown order (module docs).
     pub(super) async fn shutdown(&mut self) {
+        self.stop_for_shutdown().await;
+        self.hooks.finish(CALLBACKS_AT_EXIT).await;
+    }
+
+    async fn stop_for_shutdown(&mut self) {
         if let Some(task) = self.task.take() {
             task.handle.abort();
         }

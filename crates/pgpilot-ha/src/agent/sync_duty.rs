@@ -126,9 +126,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 self.set_ssn(ssn);
                 let desired = self.desired(None);
                 if self.ensure_config(desired).await {
-                    if let Err(e) = self.pg.reload().await {
-                        warn!("reload failed: {e}");
-                    }
+                    self.reload_pg().await;
                 }
                 self.run_again = true;
             }

@@ -16,8 +16,10 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info, warn};
 
-use crate::decide::ActionKind;
+use crate::decide::{follow_callback, ActionKind, PgChange};
+use crate::hooks::CallbackAction;
 
+use super::act::stop_postgres;
 use super::{Agent, AgentError};
 
 /// How a background action failed: the typed PostgreSQL error of the step that failed.
@@ -43,6 +45,9 @@ pub(super) struct Task {
     /// Set by a custom bootstrap while its restored cluster recovers: the cycle then reports
     /// [`ActionKind::BootstrapRecovery`].
     pub(super) recovering: Arc<AtomicBool>,
+    /// The callback fired when the action succeeds, and the role it is given (`on_start` after
+    /// a start, `on_restart` after a restart, `on_role_change` when the role changed).
+    pub(super) callback: Option<(CallbackAction, Role)>,
 }
 
 impl Task {
@@ -75,6 +80,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             Ok(r) => r,
             Err(e) => Err(TaskError::Aborted(e)),
         };
+        if let (Ok(()), Some((action, role))) = (&result, task.callback) {
+            self.hooks.fire(action, role);
+        }
         if let Some(reply) = task.reply.take() {
             // The caller may read /patroni right after our answer: show the restarted server.
             if result.is_ok() {
@@ -112,11 +120,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 }
                 self.state = State::CreatingReplica;
                 // A replica that never joined: the next clone stops a survivor again.
-                if let Err(e) = self
-                    .pg
-                    .stop(StopMode::Immediate, Duration::from_secs(30))
-                    .await
-                {
+                if let Err(e) = self.stop_without_callback(Duration::from_secs(30)).await {
                     error!("could not stop PostgreSQL after the failed clone: {e}");
                 }
                 if let Err(e) = self.pg.remove_data_dir().await {
@@ -151,12 +155,13 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                         // take over instead of holding the cluster hostage (spec/ha-loop.md §5.1.8).
                         // If this stop fails too the key is still released: a primary that
                         // comes up later without the key is demoted by the next cycle.
-                        if let Err(e) = self
-                            .pg
-                            .stop(StopMode::Immediate, self.pg_ctl_timeout())
-                            .await
-                        {
+                        if let Err(e) = self.stop_without_callback(self.pg_ctl_timeout()).await {
                             error!("could not stop PostgreSQL after its failed start: {e}");
+                        }
+                        // Patroni's `post_recover`: a primary (or standby leader) that gives
+                        // its key up this way says so with `on_role_change demoted`.
+                        if matches!(self.role, Role::Primary | Role::StandbyLeader) {
+                            self.hooks.fire(CallbackAction::OnRoleChange, Role::Demoted);
                         }
                         self.role = Role::Demoted;
                         self.last_renewal = None;
@@ -207,6 +212,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.last_renewal = Some(Instant::now());
         self.role = Role::Primary;
         self.state = State::Running;
+        self.hooks.fire(CallbackAction::OnStart, Role::Primary);
         self.save_dynamic_cache();
         self.run_again = true;
         Ok("initialized a new cluster".into())
@@ -220,11 +226,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         if let Err(e) = self.dcs.cancel_initialization().await {
             error!("could not remove the initialize key: {e}");
         }
-        if let Err(e) = self
-            .pg
-            .stop(StopMode::Immediate, Duration::from_secs(30))
-            .await
-        {
+        // No callback: Patroni fires none while bootstrapping.
+        if let Err(e) = self.stop_without_callback(Duration::from_secs(30)).await {
             error!("could not stop PostgreSQL after the failed bootstrap: {e}");
         }
         move_aside_failed(&self.cfg.postgresql.data_dir);
@@ -247,7 +250,15 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             handle,
             reply: None,
             recovering: Arc::new(AtomicBool::new(false)),
+            callback: None,
         });
+    }
+
+    /// The callback the running task fires when it succeeds.
+    pub(super) fn when_done(&mut self, action: CallbackAction, role: Role) {
+        if let Some(task) = &mut self.task {
+            task.callback = Some((action, role));
+        }
     }
 
     pub(super) fn start_bootstrap(&mut self) {
@@ -310,6 +321,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// Creates this member's data directory with `create_replica_methods` (from `from`, or
     /// without a leader), then starts it as a replica.
     pub(super) fn start_clone(&mut self, from: Option<Upstream>, cluster: Option<&Cluster>) {
+        let callback = follow_callback(
+            self.hooks.called(),
+            self.role,
+            Role::Replica,
+            PgChange::Start,
+        );
         self.state = State::CreatingReplica;
         self.role = Role::Replica;
         let leader = cluster.and_then(Cluster::leader_name).map(str::to_string);
@@ -317,6 +334,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let desired = self.desired(Some(standby));
         self.written = Some(desired.clone());
         let pg = self.pg.clone();
+        let hooks = self.hooks.clone();
         let args = self.cfg.postgresql.basebackup.clone();
         let methods = self.cfg.postgresql.create_replica_methods.clone();
         let timeout = self.pg_ctl_timeout();
@@ -328,11 +346,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         };
         self.spawn_task::<_, PgError>(kind, async move {
             // A postmaster whose data directory was deleted under it still holds the port.
-            pg.stop(StopMode::Immediate, timeout).await?;
+            stop_postgres(&*pg, &hooks, StopMode::Immediate, timeout, None, None).await?;
             pg.create_replica(&methods, from.as_ref(), &args).await?;
             pg.write_config(&desired).await?;
             pg.start(timeout).await
         });
+        self.when_done(callback, Role::Replica);
     }
 }
 

@@ -11,6 +11,12 @@ use super::{DataState, Observation, PgView};
 /// Patroni's `is_healthiest_node` (spec/ha-loop.md §5.2), without sync/quorum/failsafe (later
 /// issues). `Err` carries the reason, logged by the agent.
 pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
+    if o.pre_promote_backoff {
+        return Err(
+            "backoff: skip leader race after pre_promote script failure and releasing the lock voluntarily"
+                .into(),
+        );
+    }
     let PgView::Running {
         in_recovery,
         timeline,

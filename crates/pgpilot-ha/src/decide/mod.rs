@@ -9,7 +9,10 @@
 //! `act` executes without deciding anything itself.
 //!
 //! `health.rs`: may this member take a free leader key (`is_healthiest_node`, manual failover
-//! without a leader). `manual.rs`: the leader's side of a switchover.
+//! without a leader). `manual.rs`: the leader's side of a switchover. `hooks.rs`: which
+//! callback fires, what follows `pre_promote`, and whether another member can take over.
+
+use std::time::Duration;
 
 use pgpilot_dcs::Cluster;
 use pgpilot_types::PeerStatus;
@@ -17,9 +20,14 @@ use pgpilot_types::PeerStatus;
 use crate::sync::SyncParams;
 
 mod health;
+mod hooks;
 mod manual;
 
 pub use health::is_healthiest;
+pub use hooks::{
+    after_pre_promote, failover_possible, follow_callback, AfterPrePromote, PgChange,
+    PrePromoteOutcome,
+};
 pub use manual::{manual_failover_from_leader, ManualFailover};
 
 /// The long-running action in progress, if any (run as a background task by the agent).
@@ -119,6 +127,12 @@ pub struct Observation {
     /// The watchdog can do its duty: `false` only with `watchdog.mode: required` and a device
     /// that can not be used. Such a member does not run for leader.
     pub watchdog_usable: bool,
+    /// `primary_start_timeout`: zero means a crashed primary hands over at once when another
+    /// member can take over.
+    pub primary_start_timeout: Duration,
+    /// We released the leader key because `pre_promote` failed less than a ttl ago: stay out
+    /// of the race.
+    pub pre_promote_backoff: bool,
 }
 
 impl Observation {
@@ -183,6 +197,9 @@ pub enum Decision {
     RemoveDataDirectory { msg: String },
     /// We hold the lock but cannot serve as primary: release it.
     ReleaseLock { msg: String },
+    /// Our primary crashed, `primary_start_timeout` is 0 and another member can take over:
+    /// release the key instead of starting it again (Patroni's `recover()`).
+    FailOverAfterCrash,
 }
 
 /// What follows a [`Decision::AcquireLeader`] attempt.
@@ -448,6 +465,10 @@ pub fn decide(o: &Observation) -> Decision {
                 };
             }
             if holds_lock {
+                // The peers were asked for their status because the timeout is zero.
+                if o.primary_start_timeout.is_zero() && failover_possible(o, cluster) {
+                    return Decision::FailOverAfterCrash;
+                }
                 if *was_primary {
                     return Decision::StartPostgres {
                         as_primary: true,

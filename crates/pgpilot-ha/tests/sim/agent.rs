@@ -442,6 +442,10 @@ impl World {
             sync: a.sync_params(),
             // Not modelled (see the module docs of `sim`): no member is refused for it.
             watchdog_usable: true,
+            // The peers are not asked after a crash, so a zero timeout never hands over here.
+            primary_start_timeout: a.dynamic.primary_start_timeout,
+            // No hooks are simulated: `pre_promote` never fails.
+            pre_promote_backoff: false,
         }
     }
 
@@ -664,6 +668,13 @@ impl World {
                 let _ = call!(self, i, |d| d.delete_leader());
                 self.agent(i).last_renewal = None;
                 msg
+            }
+            Decision::FailOverAfterCrash => {
+                let _ = call!(self, i, |d| d.delete_leader());
+                let a = self.agent(i);
+                a.last_renewal = None;
+                a.rewind_check = true;
+                "stopped PostgreSQL to fail over after a crash".into()
             }
             Decision::StartPostgres {
                 as_primary,
