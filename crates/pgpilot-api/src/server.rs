@@ -591,6 +591,36 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
+    /// Slow clients (connections that never finish their request) neither block the health
+    /// checks of others nor stay open: each is closed after `READ_TIMEOUT` (the clock is
+    /// paused, so this takes no wall time).
+    #[tokio::test(start_paused = true)]
+    async fn slow_clients_do_not_block_health_checks_and_are_dropped() {
+        let mut snap = NodeSnapshot::starting("pg1", "batman");
+        snap.state = State::Running;
+        let (addr, stop, server) = start(snap, options(None, None)).await;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS / 2 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /patroni HTTP/1.0\r\nHost: slow")
+                .await
+                .unwrap();
+            idle.push(s);
+        }
+        let answer = exchange(addr, "HEAD /health HTTP/1.0\r\n\r\n").await;
+        assert_eq!(answer, "HTTP/1.0 200 OK\r\n\r\n");
+        for mut s in idle {
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(READ_TIMEOUT * 2, s.read_to_end(&mut buf)).await;
+            assert!(
+                matches!(read, Ok(Ok(0))),
+                "a slow client is closed without an answer: {read:?} {buf:?}"
+            );
+        }
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
     #[test]
     fn base64_basic_auth() {
         assert_eq!(base64(b"admin:admin"), "YWRtaW46YWRtaW4=");

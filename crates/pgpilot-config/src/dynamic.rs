@@ -74,6 +74,11 @@ fn command(pg: Option<&Map<String, Value>>, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The largest duration in seconds read from `/config` (`i32::MAX`): `ttl`, `loop_wait` and
+/// `retry_timeout` above it are clamped with a warning, so that neither the timing rule's
+/// arithmetic nor a deadline computed from them can overflow, whatever a `PATCH /config` wrote.
+const MAX_SECS: i64 = i32::MAX as i64;
+
 impl DynamicConfig {
     /// Reads a `/config` document. Never fails: invalid values fall back to defaults; every
     /// adjustment (timing rule, bad types) is returned as a warning for the log.
@@ -93,6 +98,12 @@ impl DynamicConfig {
                 ));
                 *value = min;
             }
+            if *value > MAX_SECS {
+                w.push(format!(
+                    "{name}={value} is above the maximum {MAX_SECS}; using {MAX_SECS}"
+                ));
+                *value = MAX_SECS;
+            }
         }
         if loop_wait + 2 * retry > ttl {
             if ttl - 2 * retry >= 1 {
@@ -107,7 +118,8 @@ impl DynamicConfig {
             }
         }
         let pg = doc.get("postgresql").and_then(Value::as_object);
-        let secs = |n: i64| Duration::from_secs(u64::try_from(n).unwrap_or(0));
+        // Negative means 0; beyond MAX_SECS (68 years) would overflow the clock arithmetic.
+        let secs = |n: i64| Duration::from_secs(u64::try_from(n.min(MAX_SECS)).unwrap_or(0));
         let cfg = DynamicConfig {
             ttl: secs(ttl),
             loop_wait: secs(loop_wait),

@@ -929,3 +929,79 @@ fn create_replica_methods_are_read() {
     let text = problems(&with_methods("", "  create_replica_methods: basebackup\n"));
     assert!(text.contains("postgresql.create_replica_methods"), "{text}");
 }
+
+/// A deterministic fuzz of the loader: mutated Patroni files and `/config` documents never
+/// panic; they load (with warnings) or are refused with a message naming something.
+#[test]
+fn mutated_configurations_never_panic() {
+    let mut state = 0x853c_49e6_748f_ea9bu64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let alphabet = b": -\n\t'\"{}[],#&*!|>%@`0123456789.abcxyz~\xc3\xa9";
+    for _ in 0..3_000 {
+        let mut text = SAMPLE.as_bytes().to_vec();
+        for _ in 0..(1 + next() % 4) {
+            let pos = (next() as usize) % (text.len() + 1);
+            match next() % 3 {
+                0 if pos < text.len() => {
+                    text[pos] = alphabet[(next() as usize) % alphabet.len()];
+                }
+                1 => text.insert(pos, alphabet[(next() as usize) % alphabet.len()]),
+                _ if pos < text.len() => {
+                    text.remove(pos);
+                }
+                _ => {}
+            }
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        match load(None, &env(&[("PATRONI_CONFIGURATION", &text)])) {
+            Ok(loaded) => {
+                let (_, _) = DynamicConfig::from_document(&loaded.config.bootstrap.dcs);
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+    for _ in 0..3_000 {
+        let mut doc = json!({
+            "ttl": 30, "loop_wait": 10, "retry_timeout": 10, "synchronous_mode": "quorum",
+            "synchronous_node_count": 2, "pause": "on", "maximum_lag_on_failover": "1MB",
+            "postgresql": {"parameters": {"max_connections": 100}, "use_slots": "yes"},
+            "slots": {"a": {"type": "logical"}}, "standby_cluster": {"host": "x"}
+        });
+        let values = [
+            json!(null),
+            json!(-1),
+            json!(1e300),
+            json!("x"),
+            json!([1, "a"]),
+            json!({"k": {}}),
+            json!(true),
+            json!(u64::MAX),
+        ];
+        let obj = doc.as_object_mut().unwrap();
+        let keys: Vec<String> = obj.keys().cloned().collect();
+        for _ in 0..(1 + next() % 4) {
+            let k = &keys[(next() as usize) % keys.len()];
+            obj.insert(k.clone(), values[(next() as usize) % values.len()].clone());
+        }
+        let (_, _) = DynamicConfig::from_document(obj);
+    }
+}
+
+/// Found by the fuzz above: a huge `retry_timeout` in `/config` overflowed the timing rule's
+/// arithmetic (a panic in debug builds, wrapped timings in release). It is clamped, with a
+/// warning, and the rule still holds.
+#[test]
+fn huge_timings_in_config_are_clamped_not_overflowed() {
+    let doc = json!({"ttl": 30, "loop_wait": i64::MAX, "retry_timeout": i64::MAX});
+    let (d, warnings) = DynamicConfig::from_document(doc.as_object().unwrap());
+    assert!(
+        warnings.iter().any(|w| w.contains("above the maximum")),
+        "{warnings:?}"
+    );
+    assert!(d.loop_wait + 2 * d.retry_timeout <= d.ttl, "{d:?}");
+}

@@ -623,3 +623,53 @@ mod tests {
         );
     }
 }
+
+/// A deterministic fuzz of the parsers of what other agents (Patroni's included) write into
+/// etcd: mutated documents never panic; they parse or are refused.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    #[test]
+    fn mutated_dcs_documents_never_panic() {
+        let seeds = [
+            r#"{"conn_url":"postgres://127.0.0.1:5432/postgres","api_url":"http://127.0.0.1:8008/patroni","state":"running","role":"replica","version":"4.1.4","xlog_location":123,"timeline":2,"tags":{"nofailover":false,"failover_priority":"2","nosync":"true","sync_priority":-1}}"#,
+            r#"{"optime":67108960,"slots":{"pg_1":67108960,"logical":1},"retain_slots":["pg_1"]}"#,
+            r#"{"leader":"pg-0","member":"pg-1","scheduled_at":"2026-12-03T16:00:00+00:00"}"#,
+            r#"{"leader":"pg-0","sync_standby":"pg-1,pg-2","quorum":1}"#,
+            r#"[[1,25165984,"no recovery target specified","2026-12-03T16:00:00+00:00","pg-0"],[2,3,"x"]]"#,
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"{}[]\":,0123456789-.eE truefalsnul\\\xc3\xa9";
+        for i in 0..20_000 {
+            let mut doc = seeds[i % seeds.len()].as_bytes().to_vec();
+            for _ in 0..(next() % 6) {
+                let pos = (next() as usize) % (doc.len() + 1);
+                match next() % 3 {
+                    0 if pos < doc.len() => doc[pos] = alphabet[(next() as usize) % alphabet.len()],
+                    1 => doc.insert(pos, alphabet[(next() as usize) % alphabet.len()]),
+                    _ if pos < doc.len() => {
+                        doc.remove(pos);
+                    }
+                    _ => {}
+                }
+            }
+            let text = String::from_utf8_lossy(&doc);
+            let m = MemberData::parse(&text);
+            let _ = (m.nofailover(), m.failover_priority(), m.sync_priority());
+            let _ = Status::parse(&text);
+            let _ = Failover::parse(&text, 1);
+            let _ = HistoryLine::parse_lines(&text);
+            if let Ok(s) = serde_json::from_str::<SyncState>(&text) {
+                let _ = (s.is_empty(), s.voters().count(), s.members().count());
+                let _ = s.matches("pg-1", true);
+            }
+        }
+    }
+}
