@@ -602,7 +602,9 @@ impl Postgres {
         })
     }
 
-    /// Creates or updates the superuser (password), replication and rewind roles.
+    /// Creates or updates the superuser (password), replication and rewind roles. As Patroni
+    /// does, statement logging is turned off for the session first, so the passwords never
+    /// reach the server log, whatever `log_statement` says.
     pub async fn create_roles(&self) -> Result<()> {
         let s = &self.settings;
         let mut sql = String::new();
@@ -636,7 +638,32 @@ impl Postgres {
                 }
             }
         }
-        self.execute(&sql).await
+        // A simple query is logged whole before any of it runs: the SETs go first, alone, on
+        // the same session.
+        self.with_conn(move |c| {
+            let sql = sql.clone();
+            async move {
+                let mut r = c
+                    .batch_execute(
+                        "SET log_statement TO none; SET log_min_duration_statement TO -1; \
+                         SET log_min_error_statement TO 'log'",
+                    )
+                    .await;
+                if r.is_ok() {
+                    r = c.batch_execute(&sql).await;
+                }
+                if r.is_ok() {
+                    r = c
+                        .batch_execute(
+                            "RESET log_min_error_statement; RESET log_min_duration_statement; \
+                             RESET log_statement",
+                        )
+                        .await;
+                }
+                (c, r)
+            }
+        })
+        .await
     }
 
     /// Runs `bootstrap.post_bootstrap` with the superuser DSN as its one argument.

@@ -53,7 +53,7 @@ mod writer;
 mod yaml;
 
 pub use base64::{decode as base64_decode, encode as base64_encode};
-pub use cluster::{Cluster, Member, Options, API_AUTH, SUPERUSER};
+pub use cluster::{Cluster, Member, Options, API_AUTH, REPLICATION, SUPERUSER};
 pub use etcd::{Etcd, EtcdSetup, Kv};
 pub use pg::{controldata_system_identifier, Standalone};
 pub use tls::{make_certs, temp_certs, TlsFiles};

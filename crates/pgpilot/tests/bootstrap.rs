@@ -201,12 +201,30 @@ fn validate_config_names_the_broken_keys() {
 }
 
 /// A member's REST API answers while its agent runs and stops answering once it is stopped, so
-/// the harness's view of "running" matches the agent's.
+/// the harness's view of "running" matches the agent's. With `log_statement = all`, the role
+/// passwords set at bootstrap still stay out of the server log (as in Patroni, statement
+/// logging is off for that session).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_member_bootstraps_alone_and_stops_on_sigterm() {
     harness::init();
-    let cluster = Cluster::start(1, Options::default());
+    let mut options = Options::default();
+    options
+        .parameters
+        .insert("log_statement".into(), serde_json::json!("all"));
+    let cluster = Cluster::start(1, options);
     assert_eq!(cluster.wait_for_leader().await, 0);
+    let server_log =
+        std::fs::read_to_string(cluster.member(0).pg_log_dir.join("postgresql.log")).unwrap();
+    assert!(
+        server_log.contains("statement:"),
+        "log_statement = all is in effect"
+    );
+    for secret in [harness::SUPERUSER.1, harness::REPLICATION.1] {
+        assert!(
+            !server_log.contains(secret),
+            "a role password reached the server log:\n{server_log}"
+        );
+    }
     let client = cluster.pg_connect(0).await;
     client
         .batch_execute("CREATE TABLE alone (id int)")
