@@ -329,11 +329,31 @@ pub struct LogConfig {
     pub dir: Option<PathBuf>,
 }
 
+/// The environment the configuration is read from, captured once per process.
+static ENVIRONMENT: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+fn environment() -> &'static [(String, String)] {
+    ENVIRONMENT.get_or_init(|| std::env::vars().collect())
+}
+
+/// Captures the environment for [`Config::load`] (start and every reload) and removes the
+/// `PATRONI_*` variables from the process environment, as Patroni pops them while reading:
+/// pg_ctl, callbacks, custom bootstrap and replica methods never inherit
+/// `PATRONI_SUPERUSER_PASSWORD` and the like. Call it first in `main`, before any thread
+/// exists (changing the environment is only sound then).
+pub fn take_environment() {
+    for (k, _) in environment() {
+        if k.starts_with("PATRONI_") {
+            std::env::remove_var(k);
+        }
+    }
+}
+
 impl Config {
-    /// The local configuration as a Patroni YAML file path or directory (`None` = env only).
+    /// The local configuration as a Patroni YAML file path or directory (`None` = env only),
+    /// with the `PATRONI_*` environment captured at start (see [`take_environment`]).
     pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars().collect();
-        load(path, &env)
+        load(path, environment())
     }
 
     /// `http(s)://<restapi.connect_address>/patroni` (https when `restapi.certfile` is set).

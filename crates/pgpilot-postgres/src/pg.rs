@@ -39,22 +39,42 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
     }
 }
 
+/// `O_NOFOLLOW`, from nix's libc.
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
+
 /// Writes `path` atomically (tmp + rename) with mode 0600; returns whether the content changed.
+/// The temporary file is created exclusively (`O_CREAT|O_EXCL`, never through a symlink) under
+/// a name of this process: the pgpass file often lives in `/tmp`, where a predictable name
+/// would let another local user plant a symlink and read the passwords.
 fn write_if_changed(path: &Path, content: &str) -> Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
     if std::fs::read_to_string(path).is_ok_and(|old| old == content) {
         return Ok(false);
     }
-    let tmp = path.with_extension("pgpilot-tmp");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".pgpilot-tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc_o_nofollow())
+            .open(&tmp)
+    };
+    let file = match create() {
+        // Left over by a crash of an agent with the same PID: unlink (never follows) and retry.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+            create()
+        }
+        other => other,
+    };
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
+        let mut f = file.map_err(io_err(&tmp))?;
         f.write_all(content.as_bytes()).map_err(io_err(&tmp))?;
     }
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
@@ -1141,3 +1161,33 @@ SELECT pg_catalog.pg_is_in_recovery(),
   CASE WHEN pg_catalog.pg_is_in_recovery() THEN
     (SELECT latest_end_lsn::text FROM pg_catalog.pg_stat_get_wal_receiver()) END,
   pg_catalog.current_setting('synchronous_commit')";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pgpass file is written through an exclusive temporary file: a symlink planted at
+    /// the temporary name is removed, never written through, and the result is 0600.
+    #[test]
+    fn secrets_are_never_written_through_a_planted_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pgpass = dir.path().join("pgpass");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let tmp = dir
+            .path()
+            .join(format!("pgpass.pgpilot-tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        assert!(write_if_changed(&pgpass, "*:*:*:u:secret\n").unwrap());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert_eq!(
+            std::fs::read_to_string(&pgpass).unwrap(),
+            "*:*:*:u:secret\n"
+        );
+        let mode = std::fs::metadata(&pgpass).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!tmp.exists());
+        assert!(!write_if_changed(&pgpass, "*:*:*:u:secret\n").unwrap());
+    }
+}

@@ -82,6 +82,8 @@ pub struct Options {
     /// The harness's own SQL goes through the member's unix socket (for a `pg_hba.conf` that
     /// refuses its plain TCP connection, e.g. TLS only).
     pub harness_via_socket: bool,
+    /// Extra environment of every agent (e.g. `PATRONI_*` settings).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -110,6 +112,7 @@ impl Default for Options {
             etcd_members: 1,
             etcd_tls: false,
             harness_via_socket: false,
+            agent_env: Vec::new(),
         }
     }
 }
@@ -400,6 +403,7 @@ impl Cluster {
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
         clean_env(&mut cmd, &m.dir);
+        cmd.envs(self.options.agent_env.iter().map(|(k, v)| (k, v)));
         let child = spawn_child(cmd).unwrap_or_else(|e| panic!("can not start the agent: {e}"));
         *slot = Some(child);
         m.expect_running.store(true, Ordering::SeqCst);

@@ -33,6 +33,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: the PATRONI_* variables (passwords among them) are
+    // read into the configuration and leave the environment the children inherit.
+    pgpilot_config::take_environment();
     let args = Args::parse();
     if args.version {
         println!("pgpilot {}", env!("CARGO_PKG_VERSION"));

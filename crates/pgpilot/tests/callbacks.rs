@@ -33,9 +33,11 @@ fn with_callbacks(extra: fn(usize, &mut Value)) -> Options {
             let data_dir = PathBuf::from(doc["postgresql"]["data_dir"].as_str().unwrap());
             let member_dir = data_dir.parent().unwrap().to_path_buf();
             let script = member_dir.join("callback.sh");
+            // Also records any PATRONI_* variable the callback inherited (there must be none).
             std::fs::write(
                 &script,
-                "#!/bin/sh\nlog=$1\nshift\necho \"$@\" >> \"$log\"\n",
+                "#!/bin/sh\nlog=$1\nshift\necho \"$@\" >> \"$log\"\n\
+                 env | grep '^PATRONI_' >> \"$log.env\" || true\n",
             )
             .unwrap();
             let command = format!(
@@ -57,6 +59,11 @@ fn with_callbacks(extra: fn(usize, &mut Value)) -> Options {
             doc["postgresql"]["callbacks"] = Value::Object(callbacks);
             extra(i, doc);
         })),
+        // A password from the environment, as container deployments pass it.
+        agent_env: vec![(
+            "PATRONI_REPLICATION_PASSWORD".into(),
+            "from-the-environment".into(),
+        )],
         ..Options::default()
     }
 }
@@ -92,6 +99,16 @@ async fn callbacks_fire_on_bootstrap_switchover_and_shutdown() {
     cluster.wait_for_replicas_streaming(1).await;
     wait_callback(&cluster, 1, &format!("on_start replica {scope}")).await;
 
+    // The agents read PATRONI_REPLICATION_PASSWORD (the replica streams with it) and their
+    // callbacks did not inherit it.
+    for i in 0..2 {
+        let inherited =
+            std::fs::read_to_string(cluster.member(i).dir.join("cb.log.env")).unwrap_or_default();
+        assert!(
+            inherited.trim().is_empty(),
+            "PATRONI_* variables reached a callback: {inherited}"
+        );
+    }
     let (leader, candidate) = (
         cluster.member(0).name.clone(),
         cluster.member(1).name.clone(),
