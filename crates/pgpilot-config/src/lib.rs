@@ -304,6 +304,9 @@ pub struct Tags {
     pub noloadbalance: bool,
     pub clonefrom: bool,
     pub nosync: bool,
+    /// `nostream`: the replica never streams (no `primary_conninfo`, no slot); it recovers from
+    /// `restore_command` only.
+    pub nostream: bool,
     pub replicatefrom: Option<String>,
     /// The tags as published in the member key and `/patroni`: YAML order, predefined booleans
     /// dropped when false (except nofailover/nosync kept when their priority tag is present).

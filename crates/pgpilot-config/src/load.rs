@@ -682,6 +682,7 @@ fn tags(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Tags {
     t.nosync = pgpilot_values::bool_tag(&map, "nosync", "sync_priority");
     t.noloadbalance = map.get("noloadbalance").is_some_and(truthy);
     t.clonefrom = map.get("clonefrom").is_some_and(truthy);
+    t.nostream = map.get("nostream").is_some_and(truthy);
     t.replicatefrom = map
         .get("replicatefrom")
         .and_then(Value::as_str)

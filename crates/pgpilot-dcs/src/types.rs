@@ -96,6 +96,14 @@ impl MemberData {
         })
     }
 
+    /// The `nostream` tag: the member recovers from the archive and needs no slot.
+    pub fn nostream(&self) -> bool {
+        self.tags
+            .as_ref()
+            .and_then(|t| t.get("nostream"))
+            .is_some_and(truthy)
+    }
+
     /// `sync_priority` as Patroni derives it: 0 with the `nosync` tag, else the tag, default 1.
     pub fn sync_priority(&self) -> i64 {
         self.tags.as_ref().map_or(1, |t| {

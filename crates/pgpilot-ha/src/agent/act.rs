@@ -138,6 +138,13 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         cluster: Option<&Cluster>,
         leader: Option<&str>,
     ) -> StandbyConfig {
+        // `nostream`: recover from the archive only, as Patroni writes it.
+        if self.cfg.tags.nostream {
+            return StandbyConfig {
+                upstream: None,
+                slot_name: None,
+            };
+        }
         let upstream = leader
             .and_then(|l| cluster.and_then(|c| c.member(l)))
             .and_then(|m| m.data.host_port())
@@ -529,8 +536,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         ))
     }
 
-    /// Physical slots for every other member (spec/ha-loop.md §5.9), only when the member set
-    /// changed.
+    /// Physical slots for every other member that streams (not `nostream`; spec/ha-loop.md
+    /// §5.9), only when the member set changed.
     pub(super) async fn sync_slots(&mut self, cluster: &Cluster) {
         if !self.dynamic.use_slots {
             return;
@@ -538,7 +545,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let mut wanted: Vec<String> = cluster
             .members
             .iter()
-            .filter(|m| m.name != self.cfg.name)
+            .filter(|m| m.name != self.cfg.name && !m.data.nostream())
             .map(|m| slot_name_for(&m.name))
             .collect();
         wanted.sort();

@@ -20,12 +20,14 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// A replica that stays unable to stream from a running leader may have WAL the leader
     /// never had (it streamed from a primary that kept running after losing its key): after
     /// a while its data is checked with pg_rewind like a demoted primary's (pg_rewind does
-    /// nothing when there is no divergence).
+    /// nothing when there is no divergence). Not for a `nostream` replica.
     pub(super) fn watch_replication(&mut self, cluster: Option<&Cluster>, pg: &PgView) {
         let leader_running = cluster
             .and_then(Cluster::leader_member)
             .is_some_and(|l| l.name != self.cfg.name && l.data.state == "running");
+        // A `nostream` replica never streams, by design: nothing to suspect.
         let stuck = leader_running
+            && !self.cfg.tags.nostream
             && self.task.is_none()
             && matches!(
                 pg,
