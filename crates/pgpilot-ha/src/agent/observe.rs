@@ -141,9 +141,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 let was_primary = matches!(cd.state.as_str(), "in production" | "shut down")
                     && !self.pg.settings().data_dir.join("standby.signal").exists()
                     && !self.rewind.done;
-                if self.task.is_none() && self.state == State::Running {
+                // In maintenance mode a dead postmaster is just `stopped` (Patroni's wording:
+                // nothing will recover it); otherwise one found dead was `crashed`.
+                let paused = self.dynamic.pause;
+                if self.task.is_none() && self.state == State::Running && !paused {
                     self.state = State::Crashed;
-                } else if self.task.is_none() && self.state != State::Crashed {
+                } else if self.task.is_none() && (self.state != State::Crashed || paused) {
                     self.state = State::Stopped;
                 }
                 PgView::Stopped {
