@@ -104,6 +104,13 @@ impl MemberData {
             .is_some_and(truthy)
     }
 
+    /// `nosync` as Patroni derives it ([`crate::values::bool_tag`]).
+    pub fn nosync(&self) -> bool {
+        self.tags
+            .as_ref()
+            .is_some_and(|t| crate::values::bool_tag(t, "nosync", "sync_priority"))
+    }
+
     /// `sync_priority` as Patroni derives it: 0 with the `nosync` tag, else the tag, default 1.
     pub fn sync_priority(&self) -> i64 {
         self.tags.as_ref().map_or(1, |t| {

@@ -58,7 +58,10 @@ impl SyncParams {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Standby {
     pub name: String,
-    /// `sync_priority` tag (default 1; `nosync` → 0: never synchronous).
+    /// `nosync` as Patroni derives it (the boolean tag, else `sync_priority <= 0`): never
+    /// synchronous.
+    pub nosync: bool,
+    /// `sync_priority` (default 1; 0 with `nosync`): ranks the candidates.
     pub sync_priority: i64,
     pub nofailover: bool,
     /// Connected and `state = streaming`.
@@ -173,12 +176,12 @@ pub fn overlaps(ssn: &Ssn, key: &SyncKey) -> bool {
     ssn.numsync + key.quorum >= union.len()
 }
 
-/// Eligible standbys, best first: streaming, `sync_priority > 0`, within `max_lag` of the
+/// Eligible standbys, best first: streaming, not `nosync`, within `max_lag` of the
 /// primary; ordered by (priority, already synchronous, LSN) descending, nofailover ones last.
 pub fn candidates(p: &SyncParams, standbys: &[Standby], primary_lsn: u64) -> Vec<String> {
     let mut c: Vec<&Standby> = standbys
         .iter()
-        .filter(|s| s.streaming && s.sync_priority > 0)
+        .filter(|s| s.streaming && !s.nosync)
         .filter(|s| {
             p.max_lag
                 .is_none_or(|max| primary_lsn.saturating_sub(s.lsn) <= max)
@@ -475,6 +478,7 @@ mod tests {
     fn standby(name: &str, sync_state: &str, lsn: u64) -> Standby {
         Standby {
             name: name.into(),
+            nosync: false,
             sync_priority: 1,
             nofailover: false,
             streaming: true,
@@ -532,14 +536,18 @@ mod tests {
         let mut c = standby("c", "async", 200);
         c.nofailover = true;
         let mut d = standby("d", "async", 300);
+        d.nosync = true;
         d.sync_priority = 0;
+        // Patroni: `nosync: false` with `sync_priority: 0` may still be synchronous.
+        let mut f = standby("f", "async", 50);
+        f.sync_priority = 0;
         let mut e = standby("e", "async", 300);
         e.streaming = false;
         a.sync_priority = 2;
         let p = params(SyncMode::On, false, 1);
         assert_eq!(
-            candidates(&p, &[a.clone(), b.clone(), c.clone(), d, e], 300),
-            ["a", "b", "c"]
+            candidates(&p, &[a.clone(), b.clone(), c.clone(), d, e, f], 300),
+            ["a", "b", "f", "c"]
         );
         let lagging = SyncParams {
             max_lag: Some(150),

@@ -179,6 +179,7 @@ pub(super) fn standbys(cluster: &Cluster, me: &str, pg: &PgState) -> Vec<Standby
                 .find(|r| r.application_name.eq_ignore_ascii_case(&m.name));
             Some(Standby {
                 name: m.name.clone(),
+                nosync: m.data.nosync(),
                 sync_priority: m.data.sync_priority(),
                 nofailover: m.data.nofailover(),
                 streaming: row.is_some_and(|r| r.state == "streaming"),

@@ -1260,6 +1260,7 @@ fn standbys(cluster: &Cluster, me: &str, pg: &PgSnap) -> Vec<Standby> {
                 .find(|r| r.0.eq_ignore_ascii_case(&m.name));
             Standby {
                 name: m.name.clone(),
+                nosync: false,
                 sync_priority: 1,
                 nofailover: m.data.nofailover(),
                 streaming: row.is_some(),
