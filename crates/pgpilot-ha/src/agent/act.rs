@@ -3,16 +3,18 @@
 //! agent stops PostgreSQL ([`stop_postgres`]: `before_stop`, the stop, `on_stop`, and the
 //! `primary_stop_timeout` kill).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{
-    slot_name_for, BootstrapRecovery, DesiredConfig, PgControl, PgError, StandbyConfig, StopMode,
-    Upstream,
+    slot_name_for, BootstrapRecovery, DesiredConfig, PgControl, PgError, SlotChange, StandbyConfig,
+    StopMode, Upstream,
 };
 use pgpilot_types::{Peers, Role, State};
+use serde_json::{Map, Value};
 use tracing::{error, info, warn};
 
 use crate::decide::{
@@ -21,6 +23,7 @@ use crate::decide::{
 };
 use crate::hooks::{CallbackAction, Hooks};
 use crate::params::{effective_parameters, effective_pg_hba};
+use crate::slots::{plan_slots, status_slots, update_retain, SlotInputs};
 use crate::sync::Ssn;
 
 use super::tasks::TaskError;
@@ -497,7 +500,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let me = self.cfg.name.clone();
         let old_role = self.role;
         self.role = Role::Replica;
-        self.slots = None;
+        self.slot_retain = None;
         self.sync_duty.ssn = Ssn::empty();
         if let (Some(l), PgView::Running { timeline, .. }) = (
             obs.cluster.as_ref().and_then(Cluster::leader_member),
@@ -529,25 +532,130 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         ))
     }
 
-    /// Physical slots for every other member (spec/ha-loop.md §5.9), only when the member set
-    /// changed.
-    pub(super) async fn sync_slots(&mut self, cluster: &Cluster) {
+    /// Replication slots on the leader (spec/ha-loop.md §5.9, planned by [`crate::slots`]):
+    /// members' and permanent slots created, slots pgpilot no longer wants dropped when that is
+    /// safe. Returns `/status.slots` and `/status.retain_slots`.
+    pub(super) async fn sync_slots(
+        &mut self,
+        cluster: &Cluster,
+    ) -> (Option<Map<String, Value>>, Option<Vec<String>>) {
+        let now = Instant::now();
+        let ttl = self.dynamic.member_slots_ttl;
+        // Patroni resets the retention timers of `/status.retain_slots` on promotion.
+        let mut retain = self.slot_retain.take().unwrap_or_else(|| {
+            cluster
+                .status
+                .retain_slots
+                .iter()
+                .flatten()
+                .map(|n| (n.clone(), now))
+                .collect()
+        });
         if !self.dynamic.use_slots {
-            return;
+            self.slot_retain = Some(BTreeMap::new());
+            return (None, None);
         }
-        let mut wanted: Vec<String> = cluster
-            .members
-            .iter()
-            .filter(|m| m.name != self.cfg.name)
-            .map(|m| slot_name_for(&m.name))
-            .collect();
-        wanted.sort();
-        if self.slots.as_ref() == Some(&wanted) {
-            return;
+        let retain_slots = cluster.status.retain_slots.clone().unwrap_or_default();
+        // Slots a leader (this one or an earlier one) published are pgpilot's or Patroni's.
+        self.slot_managed.extend(
+            cluster
+                .status
+                .slots
+                .iter()
+                .flat_map(|m| m.keys().cloned())
+                .chain(retain_slots.iter().cloned()),
+        );
+        let existing = match self.pg.list_slots().await {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("could not read replication slots: {e}");
+                let expired = update_retain(
+                    &mut retain,
+                    None,
+                    &self.slot_inputs_empty(cluster),
+                    now,
+                    ttl,
+                );
+                log_expired(&expired, ttl);
+                let names = retained(&retain);
+                self.slot_retain = Some(retain);
+                return (None, names);
+            }
+        };
+        let inputs = SlotInputs {
+            me: &self.cfg.name,
+            members: &cluster.members,
+            retain_slots: &retain_slots,
+            permanent: &self.dynamic.permanent_slots,
+            ignore: &self.dynamic.ignore_slots,
+            existing: &existing,
+            managed: &self.slot_managed,
+        };
+        let plan = plan_slots(&inputs);
+        let published = status_slots(&plan, &existing, ttl);
+        let expired = update_retain(&mut retain, published.as_ref(), &inputs, now, ttl);
+        let retain_names = retained(&retain);
+        self.slot_retain = Some(retain);
+        log_expired(&expired, ttl);
+        for e in &plan.errors {
+            error!("{e}");
         }
-        match self.pg.sync_slots(&wanted).await {
-            Ok(()) => self.slots = Some(wanted),
-            Err(e) => warn!("could not synchronise replication slots: {e}"),
+        self.slot_managed.extend(plan.wanted.keys().cloned());
+        for change in &plan.changes {
+            // Patroni drops nothing while paused.
+            if self.dynamic.pause && matches!(change, SlotChange::Drop(_)) {
+                continue;
+            }
+            if let SlotChange::Drop(name) = change {
+                info!("Trying to drop unknown replication slot '{name}'");
+            }
+            match (self.pg.change_slot(change).await, change) {
+                (Ok(()), SlotChange::Drop(name)) => {
+                    info!("Dropped replication slot '{name}'");
+                    self.slot_managed.remove(name);
+                }
+                (Ok(()), _) => {}
+                (Err(e), SlotChange::Drop(name)) => {
+                    warn!("Unable to drop replication slot '{name}': {e}")
+                }
+                (Err(e), SlotChange::CreatePhysical(name)) => {
+                    error!("Failed to create physical replication slot '{name}': {e}")
+                }
+                (Err(e), SlotChange::CreateLogical { name, plugin, .. }) => {
+                    error!(
+                        "Failed to create logical replication slot '{name}' plugin='{plugin}': {e}"
+                    )
+                }
+            }
+        }
+        (published, retain_names)
+    }
+
+    /// Slot inputs with no slots on the server (for retention bookkeeping only).
+    fn slot_inputs_empty<'a>(&'a self, cluster: &'a Cluster) -> SlotInputs<'a> {
+        SlotInputs {
+            me: &self.cfg.name,
+            members: &cluster.members,
+            retain_slots: &[],
+            permanent: &self.dynamic.permanent_slots,
+            ignore: &self.dynamic.ignore_slots,
+            existing: &[],
+            managed: &self.slot_managed,
         }
     }
+}
+
+fn log_expired(expired: &[String], ttl: Duration) {
+    for name in expired {
+        info!(
+            "Replication slot '{name}' for absent cluster member is expired after {} sec.",
+            ttl.as_secs()
+        );
+    }
+}
+
+/// `/status.retain_slots`: sorted names, `None` when empty.
+fn retained(retain: &BTreeMap<String, Instant>) -> Option<Vec<String>> {
+    let names: Vec<String> = retain.keys().cloned().collect();
+    (!names.is_empty()).then_some(names)
 }
