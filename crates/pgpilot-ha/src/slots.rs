@@ -169,13 +169,20 @@ pub fn plan_slots(i: &SlotInputs<'_>) -> SlotPlan {
 }
 
 /// `/status.slots`: the LSN of every wanted slot that exists (member slots only when
-/// `member_slots_ttl` > 0, as Patroni publishes them), or `None` when there are none.
+/// `member_slots_ttl` > 0, as Patroni publishes them), and, like Patroni, the leader's own
+/// slot name at `own_lsn` (its flush LSN: replicas advance their copy of the leader's slot to
+/// it); `None` when empty.
 pub fn status_slots(
     plan: &SlotPlan,
     existing: &[SlotInfo],
     member_slots_ttl: Duration,
+    own: (&str, u64),
+    permanent: &BTreeMap<String, PermanentSlot>,
 ) -> Option<Map<String, Value>> {
-    let map: Map<String, Value> = existing
+    let (own_name, own_lsn) = own;
+    let own_published = !member_slots_ttl.is_zero()
+        || matches!(permanent.get(own_name), Some(PermanentSlot::Physical));
+    let mut map: Map<String, Value> = existing
         .iter()
         .filter(|s| {
             plan.wanted.get(&s.name).is_some_and(|w| same_kind(s, w))
@@ -183,6 +190,9 @@ pub fn status_slots(
         })
         .filter_map(|s| s.lsn.map(|l| (s.name.clone(), Value::from(l))))
         .collect();
+    if own_published && own_lsn > 0 {
+        map.insert(own_name.to_string(), Value::from(own_lsn));
+    }
     (!map.is_empty()).then_some(map)
 }
 
@@ -429,13 +439,17 @@ mod tests {
         ];
         let p = c.plan();
         let ttl = Duration::from_secs(1800);
-        let slots = status_slots(&p, &c.existing, ttl);
+        let own = ("pg_1", 120);
+        let slots = status_slots(&p, &c.existing, ttl, own, &c.permanent);
         assert_eq!(
             Value::Object(slots.clone().unwrap_or_default()),
-            json!({"pg_2": 100, "perm": 50, "logi": 70})
+            json!({"pg_1": 120, "pg_2": 100, "perm": 50, "logi": 70})
         );
         assert_eq!(
-            Value::Object(status_slots(&p, &c.existing, Duration::ZERO).unwrap_or_default()),
+            Value::Object(
+                status_slots(&p, &c.existing, Duration::ZERO, own, &c.permanent)
+                    .unwrap_or_default()
+            ),
             json!({"perm": 50, "logi": 70})
         );
 
@@ -443,14 +457,15 @@ mod tests {
         let mut retain = BTreeMap::new();
         let expired = update_retain(&mut retain, slots.as_ref(), &c.inputs(), now, ttl);
         assert!(expired.is_empty());
-        // Only member slots, never permanent ones.
-        assert_eq!(retain.keys().collect::<Vec<_>>(), vec!["pg_2"]);
+        // Only member slots (the leader's own too, as in Patroni), never permanent ones.
+        assert_eq!(retain.keys().collect::<Vec<_>>(), vec!["pg_1", "pg_2"]);
         // pg-2's key vanishes: kept until the ttl passes.
         let gone = Case::new(&["pg-1"]);
         let later = now + Duration::from_secs(1000);
         assert!(update_retain(&mut retain, slots.as_ref(), &gone.inputs(), later, ttl).is_empty());
         let expired = update_retain(&mut retain, None, &gone.inputs(), now + ttl, ttl);
+        // Our own slot was stamped again at `later`: still retained.
         assert_eq!(expired, vec!["pg_2".to_string()]);
-        assert!(retain.is_empty());
+        assert_eq!(retain.keys().collect::<Vec<_>>(), vec!["pg_1"]);
     }
 }

@@ -538,6 +538,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     pub(super) async fn sync_slots(
         &mut self,
         cluster: &Cluster,
+        wal_position: u64,
     ) -> (Option<Map<String, Value>>, Option<Vec<String>>) {
         let now = Instant::now();
         let ttl = self.dynamic.member_slots_ttl;
@@ -592,7 +593,14 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             managed: &self.slot_managed,
         };
         let plan = plan_slots(&inputs);
-        let published = status_slots(&plan, &existing, ttl);
+        let own = slot_name_for(&self.cfg.name);
+        let published = status_slots(
+            &plan,
+            &existing,
+            ttl,
+            (&own, wal_position),
+            &self.dynamic.permanent_slots,
+        );
         let expired = update_retain(&mut retain, published.as_ref(), &inputs, now, ttl);
         let retain_names = retained(&retain);
         self.slot_retain = Some(retain);

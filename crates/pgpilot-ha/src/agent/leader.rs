@@ -276,7 +276,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
             self.role = Role::Primary;
             let (slots, retain_slots) = match obs.cluster.as_ref() {
-                Some(c) => self.sync_slots(c).await,
+                Some(c) => self.sync_slots(c, wal_position).await,
                 None => (None, None),
             };
             let status = Status {
