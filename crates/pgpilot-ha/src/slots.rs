@@ -86,18 +86,38 @@ pub fn ignored(ignore: &[SlotMatcher], slot: &SlotInfo) -> bool {
     })
 }
 
+/// Where the slots are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRole {
+    Leader,
+    /// A failover candidate (PostgreSQL 11+) following the leader: it keeps the physical slots
+    /// a leader would (members' when `members` is true, i.e. `member_slots_ttl` > 0, and the
+    /// permanent physical ones) and advances them to the leader's `/status.slots` positions,
+    /// so that a failover keeps them. Logical slots are not copied (not done).
+    Replica {
+        members: bool,
+    },
+}
+
 /// The slots the leader wants and the changes that get there.
 pub fn plan_slots(i: &SlotInputs<'_>) -> SlotPlan {
+    plan_slots_as(i, SlotRole::Leader)
+}
+
+/// The slots wanted in `role` and the changes that get there (creations and drops; see
+/// [`advance_changes`] for a replica's advances).
+pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
     let mut plan = SlotPlan::default();
     let own = slot_name_for(i.me);
+    let with_members = matches!(role, SlotRole::Leader | SlotRole::Replica { members: true });
     for m in i.members {
-        if m.name == i.me || is_nostream(m) {
+        if !with_members || m.name == i.me || is_nostream(m) {
             continue;
         }
         plan.member_slots.insert(slot_name_for(&m.name));
     }
     for r in i.retain_slots {
-        if *r != own {
+        if with_members && *r != own {
             plan.member_slots.insert(r.clone());
         }
     }
@@ -122,6 +142,7 @@ pub fn plan_slots(i: &SlotInputs<'_>) -> SlotPlan {
                     plan.wanted.insert(name.clone(), spec.clone());
                 }
             }
+            PermanentSlot::Logical { .. } if role != SlotRole::Leader => {}
             PermanentSlot::Logical { database, plugin } => {
                 if plan.member_slots.contains(name) {
                     plan.errors.push(format!(
@@ -166,6 +187,28 @@ pub fn plan_slots(i: &SlotInputs<'_>) -> SlotPlan {
         plan.changes.push(SlotChange::Drop(slot.name.clone()));
     }
     plan
+}
+
+/// On a replica: advance every wanted, inactive physical slot whose position in the leader's
+/// `/status.slots` is ahead of its `restart_lsn`.
+pub fn advance_changes(
+    plan: &SlotPlan,
+    existing: &[SlotInfo],
+    leader_slots: Option<&Map<String, Value>>,
+) -> Vec<SlotChange> {
+    existing
+        .iter()
+        .filter(|s| !s.active && s.slot_type == "physical")
+        .filter(|s| matches!(plan.wanted.get(&s.name), Some(PermanentSlot::Physical)))
+        .filter_map(|s| {
+            let target = leader_slots?.get(&s.name)?.as_u64()?;
+            let restart = s.lsn?;
+            (target > restart).then(|| SlotChange::Advance {
+                name: s.name.clone(),
+                lsn: target,
+            })
+        })
+        .collect()
 }
 
 /// `/status.slots`: the LSN of every wanted slot that exists (member slots only when
@@ -297,6 +340,20 @@ mod tests {
         }
     }
 
+    /// `perm` (physical) and `logi` (logical, test_decoding on postgres).
+    fn perm_and_logi() -> BTreeMap<String, PermanentSlot> {
+        BTreeMap::from([
+            ("perm".to_string(), PermanentSlot::Physical),
+            (
+                "logi".to_string(),
+                PermanentSlot::Logical {
+                    database: "postgres".into(),
+                    plugin: "test_decoding".into(),
+                },
+            ),
+        ])
+    }
+
     fn drops(p: &SlotPlan) -> Vec<&str> {
         p.changes
             .iter()
@@ -419,18 +476,38 @@ mod tests {
     }
 
     #[test]
+    fn replica_keeps_members_and_permanent_physical_slots_and_advances_them() {
+        let mut c = Case::new(&["pg-0", "pg-1", "pg-2"]);
+        c.permanent = perm_and_logi();
+        c.existing = vec![
+            slot("pg_0", "physical", false, Some(100)),
+            slot("perm", "physical", false, Some(300)),
+            slot("pg_2", "physical", true, Some(10)),
+        ];
+        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { members: true });
+        // The leader's slot (pg_0) too; no logical slot on a replica.
+        assert_eq!(
+            p.wanted.keys().collect::<Vec<_>>(),
+            vec!["perm", "pg_0", "pg_2"]
+        );
+        assert!(p.changes.is_empty());
+        let status = json!({"pg_0": 200, "perm": 250, "pg_2": 50});
+        assert_eq!(
+            advance_changes(&p, &c.existing, status.as_object()),
+            vec![SlotChange::Advance {
+                name: "pg_0".into(),
+                lsn: 200
+            }]
+        );
+        // member_slots_ttl 0: only the permanent physical slots.
+        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { members: false });
+        assert_eq!(p.wanted.keys().collect::<Vec<_>>(), vec!["perm"]);
+    }
+
+    #[test]
     fn status_document() {
         let mut c = Case::new(&["pg-1", "pg-2"]);
-        c.permanent = BTreeMap::from([
-            ("perm".to_string(), PermanentSlot::Physical),
-            (
-                "logi".to_string(),
-                PermanentSlot::Logical {
-                    database: "postgres".into(),
-                    plugin: "test_decoding".into(),
-                },
-            ),
-        ]);
+        c.permanent = perm_and_logi();
         c.existing = vec![
             slot("pg_2", "physical", true, Some(100)),
             slot("perm", "physical", false, Some(50)),

@@ -275,6 +275,11 @@ pub enum SlotChange {
     },
     /// Only an inactive slot is dropped.
     Drop(String),
+    /// `pg_replication_slot_advance` (on a standby PostgreSQL stops at the replayed position).
+    Advance {
+        name: String,
+        lsn: u64,
+    },
 }
 
 /// Physical slot name for a member (spec/ha-loop.md §5.9): lower-cased, `-` and `.` become `_`,

@@ -973,7 +973,7 @@ impl Postgres {
 
     /// The replication slots of this server (temporary ones left out), with the LSN Patroni
     /// publishes for each: `confirmed_flush_lsn` of a logical slot, `restart_lsn` of a physical
-    /// one. Empty on a standby.
+    /// one.
     pub async fn list_slots(&self) -> Result<Vec<SlotInfo>> {
         let rows = self
             .with_conn(|c| async move {
@@ -984,7 +984,7 @@ impl Postgres {
                          pg_catalog.pg_wal_lsn_diff(CASE WHEN slot_type = 'logical' \
                          THEN confirmed_flush_lsn ELSE restart_lsn END, '0/0')::bigint \
                          FROM pg_catalog.pg_replication_slots \
-                         WHERE NOT temporary AND NOT pg_catalog.pg_is_in_recovery()",
+                         WHERE NOT temporary",
                         &[],
                     )
                     .await;
@@ -1041,6 +1041,14 @@ impl Postgres {
                     .await
                     .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?
                     .map_err(|e| sql_err(&e))
+            }
+            SlotChange::Advance { name, lsn } => {
+                self.execute(&format!(
+                    "SELECT pg_catalog.pg_replication_slot_advance({}, {})",
+                    quote_literal(name),
+                    quote_literal(&Lsn(*lsn).to_string())
+                ))
+                .await
             }
             SlotChange::Drop(name) => {
                 let name = quote_literal(name);

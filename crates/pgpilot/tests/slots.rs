@@ -1,7 +1,8 @@
-//! Replication slots on the leader with real agents: members' slots and the permanent slots of
-//! `/config.slots` are created, `/status` publishes their positions and the retained member
-//! slots, a slot a user made survives (whether `ignore_slots` lists it or not), and a
-//! permanent slot removed from `/config` is dropped.
+//! Replication slots with real agents: members' slots and the permanent slots of
+//! `/config.slots` are created on the leader, `/status` publishes their positions and the
+//! retained member slots, the replica keeps the physical ones advanced to those positions, a
+//! slot a user made survives (whether `ignore_slots` lists it or not), and a permanent slot
+//! removed from `/config` is dropped.
 
 mod harness;
 
@@ -82,6 +83,58 @@ async fn permanent_slots_status_and_ignored_slots() {
         .await;
     assert!(status["optime"].as_u64().unwrap() > 0, "{status}");
 
+    // The replica (a failover candidate) keeps the leader's slot and the permanent physical
+    // ones, not the logical one, and advances them to the leader's /status positions.
+    let leader_slot = cluster.member(leader).name.replace('-', "_");
+    cluster
+        .wait(
+            Duration::from_secs(30),
+            "slots on the replica",
+            async || {
+                let have = slots(&cluster, replica).await?;
+                for name in [leader_slot.as_str(), "perm_phys", "perm_short"] {
+                    anyhow::ensure!(
+                        have.get(name).map(String::as_str) == Some("physical"),
+                        "{have:?}"
+                    );
+                }
+                anyhow::ensure!(!have.contains_key("perm_logical"), "{have:?}");
+                anyhow::ensure!(!have.contains_key(&replica_slot), "{have:?}");
+                Ok(())
+            },
+        )
+        .await;
+    let restart_lsn = async |i: usize, name: &str| -> anyhow::Result<u64> {
+        let row = cluster
+            .pg_connect_try(i)
+            .await?
+            .query_one(
+                "SELECT pg_wal_lsn_diff(restart_lsn, '0/0')::bigint FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&name],
+            )
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0))?)
+    };
+    let before = restart_lsn(replica, &leader_slot).await.unwrap();
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute("CREATE TABLE t (id int); SELECT pg_switch_wal(); CHECKPOINT;")
+        .await
+        .unwrap();
+    cluster
+        .wait(
+            Duration::from_secs(30),
+            "the leader's slot advanced on the replica",
+            async || {
+                let now = restart_lsn(replica, &leader_slot).await?;
+                anyhow::ensure!(now > before, "{now} <= {before}");
+                Ok(())
+            },
+        )
+        .await;
+
     // Slots made by hand: one listed in ignore_slots, one not. Then perm_phys leaves /config.
     cluster
         .pg_connect(leader)
@@ -99,8 +152,10 @@ async fn permanent_slots_status_and_ignored_slots() {
     assert_eq!(code, 200, "{text}");
     cluster
         .wait(Duration::from_secs(30), "perm_phys dropped", async || {
-            let have = slots(&cluster, leader).await?;
-            anyhow::ensure!(!have.contains_key("perm_phys"), "{have:?}");
+            for i in [leader, replica] {
+                let have = slots(&cluster, i).await?;
+                anyhow::ensure!(!have.contains_key("perm_phys"), "{have:?}");
+            }
             Ok(())
         })
         .await;

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{
-    slot_name_for, BootstrapRecovery, DesiredConfig, PgControl, PgError, SlotChange, StandbyConfig,
-    StopMode, Upstream,
+    slot_name_for, BootstrapRecovery, DesiredConfig, PgControl, PgError, SlotChange, SlotInfo,
+    StandbyConfig, StopMode, Upstream,
 };
 use pgpilot_types::{Peers, Role, State};
 use serde_json::{Map, Value};
@@ -23,7 +23,10 @@ use crate::decide::{
 };
 use crate::hooks::{CallbackAction, Hooks};
 use crate::params::{effective_parameters, effective_pg_hba};
-use crate::slots::{plan_slots, status_slots, update_retain, SlotInputs};
+use crate::slots::{
+    advance_changes, plan_slots, plan_slots_as, status_slots, update_retain, SlotInputs, SlotPlan,
+    SlotRole,
+};
 use crate::sync::Ssn;
 
 use super::tasks::TaskError;
@@ -396,7 +399,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 Ok(msg)
             }
             Decision::RenewLeader => self.renew_leader(obs).await,
-            Decision::Follow { leader } => self.follow(obs, &leader).await,
+            Decision::Follow { leader } => {
+                let msg = self.follow(obs, &leader).await;
+                self.sync_replica_slots(obs).await;
+                msg
+            }
         }
     }
 
@@ -558,14 +565,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
         let retain_slots = cluster.status.retain_slots.clone().unwrap_or_default();
         // Slots a leader (this one or an earlier one) published are pgpilot's or Patroni's.
-        self.slot_managed.extend(
-            cluster
-                .status
-                .slots
-                .iter()
-                .flat_map(|m| m.keys().cloned())
-                .chain(retain_slots.iter().cloned()),
-        );
+        self.remember_published_slots(cluster);
         let existing = match self.pg.list_slots().await {
             Ok(e) => e,
             Err(e) => {
@@ -573,7 +573,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 let expired = update_retain(
                     &mut retain,
                     None,
-                    &self.slot_inputs_empty(cluster),
+                    &self.slot_inputs(cluster, &[], &[]),
                     now,
                     ttl,
                 );
@@ -583,15 +583,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 return (None, names);
             }
         };
-        let inputs = SlotInputs {
-            me: &self.cfg.name,
-            members: &cluster.members,
-            retain_slots: &retain_slots,
-            permanent: &self.dynamic.permanent_slots,
-            ignore: &self.dynamic.ignore_slots,
-            existing: &existing,
-            managed: &self.slot_managed,
-        };
+        let inputs = self.slot_inputs(cluster, &retain_slots, &existing);
         let plan = plan_slots(&inputs);
         let own = slot_name_for(&self.cfg.name);
         let published = status_slots(
@@ -605,11 +597,57 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let retain_names = retained(&retain);
         self.slot_retain = Some(retain);
         log_expired(&expired, ttl);
-        for e in &plan.errors {
-            error!("{e}");
+        self.carry_out(&plan).await;
+        (published, retain_names)
+    }
+
+    /// Replica side of §5.9 on a failover candidate running PostgreSQL 11+ in recovery: the
+    /// members' physical slots (with `member_slots_ttl` > 0; the leader's included) and the
+    /// permanent physical slots, advanced to the leader's `/status.slots` positions.
+    pub(super) async fn sync_replica_slots(&mut self, obs: &Observation) {
+        let Some(cluster) = obs.cluster.as_ref() else {
+            return;
+        };
+        let recovering = matches!(
+            obs.pg,
+            PgView::Running {
+                in_recovery: true,
+                ..
+            }
+        );
+        let version = self.last_pg.as_ref().map_or(0, |p| p.server_version);
+        if !self.dynamic.use_slots
+            || !recovering
+            || version < 110_000
+            || !self.cfg.tags.can_failover()
+        {
+            return;
         }
-        self.slot_managed.extend(plan.wanted.keys().cloned());
-        for change in &plan.changes {
+        let existing = match self.pg.list_slots().await {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("could not read replication slots: {e}");
+                return;
+            }
+        };
+        self.remember_published_slots(cluster);
+        let retain_slots = cluster.status.retain_slots.clone().unwrap_or_default();
+        let inputs = self.slot_inputs(cluster, &retain_slots, &existing);
+        let role = SlotRole::Replica {
+            members: !self.dynamic.member_slots_ttl.is_zero(),
+        };
+        let mut plan = plan_slots_as(&inputs, role);
+        plan.changes.extend(advance_changes(
+            &plan,
+            &existing,
+            cluster.status.slots.as_ref(),
+        ));
+        self.carry_out(&plan).await;
+    }
+
+    /// Applies planned slot changes, logging each outcome with Patroni's sentences.
+    async fn apply_slot_changes(&mut self, changes: &[SlotChange]) {
+        for change in changes {
             // Patroni drops nothing while paused.
             if self.dynamic.pause && matches!(change, SlotChange::Drop(_)) {
                 continue;
@@ -634,22 +672,52 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                         "Failed to create logical replication slot '{name}' plugin='{plugin}': {e}"
                     )
                 }
+                (Err(e), SlotChange::Advance { name, lsn }) => {
+                    error!(
+                        "Error while advancing replication slot {name} to position '{}': {e}",
+                        pgpilot_postgres::Lsn(*lsn)
+                    )
+                }
             }
         }
-        (published, retain_names)
     }
 
-    /// Slot inputs with no slots on the server (for retention bookkeeping only).
-    fn slot_inputs_empty<'a>(&'a self, cluster: &'a Cluster) -> SlotInputs<'a> {
+    fn slot_inputs<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        retain_slots: &'a [String],
+        existing: &'a [SlotInfo],
+    ) -> SlotInputs<'a> {
         SlotInputs {
             me: &self.cfg.name,
             members: &cluster.members,
-            retain_slots: &[],
+            retain_slots,
             permanent: &self.dynamic.permanent_slots,
             ignore: &self.dynamic.ignore_slots,
-            existing: &[],
+            existing,
             managed: &self.slot_managed,
         }
+    }
+
+    /// Slots a leader (this one or an earlier one) published are pgpilot's or Patroni's.
+    fn remember_published_slots(&mut self, cluster: &Cluster) {
+        self.slot_managed.extend(
+            cluster
+                .status
+                .slots
+                .iter()
+                .flat_map(|m| m.keys().cloned())
+                .chain(cluster.status.retain_slots.iter().flatten().cloned()),
+        );
+    }
+
+    /// Logs the plan's errors, remembers its slots as ours and applies its changes.
+    async fn carry_out(&mut self, plan: &SlotPlan) {
+        for e in &plan.errors {
+            error!("{e}");
+        }
+        self.slot_managed.extend(plan.wanted.keys().cloned());
+        self.apply_slot_changes(&plan.changes).await;
     }
 }
 
