@@ -41,8 +41,160 @@ pub struct DynamicConfig {
     pub callbacks: Option<BTreeMap<String, String>>,
     pub pre_promote: Option<String>,
     pub before_stop: Option<String>,
+    /// `slots` (aliases `permanent_slots`, `permanent_replication_slots`): permanent slots by
+    /// name. Entries that are neither physical nor logical with database and plugin are left
+    /// out with a warning.
+    pub permanent_slots: BTreeMap<String, PermanentSlot>,
+    /// `ignore_slots`: slots pgpilot never drops.
+    pub ignore_slots: Vec<SlotMatcher>,
+    /// `member_slots_ttl` (default 30 min): how long the slot of a member whose key vanished
+    /// is kept.
+    pub member_slots_ttl: Duration,
     /// The document as stored (unknown keys kept).
     pub raw: Map<String, Value>,
+}
+
+/// One permanent slot of `/config.slots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermanentSlot {
+    Physical,
+    Logical { database: String, plugin: String },
+}
+
+/// One `ignore_slots` entry: every field that is set must match (Patroni compares `name`
+/// when present, and `type`, `database`, `plugin` when non-empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotMatcher {
+    pub name: Option<String>,
+    pub slot_type: Option<String>,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
+}
+
+impl SlotMatcher {
+    /// Whether a slot with these attributes matches.
+    pub fn matches(
+        &self,
+        name: &str,
+        slot_type: &str,
+        database: Option<&str>,
+        plugin: Option<&str>,
+    ) -> bool {
+        let field = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref()
+                .filter(|w| !w.is_empty())
+                .is_none_or(|w| Some(w) == have)
+        };
+        self.name.as_deref().is_none_or(|n| n == name)
+            && field(&self.slot_type, Some(slot_type))
+            && field(&self.database, database)
+            && field(&self.plugin, plugin)
+    }
+}
+
+/// A string field of a JSON object, numbers written as text.
+fn text_field(m: &Map<String, Value>, key: &str) -> Option<String> {
+    match m.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        v => Some(v.to_string()),
+    }
+}
+
+fn permanent_slots(
+    doc: &Map<String, Value>,
+    w: &mut Vec<String>,
+) -> BTreeMap<String, PermanentSlot> {
+    let value = ["slots", "permanent_slots", "permanent_replication_slots"]
+        .iter()
+        .find_map(|k| doc.get(*k).filter(|v| !v.is_null()));
+    let Some(Value::Object(map)) = value else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for (name, v) in map {
+        // Patroni: a falsy value (`null`, `0`, `{}`) is a physical slot.
+        let spec = match v {
+            Value::Object(m) => {
+                let database = text_field(m, "database").filter(|s| !s.is_empty());
+                let plugin = text_field(m, "plugin").filter(|s| !s.is_empty());
+                let ty = text_field(m, "type").unwrap_or_else(|| {
+                    if database.is_some() && plugin.is_some() {
+                        "logical".into()
+                    } else {
+                        "physical".into()
+                    }
+                });
+                match (ty.as_str(), database, plugin) {
+                    ("physical", _, _) => Some(PermanentSlot::Physical),
+                    ("logical", Some(database), Some(plugin)) => {
+                        Some(PermanentSlot::Logical { database, plugin })
+                    }
+                    _ => None,
+                }
+            }
+            v if !truthy(v) => Some(PermanentSlot::Physical),
+            _ => None,
+        };
+        match spec {
+            Some(s) => {
+                out.insert(name.clone(), s);
+            }
+            None => w.push(format!(
+                "Bad value for slot '{name}' in permanent_slots: {v}"
+            )),
+        }
+    }
+    out
+}
+
+fn ignore_slots(doc: &Map<String, Value>) -> Vec<SlotMatcher> {
+    let Some(Value::Array(list)) = doc.get("ignore_slots") else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(Value::as_object)
+        .map(|m| SlotMatcher {
+            name: text_field(m, "name"),
+            slot_type: text_field(m, "type"),
+            database: text_field(m, "database"),
+            plugin: text_field(m, "plugin"),
+        })
+        .collect()
+}
+
+/// Seconds from a number or a string with a unit (`30min`, `1h`, `90s`, `2d`, `500ms`),
+/// as Patroni's `parse_int(value, 's')` reads it.
+fn seconds(doc: &Map<String, Value>, key: &str, w: &mut Vec<String>) -> Option<u64> {
+    let v = doc.get(key)?;
+    let n = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => {
+            let s = s.trim();
+            let split = s
+                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+                .unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let factor = match unit.trim() {
+                "" | "s" => Some(1.0),
+                "ms" => Some(0.001),
+                "min" => Some(60.0),
+                "h" => Some(3600.0),
+                "d" => Some(86_400.0),
+                _ => None,
+            };
+            num.parse::<f64>().ok().zip(factor).map(|(n, f)| n * f)
+        }
+        Value::Null => return None,
+        _ => None,
+    };
+    match n {
+        Some(n) if n >= 0.0 => Some(n.round() as u64),
+        _ => {
+            w.push(format!("{key}: {v} is not a duration, using the default"));
+            None
+        }
+    }
 }
 
 impl Default for DynamicConfig {
@@ -176,8 +328,85 @@ impl DynamicConfig {
                 }),
             pre_promote: command(pg, "pre_promote"),
             before_stop: command(pg, "before_stop"),
+            permanent_slots: permanent_slots(doc, &mut w),
+            ignore_slots: ignore_slots(doc),
+            member_slots_ttl: Duration::from_secs(
+                seconds(doc, "member_slots_ttl", &mut w).unwrap_or(1800),
+            ),
             raw: doc.clone(),
         };
         (cfg, w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg(v: Value) -> DynamicConfig {
+        DynamicConfig::from_document(v.as_object().expect("test document is an object")).0
+    }
+
+    #[test]
+    fn permanent_slots_forms() {
+        let c = cfg(json!({"slots": {
+            "a": null, "b": 0, "c": {"type": "physical"},
+            "d": {"type": "logical", "database": "postgres", "plugin": "test_decoding"},
+            "e": {"database": "postgres", "plugin": "pgoutput"},
+            "f": {"type": "logical", "database": "postgres"},
+            "g": 1
+        }}));
+        let phys = PermanentSlot::Physical;
+        assert_eq!(c.permanent_slots.get("a"), Some(&phys));
+        assert_eq!(c.permanent_slots.get("b"), Some(&phys));
+        assert_eq!(c.permanent_slots.get("c"), Some(&phys));
+        assert_eq!(
+            c.permanent_slots.get("d"),
+            Some(&PermanentSlot::Logical {
+                database: "postgres".into(),
+                plugin: "test_decoding".into()
+            })
+        );
+        assert!(matches!(
+            c.permanent_slots.get("e"),
+            Some(PermanentSlot::Logical { .. })
+        ));
+        assert!(!c.permanent_slots.contains_key("f"));
+        assert!(!c.permanent_slots.contains_key("g"));
+        let alias = cfg(json!({"permanent_slots": {"x": null}}));
+        assert_eq!(alias.permanent_slots.get("x"), Some(&phys));
+    }
+
+    #[test]
+    fn ignore_slots_matching() {
+        let c = cfg(json!({"ignore_slots": [
+            {"name": "keep_me"},
+            {"type": "logical", "plugin": "pgoutput"}
+        ]}));
+        let m = &c.ignore_slots;
+        assert_eq!(m.len(), 2);
+        assert!(m[0].matches("keep_me", "physical", None, None));
+        assert!(!m[0].matches("other", "physical", None, None));
+        assert!(m[1].matches("any", "logical", Some("db"), Some("pgoutput")));
+        assert!(!m[1].matches("any", "logical", Some("db"), Some("wal2json")));
+        assert!(!m[1].matches("any", "physical", None, None));
+    }
+
+    #[test]
+    fn member_slots_ttl_units() {
+        assert_eq!(cfg(json!({})).member_slots_ttl, Duration::from_secs(1800));
+        assert_eq!(
+            cfg(json!({"member_slots_ttl": "30min"})).member_slots_ttl,
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            cfg(json!({"member_slots_ttl": 0})).member_slots_ttl,
+            Duration::ZERO
+        );
+        assert_eq!(
+            cfg(json!({"member_slots_ttl": "2h"})).member_slots_ttl,
+            Duration::from_secs(7200)
+        );
     }
 }

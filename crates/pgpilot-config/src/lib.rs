@@ -23,7 +23,7 @@ mod load;
 mod validate;
 pub mod yaml;
 
-pub use dynamic::DynamicConfig;
+pub use dynamic::{DynamicConfig, PermanentSlot, SlotMatcher};
 pub use load::{etcd_endpoint, etcd_from_document, load, load_document, load_from_value};
 pub use pgpilot_values::{
     BootstrapRecovery, CustomBootstrap, MethodCommand, ReplicaMethod, SyncMode,

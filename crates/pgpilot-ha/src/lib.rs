@@ -7,6 +7,7 @@ pub mod decide;
 mod decide_tests;
 pub mod hooks;
 mod params;
+pub mod slots;
 pub mod sync;
 pub mod watchdog;
 

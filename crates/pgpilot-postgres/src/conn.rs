@@ -14,9 +14,11 @@ use crate::{Credentials, PgError, Result};
 pub(crate) struct Target<'a> {
     pub host: &'a str,
     pub port: u16,
+    /// Database name (`postgres` for everything but logical slot creation).
+    pub dbname: &'a str,
 }
 
-/// Connects to `target` as `creds` (named `role` in errors), to database `postgres`,
+/// Connects to `target` as `creds` (named `role` in errors), to its database,
 /// everything bounded by `timeout`.
 pub(crate) async fn connect(
     target: &Target<'_>,
@@ -34,7 +36,7 @@ pub(crate) async fn connect(
     }
     cfg.port(target.port)
         .user(&creds.username)
-        .dbname("postgres")
+        .dbname(target.dbname)
         .application_name("pgpilot")
         .connect_timeout(timeout);
     if let Some(pw) = &creds.password {

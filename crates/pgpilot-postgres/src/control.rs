@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::{
     ControlData, CustomBootstrap, DataDirState, DesiredConfig, Lsn, PgSettings, PgState, Postgres,
-    ReplicaMethod, Result, StopMode, Upstream,
+    ReplicaMethod, Result, SlotChange, SlotInfo, StopMode, Upstream,
 };
 
 /// The operations the agent performs on its PostgreSQL. Each has the meaning (and the
@@ -38,7 +38,8 @@ pub trait PgControl: Send + Sync + 'static {
         basebackup: &[String],
     ) -> impl Future<Output = Result<String>> + Send;
     fn rewind(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send;
-    fn sync_slots(&self, wanted: &[String]) -> impl Future<Output = Result<()>> + Send;
+    fn list_slots(&self) -> impl Future<Output = Result<Vec<SlotInfo>>> + Send;
+    fn change_slot(&self, change: &SlotChange) -> impl Future<Output = Result<()>> + Send;
     fn checkpoint(&self) -> impl Future<Output = Result<()>> + Send;
     fn timeline_history(
         &self,
@@ -116,8 +117,11 @@ impl PgControl for Postgres {
     fn rewind(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send {
         Postgres::rewind(self, from)
     }
-    fn sync_slots(&self, wanted: &[String]) -> impl Future<Output = Result<()>> + Send {
-        Postgres::sync_slots(self, wanted)
+    fn list_slots(&self) -> impl Future<Output = Result<Vec<SlotInfo>>> + Send {
+        Postgres::list_slots(self)
+    }
+    fn change_slot(&self, change: &SlotChange) -> impl Future<Output = Result<()>> + Send {
+        Postgres::change_slot(self, change)
     }
     fn checkpoint(&self) -> impl Future<Output = Result<()>> + Send {
         Postgres::checkpoint(self)

@@ -251,6 +251,37 @@ pub async fn custom_bootstrap_hba(s: &PgSettings) -> Vec<String> {
     files::custom_bootstrap_hba(s, &resolved)
 }
 
+/// One row of `pg_replication_slots` as the agent reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub name: String,
+    /// `physical` or `logical`.
+    pub slot_type: String,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
+    pub active: bool,
+    /// `confirmed_flush_lsn` (logical) or `restart_lsn` (physical), when set.
+    pub lsn: Option<u64>,
+}
+
+/// A change to the slots of this server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotChange {
+    CreatePhysical(String),
+    CreateLogical {
+        name: String,
+        database: String,
+        plugin: String,
+    },
+    /// Only an inactive slot is dropped.
+    Drop(String),
+    /// `pg_replication_slot_advance` (on a standby PostgreSQL stops at the replayed position).
+    Advance {
+        name: String,
+        lsn: u64,
+    },
+}
+
 /// Physical slot name for a member (spec/ha-loop.md §5.9): lower-cased, `-` and `.` become `_`,
 /// any other char becomes `u` + its decimal code point (`u%04d`), cut to 63 chars.
 pub fn slot_name_for(member: &str) -> String {

@@ -15,7 +15,8 @@ use crate::files::{
 };
 use crate::{
     BootstrapRecovery, ControlData, CustomBootstrap, DataDirState, DesiredConfig, Lsn, PgError,
-    PgSettings, PgState, ReplicaMethod, Result, StopMode, Upstream, WalSender,
+    PgSettings, PgState, ReplicaMethod, Result, SlotChange, SlotInfo, StopMode, Upstream,
+    WalSender,
 };
 
 /// Deadline for one monitoring query or connection attempt.
@@ -459,9 +460,15 @@ impl Postgres {
 
     /// A superuser connection to `at` (this member or another one), bounded by `QUERY_TIMEOUT`.
     async fn connect_to(&self, at: &Upstream) -> Result<tokio_postgres::Client> {
+        self.connect_db(at, "postgres").await
+    }
+
+    /// A superuser connection to database `dbname` of `at`.
+    async fn connect_db(&self, at: &Upstream, dbname: &str) -> Result<tokio_postgres::Client> {
         let target = crate::conn::Target {
             host: &at.host,
             port: at.port,
+            dbname,
         };
         crate::conn::connect(
             &target,
@@ -1011,43 +1018,109 @@ impl Postgres {
         Ok(())
     }
 
-    /// Makes the physical replication slots equal to `wanted` (creates missing, drops other
-    /// inactive physical slots). A no-op on a standby.
-    pub async fn sync_slots(&self, wanted: &[String]) -> Result<()> {
+    /// The replication slots of this server (temporary ones left out), with the LSN Patroni
+    /// publishes for each: `confirmed_flush_lsn` of a logical slot, `restart_lsn` of a physical
+    /// one.
+    pub async fn list_slots(&self) -> Result<Vec<SlotInfo>> {
         let rows = self
             .with_conn(|c| async move {
                 let r = c
                     .query(
-                        "SELECT slot_name::text, active FROM pg_catalog.pg_replication_slots \
-                         WHERE slot_type = 'physical' AND NOT pg_catalog.pg_is_in_recovery()",
+                        "SELECT slot_name::text, slot_type::text, database::text, plugin::text, \
+                         active, \
+                         pg_catalog.pg_wal_lsn_diff(CASE WHEN slot_type = 'logical' \
+                         THEN confirmed_flush_lsn ELSE restart_lsn END, '0/0')::bigint \
+                         FROM pg_catalog.pg_replication_slots \
+                         WHERE NOT temporary",
                         &[],
                     )
                     .await;
                 (c, r)
             })
             .await?;
-        let existing: BTreeMap<String, bool> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let mut sql = String::new();
-        for w in wanted {
-            if !existing.contains_key(w) {
-                sql.push_str(&format!(
-                    "SELECT pg_catalog.pg_create_physical_replication_slot({});\n",
-                    quote_literal(w)
-                ));
-            }
-        }
-        for (name, active) in &existing {
-            if !wanted.contains(name) && !active {
-                sql.push_str(&format!(
-                    "SELECT pg_catalog.pg_drop_replication_slot({});\n",
+        Ok(rows
+            .iter()
+            .map(|r| SlotInfo {
+                name: r.get(0),
+                slot_type: r.get(1),
+                database: r.get(2),
+                plugin: r.get(3),
+                active: r.get(4),
+                lsn: r
+                    .get::<_, Option<i64>>(5)
+                    .and_then(|n| u64::try_from(n).ok()),
+            })
+            .collect())
+    }
+
+    /// Creates or drops one slot. Drops only an inactive slot (an active one is reported as
+    /// [`PgError::Sql`]). Logical slots are created from a connection to their database.
+    pub async fn change_slot(&self, change: &SlotChange) -> Result<()> {
+        match change {
+            SlotChange::CreatePhysical(name) => {
+                // Reserves WAL at once, as Patroni does, so that `restart_lsn` is set.
+                self.execute(&format!(
+                    "SELECT pg_catalog.pg_create_physical_replication_slot({}, true) \
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots \
+                     WHERE slot_name = {0})",
                     quote_literal(name)
-                ));
+                ))
+                .await
+            }
+            SlotChange::CreateLogical {
+                name,
+                database,
+                plugin,
+            } => {
+                let local = Upstream {
+                    host: self.settings.local_host.clone(),
+                    port: self.settings.port,
+                };
+                let client = self.connect_db(&local, database).await?;
+                let sql = format!(
+                    "SELECT pg_catalog.pg_create_logical_replication_slot({}, {}) \
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots \
+                     WHERE slot_name = {0})",
+                    quote_literal(name),
+                    quote_literal(plugin)
+                );
+                tokio::time::timeout(QUERY_TIMEOUT, client.batch_execute(&sql))
+                    .await
+                    .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?
+                    .map_err(|e| sql_err(&e))
+            }
+            SlotChange::Advance { name, lsn } => {
+                self.execute(&format!(
+                    "SELECT pg_catalog.pg_replication_slot_advance({}, {})",
+                    quote_literal(name),
+                    quote_literal(&Lsn(*lsn).to_string())
+                ))
+                .await
+            }
+            SlotChange::Drop(name) => {
+                let name = quote_literal(name);
+                let rows = self
+                    .with_conn(move |c| {
+                        let sql = format!(
+                            "WITH slots AS (SELECT slot_name, active \
+                             FROM pg_catalog.pg_replication_slots WHERE slot_name = {name}), \
+                             dropped AS (SELECT pg_catalog.pg_drop_replication_slot(slot_name), \
+                             true AS dropped FROM slots WHERE NOT active) \
+                             SELECT active, COALESCE(dropped, false) FROM slots \
+                             FULL OUTER JOIN dropped ON true"
+                        );
+                        async move {
+                            let r = c.query(&sql, &[]).await;
+                            (c, r)
+                        }
+                    })
+                    .await?;
+                match rows.first().map(|r| r.get::<_, bool>(0)) {
+                    Some(true) => Err(PgError::Sql("slot is active".into())),
+                    _ => Ok(()),
+                }
             }
         }
-        if sql.is_empty() {
-            return Ok(());
-        }
-        self.execute(&sql).await
     }
 
     /// `CHECKPOINT`.

@@ -535,6 +535,11 @@ impl Cluster {
         Ok((code, body))
     }
 
+    /// `PATCH /config` on member `i` with `body` (authenticated): `(status, body text)`.
+    pub async fn patch_config(&self, i: usize, body: Value) -> anyhow::Result<(u16, String)> {
+        self.api_call(i, "PATCH", "/config", Some(body), true).await
+    }
+
     /// `<method> <path>` on member `i`'s REST API with a JSON body (`None`: no body at all) and,
     /// when `auth`, the harness's Basic credentials: status code and body text.
     pub async fn api_call(

@@ -3,16 +3,18 @@
 //! agent stops PostgreSQL ([`stop_postgres`]: `before_stop`, the stop, `on_stop`, and the
 //! `primary_stop_timeout` kill).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{
-    slot_name_for, BootstrapRecovery, DesiredConfig, PgControl, PgError, StandbyConfig, StopMode,
-    Upstream,
+    slot_name_for, BootstrapRecovery, DesiredConfig, PgControl, PgError, SlotChange, SlotInfo,
+    StandbyConfig, StopMode, Upstream,
 };
 use pgpilot_types::{Peers, Role, State};
+use serde_json::{Map, Value};
 use tracing::{error, info, warn};
 
 use crate::decide::{
@@ -21,6 +23,10 @@ use crate::decide::{
 };
 use crate::hooks::{CallbackAction, Hooks};
 use crate::params::{effective_parameters, effective_pg_hba};
+use crate::slots::{
+    advance_changes, plan_slots, plan_slots_as, status_slots, update_retain, SlotInputs, SlotPlan,
+    SlotRole,
+};
 use crate::sync::Ssn;
 
 use super::tasks::TaskError;
@@ -400,7 +406,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 Ok(msg)
             }
             Decision::RenewLeader => self.renew_leader(obs).await,
-            Decision::Follow { leader } => self.follow(obs, &leader).await,
+            Decision::Follow { leader } => {
+                let msg = self.follow(obs, &leader).await;
+                self.sync_replica_slots(obs).await;
+                msg
+            }
         }
     }
 
@@ -504,7 +514,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let me = self.cfg.name.clone();
         let old_role = self.role;
         self.role = Role::Replica;
-        self.slots = None;
+        self.slot_retain = None;
         self.sync_duty.ssn = Ssn::empty();
         if let (Some(l), PgView::Running { timeline, .. }) = (
             obs.cluster.as_ref().and_then(Cluster::leader_member),
@@ -536,25 +546,199 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         ))
     }
 
-    /// Physical slots for every other member that streams (not `nostream`; spec/ha-loop.md
-    /// §5.9), only when the member set changed.
-    pub(super) async fn sync_slots(&mut self, cluster: &Cluster) {
+    /// Replication slots on the leader (spec/ha-loop.md §5.9, planned by [`crate::slots`]):
+    /// members' and permanent slots created, slots pgpilot no longer wants dropped when that is
+    /// safe. Returns `/status.slots` and `/status.retain_slots`.
+    pub(super) async fn sync_slots(
+        &mut self,
+        cluster: &Cluster,
+        wal_position: u64,
+    ) -> (Option<Map<String, Value>>, Option<Vec<String>>) {
+        let now = Instant::now();
+        let ttl = self.dynamic.member_slots_ttl;
+        // Patroni resets the retention timers of `/status.retain_slots` on promotion.
+        let mut retain = self.slot_retain.take().unwrap_or_else(|| {
+            cluster
+                .status
+                .retain_slots
+                .iter()
+                .flatten()
+                .map(|n| (n.clone(), now))
+                .collect()
+        });
         if !self.dynamic.use_slots {
+            self.slot_retain = Some(BTreeMap::new());
+            return (None, None);
+        }
+        let retain_slots = cluster.status.retain_slots.clone().unwrap_or_default();
+        // Slots a leader (this one or an earlier one) published are pgpilot's or Patroni's.
+        self.remember_published_slots(cluster);
+        let existing = match self.pg.list_slots().await {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("could not read replication slots: {e}");
+                let expired = update_retain(
+                    &mut retain,
+                    None,
+                    &self.slot_inputs(cluster, &[], &[]),
+                    now,
+                    ttl,
+                );
+                log_expired(&expired, ttl);
+                let names = retained(&retain);
+                self.slot_retain = Some(retain);
+                return (None, names);
+            }
+        };
+        let inputs = self.slot_inputs(cluster, &retain_slots, &existing);
+        let plan = plan_slots(&inputs);
+        let own = slot_name_for(&self.cfg.name);
+        let published = status_slots(
+            &plan,
+            &existing,
+            ttl,
+            (&own, wal_position),
+            &self.dynamic.permanent_slots,
+        );
+        let expired = update_retain(&mut retain, published.as_ref(), &inputs, now, ttl);
+        let retain_names = retained(&retain);
+        self.slot_retain = Some(retain);
+        log_expired(&expired, ttl);
+        self.carry_out(&plan).await;
+        (published, retain_names)
+    }
+
+    /// Replica side of §5.9 on a failover candidate running PostgreSQL 11+ in recovery: the
+    /// members' physical slots (with `member_slots_ttl` > 0; the leader's included) and the
+    /// permanent physical slots, advanced to the leader's `/status.slots` positions.
+    pub(super) async fn sync_replica_slots(&mut self, obs: &Observation) {
+        let Some(cluster) = obs.cluster.as_ref() else {
+            return;
+        };
+        let recovering = matches!(
+            obs.pg,
+            PgView::Running {
+                in_recovery: true,
+                ..
+            }
+        );
+        let version = self.last_pg.as_ref().map_or(0, |p| p.server_version);
+        if !self.dynamic.use_slots
+            || !recovering
+            || version < 110_000
+            || !self.cfg.tags.can_failover()
+        {
             return;
         }
-        let mut wanted: Vec<String> = cluster
-            .members
-            .iter()
-            .filter(|m| m.name != self.cfg.name && !m.data.nostream())
-            .map(|m| slot_name_for(&m.name))
-            .collect();
-        wanted.sort();
-        if self.slots.as_ref() == Some(&wanted) {
-            return;
-        }
-        match self.pg.sync_slots(&wanted).await {
-            Ok(()) => self.slots = Some(wanted),
-            Err(e) => warn!("could not synchronise replication slots: {e}"),
+        let existing = match self.pg.list_slots().await {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("could not read replication slots: {e}");
+                return;
+            }
+        };
+        self.remember_published_slots(cluster);
+        let retain_slots = cluster.status.retain_slots.clone().unwrap_or_default();
+        let inputs = self.slot_inputs(cluster, &retain_slots, &existing);
+        let role = SlotRole::Replica {
+            members: !self.dynamic.member_slots_ttl.is_zero(),
+        };
+        let mut plan = plan_slots_as(&inputs, role);
+        plan.changes.extend(advance_changes(
+            &plan,
+            &existing,
+            cluster.status.slots.as_ref(),
+        ));
+        self.carry_out(&plan).await;
+    }
+
+    /// Applies planned slot changes, logging each outcome with Patroni's sentences.
+    async fn apply_slot_changes(&mut self, changes: &[SlotChange]) {
+        for change in changes {
+            // Patroni drops nothing while paused.
+            if self.dynamic.pause && matches!(change, SlotChange::Drop(_)) {
+                continue;
+            }
+            if let SlotChange::Drop(name) = change {
+                info!("Trying to drop unknown replication slot '{name}'");
+            }
+            match (self.pg.change_slot(change).await, change) {
+                (Ok(()), SlotChange::Drop(name)) => {
+                    info!("Dropped replication slot '{name}'");
+                    self.slot_managed.remove(name);
+                }
+                (Ok(()), _) => {}
+                (Err(e), SlotChange::Drop(name)) => {
+                    warn!("Unable to drop replication slot '{name}': {e}")
+                }
+                (Err(e), SlotChange::CreatePhysical(name)) => {
+                    error!("Failed to create physical replication slot '{name}': {e}")
+                }
+                (Err(e), SlotChange::CreateLogical { name, plugin, .. }) => {
+                    error!(
+                        "Failed to create logical replication slot '{name}' plugin='{plugin}': {e}"
+                    )
+                }
+                (Err(e), SlotChange::Advance { name, lsn }) => {
+                    error!(
+                        "Error while advancing replication slot {name} to position '{}': {e}",
+                        pgpilot_postgres::Lsn(*lsn)
+                    )
+                }
+            }
         }
     }
+
+    fn slot_inputs<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        retain_slots: &'a [String],
+        existing: &'a [SlotInfo],
+    ) -> SlotInputs<'a> {
+        SlotInputs {
+            me: &self.cfg.name,
+            members: &cluster.members,
+            retain_slots,
+            permanent: &self.dynamic.permanent_slots,
+            ignore: &self.dynamic.ignore_slots,
+            existing,
+            managed: &self.slot_managed,
+        }
+    }
+
+    /// Slots a leader (this one or an earlier one) published are pgpilot's or Patroni's.
+    fn remember_published_slots(&mut self, cluster: &Cluster) {
+        self.slot_managed.extend(
+            cluster
+                .status
+                .slots
+                .iter()
+                .flat_map(|m| m.keys().cloned())
+                .chain(cluster.status.retain_slots.iter().flatten().cloned()),
+        );
+    }
+
+    /// Logs the plan's errors, remembers its slots as ours and applies its changes.
+    async fn carry_out(&mut self, plan: &SlotPlan) {
+        for e in &plan.errors {
+            error!("{e}");
+        }
+        self.slot_managed.extend(plan.wanted.keys().cloned());
+        self.apply_slot_changes(&plan.changes).await;
+    }
+}
+
+fn log_expired(expired: &[String], ttl: Duration) {
+    for name in expired {
+        info!(
+            "Replication slot '{name}' for absent cluster member is expired after {} sec.",
+            ttl.as_secs()
+        );
+    }
+}
+
+/// `/status.retain_slots`: sorted names, `None` when empty.
+fn retained(retain: &BTreeMap<String, Instant>) -> Option<Vec<String>> {
+    let names: Vec<String> = retain.keys().cloned().collect();
+    (!names.is_empty()).then_some(names)
 }

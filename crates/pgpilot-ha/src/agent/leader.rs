@@ -170,7 +170,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 self.hooks.fire(CallbackAction::OnRoleChange, Role::Primary);
                 let desired = self.desired(None);
                 self.ensure_config(desired).await;
-                self.slots = None;
+                self.slot_retain = None;
                 self.run_again = true;
             }
             Err(e) => error!("promote failed: {e}"),
@@ -275,16 +275,20 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 return Ok("promoted self to leader because I had the session lock".into());
             }
             self.role = Role::Primary;
+            let (slots, retain_slots) = match obs.cluster.as_ref() {
+                Some(c) => self.sync_slots(c, wal_position).await,
+                None => (None, None),
+            };
             let status = Status {
                 optime: wal_position,
-                ..Default::default()
+                slots,
+                retain_slots,
             };
             if let Err(e) = self.dcs.write_status(&status).await {
                 warn!("could not write /status: {e}");
             }
             if let Some(c) = obs.cluster.as_ref() {
                 self.publish_history(c, timeline).await;
-                self.sync_slots(c).await;
                 if c.initialize.as_deref().is_none_or(|i| !valid_sysid(i)) {
                     // Written again next cycle while it is missing.
                     if let Some(sysid) = &self.sysid {

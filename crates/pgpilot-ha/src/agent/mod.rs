@@ -46,6 +46,7 @@
 //! `on_start` after bootstrap and on the first cycle that finds PostgreSQL running, and
 //! `pre_promote` before a promotion, waited for while the key is renewed.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,8 +163,11 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     sync_duty: SyncDuty,
     /// The desired configuration last written to disk (skip rewriting an unchanged one).
     written: Option<DesiredConfig>,
-    /// Physical slots last synchronised on the primary.
-    slots: Option<Vec<String>>,
+    /// Slot names pgpilot manages or managed: the only ones it may drop (see [`crate::slots`]).
+    slot_managed: BTreeSet<String>,
+    /// Retention of absent members' slots (`/status.retain_slots`) with the time each was
+    /// last seen; `None` until the first cycle as leader, which starts them from `/status`.
+    slot_retain: Option<BTreeMap<String, Instant>>,
     /// Timeline whose history we last published to `/history`.
     history_timeline: u32,
     /// Set when the cycle must run again immediately (e.g. after winning a race).
@@ -226,7 +230,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             rewind: Rewind::default(),
             sync_duty: SyncDuty::default(),
             written: None,
-            slots: None,
+            slot_managed: BTreeSet::new(),
+            slot_retain: None,
             history_timeline: 0,
             run_again: false,
             logged_warnings: Vec::new(),

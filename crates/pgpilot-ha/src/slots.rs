@@ -1,0 +1,543 @@
+//! Replication slots on the leader (spec/ha-loop.md §5.9), as pure functions: which slots are
+//! wanted (members' physical slots, members retained through `/status.retain_slots`, permanent
+//! slots of `/config.slots`), which changes bring the server there, and what `/status`
+//! publishes. The agent only reads `pg_replication_slots`, applies the changes and writes
+//! `/status`.
+//!
+//! Safety rule, stricter than Patroni's: a slot is dropped only if pgpilot manages it (it was a
+//! member slot or a permanent slot, known from this process or from `/status`), it is
+//! physical, inactive, and matches no `ignore_slots` entry. Logical slots are never dropped, so
+//! a slot a user made by hand survives whether or not it is listed in `ignore_slots`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use pgpilot_config::{PermanentSlot, SlotMatcher};
+use pgpilot_dcs::Member;
+use pgpilot_postgres::{slot_name_for, SlotChange, SlotInfo};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+/// What the slot plan is computed from.
+pub struct SlotInputs<'a> {
+    /// This member's name.
+    pub me: &'a str,
+    /// The cluster's member keys.
+    pub members: &'a [Member],
+    /// `/status.retain_slots`: slots of members whose key vanished, still kept.
+    pub retain_slots: &'a [String],
+    pub permanent: &'a BTreeMap<String, PermanentSlot>,
+    pub ignore: &'a [SlotMatcher],
+    /// The slots that exist on this server.
+    pub existing: &'a [SlotInfo],
+    /// Names of slots pgpilot manages or managed (see the module documentation).
+    pub managed: &'a BTreeSet<String>,
+}
+
+/// The outcome of [`plan_slots`].
+#[derive(Debug, Default, PartialEq)]
+pub struct SlotPlan {
+    /// Every slot that should exist, by name.
+    pub wanted: BTreeMap<String, PermanentSlot>,
+    /// The wanted slots that are members' slots (not permanent ones).
+    pub member_slots: BTreeSet<String>,
+    pub changes: Vec<SlotChange>,
+    /// Error sentences for the log (Patroni's).
+    pub errors: Vec<String>,
+}
+
+/// Patroni's rule for permanent slot names.
+fn valid_slot_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn is_nostream(m: &Member) -> bool {
+    m.data.nostream()
+}
+
+fn same_kind(slot: &SlotInfo, want: &PermanentSlot) -> bool {
+    match want {
+        PermanentSlot::Physical => slot.slot_type == "physical",
+        PermanentSlot::Logical { database, plugin } => {
+            slot.slot_type == "logical"
+                && slot.database.as_deref() == Some(database)
+                && slot.plugin.as_deref() == Some(plugin)
+        }
+    }
+}
+
+/// Whether `slot` matches an `ignore_slots` entry.
+pub fn ignored(ignore: &[SlotMatcher], slot: &SlotInfo) -> bool {
+    ignore.iter().any(|m| {
+        m.matches(
+            &slot.name,
+            &slot.slot_type,
+            slot.database.as_deref(),
+            slot.plugin.as_deref(),
+        )
+    })
+}
+
+/// Where the slots are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRole {
+    Leader,
+    /// A failover candidate (PostgreSQL 11+) following the leader: it keeps the physical slots
+    /// a leader would (members' when `members` is true, i.e. `member_slots_ttl` > 0, and the
+    /// permanent physical ones) and advances them to the leader's `/status.slots` positions,
+    /// so that a failover keeps them. Logical slots are not copied (not done).
+    Replica {
+        members: bool,
+    },
+}
+
+/// The slots the leader wants and the changes that get there.
+pub fn plan_slots(i: &SlotInputs<'_>) -> SlotPlan {
+    plan_slots_as(i, SlotRole::Leader)
+}
+
+/// The slots wanted in `role` and the changes that get there (creations and drops; see
+/// [`advance_changes`] for a replica's advances).
+pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
+    let mut plan = SlotPlan::default();
+    let own = slot_name_for(i.me);
+    let with_members = matches!(role, SlotRole::Leader | SlotRole::Replica { members: true });
+    for m in i.members {
+        if !with_members || m.name == i.me || is_nostream(m) {
+            continue;
+        }
+        plan.member_slots.insert(slot_name_for(&m.name));
+    }
+    for r in i.retain_slots {
+        if with_members && *r != own {
+            plan.member_slots.insert(r.clone());
+        }
+    }
+    for s in &plan.member_slots {
+        plan.wanted.insert(s.clone(), PermanentSlot::Physical);
+    }
+    for (name, spec) in i.permanent {
+        if !valid_slot_name(name) {
+            plan.errors
+                .push(format!("Invalid permanent replication slot name '{name}'"));
+            plan.errors.push(
+                "Slot name may only contain lower case letters, numbers, and the underscore chars"
+                    .into(),
+            );
+            continue;
+        }
+        match spec {
+            // A member's slot of the same name serves as the permanent one; no slot for
+            // ourselves.
+            PermanentSlot::Physical => {
+                if *name != own && !plan.wanted.contains_key(name) {
+                    plan.wanted.insert(name.clone(), spec.clone());
+                }
+            }
+            PermanentSlot::Logical { .. } if role != SlotRole::Leader => {}
+            PermanentSlot::Logical { database, plugin } => {
+                if plan.member_slots.contains(name) {
+                    plan.errors.push(format!(
+                        "Permanent logical replication slot {{'{name}': {{'type': 'logical', 'database': '{database}', 'plugin': '{plugin}'}}}} is conflicting with physical replication slot for cluster member"
+                    ));
+                } else {
+                    plan.wanted.insert(name.clone(), spec.clone());
+                }
+            }
+        }
+    }
+    let existing: BTreeMap<&str, &SlotInfo> =
+        i.existing.iter().map(|s| (s.name.as_str(), s)).collect();
+    for (name, spec) in &plan.wanted {
+        if existing.contains_key(name.as_str()) {
+            continue;
+        }
+        plan.changes.push(match spec {
+            PermanentSlot::Physical => SlotChange::CreatePhysical(name.clone()),
+            PermanentSlot::Logical { database, plugin } => SlotChange::CreateLogical {
+                name: name.clone(),
+                database: database.clone(),
+                plugin: plugin.clone(),
+            },
+        });
+    }
+    for slot in i.existing {
+        let fits = plan
+            .wanted
+            .get(&slot.name)
+            .is_some_and(|w| same_kind(slot, w));
+        if fits
+            || slot.active
+            || slot.slot_type != "physical"
+            || !i.managed.contains(&slot.name)
+            || ignored(i.ignore, slot)
+        {
+            continue;
+        }
+        // A physical slot we made whose name is now wanted as a logical one is dropped too;
+        // the logical slot is created on the next cycle.
+        plan.changes.push(SlotChange::Drop(slot.name.clone()));
+    }
+    plan
+}
+
+/// On a replica: advance every wanted, inactive physical slot whose position in the leader's
+/// `/status.slots` is ahead of its `restart_lsn`.
+pub fn advance_changes(
+    plan: &SlotPlan,
+    existing: &[SlotInfo],
+    leader_slots: Option<&Map<String, Value>>,
+) -> Vec<SlotChange> {
+    existing
+        .iter()
+        .filter(|s| !s.active && s.slot_type == "physical")
+        .filter(|s| matches!(plan.wanted.get(&s.name), Some(PermanentSlot::Physical)))
+        .filter_map(|s| {
+            let target = leader_slots?.get(&s.name)?.as_u64()?;
+            let restart = s.lsn?;
+            (target > restart).then(|| SlotChange::Advance {
+                name: s.name.clone(),
+                lsn: target,
+            })
+        })
+        .collect()
+}
+
+/// `/status.slots`: the LSN of every wanted slot that exists (member slots only when
+/// `member_slots_ttl` > 0, as Patroni publishes them), and, like Patroni, the leader's own
+/// slot name at `own_lsn` (its flush LSN: replicas advance their copy of the leader's slot to
+/// it); `None` when empty.
+pub fn status_slots(
+    plan: &SlotPlan,
+    existing: &[SlotInfo],
+    member_slots_ttl: Duration,
+    own: (&str, u64),
+    permanent: &BTreeMap<String, PermanentSlot>,
+) -> Option<Map<String, Value>> {
+    let (own_name, own_lsn) = own;
+    let own_published = !member_slots_ttl.is_zero()
+        || matches!(permanent.get(own_name), Some(PermanentSlot::Physical));
+    let mut map: Map<String, Value> = existing
+        .iter()
+        .filter(|s| {
+            plan.wanted.get(&s.name).is_some_and(|w| same_kind(s, w))
+                && (!member_slots_ttl.is_zero() || !plan.member_slots.contains(&s.name))
+        })
+        .filter_map(|s| s.lsn.map(|l| (s.name.clone(), Value::from(l))))
+        .collect();
+    if own_published && own_lsn > 0 {
+        map.insert(own_name.to_string(), Value::from(own_lsn));
+    }
+    (!map.is_empty()).then_some(map)
+}
+
+/// Patroni's retention of absent members' slots: every member slot published in `slots`
+/// (a member's, or our own name's when our key is missing; never a permanent physical slot)
+/// is stamped `now`; entries older than `ttl` are removed and returned (for the log line
+/// "Replication slot '…' for absent cluster member is expired after … sec.").
+pub fn update_retain(
+    retain: &mut BTreeMap<String, Instant>,
+    published: Option<&Map<String, Value>>,
+    i: &SlotInputs<'_>,
+    now: Instant,
+    ttl: Duration,
+) -> Vec<String> {
+    if let Some(published) = published {
+        let mut members: BTreeSet<String> = i
+            .members
+            .iter()
+            .filter(|m| !is_nostream(m))
+            .map(|m| slot_name_for(&m.name))
+            .collect();
+        if !i.members.iter().any(|m| m.name == i.me) {
+            members.insert(slot_name_for(i.me));
+        }
+        for name in published.keys() {
+            let permanent_physical = matches!(i.permanent.get(name), Some(PermanentSlot::Physical));
+            if members.contains(name) && !permanent_physical {
+                retain.insert(name.clone(), now);
+            }
+        }
+    }
+    let expired: Vec<String> = retain
+        .iter()
+        .filter(|(_, at)| **at + ttl <= now)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for n in &expired {
+        retain.remove(n);
+    }
+    expired
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgpilot_dcs::MemberData;
+    use serde_json::json;
+
+    fn member(name: &str) -> Member {
+        Member {
+            name: name.into(),
+            data: MemberData::default(),
+            version: 0,
+            lease: 0,
+        }
+    }
+
+    fn slot(name: &str, ty: &str, active: bool, lsn: Option<u64>) -> SlotInfo {
+        SlotInfo {
+            name: name.into(),
+            slot_type: ty.into(),
+            database: (ty == "logical").then(|| "postgres".into()),
+            plugin: (ty == "logical").then(|| "test_decoding".into()),
+            active,
+            lsn,
+        }
+    }
+
+    struct Case {
+        members: Vec<Member>,
+        retain: Vec<String>,
+        permanent: BTreeMap<String, PermanentSlot>,
+        ignore: Vec<SlotMatcher>,
+        existing: Vec<SlotInfo>,
+        managed: BTreeSet<String>,
+    }
+
+    impl Case {
+        fn new(members: &[&str]) -> Case {
+            Case {
+                members: members.iter().map(|m| member(m)).collect(),
+                retain: Vec::new(),
+                permanent: BTreeMap::new(),
+                ignore: Vec::new(),
+                existing: Vec::new(),
+                managed: BTreeSet::new(),
+            }
+        }
+        fn inputs(&self) -> SlotInputs<'_> {
+            SlotInputs {
+                me: "pg-1",
+                members: &self.members,
+                retain_slots: &self.retain,
+                permanent: &self.permanent,
+                ignore: &self.ignore,
+                existing: &self.existing,
+                managed: &self.managed,
+            }
+        }
+        fn plan(&self) -> SlotPlan {
+            plan_slots(&self.inputs())
+        }
+    }
+
+    /// `perm` (physical) and `logi` (logical, test_decoding on postgres).
+    fn perm_and_logi() -> BTreeMap<String, PermanentSlot> {
+        BTreeMap::from([
+            ("perm".to_string(), PermanentSlot::Physical),
+            (
+                "logi".to_string(),
+                PermanentSlot::Logical {
+                    database: "postgres".into(),
+                    plugin: "test_decoding".into(),
+                },
+            ),
+        ])
+    }
+
+    fn drops(p: &SlotPlan) -> Vec<&str> {
+        p.changes
+            .iter()
+            .filter_map(|c| match c {
+                SlotChange::Drop(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn member_slots_are_created_for_others() {
+        let c = Case::new(&["pg-1", "pg-2", "pg-3"]);
+        let p = c.plan();
+        assert_eq!(
+            p.changes,
+            vec![
+                SlotChange::CreatePhysical("pg_2".into()),
+                SlotChange::CreatePhysical("pg_3".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn only_managed_inactive_physical_unignored_slots_are_dropped() {
+        let mut c = Case::new(&["pg-1", "pg-2"]);
+        c.existing = vec![
+            slot("pg_2", "physical", true, Some(1)),
+            // A vanished member's slot that we created: dropped.
+            slot("pg_3", "physical", false, Some(1)),
+            // Ours but active: kept.
+            slot("pg_4", "physical", true, Some(1)),
+            // A user's slot that matches ignore_slots: kept even though its name is managed.
+            slot("keep_me", "physical", false, Some(1)),
+            // A user's slot pgpilot never managed: kept.
+            slot("users", "physical", false, Some(1)),
+            // Logical slots are never dropped.
+            slot("logical_one", "logical", false, Some(1)),
+        ];
+        c.managed = ["pg_2", "pg_3", "pg_4", "keep_me", "logical_one"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        c.ignore = vec![SlotMatcher {
+            name: Some("keep_me".into()),
+            slot_type: Some("physical".into()),
+            ..Default::default()
+        }];
+        assert_eq!(drops(&c.plan()), vec!["pg_3"]);
+    }
+
+    #[test]
+    fn retained_member_slot_is_wanted_but_not_our_own() {
+        let mut c = Case::new(&["pg-1"]);
+        c.retain = vec!["pg_1".into(), "pg_2".into()];
+        c.existing = vec![slot("pg_2", "physical", false, Some(5))];
+        c.managed = ["pg_2".to_string()].into();
+        let p = c.plan();
+        assert!(p.changes.is_empty());
+        assert!(p.wanted.contains_key("pg_2"));
+        assert!(!p.wanted.contains_key("pg_1"));
+    }
+
+    #[test]
+    fn permanent_slots() {
+        let mut c = Case::new(&["pg-1", "pg-2"]);
+        c.permanent = BTreeMap::from([
+            ("pg_2".to_string(), PermanentSlot::Physical),
+            ("pg_1".to_string(), PermanentSlot::Physical),
+            ("perm".to_string(), PermanentSlot::Physical),
+            (
+                "logi".to_string(),
+                PermanentSlot::Logical {
+                    database: "postgres".into(),
+                    plugin: "test_decoding".into(),
+                },
+            ),
+            ("Bad-Name".to_string(), PermanentSlot::Physical),
+        ]);
+        let p = c.plan();
+        assert_eq!(
+            p.changes,
+            vec![
+                SlotChange::CreateLogical {
+                    name: "logi".into(),
+                    database: "postgres".into(),
+                    plugin: "test_decoding".into()
+                },
+                SlotChange::CreatePhysical("perm".into()),
+                SlotChange::CreatePhysical("pg_2".into()),
+            ]
+        );
+        assert_eq!(
+            p.errors[0],
+            "Invalid permanent replication slot name 'Bad-Name'"
+        );
+        // Removed from /config: the physical one is dropped, the logical one kept.
+        let mut c = Case::new(&["pg-1"]);
+        c.existing = vec![
+            slot("perm", "physical", false, Some(1)),
+            slot("logi", "logical", false, Some(1)),
+        ];
+        c.managed = ["perm".to_string(), "logi".to_string()].into();
+        assert_eq!(drops(&c.plan()), vec!["perm"]);
+    }
+
+    #[test]
+    fn logical_permanent_slot_conflicting_with_member_slot() {
+        let mut c = Case::new(&["pg-1", "pg-2"]);
+        c.permanent = BTreeMap::from([(
+            "pg_2".to_string(),
+            PermanentSlot::Logical {
+                database: "postgres".into(),
+                plugin: "test_decoding".into(),
+            },
+        )]);
+        let p = c.plan();
+        assert_eq!(p.wanted.get("pg_2"), Some(&PermanentSlot::Physical));
+        assert!(p.errors[0].contains("is conflicting with physical replication slot"));
+    }
+
+    #[test]
+    fn replica_keeps_members_and_permanent_physical_slots_and_advances_them() {
+        let mut c = Case::new(&["pg-0", "pg-1", "pg-2"]);
+        c.permanent = perm_and_logi();
+        c.existing = vec![
+            slot("pg_0", "physical", false, Some(100)),
+            slot("perm", "physical", false, Some(300)),
+            slot("pg_2", "physical", true, Some(10)),
+        ];
+        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { members: true });
+        // The leader's slot (pg_0) too; no logical slot on a replica.
+        assert_eq!(
+            p.wanted.keys().collect::<Vec<_>>(),
+            vec!["perm", "pg_0", "pg_2"]
+        );
+        assert!(p.changes.is_empty());
+        let status = json!({"pg_0": 200, "perm": 250, "pg_2": 50});
+        assert_eq!(
+            advance_changes(&p, &c.existing, status.as_object()),
+            vec![SlotChange::Advance {
+                name: "pg_0".into(),
+                lsn: 200
+            }]
+        );
+        // member_slots_ttl 0: only the permanent physical slots.
+        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { members: false });
+        assert_eq!(p.wanted.keys().collect::<Vec<_>>(), vec!["perm"]);
+    }
+
+    #[test]
+    fn status_document() {
+        let mut c = Case::new(&["pg-1", "pg-2"]);
+        c.permanent = perm_and_logi();
+        c.existing = vec![
+            slot("pg_2", "physical", true, Some(100)),
+            slot("perm", "physical", false, Some(50)),
+            slot("logi", "logical", false, Some(70)),
+            slot("users", "physical", false, Some(10)),
+        ];
+        let p = c.plan();
+        let ttl = Duration::from_secs(1800);
+        let own = ("pg_1", 120);
+        let slots = status_slots(&p, &c.existing, ttl, own, &c.permanent);
+        assert_eq!(
+            Value::Object(slots.clone().unwrap_or_default()),
+            json!({"pg_1": 120, "pg_2": 100, "perm": 50, "logi": 70})
+        );
+        assert_eq!(
+            Value::Object(
+                status_slots(&p, &c.existing, Duration::ZERO, own, &c.permanent)
+                    .unwrap_or_default()
+            ),
+            json!({"perm": 50, "logi": 70})
+        );
+
+        let now = Instant::now();
+        let mut retain = BTreeMap::new();
+        let expired = update_retain(&mut retain, slots.as_ref(), &c.inputs(), now, ttl);
+        assert!(expired.is_empty());
+        // Only member slots (the leader's own too, as in Patroni), never permanent ones.
+        assert_eq!(retain.keys().collect::<Vec<_>>(), vec!["pg_1", "pg_2"]);
+        // pg-2's key vanishes: kept until the ttl passes.
+        let gone = Case::new(&["pg-1"]);
+        let later = now + Duration::from_secs(1000);
+        assert!(update_retain(&mut retain, slots.as_ref(), &gone.inputs(), later, ttl).is_empty());
+        let expired = update_retain(&mut retain, None, &gone.inputs(), now + ttl, ttl);
+        // Our own slot was stamped again at `later`: still retained.
+        assert_eq!(expired, vec!["pg_2".to_string()]);
+        assert_eq!(retain.keys().collect::<Vec<_>>(), vec!["pg_1"]);
+    }
+}

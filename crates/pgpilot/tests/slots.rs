@@ -1,0 +1,181 @@
+//! Replication slots with real agents: members' slots and the permanent slots of
+//! `/config.slots` are created on the leader, `/status` publishes their positions and the
+//! retained member slots, the replica keeps the physical ones advanced to those positions, a
+//! slot a user made survives (whether `ignore_slots` lists it or not), and a permanent slot
+//! removed from `/config` is dropped.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::{Cluster, Options};
+use serde_json::{json, Value};
+
+/// `slot_name -> slot_type` on member `i`.
+async fn slots(cluster: &Cluster, i: usize) -> anyhow::Result<BTreeMap<String, String>> {
+    let rows = cluster
+        .pg_connect_try(i)
+        .await?
+        .query(
+            "SELECT slot_name::text, slot_type::text FROM pg_replication_slots",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_slots_status_and_ignored_slots() {
+    harness::init();
+    let mut options = Options::default();
+    options
+        .dcs_parameters
+        .insert("wal_level".into(), json!("logical"));
+    options.customize = Some(Arc::new(|_, doc: &mut Value| {
+        doc["bootstrap"]["dcs"]["slots"] = json!({
+            "perm_phys": {"type": "physical"},
+            "perm_short": null,
+            "perm_logical": {"type": "logical", "database": "postgres", "plugin": "pgoutput"},
+        });
+        doc["bootstrap"]["dcs"]["ignore_slots"] =
+            json!([{"name": "user_keep", "type": "physical"}]);
+    }));
+    let cluster = Cluster::start(2, options);
+    let leader = cluster.wait_for_leader().await;
+    let replica = cluster.wait_for_replicas_streaming(1).await[0];
+    let replica_slot = cluster.member(replica).name.replace('-', "_");
+
+    // The member slot and the three permanent slots exist on the leader.
+    let want = [
+        (replica_slot.as_str(), "physical"),
+        ("perm_phys", "physical"),
+        ("perm_short", "physical"),
+        ("perm_logical", "logical"),
+    ];
+    cluster
+        .wait(Duration::from_secs(30), "slots on the leader", async || {
+            let have = slots(&cluster, leader).await?;
+            for (name, ty) in want {
+                anyhow::ensure!(have.get(name).map(String::as_str) == Some(ty), "{have:?}");
+            }
+            Ok(())
+        })
+        .await;
+
+    // `/status` carries their positions and retains the member slot.
+    let status: Value = cluster
+        .wait(Duration::from_secs(30), "/status with slots", async || {
+            let text = cluster.etcd_get("status").unwrap_or_default();
+            let v: Value = serde_json::from_str(&text)?;
+            for (name, _) in want {
+                anyhow::ensure!(v["slots"][name].as_u64().is_some(), "{v}");
+            }
+            // Patroni also lists the leader's own slot name, at its flush LSN.
+            let own = cluster.member(leader).name.replace('-', "_");
+            anyhow::ensure!(v["slots"][&own].as_u64().is_some(), "{v}");
+            let mut retain = vec![own, replica_slot.clone()];
+            retain.sort();
+            anyhow::ensure!(v["retain_slots"] == json!(retain), "{v}");
+            Ok(v)
+        })
+        .await;
+    assert!(status["optime"].as_u64().unwrap() > 0, "{status}");
+
+    // The replica (a failover candidate) keeps the leader's slot and the permanent physical
+    // ones, not the logical one, and advances them to the leader's /status positions.
+    let leader_slot = cluster.member(leader).name.replace('-', "_");
+    cluster
+        .wait(
+            Duration::from_secs(30),
+            "slots on the replica",
+            async || {
+                let have = slots(&cluster, replica).await?;
+                for name in [leader_slot.as_str(), "perm_phys", "perm_short"] {
+                    anyhow::ensure!(
+                        have.get(name).map(String::as_str) == Some("physical"),
+                        "{have:?}"
+                    );
+                }
+                anyhow::ensure!(!have.contains_key("perm_logical"), "{have:?}");
+                anyhow::ensure!(!have.contains_key(&replica_slot), "{have:?}");
+                Ok(())
+            },
+        )
+        .await;
+    let restart_lsn = async |i: usize, name: &str| -> anyhow::Result<u64> {
+        let row = cluster
+            .pg_connect_try(i)
+            .await?
+            .query_one(
+                "SELECT pg_wal_lsn_diff(restart_lsn, '0/0')::bigint FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&name],
+            )
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0))?)
+    };
+    let before = restart_lsn(replica, &leader_slot).await.unwrap();
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute("CREATE TABLE t (id int); SELECT pg_switch_wal(); CHECKPOINT;")
+        .await
+        .unwrap();
+    cluster
+        .wait(
+            Duration::from_secs(30),
+            "the leader's slot advanced on the replica",
+            async || {
+                let now = restart_lsn(replica, &leader_slot).await?;
+                anyhow::ensure!(now > before, "{now} <= {before}");
+                Ok(())
+            },
+        )
+        .await;
+
+    // Slots made by hand: one listed in ignore_slots, one not. Then perm_phys leaves /config.
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute(
+            "SELECT pg_create_physical_replication_slot('user_keep');
+             SELECT pg_create_physical_replication_slot('user_other');",
+        )
+        .await
+        .unwrap();
+    let (code, text) = cluster
+        .patch_config(leader, json!({"slots": {"perm_phys": null}}))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{text}");
+    cluster
+        .wait(Duration::from_secs(30), "perm_phys dropped", async || {
+            for i in [leader, replica] {
+                let have = slots(&cluster, i).await?;
+                anyhow::ensure!(!have.contains_key("perm_phys"), "{have:?}");
+            }
+            Ok(())
+        })
+        .await;
+    // A few more cycles (loop_wait 1): the users' slots and the rest are still there.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let have = slots(&cluster, leader).await.unwrap();
+    for name in [
+        "user_keep",
+        "user_other",
+        "perm_short",
+        "perm_logical",
+        replica_slot.as_str(),
+    ] {
+        assert!(have.contains_key(name), "{name} missing: {have:?}");
+    }
+    let log = cluster.agent_log(leader);
+    assert!(
+        log.contains("Dropped replication slot 'perm_phys'"),
+        "{log}"
+    );
+    assert!(!log.contains("Dropped replication slot 'user_"), "{log}");
+    cluster.assert_agents_alive();
+}
