@@ -54,10 +54,6 @@ fn valid_slot_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-fn is_nostream(m: &Member) -> bool {
-    m.data.nostream()
-}
-
 fn same_kind(slot: &SlotInfo, want: &PermanentSlot) -> bool {
     match want {
         PermanentSlot::Physical => slot.slot_type == "physical",
@@ -106,7 +102,7 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
     let own = slot_name_for(i.me);
     let with_members = matches!(role, SlotRole::Leader | SlotRole::Replica { members: true });
     for m in i.members {
-        if !with_members || m.name == i.me || is_nostream(m) {
+        if !with_members || m.name == i.me || m.data.nostream() {
             continue;
         }
         plan.member_slots.insert(slot_name_for(&m.name));
@@ -249,7 +245,7 @@ pub fn update_retain(
         let mut members: BTreeSet<String> = i
             .members
             .iter()
-            .filter(|m| !is_nostream(m))
+            .filter(|m| !m.data.nostream())
             .map(|m| slot_name_for(&m.name))
             .collect();
         if !i.members.iter().any(|m| m.name == i.me) {
