@@ -201,15 +201,16 @@ async fn live_snapshot<D: Dcs>(
     let Some(live) = &shared.live_pg else {
         return snap;
     };
-    // Only while the agent itself sees PostgreSQL running: during a stop, start or clone the
-    // snapshot is the truth.
-    if snap.pg.is_none()
-        || snap.state != State::Running
-        || matches!(
-            first,
-            "cluster" | "history" | "config" | "liveness" | "metrics"
-        )
-    {
+    // As Patroni's `get_postgresql_status`: asked while PostgreSQL is running, starting or
+    // restarting (a postmaster the agent just started may answer before the next cycle has
+    // seen it); during a stop, a clone or a bootstrap the snapshot is the truth.
+    if !matches!(
+        snap.state,
+        State::Running | State::Starting | State::Restarting
+    ) || matches!(
+        first,
+        "cluster" | "history" | "config" | "liveness" | "metrics"
+    ) {
         return snap;
     }
     let cached = {
@@ -234,10 +235,12 @@ async fn live_snapshot<D: Dcs>(
         Some(info) => fresh.pg = Some(info),
         // The postmaster died (or stopped answering) since the last cycle: say so now, as
         // Patroni does, rather than serve "running" to the load balancer until the next cycle.
-        None => {
+        None if snap.state == State::Running => {
             fresh.state = State::Unknown;
             fresh.pg = None;
         }
+        // Still starting (or restarting): not answering yet is no news.
+        None => return snap,
     }
     Arc::new(fresh)
 }
@@ -587,6 +590,44 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_str(get.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["state"], "unknown", "{body}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// A postmaster the agent has just (re)started answers before the next cycle has seen it:
+    /// the status document carries what PostgreSQL says (role, timeline) with the agent's state,
+    /// as Patroni's does; while it does not answer yet, the snapshot stands (no "unknown").
+    #[tokio::test]
+    async fn a_starting_postgres_is_asked_too() {
+        let mut snap = NodeSnapshot::starting("pg1", "batman");
+        snap.state = State::Starting;
+        snap.role = Role::Primary;
+        let answering: LivePg = Arc::new(|| {
+            Box::pin(async {
+                Some(PgInfo {
+                    in_recovery: false,
+                    timeline: 1,
+                    ..Default::default()
+                })
+            })
+        });
+        let (addr, stop, server) = start(snap.clone(), options(None, Some(answering))).await;
+        let get = exchange(addr, "GET / HTTP/1.0\r\n\r\n").await;
+        let body: serde_json::Value =
+            serde_json::from_str(get.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["state"], "starting", "{body}");
+        assert_eq!(body["role"], "primary", "{body}");
+        assert_eq!(body["timeline"], 1, "{body}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+
+        let silent: LivePg = Arc::new(|| Box::pin(async { None }));
+        let (addr, stop, server) = start(snap, options(None, Some(silent))).await;
+        let get = exchange(addr, "GET / HTTP/1.0\r\n\r\n").await;
+        let body: serde_json::Value =
+            serde_json::from_str(get.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["state"], "starting", "{body}");
+        assert_eq!(body["role"], "primary", "{body}");
         stop.cancel();
         server.await.unwrap().unwrap();
     }
