@@ -22,6 +22,11 @@ use tokio::time::Instant;
 pub struct SlotInputs<'a> {
     /// This member's name.
     pub me: &'a str,
+    /// The leader's name, when there is one.
+    pub leader: Option<&'a str>,
+    /// Members' slots are retained on every failover candidate (`member_slots_ttl` > 0 and
+    /// PostgreSQL 11+, which can advance a physical slot).
+    pub retention: bool,
     /// The cluster's member keys.
     pub members: &'a [Member],
     /// `/status.retain_slots`: slots of members whose key vanished, still kept.
@@ -41,6 +46,12 @@ pub struct SlotPlan {
     pub wanted: BTreeMap<String, PermanentSlot>,
     /// The wanted slots that are members' slots (not permanent ones).
     pub member_slots: BTreeSet<String>,
+    /// Wanted physical slots a member streams through right now (Patroni's `expected_active`):
+    /// never advanced by us.
+    pub expected_active: BTreeSet<String>,
+    /// The position a member that streams from another member (`replicatefrom`) reports in its
+    /// key (`xlog_location`): its slot here is inactive and is advanced to it.
+    pub member_lsn: BTreeMap<String, u64>,
     pub changes: Vec<SlotChange>,
     /// Error sentences for the log (Patroni's).
     pub errors: Vec<String>,
@@ -81,12 +92,13 @@ pub fn ignored(ignore: &[SlotMatcher], slot: &SlotInfo) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotRole {
     Leader,
-    /// A failover candidate (PostgreSQL 11+) following the leader: it keeps the physical slots
-    /// a leader would (members' when `members` is true, i.e. `member_slots_ttl` > 0, and the
-    /// permanent physical ones) and advances them to the leader's `/status.slots` positions,
-    /// so that a failover keeps them. Logical slots are not copied (not done).
+    /// A replica (PostgreSQL 11+) following the leader. A failover candidate keeps the
+    /// physical slots a leader would (members' with [`SlotInputs::retention`], the permanent
+    /// ones) and advances them to the leader's `/status.slots` positions, so that a failover
+    /// keeps them; a `nofailover` member keeps only the slots of the members that stream from
+    /// it (`replicatefrom`). Permanent logical slots are not copied to replicas (not done).
     Replica {
-        members: bool,
+        nofailover: bool,
     },
 }
 
@@ -96,26 +108,60 @@ pub fn plan_slots(i: &SlotInputs<'_>) -> SlotPlan {
 }
 
 /// The slots wanted in `role` and the changes that get there (creations and drops; see
-/// [`advance_changes`] for a replica's advances).
+/// [`advance_changes`] for advances). Patroni's `Cluster.get_replication_slots`.
 pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
     let mut plan = SlotPlan::default();
     let own = slot_name_for(i.me);
-    let with_members = matches!(role, SlotRole::Leader | SlotRole::Replica { members: true });
+    let leading = role == SlotRole::Leader;
+    let nofailover = matches!(role, SlotRole::Replica { nofailover: true });
+    let has_member = |name: &str| i.members.iter().any(|m| m.name == name);
+    // Whether `m` streams from us now: on a leader every member that does not name another
+    // existing member as its upstream; on a replica the members that name us (not the leader).
+    let streams_from_us = |m: &Member| match m.data.replicatefrom() {
+        _ if !leading => m.data.replicatefrom() == Some(i.me) && Some(m.name.as_str()) != i.leader,
+        None => true,
+        Some(up) => up == i.me || !has_member(up),
+    };
     for m in i.members {
-        if !with_members || m.name == i.me || m.data.nostream() {
+        if m.name == i.me || m.data.nostream() {
             continue;
         }
-        plan.member_slots.insert(slot_name_for(&m.name));
+        let wanted = if i.retention {
+            !nofailover || m.data.replicatefrom() == Some(i.me)
+        } else {
+            streams_from_us(m)
+        };
+        if !wanted {
+            continue;
+        }
+        let name = slot_name_for(&m.name);
+        if streams_from_us(m) {
+            plan.expected_active.insert(name.clone());
+        }
+        if m.data.replicatefrom().is_some() {
+            if let Some(lsn) = m.data.xlog_location {
+                plan.member_lsn.insert(name.clone(), lsn);
+            }
+        }
+        plan.member_slots.insert(name);
     }
-    for r in i.retain_slots {
-        if with_members && *r != own {
-            plan.member_slots.insert(r.clone());
+    if !nofailover {
+        for r in i.retain_slots {
+            if *r != own {
+                plan.member_slots.insert(r.clone());
+            }
         }
     }
     for s in &plan.member_slots {
         plan.wanted.insert(s.clone(), PermanentSlot::Physical);
     }
-    for (name, spec) in i.permanent {
+    // A member that does not fail over keeps no permanent slot (Patroni's rule).
+    let permanent = if nofailover {
+        &BTreeMap::new()
+    } else {
+        i.permanent
+    };
+    for (name, spec) in permanent {
         if !valid_slot_name(name) {
             plan.errors
                 .push(format!("Invalid permanent replication slot name '{name}'"));
@@ -131,9 +177,17 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
             PermanentSlot::Physical => {
                 if *name != own && !plan.wanted.contains_key(name) {
                     plan.wanted.insert(name.clone(), spec.clone());
+                    // On the leader a permanent slot is in use, unless it is the slot of a
+                    // member that streams from another member.
+                    let cascading = i.members.iter().any(|m| {
+                        slot_name_for(&m.name) == *name && m.data.replicatefrom().is_some()
+                    });
+                    if leading && !cascading {
+                        plan.expected_active.insert(name.clone());
+                    }
                 }
             }
-            PermanentSlot::Logical { .. } if role != SlotRole::Leader => {}
+            PermanentSlot::Logical { .. } if !leading => {}
             PermanentSlot::Logical { database, plugin } => {
                 if plan.member_slots.contains(name) {
                     plan.errors.push(format!(
@@ -180,8 +234,11 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
     plan
 }
 
-/// On a replica: advance every wanted, inactive physical slot whose position in the leader's
-/// `/status.slots` is ahead of its `restart_lsn`.
+/// Advance every wanted physical slot that nobody streams through (not expected active, not
+/// active) to the furthest position known for it: the leader's `/status.slots` and, for a
+/// member streaming from another member, the position it reports in its key. On the leader
+/// this keeps a cascading member's slot from holding WAL forever; on a replica it keeps the
+/// copies of the leader's slots where the leader's are.
 pub fn advance_changes(
     plan: &SlotPlan,
     existing: &[SlotInfo],
@@ -191,8 +248,13 @@ pub fn advance_changes(
         .iter()
         .filter(|s| !s.active && s.slot_type == "physical")
         .filter(|s| matches!(plan.wanted.get(&s.name), Some(PermanentSlot::Physical)))
+        .filter(|s| !plan.expected_active.contains(&s.name))
         .filter_map(|s| {
-            let target = leader_slots?.get(&s.name)?.as_u64()?;
+            let published = leader_slots
+                .and_then(|m| m.get(&s.name))
+                .and_then(Value::as_u64);
+            let reported = plan.member_lsn.get(&s.name).copied();
+            let target = published.max(reported)?;
             let restart = s.lsn?;
             (target > restart).then(|| SlotChange::Advance {
                 name: s.name.clone(),
@@ -302,6 +364,7 @@ mod tests {
         ignore: Vec<SlotMatcher>,
         existing: Vec<SlotInfo>,
         managed: BTreeSet<String>,
+        retention: bool,
     }
 
     impl Case {
@@ -313,11 +376,14 @@ mod tests {
                 ignore: Vec::new(),
                 existing: Vec::new(),
                 managed: BTreeSet::new(),
+                retention: true,
             }
         }
         fn inputs(&self) -> SlotInputs<'_> {
             SlotInputs {
                 me: "pg-1",
+                leader: Some("pg-0"),
+                retention: self.retention,
                 members: &self.members,
                 retain_slots: &self.retain,
                 permanent: &self.permanent,
@@ -475,7 +541,7 @@ mod tests {
             slot("perm", "physical", false, Some(300)),
             slot("pg_2", "physical", true, Some(10)),
         ];
-        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { members: true });
+        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { nofailover: false });
         // The leader's slot (pg_0) too; no logical slot on a replica.
         assert_eq!(
             p.wanted.keys().collect::<Vec<_>>(),
@@ -491,8 +557,92 @@ mod tests {
             }]
         );
         // member_slots_ttl 0: only the permanent physical slots.
-        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { members: false });
+        c.retention = false;
+        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { nofailover: false });
         assert_eq!(p.wanted.keys().collect::<Vec<_>>(), vec!["perm"]);
+    }
+
+    fn tagged(name: &str, tags: serde_json::Value, xlog: Option<u64>) -> Member {
+        let mut m = member(name);
+        m.data.tags = tags.as_object().cloned();
+        m.data.xlog_location = xlog;
+        m
+    }
+
+    /// Patroni's permanent_slots feature: pg-0 leads, pg-1 is a candidate, pg-2 is
+    /// `nofailover`, pg-3 streams from pg-2 (`replicatefrom`). The leader keeps pg_3's slot
+    /// (inactive there) and advances it to the position pg-3 reports; pg-2 keeps only pg_3's
+    /// slot, active, and no permanent slot; a candidate keeps every other member's slot.
+    #[test]
+    fn cascading_and_nofailover_members() {
+        let members = vec![
+            member("pg-0"),
+            member("pg-1"),
+            tagged("pg-2", json!({"nofailover": true}), None),
+            tagged("pg-3", json!({"replicatefrom": "pg-2"}), Some(900)),
+        ];
+        let permanent = BTreeMap::from([("perm".to_string(), PermanentSlot::Physical)]);
+        let existing = vec![
+            slot("pg_3", "physical", false, Some(500)),
+            slot("perm", "physical", false, Some(100)),
+        ];
+        let managed = BTreeSet::new();
+        let inputs = |me: &'static str, retention: bool| SlotInputs {
+            me,
+            leader: Some("pg-0"),
+            retention,
+            members: &members,
+            retain_slots: &[],
+            permanent: &permanent,
+            ignore: &[],
+            existing: &existing,
+            managed: &managed,
+        };
+        let names = |p: &SlotPlan| p.wanted.keys().cloned().collect::<Vec<_>>();
+
+        let leader = plan_slots(&inputs("pg-0", true));
+        assert_eq!(names(&leader), ["perm", "pg_1", "pg_2", "pg_3"]);
+        assert!(leader.expected_active.contains("perm"));
+        assert!(!leader.expected_active.contains("pg_3"));
+        assert_eq!(
+            advance_changes(&leader, &existing, None),
+            vec![SlotChange::Advance {
+                name: "pg_3".into(),
+                lsn: 900
+            }]
+        );
+        // Without retention the leader keeps no slot for a member streaming elsewhere.
+        assert_eq!(
+            names(&plan_slots(&inputs("pg-0", false))),
+            ["perm", "pg_1", "pg_2"]
+        );
+
+        let cascade = plan_slots_as(
+            &inputs("pg-2", true),
+            SlotRole::Replica { nofailover: true },
+        );
+        assert_eq!(names(&cascade), ["pg_3"]);
+        assert!(cascade.expected_active.contains("pg_3"));
+        assert!(advance_changes(&cascade, &existing, None).is_empty());
+        let cascade = plan_slots_as(
+            &inputs("pg-2", false),
+            SlotRole::Replica { nofailover: true },
+        );
+        assert_eq!(names(&cascade), ["pg_3"]);
+
+        let candidate = plan_slots_as(
+            &inputs("pg-3", true),
+            SlotRole::Replica { nofailover: false },
+        );
+        assert_eq!(names(&candidate), ["perm", "pg_0", "pg_1", "pg_2"]);
+        let status = json!({"perm": 300});
+        assert_eq!(
+            advance_changes(&candidate, &existing, status.as_object()),
+            vec![SlotChange::Advance {
+                name: "perm".into(),
+                lsn: 300
+            }]
+        );
     }
 
     #[test]

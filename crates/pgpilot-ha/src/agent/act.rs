@@ -591,7 +591,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
         };
         let inputs = self.slot_inputs(cluster, &retain_slots, &existing);
-        let plan = plan_slots(&inputs);
+        let mut plan = plan_slots(&inputs);
+        // A slot nobody streams through (a cascading member's) follows the member's position.
+        let advances = advance_changes(&plan, &existing, cluster.status.slots.as_ref());
+        plan.changes.extend(advances);
         let own = slot_name_for(&self.cfg.name);
         let published = status_slots(
             &plan,
@@ -608,9 +611,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         (published, retain_names)
     }
 
-    /// Replica side of §5.9 on a failover candidate running PostgreSQL 11+ in recovery: the
+    /// Replica side of §5.9 on PostgreSQL 11+ in recovery: on a failover candidate the
     /// members' physical slots (with `member_slots_ttl` > 0; the leader's included) and the
-    /// permanent physical slots, advanced to the leader's `/status.slots` positions.
+    /// permanent physical slots, advanced to the leader's `/status.slots` positions; on a
+    /// `nofailover` member the slots of the members that stream from it.
     pub(super) async fn sync_replica_slots(&mut self, obs: &Observation) {
         let Some(cluster) = obs.cluster.as_ref() else {
             return;
@@ -623,11 +627,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
         );
         let version = self.last_pg.as_ref().map_or(0, |p| p.server_version);
-        if !self.dynamic.use_slots
-            || !recovering
-            || version < 110_000
-            || !self.cfg.tags.can_failover()
-        {
+        if !self.dynamic.use_slots || !recovering || version < 110_000 {
             return;
         }
         let existing = match self.pg.list_slots().await {
@@ -641,7 +641,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let retain_slots = cluster.status.retain_slots.clone().unwrap_or_default();
         let inputs = self.slot_inputs(cluster, &retain_slots, &existing);
         let role = SlotRole::Replica {
-            members: !self.dynamic.member_slots_ttl.is_zero(),
+            nofailover: !self.cfg.tags.can_failover(),
         };
         let mut plan = plan_slots_as(&inputs, role);
         plan.changes.extend(advance_changes(
@@ -695,8 +695,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         retain_slots: &'a [String],
         existing: &'a [SlotInfo],
     ) -> SlotInputs<'a> {
+        let version = self.last_pg.as_ref().map_or(0, |p| p.server_version);
         SlotInputs {
             me: &self.cfg.name,
+            leader: cluster.leader.as_ref().map(|l| l.name.as_str()),
+            retention: !self.dynamic.member_slots_ttl.is_zero() && version >= 110_000,
             members: &cluster.members,
             retain_slots,
             permanent: &self.dynamic.permanent_slots,
