@@ -49,12 +49,18 @@ pub struct SlotPlan {
     /// Wanted physical slots a member streams through right now (Patroni's `expected_active`):
     /// never advanced by us.
     pub expected_active: BTreeSet<String>,
+    /// On a failover candidate: the permanent logical slots it keeps as copies of the
+    /// leader's (created by copying the leader's slot state, then advanced), with their
+    /// database and plugin.
+    pub replica_logical: BTreeMap<String, (String, String)>,
     /// The position a member that streams from another member (`replicatefrom`) reports in its
     /// key (`xlog_location`): its slot here is inactive and is advanced to it.
     pub member_lsn: BTreeMap<String, u64>,
     pub changes: Vec<SlotChange>,
     /// Error sentences for the log (Patroni's).
     pub errors: Vec<String>,
+    /// Warning sentences for the log (Patroni's).
+    pub notes: Vec<String>,
 }
 
 /// Patroni's rule for permanent slot names.
@@ -96,7 +102,8 @@ pub enum SlotRole {
     /// physical slots a leader would (members' with [`SlotInputs::retention`], the permanent
     /// ones) and advances them to the leader's `/status.slots` positions, so that a failover
     /// keeps them; a `nofailover` member keeps only the slots of the members that stream from
-    /// it (`replicatefrom`). Permanent logical slots are not copied to replicas (not done).
+    /// it (`replicatefrom`). Permanent logical slots are copied from the leader (see
+    /// [`replica_logical_changes`]).
     Replica {
         nofailover: bool,
     },
@@ -187,7 +194,12 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
                     }
                 }
             }
-            PermanentSlot::Logical { .. } if !leading => {}
+            PermanentSlot::Logical { database, plugin } if !leading => {
+                if !plan.member_slots.contains(name) {
+                    plan.replica_logical
+                        .insert(name.clone(), (database.clone(), plugin.clone()));
+                }
+            }
             PermanentSlot::Logical { database, plugin } => {
                 if plan.member_slots.contains(name) {
                     plan.errors.push(format!(
@@ -231,6 +243,27 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
         // the logical slot is created on the next cycle.
         plan.changes.push(SlotChange::Drop(slot.name.clone()));
     }
+    // Patroni's rule: a wanted physical slot nobody streams through that still holds an
+    // `xmin` (hot-standby feedback from when it was in use, e.g. before a failover) would hold
+    // back vacuum forever; it is dropped and created again, clean, on the next cycle. Only
+    // with a leader, and on the leader only once it runs as a primary.
+    let clean = i.leader.is_some_and(|l| l != i.me) || (leading && i.leader == Some(i.me));
+    for slot in i.existing {
+        if clean
+            && slot.xmin.is_some()
+            && !slot.active
+            && slot.slot_type == "physical"
+            && matches!(plan.wanted.get(&slot.name), Some(PermanentSlot::Physical))
+            && !plan.expected_active.contains(&slot.name)
+        {
+            plan.notes.push(format!(
+                "Dropping physical replication slot {} because of its xmin value {}",
+                slot.name,
+                slot.xmin.unwrap_or_default()
+            ));
+            plan.changes.push(SlotChange::Drop(slot.name.clone()));
+        }
+    }
     plan
 }
 
@@ -246,7 +279,7 @@ pub fn advance_changes(
 ) -> Vec<SlotChange> {
     existing
         .iter()
-        .filter(|s| !s.active && s.slot_type == "physical")
+        .filter(|s| !s.active && s.slot_type == "physical" && s.xmin.is_none())
         .filter(|s| matches!(plan.wanted.get(&s.name), Some(PermanentSlot::Physical)))
         .filter(|s| !plan.expected_active.contains(&s.name))
         .filter_map(|s| {
@@ -262,6 +295,48 @@ pub fn advance_changes(
             })
         })
         .collect()
+}
+
+/// On a failover candidate, for the permanent logical slots of `plan`: the existing copies to
+/// advance (to the leader's published position, never past what this replica replayed) and
+/// the names to copy from the leader (those the leader publishes and we lack). A slot of the
+/// name with another database or plugin is left alone.
+pub fn replica_logical_changes(
+    plan: &SlotPlan,
+    existing: &[SlotInfo],
+    leader_slots: Option<&Map<String, Value>>,
+    replayed: u64,
+) -> (Vec<SlotChange>, Vec<String>) {
+    let mut advance = Vec::new();
+    let mut copy = Vec::new();
+    for (name, (database, plugin)) in &plan.replica_logical {
+        let published = leader_slots
+            .and_then(|m| m.get(name))
+            .and_then(Value::as_u64);
+        match existing.iter().find(|s| s.name == *name) {
+            Some(s)
+                if s.slot_type == "logical"
+                    && s.database.as_deref() == Some(database)
+                    && s.plugin.as_deref() == Some(plugin) =>
+            {
+                let (Some(target), Some(at)) = (published, s.lsn) else {
+                    continue;
+                };
+                let target = target.min(replayed);
+                if at < target && !s.active {
+                    advance.push(SlotChange::AdvanceLogical {
+                        name: name.clone(),
+                        database: database.clone(),
+                        lsn: target,
+                    });
+                }
+            }
+            Some(_) => {}
+            None if published.is_some() => copy.push(name.clone()),
+            None => {}
+        }
+    }
+    (advance, copy)
 }
 
 /// `/status.slots`: the LSN of every wanted slot that exists (member slots only when
@@ -354,6 +429,7 @@ mod tests {
             plugin: (ty == "logical").then(|| "test_decoding".into()),
             active,
             lsn,
+            xmin: None,
         }
     }
 
@@ -560,6 +636,32 @@ mod tests {
         c.retention = false;
         let p = plan_slots_as(&c.inputs(), SlotRole::Replica { nofailover: false });
         assert_eq!(p.wanted.keys().collect::<Vec<_>>(), vec!["perm"]);
+    }
+
+    /// After a failover the former primary keeps its copy of the new leader's slot, with the
+    /// `xmin` the new leader's hot-standby feedback left in it: dropped (to be created clean);
+    /// a slot in use keeps its `xmin`.
+    #[test]
+    fn stale_xmin_on_an_unused_physical_slot_is_dropped() {
+        let mut c = Case::new(&["pg-0", "pg-1", "pg-2"]);
+        let mut stale = slot("pg_0", "physical", false, Some(100));
+        stale.xmin = Some(742);
+        let mut used = slot("pg_2", "physical", true, Some(100));
+        used.xmin = Some(742);
+        c.existing = vec![stale, used];
+        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { nofailover: false });
+        assert_eq!(drops(&p), ["pg_0"]);
+        assert!(
+            p.notes[0].contains("because of its xmin value 742"),
+            "{:?}",
+            p.notes
+        );
+        assert!(advance_changes(&p, &c.existing, None).is_empty());
+        // No leader: nothing is cleaned.
+        let mut inputs = c.inputs();
+        inputs.leader = None;
+        let p = plan_slots_as(&inputs, SlotRole::Replica { nofailover: false });
+        assert!(drops(&p).is_empty());
     }
 
     fn tagged(name: &str, tags: serde_json::Value, xlog: Option<u64>) -> Member {

@@ -24,8 +24,8 @@ use crate::decide::{
 use crate::hooks::{CallbackAction, Hooks};
 use crate::params::{effective_parameters, effective_pg_hba};
 use crate::slots::{
-    advance_changes, plan_slots, plan_slots_as, status_slots, update_retain, SlotInputs, SlotPlan,
-    SlotRole,
+    advance_changes, plan_slots, plan_slots_as, replica_logical_changes, status_slots,
+    update_retain, SlotInputs, SlotPlan, SlotRole,
 };
 use crate::sync::Ssn;
 
@@ -151,8 +151,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 slot_name: None,
             };
         }
-        let upstream = leader
-            .and_then(|l| cluster.and_then(|c| c.member(l)))
+        // Patroni's `_get_node_to_follow`: the `replicatefrom` member while its key exists
+        // (cascading replication), else the leader.
+        let upstream_member = self
+            .cfg
+            .tags
+            .replicatefrom
+            .as_deref()
+            .filter(|r| *r != self.cfg.name && leader.is_some())
+            .and_then(|r| cluster.and_then(|c| c.member(r)))
+            .filter(|m| m.data.host_port().is_some())
+            .or_else(|| leader.and_then(|l| cluster.and_then(|c| c.member(l))));
+        let upstream = upstream_member
             .and_then(|m| m.data.host_port())
             .map(|(host, port)| Upstream { host, port });
         StandbyConfig {
@@ -649,18 +659,106 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             &existing,
             cluster.status.slots.as_ref(),
         ));
+        // Copies of the permanent logical slots: not on a member without streaming (no
+        // feedback reaches the primary, so its copies would not be safe to use).
+        if self.cfg.tags.nostream {
+            plan.replica_logical.clear();
+        }
+        let replayed = self
+            .last_pg
+            .as_ref()
+            .and_then(|p| p.replay_lsn)
+            .map_or(0, |l| l.0);
+        let (advance, copy) =
+            replica_logical_changes(&plan, &existing, cluster.status.slots.as_ref(), replayed);
+        plan.changes.extend(advance);
         self.carry_out(&plan).await;
+        if !copy.is_empty() {
+            self.copy_logical_slots(cluster, &plan, copy).await;
+        }
+    }
+
+    /// Patroni's `copy_logical_slots`: the state of the leader's logical slots we lack is read
+    /// over a superuser connection, then PostgreSQL is stopped, the state files are put in
+    /// `pg_replslot` and PostgreSQL starts again (a background restart task). A logical slot
+    /// cannot be created on a standby; a copy made this way is advanced from then on, and is
+    /// usable after a failover because `hot_standby_feedback` made the primary keep the
+    /// catalog rows it needs.
+    async fn copy_logical_slots(&mut self, cluster: &Cluster, plan: &SlotPlan, names: Vec<String>) {
+        if self.task.is_some() {
+            return;
+        }
+        let Some(leader) = cluster.leader.as_ref() else {
+            return;
+        };
+        let Some((host, port)) = cluster
+            .member(&leader.name)
+            .and_then(|m| m.data.host_port())
+        else {
+            return;
+        };
+        let states = match self
+            .pg
+            .read_logical_slots(&Upstream { host, port }, &names)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                error!(
+                    "Failed to copy logical slots from the {} via postgresql connection: {e}",
+                    leader.name
+                );
+                return;
+            }
+        };
+        let states: Vec<_> = states
+            .into_iter()
+            .filter(|s| {
+                let fits = plan
+                    .replica_logical
+                    .get(&s.name)
+                    .is_some_and(|(db, plugin)| *db == s.database && *plugin == s.plugin);
+                if !fits {
+                    warn!(
+                        "Will not copy the logical slot \"{}\" due to the configuration mismatch",
+                        s.name
+                    );
+                }
+                fits
+            })
+            .collect();
+        if states.is_empty() {
+            return;
+        }
+        let copied: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
+        info!(
+            "Copying logical replication slots {copied:?} from the primary {}",
+            leader.name
+        );
+        let pg = self.pg.clone();
+        let timeout = self.pg_ctl_timeout();
+        self.state = State::Restarting;
+        self.spawn_task::<_, PgError>(ActionKind::Restart, async move {
+            pg.stop(StopMode::Fast, timeout).await?;
+            // Start again whether or not the files went in: a replica left down is worse
+            // than a slot copied on the next attempt.
+            let installed = pg.install_logical_slots(&states);
+            pg.start(timeout).await?;
+            installed
+        });
     }
 
     /// Applies planned slot changes, logging each outcome with Patroni's sentences.
-    async fn apply_slot_changes(&mut self, changes: &[SlotChange]) {
-        for change in changes {
+    async fn apply_slot_changes(&mut self, plan: &SlotPlan) {
+        for change in &plan.changes {
             // Patroni drops nothing while paused.
             if self.dynamic.pause && matches!(change, SlotChange::Drop(_)) {
                 continue;
             }
             if let SlotChange::Drop(name) = change {
-                info!("Trying to drop unknown replication slot '{name}'");
+                if !plan.wanted.contains_key(name) {
+                    info!("Trying to drop unknown replication slot '{name}'");
+                }
             }
             match (self.pg.change_slot(change).await, change) {
                 (Ok(()), SlotChange::Drop(name)) => {
@@ -679,7 +777,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                         "Failed to create logical replication slot '{name}' plugin='{plugin}': {e}"
                     )
                 }
-                (Err(e), SlotChange::Advance { name, lsn }) => {
+                (
+                    Err(e),
+                    SlotChange::Advance { name, lsn }
+                    | SlotChange::AdvanceLogical { name, lsn, .. },
+                ) => {
                     error!(
                         "Error while advancing replication slot {name} to position '{}': {e}",
                         pgpilot_postgres::Lsn(*lsn)
@@ -726,8 +828,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         for e in &plan.errors {
             error!("{e}");
         }
+        for n in &plan.notes {
+            warn!("{n}");
+        }
         self.slot_managed.extend(plan.wanted.keys().cloned());
-        self.apply_slot_changes(&plan.changes).await;
+        self.apply_slot_changes(plan).await;
     }
 }
 
