@@ -244,12 +244,14 @@ async fn permanent_slots_status_and_ignored_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicatefrom_streams_from_the_named_member() {
     harness::init();
-    let mut options = Options::default();
-    options.customize = Some(Arc::new(|i, doc: &mut Value| {
-        if i == 2 {
-            doc["tags"] = json!({"replicatefrom": "pg-1"});
-        }
-    }));
+    let options = Options {
+        customize: Some(Arc::new(|i, doc: &mut Value| {
+            if i == 2 {
+                doc["tags"] = json!({"replicatefrom": "pg-1"});
+            }
+        })),
+        ..Options::default()
+    };
     // pg-0 leads; pg-1 joins it; then pg-2, tagged to stream from pg-1.
     let cluster = Cluster::new(3, options);
     cluster.start_agent(0);
