@@ -4,10 +4,13 @@
 //! publishes. The agent only reads `pg_replication_slots`, applies the changes and writes
 //! `/status`.
 //!
-//! Safety rule, stricter than Patroni's: a slot is dropped only if pgpilot manages it (it was a
-//! member slot or a permanent slot, known from this process or from `/status`), it is
-//! physical, inactive, and matches no `ignore_slots` entry. Logical slots are never dropped, so
-//! a slot a user made by hand survives whether or not it is listed in `ignore_slots`.
+//! Drops follow Patroni (`_drop_incorrect_slots`): a slot that is not wanted here (nor a
+//! replica's copy of a permanent logical slot), or is wanted with another type, database or
+//! plugin, is dropped when it is inactive and matches no `ignore_slots` entry, and never while
+//! the cluster is paused. A slot made outside pgpilot survives only through `ignore_slots` (or
+//! `/config.slots`), as Patroni's documentation tells its users: an orphaned slot would hold
+//! WAL on the primary until its disk is full, and a logical slot on a replica would hold back
+//! the primary's vacuum through hot-standby feedback.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -35,8 +38,6 @@ pub struct SlotInputs<'a> {
     pub ignore: &'a [SlotMatcher],
     /// The slots that exist on this server.
     pub existing: &'a [SlotInfo],
-    /// Names of slots pgpilot manages or managed (see the module documentation).
-    pub managed: &'a BTreeSet<String>,
 }
 
 /// The outcome of [`plan_slots`].
@@ -230,17 +231,24 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
         let fits = plan
             .wanted
             .get(&slot.name)
-            .is_some_and(|w| same_kind(slot, w));
-        if fits
-            || slot.active
-            || slot.slot_type != "physical"
-            || !i.managed.contains(&slot.name)
-            || ignored(i.ignore, slot)
-        {
+            .is_some_and(|w| same_kind(slot, w))
+            || plan
+                .replica_logical
+                .get(&slot.name)
+                .is_some_and(|(database, plugin)| {
+                    same_kind(
+                        slot,
+                        &PermanentSlot::Logical {
+                            database: database.clone(),
+                            plugin: plugin.clone(),
+                        },
+                    )
+                });
+        if fits || slot.active || ignored(i.ignore, slot) {
             continue;
         }
-        // A physical slot we made whose name is now wanted as a logical one is dropped too;
-        // the logical slot is created on the next cycle.
+        // A slot wanted with another type, database or plugin is dropped too; the right one
+        // is created (or copied) on the next cycle.
         plan.changes.push(SlotChange::Drop(slot.name.clone()));
     }
     // Patroni's rule: a wanted physical slot nobody streams through that still holds an
@@ -295,6 +303,37 @@ pub fn advance_changes(
             })
         })
         .collect()
+}
+
+/// Patroni's `get_slot_name_on_primary(...) is None`: whether this member's WAL reaches it
+/// without a slot on the primary, because it or a member up its `replicatefrom` chain is
+/// `nostream`. Such a member keeps no copy of a logical slot (no feedback of its own reaches
+/// the primary). `nostream` and `replicatefrom` are this member's own tags.
+pub fn without_primary_slot(
+    members: &[Member],
+    me: &str,
+    nostream: bool,
+    replicatefrom: Option<&str>,
+) -> bool {
+    if nostream {
+        return true;
+    }
+    let mut seen = vec![me];
+    let mut next = replicatefrom;
+    while let Some(name) = next {
+        if seen.contains(&name) {
+            return false;
+        }
+        let Some(m) = members.iter().find(|m| m.name == name) else {
+            return false;
+        };
+        if m.data.nostream() {
+            return true;
+        }
+        seen.push(name);
+        next = m.data.replicatefrom();
+    }
+    false
 }
 
 /// On a failover candidate, for the permanent logical slots of `plan`: the existing copies to
@@ -439,7 +478,6 @@ mod tests {
         permanent: BTreeMap<String, PermanentSlot>,
         ignore: Vec<SlotMatcher>,
         existing: Vec<SlotInfo>,
-        managed: BTreeSet<String>,
         retention: bool,
     }
 
@@ -451,7 +489,6 @@ mod tests {
                 permanent: BTreeMap::new(),
                 ignore: Vec::new(),
                 existing: Vec::new(),
-                managed: BTreeSet::new(),
                 retention: true,
             }
         }
@@ -465,7 +502,6 @@ mod tests {
                 permanent: &self.permanent,
                 ignore: &self.ignore,
                 existing: &self.existing,
-                managed: &self.managed,
             }
         }
         fn plan(&self) -> SlotPlan {
@@ -511,31 +547,34 @@ mod tests {
     }
 
     #[test]
-    fn only_managed_inactive_physical_unignored_slots_are_dropped() {
+    fn unknown_inactive_unignored_slots_are_dropped() {
         let mut c = Case::new(&["pg-1", "pg-2"]);
         c.existing = vec![
             slot("pg_2", "physical", true, Some(1)),
-            // A vanished member's slot that we created: dropped.
+            // A vanished member's slot: dropped.
             slot("pg_3", "physical", false, Some(1)),
-            // Ours but active: kept.
+            // Unknown but active: kept (until it is not).
             slot("pg_4", "physical", true, Some(1)),
-            // A user's slot that matches ignore_slots: kept even though its name is managed.
+            // Slots that match ignore_slots: kept.
             slot("keep_me", "physical", false, Some(1)),
-            // A user's slot pgpilot never managed: kept.
+            slot("cdc", "logical", false, Some(1)),
+            // A user's slots that nothing lists: dropped, as Patroni drops them.
             slot("users", "physical", false, Some(1)),
-            // Logical slots are never dropped.
             slot("logical_one", "logical", false, Some(1)),
         ];
-        c.managed = ["pg_2", "pg_3", "pg_4", "keep_me", "logical_one"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        c.ignore = vec![SlotMatcher {
-            name: Some("keep_me".into()),
-            slot_type: Some("physical".into()),
-            ..Default::default()
-        }];
-        assert_eq!(drops(&c.plan()), vec!["pg_3"]);
+        c.ignore = vec![
+            SlotMatcher {
+                name: Some("keep_me".into()),
+                slot_type: Some("physical".into()),
+                ..Default::default()
+            },
+            SlotMatcher {
+                plugin: Some("test_decoding".into()),
+                name: Some("cdc".into()),
+                ..Default::default()
+            },
+        ];
+        assert_eq!(drops(&c.plan()), vec!["pg_3", "users", "logical_one"]);
     }
 
     #[test]
@@ -543,7 +582,6 @@ mod tests {
         let mut c = Case::new(&["pg-1"]);
         c.retain = vec!["pg_1".into(), "pg_2".into()];
         c.existing = vec![slot("pg_2", "physical", false, Some(5))];
-        c.managed = ["pg_2".to_string()].into();
         let p = c.plan();
         assert!(p.changes.is_empty());
         assert!(p.wanted.contains_key("pg_2"));
@@ -583,14 +621,22 @@ mod tests {
             p.errors[0],
             "Invalid permanent replication slot name 'Bad-Name'"
         );
-        // Removed from /config: the physical one is dropped, the logical one kept.
+        // Removed from /config: both are dropped (an orphaned slot would hold WAL forever).
         let mut c = Case::new(&["pg-1"]);
         c.existing = vec![
             slot("perm", "physical", false, Some(1)),
             slot("logi", "logical", false, Some(1)),
         ];
-        c.managed = ["perm".to_string(), "logi".to_string()].into();
-        assert_eq!(drops(&c.plan()), vec!["perm"]);
+        assert_eq!(drops(&c.plan()), vec!["perm", "logi"]);
+        // Kept with another plugin in /config: dropped, to be created again.
+        c.permanent = BTreeMap::from([(
+            "logi".to_string(),
+            PermanentSlot::Logical {
+                database: "postgres".into(),
+                plugin: "pgoutput".into(),
+            },
+        )]);
+        assert_eq!(drops(&c.plan()), vec!["perm", "logi"]);
     }
 
     #[test]
@@ -664,6 +710,24 @@ mod tests {
         assert!(drops(&p).is_empty());
     }
 
+    #[test]
+    fn nostream_up_the_replicatefrom_chain() {
+        let members = vec![
+            member("pg-0"),
+            tagged("pg-1", json!({"nostream": true}), None),
+            tagged("pg-2", json!({"replicatefrom": "pg-1"}), None),
+            tagged("pg-3", json!({"replicatefrom": "pg-2"}), None),
+            tagged("pg-4", json!({"replicatefrom": "pg-5"}), None),
+            tagged("pg-5", json!({"replicatefrom": "pg-4"}), None),
+        ];
+        assert!(without_primary_slot(&members, "pg-1", true, None));
+        assert!(without_primary_slot(&members, "pg-3", false, Some("pg-2")));
+        assert!(!without_primary_slot(&members, "pg-9", false, Some("pg-0")));
+        assert!(!without_primary_slot(&members, "pg-9", false, Some("gone")));
+        // A loop ends.
+        assert!(!without_primary_slot(&members, "pg-4", false, Some("pg-5")));
+    }
+
     fn tagged(name: &str, tags: serde_json::Value, xlog: Option<u64>) -> Member {
         let mut m = member(name);
         m.data.tags = tags.as_object().cloned();
@@ -688,7 +752,6 @@ mod tests {
             slot("pg_3", "physical", false, Some(500)),
             slot("perm", "physical", false, Some(100)),
         ];
-        let managed = BTreeSet::new();
         let inputs = |me: &'static str, retention: bool| SlotInputs {
             me,
             leader: Some("pg-0"),
@@ -698,7 +761,6 @@ mod tests {
             permanent: &permanent,
             ignore: &[],
             existing: &existing,
-            managed: &managed,
         };
         let names = |p: &SlotPlan| p.wanted.keys().cloned().collect::<Vec<_>>();
 

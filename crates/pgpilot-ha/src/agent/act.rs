@@ -25,7 +25,7 @@ use crate::hooks::{CallbackAction, Hooks};
 use crate::params::{effective_parameters, effective_pg_hba};
 use crate::slots::{
     advance_changes, plan_slots, plan_slots_as, replica_logical_changes, status_slots,
-    update_retain, SlotInputs, SlotPlan, SlotRole,
+    update_retain, without_primary_slot, SlotInputs, SlotPlan, SlotRole,
 };
 use crate::sync::Ssn;
 
@@ -581,8 +581,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             return (None, None);
         }
         let retain_slots = cluster.status.retain_slots.clone().unwrap_or_default();
-        // Slots a leader (this one or an earlier one) published are pgpilot's or Patroni's.
-        self.remember_published_slots(cluster);
         let existing = match self.pg.list_slots().await {
             Ok(e) => e,
             Err(e) => {
@@ -617,7 +615,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let retain_names = retained(&retain);
         self.slot_retain = Some(retain);
         log_expired(&expired, ttl);
-        self.carry_out(&plan).await;
+        self.carry_out(cluster, &mut plan).await;
         (published, retain_names)
     }
 
@@ -647,7 +645,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 return;
             }
         };
-        self.remember_published_slots(cluster);
         let retain_slots = cluster.status.retain_slots.clone().unwrap_or_default();
         let inputs = self.slot_inputs(cluster, &retain_slots, &existing);
         let role = SlotRole::Replica {
@@ -659,9 +656,15 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             &existing,
             cluster.status.slots.as_ref(),
         ));
-        // Copies of the permanent logical slots: not on a member without streaming (no
-        // feedback reaches the primary, so its copies would not be safe to use).
-        if self.cfg.tags.nostream {
+        // Copies of the permanent logical slots: not on a member without streaming or
+        // cascading from one (no feedback reaches the primary, so its copies would not be safe
+        // to use).
+        if without_primary_slot(
+            &cluster.members,
+            &self.cfg.name,
+            self.cfg.tags.nostream,
+            self.cfg.tags.replicatefrom.as_deref(),
+        ) {
             plan.replica_logical.clear();
         }
         let replayed = self
@@ -672,7 +675,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let (advance, copy) =
             replica_logical_changes(&plan, &existing, cluster.status.slots.as_ref(), replayed);
         plan.changes.extend(advance);
-        self.carry_out(&plan).await;
+        self.carry_out(cluster, &mut plan).await;
         if !copy.is_empty() {
             self.copy_logical_slots(cluster, &plan, copy).await;
         }
@@ -763,7 +766,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             match (self.pg.change_slot(change).await, change) {
                 (Ok(()), SlotChange::Drop(name)) => {
                     info!("Dropped replication slot '{name}'");
-                    self.slot_managed.remove(name);
                 }
                 (Ok(()), _) => {}
                 (Err(e), SlotChange::Drop(name)) => {
@@ -807,31 +809,22 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             permanent: &self.dynamic.permanent_slots,
             ignore: &self.dynamic.ignore_slots,
             existing,
-            managed: &self.slot_managed,
         }
     }
 
-    /// Slots a leader (this one or an earlier one) published are pgpilot's or Patroni's.
-    fn remember_published_slots(&mut self, cluster: &Cluster) {
-        self.slot_managed.extend(
-            cluster
-                .status
-                .slots
-                .iter()
-                .flat_map(|m| m.keys().cloned())
-                .chain(cluster.status.retain_slots.iter().flatten().cloned()),
-        );
-    }
-
-    /// Logs the plan's errors, remembers its slots as ours and applies its changes.
-    async fn carry_out(&mut self, plan: &SlotPlan) {
+    /// Logs the plan's sentences and applies its changes.
+    async fn carry_out(&mut self, cluster: &Cluster, plan: &mut SlotPlan) {
+        // As Patroni: without `/config` in the DCS the permanent slots are not known, so
+        // nothing is dropped.
+        if cluster.config.is_none() {
+            plan.changes.retain(|c| !matches!(c, SlotChange::Drop(_)));
+        }
         for e in &plan.errors {
             error!("{e}");
         }
         for n in &plan.notes {
             warn!("{n}");
         }
-        self.slot_managed.extend(plan.wanted.keys().cloned());
         self.apply_slot_changes(plan).await;
     }
 }

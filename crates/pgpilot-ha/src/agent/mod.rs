@@ -46,7 +46,7 @@
 //! `on_start` after bootstrap and on the first cycle that finds PostgreSQL running, and
 //! `pre_promote` before a promotion, waited for while the key is renewed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,8 +163,6 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     sync_duty: SyncDuty,
     /// The desired configuration last written to disk (skip rewriting an unchanged one).
     written: Option<DesiredConfig>,
-    /// Slot names pgpilot manages or managed: the only ones it may drop (see [`crate::slots`]).
-    slot_managed: BTreeSet<String>,
     /// Retention of absent members' slots (`/status.retain_slots`) with the time each was
     /// last seen; `None` until the first cycle as leader, which starts them from `/status`.
     slot_retain: Option<BTreeMap<String, Instant>>,
@@ -230,7 +228,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             rewind: Rewind::default(),
             sync_duty: SyncDuty::default(),
             written: None,
-            slot_managed: BTreeSet::new(),
             slot_retain: None,
             history_timeline: 0,
             run_again: false,
