@@ -3,6 +3,7 @@
 
 mod agent;
 pub mod decide;
+pub mod guard;
 #[cfg(test)]
 mod decide_tests;
 pub mod hooks;
