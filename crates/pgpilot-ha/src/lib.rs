@@ -3,9 +3,9 @@
 
 mod agent;
 pub mod decide;
-pub mod guard;
 #[cfg(test)]
 mod decide_tests;
+pub mod guard;
 pub mod hooks;
 mod params;
 pub mod slots;

@@ -70,14 +70,20 @@ fn start(program: &Path, args: &[OsString]) -> Result<(Child, ChildStdin), Guard
         .stderr(Stdio::inherit());
     // SAFETY: setsid(2) is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
     }
     let mut child = cmd.spawn().map_err(GuardError::Spawn)?;
     let Some(stdin) = child.stdin.take() else {
         // `Stdio::piped()` always gives a stdin; stop the child rather than leave it orphaned.
         let _ = child.kill();
         let _ = child.wait();
-        return Err(GuardError::Spawn(std::io::Error::other("no pipe to the guard")));
+        return Err(GuardError::Spawn(std::io::Error::other(
+            "no pipe to the guard",
+        )));
     };
     let set = fcntl(&stdin, FcntlArg::F_GETFL)
         .map(OFlag::from_bits_truncate)

@@ -243,6 +243,23 @@ impl Guard {
         }
     }
 
+    /// Once per cycle: a guard that failed (it died and could not be started again, or did not
+    /// take a message) is tried again with a `disarm`, which starts a new process if the old one
+    /// is gone. Until that works the member stays out of the leader race.
+    pub fn retry(&mut self) {
+        if self.failed.is_none() {
+            return;
+        }
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        if link.send(Message::Disarm).is_ok() {
+            info!("the guard process is running again");
+            self.failed = None;
+            self.armed = false;
+        }
+    }
+
     /// This member may no longer fence (module docs): tells the guard, if it is armed.
     pub fn disarm(&mut self) {
         if !self.armed {

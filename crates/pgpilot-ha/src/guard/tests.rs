@@ -210,7 +210,10 @@ async fn agent_side_arms_disarms_and_closes() {
     let (mut guard, record) = fake(None);
     assert!(guard.is_healthy() && !guard.is_armed());
     guard.disarm();
-    assert!(record.lock().unwrap().sent.is_empty(), "not armed: no disarm");
+    assert!(
+        record.lock().unwrap().sent.is_empty(),
+        "not armed: no disarm"
+    );
     let start = guard.renewal_started();
     tokio::time::advance(ms(300)).await;
     assert!(guard.arm(start, secs(20)));
@@ -253,7 +256,12 @@ async fn a_guard_that_fails_stands_in_the_way_of_leadership() {
     assert!(!guard.arm(guard.renewal_started(), secs(20)));
     assert!(!guard.is_healthy());
     assert!(guard.failure().unwrap().contains("gone"));
+    guard.retry();
+    assert!(!guard.is_healthy(), "still refused");
     record.lock().unwrap().refuse = false;
+    guard.retry();
+    assert!(guard.is_healthy() && !guard.is_armed());
+    assert_eq!(record.lock().unwrap().sent, vec![Message::Disarm]);
     assert!(guard.arm(guard.renewal_started(), secs(20)));
     assert!(guard.is_healthy());
 
