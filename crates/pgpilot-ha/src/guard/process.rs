@@ -266,3 +266,76 @@ fn running(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::{Child, Command};
+
+    use super::*;
+
+    /// A stand-in postmaster: `sh -c script` in its own process group, working in `data_dir`,
+    /// named by `data_dir/postmaster.pid` as a real postmaster is.
+    fn fake_postmaster(data_dir: &Path, script: &str) -> Child {
+        let child = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(data_dir)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            data_dir.join("postmaster.pid"),
+            format!("{}\n{}\n", child.id(), data_dir.display()),
+        )
+        .unwrap();
+        child
+    }
+
+    /// The fence sends SIGQUIT to the postmaster of `postmaster.pid`; one that ignores it (or
+    /// is stuck) is killed with its process group after `KILL_AFTER`.
+    #[test]
+    fn fence_quits_the_postmaster_and_kills_one_that_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pm = fake_postmaster(dir.path(), "exec sleep 60");
+        fence(0, dir.path());
+        let status = pm.wait().unwrap();
+        assert_eq!(status.signal(), Some(Signal::SIGQUIT as i32), "{status:?}");
+
+        let mut pm = fake_postmaster(dir.path(), "trap '' QUIT; sleep 60 & wait");
+        // Let the shell install its trap before the fence.
+        std::thread::sleep(Duration::from_millis(200));
+        fence(0, dir.path());
+        let status = pm.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+    }
+
+    /// A `postmaster.pid` naming a live process that does not work in this data directory (a
+    /// reused PID) or another data directory is never signalled; no file, nothing to do.
+    #[test]
+    fn fence_never_signals_what_is_not_this_postmaster() {
+        let dir = tempfile::tempdir().unwrap();
+        fence(0, dir.path());
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut other = Command::new("sleep")
+            .arg("60")
+            .current_dir(elsewhere.path())
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{}\n{}\n", other.id(), dir.path().display()),
+        )
+        .unwrap();
+        assert_eq!(postmaster(dir.path()), None, "another working directory");
+        fence(0, dir.path());
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{}\n{}\n", other.id(), elsewhere.path().display()),
+        )
+        .unwrap();
+        fence(0, dir.path());
+        assert_eq!(other.try_wait().unwrap(), None, "still running");
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
+}
