@@ -16,7 +16,7 @@ mod pg;
 mod tls;
 
 pub use control::PgControl;
-pub use pg::{quote_ident, quote_literal, Postgres};
+pub use pg::{live_postmaster_pid, quote_ident, quote_literal, Postgres};
 pub use pgpilot_values::{BootstrapRecovery, CustomBootstrap, Lsn, MethodCommand, ReplicaMethod};
 
 #[derive(Debug, thiserror::Error)]

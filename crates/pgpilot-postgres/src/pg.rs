@@ -40,6 +40,23 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
     }
 }
 
+/// PID of a live postmaster owning `data_dir`: the first line of `postmaster.pid`, whose second
+/// line names this data directory, and a process with that PID exists (signal 0). Blocking file
+/// reads only, so the guard process (no runtime) uses it too.
+pub fn live_postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let mut lines = text.lines();
+    let pid: i32 = lines.next()?.trim().parse().ok()?;
+    let dir = lines.next()?.trim();
+    let ours = std::fs::canonicalize(dir).ok() == std::fs::canonicalize(data_dir).ok();
+    if !ours || pid <= 0 {
+        return None;
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+        .is_ok()
+        .then_some(pid)
+}
+
 /// `O_NOFOLLOW`, from nix's libc.
 fn libc_o_nofollow() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits()
@@ -162,20 +179,10 @@ impl Postgres {
 
     /// PID of a live postmaster owning our data directory (postmaster.pid + signal 0), if any.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
-        let mut lines = text.lines();
-        let pid: i32 = lines.next()?.trim().parse().ok()?;
-        let dir = lines.next()?.trim();
-        let ours = std::fs::canonicalize(dir).ok() == std::fs::canonicalize(self.data()).ok();
-        if !ours || pid <= 0 {
-            return None;
-        }
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        if alive {
-            self.last_pid
-                .store(pid, std::sync::atomic::Ordering::Relaxed);
-        }
-        alive.then_some(pid)
+        let pid = live_postmaster_pid(self.data())?;
+        self.last_pid
+            .store(pid, std::sync::atomic::Ordering::Relaxed);
+        Some(pid)
     }
 
     /// A postmaster we saw before that still runs although `postmaster.pid` is gone: its data

@@ -21,6 +21,7 @@ use crate::decide::{
     follow_callback, start_after_renewal, ActionKind, DataState, Decision, Observation, PgChange,
     PgView,
 };
+use crate::guard::RenewalStart;
 use crate::hooks::{CallbackAction, Hooks};
 use crate::params::{effective_parameters, effective_pg_hba};
 use crate::slots::{
@@ -205,11 +206,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 self.demote(StopMode::Fast).await;
                 Ok("demoted self because DCS is not accessible and I was a leader".into())
             }
-            Decision::UpdateLockDuring { action } => match self.dcs.update_leader(None).await {
-                Ok(true) => {
-                    self.renewed();
-                    Ok(format!("updated leader lock during {}", action.describe()))
-                }
+            Decision::UpdateLockDuring { action } => match self.renew_lock(None).await {
+                Ok(true) => Ok(format!("updated leader lock during {}", action.describe())),
                 res => {
                     if let Err(e) = res {
                         error!("failed to update leader lock: {e}");
@@ -274,7 +272,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     error!("could not release the leader key: {e}");
                 }
                 self.last_renewal = None;
-                self.watchdog.disable();
+                self.disable_fencing();
                 Ok(msg)
             }
             Decision::StartPostgres {
@@ -284,16 +282,14 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 renew_lock_first,
             } => {
                 let (as_primary, msg) = if renew_lock_first {
-                    let renewed = match self.dcs.update_leader(None).await {
+                    let renewed = match self.renew_lock(None).await {
                         Ok(renewed) => renewed,
                         Err(e) => {
                             warn!("could not renew the leader lock before starting: {e}");
                             false
                         }
                     };
-                    if renewed {
-                        self.renewed();
-                    } else {
+                    if !renewed {
                         self.last_renewal = None;
                     }
                     start_after_renewal(as_primary, msg, renewed)
@@ -303,7 +299,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 // Patroni's `recover`: only a primary restarting under its key keeps the
                 // watchdog; a replica has no use for it until it is promoted.
                 if !as_primary {
-                    self.watchdog.disable();
+                    self.disable_fencing();
                 }
                 let standby = if as_primary {
                     None
@@ -347,7 +343,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 // key goes, and the next cycle starts PostgreSQL as a replica (after a rewind
                 // if needed).
                 info!("Primary crashed. Failing over.");
-                self.watchdog.disable();
+                self.disable_fencing();
                 self.last_renewal = None;
                 self.rewind.check = true;
                 self.role = Role::Demoted;
@@ -489,14 +485,40 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             kill_after,
         )
         .await?;
-        self.watchdog.disable();
+        self.disable_fencing();
         Ok(())
     }
 
-    /// A successful leader key renewal: note it and keep the watchdog alive.
-    pub(super) fn renewed(&mut self) {
-        self.last_renewal = Some(Instant::now());
+    /// Renews the leader key (`update_leader`) and, when that succeeded, notes it as sent now
+    /// (see [`Self::renewed`]).
+    pub(super) async fn renew_lock(
+        &mut self,
+        leader: Option<&pgpilot_dcs::Leader>,
+    ) -> Result<bool, pgpilot_dcs::DcsError> {
+        let start = self.guard.renewal_started();
+        let renewed = self.dcs.update_leader(leader).await?;
+        if renewed {
+            self.renewed(start);
+        }
+        Ok(renewed)
+    }
+
+    /// A successful leader key renewal (or acquisition) whose request was sent at `start`: note
+    /// it, keep the watchdog alive, and arm the guard until `start + ttl - margin` (outside
+    /// maintenance mode, where nothing is fenced automatically).
+    pub(super) fn renewed(&mut self, start: RenewalStart) {
+        self.last_renewal = Some(start.at);
         self.watchdog.keepalive();
+        if !self.dynamic.pause {
+            self.guard.arm(start, self.dynamic.ttl);
+        }
+    }
+
+    /// This member may fence no more (not leading, maintenance mode, PostgreSQL stopped): the
+    /// watchdog is closed and the guard disarmed.
+    pub(super) fn disable_fencing(&mut self) {
+        self.watchdog.disable();
+        self.guard.disarm();
     }
 
     /// After acting: a member that does not hold the key and whose PostgreSQL is stopped or in
@@ -511,8 +533,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     ..
                 }
         );
-        if self.watchdog.is_running() && self.last_renewal.is_none() && not_primary {
-            self.watchdog.disable();
+        let fencing = self.watchdog.is_running() || self.guard.is_armed();
+        if fencing && self.last_renewal.is_none() && not_primary {
+            self.disable_fencing();
         }
     }
 
