@@ -231,22 +231,55 @@ fn command(pg: Option<&Map<String, Value>>, key: &str) -> Option<String> {
 /// arithmetic nor a deadline computed from them can overflow, whatever a `PATCH /config` wrote.
 const MAX_SECS: i64 = i32::MAX as i64;
 
+/// Patroni 4's floors for `ttl` and `retry_timeout`.
+pub const MIN_TTL: i64 = 20;
+pub const MIN_RETRY_TIMEOUT: i64 = 3;
+/// The floors with pgpilot's guard on ([`DynamicConfig::from_document_fenced`]).
+pub const FENCED_MIN_TTL: i64 = 5;
+pub const FENCED_MIN_RETRY_TIMEOUT: i64 = 2;
+
 impl DynamicConfig {
+    /// Reads a `/config` document with Patroni's floors (`ttl` 20, `retry_timeout` 3); see
+    /// [`DynamicConfig::from_document_fenced`].
+    pub fn from_document(doc: &Map<String, Value>) -> (DynamicConfig, Vec<String>) {
+        DynamicConfig::from_document_fenced(doc, false)
+    }
+
     /// Reads a `/config` document. Never fails: invalid values fall back to defaults; every
     /// adjustment (timing rule, bad types) is returned as a warning for the log.
-    pub fn from_document(doc: &Map<String, Value>) -> (DynamicConfig, Vec<String>) {
+    ///
+    /// `fenced`: this member runs pgpilot's guard (`pgpilot.guard`, on by default), which stops
+    /// its PostgreSQL when its lease runs out whether or not the agent is scheduled. Only then
+    /// is a `ttl` below Patroni's floor of 20 s honoured (down to [`FENCED_MIN_TTL`]), and a
+    /// `retry_timeout` of 2: without the guard, a frozen agent's primary would keep taking
+    /// writes after its key expired, for as long as it stays frozen.
+    pub fn from_document_fenced(
+        doc: &Map<String, Value>,
+        fenced: bool,
+    ) -> (DynamicConfig, Vec<String>) {
         let mut w = Vec::new();
         let mut ttl = int(doc, "ttl", &mut w).unwrap_or(30);
         let mut loop_wait = int(doc, "loop_wait", &mut w).unwrap_or(10);
         let mut retry = int(doc, "retry_timeout", &mut w).unwrap_or(10);
-        for (name, value, min) in [
-            ("ttl", &mut ttl, 20),
-            ("loop_wait", &mut loop_wait, 1),
-            ("retry_timeout", &mut retry, 3),
+        for (name, value, patroni_min, fenced_min) in [
+            ("ttl", &mut ttl, MIN_TTL, FENCED_MIN_TTL),
+            ("loop_wait", &mut loop_wait, 1, 1),
+            (
+                "retry_timeout",
+                &mut retry,
+                MIN_RETRY_TIMEOUT,
+                FENCED_MIN_RETRY_TIMEOUT,
+            ),
         ] {
+            let min = if fenced { fenced_min } else { patroni_min };
             if *value < min {
+                let why = if !fenced && *value >= fenced_min {
+                    " (a shorter one needs pgpilot's guard: pgpilot.guard on)"
+                } else {
+                    ""
+                };
                 w.push(format!(
-                    "{name}={value} is below the minimum {min}; using {min}"
+                    "{name}={value} is below the minimum {min}; using {min}{why}"
                 ));
                 *value = min;
             }

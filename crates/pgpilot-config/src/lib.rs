@@ -23,7 +23,10 @@ mod load;
 mod validate;
 pub mod yaml;
 
-pub use dynamic::{DynamicConfig, PermanentSlot, SlotMatcher};
+pub use dynamic::{
+    DynamicConfig, PermanentSlot, SlotMatcher, FENCED_MIN_RETRY_TIMEOUT, FENCED_MIN_TTL,
+    MIN_RETRY_TIMEOUT, MIN_TTL,
+};
 pub use load::{etcd_endpoint, etcd_from_document, load, load_document, load_from_value};
 pub use pgpilot_values::{
     BootstrapRecovery, CustomBootstrap, MethodCommand, ReplicaMethod, SyncMode,

@@ -88,13 +88,36 @@ pub fn validate(doc: &Value) -> Vec<Problem> {
             );
         }
     }
-    for (key, min) in [("ttl", 20.0), ("loop_wait", 1.0), ("retry_timeout", 3.0)] {
+    // Below Patroni's floors only with pgpilot's guard on (crate::dynamic).
+    let fenced = r.boolean("pgpilot.guard").unwrap_or(true);
+    let floors = [
+        (
+            "ttl",
+            crate::dynamic::MIN_TTL,
+            crate::dynamic::FENCED_MIN_TTL,
+        ),
+        ("loop_wait", 1, 1),
+        (
+            "retry_timeout",
+            crate::dynamic::MIN_RETRY_TIMEOUT,
+            crate::dynamic::FENCED_MIN_RETRY_TIMEOUT,
+        ),
+    ];
+    for (key, patroni_min, fenced_min) in floors {
         let path = format!("bootstrap.dcs.{key}");
+        let min = if fenced { fenced_min } else { patroni_min } as f64;
         if let Some(n) = r.number(&path) {
             if n < min {
+                let why = if !fenced && n >= fenced_min as f64 {
+                    " (a shorter one needs pgpilot's guard: pgpilot.guard on)"
+                } else if fenced && patroni_min != fenced_min {
+                    " (with pgpilot's guard on; Patroni's own minimum is higher)"
+                } else {
+                    ""
+                };
                 bad(
                     &path,
-                    format!("{n} didn't pass validation: must be at least {min}"),
+                    format!("{n} didn't pass validation: must be at least {min}{why}"),
                 );
             }
         }

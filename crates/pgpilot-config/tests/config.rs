@@ -395,6 +395,60 @@ fn dynamic(v: Value) -> (DynamicConfig, Vec<String>) {
     DynamicConfig::from_document(&m)
 }
 
+/// Below Patroni's floors (ttl 20, retry_timeout 3) only with pgpilot's guard: the fast profile
+/// is honoured when fenced, raised with the reason otherwise; nothing goes below 5 / 2.
+#[test]
+fn short_ttl_needs_the_guard() {
+    let Value::Object(fast) = json!({"ttl": 8, "loop_wait": 1, "retry_timeout": 2}) else {
+        panic!()
+    };
+    let (d, w) = DynamicConfig::from_document_fenced(&fast, true);
+    let secs = |d: &DynamicConfig| {
+        (
+            d.ttl.as_secs(),
+            d.loop_wait.as_secs(),
+            d.retry_timeout.as_secs(),
+        )
+    };
+    assert_eq!(secs(&d), (8, 1, 2));
+    assert!(w.is_empty(), "{w:?}");
+    let (d, w) = DynamicConfig::from_document_fenced(&fast, false);
+    assert_eq!(secs(&d), (20, 1, 3));
+    assert_eq!(
+        w,
+        [
+            "ttl=8 is below the minimum 20; using 20 (a shorter one needs pgpilot's guard: pgpilot.guard on)",
+            "retry_timeout=2 is below the minimum 3; using 3 (a shorter one needs pgpilot's guard: pgpilot.guard on)",
+        ]
+    );
+    let Value::Object(tiny) = json!({"ttl": 3, "loop_wait": 1, "retry_timeout": 1}) else {
+        panic!()
+    };
+    let (d, w) = DynamicConfig::from_document_fenced(&tiny, true);
+    assert_eq!(secs(&d), (5, 1, 2));
+    assert_eq!(w.len(), 2, "{w:?}");
+
+    // The validator: refused without the guard, with the reason; accepted with it.
+    let with = |guard: &str| {
+        yaml::parse(
+            &format!("{SAMPLE}\npgpilot:\n  guard: {guard}\n").replace("ttl: 30", "ttl: 8"),
+            "f",
+        )
+        .unwrap()
+    };
+    let ttl_problems = |doc: &Value| -> Vec<String> {
+        validate(doc)
+            .into_iter()
+            .filter(|p| p.path == "bootstrap.dcs.ttl")
+            .map(|p| p.message)
+            .collect()
+    };
+    assert!(ttl_problems(&with("on")).is_empty());
+    let off = ttl_problems(&with("off"));
+    assert_eq!(off.len(), 1, "{off:?}");
+    assert!(off[0].contains("needs pgpilot's guard"), "{off:?}");
+}
+
 /// Defaults and the timing rule loop_wait + 2*retry_timeout <= ttl.
 #[test]
 fn dynamic_timing_rule() {

@@ -266,7 +266,8 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
     let pg = Arc::new(Postgres::new(pg_settings(&cfg)));
 
     // The dynamic configuration known before the first DCS read gives the lease TTL.
-    let bootstrap_dynamic = pgpilot_config::DynamicConfig::from_document(&cfg.bootstrap.dcs).0;
+    let bootstrap_dynamic =
+        pgpilot_config::DynamicConfig::from_document_fenced(&cfg.bootstrap.dcs, cfg.guard).0;
     let dcs = EtcdDcs::connect(EtcdOptions {
         endpoints: cfg.etcd.urls(),
         namespace: cfg.namespace.clone(),

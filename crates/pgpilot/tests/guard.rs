@@ -225,3 +225,82 @@ async fn guards_go_with_their_agents_and_can_be_turned_off() {
         .agent_log(leader)
         .contains("the leader key was not renewed in time"));
 }
+
+/// The fast profile (ttl 8, loop_wait 1, retry_timeout 2), below Patroni's floors: honoured
+/// with the guard on. The leader's whole node dies (agent, guard and postmaster SIGKILLed at
+/// once) and the replica takes over when the 8 s lease is gone; the time is printed (a
+/// benchmark figure, not asserted). Without the guard the same configuration is refused at
+/// start, naming the key and the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_ttl_is_honoured_only_with_the_guard() {
+    harness::init();
+    let fast = Options {
+        ttl: 8,
+        loop_wait: 1,
+        retry_timeout: 2,
+        ..Options::default()
+    };
+    let cluster = Cluster::start(2, fast.clone());
+    let leader = cluster.wait_for_leader().await;
+    let replica = 1 - leader;
+    cluster.wait_for_replicas_streaming(1).await;
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute("CREATE TABLE fast (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    cluster.wait_writable(leader, "fast", 1, "before").await;
+    cluster.wait_for_row(replica, "fast", 1).await;
+    for i in [leader, replica] {
+        let log = cluster.agent_log(i);
+        assert!(!log.contains("is below the minimum"), "{log}");
+    }
+
+    let guards = guard_pids(&cluster.member(leader).data_dir);
+    assert_eq!(guards.len(), 1, "{guards:?}");
+    let pm = cluster.postmaster_pid(leader).expect("leader postmaster");
+    let crashed = Instant::now();
+    cluster.kill_agent(leader);
+    signal(guards[0], Signal::SIGKILL);
+    signal(pm, Signal::SIGKILL);
+    let new = cluster
+        .wait_for_leader_except(&[leader], FAILOVER_TIMEOUT)
+        .await;
+    assert_eq!(new, replica);
+    cluster.wait_writable(new, "fast", 2, "after").await;
+    eprintln!(
+        "whole leader node killed (ttl 8, loop_wait 1, retry_timeout 2): {} writable after {}",
+        cluster.member(new).name,
+        secs(crashed.elapsed())
+    );
+    drop(cluster);
+
+    // The same timings with the guard off: Patroni's floors apply (ttl 20, retry_timeout 3),
+    // with the reason in the log, and `--validate-config` refuses the file.
+    let unguarded = Options {
+        customize: Some(std::sync::Arc::new(|_, doc| {
+            doc["pgpilot"] = json!({"guard": "off"});
+        })),
+        ..fast
+    };
+    let cluster = Cluster::start(1, unguarded);
+    cluster.wait_for_leader().await;
+    let log = cluster.agent_log(0);
+    assert!(
+        log.contains(
+            "ttl=8 is below the minimum 20; using 20 (a shorter one needs pgpilot's guard"
+        ),
+        "{log}"
+    );
+    let config = cluster.member(0).config_path.clone();
+    let out = harness::run_agent_cli(
+        &["--validate-config", config.to_str().unwrap()],
+        cluster.dir(),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("bootstrap.dcs.ttl"), "{text}");
+    assert!(text.contains("needs pgpilot's guard"), "{text}");
+}

@@ -205,8 +205,14 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         peers: Arc<P>,
         snapshot: watch::Sender<Arc<NodeSnapshot>>,
     ) -> Agent<D, P, Pg> {
-        let dynamic = load_dynamic_cache(&cfg)
-            .unwrap_or_else(|| DynamicConfig::from_document(&cfg.bootstrap.dcs).0);
+        let dynamic = load_dynamic_cache(&cfg).unwrap_or_else(|| {
+            let (dynamic, warnings) =
+                DynamicConfig::from_document_fenced(&cfg.bootstrap.dcs, cfg.guard);
+            for w in warnings {
+                warn!("bootstrap.dcs: {w}");
+            }
+            dynamic
+        });
         let watchdog = Watchdog::new(
             Arc::new(SystemWatchdogs),
             &cfg.watchdog,

@@ -59,7 +59,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         if cfg.data.is_empty() || cfg.data == self.dynamic.raw {
             return;
         }
-        let (dynamic, warnings) = DynamicConfig::from_document(&cfg.data);
+        let (dynamic, warnings) = DynamicConfig::from_document_fenced(&cfg.data, self.cfg.guard);
         for w in warnings {
             if !self.logged_warnings.contains(&w) {
                 warn!("{w}");
@@ -191,5 +191,5 @@ pub(super) fn load_dynamic_cache(cfg: &Config) -> Option<DynamicConfig> {
     let text =
         std::fs::read_to_string(cfg.postgresql.data_dir.join("patroni.dynamic.json")).ok()?;
     let doc: Map<String, Value> = serde_json::from_str(&text).ok()?;
-    Some(DynamicConfig::from_document(&doc).0)
+    Some(DynamicConfig::from_document_fenced(&doc, cfg.guard).0)
 }
