@@ -201,12 +201,16 @@ impl Config {
         }
     }
 
-    /// Patroni's rule and minimums, checked before any cluster starts.
+    /// The agents' minimums (with pgpilot's guard on, which the chaos clusters run: ttl 5,
+    /// retry_timeout 2) and the timing rule, checked before any cluster starts.
     pub fn validate(&self) -> Result<(), String> {
-        if self.ttl < 20 || self.loop_wait < 1 || self.retry_timeout < 3 {
-            return Err(
-                "ttl >= 20, loop_wait >= 1 and retry_timeout >= 3 (Patroni's minimums)".into(),
-            );
+        // pgpilot_config::{FENCED_MIN_TTL, FENCED_MIN_RETRY_TIMEOUT}; the agent raises lower
+        // values, so a run below them would not test what it says.
+        let (ttl_min, retry_min) = (5, 2);
+        if self.ttl < ttl_min || self.loop_wait < 1 || self.retry_timeout < retry_min {
+            return Err(format!(
+                "ttl >= {ttl_min}, loop_wait >= 1 and retry_timeout >= {retry_min} (the minimums with pgpilot's guard on)"
+            ));
         }
         if self.loop_wait + 2 * self.retry_timeout > self.ttl {
             return Err("loop_wait + 2 * retry_timeout must not exceed ttl".into());
@@ -250,8 +254,11 @@ mod tests {
     fn timings_follow_patronis_rule() {
         let mut c = Config::new("pgpilot".into());
         assert!(c.validate().is_ok());
-        c.ttl = 10;
+        c.ttl = 4;
         assert!(c.validate().is_err());
+        c.ttl = 8;
+        c.retry_timeout = 2;
+        assert!(c.validate().is_ok());
         c.ttl = 20;
         c.retry_timeout = 10;
         assert!(c.validate().is_err());

@@ -34,7 +34,7 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// bootstrap.dcs.ttl (seconds, at least 20).
+    /// bootstrap.dcs.ttl (seconds; below Patroni's 20 only because the agents run their guard).
     #[arg(long, default_value_t = 20)]
     ttl: u64,
     /// bootstrap.dcs.loop_wait (seconds).

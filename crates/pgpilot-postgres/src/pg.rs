@@ -1163,6 +1163,19 @@ impl Postgres {
         sync_dir(&root).map_err(io(&root))
     }
 
+    /// Runs `sql` in database `database` of this server (logical slots live in one database).
+    async fn execute_in(&self, database: &str, sql: &str) -> Result<()> {
+        let local = Upstream {
+            host: self.settings.local_host.clone(),
+            port: self.settings.port,
+        };
+        let client = self.connect_db(&local, database).await?;
+        tokio::time::timeout(QUERY_TIMEOUT, client.batch_execute(sql))
+            .await
+            .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?
+            .map_err(|e| sql_err(&e))
+    }
+
     /// Creates or drops one slot. Drops only an inactive slot (an active one is reported as
     /// [`PgError::Sql`]). Logical slots are created from a connection to their database.
     pub async fn change_slot(&self, change: &SlotChange) -> Result<()> {
@@ -1182,11 +1195,6 @@ impl Postgres {
                 database,
                 plugin,
             } => {
-                let local = Upstream {
-                    host: self.settings.local_host.clone(),
-                    port: self.settings.port,
-                };
-                let client = self.connect_db(&local, database).await?;
                 let sql = format!(
                     "SELECT pg_catalog.pg_create_logical_replication_slot({}, {}) \
                      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots \
@@ -1194,30 +1202,19 @@ impl Postgres {
                     quote_literal(name),
                     quote_literal(plugin)
                 );
-                tokio::time::timeout(QUERY_TIMEOUT, client.batch_execute(&sql))
-                    .await
-                    .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?
-                    .map_err(|e| sql_err(&e))
+                self.execute_in(database, &sql).await
             }
             SlotChange::AdvanceLogical {
                 name,
                 database,
                 lsn,
             } => {
-                let local = Upstream {
-                    host: self.settings.local_host.clone(),
-                    port: self.settings.port,
-                };
-                let client = self.connect_db(&local, database).await?;
                 let sql = format!(
                     "SELECT pg_catalog.pg_replication_slot_advance({}, {})",
                     quote_literal(name),
                     quote_literal(&Lsn(*lsn).to_string())
                 );
-                tokio::time::timeout(QUERY_TIMEOUT, client.batch_execute(&sql))
-                    .await
-                    .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?
-                    .map_err(|e| sql_err(&e))
+                self.execute_in(database, &sql).await
             }
             SlotChange::Advance { name, lsn } => {
                 self.execute(&format!(
