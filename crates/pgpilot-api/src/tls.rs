@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pgpilot_dcs::values::x509;
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore};
@@ -132,6 +133,57 @@ impl ClientCertVerifier for ClientVerifier {
     }
 }
 
+/// webpki's server verification, plus OpenSSL's acceptance of a server certificate that is
+/// itself one of the `cacert` certificates (the self-signed certificate Patroni's acceptance
+/// suite uses as CA and server certificate), whose names must still include the host asked.
+#[derive(Debug)]
+struct ServerVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    anchors: Vec<Vec<u8>>,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if x509::is_trusted_as_itself(end_entity, &self.anchors, seconds) {
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_name(&parsed, server_name)?;
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
 /// Builds the server configuration. `verify_client` is `none`, `optional` or `required`; the
 /// last two need `cafile`.
 pub fn server_tls(
@@ -211,18 +263,43 @@ pub fn client_builder(tls: &ClientTls) -> Result<reqwest::ClientBuilder, TlsErro
     if tls.insecure {
         b = b.tls_danger_accept_invalid_hostnames(true);
     }
-    if let Some(ca) = &tls.cacert {
-        for c in certs(ca)? {
-            let cert = reqwest::Certificate::from_der(c.as_ref()).map_err(|e| TlsError::File {
+    let identity = match &tls.certfile {
+        Some(cert) => Some((cert, tls.keyfile.as_ref().unwrap_or(cert))),
+        None => None,
+    };
+    // With a CA file the whole TLS configuration is ours (rustls, with the verifier above);
+    // reqwest's own roots and identity are not used then.
+    if let (Some(ca), false) = (&tls.cacert, tls.insecure) {
+        let (roots, anchors) = roots(ca)?;
+        let webpki = WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .map_err(|e| TlsError::File {
                 path: ca.clone(),
                 msg: e.to_string(),
             })?;
-            b = b.add_root_certificate(cert);
-        }
+        let config = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier { webpki, anchors }));
+        let config = match identity {
+            Some((cert, key)) => {
+                let chain = certs(cert)?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+                    path: key.clone(),
+                    msg: e.to_string(),
+                })?;
+                config
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| TlsError::File {
+                        path: cert.clone(),
+                        msg: e.to_string(),
+                    })?
+            }
+            None => config.with_no_client_auth(),
+        };
+        return Ok(b.tls_backend_preconfigured(config));
     }
-    if let Some(cert) = &tls.certfile {
+    if let Some((cert, key)) = identity {
         let mut pem = read(cert)?;
-        let key = tls.keyfile.as_ref().unwrap_or(cert);
         if key != cert {
             pem.push(b'\n');
             pem.extend(read(key)?);

@@ -286,7 +286,7 @@ async fn a_self_signed_certificate_trusted_as_itself_works_for_rest_and_postgres
             doc["restapi"]["cafile"] = json!(t.ca);
             doc["restapi"]["verify_client"] = json!("required");
             doc["ctl"] = json!({
-                "insecure": true,
+                "cacert": t.ca,
                 "certfile": t.client_cert,
                 "keyfile": t.client_key,
             });
@@ -333,6 +333,25 @@ async fn a_self_signed_certificate_trusted_as_itself_works_for_rest_and_postgres
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     eprintln!("leader {leader}, replica {replica} streaming");
+    // pgpilotctl with `ctl.cacert` naming the same self-signed certificate (the agents' own
+    // REST client too): trusted as itself, as OpenSSL does, with its IP name checked.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgpilotctl"))
+        .arg("-c")
+        .arg(&cluster.member(leader).config_path)
+        .args(["reload", "pgpilot-test", "--force"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.matches("Reload request received for member").count(),
+        2,
+        "both members answered POST /reload over the self-signed TLS: {said}"
+    );
     let url = format!(
         "https://127.0.0.1:{}/patroni",
         cluster.member(leader).api_port
