@@ -14,10 +14,12 @@ mod control;
 mod files;
 mod pg;
 mod tls;
+mod version;
 
 pub use control::PgControl;
 pub use pg::{quote_ident, quote_literal, Postgres};
 pub use pgpilot_values::{BootstrapRecovery, CustomBootstrap, Lsn, MethodCommand, ReplicaMethod};
+pub use version::PgMajor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
