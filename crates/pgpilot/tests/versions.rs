@@ -1,0 +1,232 @@
+//! The version matrix: every PostgreSQL major pgpilot supports (12 to 18) bootstraps, streams
+//! to two replicas, switches over and fails over with the old leader rejoining (pg_rewind, or a
+//! re-clone where no pg_rewind of that major exists), with real servers.
+//!
+//! Binaries: Debian's PostgreSQL 15, the others installed by `tests/pg-versions/fetch.sh` into
+//! `$PGPILOT_PG_ROOT` (default `/opt/pgpilot-pg`)`/<major>/bin`. A major whose binaries are
+//! absent is skipped with the reason printed, except under CI (`CI=true`), which installs them:
+//! there a missing major fails.
+
+mod harness;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use harness::{secs, Cluster, Options, FAILOVER_TIMEOUT, PG_BIN_DIR};
+use serde_json::json;
+
+/// `bin_dir` of `major`, or why it is not there.
+fn bin_dir(major: u32) -> Result<PathBuf, String> {
+    let dir = if major == 15 {
+        PathBuf::from(PG_BIN_DIR)
+    } else {
+        let root = std::env::var_os("PGPILOT_PG_ROOT")
+            .map_or_else(|| PathBuf::from("/opt/pgpilot-pg"), PathBuf::from);
+        root.join(major.to_string()).join("bin")
+    };
+    for tool in [
+        "initdb",
+        "pg_ctl",
+        "postgres",
+        "pg_controldata",
+        "pg_basebackup",
+    ] {
+        if !dir.join(tool).exists() {
+            return Err(format!(
+                "no {tool} in {} (tests/pg-versions/fetch.sh installs it)",
+                dir.display()
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+/// The cluster of one major, or `None` (skipped, reason printed) when its binaries are absent
+/// outside CI.
+fn cluster_of(major: u32) -> Option<(Cluster, bool)> {
+    harness::init();
+    let dir = match bin_dir(major) {
+        Ok(d) => d,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("PostgreSQL {major}: {why}; CI must test every major")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED PostgreSQL {major}: {why}");
+            return None;
+        }
+    };
+    // Without a pg_rewind of its own major a former primary can only rejoin by re-cloning.
+    let can_rewind = dir.join("pg_rewind").exists();
+    let mut options = Options {
+        scope: format!("pgpilot-pg{major}"),
+        bin_dir: dir,
+        ..Options::default()
+    };
+    if !can_rewind {
+        options.customize = Some(std::sync::Arc::new(|_, doc| {
+            doc["postgresql"]["remove_data_directory_on_rewind_failure"] = json!(true);
+        }));
+    }
+    Some((Cluster::start(3, options), can_rewind))
+}
+
+/// Bootstrap, two streaming replicas (in the leader's `pg_stat_replication`), a switchover to a
+/// named candidate, a crash failover (SIGKILL of agent and postmaster) and the old leader's
+/// rejoin, with a row written at each step read back on every member.
+async fn matrix(major: u32) {
+    let Some((cluster, can_rewind)) = cluster_of(major) else {
+        return;
+    };
+    let started = Instant::now();
+    let first = cluster.wait_for_leader().await;
+    let replicas: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    cluster.wait_for_replicas_streaming(2).await;
+    cluster.wait_for_walsenders(first, &replicas).await;
+    let client = cluster.pg_connect(first).await;
+    let version: String = client
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        version.parse::<u32>().unwrap() / 10_000,
+        major,
+        "server_version_num {version}"
+    );
+    client
+        .batch_execute("CREATE TABLE matrix (id int PRIMARY KEY, note text); INSERT INTO matrix VALUES (1, 'bootstrap')")
+        .await
+        .unwrap();
+    drop(client);
+    for &r in &replicas {
+        cluster.wait_for_row(r, "matrix", 1).await;
+    }
+    eprintln!(
+        "PostgreSQL {major}: bootstrap and two streaming replicas after {}",
+        secs(started.elapsed())
+    );
+
+    // Switchover to a named candidate; the old leader and the third member follow it.
+    let t = Instant::now();
+    let candidate = replicas[0];
+    let third = replicas[1];
+    let (code, text) = cluster
+        .api_call(
+            first,
+            "POST",
+            "/switchover",
+            Some(json!({"leader": cluster.member(first).name, "candidate": cluster.member(candidate).name})),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{text}");
+    let tl = cluster.primary_timeline(candidate).await;
+    for i in [first, third] {
+        cluster
+            .wait_for_streaming_replica(i, Some(tl), FAILOVER_TIMEOUT)
+            .await;
+    }
+    cluster
+        .wait_for_walsenders(candidate, &[first, third])
+        .await;
+    cluster.wait_writable(candidate, "matrix", 2, "").await;
+    for i in [first, third] {
+        cluster.wait_for_row(i, "matrix", 2).await;
+    }
+    eprintln!(
+        "PostgreSQL {major}: switchover, both others streaming again after {}",
+        secs(t.elapsed())
+    );
+
+    // Crash failover: the leader's agent and postmaster die together.
+    let t = Instant::now();
+    let old = candidate;
+    cluster.kill_agent(old);
+    assert!(cluster.kill_postmaster(old).is_some());
+    let new = cluster
+        .wait_for_leader_except(&[old], FAILOVER_TIMEOUT)
+        .await;
+    cluster.wait_writable(new, "matrix", 3, "").await;
+    let other = [first, third].into_iter().find(|&i| i != new).unwrap();
+    let tl = cluster.primary_timeline(new).await;
+    cluster
+        .wait_for_streaming_replica(other, Some(tl), FAILOVER_TIMEOUT)
+        .await;
+    eprintln!(
+        "PostgreSQL {major}: failover to {}, writable and followed after {}",
+        cluster.member(new).name,
+        secs(t.elapsed())
+    );
+
+    // The old leader rejoins.
+    let t = Instant::now();
+    cluster.start_agent(old);
+    cluster
+        .wait_for_streaming_replica(old, Some(tl), FAILOVER_TIMEOUT)
+        .await;
+    cluster.wait_for_walsenders(new, &[other, old]).await;
+    cluster.wait_for_row(old, "matrix", 3).await;
+    cluster.wait_for_row(other, "matrix", 3).await;
+    let log = cluster.agent_log_since_last_start(old);
+    let how = if can_rewind {
+        assert!(
+            log.contains("pg_rewind finished"),
+            "rejoined through pg_rewind; its log:\n{log}"
+        );
+        "pg_rewind"
+    } else {
+        assert!(
+            log.contains("removing data directory because pg_rewind failed"),
+            "rejoined by re-cloning; its log:\n{log}"
+        );
+        "re-clone (no pg_rewind of this major)"
+    };
+    eprintln!(
+        "PostgreSQL {major}: old leader rejoined through {how} after {}; whole matrix {}",
+        secs(t.elapsed()),
+        secs(started.elapsed())
+    );
+}
+
+/// PostgreSQL 12: `wal_keep_segments`, no `written_lsn`, restart to follow, no pg_rewind here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_12_bootstraps_replicates_switches_over_and_fails_over() {
+    matrix(12).await;
+}
+
+/// PostgreSQL 13 (no pg_rewind of 13 is packaged here: the old leader re-clones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_13_bootstraps_replicates_switches_over_and_fails_over() {
+    matrix(13).await;
+}
+
+/// PostgreSQL 14.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_14_bootstraps_replicates_switches_over_and_fails_over() {
+    matrix(14).await;
+}
+
+/// PostgreSQL 15 (Debian's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_15_bootstraps_replicates_switches_over_and_fails_over() {
+    matrix(15).await;
+}
+
+/// PostgreSQL 16.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_16_bootstraps_replicates_switches_over_and_fails_over() {
+    matrix(16).await;
+}
+
+/// PostgreSQL 17.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_17_bootstraps_replicates_switches_over_and_fails_over() {
+    matrix(17).await;
+}
+
+/// PostgreSQL 18.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_18_bootstraps_replicates_switches_over_and_fails_over() {
+    matrix(18).await;
+}
