@@ -1086,10 +1086,8 @@ impl Postgres {
     /// own major only).
     async fn check_rewind_binary(&self) -> Result<()> {
         let bin = self.bin("pg_rewind");
-        let refused = |detail: String| PgError::Command {
-            command: "pg_rewind".into(),
-            detail,
-        };
+        // Logged as "pg_rewind failed: <this>".
+        let refused = PgError::Invalid;
         let mut cmd = Command::new(&bin);
         cmd.arg("--version");
         let out = self

@@ -189,6 +189,91 @@ async fn matrix(major: u32) {
     );
 }
 
+/// Regression (issue 17): with a pg_rewind of another major in `bin_dir`, the agent logged
+/// "pg_rewind failed" and then started the diverged data directory as a replica anyway. The old
+/// leader of a crash failover now refuses that pg_rewind, says why, and leaves PostgreSQL
+/// stopped (`remove_data_directory_on_rewind_failure` is off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_rewind_of_another_major_is_refused_and_the_diverged_directory_stays_stopped() {
+    harness::init();
+    let rewind14 = match bin_dir(14) {
+        Ok(d) => d.join("pg_rewind"),
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("PostgreSQL 14: {why}; CI must install it")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED: needs PostgreSQL 14's pg_rewind: {why}");
+            return;
+        }
+    };
+    // Debian's 15 with 14's pg_rewind, readable by the unprivileged test user.
+    let mixed = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(PG_BIN_DIR).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "pg_rewind" {
+            std::os::unix::fs::symlink(entry.path(), mixed.path().join(entry.file_name())).unwrap();
+        }
+    }
+    std::os::unix::fs::symlink(&rewind14, mixed.path().join("pg_rewind")).unwrap();
+    std::fs::set_permissions(
+        mixed.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cluster = Cluster::start(
+        2,
+        Options {
+            bin_dir: mixed.path().to_path_buf(),
+            ..Options::default()
+        },
+    );
+    let old = cluster.wait_for_leader().await;
+    let replica = 1 - old;
+    cluster.wait_for_walsenders(old, &[replica]).await;
+    cluster
+        .pg_connect(old)
+        .await
+        .batch_execute(
+            "CREATE TABLE rewind_check (id int PRIMARY KEY, note text); \
+             INSERT INTO rewind_check VALUES (0, 'before')",
+        )
+        .await
+        .unwrap();
+    cluster.wait_for_row(replica, "rewind_check", 0).await;
+    cluster.kill_agent(old);
+    assert!(cluster.kill_postmaster(old).is_some());
+    cluster
+        .wait_for_leader_except(&[old], FAILOVER_TIMEOUT)
+        .await;
+    cluster.wait_writable(replica, "rewind_check", 1, "").await;
+
+    cluster.start_agent(old);
+    let name = cluster.member(old).name.clone();
+    cluster
+        .wait(
+            FAILOVER_TIMEOUT,
+            &format!("{name} to refuse the pg_rewind of 14"),
+            async || {
+                let log = cluster.agent_log_since_last_start(old);
+                anyhow::ensure!(
+                    log.contains("not starting PostgreSQL as a replica"),
+                    "not yet"
+                );
+                Ok(log)
+            },
+        )
+        .await;
+    // A few more cycles: still stopped.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let log = cluster.agent_log_since_last_start(old);
+    assert!(
+        log.contains("is PostgreSQL 14 and the data directory PostgreSQL 15"),
+        "the reason is logged:\n{log}"
+    );
+    assert!(!log.contains("starting as a secondary"), "{log}");
+    assert_eq!(cluster.postmaster_pid(old), None, "{log}");
+}
+
 /// PostgreSQL 12: `wal_keep_segments`, no `written_lsn`, restart to follow, no pg_rewind here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_12_bootstraps_replicates_switches_over_and_fails_over() {
