@@ -41,20 +41,25 @@ fn bin_dir(major: u32) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// The cluster of one major, or `None` (skipped, reason printed) when its binaries are absent
-/// outside CI.
-fn cluster_of(major: u32) -> Option<(Cluster, bool)> {
-    harness::init();
-    let dir = match bin_dir(major) {
-        Ok(d) => d,
+/// `bin_dir` of `major`, or `None` (skipped, reason printed) when its binaries are absent
+/// outside CI; under `CI=true` (which installs them) a missing major fails the test.
+fn bin_dir_or_skip(major: u32) -> Option<PathBuf> {
+    match bin_dir(major) {
+        Ok(d) => Some(d),
         Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!("PostgreSQL {major}: {why}; CI must test every major")
         }
         Err(why) => {
             eprintln!("SKIPPED PostgreSQL {major}: {why}");
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// The cluster of one major and whether it has a pg_rewind, or `None` when skipped.
+fn cluster_of(major: u32) -> Option<(Cluster, bool)> {
+    harness::init();
+    let dir = bin_dir_or_skip(major)?;
     // Without a pg_rewind of its own major a former primary can only rejoin by re-cloning.
     let can_rewind = dir.join("pg_rewind").exists();
     let mut options = Options {
@@ -196,15 +201,8 @@ async fn matrix(major: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pg_rewind_of_another_major_is_refused_and_the_diverged_directory_stays_stopped() {
     harness::init();
-    let rewind14 = match bin_dir(14) {
-        Ok(d) => d.join("pg_rewind"),
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("PostgreSQL 14: {why}; CI must install it")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED: needs PostgreSQL 14's pg_rewind: {why}");
-            return;
-        }
+    let Some(rewind14) = bin_dir_or_skip(14).map(|d| d.join("pg_rewind")) else {
+        return;
     };
     // Debian's 15 with 14's pg_rewind, readable by the unprivileged test user.
     let mixed = tempfile::tempdir().unwrap();
