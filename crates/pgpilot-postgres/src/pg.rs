@@ -191,8 +191,16 @@ impl Postgres {
 
     /// Refuses a data directory of another major than `bin_dir`'s binaries (PostgreSQL would
     /// refuse it too, with a message only its log shows), or older than pgpilot supports.
+    /// When `postgres --version` can not be run (no `bin_dir`, and no `postgres` on PATH
+    /// although pg_ctl is), there is nothing to compare: pg_ctl's own checks remain.
     pub async fn check_versions(&self) -> Result<()> {
-        let bin = self.bin_major().await?;
+        let bin = match self.bin_major().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("not checking the major version of the data directory: {e}");
+                return Ok(());
+            }
+        };
         if bin < PgMajor::OLDEST {
             return Err(PgError::Invalid(format!(
                 "{} holds PostgreSQL {bin}; pgpilot supports {} and newer",
