@@ -3,7 +3,8 @@
 //! `postgresql.base.conf`, `pg_hba.conf`, `standby.signal`, recovery settings) and SQL through
 //! `tokio-postgres`. It knows nothing of the DCS or of HA policy: the HA cycle tells it what to do.
 //!
-//! Every external command and query is bounded by a timeout.
+//! Every external command and query is bounded by a timeout. What differs between PostgreSQL
+//! majors (12 to 18) is decided in one place, [`PgMajor`] (`version.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
