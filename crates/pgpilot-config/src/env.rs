@@ -115,6 +115,12 @@ fn parse_dict(s: &str) -> Value {
 /// Merges recognised `PATRONI_*` variables into `doc`.
 pub fn apply(doc: &mut Map<String, Value>, env: &[(String, String)]) {
     for (name, value) in env {
+        // pgpilot's own variables: only `PGPILOT_GUARD` so far (`pgpilot.guard`).
+        if name == "PGPILOT_GUARD" {
+            let v = parse_bool(value).unwrap_or_else(|| Value::from(value.clone()));
+            set(doc, &["pgpilot", "guard"], v);
+            continue;
+        }
         let Some(rest) = name.strip_prefix("PATRONI_") else {
             continue;
         };

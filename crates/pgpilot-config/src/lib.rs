@@ -83,6 +83,10 @@ pub struct Config {
     pub tags: Tags,
     pub log: LogConfig,
     pub watchdog: WatchdogConfig,
+    /// `pgpilot.guard` (env `PGPILOT_GUARD`), a pgpilot-only key, default on: a leader runs a
+    /// guard process beside the agent that stops PostgreSQL when the lease deadline it was last
+    /// given passes (`pgpilot_ha::guard`). `off` leaves fencing to the agent and the watchdog.
+    pub guard: bool,
     /// The whole merged local document (file + env), for keys not modelled here.
     pub raw: Value,
 }

@@ -111,6 +111,8 @@ const MODELLED: &[&str] = &[
     "watchdog.device",
     "watchdog.safety_margin",
     "watchdog.driver",
+    // pgpilot's own keys (Patroni has no `pgpilot` section, so nothing of Patroni's clashes).
+    "pgpilot.guard",
 ];
 
 const INITDB_FORBIDDEN: &[&str] = &["pgdata", "nosync", "pwfile", "sync-only", "version"];
@@ -1000,6 +1002,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
     };
     let tags = tags(&mut r, &mut warnings);
     let watchdog = watchdog(&mut r);
+    let guard = r.boolean("pgpilot.guard").unwrap_or(true);
     let log = LogConfig {
         level: r
             .string("log.level", false)
@@ -1041,6 +1044,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         tags,
         log,
         watchdog,
+        guard,
         raw: doc.clone(),
     };
     Ok(Loaded { config, warnings })

@@ -1005,3 +1005,37 @@ fn huge_timings_in_config_are_clamped_not_overflowed() {
     );
     assert!(d.loop_wait + 2 * d.retry_timeout <= d.ttl, "{d:?}");
 }
+
+/// `pgpilot.guard` is on by default, turned off by the key (any Patroni boolean spelling) or by
+/// `PGPILOT_GUARD`, which wins over the file; a value that is no boolean is refused with its
+/// path; the key is modelled, so no unknown-key warning names it.
+#[test]
+fn guard_is_on_by_default_and_can_be_turned_off() {
+    let with = |section: &str, extra: &[(&str, &str)]| {
+        let doc = format!("{SAMPLE}{section}");
+        let mut pairs = vec![("PATRONI_CONFIGURATION", doc.as_str())];
+        pairs.extend_from_slice(extra);
+        load(None, &env(&pairs))
+    };
+    assert!(with("", &[]).unwrap().config.guard);
+    for off in ["off", "false", "'no'"] {
+        let loaded = with(&format!("pgpilot:\n  guard: {off}\n"), &[]).unwrap();
+        assert!(!loaded.config.guard, "{off}");
+        assert!(
+            !loaded.warnings.iter().any(|w| w.contains("pgpilot.guard")),
+            "{:?}",
+            loaded.warnings
+        );
+    }
+    assert!(!with("", &[("PGPILOT_GUARD", "off")]).unwrap().config.guard);
+    assert!(
+        with("pgpilot:\n  guard: off\n", &[("PGPILOT_GUARD", "on")])
+            .unwrap()
+            .config
+            .guard
+    );
+    let e = with("pgpilot:\n  guard: sometimes\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("pgpilot.guard: sometimes"), "{e}");
+    let e = with("", &[("PGPILOT_GUARD", "maybe")]).unwrap_err();
+    assert!(e.to_string().contains("pgpilot.guard: maybe"), "{e}");
+}

@@ -118,6 +118,15 @@ impl MemberData {
         })
     }
 
+    /// The `replicatefrom` tag: the member this one streams from instead of the leader.
+    pub fn replicatefrom(&self) -> Option<&str> {
+        self.tags
+            .as_ref()
+            .and_then(|t| t.get("replicatefrom"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
     /// `clonefrom` tag.
     pub fn clonefrom(&self) -> bool {
         self.tags

@@ -110,6 +110,7 @@ fn obs() -> Observation {
         self_demoted: false,
         sync: crate::sync::SyncParams::off(),
         watchdog_usable: true,
+        guard_usable: true,
         primary_start_timeout: Duration::from_secs(300),
         pre_promote_backoff: false,
     }
@@ -455,6 +456,8 @@ fn decision_table() {
         ("race, required watchdog unusable", Box::new(|o| { o.cluster = unlocked(); o.watchdog_usable = false }), not_healthiest("Watchdog device is not usable")),
         ("race, required watchdog unusable, primary", Box::new(|o| { o.cluster = unlocked(); o.pg = primary(1); o.watchdog_usable = false }), Decision::AcquireLeader),
         ("switchover to me, required watchdog unusable", Box::new(|o| { o.cluster = with_failover(Some("pg1"), Some("pg2")); o.watchdog_usable = false }), Decision::AcquireLeader),
+        ("race, guard not running", Box::new(|o| { o.cluster = unlocked(); o.guard_usable = false }), not_healthiest("The guard process is not running")),
+        ("lock holder, guard not running", Box::new(|o| { o.cluster = mine(); o.pg = primary(1); o.guard_usable = false }), Decision::RenewLeader),
         ("lock holder, required watchdog unusable", Box::new(|o| { o.cluster = mine(); o.pg = primary(1); o.watchdog_usable = false }), Decision::RenewLeader),
         // §5.3: a leader exists.
         ("lock holder", Box::new(|o| { o.cluster = mine(); o.pg = primary(1) }), Decision::RenewLeader),
@@ -709,26 +712,34 @@ fn follow_ups_after_a_lock_attempt_or_renewal() {
     );
 }
 
-/// A leader whose required watchdog does not arm (Patroni's `enforce_primary_role`).
+/// A leader whose required watchdog does not arm (Patroni's `enforce_primary_role`), or whose
+/// guard process is on but not running, lets the key go: a primary demotes first.
 #[test]
-fn after_the_watchdog_refused() {
-    use crate::decide::{after_watchdog_refused, WatchdogRefused};
-    let mut o = obs();
-    o.cluster = Some(cluster(Some("pg2")));
-    o.pg = primary(1);
-    assert_eq!(
-        after_watchdog_refused(&o),
-        WatchdogRefused::Demote {
-            msg: "Demoting self because watchdog could not be activated".into()
-        }
-    );
-    o.pg = replica(1000);
-    assert_eq!(
-        after_watchdog_refused(&o),
-        WatchdogRefused::Release {
-            msg: "Not promoting self because watchdog could not be activated".into()
-        }
-    );
+fn after_the_watchdog_or_guard_refused() {
+    use crate::decide::{after_guard_refused, after_watchdog_refused, WatchdogRefused};
+    type Refusal = fn(&Observation) -> WatchdogRefused;
+    let refusals: [(Refusal, &str); 2] = [
+        (after_watchdog_refused, "watchdog"),
+        (after_guard_refused, "the guard process"),
+    ];
+    for (refused, fence) in refusals {
+        let mut o = obs();
+        o.cluster = Some(cluster(Some("pg2")));
+        o.pg = primary(1);
+        assert_eq!(
+            refused(&o),
+            WatchdogRefused::Demote {
+                msg: format!("Demoting self because {fence} could not be activated")
+            }
+        );
+        o.pg = replica(1000);
+        assert_eq!(
+            refused(&o),
+            WatchdogRefused::Release {
+                msg: format!("Not promoting self because {fence} could not be activated")
+            }
+        );
+    }
 }
 
 /// Patroni's `follow()` callback choice: a start, restart or reload of a PostgreSQL that was

@@ -5,6 +5,7 @@ mod agent;
 pub mod decide;
 #[cfg(test)]
 mod decide_tests;
+pub mod guard;
 pub mod hooks;
 mod params;
 pub mod slots;

@@ -48,7 +48,26 @@ pub fn effective_parameters(cfg: &Config, dynamic: &DynamicConfig) -> BTreeMap<S
     }
     // `wal_keep_segments` (before 13) and `wal_keep_size` (13+) are converted into each other
     // for the server's major when postgresql.conf is written (`PgMajor::adapt_parameters`).
+    if enforce_hot_standby_feedback(cfg, dynamic) {
+        out.insert("hot_standby_feedback".into(), "on".into());
+    }
     out
+}
+
+/// Patroni's `should_enforce_hot_standby_feedback`: a failover candidate that keeps copies of
+/// permanent logical slots needs the primary to hold back the catalog rows those slots still
+/// need (`catalog_xmin` through its physical slot), or the copies are useless after a
+/// failover. Not while paused. (Patroni also turns it on for a `nofailover` member whose
+/// cascading replicas need it; pgpilot does not yet.)
+fn enforce_hot_standby_feedback(cfg: &Config, dynamic: &DynamicConfig) -> bool {
+    dynamic.use_slots
+        && !dynamic.pause
+        && cfg.tags.can_failover()
+        && !cfg.tags.nostream
+        && dynamic
+            .permanent_slots
+            .values()
+            .any(|s| matches!(s, pgpilot_config::PermanentSlot::Logical { .. }))
 }
 
 /// pg_hba.conf lines: local `postgresql.pg_hba`, else dynamic, else `bootstrap.pg_hba`. Empty

@@ -4,10 +4,13 @@
 //! publishes. The agent only reads `pg_replication_slots`, applies the changes and writes
 //! `/status`.
 //!
-//! Safety rule, stricter than Patroni's: a slot is dropped only if pgpilot manages it (it was a
-//! member slot or a permanent slot, known from this process or from `/status`), it is
-//! physical, inactive, and matches no `ignore_slots` entry. Logical slots are never dropped, so
-//! a slot a user made by hand survives whether or not it is listed in `ignore_slots`.
+//! Drops follow Patroni (`_drop_incorrect_slots`): a slot that is not wanted here (nor a
+//! replica's copy of a permanent logical slot), or is wanted with another type, database or
+//! plugin, is dropped when it is inactive and matches no `ignore_slots` entry, and never while
+//! the cluster is paused. A slot made outside pgpilot survives only through `ignore_slots` (or
+//! `/config.slots`), as Patroni's documentation tells its users: an orphaned slot would hold
+//! WAL on the primary until its disk is full, and a logical slot on a replica would hold back
+//! the primary's vacuum through hot-standby feedback.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -22,6 +25,11 @@ use tokio::time::Instant;
 pub struct SlotInputs<'a> {
     /// This member's name.
     pub me: &'a str,
+    /// The leader's name, when there is one.
+    pub leader: Option<&'a str>,
+    /// Members' slots are retained on every failover candidate (`member_slots_ttl` > 0 and
+    /// PostgreSQL 11+, which can advance a physical slot).
+    pub retention: bool,
     /// The cluster's member keys.
     pub members: &'a [Member],
     /// `/status.retain_slots`: slots of members whose key vanished, still kept.
@@ -30,8 +38,6 @@ pub struct SlotInputs<'a> {
     pub ignore: &'a [SlotMatcher],
     /// The slots that exist on this server.
     pub existing: &'a [SlotInfo],
-    /// Names of slots pgpilot manages or managed (see the module documentation).
-    pub managed: &'a BTreeSet<String>,
 }
 
 /// The outcome of [`plan_slots`].
@@ -41,9 +47,21 @@ pub struct SlotPlan {
     pub wanted: BTreeMap<String, PermanentSlot>,
     /// The wanted slots that are members' slots (not permanent ones).
     pub member_slots: BTreeSet<String>,
+    /// Wanted physical slots a member streams through right now (Patroni's `expected_active`):
+    /// never advanced by us.
+    pub expected_active: BTreeSet<String>,
+    /// On a failover candidate: the permanent logical slots it keeps as copies of the
+    /// leader's (created by copying the leader's slot state, then advanced), with their
+    /// database and plugin.
+    pub replica_logical: BTreeMap<String, (String, String)>,
+    /// The position a member that streams from another member (`replicatefrom`) reports in its
+    /// key (`xlog_location`): its slot here is inactive and is advanced to it.
+    pub member_lsn: BTreeMap<String, u64>,
     pub changes: Vec<SlotChange>,
     /// Error sentences for the log (Patroni's).
     pub errors: Vec<String>,
+    /// Warning sentences for the log (Patroni's).
+    pub notes: Vec<String>,
 }
 
 /// Patroni's rule for permanent slot names.
@@ -81,12 +99,14 @@ pub fn ignored(ignore: &[SlotMatcher], slot: &SlotInfo) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotRole {
     Leader,
-    /// A failover candidate (PostgreSQL 11+) following the leader: it keeps the physical slots
-    /// a leader would (members' when `members` is true, i.e. `member_slots_ttl` > 0, and the
-    /// permanent physical ones) and advances them to the leader's `/status.slots` positions,
-    /// so that a failover keeps them. Logical slots are not copied (not done).
+    /// A replica (PostgreSQL 11+) following the leader. A failover candidate keeps the
+    /// physical slots a leader would (members' with [`SlotInputs::retention`], the permanent
+    /// ones) and advances them to the leader's `/status.slots` positions, so that a failover
+    /// keeps them; a `nofailover` member keeps only the slots of the members that stream from
+    /// it (`replicatefrom`). Permanent logical slots are copied from the leader (see
+    /// [`replica_logical_changes`]).
     Replica {
-        members: bool,
+        nofailover: bool,
     },
 }
 
@@ -96,26 +116,60 @@ pub fn plan_slots(i: &SlotInputs<'_>) -> SlotPlan {
 }
 
 /// The slots wanted in `role` and the changes that get there (creations and drops; see
-/// [`advance_changes`] for a replica's advances).
+/// [`advance_changes`] for advances). Patroni's `Cluster.get_replication_slots`.
 pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
     let mut plan = SlotPlan::default();
     let own = slot_name_for(i.me);
-    let with_members = matches!(role, SlotRole::Leader | SlotRole::Replica { members: true });
+    let leading = role == SlotRole::Leader;
+    let nofailover = matches!(role, SlotRole::Replica { nofailover: true });
+    let has_member = |name: &str| i.members.iter().any(|m| m.name == name);
+    // Whether `m` streams from us now: on a leader every member that does not name another
+    // existing member as its upstream; on a replica the members that name us (not the leader).
+    let streams_from_us = |m: &Member| match m.data.replicatefrom() {
+        _ if !leading => m.data.replicatefrom() == Some(i.me) && Some(m.name.as_str()) != i.leader,
+        None => true,
+        Some(up) => up == i.me || !has_member(up),
+    };
     for m in i.members {
-        if !with_members || m.name == i.me || m.data.nostream() {
+        if m.name == i.me || m.data.nostream() {
             continue;
         }
-        plan.member_slots.insert(slot_name_for(&m.name));
+        let wanted = if i.retention {
+            !nofailover || m.data.replicatefrom() == Some(i.me)
+        } else {
+            streams_from_us(m)
+        };
+        if !wanted {
+            continue;
+        }
+        let name = slot_name_for(&m.name);
+        if streams_from_us(m) {
+            plan.expected_active.insert(name.clone());
+        }
+        if m.data.replicatefrom().is_some() {
+            if let Some(lsn) = m.data.xlog_location {
+                plan.member_lsn.insert(name.clone(), lsn);
+            }
+        }
+        plan.member_slots.insert(name);
     }
-    for r in i.retain_slots {
-        if with_members && *r != own {
-            plan.member_slots.insert(r.clone());
+    if !nofailover {
+        for r in i.retain_slots {
+            if *r != own {
+                plan.member_slots.insert(r.clone());
+            }
         }
     }
     for s in &plan.member_slots {
         plan.wanted.insert(s.clone(), PermanentSlot::Physical);
     }
-    for (name, spec) in i.permanent {
+    // A member that does not fail over keeps no permanent slot (Patroni's rule).
+    let permanent = if nofailover {
+        &BTreeMap::new()
+    } else {
+        i.permanent
+    };
+    for (name, spec) in permanent {
         if !valid_slot_name(name) {
             plan.errors
                 .push(format!("Invalid permanent replication slot name '{name}'"));
@@ -131,9 +185,22 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
             PermanentSlot::Physical => {
                 if *name != own && !plan.wanted.contains_key(name) {
                     plan.wanted.insert(name.clone(), spec.clone());
+                    // On the leader a permanent slot is in use, unless it is the slot of a
+                    // member that streams from another member.
+                    let cascading = i.members.iter().any(|m| {
+                        slot_name_for(&m.name) == *name && m.data.replicatefrom().is_some()
+                    });
+                    if leading && !cascading {
+                        plan.expected_active.insert(name.clone());
+                    }
                 }
             }
-            PermanentSlot::Logical { .. } if role != SlotRole::Leader => {}
+            PermanentSlot::Logical { database, plugin } if !leading => {
+                if !plan.member_slots.contains(name) {
+                    plan.replica_logical
+                        .insert(name.clone(), (database.clone(), plugin.clone()));
+                }
+            }
             PermanentSlot::Logical { database, plugin } => {
                 if plan.member_slots.contains(name) {
                     plan.errors.push(format!(
@@ -164,24 +231,55 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
         let fits = plan
             .wanted
             .get(&slot.name)
-            .is_some_and(|w| same_kind(slot, w));
-        if fits
-            || slot.active
-            || slot.slot_type != "physical"
-            || !i.managed.contains(&slot.name)
-            || ignored(i.ignore, slot)
-        {
+            .is_some_and(|w| same_kind(slot, w))
+            || plan
+                .replica_logical
+                .get(&slot.name)
+                .is_some_and(|(database, plugin)| {
+                    same_kind(
+                        slot,
+                        &PermanentSlot::Logical {
+                            database: database.clone(),
+                            plugin: plugin.clone(),
+                        },
+                    )
+                });
+        if fits || slot.active || ignored(i.ignore, slot) {
             continue;
         }
-        // A physical slot we made whose name is now wanted as a logical one is dropped too;
-        // the logical slot is created on the next cycle.
+        // A slot wanted with another type, database or plugin is dropped too; the right one
+        // is created (or copied) on the next cycle.
         plan.changes.push(SlotChange::Drop(slot.name.clone()));
+    }
+    // Patroni's rule: a wanted physical slot nobody streams through that still holds an
+    // `xmin` (hot-standby feedback from when it was in use, e.g. before a failover) would hold
+    // back vacuum forever; it is dropped and created again, clean, on the next cycle. Only
+    // with a leader, and on the leader only once it runs as a primary.
+    let clean = i.leader.is_some_and(|l| l != i.me) || (leading && i.leader == Some(i.me));
+    for slot in i.existing {
+        if clean
+            && slot.xmin.is_some()
+            && !slot.active
+            && slot.slot_type == "physical"
+            && matches!(plan.wanted.get(&slot.name), Some(PermanentSlot::Physical))
+            && !plan.expected_active.contains(&slot.name)
+        {
+            plan.notes.push(format!(
+                "Dropping physical replication slot {} because of its xmin value {}",
+                slot.name,
+                slot.xmin.unwrap_or_default()
+            ));
+            plan.changes.push(SlotChange::Drop(slot.name.clone()));
+        }
     }
     plan
 }
 
-/// On a replica: advance every wanted, inactive physical slot whose position in the leader's
-/// `/status.slots` is ahead of its `restart_lsn`.
+/// Advance every wanted physical slot that nobody streams through (not expected active, not
+/// active) to the furthest position known for it: the leader's `/status.slots` and, for a
+/// member streaming from another member, the position it reports in its key. On the leader
+/// this keeps a cascading member's slot from holding WAL forever; on a replica it keeps the
+/// copies of the leader's slots where the leader's are.
 pub fn advance_changes(
     plan: &SlotPlan,
     existing: &[SlotInfo],
@@ -189,10 +287,15 @@ pub fn advance_changes(
 ) -> Vec<SlotChange> {
     existing
         .iter()
-        .filter(|s| !s.active && s.slot_type == "physical")
+        .filter(|s| !s.active && s.slot_type == "physical" && s.xmin.is_none())
         .filter(|s| matches!(plan.wanted.get(&s.name), Some(PermanentSlot::Physical)))
+        .filter(|s| !plan.expected_active.contains(&s.name))
         .filter_map(|s| {
-            let target = leader_slots?.get(&s.name)?.as_u64()?;
+            let published = leader_slots
+                .and_then(|m| m.get(&s.name))
+                .and_then(Value::as_u64);
+            let reported = plan.member_lsn.get(&s.name).copied();
+            let target = published.max(reported)?;
             let restart = s.lsn?;
             (target > restart).then(|| SlotChange::Advance {
                 name: s.name.clone(),
@@ -200,6 +303,79 @@ pub fn advance_changes(
             })
         })
         .collect()
+}
+
+/// Patroni's `get_slot_name_on_primary(...) is None`: whether this member's WAL reaches it
+/// without a slot on the primary, because it or a member up its `replicatefrom` chain is
+/// `nostream`. Such a member keeps no copy of a logical slot (no feedback of its own reaches
+/// the primary). `nostream` and `replicatefrom` are this member's own tags.
+pub fn without_primary_slot(
+    members: &[Member],
+    me: &str,
+    nostream: bool,
+    replicatefrom: Option<&str>,
+) -> bool {
+    if nostream {
+        return true;
+    }
+    let mut seen = vec![me];
+    let mut next = replicatefrom;
+    while let Some(name) = next {
+        if seen.contains(&name) {
+            return false;
+        }
+        let Some(m) = members.iter().find(|m| m.name == name) else {
+            return false;
+        };
+        if m.data.nostream() {
+            return true;
+        }
+        seen.push(name);
+        next = m.data.replicatefrom();
+    }
+    false
+}
+
+/// On a failover candidate, for the permanent logical slots of `plan`: the existing copies to
+/// advance (to the leader's published position, never past what this replica replayed) and
+/// the names to copy from the leader (those the leader publishes and we lack). A slot of the
+/// name with another database or plugin is left alone.
+pub fn replica_logical_changes(
+    plan: &SlotPlan,
+    existing: &[SlotInfo],
+    leader_slots: Option<&Map<String, Value>>,
+    replayed: u64,
+) -> (Vec<SlotChange>, Vec<String>) {
+    let mut advance = Vec::new();
+    let mut copy = Vec::new();
+    for (name, (database, plugin)) in &plan.replica_logical {
+        let published = leader_slots
+            .and_then(|m| m.get(name))
+            .and_then(Value::as_u64);
+        match existing.iter().find(|s| s.name == *name) {
+            Some(s)
+                if s.slot_type == "logical"
+                    && s.database.as_deref() == Some(database)
+                    && s.plugin.as_deref() == Some(plugin) =>
+            {
+                let (Some(target), Some(at)) = (published, s.lsn) else {
+                    continue;
+                };
+                let target = target.min(replayed);
+                if at < target && !s.active {
+                    advance.push(SlotChange::AdvanceLogical {
+                        name: name.clone(),
+                        database: database.clone(),
+                        lsn: target,
+                    });
+                }
+            }
+            Some(_) => {}
+            None if published.is_some() => copy.push(name.clone()),
+            None => {}
+        }
+    }
+    (advance, copy)
 }
 
 /// `/status.slots`: the LSN of every wanted slot that exists (member slots only when
@@ -292,6 +468,7 @@ mod tests {
             plugin: (ty == "logical").then(|| "test_decoding".into()),
             active,
             lsn,
+            xmin: None,
         }
     }
 
@@ -301,7 +478,7 @@ mod tests {
         permanent: BTreeMap<String, PermanentSlot>,
         ignore: Vec<SlotMatcher>,
         existing: Vec<SlotInfo>,
-        managed: BTreeSet<String>,
+        retention: bool,
     }
 
     impl Case {
@@ -312,18 +489,19 @@ mod tests {
                 permanent: BTreeMap::new(),
                 ignore: Vec::new(),
                 existing: Vec::new(),
-                managed: BTreeSet::new(),
+                retention: true,
             }
         }
         fn inputs(&self) -> SlotInputs<'_> {
             SlotInputs {
                 me: "pg-1",
+                leader: Some("pg-0"),
+                retention: self.retention,
                 members: &self.members,
                 retain_slots: &self.retain,
                 permanent: &self.permanent,
                 ignore: &self.ignore,
                 existing: &self.existing,
-                managed: &self.managed,
             }
         }
         fn plan(&self) -> SlotPlan {
@@ -369,31 +547,34 @@ mod tests {
     }
 
     #[test]
-    fn only_managed_inactive_physical_unignored_slots_are_dropped() {
+    fn unknown_inactive_unignored_slots_are_dropped() {
         let mut c = Case::new(&["pg-1", "pg-2"]);
         c.existing = vec![
             slot("pg_2", "physical", true, Some(1)),
-            // A vanished member's slot that we created: dropped.
+            // A vanished member's slot: dropped.
             slot("pg_3", "physical", false, Some(1)),
-            // Ours but active: kept.
+            // Unknown but active: kept (until it is not).
             slot("pg_4", "physical", true, Some(1)),
-            // A user's slot that matches ignore_slots: kept even though its name is managed.
+            // Slots that match ignore_slots: kept.
             slot("keep_me", "physical", false, Some(1)),
-            // A user's slot pgpilot never managed: kept.
+            slot("cdc", "logical", false, Some(1)),
+            // A user's slots that nothing lists: dropped, as Patroni drops them.
             slot("users", "physical", false, Some(1)),
-            // Logical slots are never dropped.
             slot("logical_one", "logical", false, Some(1)),
         ];
-        c.managed = ["pg_2", "pg_3", "pg_4", "keep_me", "logical_one"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        c.ignore = vec![SlotMatcher {
-            name: Some("keep_me".into()),
-            slot_type: Some("physical".into()),
-            ..Default::default()
-        }];
-        assert_eq!(drops(&c.plan()), vec!["pg_3"]);
+        c.ignore = vec![
+            SlotMatcher {
+                name: Some("keep_me".into()),
+                slot_type: Some("physical".into()),
+                ..Default::default()
+            },
+            SlotMatcher {
+                plugin: Some("test_decoding".into()),
+                name: Some("cdc".into()),
+                ..Default::default()
+            },
+        ];
+        assert_eq!(drops(&c.plan()), vec!["pg_3", "users", "logical_one"]);
     }
 
     #[test]
@@ -401,7 +582,6 @@ mod tests {
         let mut c = Case::new(&["pg-1"]);
         c.retain = vec!["pg_1".into(), "pg_2".into()];
         c.existing = vec![slot("pg_2", "physical", false, Some(5))];
-        c.managed = ["pg_2".to_string()].into();
         let p = c.plan();
         assert!(p.changes.is_empty());
         assert!(p.wanted.contains_key("pg_2"));
@@ -441,14 +621,22 @@ mod tests {
             p.errors[0],
             "Invalid permanent replication slot name 'Bad-Name'"
         );
-        // Removed from /config: the physical one is dropped, the logical one kept.
+        // Removed from /config: both are dropped (an orphaned slot would hold WAL forever).
         let mut c = Case::new(&["pg-1"]);
         c.existing = vec![
             slot("perm", "physical", false, Some(1)),
             slot("logi", "logical", false, Some(1)),
         ];
-        c.managed = ["perm".to_string(), "logi".to_string()].into();
-        assert_eq!(drops(&c.plan()), vec!["perm"]);
+        assert_eq!(drops(&c.plan()), vec!["perm", "logi"]);
+        // Kept with another plugin in /config: dropped, to be created again.
+        c.permanent = BTreeMap::from([(
+            "logi".to_string(),
+            PermanentSlot::Logical {
+                database: "postgres".into(),
+                plugin: "pgoutput".into(),
+            },
+        )]);
+        assert_eq!(drops(&c.plan()), vec!["perm", "logi"]);
     }
 
     #[test]
@@ -475,7 +663,7 @@ mod tests {
             slot("perm", "physical", false, Some(300)),
             slot("pg_2", "physical", true, Some(10)),
         ];
-        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { members: true });
+        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { nofailover: false });
         // The leader's slot (pg_0) too; no logical slot on a replica.
         assert_eq!(
             p.wanted.keys().collect::<Vec<_>>(),
@@ -491,8 +679,134 @@ mod tests {
             }]
         );
         // member_slots_ttl 0: only the permanent physical slots.
-        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { members: false });
+        c.retention = false;
+        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { nofailover: false });
         assert_eq!(p.wanted.keys().collect::<Vec<_>>(), vec!["perm"]);
+    }
+
+    /// After a failover the former primary keeps its copy of the new leader's slot, with the
+    /// `xmin` the new leader's hot-standby feedback left in it: dropped (to be created clean);
+    /// a slot in use keeps its `xmin`.
+    #[test]
+    fn stale_xmin_on_an_unused_physical_slot_is_dropped() {
+        let mut c = Case::new(&["pg-0", "pg-1", "pg-2"]);
+        let mut stale = slot("pg_0", "physical", false, Some(100));
+        stale.xmin = Some(742);
+        let mut used = slot("pg_2", "physical", true, Some(100));
+        used.xmin = Some(742);
+        c.existing = vec![stale, used];
+        let p = plan_slots_as(&c.inputs(), SlotRole::Replica { nofailover: false });
+        assert_eq!(drops(&p), ["pg_0"]);
+        assert!(
+            p.notes[0].contains("because of its xmin value 742"),
+            "{:?}",
+            p.notes
+        );
+        assert!(advance_changes(&p, &c.existing, None).is_empty());
+        // No leader: nothing is cleaned.
+        let mut inputs = c.inputs();
+        inputs.leader = None;
+        let p = plan_slots_as(&inputs, SlotRole::Replica { nofailover: false });
+        assert!(drops(&p).is_empty());
+    }
+
+    #[test]
+    fn nostream_up_the_replicatefrom_chain() {
+        let members = vec![
+            member("pg-0"),
+            tagged("pg-1", json!({"nostream": true}), None),
+            tagged("pg-2", json!({"replicatefrom": "pg-1"}), None),
+            tagged("pg-3", json!({"replicatefrom": "pg-2"}), None),
+            tagged("pg-4", json!({"replicatefrom": "pg-5"}), None),
+            tagged("pg-5", json!({"replicatefrom": "pg-4"}), None),
+        ];
+        assert!(without_primary_slot(&members, "pg-1", true, None));
+        assert!(without_primary_slot(&members, "pg-3", false, Some("pg-2")));
+        assert!(!without_primary_slot(&members, "pg-9", false, Some("pg-0")));
+        assert!(!without_primary_slot(&members, "pg-9", false, Some("gone")));
+        // A loop ends.
+        assert!(!without_primary_slot(&members, "pg-4", false, Some("pg-5")));
+    }
+
+    fn tagged(name: &str, tags: serde_json::Value, xlog: Option<u64>) -> Member {
+        let mut m = member(name);
+        m.data.tags = tags.as_object().cloned();
+        m.data.xlog_location = xlog;
+        m
+    }
+
+    /// Patroni's permanent_slots feature: pg-0 leads, pg-1 is a candidate, pg-2 is
+    /// `nofailover`, pg-3 streams from pg-2 (`replicatefrom`). The leader keeps pg_3's slot
+    /// (inactive there) and advances it to the position pg-3 reports; pg-2 keeps only pg_3's
+    /// slot, active, and no permanent slot; a candidate keeps every other member's slot.
+    #[test]
+    fn cascading_and_nofailover_members() {
+        let members = vec![
+            member("pg-0"),
+            member("pg-1"),
+            tagged("pg-2", json!({"nofailover": true}), None),
+            tagged("pg-3", json!({"replicatefrom": "pg-2"}), Some(900)),
+        ];
+        let permanent = BTreeMap::from([("perm".to_string(), PermanentSlot::Physical)]);
+        let existing = vec![
+            slot("pg_3", "physical", false, Some(500)),
+            slot("perm", "physical", false, Some(100)),
+        ];
+        let inputs = |me: &'static str, retention: bool| SlotInputs {
+            me,
+            leader: Some("pg-0"),
+            retention,
+            members: &members,
+            retain_slots: &[],
+            permanent: &permanent,
+            ignore: &[],
+            existing: &existing,
+        };
+        let names = |p: &SlotPlan| p.wanted.keys().cloned().collect::<Vec<_>>();
+
+        let leader = plan_slots(&inputs("pg-0", true));
+        assert_eq!(names(&leader), ["perm", "pg_1", "pg_2", "pg_3"]);
+        assert!(leader.expected_active.contains("perm"));
+        assert!(!leader.expected_active.contains("pg_3"));
+        assert_eq!(
+            advance_changes(&leader, &existing, None),
+            vec![SlotChange::Advance {
+                name: "pg_3".into(),
+                lsn: 900
+            }]
+        );
+        // Without retention the leader keeps no slot for a member streaming elsewhere.
+        assert_eq!(
+            names(&plan_slots(&inputs("pg-0", false))),
+            ["perm", "pg_1", "pg_2"]
+        );
+
+        let cascade = plan_slots_as(
+            &inputs("pg-2", true),
+            SlotRole::Replica { nofailover: true },
+        );
+        assert_eq!(names(&cascade), ["pg_3"]);
+        assert!(cascade.expected_active.contains("pg_3"));
+        assert!(advance_changes(&cascade, &existing, None).is_empty());
+        let cascade = plan_slots_as(
+            &inputs("pg-2", false),
+            SlotRole::Replica { nofailover: true },
+        );
+        assert_eq!(names(&cascade), ["pg_3"]);
+
+        let candidate = plan_slots_as(
+            &inputs("pg-3", true),
+            SlotRole::Replica { nofailover: false },
+        );
+        assert_eq!(names(&candidate), ["perm", "pg_0", "pg_1", "pg_2"]);
+        let status = json!({"perm": 300});
+        assert_eq!(
+            advance_changes(&candidate, &existing, status.as_object()),
+            vec![SlotChange::Advance {
+                name: "perm".into(),
+                lsn: 300
+            }]
+        );
     }
 
     #[test]

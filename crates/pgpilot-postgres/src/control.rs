@@ -5,8 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::{
-    ControlData, CustomBootstrap, DataDirState, DesiredConfig, Lsn, PgSettings, PgState, Postgres,
-    ReplicaMethod, Result, SlotChange, SlotInfo, StopMode, Upstream,
+    ControlData, CustomBootstrap, DataDirState, DesiredConfig, LogicalSlotState, Lsn, PgSettings,
+    PgState, Postgres, ReplicaMethod, Result, SlotChange, SlotInfo, StopMode, Upstream,
 };
 
 /// The operations the agent performs on its PostgreSQL. Each has the meaning (and the
@@ -40,6 +40,12 @@ pub trait PgControl: Send + Sync + 'static {
     fn rewind(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send;
     fn list_slots(&self) -> impl Future<Output = Result<Vec<SlotInfo>>> + Send;
     fn change_slot(&self, change: &SlotChange) -> impl Future<Output = Result<()>> + Send;
+    fn read_logical_slots(
+        &self,
+        from: &Upstream,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<LogicalSlotState>>> + Send;
+    fn install_logical_slots(&self, slots: &[LogicalSlotState]) -> Result<()>;
     fn checkpoint(&self) -> impl Future<Output = Result<()>> + Send;
     fn timeline_history(
         &self,
@@ -122,6 +128,16 @@ impl PgControl for Postgres {
     }
     fn change_slot(&self, change: &SlotChange) -> impl Future<Output = Result<()>> + Send {
         Postgres::change_slot(self, change)
+    }
+    fn read_logical_slots(
+        &self,
+        from: &Upstream,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<LogicalSlotState>>> + Send {
+        Postgres::read_logical_slots(self, from, names)
+    }
+    fn install_logical_slots(&self, slots: &[LogicalSlotState]) -> Result<()> {
+        Postgres::install_logical_slots(self, slots)
     }
     fn checkpoint(&self) -> impl Future<Output = Result<()>> + Send {
         Postgres::checkpoint(self)

@@ -18,7 +18,7 @@ mod tls;
 mod version;
 
 pub use control::PgControl;
-pub use pg::{quote_ident, quote_literal, Postgres};
+pub use pg::{live_postmaster_pid, quote_ident, quote_literal, Postgres};
 pub use pgpilot_values::{BootstrapRecovery, CustomBootstrap, Lsn, MethodCommand, ReplicaMethod};
 pub use version::PgMajor;
 
@@ -265,6 +265,17 @@ pub struct SlotInfo {
     pub active: bool,
     /// `confirmed_flush_lsn` (logical) or `restart_lsn` (physical), when set.
     pub lsn: Option<u64>,
+    /// `xmin`, when set: a physical slot keeps the hot-standby feedback it last received.
+    pub xmin: Option<u32>,
+}
+
+/// A logical slot of the primary, as copied onto a replica: its `pg_replslot/<name>/state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalSlotState {
+    pub name: String,
+    pub database: String,
+    pub plugin: String,
+    pub state: Vec<u8>,
 }
 
 /// A change to the slots of this server.
@@ -281,6 +292,12 @@ pub enum SlotChange {
     /// `pg_replication_slot_advance` (on a standby PostgreSQL stops at the replayed position).
     Advance {
         name: String,
+        lsn: u64,
+    },
+    /// `pg_replication_slot_advance` of a logical slot, from a connection to its database.
+    AdvanceLogical {
+        name: String,
+        database: String,
         lsn: u64,
     },
 }

@@ -14,9 +14,9 @@ use crate::files::{
     sanitize_auto_conf, OUR_HEADER,
 };
 use crate::{
-    BootstrapRecovery, ControlData, CustomBootstrap, DataDirState, DesiredConfig, Lsn, PgError,
-    PgMajor, PgSettings, PgState, ReplicaMethod, Result, SlotChange, SlotInfo, StopMode, Upstream,
-    WalSender,
+    BootstrapRecovery, ControlData, CustomBootstrap, DataDirState, DesiredConfig, LogicalSlotState,
+    Lsn, PgError, PgMajor, PgSettings, PgState, ReplicaMethod, Result, SlotChange, SlotInfo,
+    StopMode, Upstream, WalSender,
 };
 
 /// Deadline for one monitoring query or connection attempt.
@@ -44,6 +44,23 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// PID of a live postmaster owning `data_dir`: the first line of `postmaster.pid`, whose second
+/// line names this data directory, and a process with that PID exists (signal 0). Blocking file
+/// reads only, so the guard process (no runtime) uses it too.
+pub fn live_postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let mut lines = text.lines();
+    let pid: i32 = lines.next()?.trim().parse().ok()?;
+    let dir = lines.next()?.trim();
+    let ours = std::fs::canonicalize(dir).ok() == std::fs::canonicalize(data_dir).ok();
+    if !ours || pid <= 0 {
+        return None;
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+        .is_ok()
+        .then_some(pid)
 }
 
 /// `O_NOFOLLOW`, from nix's libc.
@@ -243,20 +260,10 @@ impl Postgres {
 
     /// PID of a live postmaster owning our data directory (postmaster.pid + signal 0), if any.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
-        let mut lines = text.lines();
-        let pid: i32 = lines.next()?.trim().parse().ok()?;
-        let dir = lines.next()?.trim();
-        let ours = std::fs::canonicalize(dir).ok() == std::fs::canonicalize(self.data()).ok();
-        if !ours || pid <= 0 {
-            return None;
-        }
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        if alive {
-            self.last_pid
-                .store(pid, std::sync::atomic::Ordering::Relaxed);
-        }
-        alive.then_some(pid)
+        let pid = live_postmaster_pid(self.data())?;
+        self.last_pid
+            .store(pid, std::sync::atomic::Ordering::Relaxed);
+        Some(pid)
     }
 
     /// A postmaster we saw before that still runs although `postmaster.pid` is gone: its data
@@ -1160,7 +1167,8 @@ impl Postgres {
                         "SELECT slot_name::text, slot_type::text, database::text, plugin::text, \
                          active, \
                          pg_catalog.pg_wal_lsn_diff(CASE WHEN slot_type = 'logical' \
-                         THEN confirmed_flush_lsn ELSE restart_lsn END, '0/0')::bigint \
+                         THEN confirmed_flush_lsn ELSE restart_lsn END, '0/0')::bigint, \
+                         xmin::text::bigint \
                          FROM pg_catalog.pg_replication_slots \
                          WHERE NOT temporary",
                         &[],
@@ -1180,8 +1188,112 @@ impl Postgres {
                 lsn: r
                     .get::<_, Option<i64>>(5)
                     .and_then(|n| u64::try_from(n).ok()),
+                xmin: r
+                    .get::<_, Option<i64>>(6)
+                    .and_then(|n| u32::try_from(n).ok()),
             })
             .collect())
+    }
+
+    /// The on-disk state of the logical slots `names` on the primary at `from`, to copy them
+    /// onto this replica (Patroni's `copy_logical_slots`): read through a superuser connection
+    /// with `pg_read_binary_file`. PostgreSQL 17's failover slots are left out (PostgreSQL
+    /// synchronises those itself).
+    pub async fn read_logical_slots(
+        &self,
+        from: &Upstream,
+        names: &[String],
+    ) -> Result<Vec<LogicalSlotState>> {
+        let client = self.connect_to(from).await?;
+        let version: i32 = client
+            .query_one(
+                "SELECT pg_catalog.current_setting('server_version_num')::int",
+                &[],
+            )
+            .await
+            .map_err(|e| sql_err(&e))?
+            .get(0);
+        let failover_slots =
+            PgMajor::from_version_num(version).is_some_and(PgMajor::has_failover_slots);
+        let not_failover = if failover_slots {
+            " NOT failover AND"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT slot_name::text, datname::text, plugin::text, \
+             pg_catalog.pg_read_binary_file('pg_replslot/' || slot_name || '/state') \
+             FROM pg_catalog.pg_get_replication_slots() JOIN pg_catalog.pg_database ON datoid = oid \
+             WHERE{not_failover} NOT pg_catalog.pg_is_in_recovery() AND slot_type = 'logical' \
+             AND slot_name = ANY($1)"
+        );
+        let rows = tokio::time::timeout(QUERY_TIMEOUT, client.query(&sql, &[&names]))
+            .await
+            .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?
+            .map_err(|e| sql_err(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| LogicalSlotState {
+                name: r.get(0),
+                database: r.get(1),
+                plugin: r.get(2),
+                state: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Writes copied logical slots into `pg_replslot` (PostgreSQL must be stopped): each state
+    /// file into a fresh `<name>.tmp` directory, synced, then renamed over `<name>`, so that a
+    /// crash leaves either the old slot or the new one.
+    pub fn install_logical_slots(&self, slots: &[LogicalSlotState]) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| PgError::Io { path, source }
+        };
+        let sync_dir = |dir: &Path| std::fs::File::open(dir).and_then(|d| d.sync_all());
+        let root = self.data().join("pg_replslot");
+        for slot in slots {
+            // Names come from the primary's catalog and our configuration: slot names are
+            // [a-z0-9_]; anything else is refused rather than joined into a path.
+            if slot.name.is_empty()
+                || !slot
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(PgError::Invalid(format!(
+                    "refusing to copy a slot named {:?}",
+                    slot.name
+                )));
+            }
+            let dir = root.join(&slot.name);
+            let tmp = root.join(format!("{}.tmp", slot.name));
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&tmp)
+                .map_err(io(&tmp))?;
+            let file = tmp.join("state");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .map_err(io(&file))?;
+            f.write_all(&slot.state).map_err(io(&file))?;
+            f.sync_all().map_err(io(&file))?;
+            sync_dir(&tmp).map_err(io(&tmp))?;
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            }
+            std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+            sync_dir(&dir).map_err(io(&dir))?;
+        }
+        sync_dir(&root).map_err(io(&root))
     }
 
     /// Creates or drops one slot. Drops only an inactive slot (an active one is reported as
@@ -1214,6 +1326,26 @@ impl Postgres {
                      WHERE slot_name = {0})",
                     quote_literal(name),
                     quote_literal(plugin)
+                );
+                tokio::time::timeout(QUERY_TIMEOUT, client.batch_execute(&sql))
+                    .await
+                    .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?
+                    .map_err(|e| sql_err(&e))
+            }
+            SlotChange::AdvanceLogical {
+                name,
+                database,
+                lsn,
+            } => {
+                let local = Upstream {
+                    host: self.settings.local_host.clone(),
+                    port: self.settings.port,
+                };
+                let client = self.connect_db(&local, database).await?;
+                let sql = format!(
+                    "SELECT pg_catalog.pg_replication_slot_advance({}, {})",
+                    quote_literal(name),
+                    quote_literal(&Lsn(*lsn).to_string())
                 );
                 tokio::time::timeout(QUERY_TIMEOUT, client.batch_execute(&sql))
                     .await

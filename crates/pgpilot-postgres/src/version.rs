@@ -75,6 +75,12 @@ impl PgMajor {
         self.0 >= 13
     }
 
+    /// Replication slots have the `failover` flag (17+): PostgreSQL synchronises those to
+    /// standbys itself, so pgpilot does not copy them.
+    pub fn has_failover_slots(self) -> bool {
+        self.0 >= 17
+    }
+
     /// Whether this major's libpq knows the connection option `key`.
     pub fn knows_conninfo_option(self, key: &str) -> bool {
         CONNINFO_OPTION_SINCE
@@ -217,6 +223,8 @@ mod tests {
 
     #[test]
     fn version_switches() {
+        assert!(!PgMajor(16).has_failover_slots());
+        assert!(PgMajor(17).has_failover_slots());
         assert!(!PgMajor(12).reloads_primary_conninfo());
         assert!(PgMajor(13).reloads_primary_conninfo());
         assert!(!PgMajor(12).wal_receiver_has_written_lsn());

@@ -1,7 +1,11 @@
 //! `pgpilot CONFIG`: the agent. Parses arguments, loads the configuration, sets up logging in
-//! Patroni's format, wires the DCS, PostgreSQL, the REST API and the HA agent together, and maps
-//! SIGTERM/SIGINT to the agent's ordered shutdown.
+//! Patroni's format, starts the guard process, wires the DCS, PostgreSQL, the REST API and the
+//! HA agent together, and maps SIGTERM/SIGINT to the agent's ordered shutdown.
+//!
+//! `pgpilot --guard DATA_DIR` (hidden) is the guard process the agent starts
+//! (`pgpilot_ha::guard`); it is never started by hand.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,6 +15,7 @@ use clap::Parser;
 use pgpilot_api::{Client, NodeSnapshot, ServerOptions};
 use pgpilot_config::{Config, Loaded};
 use pgpilot_dcs::etcd::{EtcdDcs, EtcdOptions};
+use pgpilot_ha::guard::{Guard, ProcessLink};
 use pgpilot_ha::{Agent, AgentError};
 use pgpilot_postgres::{Credentials, PgSettings, Postgres};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +35,16 @@ struct Args {
     /// Print the version and exit.
     #[arg(long)]
     version: bool,
+    /// Run as the guard of the PostgreSQL in this data directory (started by the agent).
+    #[arg(long, hide = true, value_name = "DATA_DIR")]
+    guard: Option<PathBuf>,
+    /// The agent's `log.level`, `log.dir` and `log.type: json`, for the guard's log lines.
+    #[arg(long, hide = true, requires = "guard")]
+    guard_log_level: Option<String>,
+    #[arg(long, hide = true, requires = "guard")]
+    guard_log_dir: Option<PathBuf>,
+    #[arg(long, hide = true, requires = "guard")]
+    guard_log_json: bool,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +58,9 @@ fn main() -> ExitCode {
     }
     if args.validate_config {
         return validate(args.config.as_deref());
+    }
+    if let Some(data_dir) = &args.guard {
+        return guard(data_dir, &args);
     }
     let loaded = match Config::load(args.config.as_deref()) {
         Ok(l) => l,
@@ -81,6 +99,57 @@ fn main() -> ExitCode {
             logging::critical(&format!("{e:#}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The guard process (`pgpilot_ha::guard`), logging where the agent logs.
+fn guard(data_dir: &std::path::Path, args: &Args) -> ExitCode {
+    let log = pgpilot_config::LogConfig {
+        level: args
+            .guard_log_level
+            .clone()
+            .unwrap_or_else(|| "INFO".into()),
+        format_json: args.guard_log_json,
+        dir: args.guard_log_dir.clone(),
+    };
+    if let Err(e) = logging::init(&log) {
+        eprintln!("can not set up logging: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match pgpilot_ha::guard::run_guard(data_dir) {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Starts the guard process for this configuration, or says why there is none. A guard that is
+/// on and can not be started keeps this member out of the leader race (`Guard::failed`).
+fn start_guard(cfg: &Config) -> Guard {
+    if !cfg.guard {
+        tracing::warn!("pgpilot.guard is off: a frozen agent's PostgreSQL stays writable until its agent runs again");
+        return Guard::off();
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            return Guard::failed(format!(
+                "can not start the guard process: can not find the pgpilot executable: {e}"
+            ))
+        }
+    };
+    let mut args: Vec<OsString> = vec!["--guard".into(), cfg.postgresql.data_dir.clone().into()];
+    args.push("--guard-log-level".into());
+    args.push(cfg.log.level.clone().into());
+    if let Some(dir) = &cfg.log.dir {
+        args.push("--guard-log-dir".into());
+        args.push(dir.clone().into());
+    }
+    if cfg.log.format_json {
+        args.push("--guard-log-json".into());
+    }
+    match ProcessLink::spawn(&exe, args) {
+        Ok(link) => Guard::new(Box::new(link)),
+        Err(e) => Guard::failed(e.to_string()),
     }
 }
 
@@ -229,8 +298,10 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         tls: server_tls,
         live_pg: Some(live_pg(pg.clone())),
     };
+    let guard = start_guard(&cfg);
     let mut agent = Agent::new(cfg, dcs.clone(), pg, Arc::new(client), snap_tx)
-        .with_commands(cmd_rx, config_path);
+        .with_commands(cmd_rx, config_path)
+        .with_guard(guard);
     agent
         .check_unique_name()
         .await

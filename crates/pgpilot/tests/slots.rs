@@ -1,8 +1,9 @@
 //! Replication slots with real agents: members' slots and the permanent slots of
 //! `/config.slots` are created on the leader, `/status` publishes their positions and the
-//! retained member slots, the replica keeps the physical ones advanced to those positions, a
-//! slot a user made survives (whether `ignore_slots` lists it or not), and a permanent slot
-//! removed from `/config` is dropped.
+//! retained member slots, the replica keeps the physical ones advanced to those positions and
+//! a copy of the logical one that is usable after a failover, a slot a user made survives
+//! when `ignore_slots` lists it and is dropped when nothing does (Patroni's rule), and a
+//! permanent slot removed from `/config` is dropped. A `replicatefrom` member streams from the member it names.
 
 mod harness;
 
@@ -37,7 +38,7 @@ async fn permanent_slots_status_and_ignored_slots() {
         doc["bootstrap"]["dcs"]["slots"] = json!({
             "perm_phys": {"type": "physical"},
             "perm_short": null,
-            "perm_logical": {"type": "logical", "database": "postgres", "plugin": "pgoutput"},
+            "perm_logical": {"type": "logical", "database": "postgres", "plugin": "test_decoding"},
         });
         doc["bootstrap"]["dcs"]["ignore_slots"] =
             json!([{"name": "user_keep", "type": "physical"}]);
@@ -84,7 +85,7 @@ async fn permanent_slots_status_and_ignored_slots() {
     assert!(status["optime"].as_u64().unwrap() > 0, "{status}");
 
     // The replica (a failover candidate) keeps the leader's slot and the permanent physical
-    // ones, not the logical one, and advances them to the leader's /status positions.
+    // ones, advanced to the leader's /status positions, and a copy of the logical one.
     let leader_slot = cluster.member(leader).name.replace('-', "_");
     cluster
         .wait(
@@ -98,7 +99,10 @@ async fn permanent_slots_status_and_ignored_slots() {
                         "{have:?}"
                     );
                 }
-                anyhow::ensure!(!have.contains_key("perm_logical"), "{have:?}");
+                anyhow::ensure!(
+                    have.get("perm_logical").map(String::as_str) == Some("logical"),
+                    "{have:?}"
+                );
                 anyhow::ensure!(!have.contains_key(&replica_slot), "{have:?}");
                 Ok(())
             },
@@ -159,12 +163,18 @@ async fn permanent_slots_status_and_ignored_slots() {
             Ok(())
         })
         .await;
-    // A few more cycles (loop_wait 1): the users' slots and the rest are still there.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The slot nothing lists goes, as Patroni drops it; the ignored one and the rest stay.
+    cluster
+        .wait(Duration::from_secs(30), "user_other dropped", async || {
+            let have = slots(&cluster, leader).await?;
+            anyhow::ensure!(!have.contains_key("user_other"), "{have:?}");
+            Ok(())
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let have = slots(&cluster, leader).await.unwrap();
     for name in [
         "user_keep",
-        "user_other",
         "perm_short",
         "perm_logical",
         replica_slot.as_str(),
@@ -176,6 +186,137 @@ async fn permanent_slots_status_and_ignored_slots() {
         log.contains("Dropped replication slot 'perm_phys'"),
         "{log}"
     );
-    assert!(!log.contains("Dropped replication slot 'user_"), "{log}");
+    assert!(
+        !log.contains("Dropped replication slot 'user_keep'"),
+        "{log}"
+    );
+    assert!(
+        cluster
+            .agent_log(replica)
+            .contains("Copying logical replication slots [\"perm_logical\"]"),
+        "{}",
+        cluster.agent_log(replica)
+    );
+    cluster.assert_agents_alive();
+
+    // The leader's node dies. The replica is promoted, and its copy of the logical slot
+    // decodes what is written on it from then on: a consumer of the slot resumes on the new
+    // primary.
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute(
+            "CREATE TABLE after_failover (id int, note text); \
+             INSERT INTO after_failover VALUES (0, 'before')",
+        )
+        .await
+        .unwrap();
+    cluster.wait_for_row(replica, "after_failover", 0).await;
+    cluster.kill_agent(leader);
+    cluster.kill_postmaster(leader);
+    let new_leader = cluster
+        .wait_for_leader_except(&[leader], Duration::from_secs(60))
+        .await;
+    assert_eq!(new_leader, replica);
+    cluster
+        .wait_writable(replica, "after_failover", 1, "")
+        .await;
+    let changes: Vec<String> = cluster
+        .wait(
+            Duration::from_secs(30),
+            "perm_logical decodes on the new primary",
+            async || {
+                let rows = cluster
+                    .pg_connect_try(replica)
+                    .await?
+                    .query(
+                        "SELECT data FROM pg_logical_slot_get_changes('perm_logical', NULL, NULL)",
+                        &[],
+                    )
+                    .await?;
+                let data: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                anyhow::ensure!(
+                    data.iter()
+                        .any(|d| d.contains("after_failover") && d.contains("id[integer]:1")),
+                    "{data:?}"
+                );
+                Ok(data)
+            },
+        )
+        .await;
+    assert!(!changes.is_empty());
+}
+
+/// `replicatefrom`: the tagged member streams from the member it names (a cascade), and that
+/// member keeps its slot; the leader keeps one too (member slots are retained everywhere) and
+/// advances it from the position the cascading member reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicatefrom_streams_from_the_named_member() {
+    harness::init();
+    let options = Options {
+        customize: Some(Arc::new(|i, doc: &mut Value| {
+            if i == 2 {
+                doc["tags"] = json!({"replicatefrom": "pg-1"});
+            }
+        })),
+        ..Options::default()
+    };
+    // pg-0 leads; pg-1 joins it; then pg-2, tagged to stream from pg-1.
+    let cluster = Cluster::new(3, options);
+    cluster.start_agent(0);
+    let leader = cluster.wait_for_leader().await;
+    assert_eq!(leader, 0);
+    let (middle, tail) = (1, 2);
+    cluster.start_agent(middle);
+    cluster.wait_for_walsenders(leader, &[middle]).await;
+    cluster.start_agent(tail);
+    cluster
+        .wait(
+            Duration::from_secs(60),
+            "pg-2 streams from pg-1",
+            async || {
+                let rows = cluster.replication_rows(middle).await?;
+                anyhow::ensure!(
+                    rows.iter().any(|(app, state, slot)| app == "pg-2"
+                        && state == "streaming"
+                        && slot.as_deref() == Some("pg_2")),
+                    "{rows:?}"
+                );
+                let on_leader = cluster.replication_rows(leader).await?;
+                anyhow::ensure!(
+                    !on_leader.iter().any(|(app, ..)| app == "pg-2"),
+                    "{on_leader:?}"
+                );
+                Ok(())
+            },
+        )
+        .await;
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute("CREATE TABLE cascaded (id int); INSERT INTO cascaded VALUES (1)")
+        .await
+        .unwrap();
+    cluster.wait_for_row(tail, "cascaded", 1).await;
+    cluster
+        .wait(
+            Duration::from_secs(30),
+            "the leader's pg_2 slot follows pg-2",
+            async || {
+                let row = cluster
+                    .pg_connect_try(leader)
+                    .await?
+                    .query_one(
+                        "SELECT active, restart_lsn >= pg_current_wal_flush_lsn() - 1048576 \
+                         FROM pg_replication_slots WHERE slot_name = 'pg_2'",
+                        &[],
+                    )
+                    .await?;
+                anyhow::ensure!(!row.get::<_, bool>(0), "pg_2 is active on the leader");
+                anyhow::ensure!(row.get::<_, bool>(1), "pg_2 is not advanced");
+                Ok(())
+            },
+        )
+        .await;
     cluster.assert_agents_alive();
 }

@@ -21,11 +21,12 @@ use crate::decide::{
     follow_callback, start_after_renewal, ActionKind, DataState, Decision, Observation, PgChange,
     PgView,
 };
+use crate::guard::RenewalStart;
 use crate::hooks::{CallbackAction, Hooks};
 use crate::params::{effective_parameters, effective_pg_hba};
 use crate::slots::{
-    advance_changes, plan_slots, plan_slots_as, status_slots, update_retain, SlotInputs, SlotPlan,
-    SlotRole,
+    advance_changes, plan_slots, plan_slots_as, replica_logical_changes, status_slots,
+    update_retain, without_primary_slot, SlotInputs, SlotPlan, SlotRole,
 };
 use crate::sync::Ssn;
 
@@ -151,8 +152,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 slot_name: None,
             };
         }
-        let upstream = leader
-            .and_then(|l| cluster.and_then(|c| c.member(l)))
+        // Patroni's `_get_node_to_follow`: the `replicatefrom` member while its key exists
+        // (cascading replication), else the leader.
+        let upstream_member = self
+            .cfg
+            .tags
+            .replicatefrom
+            .as_deref()
+            .filter(|r| *r != self.cfg.name && leader.is_some())
+            .and_then(|r| cluster.and_then(|c| c.member(r)))
+            .filter(|m| m.data.host_port().is_some())
+            .or_else(|| leader.and_then(|l| cluster.and_then(|c| c.member(l))));
+        let upstream = upstream_member
             .and_then(|m| m.data.host_port())
             .map(|(host, port)| Upstream { host, port });
         StandbyConfig {
@@ -195,11 +206,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 self.demote(StopMode::Fast).await;
                 Ok("demoted self because DCS is not accessible and I was a leader".into())
             }
-            Decision::UpdateLockDuring { action } => match self.dcs.update_leader(None).await {
-                Ok(true) => {
-                    self.renewed();
-                    Ok(format!("updated leader lock during {}", action.describe()))
-                }
+            Decision::UpdateLockDuring { action } => match self.renew_lock(None).await {
+                Ok(true) => Ok(format!("updated leader lock during {}", action.describe())),
                 res => {
                     if let Err(e) = res {
                         error!("failed to update leader lock: {e}");
@@ -264,7 +272,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     error!("could not release the leader key: {e}");
                 }
                 self.last_renewal = None;
-                self.watchdog.disable();
+                self.disable_fencing();
                 Ok(msg)
             }
             Decision::StartPostgres {
@@ -274,16 +282,14 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 renew_lock_first,
             } => {
                 let (as_primary, msg) = if renew_lock_first {
-                    let renewed = match self.dcs.update_leader(None).await {
+                    let renewed = match self.renew_lock(None).await {
                         Ok(renewed) => renewed,
                         Err(e) => {
                             warn!("could not renew the leader lock before starting: {e}");
                             false
                         }
                     };
-                    if renewed {
-                        self.renewed();
-                    } else {
+                    if !renewed {
                         self.last_renewal = None;
                     }
                     start_after_renewal(as_primary, msg, renewed)
@@ -293,7 +299,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 // Patroni's `recover`: only a primary restarting under its key keeps the
                 // watchdog; a replica has no use for it until it is promoted.
                 if !as_primary {
-                    self.watchdog.disable();
+                    self.disable_fencing();
                 }
                 let standby = if as_primary {
                     None
@@ -337,7 +343,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 // key goes, and the next cycle starts PostgreSQL as a replica (after a rewind
                 // if needed).
                 info!("Primary crashed. Failing over.");
-                self.watchdog.disable();
+                self.disable_fencing();
                 self.last_renewal = None;
                 self.rewind.check = true;
                 self.role = Role::Demoted;
@@ -479,14 +485,40 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             kill_after,
         )
         .await?;
-        self.watchdog.disable();
+        self.disable_fencing();
         Ok(())
     }
 
-    /// A successful leader key renewal: note it and keep the watchdog alive.
-    pub(super) fn renewed(&mut self) {
-        self.last_renewal = Some(Instant::now());
+    /// Renews the leader key (`update_leader`) and, when that succeeded, notes it as sent now
+    /// (see [`Self::renewed`]).
+    pub(super) async fn renew_lock(
+        &mut self,
+        leader: Option<&pgpilot_dcs::Leader>,
+    ) -> Result<bool, pgpilot_dcs::DcsError> {
+        let start = self.guard.renewal_started();
+        let renewed = self.dcs.update_leader(leader).await?;
+        if renewed {
+            self.renewed(start);
+        }
+        Ok(renewed)
+    }
+
+    /// A successful leader key renewal (or acquisition) whose request was sent at `start`: note
+    /// it, keep the watchdog alive, and arm the guard until `start + ttl - margin` (outside
+    /// maintenance mode, where nothing is fenced automatically).
+    pub(super) fn renewed(&mut self, start: RenewalStart) {
+        self.last_renewal = Some(start.at);
         self.watchdog.keepalive();
+        if !self.dynamic.pause {
+            self.guard.arm(start, self.dynamic.ttl);
+        }
+    }
+
+    /// This member may fence no more (not leading, maintenance mode, PostgreSQL stopped): the
+    /// watchdog is closed and the guard disarmed.
+    pub(super) fn disable_fencing(&mut self) {
+        self.watchdog.disable();
+        self.guard.disarm();
     }
 
     /// After acting: a member that does not hold the key and whose PostgreSQL is stopped or in
@@ -501,8 +533,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     ..
                 }
         );
-        if self.watchdog.is_running() && self.last_renewal.is_none() && not_primary {
-            self.watchdog.disable();
+        let fencing = self.watchdog.is_running() || self.guard.is_armed();
+        if fencing && self.last_renewal.is_none() && not_primary {
+            self.disable_fencing();
         }
     }
 
@@ -586,8 +619,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             return (None, None);
         }
         let retain_slots = cluster.status.retain_slots.clone().unwrap_or_default();
-        // Slots a leader (this one or an earlier one) published are pgpilot's or Patroni's.
-        self.remember_published_slots(cluster);
         let existing = match self.pg.list_slots().await {
             Ok(e) => e,
             Err(e) => {
@@ -606,7 +637,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
         };
         let inputs = self.slot_inputs(cluster, &retain_slots, &existing);
-        let plan = plan_slots(&inputs);
+        let mut plan = plan_slots(&inputs);
+        // A slot nobody streams through (a cascading member's) follows the member's position.
+        let advances = advance_changes(&plan, &existing, cluster.status.slots.as_ref());
+        plan.changes.extend(advances);
         let own = slot_name_for(&self.cfg.name);
         let published = status_slots(
             &plan,
@@ -619,13 +653,14 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let retain_names = retained(&retain);
         self.slot_retain = Some(retain);
         log_expired(&expired, ttl);
-        self.carry_out(&plan).await;
+        self.carry_out(cluster, &mut plan).await;
         (published, retain_names)
     }
 
-    /// Replica side of §5.9 on a failover candidate running PostgreSQL 11+ in recovery: the
+    /// Replica side of §5.9 on PostgreSQL 11+ in recovery: on a failover candidate the
     /// members' physical slots (with `member_slots_ttl` > 0; the leader's included) and the
-    /// permanent physical slots, advanced to the leader's `/status.slots` positions.
+    /// permanent physical slots, advanced to the leader's `/status.slots` positions; on a
+    /// `nofailover` member the slots of the members that stream from it.
     pub(super) async fn sync_replica_slots(&mut self, obs: &Observation) {
         let Some(cluster) = obs.cluster.as_ref() else {
             return;
@@ -638,11 +673,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
         );
         let version = self.last_pg.as_ref().map_or(0, |p| p.server_version);
-        if !self.dynamic.use_slots
-            || !recovering
-            || version < 110_000
-            || !self.cfg.tags.can_failover()
-        {
+        if !self.dynamic.use_slots || !recovering || version < 110_000 {
             return;
         }
         let existing = match self.pg.list_slots().await {
@@ -652,11 +683,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 return;
             }
         };
-        self.remember_published_slots(cluster);
         let retain_slots = cluster.status.retain_slots.clone().unwrap_or_default();
         let inputs = self.slot_inputs(cluster, &retain_slots, &existing);
         let role = SlotRole::Replica {
-            members: !self.dynamic.member_slots_ttl.is_zero(),
+            nofailover: !self.cfg.tags.can_failover(),
         };
         let mut plan = plan_slots_as(&inputs, role);
         plan.changes.extend(advance_changes(
@@ -664,23 +694,116 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             &existing,
             cluster.status.slots.as_ref(),
         ));
-        self.carry_out(&plan).await;
+        // Copies of the permanent logical slots: not on a member without streaming or
+        // cascading from one (no feedback reaches the primary, so its copies would not be safe
+        // to use).
+        if without_primary_slot(
+            &cluster.members,
+            &self.cfg.name,
+            self.cfg.tags.nostream,
+            self.cfg.tags.replicatefrom.as_deref(),
+        ) {
+            plan.replica_logical.clear();
+        }
+        let replayed = self
+            .last_pg
+            .as_ref()
+            .and_then(|p| p.replay_lsn)
+            .map_or(0, |l| l.0);
+        let (advance, copy) =
+            replica_logical_changes(&plan, &existing, cluster.status.slots.as_ref(), replayed);
+        plan.changes.extend(advance);
+        self.carry_out(cluster, &mut plan).await;
+        if !copy.is_empty() {
+            self.copy_logical_slots(cluster, &plan, copy).await;
+        }
+    }
+
+    /// Patroni's `copy_logical_slots`: the state of the leader's logical slots we lack is read
+    /// over a superuser connection, then PostgreSQL is stopped, the state files are put in
+    /// `pg_replslot` and PostgreSQL starts again (a background restart task). A logical slot
+    /// cannot be created on a standby; a copy made this way is advanced from then on, and is
+    /// usable after a failover because `hot_standby_feedback` made the primary keep the
+    /// catalog rows it needs.
+    async fn copy_logical_slots(&mut self, cluster: &Cluster, plan: &SlotPlan, names: Vec<String>) {
+        if self.task.is_some() {
+            return;
+        }
+        let Some(leader) = cluster.leader.as_ref() else {
+            return;
+        };
+        let Some((host, port)) = cluster
+            .member(&leader.name)
+            .and_then(|m| m.data.host_port())
+        else {
+            return;
+        };
+        let states = match self
+            .pg
+            .read_logical_slots(&Upstream { host, port }, &names)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                error!(
+                    "Failed to copy logical slots from the {} via postgresql connection: {e}",
+                    leader.name
+                );
+                return;
+            }
+        };
+        let states: Vec<_> = states
+            .into_iter()
+            .filter(|s| {
+                let fits = plan
+                    .replica_logical
+                    .get(&s.name)
+                    .is_some_and(|(db, plugin)| *db == s.database && *plugin == s.plugin);
+                if !fits {
+                    warn!(
+                        "Will not copy the logical slot \"{}\" due to the configuration mismatch",
+                        s.name
+                    );
+                }
+                fits
+            })
+            .collect();
+        if states.is_empty() {
+            return;
+        }
+        let copied: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
+        info!(
+            "Copying logical replication slots {copied:?} from the primary {}",
+            leader.name
+        );
+        let pg = self.pg.clone();
+        let timeout = self.pg_ctl_timeout();
+        self.state = State::Restarting;
+        self.spawn_task::<_, PgError>(ActionKind::Restart, async move {
+            pg.stop(StopMode::Fast, timeout).await?;
+            // Start again whether or not the files went in: a replica left down is worse
+            // than a slot copied on the next attempt.
+            let installed = pg.install_logical_slots(&states);
+            pg.start(timeout).await?;
+            installed
+        });
     }
 
     /// Applies planned slot changes, logging each outcome with Patroni's sentences.
-    async fn apply_slot_changes(&mut self, changes: &[SlotChange]) {
-        for change in changes {
+    async fn apply_slot_changes(&mut self, plan: &SlotPlan) {
+        for change in &plan.changes {
             // Patroni drops nothing while paused.
             if self.dynamic.pause && matches!(change, SlotChange::Drop(_)) {
                 continue;
             }
             if let SlotChange::Drop(name) = change {
-                info!("Trying to drop unknown replication slot '{name}'");
+                if !plan.wanted.contains_key(name) {
+                    info!("Trying to drop unknown replication slot '{name}'");
+                }
             }
             match (self.pg.change_slot(change).await, change) {
                 (Ok(()), SlotChange::Drop(name)) => {
                     info!("Dropped replication slot '{name}'");
-                    self.slot_managed.remove(name);
                 }
                 (Ok(()), _) => {}
                 (Err(e), SlotChange::Drop(name)) => {
@@ -694,7 +817,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                         "Failed to create logical replication slot '{name}' plugin='{plugin}': {e}"
                     )
                 }
-                (Err(e), SlotChange::Advance { name, lsn }) => {
+                (
+                    Err(e),
+                    SlotChange::Advance { name, lsn }
+                    | SlotChange::AdvanceLogical { name, lsn, .. },
+                ) => {
                     error!(
                         "Error while advancing replication slot {name} to position '{}': {e}",
                         pgpilot_postgres::Lsn(*lsn)
@@ -710,36 +837,33 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         retain_slots: &'a [String],
         existing: &'a [SlotInfo],
     ) -> SlotInputs<'a> {
+        let version = self.last_pg.as_ref().map_or(0, |p| p.server_version);
         SlotInputs {
             me: &self.cfg.name,
+            leader: cluster.leader.as_ref().map(|l| l.name.as_str()),
+            retention: !self.dynamic.member_slots_ttl.is_zero() && version >= 110_000,
             members: &cluster.members,
             retain_slots,
             permanent: &self.dynamic.permanent_slots,
             ignore: &self.dynamic.ignore_slots,
             existing,
-            managed: &self.slot_managed,
         }
     }
 
-    /// Slots a leader (this one or an earlier one) published are pgpilot's or Patroni's.
-    fn remember_published_slots(&mut self, cluster: &Cluster) {
-        self.slot_managed.extend(
-            cluster
-                .status
-                .slots
-                .iter()
-                .flat_map(|m| m.keys().cloned())
-                .chain(cluster.status.retain_slots.iter().flatten().cloned()),
-        );
-    }
-
-    /// Logs the plan's errors, remembers its slots as ours and applies its changes.
-    async fn carry_out(&mut self, plan: &SlotPlan) {
+    /// Logs the plan's sentences and applies its changes.
+    async fn carry_out(&mut self, cluster: &Cluster, plan: &mut SlotPlan) {
+        // As Patroni: without `/config` in the DCS the permanent slots are not known, so
+        // nothing is dropped.
+        if cluster.config.is_none() {
+            plan.changes.retain(|c| !matches!(c, SlotChange::Drop(_)));
+        }
         for e in &plan.errors {
             error!("{e}");
         }
-        self.slot_managed.extend(plan.wanted.keys().cloned());
-        self.apply_slot_changes(&plan.changes).await;
+        for n in &plan.notes {
+            warn!("{n}");
+        }
+        self.apply_slot_changes(plan).await;
     }
 }
 

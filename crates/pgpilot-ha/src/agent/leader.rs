@@ -13,9 +13,9 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 
 use crate::decide::{
-    after_acquire, after_pre_promote, after_watchdog_refused, manual_failover_from_leader,
-    valid_sysid, AfterAcquire, AfterPrePromote, ManualFailover, Observation, PgView,
-    PrePromoteOutcome, WatchdogRefused,
+    after_acquire, after_guard_refused, after_pre_promote, after_watchdog_refused,
+    manual_failover_from_leader, valid_sysid, AfterAcquire, AfterPrePromote, ManualFailover,
+    Observation, PgView, PrePromoteOutcome, WatchdogRefused,
 };
 use crate::hooks::{self, CallbackAction};
 use crate::sync;
@@ -51,13 +51,14 @@ impl Promotion {
 
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     pub(super) async fn acquire_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
+        let start = self.guard.renewal_started();
         let outcome = self
             .dcs
             .attempt_to_acquire_leader()
             .await
             .map_err(|e| e.to_string());
         if outcome == Ok(true) {
-            self.last_renewal = Some(Instant::now());
+            self.renewed(start);
             if let Some(f) = obs.cluster.as_ref().and_then(|c| c.failover.as_ref()) {
                 // A stale `/failover` key is harmless (the next leader cycle clears it too),
                 // but say so.
@@ -94,12 +95,27 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
 
     /// Patroni's `enforce_primary_role` first step: outside maintenance mode a leader arms its
     /// watchdog before running a primary. If `required` and it does not arm, the key goes
-    /// (after stopping a primary at once): `Some(sentence of the cycle)`.
+    /// (after stopping a primary at once): `Some(sentence of the cycle)`. The same for a guard
+    /// process that is on and did not take the renewal's deadline (it could not be started
+    /// again).
     async fn arm_watchdog(&mut self, obs: &Observation) -> Option<String> {
-        if obs.paused || self.watchdog.is_running() || self.watchdog.activate() {
+        if obs.paused {
             return None;
         }
-        let msg = match after_watchdog_refused(obs) {
+        let refused = if !self.guard.is_healthy() {
+            error!(
+                "{}",
+                self.guard
+                    .failure()
+                    .unwrap_or("the guard process is not running")
+            );
+            after_guard_refused(obs)
+        } else if self.watchdog.is_running() || self.watchdog.activate() {
+            return None;
+        } else {
+            after_watchdog_refused(obs)
+        };
+        let msg = match refused {
             WatchdogRefused::Demote { msg } => {
                 if !self.demote(StopMode::Immediate).await {
                     // Still a primary: keep the key (the armed-or-not watchdog fences).
@@ -208,8 +224,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     error!("Exception when calling `{command}`: {e}");
                     return PrePromoteOutcome::Failed;
                 }
-                Err(_) => match self.dcs.update_leader(None).await {
-                    Ok(true) => self.renewed(),
+                Err(_) => match self.renew_lock(None).await {
+                    Ok(true) => {}
                     res => {
                         if let Err(e) = res {
                             error!("failed to update leader lock: {e}");
@@ -227,9 +243,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     pub(super) async fn renew_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
         let me = self.cfg.name.clone();
         let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
-        match self.dcs.update_leader(leader.as_ref()).await {
+        match self.renew_lock(leader.as_ref()).await {
             Ok(true) => {
-                self.renewed();
                 if let Some(msg) = self.arm_watchdog(obs).await {
                     return Ok(msg);
                 }

@@ -39,6 +39,12 @@
 //! clean shutdown. If PostgreSQL can not be stopped it stays armed without keepalives: the host
 //! is reset before the key expires.
 //!
+//! The guard process (`crate::guard`) hooks into the same points: every successful renewal
+//! outside maintenance mode arms it until `sent + ttl - margin` (the instant is taken before the
+//! request goes to the DCS), and it is disarmed wherever the watchdog is closed. A member whose
+//! guard is on but not running does not run for leader, and a leader in that state lets the key
+//! go as with a `required` watchdog that does not arm.
+//!
 //! The user's hooks (`crate::hooks`) are run where Patroni runs them: `before_stop` and
 //! `on_stop` around every stop of a running PostgreSQL (`act::stop_postgres`), the callback a
 //! start, restart or reload fires once it is done (chosen by `decide::follow_callback`),
@@ -46,7 +52,7 @@
 //! `on_start` after bootstrap and on the first cycle that finds PostgreSQL running, and
 //! `pre_promote` before a promotion, waited for while the key is renewed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +68,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::decide::{decide, ActionKind, DataState, Observation, PgView};
+use crate::guard::Guard;
 use crate::hooks::{CallbackAction, HookSettings, Hooks};
 use crate::sync::Ssn;
 use crate::watchdog::{SystemWatchdogs, Watchdog, WatchdogOpener};
@@ -163,8 +170,6 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     sync_duty: SyncDuty,
     /// The desired configuration last written to disk (skip rewriting an unchanged one).
     written: Option<DesiredConfig>,
-    /// Slot names pgpilot manages or managed: the only ones it may drop (see [`crate::slots`]).
-    slot_managed: BTreeSet<String>,
     /// Retention of absent members' slots (`/status.retain_slots`) with the time each was
     /// last seen; `None` until the first cycle as leader, which starts them from `/status`.
     slot_retain: Option<BTreeMap<String, Instant>>,
@@ -183,6 +188,8 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     not_streaming_since: Option<Instant>,
     /// The watchdog device, armed only for leader duty (module docs).
     watchdog: Watchdog,
+    /// The guard process, armed with every renewal outside maintenance mode (module docs).
+    guard: Guard,
     /// Callbacks, `pre_promote`, `before_stop` (module docs).
     hooks: Hooks,
     /// When we last gave the key back because `pre_promote` failed: for a ttl after it this
@@ -230,7 +237,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             rewind: Rewind::default(),
             sync_duty: SyncDuty::default(),
             written: None,
-            slot_managed: BTreeSet::new(),
             slot_retain: None,
             history_timeline: 0,
             run_again: false,
@@ -240,6 +246,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             scheduled_restart: None,
             not_streaming_since: None,
             watchdog,
+            guard: Guard::off(),
             hooks,
             pre_promote_released_at: None,
         }
@@ -253,6 +260,13 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self.dynamic.ttl,
             self.dynamic.loop_wait,
         );
+        self
+    }
+
+    /// Fences through `guard` (the binary starts the process; without this call there is no
+    /// guard, as in unit tests and the simulation).
+    pub fn with_guard(mut self, guard: Guard) -> Agent<D, P, Pg> {
+        self.guard = guard;
         self
     }
 
@@ -390,12 +404,14 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             .configure(HookSettings::effective(&self.cfg.postgresql, &self.dynamic));
 
         // The watchdog follows the local section and the key's timing; maintenance mode
-        // closes it (Patroni: "paused -> disable watchdog").
+        // closes it (Patroni: "paused -> disable watchdog") and disarms the guard: no automatic
+        // action, fencing included.
         self.watchdog
             .configure(&self.cfg.watchdog, self.dynamic.ttl, self.dynamic.loop_wait);
         if self.dynamic.pause {
-            self.watchdog.disable();
+            self.disable_fencing();
         }
+        self.guard.retry();
 
         // Finish a background task that ended.
         if let Some(msg) = self.reap_task(cluster.as_ref()).await? {
@@ -479,6 +495,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self_demoted: self.rewind.check || self.rewind.done,
             sync: self.sync_params(),
             watchdog_usable: self.watchdog.is_healthy(),
+            guard_usable: self.guard.is_healthy(),
             primary_start_timeout: self.dynamic.primary_start_timeout,
             pre_promote_backoff: self
                 .pre_promote_released_at

@@ -1,8 +1,10 @@
 //! Shutdown (SIGTERM) in one place: stop the background task; unless paused, stop PostgreSQL,
 //! close the watchdog, and if we hold the leader key publish the shutdown checkpoint and release
 //! the key; touch our member key one last time. Paused: PostgreSQL and the key stay, the
-//! watchdog is closed. If PostgreSQL can not be stopped, the key and the watchdog stay. Last, the
-//! callbacks still running (`on_stop`) are given a few seconds to finish, then killed.
+//! watchdog is closed. If PostgreSQL can not be stopped, the key and the watchdog stay. Then the
+//! guard's pipe is closed: a disarmed guard exits (and is waited for), an armed one (PostgreSQL
+//! could not be stopped) keeps its deadline and fences at it. Last, the callbacks still running
+//! (`on_stop`) are given a few seconds to finish, then killed.
 
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// The written shutdown order (module docs).
     pub(super) async fn shutdown(&mut self) {
         self.stop_for_shutdown().await;
+        self.guard.close();
         self.hooks.finish(CALLBACKS_AT_EXIT).await;
     }
 
@@ -31,7 +34,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let paused = self.last_cluster.as_deref().is_some_and(Cluster::is_paused);
         if paused {
             info!("Leader key is not deleted and Postgresql is not stopped due paused state");
-            self.watchdog.disable();
+            self.disable_fencing();
             return;
         }
         let was_leader = self.last_renewal.is_some();

@@ -165,7 +165,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                         }
                         self.role = Role::Demoted;
                         self.last_renewal = None;
-                        self.watchdog.disable();
+                        self.disable_fencing();
                         if let Err(e) = self.dcs.delete_leader().await {
                             error!("could not release the leader key: {e}");
                         }
@@ -197,6 +197,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             error!("Cancelling bootstrap because watchdog activation failed");
             return Err(self.cancel_initialization().await);
         }
+        if let Some(why) = self.guard.failure() {
+            error!("Cancelling bootstrap because the guard process is not running: {why}");
+            return Err(self.cancel_initialization().await);
+        }
+        let start = self.guard.renewal_started();
         let config = Value::Object(self.cfg.bootstrap.dcs.clone()).to_string();
         let res = async {
             self.dcs.initialize(false, &sysid).await?;
@@ -209,7 +214,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 "Failed to bootstrap cluster: could not publish it in DCS: {e}"
             )));
         }
-        self.last_renewal = Some(Instant::now());
+        self.renewed(start);
         self.role = Role::Primary;
         self.state = State::Running;
         self.hooks.fire(CallbackAction::OnStart, Role::Primary);

@@ -77,6 +77,9 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
     if !o.watchdog_usable {
         return Err("Watchdog device is not usable".into());
     }
+    if !o.guard_usable {
+        return Err("The guard process is not running".into());
+    }
     if !sync::may_race(&o.sync, &o.me, cluster.sync.as_ref()) {
         return Err("I am not a synchronous standby (not listed in /sync)".into());
     }

@@ -127,6 +127,9 @@ pub struct Observation {
     /// The watchdog can do its duty: `false` only with `watchdog.mode: required` and a device
     /// that can not be used. Such a member does not run for leader.
     pub watchdog_usable: bool,
+    /// The guard process (`crate::guard`) can fence this member: `false` only when it is on
+    /// and could not be started. Such a member does not run for leader.
+    pub guard_usable: bool,
     /// `primary_start_timeout`: zero means a crashed primary hands over at once when another
     /// member can take over.
     pub primary_start_timeout: Duration,
@@ -225,6 +228,16 @@ pub enum WatchdogRefused {
 
 /// The pure follow-up of a failed watchdog activation while holding the key.
 pub fn after_watchdog_refused(o: &Observation) -> WatchdogRefused {
+    after_fence_refused(o, "watchdog")
+}
+
+/// The same for a guard process that is on but not running: the key goes as it would for a
+/// `required` watchdog.
+pub fn after_guard_refused(o: &Observation) -> WatchdogRefused {
+    after_fence_refused(o, "the guard process")
+}
+
+fn after_fence_refused(o: &Observation, fence: &str) -> WatchdogRefused {
     if matches!(
         o.pg,
         PgView::Running {
@@ -233,11 +246,11 @@ pub fn after_watchdog_refused(o: &Observation) -> WatchdogRefused {
         }
     ) {
         WatchdogRefused::Demote {
-            msg: "Demoting self because watchdog could not be activated".into(),
+            msg: format!("Demoting self because {fence} could not be activated"),
         }
     } else {
         WatchdogRefused::Release {
-            msg: "Not promoting self because watchdog could not be activated".into(),
+            msg: format!("Not promoting self because {fence} could not be activated"),
         }
     }
 }

@@ -442,6 +442,8 @@ impl World {
             sync: a.sync_params(),
             // Not modelled (see the module docs of `sim`): no member is refused for it.
             watchdog_usable: true,
+            // Nor is the guard.
+            guard_usable: true,
             // The peers are not asked after a crash, so a zero timeout never hands over here.
             primary_start_timeout: a.dynamic.primary_start_timeout,
             // No hooks are simulated: `pre_promote` never fails.

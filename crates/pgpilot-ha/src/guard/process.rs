@@ -1,0 +1,341 @@
+//! The guard process (`pgpilot --guard DATA_DIR`): reads the agent's messages from stdin, keeps
+//! the lease deadline on `CLOCK_BOOTTIME`, and fences when it passes (module docs of
+//! [`super`]). No async runtime: one thread reads the pipe, the main thread waits for a line or
+//! the deadline, whichever comes first, in slices of at most [`POLL`] so that the clock is read
+//! again soon after a suspend (a sleep's timeout does not count suspended time).
+//!
+//! [`GuardState`] is the pure part (messages and the clock in, [`Step`] out), tested without
+//! processes; `fence` is the part that signals PostgreSQL.
+//!
+//! The fence is an immediate shutdown: SIGQUIT to the postmaster. PostgreSQL's postmaster then
+//! sends SIGQUIT to every backend at once and exits; no backend commits or acknowledges anything
+//! after that, nothing more is written to WAL (no shutdown checkpoint, unlike a fast shutdown,
+//! which waits for it), and the next start is an ordinary crash recovery. A smart or fast
+//! shutdown could take longer than the margin; SIGKILL of the postmaster alone would leave the
+//! backends running until they notice. If the postmaster is still there after [`KILL_AFTER`]
+//! (stuck, or itself stopped), SIGKILL goes to its process group, which holds every backend
+//! (pg_ctl starts the postmaster as a session leader).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use tracing::{error, info, warn};
+
+use super::{boot_time, Message};
+
+/// The longest the main loop sleeps without reading the clock while armed.
+const POLL: Duration = Duration::from_millis(100);
+/// How long the postmaster gets to go after SIGQUIT before SIGKILL (below [`super::margin`]'s
+/// smallest value, so the whole fence is over before the key can expire).
+pub const KILL_AFTER: Duration = Duration::from_millis(500);
+/// How long the guard waits for a SIGKILLed postmaster to be gone, for the log.
+const GONE_AFTER_KILL: Duration = Duration::from_secs(5);
+
+/// What the guard does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Wait for a message; at most this long when armed (`None`: disarmed, no deadline).
+    Wait(Option<Duration>),
+    /// The deadline passed: stop PostgreSQL now.
+    Fence,
+    /// Disarmed and the agent is gone: nothing left to guard.
+    Exit,
+}
+
+/// The guard's deadline bookkeeping. Times are readings of `CLOCK_BOOTTIME`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GuardState {
+    /// Armed until then: past it, PostgreSQL is stopped.
+    deadline: Option<Duration>,
+    /// The agent closed the pipe (it exited, crashed or was killed).
+    agent_gone: bool,
+}
+
+impl GuardState {
+    /// A message read at `now`. `arm` counts from the agent's stamp when the stamp is not in the
+    /// future (the time the line waited in the pipe is not given away twice), else from `now`;
+    /// the latest message wins.
+    pub fn message(&mut self, msg: Message, now: Duration) {
+        self.deadline = match msg {
+            Message::Arm { valid, stamp } => {
+                let from = stamp.filter(|s| *s <= now).unwrap_or(now);
+                Some(from + valid)
+            }
+            Message::Disarm => None,
+        };
+    }
+
+    /// The pipe reached its end.
+    pub fn agent_gone(&mut self) {
+        self.agent_gone = true;
+    }
+
+    pub fn is_agent_gone(&self) -> bool {
+        self.agent_gone
+    }
+
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    /// The fence ran: disarmed until the agent (if any) arms again.
+    pub fn fenced(&mut self) {
+        self.deadline = None;
+    }
+
+    pub fn step(&self, now: Duration) -> Step {
+        match self.deadline {
+            Some(d) if now >= d => Step::Fence,
+            Some(d) => Step::Wait(Some((d - now).min(POLL))),
+            None if self.agent_gone => Step::Exit,
+            None => Step::Wait(None),
+        }
+    }
+}
+
+enum Input {
+    Line(String),
+    Eof,
+}
+
+/// The guard's main loop for the PostgreSQL of `data_dir`; returns the exit code.
+pub fn run_guard(data_dir: &Path) -> i32 {
+    let me = std::process::id();
+    let Some(_) = boot_time() else {
+        error!("guard {me}: CLOCK_BOOTTIME can not be read; the guard can not keep a deadline");
+        return 1;
+    };
+    info!("guard {me}: guarding {}", data_dir.display());
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::Builder::new()
+        .name("guard-stdin".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(Input::Line(line)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Input::Eof);
+        });
+    if let Err(e) = reader {
+        error!("guard {me}: can not start the reader thread: {e}");
+        return 1;
+    }
+    let now = || boot_time().unwrap_or_default();
+    let mut state = GuardState::default();
+    loop {
+        match state.step(now()) {
+            Step::Exit => {
+                info!("guard {me}: the agent is gone and the guard is disarmed; exiting");
+                return 0;
+            }
+            Step::Fence => {
+                fence(me, data_dir);
+                state.fenced();
+                if state.is_agent_gone() {
+                    return 0;
+                }
+            }
+            Step::Wait(limit) if state.is_agent_gone() => {
+                // Nothing more can come from the pipe: just watch the clock.
+                std::thread::sleep(limit.unwrap_or(POLL));
+            }
+            Step::Wait(limit) => {
+                let input = match limit {
+                    Some(t) => rx.recv_timeout(t),
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match input {
+                    Ok(Input::Line(line)) => match Message::parse(&line) {
+                        Some(msg) => {
+                            let was_armed = state.deadline().is_some();
+                            state.message(msg, now());
+                            match (was_armed, msg) {
+                                (false, Message::Arm { valid, .. }) => info!(
+                                    "guard {me}: armed, PostgreSQL is stopped in {} ms unless the lease is renewed",
+                                    valid.as_millis()
+                                ),
+                                (true, Message::Disarm) => info!("guard {me}: disarmed"),
+                                _ => {}
+                            }
+                        }
+                        None => warn!("guard {me}: ignoring the unknown message {line:?}"),
+                    },
+                    Ok(Input::Eof) | Err(RecvTimeoutError::Disconnected) => {
+                        state.agent_gone();
+                        if let Some(d) = state.deadline() {
+                            warn!(
+                                "guard {me}: the agent is gone while leading; PostgreSQL is stopped at the lease deadline in {} ms",
+                                d.saturating_sub(now()).as_millis()
+                            );
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Stops the postmaster of `data_dir`, if one runs (module docs).
+fn fence(me: u32, data_dir: &Path) {
+    let Some(pid) = postmaster(data_dir) else {
+        warn!(
+            "guard {me}: the lease deadline passed without a renewal; no postmaster runs in {}, nothing to stop",
+            data_dir.display()
+        );
+        return;
+    };
+    error!(
+        "guard {me}: the leader key was not renewed in time: stopping PostgreSQL (postmaster {pid}) with an immediate shutdown before the key can expire"
+    );
+    let target = Pid::from_raw(pid);
+    if let Err(e) = kill(target, Signal::SIGQUIT) {
+        error!("guard {me}: SIGQUIT to postmaster {pid} failed: {e}");
+    }
+    if wait_gone(pid, KILL_AFTER) {
+        info!("guard {me}: PostgreSQL stopped (immediate shutdown)");
+        return;
+    }
+    error!(
+        "guard {me}: postmaster {pid} still runs {} ms after SIGQUIT; SIGKILL to it and its backends",
+        KILL_AFTER.as_millis()
+    );
+    let group = nix::unistd::getpgid(Some(target)).ok() == Some(target);
+    let killed = if group {
+        killpg(target, Signal::SIGKILL)
+    } else {
+        kill(target, Signal::SIGKILL)
+    };
+    if let Err(e) = killed {
+        error!("guard {me}: SIGKILL to postmaster {pid} failed: {e}");
+    }
+    if wait_gone(pid, GONE_AFTER_KILL) {
+        info!("guard {me}: PostgreSQL killed");
+    } else {
+        error!("guard {me}: postmaster {pid} is still there after SIGKILL");
+    }
+}
+
+/// The postmaster of `data_dir`: the live PID of `postmaster.pid` whose working directory is that
+/// data directory (the postmaster's is), so that a reused PID is never signalled. When the
+/// working directory can not be read, a process named `postgres` or `postmaster` passes.
+fn postmaster(data_dir: &Path) -> Option<i32> {
+    let pid = pgpilot_postgres::live_postmaster_pid(data_dir)?;
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+        Ok(cwd) => (canonical(&cwd) == canonical(data_dir) || cwd == data_dir).then_some(pid),
+        Err(_) => {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            matches!(comm.trim(), "postgres" | "postmaster").then_some(pid)
+        }
+    }
+}
+
+/// Waits up to `limit` until `pid` is gone (a zombie counts as gone); `true` if it is.
+fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let step = Duration::from_millis(10);
+    let mut waited = Duration::ZERO;
+    while running(pid) {
+        if waited >= limit {
+            return false;
+        }
+        std::thread::sleep(step);
+        waited += step;
+    }
+    true
+}
+
+/// The process exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+    match std::fs::read_to_string(stat) {
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::{Child, Command};
+
+    use super::*;
+
+    /// A stand-in postmaster: `sh -c script` in its own process group, working in `data_dir`,
+    /// named by `data_dir/postmaster.pid` as a real postmaster is.
+    fn fake_postmaster(data_dir: &Path, script: &str) -> Child {
+        let child = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(data_dir)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            data_dir.join("postmaster.pid"),
+            format!("{}\n{}\n", child.id(), data_dir.display()),
+        )
+        .unwrap();
+        child
+    }
+
+    /// The fence sends SIGQUIT to the postmaster of `postmaster.pid`; one that ignores it (or
+    /// is stuck) is killed with its process group after `KILL_AFTER`.
+    #[test]
+    fn fence_quits_the_postmaster_and_kills_one_that_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pm = fake_postmaster(dir.path(), "exec sleep 60");
+        fence(0, dir.path());
+        let status = pm.wait().unwrap();
+        assert_eq!(status.signal(), Some(Signal::SIGQUIT as i32), "{status:?}");
+
+        let mut pm = fake_postmaster(dir.path(), "trap '' QUIT; sleep 60 & wait");
+        // Let the shell install its trap before the fence.
+        std::thread::sleep(Duration::from_millis(200));
+        fence(0, dir.path());
+        let status = pm.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+    }
+
+    /// A `postmaster.pid` naming a live process that does not work in this data directory (a
+    /// reused PID) or another data directory is never signalled; no file, nothing to do.
+    #[test]
+    fn fence_never_signals_what_is_not_this_postmaster() {
+        let dir = tempfile::tempdir().unwrap();
+        fence(0, dir.path());
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut other = Command::new("sleep")
+            .arg("60")
+            .current_dir(elsewhere.path())
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{}\n{}\n", other.id(), dir.path().display()),
+        )
+        .unwrap();
+        assert_eq!(postmaster(dir.path()), None, "another working directory");
+        fence(0, dir.path());
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{}\n{}\n", other.id(), elsewhere.path().display()),
+        )
+        .unwrap();
+        fence(0, dir.path());
+        assert_eq!(other.try_wait().unwrap(), None, "still running");
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
+}

@@ -1,0 +1,227 @@
+//! The guard process (issue 12 item 2): a leader whose agent is frozen or killed stops accepting
+//! writes before its leader key can expire, because a process outside the agent stops its
+//! PostgreSQL at the lease deadline; the cluster then fails over and converges as usual. A
+//! replica's guard never fences, a clean shutdown leaves no guard behind, and `pgpilot.guard:
+//! off` starts none.
+
+mod harness;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use harness::{pid_alive, secs, signal, Cluster, Options, FAILOVER_TIMEOUT, SHORT_TIMEOUT};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+/// Live guard processes of the member whose data directory is `data_dir`, found by their
+/// command line (`pgpilot --guard <data_dir> ...`): the agent that started one may be gone.
+fn guard_pids(data_dir: &Path) -> Vec<i32> {
+    let want = format!("--guard\0{}\0", data_dir.display()).into_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(want.len()).any(|w| w == want.as_slice()))
+        })
+        .filter(|&pid| pid_alive(pid))
+        .collect()
+}
+
+/// Waits until the postmaster `pid` of member `i` is gone, checking at every poll that the leader
+/// key still names `leader` and that no other member runs a primary: the fence came first.
+async fn wait_fenced_before_failover(cluster: &Cluster, i: usize, pid: i32, leader: &str) {
+    let other = 1 - i;
+    cluster
+        .wait(
+            SHORT_TIMEOUT,
+            "the guard to stop the old primary",
+            async || {
+                let holder = cluster.leader_name();
+                assert_eq!(
+                    holder.as_deref(),
+                    Some(leader),
+                    "the leader key changed hands while the old primary still ran"
+                );
+                assert!(
+                    cluster.in_recovery(other).await.unwrap_or(true),
+                    "the other member was promoted while the old primary still ran"
+                );
+                ensure!(!pid_alive(pid), "postmaster {pid} still runs");
+                Ok(())
+            },
+        )
+        .await;
+    // Fenced, and still nobody else leads: PostgreSQL was stopped before the key could expire.
+    assert_eq!(cluster.leader_name().as_deref(), Some(leader));
+    assert!(
+        cluster.pg_connect_try(i).await.is_err(),
+        "the fenced primary accepts no connection"
+    );
+}
+
+/// SIGSTOP of the leader's agent for longer than the ttl: its guard stops the primary's
+/// postmaster while the leader key still names it (so before the replica can be promoted); the
+/// replica then takes over, and after SIGCONT the old leader rejoins as its replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_leader_agent_is_fenced_before_its_key_expires() {
+    harness::init();
+    let cluster = Cluster::start(2, Options::default());
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(1).await;
+    let name = cluster.member(leader).name.clone();
+    let replica = 1 - leader;
+    let guards = guard_pids(&cluster.member(leader).data_dir);
+    assert_eq!(guards.len(), 1, "one guard for {name}: {guards:?}");
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute("CREATE TABLE guard_check (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    cluster
+        .wait_writable(leader, "guard_check", 1, "before the freeze")
+        .await;
+    cluster.wait_for_row(replica, "guard_check", 1).await;
+
+    let agent = cluster.agent_pid(leader).expect("leader agent runs");
+    let pm = cluster.postmaster_pid(leader).expect("leader postmaster");
+    let frozen = Instant::now();
+    signal(agent, Signal::SIGSTOP);
+    wait_fenced_before_failover(&cluster, leader, pm, &name).await;
+    let fenced = frozen.elapsed();
+    assert_eq!(guard_pids(&cluster.member(leader).data_dir), guards);
+
+    let new = cluster
+        .wait_for_leader_except(&[leader], FAILOVER_TIMEOUT)
+        .await;
+    assert_eq!(new, replica);
+    cluster
+        .wait_writable(new, "guard_check", 2, "after the failover")
+        .await;
+    eprintln!(
+        "agent frozen (ttl 20, loop_wait 1): primary fenced after {}, {} writable after {}",
+        secs(fenced),
+        cluster.member(new).name,
+        secs(frozen.elapsed())
+    );
+
+    signal(agent, Signal::SIGCONT);
+    let tl = cluster.primary_timeline(new).await;
+    cluster
+        .wait_for_streaming_replica(leader, Some(tl), FAILOVER_TIMEOUT)
+        .await;
+    cluster.wait_for_row(leader, "guard_check", 2).await;
+    let log = cluster.agent_log(leader);
+    assert!(
+        log.contains("the leader key was not renewed in time: stopping PostgreSQL"),
+        "the guard says why it stopped PostgreSQL"
+    );
+}
+
+/// SIGKILL of the leader's agent: its guard survives it, keeps the lease deadline, stops the
+/// primary before the key expires, and exits; the replica takes over and the restarted agent
+/// rejoins as its replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_survives_the_agents_sigkill_and_fences_at_the_deadline() {
+    harness::init();
+    let cluster = Cluster::start(2, Options::default());
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(1).await;
+    let name = cluster.member(leader).name.clone();
+    let data_dir = cluster.member(leader).data_dir.clone();
+    let guards = guard_pids(&data_dir);
+    assert_eq!(guards.len(), 1, "{guards:?}");
+    let pm = cluster.postmaster_pid(leader).expect("leader postmaster");
+
+    cluster.kill_agent(leader);
+    assert!(
+        pid_alive(guards[0]),
+        "the guard survived the agent's SIGKILL"
+    );
+    wait_fenced_before_failover(&cluster, leader, pm, &name).await;
+    cluster
+        .wait(
+            SHORT_TIMEOUT,
+            "the guard to exit after fencing",
+            async || {
+                ensure!(!pid_alive(guards[0]), "guard {} still runs", guards[0]);
+                Ok(())
+            },
+        )
+        .await;
+
+    let new = cluster
+        .wait_for_leader_except(&[leader], FAILOVER_TIMEOUT)
+        .await;
+    cluster.start_agent(leader);
+    let tl = cluster.primary_timeline(new).await;
+    cluster
+        .wait_for_streaming_replica(leader, Some(tl), FAILOVER_TIMEOUT)
+        .await;
+}
+
+/// A replica's guard is never armed and exits with its agent, even a SIGKILLed one; a clean
+/// shutdown of the leader (SIGTERM) leaves no guard process; a member with `pgpilot.guard: off`
+/// starts none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_go_with_their_agents_and_can_be_turned_off() {
+    harness::init();
+    let options = Options {
+        customize: Some(std::sync::Arc::new(|i, doc| {
+            if i == 2 {
+                doc["pgpilot"] = json!({"guard": "off"});
+            }
+        })),
+        ..Options::default()
+    };
+    // Member 2 (no guard) joins once 0 or 1 leads.
+    let cluster = Cluster::new(3, options);
+    cluster.start_agent(0);
+    cluster.start_agent(1);
+    let leader = cluster.wait_for_leader().await;
+    cluster.start_agent(2);
+    cluster.wait_for_replicas_streaming(2).await;
+    let dir = |i: usize| cluster.member(i).data_dir.clone();
+    for i in 0..3 {
+        let expected = usize::from(i != 2);
+        assert_eq!(guard_pids(&dir(i)).len(), expected, "member {i}");
+    }
+    assert!(cluster
+        .agent_log(2)
+        .contains("pgpilot.guard is off: a frozen agent's PostgreSQL stays writable"));
+
+    // A replica's agent killed: its disarmed guard exits, its PostgreSQL keeps running.
+    let replica = 1 - leader;
+    {
+        let guard = guard_pids(&dir(replica))[0];
+        let pm = cluster.postmaster_pid(replica).expect("replica postmaster");
+        cluster.kill_agent(replica);
+        cluster
+            .wait(SHORT_TIMEOUT, "the replica's guard to exit", async || {
+                ensure!(!pid_alive(guard), "guard {guard} still runs");
+                Ok(())
+            })
+            .await;
+        assert_eq!(cluster.postmaster_pid(replica), Some(pm));
+        assert!(!cluster
+            .agent_log(replica)
+            .contains("the leader key was not renewed in time"));
+    }
+
+    // The leader shuts down cleanly: PostgreSQL stopped, guard disarmed and gone with the agent.
+    let guard = guard_pids(&dir(leader))[0];
+    cluster.terminate_agent(leader);
+    cluster
+        .wait_agent_exit(leader, Duration::from_secs(60))
+        .await;
+    assert!(!pid_alive(guard), "guard {guard} outlived a clean shutdown");
+    assert!(guard_pids(&dir(leader)).is_empty());
+    assert!(!cluster
+        .agent_log(leader)
+        .contains("the leader key was not renewed in time"));
+}
