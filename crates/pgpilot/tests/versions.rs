@@ -139,6 +139,14 @@ async fn matrix(major: u32) {
     for i in [first, third] {
         cluster.wait_for_row(i, "matrix", 2).await;
     }
+    // Before 13 primary_conninfo is not reloadable: the third member restarted to follow.
+    let log = cluster.agent_log(third);
+    assert_eq!(
+        log.contains("reads primary_conninfo only at start"),
+        major < 13,
+        "{} restarts to follow a new leader exactly before 13; its log:\n{log}",
+        cluster.member(third).name
+    );
     eprintln!(
         "PostgreSQL {major}: switchover, both others streaming again after {}",
         secs(t.elapsed())
