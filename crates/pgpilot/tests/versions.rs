@@ -12,7 +12,7 @@ mod harness;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use harness::{secs, Cluster, Options, FAILOVER_TIMEOUT, PG_BIN_DIR};
+use harness::{secs, Cluster, Options, FAILOVER_TIMEOUT, PG_BIN_DIR, SHORT_TIMEOUT};
 use serde_json::json;
 
 /// `bin_dir` of `major`, or why it is not there.
@@ -278,6 +278,44 @@ async fn a_pg_rewind_of_another_major_is_refused_and_the_diverged_directory_stay
     );
     assert!(!log.contains("starting as a secondary"), "{log}");
     assert_eq!(cluster.postmaster_pid(old), None, "{log}");
+}
+
+/// A data directory of PostgreSQL 15 under an agent whose `bin_dir` holds 16 is refused with
+/// both majors named in the agent's log, and never started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_another_major_than_bin_dir_is_refused() {
+    harness::init();
+    let Some(dir16) = bin_dir_or_skip(16) else {
+        return;
+    };
+    let cluster = Cluster::new(
+        1,
+        Options {
+            bin_dir: dir16,
+            ..Options::default()
+        },
+    );
+    // Made by Debian's 15.
+    cluster.member(0).standalone();
+    cluster.start_agent(0);
+    // Not `cluster.wait`: whether the agent keeps running after the refusal is not the point.
+    let log = harness::wait_for(
+        SHORT_TIMEOUT,
+        "the refusal in the agent's log",
+        async || {
+            let log = cluster.agent_log(0);
+            anyhow::ensure!(log.contains("is of PostgreSQL 15 but bin_dir"), "not yet");
+            Ok(log)
+        },
+    )
+    .await;
+    assert!(log.contains("holds PostgreSQL 16"), "{log}");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(cluster.postmaster_pid(0), None, "{log}");
+    // Retried once per loop_wait (1 s), not in a tight loop (it was ~60 times a second).
+    let log = cluster.agent_log(0);
+    let refusals = log.matches("is of PostgreSQL 15 but bin_dir").count();
+    assert!(refusals <= 6, "{refusals} refusals in about 3 s:\n{log}");
 }
 
 /// PostgreSQL 12: `wal_keep_segments`, no `written_lsn`, restart to follow, no pg_rewind here.

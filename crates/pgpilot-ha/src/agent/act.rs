@@ -281,6 +281,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 msg,
                 renew_lock_first,
             } => {
+                if self.start_not_before.is_some_and(|t| Instant::now() < t) {
+                    return Ok(
+                        "waiting before starting PostgreSQL again after a failed start".into(),
+                    );
+                }
                 let (as_primary, msg) = if renew_lock_first {
                     let renewed = match self.renew_lock(None).await {
                         Ok(renewed) => renewed,
