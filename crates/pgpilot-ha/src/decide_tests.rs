@@ -400,6 +400,9 @@ fn decision_table() {
         ("stopped former primary, no rewind configured", Box::new(|o| { o.pg = stopped(true); o.use_pg_rewind = false }), start_secondary(Some("pg1"))),
         ("rewind failed, remove allowed", Box::new(|o| { o.pg = stopped(true); o.rewind_failed = true; o.remove_data_directory_on_rewind_failure = true }),
             Decision::RemoveDataDirectory { msg: "removing data directory because pg_rewind failed".into() }),
+        // Regression: the diverged data directory was started as a replica after pg_rewind failed.
+        ("rewind failed, remove not allowed: the diverged data directory is never started", Box::new(|o| { o.pg = stopped(true); o.rewind_failed = true }),
+            Decision::NoAction { msg: "not starting PostgreSQL as a replica of pg1: pg_rewind failed and remove_data_directory_on_rewind_failure is off; reinitialize this member".into() }),
         ("stopped replica", Box::new(|o| o.pg = stopped(false)), start_secondary(Some("pg1"))),
         ("stopped, unlocked", Box::new(|o| { o.cluster = unlocked(); o.pg = stopped(false) }), start_secondary(None)),
         ("stopped, paused, lock holder", Box::new(|o| { o.cluster = mine(); o.pg = stopped(true); o.paused = true }),

@@ -46,9 +46,8 @@ pub fn effective_parameters(cfg: &Config, dynamic: &DynamicConfig) -> BTreeMap<S
         }
         out.insert(k.clone(), render_value(v));
     }
-    // `wal_keep_segments` does not exist on PostgreSQL 13+; the version switch belongs here
-    // when older versions are supported.
-    out.remove("wal_keep_segments");
+    // `wal_keep_segments` (before 13) and `wal_keep_size` (13+) are converted into each other
+    // for the server's major when postgresql.conf is written (`PgMajor::adapt_parameters`).
     if enforce_hot_standby_feedback(cfg, dynamic) {
         out.insert("hot_standby_feedback".into(), "on".into());
     }

@@ -3,7 +3,8 @@
 //! `postgresql.base.conf`, `pg_hba.conf`, `standby.signal`, recovery settings) and SQL through
 //! `tokio-postgres`. It knows nothing of the DCS or of HA policy: the HA cycle tells it what to do.
 //!
-//! Every external command and query is bounded by a timeout.
+//! Every external command and query is bounded by a timeout. What differs between PostgreSQL
+//! majors (12 to 18) is decided in one place, [`PgMajor`] (`version.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,10 +15,12 @@ mod control;
 mod files;
 mod pg;
 mod tls;
+mod version;
 
 pub use control::PgControl;
 pub use pg::{live_postmaster_pid, quote_ident, quote_literal, Postgres};
 pub use pgpilot_values::{BootstrapRecovery, CustomBootstrap, Lsn, MethodCommand, ReplicaMethod};
+pub use version::PgMajor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {

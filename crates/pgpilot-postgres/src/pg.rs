@@ -15,8 +15,8 @@ use crate::files::{
 };
 use crate::{
     BootstrapRecovery, ControlData, CustomBootstrap, DataDirState, DesiredConfig, LogicalSlotState,
-    Lsn, PgError, PgSettings, PgState, ReplicaMethod, Result, SlotChange, SlotInfo, StopMode,
-    Upstream, WalSender,
+    Lsn, PgError, PgMajor, PgSettings, PgState, ReplicaMethod, Result, SlotChange, SlotInfo,
+    StopMode, Upstream, WalSender,
 };
 
 /// Deadline for one monitoring query or connection attempt.
@@ -31,6 +31,12 @@ pub struct Postgres {
     /// The last postmaster PID read from `postmaster.pid`: finds a postmaster whose data
     /// directory was deleted under it (see [`Postgres::stop`]).
     last_pid: std::sync::atomic::AtomicI32,
+    /// The major version the version-dependent behaviour follows (0 until known): the running
+    /// server's `server_version_num`, else `postgres --version` of `bin_dir` (see
+    /// [`Postgres::major`]).
+    major: std::sync::atomic::AtomicU32,
+    /// The configuration last written sets a `restore_command` (pg_rewind may fetch WAL).
+    restore_command: std::sync::atomic::AtomicBool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
@@ -105,6 +111,8 @@ impl Postgres {
             settings,
             conn: Mutex::new(None),
             last_pid: std::sync::atomic::AtomicI32::new(0),
+            major: std::sync::atomic::AtomicU32::new(0),
+            restore_command: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -154,6 +162,79 @@ impl Postgres {
             command: what.to_string(),
             detail: format!("{} {}", out.status, format!("{stderr}{stdout}").trim()),
         })
+    }
+
+    /// The major version every version-dependent choice follows: the running server's once the
+    /// monitoring query has seen it, else the one of `bin_dir`'s `postgres --version`, else
+    /// [`PgMajor::NEWEST`] (with a warning) when the binary can not be asked.
+    pub async fn major(&self) -> PgMajor {
+        use std::sync::atomic::Ordering;
+        let known = self.major.load(Ordering::Relaxed);
+        if known != 0 {
+            return PgMajor(known);
+        }
+        match self.bin_major().await {
+            Ok(m) => {
+                self.major.store(m.0, Ordering::Relaxed);
+                m
+            }
+            Err(e) => {
+                warn!("{e}; assuming PostgreSQL {}", PgMajor::NEWEST);
+                PgMajor::NEWEST
+            }
+        }
+    }
+
+    /// The major of `bin_dir`'s binaries (`postgres --version`).
+    pub async fn bin_major(&self) -> Result<PgMajor> {
+        let mut cmd = Command::new(self.bin("postgres"));
+        cmd.arg("--version");
+        let out = self
+            .run(cmd, "postgres --version", Duration::from_secs(30))
+            .await?;
+        PgMajor::from_version_output(&out).ok_or_else(|| {
+            PgError::Invalid(format!(
+                "can not read the version of postgres --version: {out}"
+            ))
+        })
+    }
+
+    /// The major of the data directory (`PG_VERSION`), if it has one.
+    pub fn data_dir_major(&self) -> Option<PgMajor> {
+        std::fs::read_to_string(self.data().join("PG_VERSION"))
+            .ok()
+            .and_then(|t| PgMajor::from_pg_version_file(&t))
+    }
+
+    /// Refuses a data directory of another major than `bin_dir`'s binaries (PostgreSQL would
+    /// refuse it too, with a message only its log shows), or older than pgpilot supports.
+    /// When `postgres --version` can not be run (no `bin_dir`, and no `postgres` on PATH
+    /// although pg_ctl is), there is nothing to compare: pg_ctl's own checks remain.
+    pub async fn check_versions(&self) -> Result<()> {
+        let bin = match self.bin_major().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("not checking the major version of the data directory: {e}");
+                return Ok(());
+            }
+        };
+        if bin < PgMajor::OLDEST {
+            return Err(PgError::Invalid(format!(
+                "{} holds PostgreSQL {bin}; pgpilot supports {} and newer",
+                self.settings.bin_dir.display(),
+                PgMajor::OLDEST
+            )));
+        }
+        match self.data_dir_major() {
+            Some(data) if data != bin => Err(PgError::Invalid(format!(
+                "the data directory {} is of PostgreSQL {data} but bin_dir {} holds PostgreSQL \
+                 {bin}: set postgresql.bin_dir to PostgreSQL {data}'s binaries, or upgrade \
+                 the data directory (pg_upgrade)",
+                self.data().display(),
+                self.settings.bin_dir.display()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// What the data directory holds (no process started).
@@ -276,10 +357,18 @@ impl Postgres {
         let cfg = &self.settings.config_dir;
         create_private_dir(cfg)?;
         self.move_base_conf()?;
+        let major = self.major().await;
+        self.restore_command.store(
+            desired
+                .parameters
+                .get("restore_command")
+                .is_some_and(|c| !c.trim_matches('\'').is_empty()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut changed = false;
         changed |= write_if_changed(
             &cfg.join("postgresql.conf"),
-            &render_postgresql_conf(&self.settings, desired),
+            &render_postgresql_conf(&self.settings, desired, major),
         )?;
         if !desired.pg_hba.is_empty() {
             changed |= write_if_changed(&cfg.join("pg_hba.conf"), &render_hba(&desired.pg_hba))?;
@@ -351,6 +440,7 @@ impl Postgres {
         if self.postmaster_pid().is_some() {
             return Ok(());
         }
+        self.check_versions().await?;
         let mut cmd = self.pg_ctl("start");
         cmd.arg("-w")
             .arg("-t")
@@ -561,10 +651,14 @@ impl Postgres {
 
     /// The monitoring query (one round trip).
     pub async fn query_state(&self) -> Result<PgState> {
+        let query = state_query(self.major().await);
         let row = self
-            .with_conn(|c| async move {
-                let r = c.query_one(STATE_QUERY, &[]).await;
-                (c, r)
+            .with_conn(|c| {
+                let query = query.clone();
+                async move {
+                    let r = c.query_one(query.as_str(), &[]).await;
+                    (c, r)
+                }
             })
             .await?;
         let lsn = |i: usize| -> Option<Lsn> {
@@ -618,10 +712,14 @@ impl Postgres {
         } else {
             None
         };
+        let server_version: i32 = row.get(2);
+        if let Some(m) = PgMajor::from_version_num(server_version) {
+            self.major.store(m.0, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(PgState {
             in_recovery,
             postmaster_start_time: row.get(1),
-            server_version: row.get(2),
+            server_version,
             timeline: u32::try_from(row.get::<_, Option<i32>>(3).unwrap_or(0)).unwrap_or(0),
             wal_flush_lsn: lsn(4),
             receive_lsn: lsn(5).or_else(|| lsn(6)),
@@ -998,8 +1096,34 @@ impl Postgres {
         Err(last.unwrap_or_else(|| PgError::Invalid("pg_basebackup failed".into())))
     }
 
+    /// Refuses a pg_rewind that can not work on this data directory before running it: absent
+    /// from `bin_dir`, or of another major (pg_rewind reads the control file and WAL of its
+    /// own major only).
+    async fn check_rewind_binary(&self) -> Result<()> {
+        let bin = self.bin("pg_rewind");
+        // Logged as "pg_rewind failed: <this>".
+        let refused = PgError::Invalid;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--version");
+        let out = self
+            .run(cmd, "pg_rewind --version", Duration::from_secs(30))
+            .await
+            .map_err(|e| refused(format!("{} can not be run: {e}", bin.display())))?;
+        let tool = PgMajor::from_version_output(&out);
+        let data = self.data_dir_major();
+        match (tool, data) {
+            (Some(t), Some(d)) if t != d => Err(refused(format!(
+                "{} is PostgreSQL {t} and the data directory PostgreSQL {d}: pg_rewind works \
+                 on its own major only",
+                bin.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs pg_rewind against `from` (target must be stopped cleanly).
     pub async fn rewind(&self, from: &Upstream) -> Result<()> {
+        self.check_rewind_binary().await?;
         write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))?;
         let s = &self.settings;
         let user = s.rewind.as_ref().unwrap_or(&s.superuser);
@@ -1013,8 +1137,15 @@ impl Postgres {
             ],
             &[],
         );
+        let conf = s.config_dir.join("postgresql.conf");
+        let options = self.major().await.rewind_options(
+            self.restore_command
+                .load(std::sync::atomic::Ordering::Relaxed),
+            (s.config_dir != s.data_dir).then_some(conf.as_path()),
+        );
         let mut cmd = Command::new(self.bin("pg_rewind"));
-        cmd.arg("-D")
+        cmd.args(options)
+            .arg("-D")
             .arg(self.data())
             .arg(format!("--source-server={dsn}"))
             .env("PGOPTIONS", "-c statement_timeout=0");
@@ -1082,7 +1213,9 @@ impl Postgres {
             .await
             .map_err(|e| sql_err(&e))?
             .get(0);
-        let not_failover = if version >= 170_000 {
+        let failover_slots =
+            PgMajor::from_version_num(version).is_some_and(PgMajor::has_failover_slots);
+        let not_failover = if failover_slots {
             " NOT failover AND"
         } else {
             ""
@@ -1328,6 +1461,16 @@ fn create_or_alter(user: &str, attrs: &str, password: Option<&str>) -> String {
         alter = quote_literal(&format!("ALTER ROLE {ident} WITH {attrs}{pw}")),
         create = quote_literal(&format!("CREATE ROLE {ident} WITH {attrs}{pw}")),
     )
+}
+
+/// The monitoring query for `major`: PostgreSQL 12's wal receiver has no `written_lsn`, its
+/// `received_lsn` (flushed) is the nearest.
+fn state_query(major: PgMajor) -> String {
+    if major.wal_receiver_has_written_lsn() {
+        STATE_QUERY.to_string()
+    } else {
+        STATE_QUERY.replace("written_lsn", "received_lsn")
+    }
 }
 
 /// One round trip: everything `/patroni` and the HA cycle need. LSNs as text.

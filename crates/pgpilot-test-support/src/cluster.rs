@@ -84,6 +84,9 @@ pub struct Options {
     pub harness_via_socket: bool,
     /// Extra environment of every agent (e.g. `PATRONI_*` settings).
     pub agent_env: Vec<(String, String)>,
+    /// `postgresql.bin_dir` of every member: Debian's PostgreSQL 15 unless a test runs
+    /// another major (see `tests/pg-versions/fetch.sh`).
+    pub bin_dir: PathBuf,
 }
 
 impl Default for Options {
@@ -113,6 +116,7 @@ impl Default for Options {
             etcd_tls: false,
             harness_via_socket: false,
             agent_env: Vec::new(),
+            bin_dir: PathBuf::from(PG_BIN_DIR),
         }
     }
 }
@@ -307,7 +311,7 @@ impl Cluster {
                 "listen": format!("127.0.0.1:{}", m.pg_port),
                 "connect_address": format!("127.0.0.1:{}", m.pg_port),
                 "data_dir": m.data_dir,
-                "bin_dir": PG_BIN_DIR,
+                "bin_dir": o.bin_dir,
                 "pgpass": m.dir.join("pgpass"),
                 "authentication": {
                     "superuser": { "username": SUPERUSER.0, "password": SUPERUSER.1 },

@@ -10,10 +10,10 @@ use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{
-    slot_name_for, BootstrapRecovery, DesiredConfig, PgControl, PgError, SlotChange, SlotInfo,
-    StandbyConfig, StopMode, Upstream,
+    slot_name_for, BootstrapRecovery, DesiredConfig, PgControl, PgError, PgMajor, SlotChange,
+    SlotInfo, StandbyConfig, StopMode, Upstream,
 };
-use pgpilot_types::{Peers, Role, State};
+use pgpilot_types::{Peers, RestartRequest, Role, State};
 use serde_json::{Map, Value};
 use tracing::{error, info, warn};
 
@@ -281,6 +281,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 msg,
                 renew_lock_first,
             } => {
+                if self.start_not_before.is_some_and(|t| Instant::now() < t) {
+                    return Ok(
+                        "waiting before starting PostgreSQL again after a failed start".into(),
+                    );
+                }
                 let (as_primary, msg) = if renew_lock_first {
                     let renewed = match self.renew_lock(None).await {
                         Ok(renewed) => renewed,
@@ -559,8 +564,23 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
         let standby = self.standby_for(obs.cluster.as_ref(), Some(leader));
         let desired = self.desired(Some(standby));
+        let upstream_before = self.written.as_ref().map(|w| w.standby.clone());
+        let upstream_changed = upstream_before.is_some_and(|s| s != desired.standby);
         if self.ensure_config(desired).await {
-            // primary_conninfo and primary_slot_name are reloadable since PostgreSQL 13.
+            // primary_conninfo and primary_slot_name are reloadable since PostgreSQL 13; before,
+            // the walreceiver keeps its upstream until PostgreSQL restarts.
+            let major = self
+                .last_pg
+                .as_ref()
+                .and_then(|p| PgMajor::from_version_num(p.server_version));
+            if upstream_changed && major.is_some_and(|m| !m.reloads_primary_conninfo()) {
+                self.start_restart(&RestartRequest::default(), None);
+                return Ok(format!(
+                    "restarting to follow a new leader ({leader}): PostgreSQL {} reads \
+                     primary_conninfo only at start",
+                    major.map_or_else(String::new, |m| m.to_string())
+                ));
+            }
             match self.pg.reload().await {
                 Ok(()) => self.hooks.fire(
                     follow_callback(

@@ -166,6 +166,10 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     sysid: Option<String>,
     /// pg_rewind bookkeeping of this member (see [`Rewind`]).
     rewind: Rewind,
+    /// After a failed start, the next one waits until this (one loop_wait): a start refused
+    /// at once (a data directory of another major than bin_dir) would otherwise be retried
+    /// in a tight loop, since a finished task runs the next cycle at once.
+    start_not_before: Option<Instant>,
     /// The primary's synchronous-replication duty (see [`SyncDuty`]).
     sync_duty: SyncDuty,
     /// The desired configuration last written to disk (skip rewriting an unchanged one).
@@ -241,6 +245,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             last_pg: None,
             sysid: None,
             rewind: Rewind::default(),
+            start_not_before: None,
             sync_duty: SyncDuty::default(),
             written: None,
             slot_retain: None,

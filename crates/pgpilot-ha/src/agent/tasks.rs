@@ -148,6 +148,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 error!("{} failed: {e}", kind.describe());
                 if matches!(kind, ActionKind::Start | ActionKind::Restart) {
                     self.state = State::StartFailed;
+                    self.start_not_before = Some(Instant::now() + self.dynamic.loop_wait);
                     let holds =
                         cluster.and_then(Cluster::leader_name) == Some(self.cfg.name.as_str());
                     if holds {

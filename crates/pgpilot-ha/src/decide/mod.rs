@@ -511,6 +511,19 @@ pub fn decide(o: &Observation) -> Decision {
                             msg: "removing data directory because pg_rewind failed".into(),
                         };
                     }
+                    // The data may have diverged from the leader's (that is why pg_rewind
+                    // ran): started as a replica it would either fail to stream or, worse,
+                    // serve data the cluster never had. Wait for an operator (reinitialize)
+                    // instead, as Patroni does after a failed rewind.
+                    if o.rewind_failed {
+                        return Decision::NoAction {
+                            msg: format!(
+                                "not starting PostgreSQL as a replica of {leader}: pg_rewind \
+                                 failed and remove_data_directory_on_rewind_failure is off; \
+                                 reinitialize this member"
+                            ),
+                        };
+                    }
                 }
             }
             return Decision::StartPostgres {
