@@ -208,7 +208,12 @@ impl Etcd {
         for &i in which {
             let m = &self.nodes[i];
             loop {
-                if self.member_healthy(m) {
+                // Healthy, and the answer came from our process: ports are picked per test
+                // process, so another test's etcd may hold the one we picked (ours then exits
+                // with "address already in use", and its clients would talk to a stranger).
+                if self.member_healthy(m)
+                    && m.pid().is_some_and(|pid| listens_on(pid, m.client_port))
+                {
                     break;
                 }
                 if !m.running() {
@@ -569,6 +574,37 @@ fn parse_kvs(reply: &Value) -> anyhow::Result<Vec<Kv>> {
             })
         })
         .collect()
+}
+
+/// Whether process `pid` holds the listening TCP socket of `127.0.0.1:port` (from
+/// `/proc/net/tcp` and the process's file descriptors). When that cannot be read (another
+/// user's process without privileges) it says yes: the health check alone decides then.
+fn listens_on(pid: i32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].to_string())
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let t = target.to_string_lossy();
+            inodes.iter().any(|i| t == format!("socket:[{i}]"))
+        })
+    })
 }
 
 impl Node {
