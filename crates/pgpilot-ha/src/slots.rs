@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use pgpilot_config::{PermanentSlot, SlotMatcher};
 use pgpilot_dcs::Member;
-use pgpilot_postgres::{slot_name_for, SlotChange, SlotInfo};
+use pgpilot_postgres::{slot_name_for, valid_slot_name, SlotChange, SlotInfo};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
@@ -53,7 +53,7 @@ pub struct SlotPlan {
     /// On a failover candidate: the permanent logical slots it keeps as copies of the
     /// leader's (created by copying the leader's slot state, then advanced), with their
     /// database and plugin.
-    pub replica_logical: BTreeMap<String, (String, String)>,
+    pub replica_logical: BTreeMap<String, PermanentSlot>,
     /// The position a member that streams from another member (`replicatefrom`) reports in its
     /// key (`xlog_location`): its slot here is inactive and is advanced to it.
     pub member_lsn: BTreeMap<String, u64>,
@@ -62,14 +62,6 @@ pub struct SlotPlan {
     pub errors: Vec<String>,
     /// Warning sentences for the log (Patroni's).
     pub notes: Vec<String>,
-}
-
-/// Patroni's rule for permanent slot names.
-fn valid_slot_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn same_kind(slot: &SlotInfo, want: &PermanentSlot) -> bool {
@@ -125,10 +117,13 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
     let has_member = |name: &str| i.members.iter().any(|m| m.name == name);
     // Whether `m` streams from us now: on a leader every member that does not name another
     // existing member as its upstream; on a replica the members that name us (not the leader).
-    let streams_from_us = |m: &Member| match m.data.replicatefrom() {
-        _ if !leading => m.data.replicatefrom() == Some(i.me) && Some(m.name.as_str()) != i.leader,
-        None => true,
-        Some(up) => up == i.me || !has_member(up),
+    let streams_from_us = |m: &Member| {
+        let upstream = m.data.replicatefrom();
+        if leading {
+            upstream.is_none_or(|up| up == i.me || !has_member(up))
+        } else {
+            upstream == Some(i.me) && Some(m.name.as_str()) != i.leader
+        }
     };
     for m in i.members {
         if m.name == i.me || m.data.nostream() {
@@ -195,10 +190,9 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
                     }
                 }
             }
-            PermanentSlot::Logical { database, plugin } if !leading => {
+            PermanentSlot::Logical { .. } if !leading => {
                 if !plan.member_slots.contains(name) {
-                    plan.replica_logical
-                        .insert(name.clone(), (database.clone(), plugin.clone()));
+                    plan.replica_logical.insert(name.clone(), spec.clone());
                 }
             }
             PermanentSlot::Logical { database, plugin } => {
@@ -228,22 +222,9 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
         });
     }
     for slot in i.existing {
-        let fits = plan
-            .wanted
-            .get(&slot.name)
-            .is_some_and(|w| same_kind(slot, w))
-            || plan
-                .replica_logical
-                .get(&slot.name)
-                .is_some_and(|(database, plugin)| {
-                    same_kind(
-                        slot,
-                        &PermanentSlot::Logical {
-                            database: database.clone(),
-                            plugin: plugin.clone(),
-                        },
-                    )
-                });
+        let fits = [&plan.wanted, &plan.replica_logical]
+            .iter()
+            .any(|m| m.get(&slot.name).is_some_and(|w| same_kind(slot, w)));
         if fits || slot.active || ignored(i.ignore, slot) {
             continue;
         }
@@ -348,16 +329,15 @@ pub fn replica_logical_changes(
 ) -> (Vec<SlotChange>, Vec<String>) {
     let mut advance = Vec::new();
     let mut copy = Vec::new();
-    for (name, (database, plugin)) in &plan.replica_logical {
+    for (name, spec) in &plan.replica_logical {
+        let PermanentSlot::Logical { database, .. } = spec else {
+            continue;
+        };
         let published = leader_slots
             .and_then(|m| m.get(name))
             .and_then(Value::as_u64);
         match existing.iter().find(|s| s.name == *name) {
-            Some(s)
-                if s.slot_type == "logical"
-                    && s.database.as_deref() == Some(database)
-                    && s.plugin.as_deref() == Some(plugin) =>
-            {
+            Some(s) if same_kind(s, spec) => {
                 let (Some(target), Some(at)) = (published, s.lsn) else {
                     continue;
                 };

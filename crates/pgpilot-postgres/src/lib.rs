@@ -302,6 +302,15 @@ pub enum SlotChange {
     },
 }
 
+/// Patroni's rule for replication slot names (`^[a-z0-9_]{1,63}$`): the names pgpilot creates,
+/// accepts in `/config.slots`, and joins into a `pg_replslot` path.
+pub fn valid_slot_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// Physical slot name for a member (spec/ha-loop.md §5.9): lower-cased, `-` and `.` become `_`,
 /// any other char becomes `u` + its decimal code point (`u%04d`), cut to 63 chars.
 pub fn slot_name_for(member: &str) -> String {

@@ -1255,14 +1255,9 @@ impl Postgres {
         let sync_dir = |dir: &Path| std::fs::File::open(dir).and_then(|d| d.sync_all());
         let root = self.data().join("pg_replslot");
         for slot in slots {
-            // Names come from the primary's catalog and our configuration: slot names are
-            // [a-z0-9_]; anything else is refused rather than joined into a path.
-            if slot.name.is_empty()
-                || !slot
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            {
+            // Names come from the primary's catalog and our configuration: anything but a
+            // valid slot name is refused rather than joined into a path.
+            if !crate::valid_slot_name(&slot.name) {
                 return Err(PgError::Invalid(format!(
                     "refusing to copy a slot named {:?}",
                     slot.name

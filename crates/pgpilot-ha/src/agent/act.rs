@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use pgpilot_config::PermanentSlot;
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{
     slot_name_for, BootstrapRecovery, DesiredConfig, PgControl, PgError, PgMajor, SlotChange,
@@ -760,10 +761,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let states: Vec<_> = states
             .into_iter()
             .filter(|s| {
-                let fits = plan
-                    .replica_logical
-                    .get(&s.name)
-                    .is_some_and(|(db, plugin)| *db == s.database && *plugin == s.plugin);
+                let fits = plan.replica_logical.get(&s.name).is_some_and(|w| {
+                    *w == PermanentSlot::Logical {
+                        database: s.database.clone(),
+                        plugin: s.plugin.clone(),
+                    }
+                });
                 if !fits {
                     warn!(
                         "Will not copy the logical slot \"{}\" due to the configuration mismatch",
