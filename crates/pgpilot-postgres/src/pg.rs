@@ -356,6 +356,7 @@ impl Postgres {
     pub async fn write_config(&self, desired: &DesiredConfig) -> Result<bool> {
         let cfg = &self.settings.config_dir;
         create_private_dir(cfg)?;
+        self.check_directories(&desired.parameters)?;
         self.move_base_conf()?;
         let major = self.major().await;
         self.restore_command.store(
@@ -373,7 +374,7 @@ impl Postgres {
         if !desired.pg_hba.is_empty() {
             changed |= write_if_changed(&cfg.join("pg_hba.conf"), &render_hba(&desired.pg_hba))?;
         }
-        changed |= write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))?;
+        changed |= self.write_pgpass()?;
         let standby_signal = self.data().join("standby.signal");
         let recovery_signal = self.data().join("recovery.signal");
         // Which signal files must exist (true) or be absent (false); the others are left alone.
@@ -403,6 +404,58 @@ impl Postgres {
             changed |= self.sanitize_auto_conf()?;
         }
         Ok(changed)
+    }
+
+    /// Writes the pgpass file (its directory created first, as Patroni's `check_directories`
+    /// does at start). Returns whether it changed.
+    fn write_pgpass(&self) -> Result<bool> {
+        if let Some(dir) = self.settings.pgpass.parent() {
+            if !dir.as_os_str().is_empty() {
+                validate_directory(dir).map_err(|reason| {
+                    PgError::Invalid(format!(
+                        "'{}' is defined in `postgresql.pgpass`, {reason}",
+                        dir.display()
+                    ))
+                })?;
+            }
+        }
+        write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))
+    }
+
+    /// Patroni's `check_directories`: every directory of `unix_socket_directories` and the
+    /// `stats_temp_directory` exist and are writable before
+    /// PostgreSQL starts (created when missing), so a socket directory under `/run` or a fresh
+    /// tree does not make the start fail with "could not create lock file". Relative paths are
+    /// taken from the data directory, and the ones inside it are left to initdb / the clone while
+    /// it is still empty.
+    fn check_directories(&self, parameters: &BTreeMap<String, String>) -> Result<()> {
+        let mut wanted: Vec<(PathBuf, &str)> = Vec::new();
+        if let Some(dirs) = parameters.get("unix_socket_directories") {
+            for d in dirs.trim_matches('\'').split(',') {
+                let d = d.trim();
+                if !d.is_empty() {
+                    wanted.push((PathBuf::from(d), "unix_socket_directories"));
+                }
+            }
+        }
+        if let Some(d) = parameters.get("stats_temp_directory") {
+            let d = d.trim_matches('\'').trim();
+            if !d.is_empty() {
+                wanted.push((PathBuf::from(d), "stats_temp_directory"));
+            }
+        }
+        let data = self.data();
+        let data_empty = matches!(self.data_dir_state(), DataDirState::Empty);
+        for (dir, key) in wanted {
+            let dir = data.join(dir);
+            if data_empty && dir.starts_with(data) {
+                continue;
+            }
+            validate_directory(&dir).map_err(|reason| {
+                PgError::Invalid(format!("'{}' is defined in {key}, {reason}", dir.display()))
+            })?;
+        }
+        Ok(())
     }
 
     /// Removes recovery settings from `postgresql.auto.conf` (Patroni's `_sanitize_auto_conf`):
@@ -968,7 +1021,7 @@ impl Postgres {
             )
         });
         if from.is_some() {
-            write_if_changed(&s.pgpass, &render_pgpass(s))?;
+            self.write_pgpass()?;
         }
         let mut failures = Vec::new();
         for method in methods {
@@ -1050,7 +1103,7 @@ impl Postgres {
 
     /// Clones the data directory from `from` with pg_basebackup (`-X stream`), two attempts.
     pub async fn basebackup(&self, from: &Upstream, extra_args: &[String]) -> Result<()> {
-        write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))?;
+        self.write_pgpass()?;
         let s = &self.settings;
         let port = from.port.to_string();
         let dsn = role_dsn(
@@ -1124,7 +1177,7 @@ impl Postgres {
     /// Runs pg_rewind against `from` (target must be stopped cleanly).
     pub async fn rewind(&self, from: &Upstream) -> Result<()> {
         self.check_rewind_binary().await?;
-        write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))?;
+        self.write_pgpass()?;
         let s = &self.settings;
         let user = s.rewind.as_ref().unwrap_or(&s.superuser);
         let port = from.port.to_string();
@@ -1429,6 +1482,28 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Patroni's `validate_directory`: `dir` exists (created with its parents when missing) and a
+/// file can be created in it. The error is the reason, in Patroni's words.
+fn validate_directory(dir: &Path) -> std::result::Result<(), &'static str> {
+    match std::fs::metadata(dir) {
+        Err(_) => match std::fs::create_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(_) => Err("couldn't create the directory"),
+        },
+        Ok(m) if m.is_dir() => {
+            let probe = dir.join(format!(".pgpilot-write-check.{}", std::process::id()));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+                .and_then(|_| std::fs::remove_file(&probe))
+                .map_err(|_| "the directory is not writable")
+        }
+        Ok(_) => Err("is not a directory"),
+    }
+}
+
 fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -1503,6 +1578,26 @@ SELECT pg_catalog.pg_is_in_recovery(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A missing socket directory is created with its parents; a file where a directory is
+    /// wanted is refused with Patroni's reason; an existing writable one is accepted and left
+    /// with nothing in it.
+    #[test]
+    fn directories_are_created_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("run/postgresql");
+        assert_eq!(validate_directory(&nested), Ok(()));
+        assert!(nested.is_dir());
+        assert_eq!(validate_directory(&nested), Ok(()));
+        assert_eq!(std::fs::read_dir(&nested).unwrap().count(), 0);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(validate_directory(&file), Err("is not a directory"));
+        assert_eq!(
+            validate_directory(&file.join("below")),
+            Err("couldn't create the directory")
+        );
+    }
 
     /// The pgpass file is written through an exclusive temporary file: a symlink planted at
     /// the temporary name is removed, never written through, and the result is 0600.

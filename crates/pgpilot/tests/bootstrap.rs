@@ -2,6 +2,7 @@
 
 mod harness;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use harness::{secs, wait_for, Cluster, Options, SHORT_TIMEOUT};
@@ -13,7 +14,21 @@ use serde_json::Value;
 async fn three_agents_bootstrap_one_primary_and_two_streaming_replicas() {
     harness::init();
     let start = Instant::now();
-    let cluster = Cluster::start(3, Options::default());
+    // As pglift configures it: a socket directory and a pgpass directory that do not exist
+    // yet (Patroni creates both before starting PostgreSQL).
+    let options = Options {
+        customize: Some(Arc::new(|_, doc| {
+            let pg = &mut doc["postgresql"];
+            let sock = pg["parameters"]["unix_socket_directories"]
+                .as_str()
+                .unwrap();
+            pg["parameters"]["unix_socket_directories"] = format!("{sock}/run/pg").into();
+            let pgpass = pg["pgpass"].as_str().unwrap();
+            pg["pgpass"] = format!("{pgpass}.d/pgpass").into();
+        })),
+        ..Options::default()
+    };
+    let cluster = Cluster::start(3, options);
     let leader = cluster.wait_for_leader().await;
     eprintln!(
         "leader {} elected after {}",
@@ -27,6 +42,13 @@ async fn three_agents_bootstrap_one_primary_and_two_streaming_replicas() {
     // Exactly one primary, as seen by every member's REST API.
     for i in 0..3 {
         let m = cluster.member(i);
+        let socket = m.socket_dir.join(format!("run/pg/.s.PGSQL.{}", m.pg_port));
+        assert!(socket.exists(), "{} missing", socket.display());
+        assert!(
+            m.dir.join("pgpass.d/pgpass").exists(),
+            "{}: no pgpass",
+            m.name
+        );
         let st = cluster.patroni(i).await.unwrap();
         assert_eq!(st["state"], "running", "{}: {st}", m.name);
         assert_eq!(st["patroni"]["name"], m.name.as_str(), "{st}");

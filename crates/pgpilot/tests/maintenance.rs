@@ -610,4 +610,30 @@ async fn post_reload_and_sighup_apply_a_changed_local_configuration() {
         assert_eq!(cluster.postmaster_pid(i), Some(pid), "no restart");
     }
     assert!(cluster.agent_running(0) && cluster.agent_running(1));
+
+    // Nothing changed: `POST /reload` still reloads PostgreSQL (Patroni does, and pglift waits
+    // for pg_conf_load_time() to move after asking).
+    let load_time = async |i: usize| -> anyhow::Result<String> {
+        let row = cluster
+            .pg_connect_try(i)
+            .await?
+            .query_one("SELECT pg_conf_load_time()::text", &[])
+            .await?;
+        Ok(row.get(0))
+    };
+    for i in 0..2 {
+        let before = load_time(i).await.unwrap();
+        let (code, _) = cluster
+            .api_call(i, "POST", "/reload", None, true)
+            .await
+            .unwrap();
+        assert_eq!(code, 202);
+        cluster
+            .wait(SHORT_TIMEOUT, "pg_conf_load_time() moves", async || {
+                let now = load_time(i).await?;
+                ensure!(now != before, "still {now}");
+                Ok(())
+            })
+            .await;
+    }
 }

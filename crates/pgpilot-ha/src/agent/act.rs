@@ -117,7 +117,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// `pg_ctl reload`, then `on_reload`.
     pub(super) async fn reload_pg(&mut self) {
         match self.pg.reload().await {
-            Ok(()) => self.hooks.fire(CallbackAction::OnReload, self.role),
+            Ok(()) => {
+                self.reload_requested = false;
+                self.hooks.fire(CallbackAction::OnReload, self.role);
+            }
             Err(e) => warn!("reload failed: {e}"),
         }
     }
@@ -229,6 +232,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 Ok(false) => Ok("failed to acquire initialize lock".into()),
                 Err(e) => Ok(format!("failed to acquire initialize lock: {e}")),
             },
+            Decision::Clone { .. } | Decision::CloneWithoutLeader { .. }
+                if self.clone_not_before.is_some_and(|t| Instant::now() < t) =>
+            {
+                Ok("waiting before creating the replica again after a failed attempt".into())
+            }
             Decision::Clone { from, msg } => {
                 let Some((host, port)) = cluster
                     .and_then(|c| c.member(&from))
@@ -583,15 +591,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 ));
             }
             match self.pg.reload().await {
-                Ok(()) => self.hooks.fire(
-                    follow_callback(
-                        self.hooks.called(),
-                        old_role,
+                Ok(()) => {
+                    self.reload_requested = false;
+                    self.hooks.fire(
+                        follow_callback(
+                            self.hooks.called(),
+                            old_role,
+                            Role::Replica,
+                            PgChange::Reload,
+                        ),
                         Role::Replica,
-                        PgChange::Reload,
-                    ),
-                    Role::Replica,
-                ),
+                    );
+                }
                 Err(e) => warn!("reload failed: {e}"),
             }
         }

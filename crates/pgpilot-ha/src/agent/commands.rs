@@ -309,8 +309,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             cfg.postgresql.data_dir = self.cfg.postgresql.data_dir.clone();
         }
         self.cfg = cfg;
-        // Rewrite the configuration files (and reload PostgreSQL) on the next cycle.
+        // Rewrite the configuration files and reload PostgreSQL on the next cycle, even when
+        // nothing changed (Patroni reloads on every SIGHUP / `POST /reload`).
         self.written = None;
+        self.reload_requested = true;
         info!("Reloading the configuration");
     }
 

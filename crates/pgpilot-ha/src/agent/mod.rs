@@ -170,6 +170,10 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     /// at once (a data directory of another major than bin_dir) would otherwise be retried
     /// in a tight loop, since a finished task runs the next cycle at once.
     start_not_before: Option<Instant>,
+    /// `POST /reload` / SIGHUP asked for a reload of PostgreSQL that no reload has served yet.
+    reload_requested: bool,
+    /// After a failed clone: the next one waits until then.
+    clone_not_before: Option<Instant>,
     /// The primary's synchronous-replication duty (see [`SyncDuty`]).
     sync_duty: SyncDuty,
     /// The desired configuration last written to disk (skip rewriting an unchanged one).
@@ -246,6 +250,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             sysid: None,
             rewind: Rewind::default(),
             start_not_before: None,
+            clone_not_before: None,
+            reload_requested: false,
             sync_duty: SyncDuty::default(),
             written: None,
             slot_retain: None,
@@ -341,6 +347,15 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             } else {
                 info!("{msg}");
             }
+            if self.reload_requested && self.task.is_none() {
+                if self.pg.postmaster_pid().is_some() {
+                    // The cycle rewrote the files without a change to reload for.
+                    self.reload_pg().await;
+                } else {
+                    // The next start reads the files as they are now.
+                    self.reload_requested = false;
+                }
+            }
             self.publish(started);
             let loop_wait = self.dynamic.loop_wait;
             let elapsed = started.elapsed();
@@ -350,19 +365,30 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             if std::mem::take(&mut self.run_again) {
                 continue;
             }
-            let remaining = loop_wait.saturating_sub(elapsed);
+            let next_cycle = Instant::now() + loop_wait.saturating_sub(elapsed);
             let leader_is_me = self.last_renewal.is_some();
-            let command = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = self.dcs.watch(remaining, leader_is_me) => None,
-                _ = self.task_done.notified() => None,
-                c = recv(&mut self.commands) => c,
-            };
+            loop {
+                let remaining = next_cycle.saturating_duration_since(Instant::now());
+                let command = tokio::select! {
+                    _ = shutdown.cancelled() => None,
+                    _ = self.dcs.watch(remaining, leader_is_me) => None,
+                    _ = self.task_done.notified() => None,
+                    c = recv(&mut self.commands) => c,
+                };
+                match command {
+                    // A reload is applied by the next regular cycle, as Patroni's SIGHUP is:
+                    // tools that sample pg_conf_load_time() after asking (pglift) must see it
+                    // change, and the wait for the next cycle goes on.
+                    Some(Command::Reload) if !shutdown.is_cancelled() => self.reload(),
+                    Some(c) if !shutdown.is_cancelled() => {
+                        self.handle_command(c).await;
+                        break;
+                    }
+                    _ => break,
+                }
+            }
             if shutdown.is_cancelled() {
                 break;
-            }
-            if let Some(c) = command {
-                self.handle_command(c).await;
             }
         }
         self.shutdown().await;

@@ -128,6 +128,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 }
                 self.sysid = None;
                 self.written = None;
+                // The next attempt waits a cycle, as Patroni's does: a clone that fails at
+                // once (no space, no permission, no route) is not retried in a busy loop.
+                self.clone_not_before = Some(Instant::now() + self.dynamic.loop_wait);
             }
             (ActionKind::Rewind, Err(TaskError::NotReady(why))) => {
                 warn!("not running pg_rewind yet: {why}");
