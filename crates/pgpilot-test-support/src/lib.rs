@@ -55,7 +55,7 @@ mod yaml;
 pub use base64::{decode as base64_decode, encode as base64_encode};
 pub use cluster::{Cluster, Member, Options, API_AUTH, REPLICATION, SUPERUSER};
 pub use etcd::{Etcd, EtcdSetup, Kv};
-pub use pg::{controldata_system_identifier, Standalone};
+pub use pg::{connect_socket, controldata_system_identifier, Standalone};
 pub use tls::{make_certs, temp_certs, TlsFiles};
 pub use watchdog::{WatchdogEvent, WatchdogMonitor};
 pub use writer::{Writer, WriterLog};
@@ -555,11 +555,38 @@ pub(crate) fn http_request(
 
 /// Patroni's patronictl in a virtualenv kept across test runs (`<tmp>/pgpilot-patroni-venv`).
 pub fn patronictl() -> Result<PathBuf, String> {
-    let venv = std::env::temp_dir().join("pgpilot-patroni-venv");
-    let bin = venv.join("bin/patronictl");
+    pypi_tool(
+        "pgpilot-patroni-venv",
+        &["patroni[etcd3]>=4,<5", "psycopg2-binary"],
+        "patronictl",
+        "version",
+    )
+}
+
+/// pglift (with its command line) in a virtualenv kept across test runs
+/// (`<tmp>/pgpilot-pglift-venv`).
+pub fn pglift() -> Result<PathBuf, String> {
+    pypi_tool(
+        "pgpilot-pglift-venv",
+        &["pglift[cli]>=3,<4"],
+        "pglift",
+        "--version",
+    )
+}
+
+/// A command-line tool from PyPI: `bin` of a virtualenv `<tmp>/<venv>` made from Debian's
+/// `/usr/bin/python3` (readable by the unprivileged test user) with `packages`, installed once
+/// and reused while `bin probe` succeeds. The error says which step failed.
+fn pypi_tool(venv: &str, packages: &[&str], bin: &str, probe: &str) -> Result<PathBuf, String> {
+    let venv = std::env::temp_dir().join(venv);
+    let bin = venv.join("bin").join(bin);
+    // With a HOME of its own: the test process may have dropped root and kept root's HOME,
+    // where pglift would read its site settings.
     let works = |bin: &Path| {
         std::process::Command::new(bin)
-            .arg("version")
+            .arg(probe)
+            .env("HOME", &venv)
+            .env_remove("XDG_CONFIG_HOME")
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -588,19 +615,17 @@ pub fn patronictl() -> Result<PathBuf, String> {
     )?;
     step(
         std::process::Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "patroni[etcd3]>=4,<5",
-                "psycopg2-binary",
-            ])
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages)
             .env("PIP_DEFAULT_TIMEOUT", "30"),
-        "pip install patroni[etcd3]",
+        &format!("pip install {}", packages.join(" ")),
     )?;
     if works(&bin) {
         Ok(bin)
     } else {
-        Err("patronictl version does not run after the install".into())
+        Err(format!(
+            "{} {probe} does not run after the install",
+            bin.display()
+        ))
     }
 }

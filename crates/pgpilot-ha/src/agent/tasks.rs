@@ -45,6 +45,9 @@ pub(super) struct Task {
     /// Set by a custom bootstrap while its restored cluster recovers: the cycle then reports
     /// [`ActionKind::BootstrapRecovery`].
     pub(super) recovering: Arc<AtomicBool>,
+    /// Set by the task itself when its work is over, just before it wakes the loop: the cycle
+    /// that wakes must reap it, and the `JoinHandle` may not count as finished yet then.
+    pub(super) finished: Arc<AtomicBool>,
     /// The callback fired when the action succeeds, and the role it is given (`on_start` after
     /// a start, `on_restart` after a restart, `on_role_change` when the role changed).
     pub(super) callback: Option<(CallbackAction, Role)>,
@@ -70,7 +73,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         let Some(task) = &self.task else {
             return Ok(None);
         };
-        if !task.handle.is_finished() {
+        if !task.finished.load(Ordering::Acquire) && !task.handle.is_finished() {
             return Ok(None);
         }
         let Some(mut task) = self.task.take() else {
@@ -249,8 +252,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         E: Into<TaskError> + Send + 'static,
     {
         let done = self.task_done.clone();
+        let finished = Arc::new(AtomicBool::new(false));
+        let finished_in_task = finished.clone();
         let handle = tokio::spawn(async move {
             let r = fut.await.map_err(Into::into);
+            finished_in_task.store(true, Ordering::Release);
             done.notify_one();
             r
         });
@@ -259,6 +265,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             handle,
             reply: None,
             recovering: Arc::new(AtomicBool::new(false)),
+            finished,
             callback: None,
         });
     }
