@@ -62,7 +62,7 @@ use tokio::time::Instant;
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{DataDirState, DesiredConfig, PgControl, PgState, Postgres, ReplicaMethod};
-use pgpilot_types::{Command, NodeSnapshot, Peers, Role, State};
+use pgpilot_types::{AgentStats, Command, NodeSnapshot, Peers, Role, State};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -199,6 +199,8 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     /// When we last gave the key back because `pre_promote` failed: for a ttl after it this
     /// member stays out of the leader race.
     pre_promote_released_at: Option<Instant>,
+    /// What this agent counts about its own work (the `pgpilot_*` metrics).
+    stats: AgentStats,
 }
 
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
@@ -260,6 +262,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             guard: Guard::off(),
             hooks,
             pre_promote_released_at: None,
+            stats: AgentStats::default(),
         }
     }
 
@@ -336,6 +339,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     return Err(AgentError::Fatal(msg));
                 }
             };
+            self.stats.cycles += 1;
+            self.stats.last_cycle = started.elapsed();
             if self.dynamic.pause {
                 info!("PAUSE: {msg}");
             } else {
@@ -398,6 +403,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
             Err(e) => {
                 error!("Error communicating with DCS: {e}");
+                self.stats.dcs_read_errors += 1;
                 None
             }
         };
