@@ -15,6 +15,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use pgpilot_values::python::py_float_repr;
 use serde_json::Value;
 
 use crate::NodeSnapshot;
@@ -106,21 +107,11 @@ fn epoch_seconds(v: Option<&Value>) -> String {
     };
     // Microseconds are exact in an f64 and one division rounds as Python's does.
     let secs = ts.as_microsecond() as f64 / 1e6;
-    python_float(secs)
-}
-
-/// An f64 as Python's `repr` prints it: shortest round-trip digits, `.0` when integral.
-fn python_float(f: f64) -> String {
-    let s = f.to_string();
-    if s.contains(['.', 'e', 'E']) || !f.is_finite() {
-        s
-    } else {
-        format!("{s}.0")
-    }
+    py_float_repr(secs)
 }
 
 fn seconds(d: Duration) -> String {
-    python_float(d.as_secs_f64())
+    py_float_repr(d.as_secs_f64())
 }
 
 /// Renders `/metrics` from the status document `doc` of `snap` (Patroni's `do_GET_metrics`).
