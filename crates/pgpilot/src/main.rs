@@ -111,6 +111,9 @@ fn guard(data_dir: &std::path::Path, args: &Args) -> ExitCode {
             .unwrap_or_else(|| "INFO".into()),
         format_json: args.guard_log_json,
         dir: args.guard_log_dir.clone(),
+        // The agent rotates `patroni.log`; two processes rotating one file would lose lines.
+        file_size: 0,
+        ..pgpilot_config::LogConfig::default()
     };
     if let Err(e) = logging::init(&log) {
         eprintln!("can not set up logging: {e:#}");
@@ -302,6 +305,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
     let guard = start_guard(&cfg);
     let mut agent = Agent::new(cfg, dcs.clone(), pg, Arc::new(client), snap_tx)
         .with_commands(cmd_rx, config_path)
+        .on_reload(Box::new(|cfg: &Config| logging::reconfigure(&cfg.log)))
         .with_guard(guard);
     agent
         .check_unique_name()

@@ -311,6 +311,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.cfg = cfg;
         // Rewrite the configuration files (and reload PostgreSQL) on the next cycle.
         self.written = None;
+        if let Some(f) = &self.on_reload {
+            f(&self.cfg);
+        }
         info!("Reloading the configuration");
     }
 

@@ -136,6 +136,9 @@ struct SyncDuty {
     warned_strict: bool,
 }
 
+/// What the binary does with a reloaded configuration (see [`Agent::on_reload`]).
+pub type ReloadHook = Box<dyn Fn(&Config) + Send + Sync>;
+
 /// The agent of one member.
 pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     cfg: Config,
@@ -201,6 +204,8 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     pre_promote_released_at: Option<Instant>,
     /// What this agent counts about its own work (the `pgpilot_*` metrics).
     stats: AgentStats,
+    /// Called with the new configuration after a reload, for what the binary owns (logging).
+    on_reload: Option<ReloadHook>,
 }
 
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
@@ -263,6 +268,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             hooks,
             pre_promote_released_at: None,
             stats: AgentStats::default(),
+            on_reload: None,
         }
     }
 
@@ -292,6 +298,13 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     ) -> Agent<D, P, Pg> {
         self.commands = Some(commands);
         self.config_path = config_path;
+        self
+    }
+
+    /// Calls `f` with the new local configuration after every successful reload (`POST
+    /// /reload`, SIGHUP): the binary applies the `log` section with it.
+    pub fn on_reload(mut self, f: ReloadHook) -> Agent<D, P, Pg> {
+        self.on_reload = Some(f);
         self
     }
 
