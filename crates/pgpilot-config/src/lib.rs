@@ -329,8 +329,9 @@ impl Tags {
     }
 }
 
-/// The `log` section (spec/config.md §3.3). Every key here is applied again on reload.
-#[derive(Debug, Clone, PartialEq)]
+/// The `log` section (spec/config.md §3.3). Every key here is applied again on reload. Serde
+/// only to hand it to the guard process (`pgpilot --guard`), which logs as the agent does.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogConfig {
     /// `DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`.
     pub level: String,

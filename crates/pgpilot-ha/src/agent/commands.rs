@@ -295,6 +295,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 return;
             }
         };
+        // The new `log` section first, so that what this reload says is logged as it asks.
+        if let Some(f) = &self.on_reload {
+            f(&loaded.config);
+        }
         for w in &loaded.warnings {
             warn!("{w}");
         }
@@ -311,9 +315,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.cfg = cfg;
         // Rewrite the configuration files (and reload PostgreSQL) on the next cycle.
         self.written = None;
-        if let Some(f) = &self.on_reload {
-            f(&self.cfg);
-        }
         info!("Reloading the configuration");
     }
 
