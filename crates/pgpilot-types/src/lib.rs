@@ -143,7 +143,7 @@ pub struct NodeSnapshot {
 pub struct AgentStats {
     /// HA cycles completed.
     pub cycles: u64,
-    /// Wall time of the last completed cycle (observe, decide, act, publish).
+    /// Wall time of the last completed cycle (observe, decide, act; publishing excluded).
     pub last_cycle: Duration,
     /// Cycles whose DCS read failed ("Error communicating with DCS").
     pub dcs_read_errors: u64,

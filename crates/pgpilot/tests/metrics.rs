@@ -5,9 +5,10 @@ mod harness;
 
 use std::collections::HashMap;
 
-use harness::{Cluster, Options};
+use anyhow::ensure;
+use harness::{Cluster, Options, FAILOVER_TIMEOUT};
 use prometheus_parse::{Sample, Scrape, Value as Metric};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// One scrape of member `i`: the Content-Type and the parsed body.
 async fn scrape(cluster: &Cluster, i: usize) -> (String, Scrape, String) {
@@ -65,11 +66,58 @@ const PATRONI_FAMILIES: &[(&str, &str)] = &[
     ("patroni_postgres_state", "gauge"),
 ];
 
+/// After a switchover the new leader's scrape says primary on the next timeline, with one
+/// promotion counted and its `pg_ctl promote` time; the former leader's says replica.
+async fn switchover_moves_the_primary_metric(cluster: &Cluster, leader: usize, replica: usize) {
+    let old_tl = cluster.patroni(leader).await.unwrap()["timeline"]
+        .as_f64()
+        .unwrap();
+    let body = json!({
+        "leader": cluster.member(leader).name,
+        "candidate": cluster.member(replica).name,
+    });
+    let (code, text) = cluster
+        .api_call(leader, "POST", "/switchover", Some(body), true)
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        cluster
+            .wait_for_leader_except(&[leader], FAILOVER_TIMEOUT)
+            .await,
+        replica
+    );
+    cluster
+        .wait(
+            FAILOVER_TIMEOUT,
+            "both scrapes after the switchover",
+            async || {
+                let (_, new, body) = scrape(cluster, replica).await;
+                let new = by_name(&new);
+                ensure!(value(&new, "patroni_primary") == 1.0, "{body}");
+                ensure!(
+                    value(&new, "patroni_postgres_timeline") == old_tl + 1.0,
+                    "{body}"
+                );
+                ensure!(value(&new, "pgpilot_promotions_total") == 1.0, "{body}");
+                let took = value(&new, "pgpilot_last_promotion_duration_seconds");
+                ensure!(took > 0.0 && took < 60.0, "{body}");
+                let (_, old, body) = scrape(cluster, leader).await;
+                let old = by_name(&old);
+                ensure!(value(&old, "patroni_replica") == 1.0, "{body}");
+                ensure!(value(&old, "patroni_primary") == 0.0, "{body}");
+                eprintln!("switchover: pg_ctl promote took {took} s");
+                Ok(())
+            },
+        )
+        .await;
+}
+
 /// A leader and a streaming replica each serve `/metrics` as `text/plain; version=0.0.4`:
 /// every Patroni family with its type and HELP, the `scope`/`name` labels on every sample,
 /// `patroni_primary` 1 only on the leader and `patroni_replica` 1 only on the replica, timeline,
 /// server version and WAL positions as `/patroni` reports them (WAL read between two
-/// `/patroni` calls), and the agent's own counters moving.
+/// `/patroni` calls), and the agent's own counters moving; then a switchover moves them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_of_a_leader_and_a_replica_match_their_status() {
     harness::init();
@@ -179,5 +227,8 @@ async fn metrics_of_a_leader_and_a_replica_match_their_status() {
         } else {
             assert_eq!(renewals, 0.0, "{body}");
         }
+        assert_eq!(value(&samples, "pgpilot_promotions_total"), 0.0);
     }
+
+    switchover_moves_the_primary_metric(&cluster, leader, replica).await;
 }
