@@ -14,6 +14,7 @@ use std::sync::Arc;
 pub mod client;
 mod health;
 mod http;
+mod metrics;
 mod server;
 mod status;
 pub mod tls;
@@ -21,7 +22,7 @@ mod write;
 
 pub use client::Client;
 pub use pgpilot_types::{
-    Command, NodeSnapshot, PeerStatus, Peers, PgInfo, RestartRequest, Role, State,
+    AgentStats, Command, NodeSnapshot, PeerStatus, Peers, PgInfo, RestartRequest, Role, State,
 };
 pub use server::{serve, ServerOptions};
 pub use status::status_document;

@@ -14,6 +14,7 @@ use tracing::debug;
 
 use crate::health::{health_code, liveness, readiness};
 use crate::http::{python_json, read_request, write_response, Request, Response};
+use crate::metrics;
 use crate::status::{status_document, sync_flags};
 use crate::tls::{ServerTls, VerifyClient};
 use crate::write::{self, allowed, resolve_allowlist};
@@ -207,10 +208,8 @@ async fn live_snapshot<D: Dcs>(
     if !matches!(
         snap.state,
         State::Running | State::Starting | State::Restarting
-    ) || matches!(
-        first,
-        "cluster" | "history" | "config" | "liveness" | "metrics"
-    ) {
+    ) || matches!(first, "cluster" | "history" | "config" | "liveness")
+    {
         return snap;
     }
     let cached = {
@@ -294,6 +293,11 @@ async fn get<D: Dcs>(
     let first = req.first_segment();
     match first {
         "patroni" => Response::json(200, python_json(&status_document(snap, now))),
+        "metrics" => {
+            let mut resp = Response::text(200, metrics::render(snap, &status_document(snap, now)));
+            resp.content_type = metrics::CONTENT_TYPE;
+            resp
+        }
         "liveness" => Response::status_only(liveness(snap, now)),
         "readiness" => Response::status_only(readiness(snap, req, now)),
         "cluster" => match shared.dcs.cluster_fresh().await {

@@ -329,14 +329,72 @@ impl Tags {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// The `log` section (spec/config.md §3.3). Every key here is applied again on reload. Serde
+/// only to hand it to the guard process (`pgpilot --guard`), which logs as the agent does.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogConfig {
     /// `DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`.
     pub level: String,
     /// `plain` or `json`.
     pub format_json: bool,
-    /// If set, also log to `<dir>/patroni.log`.
+    /// `log.format` for `type: plain`: a Python %-style template
+    /// (`%(asctime)s %(levelname)s: %(message)s` by default).
+    pub plain_format: String,
+    /// `log.format` for `type: json`: the record fields written, in order, each with the key
+    /// it is written under (`{field: renamed}` entries rename).
+    pub json_fields: Vec<(String, String)>,
+    /// `log.dateformat`: a strftime template for `asctime` (`None`: Python's
+    /// `2026-11-24 14:16:47,123`).
+    pub dateformat: Option<String>,
+    /// `log.static_fields`: added to every JSON line after the record fields.
+    pub static_fields: Map<String, Value>,
+    /// If set, log to `<dir>/patroni.log` (instead of stderr), rotated by size.
     pub dir: Option<PathBuf>,
+    /// `log.file_size`: bytes after which `patroni.log` is rotated (0: never).
+    pub file_size: u64,
+    /// `log.file_num`: rotated files kept (`patroni.log.1` newest, up to `.<file_num>`; 0:
+    /// never rotated).
+    pub file_num: usize,
+    /// `log.mode`: permissions of the log file (`None`: 0666 less the umask).
+    pub mode: Option<u32>,
+}
+
+impl LogConfig {
+    /// Patroni's default `log.format`.
+    pub const DEFAULT_FORMAT: &'static str = "%(asctime)s %(levelname)s: %(message)s";
+
+    /// The record fields a Python %-style template names, in order (`%(name)s` → `name`).
+    pub fn template_fields(template: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = template;
+        while let Some(start) = rest.find("%(") {
+            rest = &rest[start + 2..];
+            let Some(end) = rest.find(')') else { break };
+            out.push(rest[..end].to_string());
+            rest = &rest[end + 1..];
+        }
+        out
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "INFO".into(),
+            format_json: false,
+            plain_format: LogConfig::DEFAULT_FORMAT.into(),
+            json_fields: LogConfig::template_fields(LogConfig::DEFAULT_FORMAT)
+                .into_iter()
+                .map(|f| (f.clone(), f))
+                .collect(),
+            dateformat: None,
+            static_fields: Map::new(),
+            dir: None,
+            file_size: 25_000_000,
+            file_num: 4,
+            mode: None,
+        }
+    }
 }
 
 /// The environment the configuration is read from, captured once per process.

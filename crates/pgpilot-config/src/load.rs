@@ -106,7 +106,13 @@ const MODELLED: &[&str] = &[
     "tags",
     "log.level",
     "log.type",
+    "log.format",
+    "log.dateformat",
+    "log.static_fields",
     "log.dir",
+    "log.file_size",
+    "log.file_num",
+    "log.mode",
     "watchdog.mode",
     "watchdog.device",
     "watchdog.safety_margin",
@@ -760,6 +766,89 @@ fn watchdog(r: &mut Reader<'_>) -> WatchdogConfig {
     w
 }
 
+/// The `log` section as Patroni's `PatroniLogger.reload_config` reads it; what it would warn
+/// about (a `format` of the wrong shape) is a warning here too.
+fn log_section(r: &mut Reader, warnings: &mut Vec<String>) -> LogConfig {
+    let mut log = LogConfig::default();
+    if let Some(level) = r.string("log.level", false) {
+        log.level = level;
+    }
+    log.format_json = r
+        .string("log.type", false)
+        .is_some_and(|t| t.eq_ignore_ascii_case("json"));
+    match r.get("log.format") {
+        None => {}
+        Some(Value::String(f)) => {
+            log.plain_format = f.clone();
+            log.json_fields = LogConfig::template_fields(f)
+                .into_iter()
+                .map(|f| (f.clone(), f))
+                .collect();
+        }
+        Some(Value::Array(items)) => {
+            let mut fields = Vec::new();
+            for item in items {
+                match item {
+                    Value::String(f) => fields.push((f.clone(), f.clone())),
+                    Value::Object(m) => {
+                        for (field, renamed) in m {
+                            match renamed {
+                                Value::String(to) => fields.push((field.clone(), to.clone())),
+                                other => warnings.push(format!(
+                                    "log.format: expected renamed log field to be a string, but got {other}"
+                                )),
+                            }
+                        }
+                    }
+                    other => warnings.push(format!(
+                        "log.format: expected each item of log format to be a string or dictionary, but got {other}"
+                    )),
+                }
+            }
+            if !fields.is_empty() {
+                log.json_fields = fields;
+            }
+            if !log.format_json {
+                warnings.push(
+                    "log.format: expected a string when log type is plain, using the default format"
+                        .into(),
+                );
+            }
+        }
+        Some(other) => warnings.push(format!(
+            "log.format: expected a string or a list, but got {other}; using the default format"
+        )),
+    }
+    log.dateformat = r.string("log.dateformat", false);
+    if let Some(v) = r.get("log.static_fields") {
+        match v {
+            Value::Object(m) => log.static_fields = m.clone(),
+            other => r.problem(
+                "log.static_fields",
+                format!("{other} didn't pass validation: expected a dictionary"),
+            ),
+        }
+    }
+    log.dir = r.string("log.dir", false).map(PathBuf::from);
+    if let Some(n) = r.number("log.file_size") {
+        log.file_size = n.max(0.0) as u64;
+    }
+    if let Some(n) = r.number("log.file_num") {
+        log.file_num = n.max(0.0) as usize;
+    }
+    if let Some(n) = r.number("log.mode") {
+        if (0.0..=f64::from(0o777)).contains(&n) {
+            log.mode = Some(n as u32);
+        } else {
+            r.problem(
+                "log.mode",
+                format!("{n} didn't pass validation: must be between 0 and 511 (0o777)"),
+            );
+        }
+    }
+    log
+}
+
 /// Every leaf path of `v` (objects only) that neither [`MODELLED`] nor `also` (the sections the
 /// configured methods name) covers, for the unknown-keys warning.
 fn leaf_paths(prefix: &str, v: &Value, also: &[String], out: &mut Vec<String>) {
@@ -1003,13 +1092,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
     let tags = tags(&mut r, &mut warnings);
     let watchdog = watchdog(&mut r);
     let guard = r.boolean("pgpilot.guard").unwrap_or(true);
-    let log = LogConfig {
-        level: r
-            .string("log.level", false)
-            .unwrap_or_else(|| "INFO".into()),
-        format_json: r.string("log.type", false).is_some_and(|t| t == "json"),
-        dir: r.string("log.dir", false).map(PathBuf::from),
-    };
+    let log = log_section(&mut r, &mut warnings);
 
     let mut unknown = Vec::new();
     leaf_paths("", &doc, &methods::method_sections(&r), &mut unknown);

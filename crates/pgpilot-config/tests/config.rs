@@ -1093,3 +1093,63 @@ fn guard_is_on_by_default_and_can_be_turned_off() {
     let e = with("", &[("PGPILOT_GUARD", "maybe")]).unwrap_err();
     assert!(e.to_string().contains("pgpilot.guard: maybe"), "{e}");
 }
+
+/// The `log` section as Patroni reads it: a JSON `format` list with renames, `dateformat`,
+/// `static_fields`, `dir` with `file_size`/`file_num`/`mode` (octal in YAML), Patroni's
+/// defaults when absent; implemented keys leave the "not implemented" warning, the others
+/// (`traceback_level`, `loggers`, ...) stay in it.
+#[test]
+fn log_section_is_read() {
+    let doc = format!(
+        "{SAMPLE}log:\n  type: json\n  level: DEBUG\n  format:\n  - asctime\n  - levelname: level\n  - message\n  dateformat: '%Y-%m-%dT%H:%M:%S'\n  static_fields:\n    app: pgpilot\n  dir: /var/log/pgpilot\n  file_size: 1000\n  file_num: 2\n  mode: 0640\n  traceback_level: DEBUG\n  loggers:\n    patroni.ha: INFO\n"
+    );
+    let loaded = load(None, &env(&[("PATRONI_CONFIGURATION", &doc)])).unwrap();
+    let log = &loaded.config.log;
+    assert!(log.format_json);
+    assert_eq!(log.level, "DEBUG");
+    assert_eq!(
+        log.json_fields,
+        [
+            ("asctime".to_string(), "asctime".to_string()),
+            ("levelname".into(), "level".into()),
+            ("message".into(), "message".into()),
+        ]
+    );
+    assert_eq!(log.dateformat.as_deref(), Some("%Y-%m-%dT%H:%M:%S"));
+    assert_eq!(
+        Value::Object(log.static_fields.clone()),
+        json!({"app": "pgpilot"})
+    );
+    assert_eq!(
+        log.dir.as_deref(),
+        Some(std::path::Path::new("/var/log/pgpilot"))
+    );
+    assert_eq!(
+        (log.file_size, log.file_num, log.mode),
+        (1000, 2, Some(0o640))
+    );
+    let warnings = loaded.warnings.join("\n");
+    assert!(warnings.contains("log.traceback_level"), "{warnings}");
+    assert!(warnings.contains("log.loggers"), "{warnings}");
+    for implemented in [
+        "log.format",
+        "log.dateformat",
+        "log.static_fields",
+        "log.file_size",
+        "log.file_num",
+        "log.mode",
+        "log.dir",
+        "log.type",
+    ] {
+        assert!(!warnings.contains(implemented), "{implemented}: {warnings}");
+    }
+
+    let defaults = load(None, &env(&[("PATRONI_CONFIGURATION", SAMPLE)])).unwrap();
+    let log = &defaults.config.log;
+    assert_eq!(
+        (log.file_size, log.file_num, log.mode),
+        (25_000_000, 4, None)
+    );
+    assert_eq!(log.plain_format, "%(asctime)s %(levelname)s: %(message)s");
+    assert!(!log.format_json);
+}

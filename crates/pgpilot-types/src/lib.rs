@@ -132,6 +132,29 @@ pub struct NodeSnapshot {
     /// `watchdog.mode: required` and no usable watchdog: peers leave this member out of leader
     /// races (`/patroni` `watchdog_failed`).
     pub watchdog_failed: bool,
+    /// The agent's own counters (pgpilot's `pgpilot_*` metrics).
+    pub stats: AgentStats,
+}
+
+/// What the agent counts about its own work since it started, served as `pgpilot_*` metrics
+/// beside Patroni's. Plain values copied into every published snapshot: the REST API reads
+/// them without sharing anything with the cycle.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AgentStats {
+    /// HA cycles completed.
+    pub cycles: u64,
+    /// Wall time of the last completed cycle (observe, decide, act; publishing excluded).
+    pub last_cycle: Duration,
+    /// Cycles whose DCS read failed ("Error communicating with DCS").
+    pub dcs_read_errors: u64,
+    /// Successful leader key renewals and acquisitions.
+    pub leader_renewals: u64,
+    /// Leader key renewals that failed or found the key no longer ours.
+    pub leader_renewal_failures: u64,
+    /// Promotions of the local replica that `pg_ctl promote` completed.
+    pub promotions: u64,
+    /// How long the last completed `pg_ctl promote` took.
+    pub last_promotion: Option<Duration>,
 }
 
 impl NodeSnapshot {
@@ -158,6 +181,7 @@ impl NodeSnapshot {
             loop_wait: Duration::from_secs(10),
             scheduled_restart: None,
             watchdog_failed: false,
+            stats: AgentStats::default(),
         }
     }
 

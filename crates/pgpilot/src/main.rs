@@ -38,13 +38,9 @@ struct Args {
     /// Run as the guard of the PostgreSQL in this data directory (started by the agent).
     #[arg(long, hide = true, value_name = "DATA_DIR")]
     guard: Option<PathBuf>,
-    /// The agent's `log.level`, `log.dir` and `log.type: json`, for the guard's log lines.
+    /// The agent's `log` section (JSON), for the guard's log lines.
     #[arg(long, hide = true, requires = "guard")]
-    guard_log_level: Option<String>,
-    #[arg(long, hide = true, requires = "guard")]
-    guard_log_dir: Option<PathBuf>,
-    #[arg(long, hide = true, requires = "guard")]
-    guard_log_json: bool,
+    guard_log: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -104,14 +100,13 @@ fn main() -> ExitCode {
 
 /// The guard process (`pgpilot_ha::guard`), logging where the agent logs.
 fn guard(data_dir: &std::path::Path, args: &Args) -> ExitCode {
-    let log = pgpilot_config::LogConfig {
-        level: args
-            .guard_log_level
-            .clone()
-            .unwrap_or_else(|| "INFO".into()),
-        format_json: args.guard_log_json,
-        dir: args.guard_log_dir.clone(),
-    };
+    let mut log: pgpilot_config::LogConfig = args
+        .guard_log
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    // The agent rotates `patroni.log`; two processes rotating one file would lose lines.
+    log.file_size = 0;
     if let Err(e) = logging::init(&log) {
         eprintln!("can not set up logging: {e:#}");
         return ExitCode::FAILURE;
@@ -138,14 +133,9 @@ fn start_guard(cfg: &Config) -> Guard {
         }
     };
     let mut args: Vec<OsString> = vec!["--guard".into(), cfg.postgresql.data_dir.clone().into()];
-    args.push("--guard-log-level".into());
-    args.push(cfg.log.level.clone().into());
-    if let Some(dir) = &cfg.log.dir {
-        args.push("--guard-log-dir".into());
-        args.push(dir.clone().into());
-    }
-    if cfg.log.format_json {
-        args.push("--guard-log-json".into());
+    if let Ok(log) = serde_json::to_string(&cfg.log) {
+        args.push("--guard-log".into());
+        args.push(log.into());
     }
     match ProcessLink::spawn(&exe, args) {
         Ok(link) => Guard::new(Box::new(link)),
@@ -302,6 +292,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
     let guard = start_guard(&cfg);
     let mut agent = Agent::new(cfg, dcs.clone(), pg, Arc::new(client), snap_tx)
         .with_commands(cmd_rx, config_path)
+        .on_reload(Box::new(|cfg: &Config| logging::reconfigure(&cfg.log)))
         .with_guard(guard);
     agent
         .check_unique_name()

@@ -510,11 +510,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         leader: Option<&pgpilot_dcs::Leader>,
     ) -> Result<bool, pgpilot_dcs::DcsError> {
         let start = self.guard.renewal_started();
-        let renewed = self.dcs.update_leader(leader).await?;
-        if renewed {
-            self.renewed(start);
+        let renewed = self.dcs.update_leader(leader).await;
+        match renewed {
+            Ok(true) => self.renewed(start),
+            Ok(false) | Err(_) => self.stats.leader_renewal_failures += 1,
         }
-        Ok(renewed)
+        renewed
     }
 
     /// A successful leader key renewal (or acquisition) whose request was sent at `start`: note
@@ -522,6 +523,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// maintenance mode, where nothing is fenced automatically).
     pub(super) fn renewed(&mut self, start: RenewalStart) {
         self.last_renewal = Some(start.at);
+        self.stats.leader_renewals += 1;
         self.watchdog.keepalive();
         if !self.dynamic.pause {
             self.guard.arm(start, self.dynamic.ttl);

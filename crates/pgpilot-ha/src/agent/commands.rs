@@ -295,6 +295,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 return;
             }
         };
+        // The new `log` section first, so that what this reload says is logged as it asks.
+        if let Some(f) = &self.on_reload {
+            f(&loaded.config);
+        }
         for w in &loaded.warnings {
             warn!("{w}");
         }

@@ -181,8 +181,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             AfterPrePromote::Cancel { msg } => return Promotion::Cancelled(msg),
         }
         self.role = Role::Primary;
+        let promote_started = Instant::now();
         match self.pg.promote(self.pg_ctl_timeout()).await {
             Ok(()) => {
+                self.stats.promotions += 1;
+                self.stats.last_promotion = Some(promote_started.elapsed());
                 self.hooks.fire(CallbackAction::OnRoleChange, Role::Primary);
                 let desired = self.desired(None);
                 self.ensure_config(desired).await;

@@ -62,7 +62,7 @@ use tokio::time::Instant;
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{DataDirState, DesiredConfig, PgControl, PgState, Postgres, ReplicaMethod};
-use pgpilot_types::{Command, NodeSnapshot, Peers, Role, State};
+use pgpilot_types::{AgentStats, Command, NodeSnapshot, Peers, Role, State};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -136,6 +136,9 @@ struct SyncDuty {
     warned_strict: bool,
 }
 
+/// What the binary does with a reloaded configuration (see [`Agent::on_reload`]).
+pub type ReloadHook = Box<dyn Fn(&Config) + Send + Sync>;
+
 /// The agent of one member.
 pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     cfg: Config,
@@ -203,6 +206,10 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     /// When we last gave the key back because `pre_promote` failed: for a ttl after it this
     /// member stays out of the leader race.
     pre_promote_released_at: Option<Instant>,
+    /// What this agent counts about its own work (the `pgpilot_*` metrics).
+    stats: AgentStats,
+    /// Called with the new configuration after a reload, for what the binary owns (logging).
+    on_reload: Option<ReloadHook>,
 }
 
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
@@ -266,6 +273,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             guard: Guard::off(),
             hooks,
             pre_promote_released_at: None,
+            stats: AgentStats::default(),
+            on_reload: None,
         }
     }
 
@@ -295,6 +304,13 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     ) -> Agent<D, P, Pg> {
         self.commands = Some(commands);
         self.config_path = config_path;
+        self
+    }
+
+    /// Calls `f` with the new local configuration after every successful reload (`POST
+    /// /reload`, SIGHUP): the binary applies the `log` section with it.
+    pub fn on_reload(mut self, f: ReloadHook) -> Agent<D, P, Pg> {
+        self.on_reload = Some(f);
         self
     }
 
@@ -342,6 +358,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     return Err(AgentError::Fatal(msg));
                 }
             };
+            self.stats.cycles += 1;
+            self.stats.last_cycle = started.elapsed();
             if self.dynamic.pause {
                 info!("PAUSE: {msg}");
             } else {
@@ -424,6 +442,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
             Err(e) => {
                 error!("Error communicating with DCS: {e}");
+                self.stats.dcs_read_errors += 1;
                 None
             }
         };

@@ -151,6 +151,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             loop_wait: self.dynamic.loop_wait,
             scheduled_restart: self.scheduled_restart_json(),
             watchdog_failed: !self.watchdog.is_healthy(),
+            stats: self.stats,
         };
         self.snapshot.send_replace(Arc::new(snap));
     }
