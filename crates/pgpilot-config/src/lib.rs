@@ -27,7 +27,9 @@ pub use dynamic::{
     DynamicConfig, PermanentSlot, SlotMatcher, FENCED_MIN_RETRY_TIMEOUT, FENCED_MIN_TTL,
     MIN_RETRY_TIMEOUT, MIN_TTL,
 };
-pub use load::{etcd_endpoint, etcd_from_document, load, load_document, load_from_value};
+pub use load::{
+    deep_merge, etcd_endpoint, etcd_from_document, load, load_document, load_from_value,
+};
 pub use pgpilot_values::{
     BootstrapRecovery, CustomBootstrap, MethodCommand, ReplicaMethod, SyncMode,
 };
@@ -400,7 +402,9 @@ impl Default for LogConfig {
 /// The environment the configuration is read from, captured once per process.
 static ENVIRONMENT: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
 
-fn environment() -> &'static [(String, String)] {
+/// The process environment as it was at start (`PATRONI_*` included, see
+/// [`take_environment`]).
+pub fn environment() -> &'static [(String, String)] {
     ENVIRONMENT.get_or_init(|| std::env::vars().collect())
 }
 

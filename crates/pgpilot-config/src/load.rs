@@ -136,7 +136,8 @@ const BASEBACKUP_FORBIDDEN: &[&str] = &[
     "password",
 ];
 
-fn deep_merge(base: &mut Value, over: Value) {
+/// Merges `over` into `base`: maps key by key, anything else replaced.
+pub fn deep_merge(base: &mut Value, over: Value) {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {

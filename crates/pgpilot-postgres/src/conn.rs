@@ -103,3 +103,16 @@ where
     });
     client
 }
+
+/// A superuser connection to `host` (a name, an address or a unix socket directory) for a
+/// one-off tool (`pgpilot --generate-config`): the agent's own connection rules, TLS included,
+/// with `creds`' libpq options.
+pub async fn connect_superuser(
+    host: &str,
+    port: u16,
+    dbname: &str,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client> {
+    connect(&Target { host, port, dbname }, "superuser", creds, timeout).await
+}

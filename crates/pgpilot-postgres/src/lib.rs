@@ -17,6 +17,7 @@ mod pg;
 mod tls;
 mod version;
 
+pub use conn::connect_superuser;
 pub use control::PgControl;
 pub use pg::{live_postmaster_pid, quote_ident, quote_literal, Postgres};
 pub use pgpilot_values::{BootstrapRecovery, CustomBootstrap, Lsn, MethodCommand, ReplicaMethod};

@@ -2,13 +2,14 @@
 //! that the configuration loader, the DCS layer, PostgreSQL control, the agent, the REST API and
 //! `pgpilotctl` share one reading: Patroni's booleans and `synchronous_mode` ([`patroni`]), WAL
 //! positions ([`Lsn`]), the user's bootstrap and replica creation commands ([`methods`]), Python's
-//! `repr(float)` and `json.dumps` ([`python`]), and the two facts read from a certificate
+//! `repr(float)` and `json.dumps` ([`python`]), PyYAML's `safe_dump` ([`pyyaml`]), and the two facts read from a certificate
 //! ([`x509`]).
 
 mod lsn;
 pub mod methods;
 pub mod patroni;
 pub mod python;
+pub mod pyyaml;
 pub mod x509;
 
 pub use lsn::Lsn;

@@ -20,6 +20,7 @@ use pgpilot_ha::{Agent, AgentError};
 use pgpilot_postgres::{Credentials, PgSettings, Postgres};
 use tokio_util::sync::CancellationToken;
 
+mod generate;
 mod logging;
 
 /// PostgreSQL high availability, compatible with Patroni's configuration, DCS layout and REST API.
@@ -32,6 +33,18 @@ struct Args {
     /// Check the configuration, list every problem with its key path, and exit.
     #[arg(long)]
     validate_config: bool,
+    /// Write a sample configuration (defaults for the PostgreSQL of `postgresql.bin_dir`, over
+    /// them the PATRONI_* variables) to CONFIG, or to stdout, and exit.
+    #[arg(long, conflicts_with_all = ["validate_config", "generate_config"])]
+    generate_sample_config: bool,
+    /// Write a configuration read from the running PostgreSQL (settings, data directory,
+    /// pg_hba.conf, binaries) to CONFIG, or to stdout, and exit.
+    #[arg(long, conflicts_with = "validate_config")]
+    generate_config: bool,
+    /// With --generate-config: how to connect to the running PostgreSQL (libpq key=value or
+    /// URI); the libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, ...) fill in the rest.
+    #[arg(long, requires = "generate_config")]
+    dsn: Option<String>,
     /// Print the version and exit.
     #[arg(long)]
     version: bool,
@@ -51,6 +64,21 @@ fn main() -> ExitCode {
     if args.version {
         println!("pgpilot {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+    if args.generate_sample_config || args.generate_config {
+        let env = pgpilot_config::environment();
+        return match generate::run(
+            args.generate_sample_config,
+            args.dsn.as_deref(),
+            args.config.as_deref(),
+            env,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if args.validate_config {
         return validate(args.config.as_deref());
@@ -144,8 +172,8 @@ fn start_guard(cfg: &Config) -> Guard {
 }
 
 fn validate(path: Option<&std::path::Path>) -> ExitCode {
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    match pgpilot_config::load_document(path, &env) {
+    // The environment as it was at start: take_environment() removed the PATRONI_* variables.
+    match pgpilot_config::load_document(path, pgpilot_config::environment()) {
         Ok(doc) => {
             let problems = pgpilot_config::validate(&doc);
             if problems.is_empty() {
