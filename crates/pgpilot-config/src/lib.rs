@@ -230,6 +230,11 @@ pub struct PostgresqlConfig {
     pub create_replica_methods: Vec<ReplicaMethod>,
     /// Default 60 s.
     pub pg_ctl_timeout: Duration,
+    /// `postgresql.recovery_conf`: recovery settings of this member while it is a replica
+    /// (`restore_command`, `archive_cleanup_command`, `recovery_min_apply_delay`, ...); the
+    /// recovery targets, `primary_conninfo` and `primary_slot_name` are left out, as Patroni
+    /// leaves them out.
+    pub recovery_conf: BTreeMap<String, String>,
     /// Local `use_pg_rewind` (overrides the dynamic one when set).
     pub use_pg_rewind: Option<bool>,
     pub remove_data_directory_on_rewind_failure: bool,

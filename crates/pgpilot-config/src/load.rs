@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pgpilot_values::truthy;
+use pgpilot_values::{guc_value, truthy};
 use serde_json::{Map, Value};
 
 use crate::{
@@ -98,6 +98,7 @@ const MODELLED: &[&str] = &[
     "postgresql.create_replica_methods",
     "postgresql.create_replica_method",
     "postgresql.pg_ctl_timeout",
+    "postgresql.recovery_conf",
     "postgresql.use_pg_rewind",
     "postgresql.remove_data_directory_on_rewind_failure",
     "postgresql.callbacks",
@@ -1053,6 +1054,29 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
             ignored.join(", ")
         ));
     }
+    // Patroni's build_recovery_params: the recovery targets and the upstream are its own.
+    let recovery_conf: BTreeMap<String, String> = match r.get("postgresql.recovery_conf") {
+        Some(Value::Object(m)) => m
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.to_ascii_lowercase();
+                !k.starts_with("recovery_target")
+                    && !matches!(
+                        k.as_str(),
+                        "primary_conninfo" | "primary_slot_name" | "standby_mode"
+                    )
+            })
+            .map(|(k, v)| (k.clone(), guc_value(v)))
+            .collect(),
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(other) => {
+            r.problem(
+                "postgresql.recovery_conf",
+                format!("{other} didn't pass validation: expected a mapping"),
+            );
+            BTreeMap::new()
+        }
+    };
     let pg_ctl_timeout = r.number("postgresql.pg_ctl_timeout").unwrap_or(60.0);
     let callbacks: BTreeMap<String, String> = match r.get("postgresql.callbacks") {
         Some(Value::Object(m)) => m
@@ -1079,6 +1103,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         basebackup: r.options("postgresql.basebackup", BASEBACKUP_FORBIDDEN),
         create_replica_methods: methods::replica_methods(&mut r, &mut warnings),
         pg_ctl_timeout: Duration::from_secs_f64(pg_ctl_timeout.max(1.0)),
+        recovery_conf,
         use_pg_rewind: r.boolean("postgresql.use_pg_rewind"),
         remove_data_directory_on_rewind_failure: r
             .boolean("postgresql.remove_data_directory_on_rewind_failure")

@@ -1153,3 +1153,34 @@ fn log_section_is_read() {
     assert_eq!(log.plain_format, "%(asctime)s %(levelname)s: %(message)s");
     assert!(!log.format_json);
 }
+
+/// `postgresql.recovery_conf`: a replica's recovery settings, without the recovery targets and
+/// the upstream (Patroni's build_recovery_params leaves those to itself); no warning names it.
+#[test]
+fn recovery_conf_is_read_without_targets_or_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = SAMPLE.replace(
+        "\npostgresql:\n",
+        "\npostgresql:\n  recovery_conf:\n    restore_command: pgbackrest archive-get %f \"%p\"\n    \
+         recovery_min_apply_delay: 5min\n    recovery_target_time: '2026-01-01'\n    \
+         primary_conninfo: host=x\n",
+    );
+    assert_ne!(text, SAMPLE);
+    let path = write(dir.path(), "p.yml", &text);
+    let loaded = load(Some(&path), &env(&[("HOME", "/home/x")])).unwrap();
+    let rc = &loaded.config.postgresql.recovery_conf;
+    assert_eq!(
+        rc.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("recovery_min_apply_delay", "5min"),
+            ("restore_command", "pgbackrest archive-get %f \"%p\""),
+        ]
+    );
+    assert!(
+        !loaded.warnings.iter().any(|w| w.contains("recovery_conf")),
+        "{:?}",
+        loaded.warnings
+    );
+}

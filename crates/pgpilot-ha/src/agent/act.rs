@@ -129,6 +129,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// `synchronous_standby_names` (empty on replicas); otherwise the user's value stands.
     pub(super) fn desired(&self, standby: Option<StandbyConfig>) -> DesiredConfig {
         let mut parameters = effective_parameters(&self.cfg, &self.dynamic);
+        if standby.is_some() {
+            // `postgresql.recovery_conf` (restore_command and the like) while a replica.
+            parameters.extend(self.cfg.postgresql.recovery_conf.clone());
+        }
         let params = self.sync_params();
         if params.active() {
             parameters.insert(
