@@ -17,6 +17,7 @@ use tempfile::TempDir;
 
 use super::etcd::EtcdSetup;
 use super::tls::TlsFiles;
+use super::writer::WriterLog;
 use super::{
     agent_bin, clean_env, free_port, init, kill_postmaster_of, log_tail, pg, pid_alive,
     postmaster_pid, signal, spawn_child, tail, to_yaml, wait_for, Etcd, Standalone,
@@ -867,6 +868,25 @@ impl Cluster {
             .iter()
             .map(|r| r.get(0))
             .collect()
+    }
+
+    /// Asserts that every id `log` saw acknowledged is in `table` on member `i`.
+    pub async fn assert_no_acked_write_lost(&self, i: usize, table: &str, log: &WriterLog) {
+        let present: std::collections::HashSet<i64> =
+            self.ids(i, table).await.into_iter().collect();
+        let lost: Vec<i64> = log
+            .acked
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !present.contains(id))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged writes are missing on {}: {:?}",
+            lost.len(),
+            self.members[i].name,
+            &lost[..lost.len().min(20)]
+        );
     }
 
     /// `SELECT system_identifier FROM pg_control_system()` on member `i`.
