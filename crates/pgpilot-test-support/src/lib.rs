@@ -45,8 +45,11 @@ use nix::unistd::{Pid, User};
 mod base64;
 pub mod bench;
 mod cluster;
+mod daemon;
 mod etcd;
+mod haproxy;
 mod pg;
+mod pgbouncer;
 mod tls;
 mod watchdog;
 mod writer;
@@ -55,10 +58,12 @@ mod yaml;
 pub use base64::{decode as base64_decode, encode as base64_encode};
 pub use cluster::{Cluster, Member, Options, API_AUTH, REPLICATION, SUPERUSER};
 pub use etcd::{Etcd, EtcdSetup, Kv};
+pub use haproxy::{parse_stat, HaProxy, ServerState, HAPROXY_BIN};
 pub use pg::{controldata_system_identifier, Standalone};
+pub use pgbouncer::{PgBouncer, PGBOUNCER_BIN};
 pub use tls::{make_certs, temp_certs, TlsFiles};
 pub use watchdog::{WatchdogEvent, WatchdogMonitor};
-pub use writer::{Writer, WriterLog};
+pub use writer::{Reader, ReaderLog, Writer, WriterLog};
 pub use yaml::to_yaml;
 
 /// Debian's PostgreSQL 15 binaries.
