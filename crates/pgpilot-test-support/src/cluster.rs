@@ -574,6 +574,22 @@ impl Cluster {
         Ok((code, reply.text().await.unwrap_or_default()))
     }
 
+    /// `POST /switchover` on member `leader` naming it the leader and, if given, `candidate`;
+    /// asserts the answer is 200 and returns its text (Patroni's `Successfully switched over
+    /// to "<name>"`).
+    pub async fn switchover(&self, leader: usize, candidate: Option<usize>) -> String {
+        let mut body = json!({ "leader": self.members[leader].name });
+        if let Some(c) = candidate {
+            body["candidate"] = json!(self.members[c].name);
+        }
+        let (code, text) = self
+            .api_call(leader, "POST", "/switchover", Some(body), true)
+            .await
+            .unwrap_or_else(|e| panic!("POST /switchover: {e:#}"));
+        assert_eq!(code, 200, "POST /switchover: {text}");
+        text
+    }
+
     /// Waits until member `i` reports itself a running primary in `/patroni` (a switchover's
     /// API answer comes when the leader key moved, before the promotion ends) and returns its
     /// timeline.

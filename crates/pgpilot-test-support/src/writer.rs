@@ -9,7 +9,7 @@
 //! exist.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,7 +104,11 @@ impl<T: Send + 'static> Task<T> {
     }
 }
 
-pub struct Writer(Task<WriterLog>);
+pub struct Writer {
+    task: Task<WriterLog>,
+    /// How many writes were acknowledged so far, readable while the writer runs.
+    acked: Arc<AtomicUsize>,
+}
 
 impl Writer {
     /// Starts writing into `table (id bigint primary key, at timestamptz)` (created by the
@@ -127,7 +131,9 @@ impl Writer {
     /// Starts writing into `table` through the libpq connection string `conninfo`.
     pub fn start_conninfo(conninfo: String, table: &str) -> Writer {
         let table = table.to_string();
-        Writer(Task::spawn(|flag| async move {
+        let acked = Arc::new(AtomicUsize::new(0));
+        let count = acked.clone();
+        let task = Task::spawn(|flag| async move {
             let mut log = WriterLog::default();
             let mut client: Option<tokio_postgres::Client> = None;
             let mut next_id: i64 = 1;
@@ -151,7 +157,10 @@ impl Writer {
                 let sql = format!("INSERT INTO {table} VALUES ({id}, now())");
                 let res = tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql)).await;
                 match res {
-                    Ok(Ok(())) => log.acked.push((id, Instant::now())),
+                    Ok(Ok(())) => {
+                        log.acked.push((id, Instant::now()));
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(Err(e)) => {
                         log.fail(error_text(&e));
                         client = None;
@@ -164,11 +173,17 @@ impl Writer {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             log
-        }))
+        });
+        Writer { task, acked }
+    }
+
+    /// How many writes were acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
     }
 
     pub async fn finish(self) -> WriterLog {
-        self.0.finish().await
+        self.task.finish().await
     }
 }
 

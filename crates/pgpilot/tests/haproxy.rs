@@ -61,8 +61,9 @@ async fn wait_for_sync_standby(cluster: &Cluster, leader: usize) {
 
 /// Runs `act` (which returns the new primary) while a [`Writer`] writes into `table` through
 /// `write_via` and a [`Reader`] reads through HAProxy's replicas port. Then waits until the
-/// other running members stream from the new primary and HAProxy routes to exactly them, lets
-/// the clients run one more check interval, and asserts: every acknowledged write is on the new
+/// other running members stream from the new primary and HAProxy routes to exactly them, and
+/// the writer's writes are acknowledged again, lets the clients run one more check interval,
+/// and asserts: every acknowledged write is on the new
 /// primary, the primary section routes to it alone, and no read landed on a primary outside the
 /// change (from the event to HAProxy's settled routing). Prints the figures. Returns the new
 /// primary.
@@ -92,7 +93,19 @@ async fn measure(
     }
     haproxy.wait_routing(cluster, new, &replicas).await;
     let settled = Instant::now();
-    // One more check interval of HAProxy: the routing stays.
+    // Writes flow again through the proxies (a pooler may still refuse clients for a while),
+    // and the routing stays for one more check interval of HAProxy.
+    let before = writer.acked();
+    cluster
+        .wait(harness::FAILOVER_TIMEOUT, "writes to resume", async || {
+            ensure!(
+                writer.acked() >= before + 20,
+                "{} new",
+                writer.acked() - before
+            );
+            Ok(())
+        })
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let primary_up = haproxy.routing("primary").unwrap();
     let writes = writer.finish().await;
@@ -145,18 +158,7 @@ async fn measure(
 
 /// A switchover through `POST /switchover` from `leader`; returns the new leader.
 async fn switchover(cluster: &Cluster, leader: usize) -> usize {
-    let name = cluster.member(leader).name.clone();
-    let (code, text) = cluster
-        .api_call(
-            leader,
-            "POST",
-            "/switchover",
-            Some(json!({ "leader": name })),
-            true,
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 200, "{text}");
+    cluster.switchover(leader, None).await;
     cluster
         .wait_for_leader_except(&[leader], harness::FAILOVER_TIMEOUT)
         .await
