@@ -164,18 +164,19 @@ async fn switchover(cluster: &Cluster, leader: usize) -> usize {
         .await
 }
 
-/// Starts a cluster of `n` in synchronous mode and HAProxy in front of it, settled; `None`
-/// (with the reason printed) when a program is not installed.
-async fn setup(n: usize, tables: &[&str]) -> Option<(Cluster, HaProxy, usize)> {
+/// Whether to skip the test: a program it runs is not installed (the reason is printed).
+fn missing(programs: &[Result<(), String>]) -> bool {
     harness::init();
-    if let Err(why) = HaProxy::installed().and(if n == 2 {
-        PgBouncer::installed()
-    } else {
-        Ok(())
-    }) {
+    let missing: Vec<&String> = programs.iter().filter_map(|p| p.as_ref().err()).collect();
+    for why in &missing {
         eprintln!("{why}");
-        return None;
     }
+    !missing.is_empty()
+}
+
+/// Starts a cluster of `n` in synchronous mode with `tables` created, and HAProxy in front of
+/// it routing to it; returns them and the leader.
+async fn setup(n: usize, tables: &[&str]) -> (Cluster, HaProxy, usize) {
     let cluster = sync_cluster(n);
     let leader = cluster.wait_for_leader().await;
     let replicas = cluster.wait_for_replicas_streaming(n - 1).await;
@@ -192,7 +193,7 @@ async fn setup(n: usize, tables: &[&str]) -> Option<(Cluster, HaProxy, usize)> {
     let mut haproxy = HaProxy::start(&cluster);
     let took = haproxy.wait_routing(&cluster, leader, &replicas).await;
     eprintln!("haproxy routes to the cluster after {}", secs(took));
-    Some((cluster, haproxy, leader))
+    (cluster, haproxy, leader)
 }
 
 /// HAProxy with Patroni's `/primary` and `/replica` checks follows a switchover and a crash of
@@ -202,11 +203,10 @@ async fn setup(n: usize, tables: &[&str]) -> Option<(Cluster, HaProxy, usize)> {
 /// change is under way (HAProxy needs `fall 3` checks to drop the promoted member).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_follows_a_switchover_and_a_crash_without_losing_an_acknowledged_write() {
-    let Some((cluster, mut haproxy, leader)) =
-        setup(3, &["via_haproxy_sw", "via_haproxy_crash"]).await
-    else {
+    if missing(&[HaProxy::installed()]) {
         return;
-    };
+    }
+    let (cluster, mut haproxy, leader) = setup(3, &["via_haproxy_sw", "via_haproxy_crash"]).await;
     let primary = via(haproxy.primary_port);
 
     let new = measure(
@@ -242,9 +242,10 @@ async fn haproxy_follows_a_switchover_and_a_crash_without_losing_an_acknowledged
 /// acknowledged through pgBouncer is lost; the errors its clients see are printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbouncer_over_haproxy_loses_no_acknowledged_write_in_a_switchover() {
-    let Some((cluster, mut haproxy, leader)) = setup(2, &["via_pgbouncer"]).await else {
+    if missing(&[HaProxy::installed(), PgBouncer::installed()]) {
         return;
-    };
+    }
+    let (cluster, mut haproxy, leader) = setup(2, &["via_pgbouncer"]).await;
     let pgbouncer = PgBouncer::start(cluster.dir(), haproxy.primary_port);
     measure(
         &cluster,
