@@ -190,16 +190,17 @@ impl Writer {
 /// What a [`Reader`] saw.
 #[derive(Debug, Default)]
 pub struct ReaderLog {
-    /// Each answered read: when, and whether the server was in recovery (a replica).
-    pub reads: Vec<(Instant, bool)>,
+    /// Each answered read: when it started (before connecting) and when its answer came, and
+    /// whether the server was in recovery (a replica).
+    pub reads: Vec<(Instant, Instant, bool)>,
     /// Each distinct error text of the failed reads, with how often it came.
     pub errors: BTreeMap<String, usize>,
 }
 
 impl ReaderLog {
-    /// The reads answered by a primary (`pg_is_in_recovery()` false).
-    pub fn on_primary(&self) -> impl Iterator<Item = Instant> + '_ {
-        self.reads.iter().filter(|(_, r)| !r).map(|(t, _)| *t)
+    /// The reads answered by a primary (`pg_is_in_recovery()` false): `(start, answer)`.
+    pub fn on_primary(&self) -> impl Iterator<Item = (Instant, Instant)> + '_ {
+        self.reads.iter().filter(|r| !r.2).map(|r| (r.0, r.1))
     }
 }
 
@@ -212,6 +213,7 @@ impl Reader {
         Reader(Task::spawn(|flag| async move {
             let mut log = ReaderLog::default();
             while !flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
                 let read = async {
                     let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
                         .await
@@ -231,7 +233,7 @@ impl Reader {
                         .ok_or_else(|| "no row".to_string())
                 };
                 match tokio::time::timeout(Duration::from_secs(5), read).await {
-                    Ok(Ok(in_recovery)) => log.reads.push((Instant::now(), in_recovery)),
+                    Ok(Ok(in_recovery)) => log.reads.push((started, Instant::now(), in_recovery)),
                     Ok(Err(e)) => *log.errors.entry(e).or_default() += 1,
                     Err(_) => *log.errors.entry("no answer within 5 s".into()).or_default() += 1,
                 }
