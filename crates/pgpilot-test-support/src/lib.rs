@@ -1,6 +1,7 @@
 //! The integration-test harness: real etcd, real PostgreSQL 15 and real `pgpilot` agents on
 //! loopback, in temporary directories, torn down in `Drop` (which also runs while a failed test
-//! unwinds).
+//! unwinds); and the programs users run in front of a cluster, Debian's HAProxy ([`HaProxy`])
+//! and pgBouncer ([`PgBouncer`]), started the same way.
 //!
 //! Used by the integration tests and the benchmark of `crates/pgpilot` (the tests through
 //! `crates/pgpilot/tests/harness/mod.rs`, which hands over the freshly built agent), by
