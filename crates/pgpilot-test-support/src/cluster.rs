@@ -17,6 +17,7 @@ use tempfile::TempDir;
 
 use super::etcd::EtcdSetup;
 use super::tls::TlsFiles;
+use super::writer::WriterLog;
 use super::{
     agent_bin, clean_env, free_port, init, kill_postmaster_of, log_tail, pg, pid_alive,
     postmaster_pid, signal, spawn_child, tail, to_yaml, wait_for, Etcd, Standalone,
@@ -573,6 +574,22 @@ impl Cluster {
         Ok((code, reply.text().await.unwrap_or_default()))
     }
 
+    /// `POST /switchover` on member `leader` naming it the leader and, if given, `candidate`;
+    /// asserts the answer is 200 and returns its text (Patroni's `Successfully switched over
+    /// to "<name>"`).
+    pub async fn switchover(&self, leader: usize, candidate: Option<usize>) -> String {
+        let mut body = json!({ "leader": self.members[leader].name });
+        if let Some(c) = candidate {
+            body["candidate"] = json!(self.members[c].name);
+        }
+        let (code, text) = self
+            .api_call(leader, "POST", "/switchover", Some(body), true)
+            .await
+            .unwrap_or_else(|e| panic!("POST /switchover: {e:#}"));
+        assert_eq!(code, 200, "POST /switchover: {text}");
+        text
+    }
+
     /// Waits until member `i` reports itself a running primary in `/patroni` (a switchover's
     /// API answer comes when the leader key moved, before the promotion ends) and returns its
     /// timeline.
@@ -867,6 +884,25 @@ impl Cluster {
             .iter()
             .map(|r| r.get(0))
             .collect()
+    }
+
+    /// Asserts that every id `log` saw acknowledged is in `table` on member `i`.
+    pub async fn assert_no_acked_write_lost(&self, i: usize, table: &str, log: &WriterLog) {
+        let present: std::collections::HashSet<i64> =
+            self.ids(i, table).await.into_iter().collect();
+        let lost: Vec<i64> = log
+            .acked
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !present.contains(id))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged writes are missing on {}: {:?}",
+            lost.len(),
+            self.members[i].name,
+            &lost[..lost.len().min(20)]
+        );
     }
 
     /// `SELECT system_identifier FROM pg_control_system()` on member `i`.

@@ -1,6 +1,7 @@
 //! The integration-test harness: real etcd, real PostgreSQL 15 and real `pgpilot` agents on
 //! loopback, in temporary directories, torn down in `Drop` (which also runs while a failed test
-//! unwinds).
+//! unwinds); and the programs users run in front of a cluster, Debian's HAProxy ([`HaProxy`])
+//! and pgBouncer ([`PgBouncer`]), started the same way.
 //!
 //! Used by the integration tests and the benchmark of `crates/pgpilot` (the tests through
 //! `crates/pgpilot/tests/harness/mod.rs`, which hands over the freshly built agent), by
@@ -45,8 +46,11 @@ use nix::unistd::{Pid, User};
 mod base64;
 pub mod bench;
 mod cluster;
+mod daemon;
 mod etcd;
+mod haproxy;
 mod pg;
+mod pgbouncer;
 mod tls;
 mod watchdog;
 mod writer;
@@ -55,10 +59,12 @@ mod yaml;
 pub use base64::{decode as base64_decode, encode as base64_encode};
 pub use cluster::{Cluster, Member, Options, API_AUTH, REPLICATION, SUPERUSER};
 pub use etcd::{Etcd, EtcdSetup, Kv};
+pub use haproxy::{parse_stat, HaProxy, ServerState, HAPROXY_BIN};
 pub use pg::{connect_socket, controldata_system_identifier, Standalone};
+pub use pgbouncer::{PgBouncer, PGBOUNCER_BIN};
 pub use tls::{make_certs, temp_certs, TlsFiles};
 pub use watchdog::{WatchdogEvent, WatchdogMonitor};
-pub use writer::{Writer, WriterLog};
+pub use writer::{Reader, ReaderLog, Writer, WriterLog};
 pub use yaml::to_yaml;
 
 /// Debian's PostgreSQL 15 binaries.

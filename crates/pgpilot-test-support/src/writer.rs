@@ -1,9 +1,15 @@
 //! A client writing one row every 10 ms through a multi-host connection string with
-//! `target_session_attrs=read-write`, as an application behind libpq would. It records every
-//! acknowledged row and every failed attempt, so a test can check that no acknowledged write is
-//! lost and measure the write gap of a role change.
+//! `target_session_attrs=read-write`, as an application behind libpq would, or through one
+//! address (HAProxy, pgBouncer). It records every acknowledged row and every failed attempt, so
+//! a test can check that no acknowledged write is lost and measure the write gap of a role
+//! change.
+//!
+//! The INSERT goes over the simple query protocol: a pooler in transaction mode (pgBouncer 1.18)
+//! may hand the next message to another server connection, where a prepared statement would not
+//! exist.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +22,8 @@ pub struct WriterLog {
     pub acked: Vec<(i64, Instant)>,
     /// Times of failed attempts (connect or INSERT).
     pub failures: Vec<Instant>,
+    /// Each distinct error text of the failed attempts, with how often it came.
+    pub errors: BTreeMap<String, usize>,
 }
 
 impl WriterLog {
@@ -23,6 +31,31 @@ impl WriterLog {
     /// acknowledged write: the write unavailability of a role change.
     pub fn longest_gap(&self) -> Option<Duration> {
         self.gaps().into_iter().max()
+    }
+
+    /// The longest time between two acknowledged writes (zero with fewer than two).
+    pub fn longest_ack_gap(&self) -> Duration {
+        self.acked
+            .windows(2)
+            .map(|w| w[1].1.duration_since(w[0].1))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The error texts with their counts, most frequent first, on one line.
+    pub fn error_summary(&self) -> String {
+        let mut errors: Vec<(&String, &usize)> = self.errors.iter().collect();
+        errors.sort_by(|a, b| b.1.cmp(a.1));
+        errors
+            .iter()
+            .map(|(e, n)| format!("{n} x {e:?}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn fail(&mut self, error: String) {
+        self.failures.push(Instant::now());
+        *self.errors.entry(error).or_default() += 1;
     }
 
     /// Every write gap: from the first failed attempt after an acknowledged write to the next
@@ -47,9 +80,34 @@ impl WriterLog {
     }
 }
 
-pub struct Writer {
+/// A client task that runs until told to stop and then hands over its log.
+struct Task<T> {
     stop: Arc<AtomicBool>,
-    handle: tokio::task::JoinHandle<WriterLog>,
+    handle: tokio::task::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Task<T> {
+    /// Spawns `run(stop flag)`.
+    fn spawn<F, Fut>(run: F) -> Task<T>
+    where
+        F: FnOnce(Arc<AtomicBool>) -> Fut,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = tokio::spawn(run(stop.clone()));
+        Task { stop, handle }
+    }
+
+    async fn finish(self) -> T {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.await.expect("client task")
+    }
+}
+
+pub struct Writer {
+    task: Task<WriterLog>,
+    /// How many writes were acknowledged so far, readable while the writer runs.
+    acked: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -67,10 +125,15 @@ impl Writer {
              target_session_attrs=read-write connect_timeout=2",
             SUPERUSER.0, SUPERUSER.1
         );
-        let sql = format!("INSERT INTO {table} VALUES ($1, now())");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = tokio::spawn(async move {
+        Writer::start_conninfo(conninfo, table)
+    }
+
+    /// Starts writing into `table` through the libpq connection string `conninfo`.
+    pub fn start_conninfo(conninfo: String, table: &str) -> Writer {
+        let table = table.to_string();
+        let acked = Arc::new(AtomicUsize::new(0));
+        let count = acked.clone();
+        let task = Task::spawn(|flag| async move {
             let mut log = WriterLog::default();
             let mut client: Option<tokio_postgres::Client> = None;
             let mut next_id: i64 = 1;
@@ -81,8 +144,8 @@ impl Writer {
                             tokio::spawn(conn);
                             client = Some(c);
                         }
-                        Err(_) => {
-                            log.failures.push(Instant::now());
+                        Err(e) => {
+                            log.fail(error_text(&e));
                             tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         }
@@ -91,12 +154,19 @@ impl Writer {
                 let Some(c) = &client else { continue };
                 let id = next_id;
                 next_id += 1;
-                let res =
-                    tokio::time::timeout(Duration::from_secs(5), c.execute(&sql, &[&id])).await;
+                let sql = format!("INSERT INTO {table} VALUES ({id}, now())");
+                let res = tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql)).await;
                 match res {
-                    Ok(Ok(_)) => log.acked.push((id, Instant::now())),
-                    _ => {
-                        log.failures.push(Instant::now());
+                    Ok(Ok(())) => {
+                        log.acked.push((id, Instant::now()));
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => {
+                        log.fail(error_text(&e));
+                        client = None;
+                    }
+                    Err(_) => {
+                        log.fail("no answer within 5 s".into());
                         client = None;
                     }
                 }
@@ -104,11 +174,85 @@ impl Writer {
             }
             log
         });
-        Writer { stop, handle }
+        Writer { task, acked }
+    }
+
+    /// How many writes were acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
     }
 
     pub async fn finish(self) -> WriterLog {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.await.expect("writer task")
+        self.task.finish().await
+    }
+}
+
+/// What a [`Reader`] saw.
+#[derive(Debug, Default)]
+pub struct ReaderLog {
+    /// Each answered read: when it started (before connecting) and when its answer came, and
+    /// whether the server was in recovery (a replica).
+    pub reads: Vec<(Instant, Instant, bool)>,
+    /// Each distinct error text of the failed reads, with how often it came.
+    pub errors: BTreeMap<String, usize>,
+}
+
+impl ReaderLog {
+    /// The reads answered by a primary (`pg_is_in_recovery()` false): `(start, answer)`.
+    pub fn on_primary(&self) -> impl Iterator<Item = (Instant, Instant)> + '_ {
+        self.reads.iter().filter(|r| !r.2).map(|r| (r.0, r.1))
+    }
+}
+
+/// A client that opens a new connection every 100 ms through `conninfo` (e.g. HAProxy's
+/// replicas port) and asks `SELECT pg_is_in_recovery()`, to see where reads land.
+pub struct Reader(Task<ReaderLog>);
+
+impl Reader {
+    pub fn start(conninfo: String) -> Reader {
+        Reader(Task::spawn(|flag| async move {
+            let mut log = ReaderLog::default();
+            while !flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let read = async {
+                    let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                        .await
+                        .map_err(|e| error_text(&e))?;
+                    tokio::spawn(conn);
+                    let rows = c
+                        .simple_query("SELECT pg_is_in_recovery()")
+                        .await
+                        .map_err(|e| error_text(&e))?;
+                    rows.iter()
+                        .find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                r.get(0).map(|v| v == "t")
+                            }
+                            _ => None,
+                        })
+                        .ok_or_else(|| "no row".to_string())
+                };
+                match tokio::time::timeout(Duration::from_secs(5), read).await {
+                    Ok(Ok(in_recovery)) => log.reads.push((started, Instant::now(), in_recovery)),
+                    Ok(Err(e)) => *log.errors.entry(e).or_default() += 1,
+                    Err(_) => *log.errors.entry("no answer within 5 s".into()).or_default() += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            log
+        }))
+    }
+
+    pub async fn finish(self) -> ReaderLog {
+        self.0.finish().await
+    }
+}
+
+/// The server's message when there is one (`cannot execute INSERT in a read-only transaction`),
+/// else the client's error.
+pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
     }
 }

@@ -109,21 +109,7 @@ async fn callbacks_fire_on_bootstrap_switchover_and_shutdown() {
             "PATRONI_* variables reached a callback: {inherited}"
         );
     }
-    let (leader, candidate) = (
-        cluster.member(0).name.clone(),
-        cluster.member(1).name.clone(),
-    );
-    let (code, text) = cluster
-        .api_call(
-            0,
-            "POST",
-            "/switchover",
-            Some(json!({"leader": leader, "candidate": candidate})),
-            true,
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 200, "{text}");
+    cluster.switchover(0, Some(1)).await;
     wait_callback(&cluster, 1, &format!("on_role_change primary {scope}")).await;
     wait_callback(&cluster, 0, &format!("on_stop primary {scope}")).await;
     wait_callback(&cluster, 0, &format!("on_role_change replica {scope}")).await;

@@ -49,33 +49,6 @@ fn demotions(cluster: &Cluster, i: usize, from: usize) -> Vec<String> {
         .collect()
 }
 
-/// The longest time between two acknowledged writes.
-fn longest_ack_gap(log: &WriterLog) -> Duration {
-    log.acked
-        .windows(2)
-        .map(|w| w[1].1.duration_since(w[0].1))
-        .max()
-        .unwrap_or_default()
-}
-
-/// Every acknowledged id is on member `i`.
-async fn assert_no_write_lost(cluster: &Cluster, i: usize, table: &str, log: &WriterLog) {
-    let present: std::collections::HashSet<i64> = cluster.ids(i, table).await.into_iter().collect();
-    let lost: Vec<i64> = log
-        .acked
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !present.contains(id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes are missing on {}: {:?}",
-        lost.len(),
-        cluster.member(i).name,
-        &lost[..lost.len().min(20)]
-    );
-}
-
 /// The leader key still names `name` and its lease was renewed within the last cycles.
 fn assert_leader_renewing(cluster: &Cluster, name: &str, what: &str) {
     let kv = cluster
@@ -109,7 +82,7 @@ async fn check_nothing_changed(
          {} ms",
         log.acked.len(),
         log.failures.len(),
-        longest_ack_gap(log).as_millis()
+        log.longest_ack_gap().as_millis()
     );
     for (i, &from) in log_from.iter().enumerate() {
         let text = cluster.agent_log(i);
@@ -131,7 +104,7 @@ async fn check_nothing_changed(
         "{what}: {} writes failed while etcd had quorum",
         log.failures.len()
     );
-    assert_no_write_lost(cluster, leader, table, log).await;
+    cluster.assert_no_acked_write_lost(leader, table, log).await;
 }
 
 async fn start_with_writer(cluster: &Cluster, table: &str) -> (usize, Writer) {
@@ -436,7 +409,9 @@ async fn switchover_and_crash_failover_with_one_etcd_member_dead() {
         log.failures.len(),
         log.gaps().iter().map(|g| secs(*g)).collect::<Vec<_>>()
     );
-    assert_no_write_lost(&cluster, third, "with_one_dead", &log).await;
+    cluster
+        .assert_no_acked_write_lost(third, "with_one_dead", &log)
+        .await;
 
     // The crashed member rejoins; etcd member 0 comes back.
     cluster.start_agent(second);

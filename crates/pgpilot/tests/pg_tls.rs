@@ -89,17 +89,7 @@ async fn a_cluster_whose_pg_hba_demands_tls_client_certificates_runs_and_switche
     );
 
     // A switchover: the new leader's agent and the old leader's walreceiver reconnect over TLS.
-    let (code, text) = cluster
-        .api_call(
-            leader,
-            "POST",
-            "/switchover",
-            Some(json!({"leader": cluster.member(leader).name, "candidate": replica_name})),
-            true,
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 200, "{text}");
+    cluster.switchover(leader, Some(replica)).await;
     let tl = cluster.primary_timeline(replica).await;
     cluster
         .wait_for_streaming_replica(leader, Some(tl), FAILOVER_TIMEOUT)

@@ -94,18 +94,7 @@ async fn switchover_loses_no_acknowledged_write_and_the_old_leader_follows() {
         .unwrap_or(0);
     let mut third = third;
     for _ in 0..rounds {
-        let name = cluster.member(third).name.clone();
-        let (code, text) = cluster
-            .api_call(
-                third,
-                "POST",
-                "/switchover",
-                Some(json!({"leader": name})),
-                true,
-            )
-            .await
-            .unwrap();
-        assert_eq!(code, 200, "{text}");
+        cluster.switchover(third, None).await;
         let next = cluster
             .wait_for_leader_except(&[third], FAILOVER_TIMEOUT)
             .await;

@@ -115,17 +115,7 @@ async fn matrix(major: u32) {
     let t = Instant::now();
     let candidate = replicas[0];
     let third = replicas[1];
-    let (code, text) = cluster
-        .api_call(
-            first,
-            "POST",
-            "/switchover",
-            Some(json!({"leader": cluster.member(first).name, "candidate": cluster.member(candidate).name})),
-            true,
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 200, "{text}");
+    cluster.switchover(first, Some(candidate)).await;
     let tl = cluster.primary_timeline(candidate).await;
     for i in [first, third] {
         cluster
