@@ -26,7 +26,7 @@ mod logging;
 /// PostgreSQL high availability, compatible with Patroni's configuration, DCS layout and REST API.
 #[derive(Parser, Debug)]
 #[command(name = "pgpilot", disable_version_flag = true)]
-struct Args {
+pub(crate) struct Args {
     /// Patroni YAML configuration file or directory of *.yml files. Without it the
     /// configuration comes from PATRONI_CONFIGURATION or PATRONI_* variables.
     config: Option<PathBuf>,
