@@ -205,7 +205,10 @@ async fn archive_backup_replica_and_bootstrap_through_pgbackrest() {
         .await
         .unwrap()
         .get(0);
-    assert!(restore.contains("archive-get %f"), "restore_command: {restore}");
+    assert!(
+        restore.contains("archive-get %f"),
+        "restore_command: {restore}"
+    );
 
     // The restored cluster: its own leader, with the backed-up data and the archived rows.
     let source_sysid = cluster.system_identifier(0).await;
