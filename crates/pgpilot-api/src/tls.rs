@@ -189,15 +189,13 @@ impl ServerCertVerifier for ServerVerifier {
 pub fn server_tls(
     certfile: &Path,
     keyfile: &Path,
+    keyfile_password: Option<&str>,
     cafile: Option<&Path>,
     verify_client: &str,
 ) -> Result<ServerTls, TlsError> {
     install_provider();
     let chain = certs(certfile)?;
-    let key = PrivateKeyDer::from_pem_file(keyfile).map_err(|e| TlsError::File {
-        path: keyfile.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    let key = private_key(keyfile, keyfile_password, "restapi.keyfile_password")?;
     let mode = match verify_client {
         "none" | "" => VerifyClient::None,
         "optional" => VerifyClient::Optional,
@@ -248,6 +246,101 @@ pub struct ClientTls {
     pub keyfile: Option<PathBuf>,
     /// Do not verify server certificates.
     pub insecure: bool,
+    /// Password of an encrypted `keyfile` (`ctl.keyfile_password`).
+    pub keyfile_password: Option<String>,
+}
+
+const KEY_PASSWORD_CTL: &str = "ctl.keyfile_password";
+
+/// The private key of a PEM file: plain (PKCS#8, PKCS#1 or SEC1), or PKCS#8 encrypted with a
+/// password (`-----BEGIN ENCRYPTED PRIVATE KEY-----`, PBES2 as `openssl pkcs8 -topk8 -v2` and
+/// Python's `cryptography` write it), decrypted with `password` (named `setting` in errors).
+/// OpenSSL's legacy encryption (`Proc-Type: 4,ENCRYPTED` in a `BEGIN RSA PRIVATE KEY`) is
+/// refused with the command that converts it.
+pub fn private_key(
+    path: &Path,
+    password: Option<&str>,
+    setting: &str,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let err = |msg: String| TlsError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(err(format!(
+            "the key is encrypted with OpenSSL's legacy PEM encryption, which pgpilot does not \
+             read; convert it to encrypted PKCS#8 (same password): openssl pkcs8 -topk8 -v2 \
+             aes-256-cbc -in {0} -out {0}.p8",
+            path.display()
+        )));
+    }
+    const ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+    let Some(start) = text.find(ENCRYPTED) else {
+        return PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| err(e.to_string()));
+    };
+    let Some(password) = password else {
+        return Err(err(format!(
+            "the private key is encrypted and {setting} is not set"
+        )));
+    };
+    let end_marker = "-----END ENCRYPTED PRIVATE KEY-----";
+    let end = text[start..]
+        .find(end_marker)
+        .map(|e| start + e + end_marker.len())
+        .ok_or_else(|| err("the encrypted private key has no END line".into()))?;
+    let unreadable =
+        |e: &dyn std::fmt::Display| err(format!("can not read the encrypted private key: {e}"));
+    let (_, der) =
+        pkcs8::der::pem::decode_vec(&text.as_bytes()[start..end]).map_err(|e| unreadable(&e))?;
+    let info =
+        pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice()).map_err(|e| unreadable(&e))?;
+    let doc = info.decrypt(password.as_bytes()).map_err(|e| {
+        err(format!(
+            "can not decrypt the private key with {setting}: {e}"
+        ))
+    })?;
+    Ok(PrivateKeyDer::Pkcs8(doc.as_bytes().to_vec().into()))
+}
+
+/// A PEM text without its private key blocks (a certificate file holding its key too).
+fn strip_private_keys(pem: &str) -> String {
+    let mut out = String::new();
+    let mut in_key = false;
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN") && line.contains("PRIVATE KEY") {
+            in_key = true;
+        }
+        if !in_key {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if line.starts_with("-----END") && line.contains("PRIVATE KEY") {
+            in_key = false;
+        }
+    }
+    out
+}
+
+/// A private key as PEM (`PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` as its format).
+fn key_pem(key: &PrivateKeyDer<'_>, path: &Path) -> Result<String, TlsError> {
+    let (label, der) = match key {
+        PrivateKeyDer::Pkcs8(k) => ("PRIVATE KEY", k.secret_pkcs8_der()),
+        PrivateKeyDer::Pkcs1(k) => ("RSA PRIVATE KEY", k.secret_pkcs1_der()),
+        PrivateKeyDer::Sec1(k) => ("EC PRIVATE KEY", k.secret_sec1_der()),
+        _ => {
+            return Err(TlsError::File {
+                path: path.to_path_buf(),
+                msg: "unsupported private key format".into(),
+            })
+        }
+    };
+    pkcs8::der::pem::encode_string(label, pkcs8::der::pem::LineEnding::LF, der).map_err(|e| {
+        TlsError::File {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        }
+    })
 }
 
 /// A `reqwest` builder with these TLS settings.
@@ -283,10 +376,7 @@ pub fn client_builder(tls: &ClientTls) -> Result<reqwest::ClientBuilder, TlsErro
         let config = match identity {
             Some((cert, key)) => {
                 let chain = certs(cert)?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
-                    path: key.clone(),
-                    msg: e.to_string(),
-                })?;
+                let key = private_key(key, tls.keyfile_password.as_deref(), KEY_PASSWORD_CTL)?;
                 config
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| TlsError::File {
@@ -299,10 +389,15 @@ pub fn client_builder(tls: &ClientTls) -> Result<reqwest::ClientBuilder, TlsErro
         return Ok(b.tls_backend_preconfigured(config));
     }
     if let Some((cert, key)) = identity {
+        // The certificate(s) of `cert`, then the key as plain PKCS#8 PEM (decrypted when
+        // ctl.keyfile_password is set): reqwest reads one PEM holding both.
         let mut pem = read(cert)?;
-        if key != cert {
+        if key != cert || tls.keyfile_password.is_some() {
+            let der = private_key(key, tls.keyfile_password.as_deref(), KEY_PASSWORD_CTL)?;
+            let text = String::from_utf8_lossy(&pem).into_owned();
+            pem = strip_private_keys(&text).into_bytes();
             pem.push(b'\n');
-            pem.extend(read(key)?);
+            pem.extend(key_pem(&der, key)?.into_bytes());
         }
         let id = reqwest::Identity::from_pem(&pem).map_err(|e| TlsError::File {
             path: cert.clone(),
@@ -311,4 +406,127 @@ pub fn client_builder(tls: &ClientTls) -> Result<reqwest::ClientBuilder, TlsErro
         b = b.identity(id);
     }
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs openssl (the keys are made the way users make them); `None` when it is missing.
+    fn openssl(dir: &Path, args: &[&str]) -> Option<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()?;
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(())
+    }
+
+    /// An encrypted PKCS#8 key is decrypted with its password into the same key; without the
+    /// password, with a wrong one, or in OpenSSL's legacy encryption it is refused with a
+    /// message that names the file and the setting; the server and client configurations
+    /// take it.
+    #[test]
+    fn encrypted_keys_need_their_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let made = openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+                "-subj",
+                "/CN=localhost",
+                "-days",
+                "1",
+            ],
+        );
+        if made.is_none() {
+            eprintln!("SKIPPED: openssl is not installed");
+            return;
+        }
+        openssl(
+            d,
+            &[
+                "pkcs8",
+                "-topk8",
+                "-v2",
+                "aes-256-cbc",
+                "-in",
+                "key.pem",
+                "-out",
+                "enc.pem",
+                "-passout",
+                "pass:s3cret",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "genrsa",
+                "-aes256",
+                "-traditional",
+                "-passout",
+                "pass:s3cret",
+                "-out",
+                "legacy.pem",
+                "2048",
+            ],
+        );
+        let setting = "restapi.keyfile_password";
+        let plain = private_key(&d.join("key.pem"), None, setting).unwrap();
+        let decrypted = private_key(&d.join("enc.pem"), Some("s3cret"), setting).unwrap();
+        assert_eq!(plain.secret_der(), decrypted.secret_der());
+
+        let e = private_key(&d.join("enc.pem"), None, setting)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("enc.pem") && e.contains("restapi.keyfile_password is not set"),
+            "{e}"
+        );
+        let e = private_key(&d.join("enc.pem"), Some("wrong"), setting)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("can not decrypt the private key"), "{e}");
+        let e = private_key(&d.join("legacy.pem"), Some("s3cret"), setting)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("openssl pkcs8 -topk8"), "{e}");
+
+        assert!(server_tls(
+            &d.join("cert.pem"),
+            &d.join("enc.pem"),
+            Some("s3cret"),
+            None,
+            "none"
+        )
+        .is_ok());
+        assert!(server_tls(&d.join("cert.pem"), &d.join("enc.pem"), None, None, "none").is_err());
+        // Both client paths: reqwest's own (no CA) and ours (with a CA).
+        for cacert in [None, Some(d.join("cert.pem"))] {
+            let tls = ClientTls {
+                cacert,
+                certfile: Some(d.join("cert.pem")),
+                keyfile: Some(d.join("enc.pem")),
+                insecure: false,
+                keyfile_password: Some("s3cret".into()),
+            };
+            client_builder(&tls).unwrap().build().unwrap();
+        }
+    }
 }

@@ -117,6 +117,8 @@ pub struct TlsServerConfig {
     pub certfile: PathBuf,
     /// Defaults to `certfile` (a PEM holding both).
     pub keyfile: PathBuf,
+    /// `restapi.keyfile_password`: the password of an encrypted (PKCS#8) `keyfile`.
+    pub keyfile_password: Option<String>,
     /// CA for client certificates.
     pub cafile: Option<PathBuf>,
     /// `none`, `optional` or `required`.
@@ -128,6 +130,8 @@ pub struct TlsServerConfig {
 pub struct CtlTls {
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
+    /// `ctl.keyfile_password`: the password of an encrypted (PKCS#8) `keyfile`.
+    pub keyfile_password: Option<String>,
     pub cacert: Option<PathBuf>,
     pub insecure: bool,
 }

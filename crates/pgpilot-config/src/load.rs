@@ -48,11 +48,13 @@ const MODELLED: &[&str] = &[
     "restapi.allowlist_include_members",
     "restapi.certfile",
     "restapi.keyfile",
+    "restapi.keyfile_password",
     "restapi.cafile",
     "restapi.verify_client",
     "ctl.authentication",
     "ctl.certfile",
     "ctl.keyfile",
+    "ctl.keyfile_password",
     "ctl.cacert",
     "ctl.insecure",
     "etcd3.host",
@@ -923,6 +925,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         TlsServerConfig {
             certfile: PathBuf::from(certfile),
             keyfile: PathBuf::from(keyfile),
+            keyfile_password: r.string("restapi.keyfile_password", false),
             cafile: r.string("restapi.cafile", false).map(PathBuf::from),
             verify_client: r
                 .string("restapi.verify_client", false)
@@ -932,6 +935,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
     let ctl_tls = CtlTls {
         certfile: r.string("ctl.certfile", false).map(PathBuf::from),
         keyfile: r.string("ctl.keyfile", false).map(PathBuf::from),
+        keyfile_password: r.string("ctl.keyfile_password", false),
         cacert: r
             .string("ctl.cacert", false)
             .or_else(|| r.string("restapi.cafile", false))

@@ -1184,3 +1184,35 @@ fn recovery_conf_is_read_without_targets_or_upstream() {
         loaded.warnings
     );
 }
+
+/// `restapi.keyfile_password` and `ctl.keyfile_password` (also from `PATRONI_*`) are read, and
+/// no warning names them.
+#[test]
+fn keyfile_passwords_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = SAMPLE.replace(
+        "\nrestapi:\n",
+        "\nrestapi:\n  certfile: /etc/ssl/api.pem\n  keyfile: /etc/ssl/api.key\n  keyfile_password: one\n",
+    );
+    assert_ne!(text, SAMPLE);
+    let path = write(dir.path(), "p.yml", &text);
+    let loaded = load(
+        Some(&path),
+        &env(&[("HOME", "/home/x"), ("PATRONI_CTL_KEYFILE_PASSWORD", "two")]),
+    )
+    .unwrap();
+    let tls = loaded.config.restapi.tls.as_ref().unwrap();
+    assert_eq!(tls.keyfile_password.as_deref(), Some("one"));
+    assert_eq!(
+        loaded.config.ctl.tls.keyfile_password.as_deref(),
+        Some("two")
+    );
+    assert!(
+        !loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("keyfile_password")),
+        "{:?}",
+        loaded.warnings
+    );
+}

@@ -266,6 +266,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         certfile: cfg.ctl.tls.certfile.clone(),
         keyfile: cfg.ctl.tls.keyfile.clone(),
         insecure: cfg.ctl.tls.insecure,
+        keyfile_password: cfg.ctl.tls.keyfile_password.clone(),
     };
     let client = Client::with_tls(auth(&cfg.ctl.authentication), &client_tls)
         .context("can not set up the REST client")?;
@@ -274,6 +275,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
             pgpilot_api::tls::server_tls(
                 &t.certfile,
                 &t.keyfile,
+                t.keyfile_password.as_deref(),
                 t.cafile.as_deref(),
                 &t.verify_client,
             )

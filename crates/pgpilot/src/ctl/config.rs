@@ -35,6 +35,8 @@ pub struct CtlConfig {
     /// `ctl.certfile`/`ctl.keyfile`: client certificate for the REST API.
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
+    /// `ctl.keyfile_password`: the password of an encrypted `keyfile`.
+    pub keyfile_password: Option<String>,
     /// `citus.group` (Citus is not supported; kept to refuse clearly).
     pub citus_group: Option<i64>,
 }
@@ -209,6 +211,7 @@ impl CtlConfig {
                 .map(PathBuf::from),
             certfile: string(&doc, "ctl.certfile").map(PathBuf::from),
             keyfile: string(&doc, "ctl.keyfile").map(PathBuf::from),
+            keyfile_password: string(&doc, "ctl.keyfile_password"),
             citus_group: get(&doc, "citus.group").and_then(Value::as_i64),
         })
     }

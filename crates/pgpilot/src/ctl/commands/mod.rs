@@ -71,6 +71,7 @@ impl Ctx {
                 certfile: cfg.certfile.clone(),
                 keyfile: cfg.keyfile.clone(),
                 insecure: cfg.insecure,
+                keyfile_password: cfg.keyfile_password.clone(),
             },
         )?;
         Ok(Ctx {
