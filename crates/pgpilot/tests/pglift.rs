@@ -231,9 +231,22 @@ async fn pglift_drives_a_two_node_pgpilot_cluster() {
         let status = site.ok(&["instance", "status", n.name]).await;
         assert!(status.contains("PostgreSQL: running"), "{status}");
     }
-    let list = site
-        .ok(&["instance", "exec", "main", "--", PGPILOTCTL, "list"])
-        .await;
+    // The clone is done when `instance create` returns; the replica's member key says
+    // `streaming` from its next cycle on (pglift leaves loop_wait at Patroni's 10 s).
+    let mut list = String::new();
+    harness::wait_for(
+        SHORT_TIMEOUT,
+        "pgpilotctl list shows n2 streaming",
+        async || {
+            let (ok, text) = site
+                .run(&["instance", "exec", "main", "--", PGPILOTCTL, "list"])
+                .await;
+            anyhow::ensure!(ok && text.contains("streaming"), "{text}");
+            list = text;
+            Ok(())
+        },
+    )
+    .await;
     assert!(list.contains("| n1") && list.contains("Leader"), "{list}");
     assert!(
         list.contains("| n2") && list.contains("streaming"),
