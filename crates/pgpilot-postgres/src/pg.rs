@@ -411,12 +411,7 @@ impl Postgres {
     fn write_pgpass(&self) -> Result<bool> {
         if let Some(dir) = self.settings.pgpass.parent() {
             if !dir.as_os_str().is_empty() {
-                validate_directory(dir).map_err(|reason| {
-                    PgError::Invalid(format!(
-                        "'{}' is defined in `postgresql.pgpass`, {reason}",
-                        dir.display()
-                    ))
-                })?;
+                ensure_directory(dir, "`postgresql.pgpass`")?;
             }
         }
         write_if_changed(&self.settings.pgpass, &render_pgpass(&self.settings))
@@ -451,9 +446,7 @@ impl Postgres {
             if data_empty && dir.starts_with(data) {
                 continue;
             }
-            validate_directory(&dir).map_err(|reason| {
-                PgError::Invalid(format!("'{}' is defined in {key}, {reason}", dir.display()))
-            })?;
+            ensure_directory(&dir, key)?;
         }
         Ok(())
     }
@@ -1480,6 +1473,13 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
                 .unwrap_or_default()
         ),
     }
+}
+
+/// [`validate_directory`] with Patroni's message naming the setting `key` that wants `dir`.
+fn ensure_directory(dir: &Path, key: &str) -> Result<()> {
+    validate_directory(dir).map_err(|reason| {
+        PgError::Invalid(format!("'{}' is defined in {key}, {reason}", dir.display()))
+    })
 }
 
 /// Patroni's `validate_directory`: `dir` exists (created with its parents when missing) and a

@@ -656,16 +656,15 @@ fn conf_files(config: &mut Value, major: PgMajor) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The directory of the running postmaster's executable (`postmaster.pid`, then
-/// `/proc/<pid>/exe`).
+/// The directory of the running postmaster's executable: the live postmaster of the data
+/// directory ([`pgpilot_postgres::live_postmaster_pid`]), then `/proc/<pid>/exe`.
 fn bin_dir_of_running(data_dir: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .map_err(|e| anyhow!("Error while reading postmaster.pid file: {e}"))?;
-    let pid: i32 = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .ok_or_else(|| anyhow!("Failed to obtain postmaster pid from postmaster.pid file"))?;
+    let pid = pgpilot_postgres::live_postmaster_pid(data_dir).ok_or_else(|| {
+        anyhow!(
+            "Error while reading postmaster.pid file: no running postmaster of {} found",
+            data_dir.display()
+        )
+    })?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(|_| anyhow!("Obtained postmaster pid doesn't exist."))?;
     Ok(exe

@@ -184,6 +184,15 @@ impl Site {
         let client = harness::connect_socket(&self.root().join("run/pgsql"), n.pg_port).await?;
         Ok(client.query_one(sql, &[]).await?.get(0))
     }
+    /// Waits until `pg_is_in_recovery()` on `n` is `in_recovery`.
+    async fn wait_in_recovery(&self, n: &Node, in_recovery: bool, what: &str) {
+        harness::wait_for(SHORT_TIMEOUT, what, async || {
+            let st = self.query(n, "SELECT pg_is_in_recovery()::text").await?;
+            anyhow::ensure!(st == in_recovery.to_string(), "in recovery: {st}");
+            Ok(())
+        })
+        .await;
+    }
 }
 
 impl Drop for Site {
@@ -307,14 +316,8 @@ async fn pglift_drives_a_two_node_pgpilot_cluster() {
     site.ok(&["instance", "stop", "second"]).await;
     assert!(harness::postmaster_pid(&site.data_dir("second")).is_none());
     site.ok(&["instance", "start", "second"]).await;
-    harness::wait_for(SHORT_TIMEOUT, "n2 streams again", async || {
-        let st = site
-            .query(&second, "SELECT pg_is_in_recovery()::text")
-            .await?;
-        anyhow::ensure!(st == "true", "in recovery: {st}");
-        Ok(())
-    })
-    .await;
+    site.wait_in_recovery(&second, true, "n2 runs as a replica again")
+        .await;
 
     let logs = site.ok(&["patroni", "-i", "main", "logs"]).await;
     assert!(
@@ -336,14 +339,8 @@ async fn pglift_drives_a_two_node_pgpilot_cluster() {
         SCOPE,
     ])
     .await;
-    harness::wait_for(SHORT_TIMEOUT, "n2 is the primary", async || {
-        let st = site
-            .query(&second, "SELECT pg_is_in_recovery()::text")
-            .await?;
-        anyhow::ensure!(st == "false", "in recovery: {st}");
-        Ok(())
-    })
-    .await;
+    site.wait_in_recovery(&second, false, "n2 is the primary")
+        .await;
 
     // Drop both: agents and PostgreSQL are gone, the data directories too.
     for n in [&second, &main] {
