@@ -17,11 +17,17 @@ use pgpilot_test_support::Etcd;
 mod common;
 use common::{member, options, sees_change};
 
-const RETRY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Patroni's default `retry_timeout` (with its default ttl of 30 s below). A renewal spans an etcd election when the member that
+/// dies is etcd's raft leader: 1–2 s on an idle machine, more than 3 s seen on a loaded 2-core
+/// CI runner (both tests failed there with "etcdserver: no leader" after 3 s). The bug these
+/// tests guard against (requests kept going to the dead member) fails with any budget.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn client(endpoints: Vec<String>, name: &str, discover: bool) -> Arc<EtcdDcs> {
     let connect = EtcdDcs::connect(EtcdOptions {
         discover_members: discover,
+        retry_timeout: RETRY_TIMEOUT,
+        ttl: Duration::from_secs(30),
         ..options(endpoints, "members", name)
     });
     Arc::new(

@@ -141,11 +141,13 @@ async fn tls_leader_race_and_watch() {
 async fn tls_three_members_one_killed_still_serves() {
     let (etcd, files, _dir) = tls_etcd(3);
     // One configured member: the others are discovered (their https client URLs).
-    let leader = connect(options(
-        vec![etcd.urls()[0].clone()],
-        "pg1",
-        client_tls(&files),
-    ))
+    // Patroni's default retry_timeout and ttl: a renewal may span an etcd election (see
+    // etcd_members.rs).
+    let leader = connect(EtcdOptions {
+        retry_timeout: Duration::from_secs(10),
+        ttl: Duration::from_secs(30),
+        ..options(vec![etcd.urls()[0].clone()], "pg1", client_tls(&files))
+    })
     .await;
     let known = leader.known_endpoints();
     assert_eq!(known.len(), 3, "discovered {known:?}");
