@@ -27,7 +27,7 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Postgres {
     settings: PgSettings,
     /// The monitoring connection (None until first use or after an error).
-    conn: Mutex<Option<tokio_postgres::Client>>,
+    conn: Mutex<Option<Monitor>>,
     /// The last postmaster PID read from `postmaster.pid`: finds a postmaster whose data
     /// directory was deleted under it (see [`Postgres::stop`]).
     last_pid: std::sync::atomic::AtomicI32,
@@ -37,6 +37,14 @@ pub struct Postgres {
     major: std::sync::atomic::AtomicU32,
     /// The configuration last written sets a `restore_command` (pg_rewind may fetch WAL).
     restore_command: std::sync::atomic::AtomicBool,
+}
+
+/// The monitoring connection, and the monitoring query prepared on it once (each cycle then
+/// costs one round trip and no parsing or planning in PostgreSQL).
+struct Monitor {
+    client: tokio_postgres::Client,
+    /// The query text and its statement on `client`.
+    state: Option<(String, tokio_postgres::Statement)>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
@@ -666,16 +674,16 @@ impl Postgres {
         >,
     {
         let mut guard = self.conn.lock().await;
-        let client = match guard.take() {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect().await?,
+        let (client, state) = match guard.take() {
+            Some(m) if !m.client.is_closed() => (m.client, m.state),
+            _ => (self.connect().await?, None),
         };
         let (client, res) = tokio::time::timeout(QUERY_TIMEOUT, f(client))
             .await
             .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?;
         match res {
             Ok(v) => {
-                *guard = Some(client);
+                *guard = Some(Monitor { client, state });
                 Ok(v)
             }
             Err(e) => Err(sql_err(&e)),
@@ -698,15 +706,32 @@ impl Postgres {
     /// The monitoring query (one round trip).
     pub async fn query_state(&self) -> Result<PgState> {
         let query = state_query(self.major().await);
-        let row = self
-            .with_conn(|c| {
-                let query = query.clone();
-                async move {
-                    let r = c.query_one(query.as_str(), &[]).await;
-                    (c, r)
+        let mut guard = self.conn.lock().await;
+        let mut m = match guard.take() {
+            Some(m) if !m.client.is_closed() => m,
+            _ => Monitor {
+                client: self.connect().await?,
+                state: None,
+            },
+        };
+        let run = async {
+            let statement = match &m.state {
+                Some((text, st)) if *text == query => st.clone(),
+                _ => {
+                    let st = m.client.prepare(&query).await?;
+                    m.state = Some((query.clone(), st.clone()));
+                    st
                 }
-            })
-            .await?;
+            };
+            m.client.query_one(&statement, &[]).await
+        };
+        // On a timeout or an error the connection is dropped (a new one is made next time).
+        let row = tokio::time::timeout(QUERY_TIMEOUT, run)
+            .await
+            .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?
+            .map_err(|e| sql_err(&e))?;
+        *guard = Some(m);
+        drop(guard);
         let lsn = |i: usize| -> Option<Lsn> {
             row.get::<_, Option<String>>(i)
                 .and_then(|s| s.parse::<Lsn>().ok())
@@ -1438,22 +1463,34 @@ impl Postgres {
 
     /// Removes the data directory contents (only on an explicit, logged condition: see
     /// DESIGN.md).
+    /// Runs on tokio's blocking pool: a large data directory takes seconds to remove, and the
+    /// agent's one thread also serves the REST API.
     pub async fn remove_data_dir(&self) -> Result<()> {
-        let dir = self.data();
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        let dir = self.data().to_path_buf();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
             return Ok(());
         };
         info!("removing the contents of {}", dir.display());
-        for e in entries.flatten() {
-            let p = e.path();
-            let res = if p.is_dir() && !p.is_symlink() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            res.map_err(io_err(&p))?;
+        let removed = tokio::task::spawn_blocking(move || -> Result<()> {
+            for e in entries.flatten() {
+                let p = e.path();
+                let res = if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                res.map_err(io_err(&p))?;
+            }
+            Ok(())
+        })
+        .await;
+        match removed {
+            Ok(r) => r,
+            Err(e) => Err(PgError::Io {
+                path: dir,
+                source: std::io::Error::other(format!("removal task failed: {e}")),
+            }),
         }
-        Ok(())
     }
 }
 

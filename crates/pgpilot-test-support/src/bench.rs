@@ -3,15 +3,17 @@
 //! multi-host connection string (`target_session_attrs=read-write`).
 //!
 //! 1. bootstrap: all agents started -> a leader running and both replicas streaming;
-//! 2. idle cost: each agent's RSS (VmRSS) and CPU (utime+stime) over the idle window, and the
-//!    etcd requests per second (gRPC messages received, from etcd's own `/metrics`);
+//! 2. idle cost: each agent's RSS (VmRSS) and CPU (scheduler run time) over the idle window,
+//!    pgpilot's guard process included, and the etcd requests per second (gRPC messages
+//!    received, from etcd's own `/metrics`), also by gRPC method;
 //! 3. switchover: write gap around `pgpilotctl switchover --force`;
 //! 4. graceful handover: write gap around SIGTERM to the leader's agent;
 //! 5. crash failover: write gap around SIGKILL of the leader's agent and postmaster.
 //!
 //! The write gap is the time from the first failed write to the next acknowledged one.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -36,21 +38,70 @@ pub struct Sample {
     pub switchover: Option<Duration>,
     pub handover: Option<Duration>,
     pub crash: Option<Duration>,
-    /// Mean VmRSS of the agents at the end of the idle window, in KiB.
+    /// Mean VmRSS of the agents at the end of the idle window, in KiB (with pgpilot's guard
+    /// process, see `agent_processes`).
     pub rss_kib: f64,
-    /// Mean CPU time of one agent over the idle window, as a share of one core (percent).
+    /// Mean CPU time of one agent (with its guard) over the idle window, as a share of one
+    /// core (percent).
     pub cpu_percent: f64,
     /// etcd gRPC messages received per second during the idle window.
     pub etcd_rps: f64,
+    /// The same, by gRPC method (`Range`, `Txn`, `LeaseKeepAlive`, `Watch`...).
+    pub etcd_rps_by_method: BTreeMap<String, f64>,
 }
 
-fn proc_stat_ticks(pid: i32) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = text.rsplit_once(')').context("malformed stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the ')'.
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+/// CPU time of process `pid` in nanoseconds: the scheduler's per-thread run time
+/// (`/proc/PID/task/*/schedstat`, first field), summed over its threads. USER_HZ ticks
+/// (`utime`/`stime`, 10 ms) are too coarse for an agent that runs a few ms per minute.
+fn cpu_ns(pid: i32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread that ended between the listing and the read has nothing to add.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+/// The agent's own processes: `pid` and its children running the same executable (pgpilot's
+/// guard, `pgpilot --guard`), whose cost is the agent's too. PostgreSQL is not counted.
+fn agent_processes(pid: i32) -> Vec<i32> {
+    let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    let mine = exe(pid);
+    let mut pids = vec![pid];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .ok()
+            .and_then(|t| {
+                let rest = t.rsplit_once(')')?.1.to_string();
+                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+            });
+        if parent == Some(pid) && mine.is_some() && exe(child) == mine {
+            pids.push(child);
+        }
+    }
+    pids
+}
+
+/// CPU nanoseconds of the agent `pid` and its own children (see [`agent_processes`]).
+fn agent_cpu_ns(pid: i32) -> anyhow::Result<u64> {
+    agent_processes(pid)
+        .into_iter()
+        .map(cpu_ns)
+        .sum::<anyhow::Result<u64>>()
 }
 
 fn vm_rss_kib(pid: i32) -> anyhow::Result<u64> {
@@ -66,19 +117,38 @@ fn vm_rss_kib(pid: i32) -> anyhow::Result<u64> {
         .parse()?)
 }
 
-/// Sum of `grpc_server_msg_received_total` from etcd's `/metrics`.
-async fn etcd_messages(http: &reqwest::Client, endpoint: &str) -> anyhow::Result<f64> {
+/// `grpc_server_msg_received_total` from etcd's `/metrics`, by gRPC method (a stream's
+/// messages each count: every lease keepalive, every watch request).
+async fn etcd_messages(
+    http: &reqwest::Client,
+    endpoint: &str,
+) -> anyhow::Result<BTreeMap<String, f64>> {
     let text = http
         .get(format!("http://{endpoint}/metrics"))
         .send()
         .await?
         .text()
         .await?;
-    Ok(text
+    Ok(messages_by_method(&text))
+}
+
+/// Sums `grpc_server_msg_received_total{grpc_method="M",...} N` lines by `M`.
+fn messages_by_method(metrics: &str) -> BTreeMap<String, f64> {
+    let mut by_method = BTreeMap::new();
+    for line in metrics
         .lines()
         .filter(|l| l.starts_with("grpc_server_msg_received_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    {
+        let Some(count) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let method = line
+            .split_once("grpc_method=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or("?", |(m, _)| m);
+        *by_method.entry(method.to_string()).or_insert(0.0) += count;
+    }
+    by_method
 }
 
 async fn gap_around<F, Fut>(cluster: &Cluster, what: &str, table: &str, act: F) -> Option<Duration>
@@ -114,7 +184,8 @@ pub async fn measure(
     agent: Option<PathBuf>,
     profile: (u64, u64, u64),
     idle: Duration,
-    ctl: &Path,
+    ctl: PathBuf,
+    idle_only: bool,
 ) -> anyhow::Result<Sample> {
     let (ttl, loop_wait, retry_timeout) = profile;
     let options = Options {
@@ -154,7 +225,7 @@ pub async fn measure(
     }
     let cpu0: Vec<u64> = pids
         .iter()
-        .map(|&p| proc_stat_ticks(p))
+        .map(|&p| agent_cpu_ns(p))
         .collect::<Result<_, _>>()?;
     let msgs0 = etcd_messages(&http, &cluster.etcd.endpoint()).await?;
     let t0 = Instant::now();
@@ -163,29 +234,40 @@ pub async fn measure(
     let window = t0.elapsed().as_secs_f64();
     let cpu1: Vec<u64> = pids
         .iter()
-        .map(|&p| proc_stat_ticks(p))
+        .map(|&p| agent_cpu_ns(p))
         .collect::<Result<_, _>>()?;
-    let ticks_per_sec = 100.0; // USER_HZ on Linux
     let cpu: f64 = cpu1
         .iter()
         .zip(&cpu0)
-        .map(|(a, b)| (a - b) as f64)
+        .map(|(a, b)| a.saturating_sub(*b) as f64)
         .sum::<f64>()
-        / ticks_per_sec
+        / 1e9
         / 3.0;
     sample.cpu_percent = 100.0 * cpu / window;
     sample.rss_kib = pids
         .iter()
-        .map(|&p| vm_rss_kib(p).unwrap_or(0) as f64)
+        .flat_map(|&p| agent_processes(p))
+        .map(|p| vm_rss_kib(p).unwrap_or(0) as f64)
         .sum::<f64>()
         / 3.0;
-    sample.etcd_rps = (msgs1 - msgs0) / window;
+    for (method, n1) in &msgs1 {
+        let n0 = msgs0.get(method).copied().unwrap_or(0.0);
+        if n1 > &n0 {
+            sample
+                .etcd_rps_by_method
+                .insert(method.clone(), (n1 - n0) / window);
+        }
+    }
+    sample.etcd_rps = sample.etcd_rps_by_method.values().sum();
+    if idle_only {
+        return Ok(sample);
+    }
 
     // Switchover.
     let config = cluster.member(0).config_path.clone();
     let old = leader;
     sample.switchover = gap_around(&cluster, "switchover", "bench_sw", || async {
-        let out = tokio::process::Command::new(ctl)
+        let out = tokio::process::Command::new(&ctl)
             .arg("-c")
             .arg(&config)
             .args(["switchover", "--force"])
@@ -269,6 +351,27 @@ pub fn rows() -> Vec<(&'static str, &'static str, fn(&Sample) -> Option<f64>)> {
     ]
 }
 
+/// Every gRPC method seen in `samples`, with its median rate over `samples` (0 where a
+/// sample did not see it).
+pub fn methods_median(samples: &[Sample]) -> BTreeMap<String, f64> {
+    let mut names: Vec<&String> = samples
+        .iter()
+        .flat_map(|s| s.etcd_rps_by_method.keys())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|m| {
+            let v: Vec<f64> = samples
+                .iter()
+                .map(|s| s.etcd_rps_by_method.get(m).copied().unwrap_or(0.0))
+                .collect();
+            spread(&v).map(|(_, med, _)| (m.clone(), med))
+        })
+        .collect()
+}
+
 /// Formats one cell `min / median / max`.
 pub fn cell(values: &[f64]) -> String {
     match spread(values) {
@@ -285,5 +388,22 @@ pub fn patroni_executable() -> Result<PathBuf, String> {
         Ok(bin)
     } else {
         Err(format!("{} is missing", bin.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_are_summed_by_method() {
+        let text = r#"# HELP grpc_server_msg_received_total Total number of RPC stream messages received on the server.
+grpc_server_msg_received_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 12
+grpc_server_msg_received_total{grpc_method="LeaseKeepAlive",grpc_service="etcdserverpb.Lease",grpc_type="bidi_stream"} 5
+grpc_server_msg_received_total{grpc_method="Range",grpc_service="other.KV",grpc_type="unary"} 1
+grpc_server_started_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 99
+"#;
+        let m = super::messages_by_method(text);
+        assert_eq!(m.get("Range"), Some(&13.0));
+        assert_eq!(m.get("LeaseKeepAlive"), Some(&5.0));
+        assert_eq!(m.len(), 2);
     }
 }

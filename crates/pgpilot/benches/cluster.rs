@@ -1,5 +1,5 @@
 //! `cargo bench -p pgpilot --bench cluster -- [--reps N] [--idle SECONDS] [--profile fast|default|all]
-//! [--compare patroni] [--patroni PATH] [--markdown]`
+//! [--compare patroni] [--patroni PATH] [--idle-only] [--markdown]`
 //!
 //! Starts its own etcd and 3-member clusters on loopback (see
 //! `crates/pgpilot-test-support/src/bench.rs` for what is measured), runs each measurement N
@@ -7,14 +7,19 @@
 //! runs against Patroni (`patroni[etcd3]` 4.x from PyPI in a virtualenv built from
 //! /usr/bin/python3, or `--patroni PATH`), interleaved repetition by repetition, with a ratio
 //! column (pgpilot median / Patroni median). `--markdown` prints the result as the
-//! BENCHMARKS.md document (`bench/run.sh` writes it).
+//! BENCHMARKS.md document (`bench/run.sh` writes it). `--idle-only` measures bootstrap and the
+//! idle cost only (no switchover, handover or crash).
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pgpilot_test_support as harness;
 
-use harness::bench::{cell, measure, rows, spread, Sample, PROFILES};
+use harness::bench::{cell, measure, methods_median, rows, spread, Sample, PROFILES};
 
 struct Args {
     reps: usize,
@@ -23,6 +28,7 @@ struct Args {
     compare: bool,
     patroni: Option<PathBuf>,
     markdown: bool,
+    idle_only: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -33,6 +39,7 @@ fn parse() -> Result<Args, String> {
         compare: false,
         patroni: None,
         markdown: false,
+        idle_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,6 +74,7 @@ fn parse() -> Result<Args, String> {
             }
             "--patroni" => a.patroni = Some(PathBuf::from(value("--patroni")?)),
             "--markdown" => a.markdown = true,
+            "--idle-only" => a.idle_only = true,
             // cargo bench passes --bench to harness=false targets.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -154,7 +162,20 @@ async fn main() {
             for (is_ours, agent) in agents {
                 let who = if is_ours { "pgpilot" } else { "Patroni" };
                 eprintln!("bench: {name}: {who} repetition {rep}/{}", args.reps);
-                match measure(agent, (ttl, lw, rt), args.idle, &ctl).await {
+                // A repetition that panics (an agent that died, a timeout) is reported and
+                // skipped; its cluster is torn down as the panic unwinds.
+                let run = CatchUnwind(Box::pin(measure(
+                    agent,
+                    (ttl, lw, rt),
+                    args.idle,
+                    ctl.clone(),
+                    args.idle_only,
+                )));
+                let result = match run.await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow::anyhow!("the repetition panicked (see above)")),
+                };
+                match result {
                     Ok(s) => {
                         eprintln!("bench: {who}: {s:?}");
                         if is_ours {
@@ -190,6 +211,7 @@ async fn main() {
                 out.push_str(&format!("| {label} | {unit} | {} |\n", cell(&a)));
             }
         }
+        out.push_str(&methods_table(&ours, &theirs, patroni.is_some()));
         out.push_str(&format!(
             "\n{} pgpilot and {} Patroni repetitions completed.\n",
             ours.len(),
@@ -208,10 +230,52 @@ async fn main() {
             started.strftime("%Y-%m-%d %H:%M UTC")
         );
         println!("Machine: {}.\n", machine());
-        println!("Each repetition starts a fresh etcd and 3-member cluster on loopback; write gaps are measured by a client inserting a row every 10 ms through a multi-host connection string with `target_session_attrs=read-write` (first failed write to the next acknowledged one). Idle cost is measured over {} s per repetition; RSS and CPU are per agent.", args.idle.as_secs());
+        println!("Each repetition starts a fresh etcd and 3-member cluster on loopback; write gaps are measured by a client inserting a row every 10 ms through a multi-host connection string with `target_session_attrs=read-write` (first failed write to the next acknowledged one). Idle cost is measured over {} s per repetition; RSS and CPU are per agent, pgpilot's guard process included; CPU is the scheduler's run time of the agent's threads (`/proc/PID/task/*/schedstat`).", args.idle.as_secs());
         print!("{out}");
     } else {
         println!("machine: {}", machine());
         print!("{out}");
+    }
+}
+
+/// etcd messages per second during the idle window by gRPC method (medians), the cluster's
+/// three agents together.
+fn methods_table(ours: &[Sample], theirs: &[Sample], compare: bool) -> String {
+    let a = methods_median(ours);
+    let b = methods_median(theirs);
+    let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut out = String::from("\netcd messages per second while idle, by gRPC method (median, the 3 agents together):\n\n");
+    if compare {
+        out.push_str("| gRPC method | pgpilot | Patroni |\n|---|---:|---:|\n");
+    } else {
+        out.push_str("| gRPC method | pgpilot |\n|---|---:|\n");
+    }
+    for m in names {
+        let x = a.get(m).copied().unwrap_or(0.0);
+        if compare {
+            let y = b.get(m).copied().unwrap_or(0.0);
+            out.push_str(&format!("| {m} | {x:.2} | {y:.2} |\n"));
+        } else {
+            out.push_str(&format!("| {m} | {x:.2} |\n"));
+        }
+    }
+    out
+}
+
+/// A future whose panic is returned as `Err` (the payload) instead of unwinding further.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
     }
 }

@@ -104,10 +104,13 @@ fn main() -> ExitCode {
         logging::critical("pgpilot refuses to run as root: PostgreSQL can not run as root. Start it as the PostgreSQL owner (e.g. runuser -u postgres -- pgpilot CONFIG).");
         return ExitCode::FAILURE;
     }
-    // One worker thread is plenty for one cycle per loop_wait and a few REST requests, and it
-    // keeps the agent's memory small; blocking work (files, child processes) has its own pool.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread runs everything: one cycle per loop_wait and a few REST requests need no
+    // more, and with the HA loop, the REST server, the etcd client and the PostgreSQL
+    // connection on the same thread, no message between them wakes another thread (with the
+    // loop on the main thread and the rest on a worker, cross-thread wake-ups were most of the
+    // idle CPU). Every wait in the agent is async; blocking work has tokio's blocking pool.
+    // The watchdog keeps its own thread and the guard is its own process.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -3,7 +3,7 @@
 
 mod harness;
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use harness::bench::{measure, PROFILES};
@@ -16,7 +16,8 @@ async fn benchmark_smoke_run_measures_everything() {
         None,
         (ttl, lw, rt),
         Duration::from_secs(5),
-        Path::new(env!("CARGO_BIN_EXE_pgpilotctl")),
+        PathBuf::from(env!("CARGO_BIN_EXE_pgpilotctl")),
+        false,
     )
     .await
     .expect("one benchmark repetition");
@@ -28,4 +29,9 @@ async fn benchmark_smoke_run_measures_everything() {
     assert!(s.handover.is_some(), "the handover was seen by the writer");
     assert!(s.crash.is_some(), "the crash was seen by the writer");
     assert!(s.rss_kib > 0.0 && s.etcd_rps > 0.0, "{s:?}");
+    assert!(
+        s.etcd_rps_by_method.contains_key("LeaseKeepAlive"),
+        "the leader's keepalives are counted by method: {:?}",
+        s.etcd_rps_by_method
+    );
 }

@@ -63,6 +63,8 @@ struct CacheState {
     revision: i64,
     /// The watch stream is established and applying events.
     healthy: bool,
+    /// Bumped on every change of `entries` (the key of `EtcdDcs::parsed`).
+    generation: u64,
 }
 
 /// The watch-fed copy of the cluster prefix.
@@ -97,6 +99,7 @@ impl Cache {
             st.entries
                 .insert(key.to_string(), (value.to_string(), rev, lease));
             st.revision = st.revision.max(rev);
+            st.generation += 1;
         }
         self.bump_for(key);
     }
@@ -106,7 +109,10 @@ impl Cache {
             let mut st = self.lock();
             st.revision = st.revision.max(rev);
             match st.entries.get(key) {
-                Some((_, r, _)) if *r < rev || rev == 0 => st.entries.remove(key).is_some(),
+                Some((_, r, _)) if *r < rev || rev == 0 => {
+                    st.generation += 1;
+                    st.entries.remove(key).is_some()
+                }
                 _ => false,
             }
         };
@@ -131,6 +137,8 @@ pub struct EtcdDcs {
     cache: Arc<Cache>,
     /// Generations of the cache events the HA loop has already seen (set by `cluster()`).
     seen: Mutex<(u64, u64)>,
+    /// The cluster last parsed from the cache, with the cache generation it was parsed at.
+    parsed: Mutex<Option<(u64, Cluster)>>,
     stop: CancellationToken,
 }
 
@@ -266,6 +274,7 @@ impl EtcdDcs {
             last_keepalive: Mutex::new(None),
             cache,
             seen: Mutex::new((0, 0)),
+            parsed: Mutex::new(None),
             stop: CancellationToken::new(),
         };
         tokio::spawn(watch_loop(
@@ -543,6 +552,7 @@ async fn watch_loop(
                 })
                 .collect();
             st.revision = revision;
+            st.generation += 1;
         }
         cache.leader_events.send_modify(|n| *n += 1);
         cache.status_events.send_modify(|n| *n += 1);
@@ -648,13 +658,26 @@ impl Dcs for EtcdDcs {
         let cached = {
             let st = self.cache.lock();
             st.healthy.then(|| {
-                let mut c = Cluster::from_entries(
-                    st.entries
-                        .iter()
-                        .map(|(k, (v, r, l))| (k.as_str(), v.as_str(), *r, *l)),
-                );
-                c.revision = st.revision;
-                c
+                let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+                // The member keys are parsed again only when a key changed: an idle cycle
+                // costs a copy, not a JSON parse of every member.
+                match parsed.as_ref() {
+                    Some((generation, c))
+                        if *generation == st.generation && c.revision == st.revision =>
+                    {
+                        c.clone()
+                    }
+                    _ => {
+                        let mut c = Cluster::from_entries(
+                            st.entries
+                                .iter()
+                                .map(|(k, (v, r, l))| (k.as_str(), v.as_str(), *r, *l)),
+                        );
+                        c.revision = st.revision;
+                        *parsed = Some((st.generation, c.clone()));
+                        c
+                    }
+                }
             })
         };
         let c = match cached {
