@@ -73,6 +73,33 @@ impl PgBouncer {
         }
     }
 
+    /// A libpq connection string to pgBouncer's admin console (any user name is an admin with
+    /// `auth_type = any`).
+    pub fn admin_conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=pgbouncer dbname=pgbouncer connect_timeout=2",
+            self.port
+        )
+    }
+
+    /// The databases `SHOW DATABASES` reports paused (its `paused` column is 1).
+    pub async fn paused_databases(&self) -> anyhow::Result<Vec<String>> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.admin_conninfo(), tokio_postgres::NoTls).await?;
+        let conn = tokio::spawn(conn);
+        let mut paused = Vec::new();
+        for msg in client.simple_query("SHOW DATABASES").await? {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
+                if row.try_get("paused")? == Some("1") {
+                    paused.push(row.try_get("name")?.unwrap_or_default().to_string());
+                }
+            }
+        }
+        drop(client);
+        conn.abort();
+        Ok(paused)
+    }
+
     /// A libpq connection string to pgBouncer's `postgres` database.
     pub fn conninfo(&self) -> String {
         format!(

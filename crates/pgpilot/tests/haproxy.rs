@@ -240,17 +240,40 @@ async fn haproxy_follows_a_switchover_and_a_crash_without_losing_an_acknowledged
     .await;
 }
 
+/// `pgpilot.client_continuity` for the test's HAProxy (its admin socket, which the agents
+/// reach: the test and its programs run as the agents' user) and `pgbouncer`, if any.
+fn continuity_section(haproxy: &HaProxy, pgbouncer: Option<&PgBouncer>) -> serde_json::Value {
+    json!({
+        "pause_timeout": 5,
+        "pgbouncer": pgbouncer.map(|p| vec![p.admin_conninfo()]).unwrap_or_default(),
+        "haproxy": [{
+            "socket": haproxy.socket,
+            "primary_backend": "primary",
+            "replica_backend": "replicas",
+        }],
+    })
+}
+
 /// pgBouncer in transaction pooling mode in front of HAProxy's primary port (client →
-/// pgBouncer → HAProxy → PostgreSQL) across a switchover in synchronous mode: no write
-/// acknowledged through pgBouncer is lost; the errors its clients see are printed.
+/// pgBouncer → HAProxy → PostgreSQL) across switchovers in synchronous mode, first as Patroni
+/// would leave them, then with `pgpilot.client_continuity` turned on by a reload (the old
+/// primary pauses pgBouncer and steers HAProxy): no write acknowledged through pgBouncer or
+/// HAProxy is lost, pgBouncer is not left paused, and the primary section routes to the new
+/// primary alone. The write gap and the client errors of each switchover are printed, to
+/// compare; they are not asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgbouncer_over_haproxy_loses_no_acknowledged_write_in_a_switchover() {
+async fn pgbouncer_over_haproxy_loses_no_acknowledged_write_in_a_switchover_with_and_without_client_continuity(
+) {
     if missing(&[HaProxy::installed(), PgBouncer::installed()]) {
         return;
     }
-    let (cluster, mut haproxy, leader) = setup(2, &["via_pgbouncer"]).await;
+    let (cluster, mut haproxy, leader) = setup(
+        2,
+        &["via_pgbouncer", "via_pgbouncer_cont", "via_haproxy_cont"],
+    )
+    .await;
     let pgbouncer = PgBouncer::start(cluster.dir(), haproxy.primary_port);
-    measure(
+    let new = measure(
         &cluster,
         &mut haproxy,
         "switchover via pgbouncer (transaction pooling) and haproxy",
@@ -259,4 +282,39 @@ async fn pgbouncer_over_haproxy_loses_no_acknowledged_write_in_a_switchover() {
         async || switchover(&cluster, leader).await,
     )
     .await;
+
+    let section = continuity_section(&haproxy, Some(&pgbouncer));
+    for i in 0..cluster.len() {
+        cluster
+            .reconfigure(i, |doc| {
+                doc["pgpilot"]["client_continuity"] = section.clone();
+            })
+            .await;
+    }
+    wait_for_sync_standby(&cluster, new).await;
+    let back = measure(
+        &cluster,
+        &mut haproxy,
+        "switchover via pgbouncer and haproxy, with client continuity",
+        pgbouncer.conninfo(),
+        "via_pgbouncer_cont",
+        async || switchover(&cluster, new).await,
+    )
+    .await;
+    let paused = pgbouncer.paused_databases().await.unwrap();
+    assert!(paused.is_empty(), "pgbouncer left paused: {paused:?}");
+
+    wait_for_sync_standby(&cluster, back).await;
+    let direct = via(haproxy.primary_port);
+    measure(
+        &cluster,
+        &mut haproxy,
+        "switchover via haproxy, with client continuity",
+        direct,
+        "via_haproxy_cont",
+        async || switchover(&cluster, back).await,
+    )
+    .await;
+    let paused = pgbouncer.paused_databases().await.unwrap();
+    assert!(paused.is_empty(), "pgbouncer left paused: {paused:?}");
 }
