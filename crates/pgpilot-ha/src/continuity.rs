@@ -196,6 +196,14 @@ async fn resume(paused: Vec<String>) {
     }
 }
 
+/// A client error with the server's message when there is one (`db error` alone says nothing).
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
 /// One admin console command over a connection of its own, everything bounded by `timeout`.
 /// The console speaks the simple query protocol only.
 async fn admin(conninfo: &str, command: &str, timeout: Duration) -> Result<(), ContinuityError> {
@@ -212,12 +220,12 @@ async fn admin(conninfo: &str, command: &str, timeout: Duration) -> Result<(), C
         let (client, connection) = config
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(pg_error(&e)))?;
         let conn = tokio::spawn(connection);
         let result = client
             .batch_execute(command)
             .await
-            .map_err(|e| fail(format!("{command}: {e}")));
+            .map_err(|e| fail(format!("{command}: {}", pg_error(&e))));
         drop(client);
         conn.abort();
         result
