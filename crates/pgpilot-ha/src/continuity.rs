@@ -137,7 +137,7 @@ impl Hold {
         match new_primary {
             Some(new) => announce_primary(&self.cfg, new, &[&self.me]).await,
             None => warn!(
-                "client continuity: no new primary accepts writes; resuming the poolers, \
+                "client continuity: no new primary accepts writes (switchover aborted or late); resuming the poolers, \
                  routing is left to haproxy's checks"
             ),
         }
