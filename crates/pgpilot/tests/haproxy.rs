@@ -257,7 +257,8 @@ fn continuity_section(haproxy: &HaProxy, pgbouncer: Option<&PgBouncer>) -> serde
 /// pgBouncer in transaction pooling mode in front of HAProxy's primary port (client →
 /// pgBouncer → HAProxy → PostgreSQL) across switchovers in synchronous mode, first as Patroni
 /// would leave them, then with `pgpilot.client_continuity` turned on by a reload (the old
-/// primary pauses pgBouncer and steers HAProxy): no write acknowledged through pgBouncer or
+/// primary pauses pgBouncer and steers HAProxy), then a crash of the primary with it on (the
+/// promoted member forces itself up in HAProxy): no write acknowledged through pgBouncer or
 /// HAProxy is lost, pgBouncer is not left paused, and the primary section routes to the new
 /// primary alone. The write gap and the client errors of each switchover are printed, to
 /// compare; they are not asserted.
@@ -269,7 +270,12 @@ async fn pgbouncer_over_haproxy_loses_no_acknowledged_write_in_a_switchover_with
     }
     let (cluster, mut haproxy, leader) = setup(
         2,
-        &["via_pgbouncer", "via_pgbouncer_cont", "via_haproxy_cont"],
+        &[
+            "via_pgbouncer",
+            "via_pgbouncer_cont",
+            "via_haproxy_cont",
+            "via_pgbouncer_crash_cont",
+        ],
     )
     .await;
     let pgbouncer = PgBouncer::start(cluster.dir(), haproxy.primary_port);
@@ -306,7 +312,7 @@ async fn pgbouncer_over_haproxy_loses_no_acknowledged_write_in_a_switchover_with
 
     wait_for_sync_standby(&cluster, back).await;
     let direct = via(haproxy.primary_port);
-    measure(
+    let last = measure(
         &cluster,
         &mut haproxy,
         "switchover via haproxy, with client continuity",
@@ -317,4 +323,22 @@ async fn pgbouncer_over_haproxy_loses_no_acknowledged_write_in_a_switchover_with
     .await;
     let paused = pgbouncer.paused_databases().await.unwrap();
     assert!(paused.is_empty(), "pgbouncer left paused: {paused:?}");
+
+    // A crash: nobody pauses anything; the promoted member forces itself up in HAProxy.
+    wait_for_sync_standby(&cluster, last).await;
+    measure(
+        &cluster,
+        &mut haproxy,
+        "crash (kill -9 of agent and postmaster) via pgbouncer and haproxy, with client continuity",
+        pgbouncer.conninfo(),
+        "via_pgbouncer_crash_cont",
+        async || {
+            cluster.kill_agent(last);
+            assert!(cluster.kill_postmaster(last).is_some());
+            cluster
+                .wait_for_leader_except(&[last], harness::FAILOVER_TIMEOUT)
+                .await
+        },
+    )
+    .await;
 }
