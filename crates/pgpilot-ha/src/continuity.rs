@@ -89,13 +89,18 @@ pub struct Hold {
 }
 
 /// Step 1 (module docs): pauses every pgBouncer and forces `me` down in every primary backend.
-pub async fn hold(cfg: &ClientContinuity, me: &str) -> Hold {
+///
+/// `PAUSE` waits for the transactions in flight, while this member is still the primary and
+/// does not renew its key: all of them together may take at most `pause_wait` (the caller
+/// keeps it within the lease), and at most `pause_timeout`.
+pub async fn hold(cfg: &ClientContinuity, me: &str, pause_wait: Duration) -> Hold {
     let started = Instant::now();
     let deadline = started + cfg.pause_timeout;
+    let pause_deadline = started + pause_wait.min(cfg.pause_timeout);
     let mut paused = Vec::new();
     for conninfo in &cfg.pgbouncer {
         let target = pgbouncer_label(conninfo);
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = pause_deadline.saturating_duration_since(Instant::now());
         match admin(conninfo, "PAUSE", left).await {
             Ok(()) => {
                 info!("client continuity: pgbouncer {target} paused");

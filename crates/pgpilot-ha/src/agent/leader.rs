@@ -417,8 +417,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         if let Err(e) = self.pg.checkpoint().await {
             warn!("CHECKPOINT before switchover failed: {e}");
         }
+        // Until the stop this member is the primary and does not renew its key: the poolers'
+        // PAUSE gets retry_timeout at most, which the timing rule leaves within the lease
+        // renewed this cycle (loop_wait + 2 x retry_timeout <= ttl).
+        let pause_wait = self.dynamic.retry_timeout;
         let hold = match self.cfg.client_continuity.clone() {
-            Some(c) => Some(continuity::hold(&c, &self.cfg.name).await),
+            Some(c) => Some(continuity::hold(&c, &self.cfg.name, pause_wait).await),
             None => None,
         };
         let released = self.hand_over(obs, candidate).await;
