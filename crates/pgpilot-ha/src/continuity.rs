@@ -8,8 +8,9 @@
 //! demotion, drives them:
 //!
 //! 1. [`hold`]: `PAUSE` on every pgBouncer (clients wait in the pooler instead of failing;
-//!    bounded by `pause_timeout`, after which that pgBouncer is resumed and the switchover goes
-//!    on without it), then `set server <primary_backend>/<me> health down` on every HAProxy;
+//!    bounded by `pause_timeout` and by the caller's limit, after which that pgBouncer is
+//!    resumed and the switchover goes on without it), then
+//!    `set server <primary_backend>/<me> health down` on every HAProxy;
 //! 2. the demotion itself (unchanged);
 //! 3. [`Hold::release`], once the new primary accepts writes (or the deadline passed, or the
 //!    switchover was aborted): `health up` for the new primary in the primary backend and

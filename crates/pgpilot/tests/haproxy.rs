@@ -167,6 +167,15 @@ async fn switchover(cluster: &Cluster, leader: usize) -> usize {
         .await
 }
 
+/// A crash of `leader`: its agent and postmaster SIGKILLed; returns the new leader.
+async fn crash(cluster: &Cluster, leader: usize) -> usize {
+    cluster.kill_agent(leader);
+    assert!(cluster.kill_postmaster(leader).is_some());
+    cluster
+        .wait_for_leader_except(&[leader], harness::FAILOVER_TIMEOUT)
+        .await
+}
+
 /// Whether to skip the test: a program it runs is not installed (the reason is printed).
 fn missing(programs: &[Result<(), String>]) -> bool {
     harness::init();
@@ -229,13 +238,7 @@ async fn haproxy_follows_a_switchover_and_a_crash_without_losing_an_acknowledged
         "crash (kill -9 of agent and postmaster) via haproxy",
         primary,
         "via_haproxy_crash",
-        async || {
-            cluster.kill_agent(new);
-            assert!(cluster.kill_postmaster(new).is_some());
-            cluster
-                .wait_for_leader_except(&[new], harness::FAILOVER_TIMEOUT)
-                .await
-        },
+        async || crash(&cluster, new).await,
     )
     .await;
 }
@@ -332,13 +335,7 @@ async fn pgbouncer_over_haproxy_loses_no_acknowledged_write_in_a_switchover_with
         "crash (kill -9 of agent and postmaster) via pgbouncer and haproxy, with client continuity",
         pgbouncer.conninfo(),
         "via_pgbouncer_crash_cont",
-        async || {
-            cluster.kill_agent(last);
-            assert!(cluster.kill_postmaster(last).is_some());
-            cluster
-                .wait_for_leader_except(&[last], harness::FAILOVER_TIMEOUT)
-                .await
-        },
+        async || crash(&cluster, last).await,
     )
     .await;
 }

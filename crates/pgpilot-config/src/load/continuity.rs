@@ -84,22 +84,26 @@ fn refuse_unknown<'k>(
     }
 }
 
-/// The list at `path` (a single item is a list of one), or empty.
-fn items<'a>(r: &mut Reader<'a>, path: &str) -> Vec<&'a Value> {
-    match r.get(path) {
+/// The list at `<section>.key` (a single item is a list of one), or empty; each item with its
+/// path (`<section>.key[i]`).
+fn items<'a>(r: &mut Reader<'a>, key: &str) -> Vec<(String, &'a Value)> {
+    let path = format!("{SECTION}.{key}");
+    let list = match r.get(&path) {
         None => Vec::new(),
         Some(Value::Array(items)) => items.iter().collect(),
         Some(one) => vec![one],
-    }
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("{path}[{i}]"), v))
+        .collect()
 }
 
 /// `pgbouncer`: admin console connection strings; each must parse as libpq's and name the
 /// database `pgbouncer`, the only one where `PAUSE` and `RESUME` exist.
 fn pgbouncers(r: &mut Reader<'_>) -> Vec<String> {
-    let path = format!("{SECTION}.pgbouncer");
     let mut out = Vec::new();
-    for (i, item) in items(r, &path).into_iter().enumerate() {
-        let at = format!("{path}[{i}]");
+    for (at, item) in items(r, "pgbouncer") {
         let Value::String(conninfo) = item else {
             r.problem(
                 &at,
@@ -123,10 +127,8 @@ fn pgbouncers(r: &mut Reader<'_>) -> Vec<String> {
 
 /// `haproxy`: one mapping per HAProxy.
 fn haproxies(r: &mut Reader<'_>) -> Vec<HaproxyTarget> {
-    let path = format!("{SECTION}.haproxy");
     let mut out = Vec::new();
-    for (i, item) in items(r, &path).into_iter().enumerate() {
-        let at = format!("{path}[{i}]");
+    for (at, item) in items(r, "haproxy") {
         let Value::Object(m) = item else {
             r.problem(
                 &at,
