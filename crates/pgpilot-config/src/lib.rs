@@ -92,6 +92,9 @@ pub struct Config {
     /// guard process beside the agent that stops PostgreSQL when the lease deadline it was last
     /// given passes (`pgpilot_ha::guard`). `off` leaves fencing to the agent and the watchdog.
     pub guard: bool,
+    /// `pgpilot.client_continuity`, a pgpilot-only section (absent: off): the poolers and
+    /// proxies a planned switchover pauses and re-points so that clients see no error.
+    pub client_continuity: Option<ClientContinuity>,
     /// The whole merged local document (file + env), for keys not modelled here.
     pub raw: Value,
 }
@@ -252,6 +255,59 @@ pub struct PostgresqlConfig {
     /// `postgresql.before_stop`: a command run before PostgreSQL is stopped (its failure is
     /// only logged).
     pub before_stop: Option<String>,
+}
+
+/// `pgpilot.client_continuity`: during a switchover the old primary pauses every pgBouncer and
+/// forces its own server down in every HAProxy, then forces the new primary up and resumes the
+/// poolers once the new primary accepts writes (`pgpilot_ha::continuity`). Best effort: a
+/// failure is logged and never blocks the switchover. Every member carries the same section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientContinuity {
+    /// `pause_timeout` (seconds, default 5): the longest time clients are held, from `PAUSE`
+    /// to `RESUME`.
+    pub pause_timeout: Duration,
+    /// `pgbouncer`: connection strings (libpq `key=value` or URL) of pgBouncer admin consoles
+    /// (database `pgbouncer`).
+    pub pgbouncer: Vec<String>,
+    /// `haproxy`: runtime API sockets and the backends to steer.
+    pub haproxy: Vec<HaproxyTarget>,
+}
+
+/// Where an HAProxy runtime API (`stats socket ... level admin`) listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HaproxyAddress {
+    /// `socket: /run/haproxy/admin.sock`.
+    Unix(PathBuf),
+    /// `address: 127.0.0.1:9999` (a `stats socket ipv4@...`).
+    Tcp(String),
+}
+
+impl std::fmt::Display for HaproxyAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HaproxyAddress::Unix(p) => write!(f, "{}", p.display()),
+            HaproxyAddress::Tcp(a) => f.write_str(a),
+        }
+    }
+}
+
+/// One entry of `pgpilot.client_continuity.haproxy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyTarget {
+    pub address: HaproxyAddress,
+    /// `primary_backend`: the backend (or `listen` section) that routes writes.
+    pub primary_backend: String,
+    /// `replica_backend`: the one that routes reads, if any.
+    pub replica_backend: Option<String>,
+    /// `servers`: member name → HAProxy server name, where they differ (default: the same).
+    pub servers: BTreeMap<String, String>,
+}
+
+impl HaproxyTarget {
+    /// The HAProxy server name of `member`.
+    pub fn server<'a>(&'a self, member: &'a str) -> &'a str {
+        self.servers.get(member).map_or(member, String::as_str)
+    }
 }
 
 /// `watchdog.mode` (spec/config.md §3.10), read as Patroni's `parse_mode`: `off` (also `false`,

@@ -15,6 +15,7 @@ use crate::{
 };
 use crate::{CtlTls, TlsServerConfig};
 
+mod continuity;
 mod methods;
 
 /// Name Patroni reserves for the strict synchronous-mode placeholder.
@@ -122,6 +123,8 @@ const MODELLED: &[&str] = &[
     "watchdog.driver",
     // pgpilot's own keys (Patroni has no `pgpilot` section, so nothing of Patroni's clashes).
     "pgpilot.guard",
+    // Checked key by key in `continuity.rs`, where an unknown key is refused.
+    "pgpilot.client_continuity",
 ];
 
 const INITDB_FORBIDDEN: &[&str] = &["pgdata", "nosync", "pwfile", "sync-only", "version"];
@@ -1122,6 +1125,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
     let tags = tags(&mut r, &mut warnings);
     let watchdog = watchdog(&mut r);
     let guard = r.boolean("pgpilot.guard").unwrap_or(true);
+    let client_continuity = continuity::client_continuity(&mut r);
     let log = log_section(&mut r, &mut warnings);
 
     let mut unknown = Vec::new();
@@ -1158,6 +1162,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         log,
         watchdog,
         guard,
+        client_continuity,
         raw: doc.clone(),
     };
     Ok(Loaded { config, warnings })

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use pgpilot_config::{
-    load, validate, yaml, ConfigError, DynamicConfig, WatchdogConfig, WatchdogDriver, WatchdogMode,
+    load, validate, yaml, ClientContinuity, ConfigError, DynamicConfig, HaproxyAddress,
+    HaproxyTarget, WatchdogConfig, WatchdogDriver, WatchdogMode,
 };
 use serde_json::{json, Map, Value};
 
@@ -1215,4 +1216,97 @@ fn keyfile_passwords_are_read() {
         "{:?}",
         loaded.warnings
     );
+}
+
+/// `pgpilot.client_continuity` is off when absent; read whole (defaults filled in) without an
+/// unknown-key warning; and each bad value is refused with its key path, including a key the
+/// section does not know (it is pgpilot's own, so a typo is an error, not a warning).
+#[test]
+fn client_continuity_is_read_and_each_bad_value_named() {
+    let with = |section: &str| {
+        let doc = format!("{SAMPLE}pgpilot:\n  client_continuity:\n{section}");
+        load(None, &env(&[("PATRONI_CONFIGURATION", doc.as_str())]))
+    };
+    let plain = load(None, &env(&[("PATRONI_CONFIGURATION", SAMPLE)])).unwrap();
+    assert_eq!(plain.config.client_continuity, None);
+
+    let loaded = with(
+        "    pause_timeout: 2.5\n\
+         \x20   pgbouncer:\n\
+         \x20   - host=127.0.0.1 port=6432 dbname=pgbouncer user=pgbouncer\n\
+         \x20   - postgresql://pgbouncer@10.0.0.2:6432/pgbouncer\n\
+         \x20   haproxy:\n\
+         \x20   - socket: /run/haproxy/admin.sock\n\
+         \x20     primary_backend: primary\n\
+         \x20     replica_backend: replicas\n\
+         \x20     servers: {postgresql0: pg0}\n\
+         \x20   - address: 127.0.0.1:9999\n\
+         \x20     primary_backend: writes\n",
+    )
+    .unwrap();
+    assert!(
+        !loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("client_continuity")),
+        "{:?}",
+        loaded.warnings
+    );
+    let first = HaproxyTarget {
+        address: HaproxyAddress::Unix("/run/haproxy/admin.sock".into()),
+        primary_backend: "primary".into(),
+        replica_backend: Some("replicas".into()),
+        servers: [("postgresql0".to_string(), "pg0".to_string())].into(),
+    };
+    assert_eq!(first.server("postgresql0"), "pg0");
+    assert_eq!(first.server("postgresql1"), "postgresql1");
+    assert_eq!(
+        loaded.config.client_continuity,
+        Some(ClientContinuity {
+            pause_timeout: Duration::from_millis(2500),
+            pgbouncer: vec![
+                "host=127.0.0.1 port=6432 dbname=pgbouncer user=pgbouncer".into(),
+                "postgresql://pgbouncer@10.0.0.2:6432/pgbouncer".into(),
+            ],
+            haproxy: vec![
+                first,
+                HaproxyTarget {
+                    address: HaproxyAddress::Tcp("127.0.0.1:9999".into()),
+                    primary_backend: "writes".into(),
+                    replica_backend: None,
+                    servers: Default::default(),
+                },
+            ],
+        })
+    );
+    // A single connection string is a list of one; pause_timeout defaults to 5 s.
+    let one = with("    pgbouncer: dbname=pgbouncer host=/tmp\n").unwrap();
+    let c = one.config.client_continuity.unwrap();
+    assert_eq!(
+        (c.pause_timeout, c.pgbouncer.len()),
+        (Duration::from_secs(5), 1)
+    );
+
+    for (section, path, says) in [
+        ("    pause_timeout: 0\n    pgbouncer: dbname=pgbouncer\n", "pgpilot.client_continuity.pause_timeout", "more than 0"),
+        ("    pause_timeout: soon\n    pgbouncer: dbname=pgbouncer\n", "pgpilot.client_continuity.pause_timeout", "expected a number"),
+        ("    pgbouncer: host=127.0.0.1 dbname=postgres\n", "pgpilot.client_continuity.pgbouncer[0]", "dbname=pgbouncer"),
+        ("    pgbouncer: [\"host=x port=notaport dbname=pgbouncer\"]\n", "pgpilot.client_continuity.pgbouncer[0]", "didn't pass validation"),
+        ("    pgbouncer: dbname=pgbouncer\n    pause_timout: 3\n", "pgpilot.client_continuity.pause_timout", "unknown key"),
+        ("    haproxy:\n    - primary_backend: primary\n", "pgpilot.client_continuity.haproxy[0]", "socket"),
+        ("    haproxy:\n    - socket: /s\n      address: 127.0.0.1:1\n      primary_backend: p\n", "pgpilot.client_continuity.haproxy[0]", "not both"),
+        ("    haproxy:\n    - address: localhost\n      primary_backend: p\n", "pgpilot.client_continuity.haproxy[0].address", "host:port"),
+        ("    haproxy:\n    - socket: /s\n", "pgpilot.client_continuity.haproxy[0].primary_backend", "not defined"),
+        ("    haproxy:\n    - socket: /s\n      primary_backend: p\n      backend: q\n", "pgpilot.client_continuity.haproxy[0].backend", "unknown key"),
+        ("    haproxy:\n    - socket: /s\n      primary_backend: p\n      servers: [a]\n", "pgpilot.client_continuity.haproxy[0].servers", "mapping"),
+        ("    pause_timeout: 3\n", "pgpilot.client_continuity", "neither"),
+    ] {
+        match with(section) {
+            Err(ConfigError::Invalid(problems)) => assert!(
+                problems.iter().any(|p| p.path == path && p.message.contains(says)),
+                "{section}: {problems:?}"
+            ),
+            other => panic!("{section}: {other:?}"),
+        }
+    }
 }

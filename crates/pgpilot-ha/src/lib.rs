@@ -2,6 +2,7 @@
 //! (observe → decide → act → publish, DESIGN.md "One HA cycle").
 
 mod agent;
+pub mod continuity;
 pub mod decide;
 #[cfg(test)]
 mod decide_tests;

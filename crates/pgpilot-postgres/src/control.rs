@@ -24,6 +24,7 @@ pub trait PgControl: Send + Sync + 'static {
     fn promote(&self, timeout: Duration) -> impl Future<Output = Result<()>> + Send;
     fn reload(&self) -> impl Future<Output = Result<()>> + Send;
     fn remote_wal_position(&self, at: &Upstream) -> impl Future<Output = Result<u64>> + Send;
+    fn remote_is_primary(&self, at: &Upstream) -> impl Future<Output = Result<bool>> + Send;
     fn prepare_rewind_source(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send;
     fn query_state(&self) -> impl Future<Output = Result<PgState>> + Send;
     fn create_roles(&self) -> impl Future<Output = Result<()>> + Send;
@@ -90,6 +91,9 @@ impl PgControl for Postgres {
     }
     fn remote_wal_position(&self, at: &Upstream) -> impl Future<Output = Result<u64>> + Send {
         Postgres::remote_wal_position(self, at)
+    }
+    fn remote_is_primary(&self, at: &Upstream) -> impl Future<Output = Result<bool>> + Send {
+        Postgres::remote_is_primary(self, at)
     }
     fn prepare_rewind_source(&self, from: &Upstream) -> impl Future<Output = Result<()>> + Send {
         Postgres::prepare_rewind_source(self, from)

@@ -609,6 +609,17 @@ impl Postgres {
             .unwrap_or(0))
     }
 
+    /// Whether the server at `at` is out of recovery (a primary: it accepts writes), asked over
+    /// SQL as the superuser.
+    pub async fn remote_is_primary(&self, at: &Upstream) -> Result<bool> {
+        let client = self.connect_to(at).await?;
+        let row = client
+            .query_one("SELECT NOT pg_catalog.pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| sql_err(&e))?;
+        Ok(row.get(0))
+    }
+
     /// A superuser connection to `at` (this member or another one), bounded by `QUERY_TIMEOUT`.
     async fn connect_to(&self, at: &Upstream) -> Result<tokio_postgres::Client> {
         self.connect_db(at, "postgres").await

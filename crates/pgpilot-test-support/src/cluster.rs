@@ -267,6 +267,35 @@ impl Cluster {
         index
     }
 
+    /// Rewrites member `i`'s configuration file as the harness wrote it, then changed by
+    /// `change`, and has its agent re-read it (`POST /reload`); returns once the agent logged
+    /// the reload.
+    pub async fn reconfigure(&self, i: usize, change: impl Fn(&mut Value)) {
+        let m = &self.members[i];
+        let mut doc = self.member_config(m);
+        change(&mut doc);
+        std::fs::write(&m.config_path, to_yaml(&doc)).expect("write member config");
+        const RELOADED: &str = "Reloading the configuration";
+        let before = self.agent_log(i).matches(RELOADED).count();
+        let (code, text) = self
+            .api_call(i, "POST", "/reload", None, true)
+            .await
+            .unwrap_or_else(|e| panic!("POST /reload: {e:#}"));
+        assert_eq!(code, 202, "POST /reload: {text}");
+        self.wait(
+            SHORT_TIMEOUT,
+            &format!("{} to reload", m.name),
+            async || {
+                ensure!(
+                    self.agent_log(i).matches(RELOADED).count() > before,
+                    "not logged yet"
+                );
+                Ok(())
+            },
+        )
+        .await;
+    }
+
     /// The Patroni configuration of one member.
     fn member_config(&self, m: &Member) -> Value {
         let o = &self.options;

@@ -1,7 +1,8 @@
 //! pgBouncer (Debian's 1.18, `/usr/sbin/pgbouncer`) in transaction pooling mode in front of an
 //! address, typically [`HaProxy`](super::HaProxy)'s primary port: client → pgBouncer → HAProxy →
 //! PostgreSQL. It listens on 127.0.0.1 only, lets any client in (`auth_type = any`) and logs in
-//! to the server as the harness's superuser. Runs in the foreground as the test's user.
+//! to the server as the harness's superuser; user `pgbouncer` may run the admin console's
+//! commands (`PAUSE`, `RESUME`). Runs in the foreground as the test's user.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -40,6 +41,7 @@ impl PgBouncer {
              listen_port = {port}\n\
              unix_socket_dir =\n\
              auth_type = any\n\
+             admin_users = pgbouncer\n\
              pool_mode = transaction\n\
              max_client_conn = 100\n\
              default_pool_size = 10\n\
@@ -71,6 +73,32 @@ impl PgBouncer {
             port,
             config,
         }
+    }
+
+    /// A libpq connection string to pgBouncer's admin console, as its `admin_users`.
+    pub fn admin_conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=pgbouncer dbname=pgbouncer connect_timeout=2",
+            self.port
+        )
+    }
+
+    /// The databases `SHOW DATABASES` reports paused (its `paused` column is 1).
+    pub async fn paused_databases(&self) -> anyhow::Result<Vec<String>> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.admin_conninfo(), tokio_postgres::NoTls).await?;
+        let conn = tokio::spawn(conn);
+        let mut paused = Vec::new();
+        for msg in client.simple_query("SHOW DATABASES").await? {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
+                if row.try_get("paused")? == Some("1") {
+                    paused.push(row.try_get("name")?.unwrap_or_default().to_string());
+                }
+            }
+        }
+        drop(client);
+        conn.abort();
+        Ok(paused)
     }
 
     /// A libpq connection string to pgBouncer's `postgres` database.

@@ -167,6 +167,15 @@ async fn switchover(cluster: &Cluster, leader: usize) -> usize {
         .await
 }
 
+/// A crash of `leader`: its agent and postmaster SIGKILLed; returns the new leader.
+async fn crash(cluster: &Cluster, leader: usize) -> usize {
+    cluster.kill_agent(leader);
+    assert!(cluster.kill_postmaster(leader).is_some());
+    cluster
+        .wait_for_leader_except(&[leader], harness::FAILOVER_TIMEOUT)
+        .await
+}
+
 /// Whether to skip the test: a program it runs is not installed (the reason is printed).
 fn missing(programs: &[Result<(), String>]) -> bool {
     harness::init();
@@ -229,34 +238,104 @@ async fn haproxy_follows_a_switchover_and_a_crash_without_losing_an_acknowledged
         "crash (kill -9 of agent and postmaster) via haproxy",
         primary,
         "via_haproxy_crash",
-        async || {
-            cluster.kill_agent(new);
-            assert!(cluster.kill_postmaster(new).is_some());
-            cluster
-                .wait_for_leader_except(&[new], harness::FAILOVER_TIMEOUT)
-                .await
-        },
+        async || crash(&cluster, new).await,
     )
     .await;
 }
 
+/// `pgpilot.client_continuity` for the test's HAProxy (its admin socket, which the agents
+/// reach: the test and its programs run as the agents' user) and `pgbouncer`, if any.
+fn continuity_section(haproxy: &HaProxy, pgbouncer: Option<&PgBouncer>) -> serde_json::Value {
+    json!({
+        "pause_timeout": 5,
+        "pgbouncer": pgbouncer.map(|p| vec![p.admin_conninfo()]).unwrap_or_default(),
+        "haproxy": [{
+            "socket": haproxy.socket,
+            "primary_backend": "primary",
+            "replica_backend": "replicas",
+        }],
+    })
+}
+
 /// pgBouncer in transaction pooling mode in front of HAProxy's primary port (client →
-/// pgBouncer → HAProxy → PostgreSQL) across a switchover in synchronous mode: no write
-/// acknowledged through pgBouncer is lost; the errors its clients see are printed.
+/// pgBouncer → HAProxy → PostgreSQL) across switchovers in synchronous mode, first as Patroni
+/// would leave them, then with `pgpilot.client_continuity` turned on by a reload (the old
+/// primary pauses pgBouncer and steers HAProxy), then a crash of the primary with it on (the
+/// promoted member forces itself up in HAProxy): no write acknowledged through pgBouncer or
+/// HAProxy is lost, pgBouncer is not left paused, and the primary section routes to the new
+/// primary alone. The write gap and the client errors of each switchover are printed, to
+/// compare; they are not asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgbouncer_over_haproxy_loses_no_acknowledged_write_in_a_switchover() {
+async fn pgbouncer_over_haproxy_loses_no_acknowledged_write_in_a_switchover_with_and_without_client_continuity(
+) {
     if missing(&[HaProxy::installed(), PgBouncer::installed()]) {
         return;
     }
-    let (cluster, mut haproxy, leader) = setup(2, &["via_pgbouncer"]).await;
+    let (cluster, mut haproxy, leader) = setup(
+        2,
+        &[
+            "via_pgbouncer",
+            "via_pgbouncer_cont",
+            "via_haproxy_cont",
+            "via_pgbouncer_crash_cont",
+        ],
+    )
+    .await;
     let pgbouncer = PgBouncer::start(cluster.dir(), haproxy.primary_port);
-    measure(
+    let new = measure(
         &cluster,
         &mut haproxy,
         "switchover via pgbouncer (transaction pooling) and haproxy",
         pgbouncer.conninfo(),
         "via_pgbouncer",
         async || switchover(&cluster, leader).await,
+    )
+    .await;
+
+    let section = continuity_section(&haproxy, Some(&pgbouncer));
+    for i in 0..cluster.len() {
+        cluster
+            .reconfigure(i, |doc| {
+                doc["pgpilot"]["client_continuity"] = section.clone();
+            })
+            .await;
+    }
+    wait_for_sync_standby(&cluster, new).await;
+    let back = measure(
+        &cluster,
+        &mut haproxy,
+        "switchover via pgbouncer and haproxy, with client continuity",
+        pgbouncer.conninfo(),
+        "via_pgbouncer_cont",
+        async || switchover(&cluster, new).await,
+    )
+    .await;
+    let paused = pgbouncer.paused_databases().await.unwrap();
+    assert!(paused.is_empty(), "pgbouncer left paused: {paused:?}");
+
+    wait_for_sync_standby(&cluster, back).await;
+    let direct = via(haproxy.primary_port);
+    let last = measure(
+        &cluster,
+        &mut haproxy,
+        "switchover via haproxy, with client continuity",
+        direct,
+        "via_haproxy_cont",
+        async || switchover(&cluster, back).await,
+    )
+    .await;
+    let paused = pgbouncer.paused_databases().await.unwrap();
+    assert!(paused.is_empty(), "pgbouncer left paused: {paused:?}");
+
+    // A crash: nobody pauses anything; the promoted member forces itself up in HAProxy.
+    wait_for_sync_standby(&cluster, last).await;
+    measure(
+        &cluster,
+        &mut haproxy,
+        "crash (kill -9 of agent and postmaster) via pgbouncer and haproxy, with client continuity",
+        pgbouncer.conninfo(),
+        "via_pgbouncer_crash_cont",
+        async || crash(&cluster, last).await,
     )
     .await;
 }

@@ -12,6 +12,7 @@ use pgpilot_types::{Peers, Role, State};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
+use crate::continuity;
 use crate::decide::{
     after_acquire, after_guard_refused, after_pre_promote, after_watchdog_refused,
     manual_failover_from_leader, valid_sysid, AfterAcquire, AfterPrePromote, ManualFailover,
@@ -187,6 +188,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 self.stats.promotions += 1;
                 self.stats.last_promotion = Some(promote_started.elapsed());
                 self.hooks.fire(CallbackAction::OnRoleChange, Role::Primary);
+                self.announce_primary(obs);
                 let desired = self.desired(None);
                 self.ensure_config(desired).await;
                 self.slot_retain = None;
@@ -378,22 +380,99 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
     }
 
+    /// With `pgpilot.client_continuity`, right after a promotion: forces this member up (and
+    /// every other member down) in HAProxy's primary backends, and down in the replica
+    /// backends, so that clients reach it without waiting for `rise` health checks (after a
+    /// crash of the old primary too). In a task of its own: the cycle does not wait for the
+    /// proxies, and each step is logged by `crate::continuity`.
+    fn announce_primary(&self, obs: &Observation) {
+        let Some(cfg) = self.cfg.client_continuity.clone() else {
+            return;
+        };
+        let me = self.cfg.name.clone();
+        let others: Vec<String> = obs
+            .cluster
+            .as_ref()
+            .map(|c| c.members.iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            let others: Vec<&str> = others.iter().map(String::as_str).collect();
+            continuity::announce_primary(&cfg, &me, &others).await;
+        });
+    }
+
     /// Graceful demotion for a switchover (spec/ha-loop.md §5.5 `graceful`): checkpoint, fast
     /// stop, wait (bounded) until a candidate has received the shutdown checkpoint, publish it as
     /// `/status.optime`, release the key, and wait briefly for the new leader. PostgreSQL stays
     /// down; the next cycle rewinds if needed and starts it as a replica of the new leader.
+    ///
+    /// With `pgpilot.client_continuity` the clients are held (poolers paused, this member forced
+    /// down in HAProxy) from after the checkpoint until the new primary accepts writes or
+    /// `pause_timeout` passes, and then routed to it (`crate::continuity`). The hold is released
+    /// here, after [`Agent::hand_over`] returns whatever path it took, and never changes what
+    /// the demotion does.
     pub(super) async fn demote_graceful(&mut self, obs: &Observation, candidate: Option<&str>) {
         info!("switchover: demoting myself");
         // A checkpoint now makes the shutdown checkpoint short.
         if let Err(e) = self.pg.checkpoint().await {
             warn!("CHECKPOINT before switchover failed: {e}");
         }
+        // Until the stop this member is the primary and does not renew its key: the poolers'
+        // PAUSE gets retry_timeout at most, which the timing rule leaves within the lease
+        // renewed this cycle (loop_wait + 2 x retry_timeout <= ttl).
+        let pause_wait = self.dynamic.retry_timeout;
+        let hold = match self.cfg.client_continuity.clone() {
+            Some(c) => Some(continuity::hold(&c, &self.cfg.name, pause_wait).await),
+            None => None,
+        };
+        let released = self.hand_over(obs, candidate).await;
+        if let Some(hold) = hold {
+            let new = if released {
+                self.new_primary_writable(hold.deadline()).await
+            } else {
+                None
+            };
+            hold.release(new.as_deref()).await;
+        }
+    }
+
+    /// Waits (until `deadline`) for another member to hold the leader key and run as a
+    /// primary, asked over SQL; its name.
+    async fn new_primary_writable(&self, deadline: Instant) -> Option<String> {
+        loop {
+            if let Ok(c) = self.dcs.cluster().await {
+                let leader = c
+                    .leader_name()
+                    .filter(|l| *l != self.cfg.name)
+                    .and_then(|l| c.member(l));
+                if let Some((m, (host, port))) =
+                    leader.and_then(|m| m.data.host_port().map(|hp| (m, hp)))
+                {
+                    let at = Upstream { host, port };
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if let Ok(Ok(true)) =
+                        tokio::time::timeout(left, self.pg.remote_is_primary(&at)).await
+                    {
+                        return Some(m.name.clone());
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The demotion of [`Agent::demote_graceful`] after its checkpoint: whether the leader key
+    /// was released (false: PostgreSQL could not be stopped, or the switchover was aborted).
+    async fn hand_over(&mut self, obs: &Observation, candidate: Option<&str>) -> bool {
         self.state = State::Stopping;
         if let Err(e) = self.stop_then_disarm(StopMode::Fast).await {
             // PostgreSQL is still running: keep the key (never two primaries).
             error!("could not stop PostgreSQL for the switchover, keeping the leader key: {e}");
             self.state = State::Running;
-            return;
+            return false;
         }
         self.state = State::Stopped;
         self.role = Role::Demoted;
@@ -446,7 +525,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                         }
                         self.rewind.check = false;
                         self.run_again = true;
-                        return;
+                        return false;
                     }
                     if !caught_up {
                         warn!("no candidate received the shutdown checkpoint in time; releasing the leader key anyway");
@@ -482,5 +561,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.run_again = true;
+        true
     }
 }
