@@ -22,8 +22,11 @@
 //!
 //! Every step is best effort: a failure is logged (`warn`) and never blocks or aborts the
 //! switchover, whose safety rules are those of the demotion. A paused pgBouncer is always
-//! resumed: by [`Hold::release`] on every path of the demotion, and by `Drop` (a task that
-//! resumes it) if the demotion's future is dropped before.
+//! resumed: by [`Hold::release`] on every path of the demotion, by `Drop` (a task that
+//! resumes it) if the demotion's future is dropped before, and by the member promoted next
+//! ([`after_promotion`]) if the old primary's agent died while holding it. Only a pooler held
+//! by an agent that dies when no member is promoted afterwards stays paused (`RESUME` on its
+//! admin console ends that).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -187,6 +190,16 @@ pub async fn announce_primary(cfg: &ClientContinuity, primary: &str, others: &[&
     }
 }
 
+/// For a member that was just promoted: [`announce_primary`] with every other member, then
+/// `RECONNECT` and `RESUME` on every pgBouncer. After a crash this closes the server
+/// connections to the old primary; after a switchover it resumes the poolers even when the old
+/// primary died (SIGKILL, a crash) while it held them, which its own release can then not do.
+/// A pooler that is not paused says so; that is not a failure.
+pub async fn after_promotion(cfg: &ClientContinuity, primary: &str, others: &[&str]) {
+    announce_primary(cfg, primary, others).await;
+    resume(cfg.pgbouncer.clone()).await;
+}
+
 /// `RECONNECT` (server connections opened before the switchover are closed once released)
 /// then `RESUME` on each admin console, each logged.
 async fn resume(paused: Vec<String>) {
@@ -197,6 +210,10 @@ async fn resume(paused: Vec<String>) {
         }
         match admin(&conninfo, "RESUME", COMMAND_TIMEOUT).await {
             Ok(()) => info!("client continuity: pgbouncer {target} resumed"),
+            // pgBouncer: "pooler is not paused/suspended" (resumed already, or never paused).
+            Err(e) if e.to_string().contains("not paused") => {
+                info!("client continuity: pgbouncer {target} was not paused")
+            }
             Err(e) => warn!("client continuity: could not resume {e}"),
         }
     }

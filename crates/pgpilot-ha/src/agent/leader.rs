@@ -383,7 +383,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// With `pgpilot.client_continuity`, right after a promotion: forces this member up (and
     /// every other member down) in HAProxy's primary backends, and down in the replica
     /// backends, so that clients reach it without waiting for `rise` health checks (after a
-    /// crash of the old primary too). In a task of its own: the cycle does not wait for the
+    /// crash of the old primary too), then reconnects and resumes every pgBouncer. In a task of its own: the cycle does not wait for the
     /// proxies, and each step is logged by `crate::continuity`.
     fn announce_primary(&self, obs: &Observation) {
         let Some(cfg) = self.cfg.client_continuity.clone() else {
@@ -397,7 +397,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             .unwrap_or_default();
         tokio::spawn(async move {
             let others: Vec<&str> = others.iter().map(String::as_str).collect();
-            continuity::announce_primary(&cfg, &me, &others).await;
+            continuity::after_promotion(&cfg, &me, &others).await;
         });
     }
 
