@@ -1,8 +1,10 @@
 //! The guard process (`pgpilot --guard DATA_DIR`): reads the agent's messages from stdin, keeps
 //! the lease deadline on `CLOCK_BOOTTIME`, and fences when it passes (module docs of
-//! [`super`]). No async runtime: one thread reads the pipe, the main thread waits for a line or
-//! the deadline, whichever comes first, in slices of at most [`POLL`] so that the clock is read
-//! again soon after a suspend (a sleep's timeout does not count suspended time).
+//! [`super`]). No async runtime: one thread reads the pipe, one waits on a `CLOCK_BOOTTIME`
+//! timerfd set to the deadline, and the main thread waits for either. A sleep's timeout does
+//! not count suspended time, a `CLOCK_BOOTTIME` timer does: after a suspend that outlived the
+//! deadline it fires as the machine resumes. Without a timerfd (it could not be created) the
+//! main thread wakes every [`POLL`] to read the clock instead.
 //!
 //! [`GuardState`] is the pure part (messages and the clock in, [`Step`] out), tested without
 //! processes; `fence` is the part that signals PostgreSQL.
@@ -18,15 +20,19 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use super::{boot_time, Message};
 
-/// The longest the main loop sleeps without reading the clock while armed.
+/// The longest the main loop sleeps without reading the clock while armed, when it has no
+/// timerfd.
 const POLL: Duration = Duration::from_millis(100);
 /// How long the postmaster gets to go after SIGQUIT before SIGKILL (below [`super::margin`]'s
 /// smallest value, so the whole fence is over before the key can expire).
@@ -89,7 +95,7 @@ impl GuardState {
     pub fn step(&self, now: Duration) -> Step {
         match self.deadline {
             Some(d) if now >= d => Step::Fence,
-            Some(d) => Step::Wait(Some((d - now).min(POLL))),
+            Some(d) => Step::Wait(Some(d - now)),
             None if self.agent_gone => Step::Exit,
             None => Step::Wait(None),
         }
@@ -99,6 +105,53 @@ impl GuardState {
 enum Input {
     Line(String),
     Eof,
+    /// The timerfd expired (the deadline, on `CLOCK_BOOTTIME`).
+    Tick,
+}
+
+/// A `CLOCK_BOOTTIME` timerfd and the thread that turns its expirations into [`Input::Tick`].
+fn deadline_timer(me: u32, tx: mpsc::Sender<Input>) -> Option<Arc<TimerFd>> {
+    let timer = match TimerFd::new(ClockId::CLOCK_BOOTTIME, TimerFlags::TFD_CLOEXEC) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            warn!("guard {me}: no CLOCK_BOOTTIME timerfd ({e}); reading the clock every {} ms instead", POLL.as_millis());
+            return None;
+        }
+    };
+    let waiting = Arc::clone(&timer);
+    let thread = std::thread::Builder::new()
+        .name("guard-timer".into())
+        .spawn(move || {
+            // `wait` blocks until the timer, as last set by the main thread, expires.
+            while waiting.wait().is_ok() {
+                if tx.send(Input::Tick).is_err() {
+                    return;
+                }
+            }
+        });
+    match thread {
+        Ok(_) => Some(timer),
+        Err(e) => {
+            warn!("guard {me}: can not start the timer thread ({e}); reading the clock every {} ms instead", POLL.as_millis());
+            None
+        }
+    }
+}
+
+/// Sets `timer` to `deadline` (a `CLOCK_BOOTTIME` reading), or disarms it.
+fn set_timer(me: u32, timer: &TimerFd, deadline: Option<Duration>) {
+    let set = match deadline {
+        // A zero expiration would disarm the timer: a deadline at 0 has passed anyway.
+        Some(d) => timer.set(
+            Expiration::OneShot(TimeSpec::from_duration(d.max(Duration::from_nanos(1)))),
+            TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+        ),
+        None => timer.unset(),
+    };
+    if let Err(e) = set {
+        // The main loop still wakes at the deadline on its own (without suspend).
+        warn!("guard {me}: can not set the deadline timer: {e}");
+    }
 }
 
 /// The guard's main loop for the PostgreSQL of `data_dir`; returns the exit code.
@@ -110,6 +163,7 @@ pub fn run_guard(data_dir: &Path) -> i32 {
     };
     info!("guard {me}: guarding {}", data_dir.display());
     let (tx, rx) = mpsc::channel();
+    let tx_timer = tx.clone();
     let reader = std::thread::Builder::new()
         .name("guard-stdin".into())
         .spawn(move || {
@@ -126,9 +180,22 @@ pub fn run_guard(data_dir: &Path) -> i32 {
         error!("guard {me}: can not start the reader thread: {e}");
         return 1;
     }
+    let timer = deadline_timer(me, tx_timer);
+    // The wait of the main thread: the deadline itself with a timer, slices of POLL without.
+    let wait_limit = |limit: Option<Duration>| match &timer {
+        Some(_) => limit,
+        None => limit.map(|t| t.min(POLL)),
+    };
     let now = || boot_time().unwrap_or_default();
     let mut state = GuardState::default();
+    let mut timer_set: Option<Duration> = None;
     loop {
+        if let Some(t) = &timer {
+            if state.deadline() != timer_set {
+                set_timer(me, t, state.deadline());
+                timer_set = state.deadline();
+            }
+        }
         match state.step(now()) {
             Step::Exit => {
                 info!("guard {me}: the agent is gone and the guard is disarmed; exiting");
@@ -141,12 +208,12 @@ pub fn run_guard(data_dir: &Path) -> i32 {
                     return 0;
                 }
             }
-            Step::Wait(limit) if state.is_agent_gone() => {
+            Step::Wait(limit) if state.is_agent_gone() && timer.is_none() => {
                 // Nothing more can come from the pipe: just watch the clock.
-                std::thread::sleep(limit.unwrap_or(POLL));
+                std::thread::sleep(limit.unwrap_or(POLL).min(POLL));
             }
             Step::Wait(limit) => {
-                let input = match limit {
+                let input = match wait_limit(limit) {
                     Some(t) => rx.recv_timeout(t),
                     None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 };
@@ -175,7 +242,7 @@ pub fn run_guard(data_dir: &Path) -> i32 {
                             );
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(Input::Tick) | Err(RecvTimeoutError::Timeout) => {}
                 }
             }
         }

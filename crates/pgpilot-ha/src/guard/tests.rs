@@ -59,8 +59,8 @@ fn messages_round_trip_and_garbage_is_refused() {
     }
 }
 
-/// Disarmed, the guard waits without a deadline and never fences; armed, it wakes at least every
-/// 100 ms and fences once the deadline is reached; a new arm moves the deadline, disarm drops it.
+/// Disarmed, the guard waits without a deadline and never fences; armed, it waits until the
+/// deadline and fences once it is reached; a new arm moves the deadline, disarm drops it.
 #[test]
 fn guard_fences_only_when_armed_and_the_deadline_passed() {
     let mut g = GuardState::default();
@@ -73,7 +73,7 @@ fn guard_fences_only_when_armed_and_the_deadline_passed() {
         secs(100),
     );
     assert_eq!(g.deadline(), Some(secs(110)));
-    assert_eq!(g.step(secs(100)), Step::Wait(Some(ms(100))));
+    assert_eq!(g.step(secs(100)), Step::Wait(Some(secs(10))));
     assert_eq!(g.step(ms(109_950)), Step::Wait(Some(ms(50))));
     assert_eq!(g.step(secs(110)), Step::Fence);
     // Renewed in time: the deadline moves.
@@ -84,7 +84,7 @@ fn guard_fences_only_when_armed_and_the_deadline_passed() {
         },
         secs(105),
     );
-    assert_eq!(g.step(secs(110)), Step::Wait(Some(ms(100))));
+    assert_eq!(g.step(secs(110)), Step::Wait(Some(secs(5))));
     assert_eq!(g.step(secs(115)), Step::Fence);
     g.fenced();
     assert_eq!(g.step(secs(200)), Step::Wait(None), "fenced once");
@@ -156,7 +156,7 @@ fn agent_gone_keeps_the_deadline() {
         secs(10),
     );
     g.agent_gone();
-    assert_eq!(g.step(secs(12)), Step::Wait(Some(ms(100))));
+    assert_eq!(g.step(secs(12)), Step::Wait(Some(secs(3))));
     assert_eq!(g.step(secs(15)), Step::Fence);
     g.fenced();
     assert_eq!(g.step(secs(15)), Step::Exit);
