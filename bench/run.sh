@@ -4,7 +4,9 @@
 #
 #   bench/run.sh                                   # pgpilot, fast profile, 5 repetitions, 60 s idle
 #   bench/run.sh --compare patroni --profile all   # the full run recorded in BENCHMARKS.md
+#   bench/run.sh --compare patroni --profile all --members 3,5,7 --idle-only   # idle cost against size
 #   options: --reps N  --idle SECONDS  --profile fast|default|all  --compare patroni  --patroni PATH
+#            --members N[,N...]  --idle-only
 #
 # Needs what the tests need (.ci/run installs it); run as root it drops to the `pgpilot` user.
 set -euo pipefail

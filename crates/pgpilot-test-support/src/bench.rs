@@ -1,11 +1,11 @@
 //! The benchmark's measurements (used by `benches/cluster.rs` and the CI smoke test): one
-//! fresh 3-member cluster per repetition, with a client writing a row every 10 ms through a
-//! multi-host connection string (`target_session_attrs=read-write`).
+//! fresh cluster (3 members unless asked for more) per repetition, with a client writing a row
+//! every 10 ms through a multi-host connection string (`target_session_attrs=read-write`).
 //!
-//! 1. bootstrap: all agents started -> a leader running and both replicas streaming;
-//! 2. idle cost: each agent's RSS (VmRSS) and CPU (scheduler run time) over the idle window,
-//!    pgpilot's guard process included, and the etcd requests per second (gRPC messages
-//!    received, from etcd's own `/metrics`), also by gRPC method;
+//! 1. bootstrap: all agents started -> a leader running and every replica streaming;
+//! 2. idle cost: each agent's RSS (VmRSS, plus the private memory of pgpilot's guard) and CPU
+//!    (scheduler run time, the guard's included) over the idle window, and the etcd requests
+//!    per second (gRPC messages received, from etcd's own `/metrics`), also by gRPC method;
 //! 3. switchover: write gap around `pgpilotctl switchover --force`;
 //! 4. graceful handover: write gap around SIGTERM to the leader's agent;
 //! 5. crash failover: write gap around SIGKILL of the leader's agent and postmaster.
@@ -38,8 +38,8 @@ pub struct Sample {
     pub switchover: Option<Duration>,
     pub handover: Option<Duration>,
     pub crash: Option<Duration>,
-    /// Mean VmRSS of the agents at the end of the idle window, in KiB (with pgpilot's guard
-    /// process, see `agent_processes`).
+    /// Mean memory of the agents at the end of the idle window, in KiB: VmRSS, plus the private
+    /// memory of pgpilot's guard process (see `member_memory_kib`).
     pub rss_kib: f64,
     /// Mean CPU time of one agent (with its guard) over the idle window, as a share of one
     /// core (percent).
@@ -94,6 +94,36 @@ fn agent_processes(pid: i32) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// `Private_Clean + Private_Dirty` of `pid` (`/proc/PID/smaps_rollup`), in KiB: the memory
+/// only this process holds.
+fn private_kib(pid: i32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let mut total = 0;
+    for line in text.lines() {
+        if line.starts_with("Private_Clean:") || line.starts_with("Private_Dirty:") {
+            total += line
+                .split_whitespace()
+                .nth(1)
+                .context("smaps_rollup value")?
+                .parse::<u64>()?;
+        }
+    }
+    Ok(total)
+}
+
+/// What one member's agent holds in memory: the agent's VmRSS, plus the private memory of its
+/// own children (pgpilot's guard). The guard's other resident pages are the same executable's
+/// and libc's pages the agent maps too: counting its whole RSS would count them twice (about
+/// 5.7 of its 6.5 MiB).
+fn member_memory_kib(pid: i32) -> u64 {
+    let children: u64 = agent_processes(pid)
+        .into_iter()
+        .filter(|&p| p != pid)
+        .map(|p| private_kib(p).unwrap_or(0))
+        .sum();
+    vm_rss_kib(pid).unwrap_or(0) + children
 }
 
 /// CPU nanoseconds of the agent `pid` and its own children (see [`agent_processes`]).
@@ -179,9 +209,11 @@ async fn new_leader(cluster: &Cluster, old: usize) -> usize {
     new
 }
 
-/// One repetition: a fresh cluster running `agent` (None: pgpilot) with `profile`.
+/// One repetition: a fresh cluster of `members` running `agent` (None: pgpilot) with
+/// `profile`.
 pub async fn measure(
     agent: Option<PathBuf>,
+    members: usize,
     profile: (u64, u64, u64),
     idle: Duration,
     ctl: PathBuf,
@@ -196,15 +228,16 @@ pub async fn measure(
         scope: "bench".into(),
         ..Options::default()
     };
-    let cluster = Cluster::new(3, options);
+    let cluster = Cluster::new(members, options);
+    let replicas = members.saturating_sub(1);
     let mut sample = Sample::default();
 
     let started = Instant::now();
-    for i in 0..3 {
+    for i in 0..members {
         cluster.start_agent(i);
     }
     let leader = cluster.wait_for_leader().await;
-    cluster.wait_for_replicas_streaming(2).await;
+    cluster.wait_for_replicas_streaming(replicas).await;
     sample.bootstrap = started.elapsed();
     cluster
         .pg_connect(leader)
@@ -219,8 +252,8 @@ pub async fn measure(
     // Idle cost.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let http = reqwest::Client::new();
-    let pids: Vec<i32> = (0..3).filter_map(|i| cluster.agent_pid(i)).collect();
-    if pids.len() != 3 {
+    let pids: Vec<i32> = (0..members).filter_map(|i| cluster.agent_pid(i)).collect();
+    if pids.len() != members {
         bail!("an agent is not running");
     }
     let cpu0: Vec<u64> = pids
@@ -242,14 +275,13 @@ pub async fn measure(
         .map(|(a, b)| a.saturating_sub(*b) as f64)
         .sum::<f64>()
         / 1e9
-        / 3.0;
+        / members as f64;
     sample.cpu_percent = 100.0 * cpu / window;
     sample.rss_kib = pids
         .iter()
-        .flat_map(|&p| agent_processes(p))
-        .map(|p| vm_rss_kib(p).unwrap_or(0) as f64)
+        .map(|&p| member_memory_kib(p) as f64)
         .sum::<f64>()
-        / 3.0;
+        / members as f64;
     for (method, n1) in &msgs1 {
         let n0 = msgs0.get(method).copied().unwrap_or(0.0);
         if n1 > &n0 {
@@ -290,7 +322,7 @@ pub async fn measure(
     let leader = cluster
         .leader_index()
         .context("no leader after the switchover")?;
-    cluster.wait_for_replicas_streaming(2).await;
+    cluster.wait_for_replicas_streaming(replicas).await;
 
     // Graceful handover.
     sample.handover = gap_around(&cluster, "handover", "bench_ho", || async {
@@ -300,7 +332,7 @@ pub async fn measure(
     .await;
     cluster.wait_agent_exit(leader, FAILOVER_TIMEOUT).await;
     cluster.start_agent(leader);
-    cluster.wait_for_replicas_streaming(2).await;
+    cluster.wait_for_replicas_streaming(replicas).await;
     let leader = cluster
         .leader_index()
         .context("no leader after the handover")?;

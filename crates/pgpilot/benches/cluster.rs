@@ -1,5 +1,5 @@
 //! `cargo bench -p pgpilot --bench cluster -- [--reps N] [--idle SECONDS] [--profile fast|default|all]
-//! [--compare patroni] [--patroni PATH] [--idle-only] [--markdown]`
+//! [--compare patroni] [--patroni PATH] [--members 3,5,7] [--idle-only] [--markdown]`
 //!
 //! Starts its own etcd and 3-member clusters on loopback (see
 //! `crates/pgpilot-test-support/src/bench.rs` for what is measured), runs each measurement N
@@ -8,7 +8,8 @@
 //! /usr/bin/python3, or `--patroni PATH`), interleaved repetition by repetition, with a ratio
 //! column (pgpilot median / Patroni median). `--markdown` prints the result as the
 //! BENCHMARKS.md document (`bench/run.sh` writes it). `--idle-only` measures bootstrap and the
-//! idle cost only (no switchover, handover or crash).
+//! idle cost only (no switchover, handover or crash). `--members` runs clusters of each size
+//! given (default 3) and adds a table of the idle cost per member against the size.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -29,6 +30,8 @@ struct Args {
     patroni: Option<PathBuf>,
     markdown: bool,
     idle_only: bool,
+    /// Cluster sizes to run (each a separate table; a scale table when several).
+    members: Vec<usize>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -40,6 +43,7 @@ fn parse() -> Result<Args, String> {
         patroni: None,
         markdown: false,
         idle_only: false,
+        members: vec![3],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -75,6 +79,15 @@ fn parse() -> Result<Args, String> {
             "--patroni" => a.patroni = Some(PathBuf::from(value("--patroni")?)),
             "--markdown" => a.markdown = true,
             "--idle-only" => a.idle_only = true,
+            "--members" => {
+                a.members = value("--members")?
+                    .split(',')
+                    .map(|n| match n.trim().parse::<usize>() {
+                        Ok(m) if m >= 2 => Ok(m),
+                        _ => Err(format!("--members: {n} is not a member count of 2 or more")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             // cargo bench passes --bench to harness=false targets.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -152,71 +165,62 @@ async fn main() {
     let started = jiff::Timestamp::now();
     for &p in &args.profiles {
         let (name, ttl, lw, rt) = PROFILES[p];
-        let mut ours: Vec<Sample> = Vec::new();
-        let mut theirs: Vec<Sample> = Vec::new();
-        for rep in 1..=args.reps {
-            let mut agents: Vec<(bool, Option<PathBuf>)> = vec![(true, None)];
-            if let Some(pt) = &patroni {
-                agents.push((false, Some(pt.clone())));
-            }
-            for (is_ours, agent) in agents {
-                let who = if is_ours { "pgpilot" } else { "Patroni" };
-                eprintln!("bench: {name}: {who} repetition {rep}/{}", args.reps);
-                // A repetition that panics (an agent that died, a timeout) is reported and
-                // skipped; its cluster is torn down as the panic unwinds.
-                let run = CatchUnwind(Box::pin(measure(
-                    agent,
-                    (ttl, lw, rt),
-                    args.idle,
-                    ctl.clone(),
-                    args.idle_only,
-                )));
-                let result = match run.await {
-                    Ok(r) => r,
-                    Err(_) => Err(anyhow::anyhow!("the repetition panicked (see above)")),
-                };
-                match result {
-                    Ok(s) => {
-                        eprintln!("bench: {who}: {s:?}");
-                        if is_ours {
-                            ours.push(s)
-                        } else {
-                            theirs.push(s)
+        // (members, pgpilot samples, Patroni samples) for the scale table.
+        let mut by_size: Vec<(usize, Vec<Sample>, Vec<Sample>)> = Vec::new();
+        for &members in &args.members {
+            let mut ours: Vec<Sample> = Vec::new();
+            let mut theirs: Vec<Sample> = Vec::new();
+            for rep in 1..=args.reps {
+                let mut agents: Vec<(bool, Option<PathBuf>)> = vec![(true, None)];
+                if let Some(pt) = &patroni {
+                    agents.push((false, Some(pt.clone())));
+                }
+                for (is_ours, agent) in agents {
+                    let who = if is_ours { "pgpilot" } else { "Patroni" };
+                    eprintln!(
+                        "bench: {name}, {members} members: {who} repetition {rep}/{}",
+                        args.reps
+                    );
+                    // A repetition that panics (an agent that died, a timeout) is reported
+                    // and skipped; its cluster is torn down as the panic unwinds.
+                    let run = CatchUnwind(Box::pin(measure(
+                        agent,
+                        members,
+                        (ttl, lw, rt),
+                        args.idle,
+                        ctl.clone(),
+                        args.idle_only,
+                    )));
+                    let result = match run.await {
+                        Ok(r) => r,
+                        Err(_) => Err(anyhow::anyhow!("the repetition panicked (see above)")),
+                    };
+                    match result {
+                        Ok(s) => {
+                            eprintln!("bench: {who}: {s:?}");
+                            if is_ours {
+                                ours.push(s)
+                            } else {
+                                theirs.push(s)
+                            }
                         }
+                        Err(e) => eprintln!("bench: {who} repetition {rep} failed: {e:#}"),
                     }
-                    Err(e) => eprintln!("bench: {who} repetition {rep} failed: {e:#}"),
                 }
             }
+            out.push_str(&format!("\n### {name}, {members} members\n\n"));
+            out.push_str(&measurements_table(&ours, &theirs, patroni.is_some()));
+            out.push_str(&methods_table(&ours, &theirs, patroni.is_some()));
+            out.push_str(&format!(
+                "\n{} pgpilot and {} Patroni repetitions completed.\n",
+                ours.len(),
+                theirs.len()
+            ));
+            by_size.push((members, ours, theirs));
         }
-        out.push_str(&format!("\n### {name}\n\n"));
-        if patroni.is_some() {
-            out.push_str("| measurement | unit | pgpilot min / median / max | Patroni min / median / max | ratio (median) |\n|---|---|---|---|---|\n");
-        } else {
-            out.push_str("| measurement | unit | pgpilot min / median / max |\n|---|---|---|\n");
+        if by_size.len() > 1 {
+            out.push_str(&scale_table(name, &by_size, patroni.is_some()));
         }
-        for (label, unit, f) in rows() {
-            let a: Vec<f64> = ours.iter().filter_map(f).collect();
-            if patroni.is_some() {
-                let b: Vec<f64> = theirs.iter().filter_map(f).collect();
-                let ratio = match (spread(&a), spread(&b)) {
-                    (Some((_, x, _)), Some((_, y, _))) if y > 0.0 => format!("{:.2}", x / y),
-                    _ => "-".into(),
-                };
-                out.push_str(&format!(
-                    "| {label} | {unit} | {} | {} | {ratio} |\n",
-                    cell(&a),
-                    cell(&b)
-                ));
-            } else {
-                out.push_str(&format!("| {label} | {unit} | {} |\n", cell(&a)));
-            }
-        }
-        out.push_str(&methods_table(&ours, &theirs, patroni.is_some()));
-        out.push_str(&format!(
-            "\n{} pgpilot and {} Patroni repetitions completed.\n",
-            ours.len(),
-            theirs.len()
-        ));
     }
     if args.markdown {
         let cmdline: Vec<String> = std::env::args()
@@ -230,7 +234,7 @@ async fn main() {
             started.strftime("%Y-%m-%d %H:%M UTC")
         );
         println!("Machine: {}.\n", machine());
-        println!("Each repetition starts a fresh etcd and 3-member cluster on loopback; write gaps are measured by a client inserting a row every 10 ms through a multi-host connection string with `target_session_attrs=read-write` (first failed write to the next acknowledged one). Idle cost is measured over {} s per repetition; RSS and CPU are per agent, pgpilot's guard process included; CPU is the scheduler's run time of the agent's threads (`/proc/PID/task/*/schedstat`).", args.idle.as_secs());
+        println!("Each repetition starts a fresh etcd and cluster on loopback; write gaps are measured by a client inserting a row every 10 ms through a multi-host connection string with `target_session_attrs=read-write` (first failed write to the next acknowledged one). Idle cost is measured over {} s per repetition; RSS and CPU are per agent. CPU is the scheduler's run time of the agent's threads (`/proc/PID/task/*/schedstat`), pgpilot's guard process included. RSS is the agent's VmRSS plus the private memory (`Private_Clean + Private_Dirty`) of pgpilot's guard, whose other resident pages are the executable's and libc's, mapped by the agent too.", args.idle.as_secs());
         print!("{out}");
     } else {
         println!("machine: {}", machine());
@@ -246,7 +250,7 @@ fn methods_table(ours: &[Sample], theirs: &[Sample], compare: bool) -> String {
     let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
     names.sort();
     names.dedup();
-    let mut out = String::from("\netcd messages per second while idle, by gRPC method (median, the 3 agents together):\n\n");
+    let mut out = String::from("\netcd messages per second while idle, by gRPC method (median, all the agents of the cluster together):\n\n");
     if compare {
         out.push_str("| gRPC method | pgpilot | Patroni |\n|---|---:|---:|\n");
     } else {
@@ -278,4 +282,76 @@ impl<F: Future> Future for CatchUnwind<F> {
             Err(payload) => Poll::Ready(Err(payload)),
         }
     }
+}
+
+/// The main table: each measurement's min / median / max, and the ratio of the medians.
+fn measurements_table(ours: &[Sample], theirs: &[Sample], compare: bool) -> String {
+    let mut out = String::new();
+    if compare {
+        out.push_str("| measurement | unit | pgpilot min / median / max | Patroni min / median / max | ratio (median) |\n|---|---|---|---|---|\n");
+    } else {
+        out.push_str("| measurement | unit | pgpilot min / median / max |\n|---|---|---|\n");
+    }
+    for (label, unit, f) in rows() {
+        let a: Vec<f64> = ours.iter().filter_map(f).collect();
+        if compare {
+            let b: Vec<f64> = theirs.iter().filter_map(f).collect();
+            let ratio = match (spread(&a), spread(&b)) {
+                (Some((_, x, _)), Some((_, y, _))) if y > 0.0 => format!("{:.2}", x / y),
+                _ => "-".into(),
+            };
+            out.push_str(&format!(
+                "| {label} | {unit} | {} | {} | {ratio} |\n",
+                cell(&a),
+                cell(&b)
+            ));
+        } else {
+            out.push_str(&format!("| {label} | {unit} | {} |\n", cell(&a)));
+        }
+    }
+    out
+}
+
+/// Idle cost per member against the cluster size (medians).
+fn scale_table(
+    profile: &str,
+    by_size: &[(usize, Vec<Sample>, Vec<Sample>)],
+    compare: bool,
+) -> String {
+    let median = |v: &[Sample], f: &dyn Fn(&Sample) -> f64| -> String {
+        let values: Vec<f64> = v.iter().map(f).collect();
+        spread(&values).map_or("-".into(), |(_, m, _)| format!("{m:.2}"))
+    };
+    let mut out =
+        format!("\n### {profile}: idle cost per member against the cluster size (medians)\n\n");
+    if compare {
+        out.push_str("| members | CPU % pgpilot | CPU % Patroni | RSS MiB pgpilot | RSS MiB Patroni | etcd messages/s per member pgpilot | Patroni |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+    } else {
+        out.push_str("| members | CPU % pgpilot | RSS MiB pgpilot | etcd messages/s per member pgpilot |\n|---:|---:|---:|---:|\n");
+    }
+    for (members, ours, theirs) in by_size {
+        let n = *members as f64;
+        let cpu = |s: &Sample| s.cpu_percent;
+        let rss = |s: &Sample| s.rss_kib / 1024.0;
+        let etcd = |s: &Sample| s.etcd_rps / n;
+        if compare {
+            out.push_str(&format!(
+                "| {members} | {} | {} | {} | {} | {} | {} |\n",
+                median(ours, &cpu),
+                median(theirs, &cpu),
+                median(ours, &rss),
+                median(theirs, &rss),
+                median(ours, &etcd),
+                median(theirs, &etcd)
+            ));
+        } else {
+            out.push_str(&format!(
+                "| {members} | {} | {} | {} |\n",
+                median(ours, &cpu),
+                median(ours, &rss),
+                median(ours, &etcd)
+            ));
+        }
+    }
+    out
 }

@@ -14,6 +14,7 @@ async fn benchmark_smoke_run_measures_everything() {
     let (name, ttl, lw, rt) = PROFILES[0];
     let s = measure(
         None,
+        3,
         (ttl, lw, rt),
         Duration::from_secs(5),
         PathBuf::from(env!("CARGO_BIN_EXE_pgpilotctl")),
