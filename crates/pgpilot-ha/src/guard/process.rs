@@ -233,6 +233,10 @@ pub fn run_guard(data_dir: &Path) -> i32 {
                         }
                         None => warn!("guard {me}: ignoring the unknown message {line:?}"),
                     },
+                    Err(RecvTimeoutError::Disconnected) if state.is_agent_gone() => {
+                        // No sender is left (the timer thread ended too): watch the clock.
+                        std::thread::sleep(limit.unwrap_or(POLL).min(POLL));
+                    }
                     Ok(Input::Eof) | Err(RecvTimeoutError::Disconnected) => {
                         state.agent_gone();
                         if let Some(d) = state.deadline() {
