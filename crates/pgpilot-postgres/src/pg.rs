@@ -685,10 +685,7 @@ impl Postgres {
         >,
     {
         let mut guard = self.conn.lock().await;
-        let (client, state) = match guard.take() {
-            Some(m) if !m.client.is_closed() => (m.client, m.state),
-            _ => (self.connect().await?, None),
-        };
+        let Monitor { client, state } = self.monitor(guard.take()).await?;
         let (client, res) = tokio::time::timeout(QUERY_TIMEOUT, f(client))
             .await
             .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?;
@@ -698,6 +695,18 @@ impl Postgres {
                 Ok(v)
             }
             Err(e) => Err(sql_err(&e)),
+        }
+    }
+
+    /// The monitoring connection `kept` if it is still open, else a new one (nothing
+    /// prepared on it yet).
+    async fn monitor(&self, kept: Option<Monitor>) -> Result<Monitor> {
+        match kept {
+            Some(m) if !m.client.is_closed() => Ok(m),
+            _ => Ok(Monitor {
+                client: self.connect().await?,
+                state: None,
+            }),
         }
     }
 
@@ -718,13 +727,7 @@ impl Postgres {
     pub async fn query_state(&self) -> Result<PgState> {
         let query = state_query(self.major().await);
         let mut guard = self.conn.lock().await;
-        let mut m = match guard.take() {
-            Some(m) if !m.client.is_closed() => m,
-            _ => Monitor {
-                client: self.connect().await?,
-                state: None,
-            },
-        };
+        let mut m = self.monitor(guard.take()).await?;
         let run = async {
             let statement = match &m.state {
                 Some((text, st)) if *text == query => st.clone(),

@@ -39,7 +39,7 @@ pub struct Sample {
     pub handover: Option<Duration>,
     pub crash: Option<Duration>,
     /// Mean memory of the agents at the end of the idle window, in KiB: VmRSS, plus the private
-    /// memory of pgpilot's guard process (see `member_memory_kib`).
+    /// memory of pgpilot's guard process (see `AgentProcesses::memory_kib`).
     pub rss_kib: f64,
     /// Mean CPU time of one agent (with its guard) over the idle window, as a share of one
     /// core (percent).
@@ -70,32 +70,6 @@ fn cpu_ns(pid: i32) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// The agent's own processes: `pid` and its children running the same executable (pgpilot's
-/// guard, `pgpilot --guard`), whose cost is the agent's too. PostgreSQL is not counted.
-fn agent_processes(pid: i32) -> Vec<i32> {
-    let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
-    let mine = exe(pid);
-    let mut pids = vec![pid];
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let parent = std::fs::read_to_string(format!("/proc/{child}/stat"))
-            .ok()
-            .and_then(|t| {
-                let rest = t.rsplit_once(')')?.1.to_string();
-                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-            });
-        if parent == Some(pid) && mine.is_some() && exe(child) == mine {
-            pids.push(child);
-        }
-    }
-    pids
-}
-
 /// `Private_Clean + Private_Dirty` of `pid` (`/proc/PID/smaps_rollup`), in KiB: the memory
 /// only this process holds.
 fn private_kib(pid: i32) -> anyhow::Result<u64> {
@@ -113,25 +87,33 @@ fn private_kib(pid: i32) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// What one member's agent holds in memory: the agent's VmRSS, plus the private memory of its
-/// own children (pgpilot's guard). The guard's other resident pages are the same executable's
-/// and libc's pages the agent maps too: counting its whole RSS would count them twice (about
-/// 5.7 of its 6.5 MiB).
-fn member_memory_kib(pid: i32) -> u64 {
-    let children: u64 = agent_processes(pid)
-        .into_iter()
-        .filter(|&p| p != pid)
-        .map(|p| private_kib(p).unwrap_or(0))
-        .sum();
-    vm_rss_kib(pid).unwrap_or(0) + children
+/// One member's agent and its guard processes (pgpilot's `pgpilot --guard`; none for
+/// Patroni), whose cost is the agent's too. PostgreSQL is not counted.
+struct AgentProcesses {
+    agent: i32,
+    guards: Vec<i32>,
 }
 
-/// CPU nanoseconds of the agent `pid` and its own children (see [`agent_processes`]).
-fn agent_cpu_ns(pid: i32) -> anyhow::Result<u64> {
-    agent_processes(pid)
-        .into_iter()
-        .map(cpu_ns)
-        .sum::<anyhow::Result<u64>>()
+impl AgentProcesses {
+    /// CPU nanoseconds of the agent and its guards.
+    fn cpu_ns(&self) -> anyhow::Result<u64> {
+        std::iter::once(self.agent)
+            .chain(self.guards.iter().copied())
+            .map(cpu_ns)
+            .sum()
+    }
+
+    /// The agent's VmRSS plus the private memory of its guards. A guard's other resident
+    /// pages are the same executable's and libc's pages the agent maps too: counting its
+    /// whole RSS would count them twice (about 5.7 of its 6.5 MiB).
+    fn memory_kib(&self) -> u64 {
+        let guards: u64 = self
+            .guards
+            .iter()
+            .map(|&p| private_kib(p).unwrap_or(0))
+            .sum();
+        vm_rss_kib(self.agent).unwrap_or(0) + guards
+    }
 }
 
 fn vm_rss_kib(pid: i32) -> anyhow::Result<u64> {
@@ -252,22 +234,29 @@ pub async fn measure(
     // Idle cost.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let http = reqwest::Client::new();
-    let pids: Vec<i32> = (0..members).filter_map(|i| cluster.agent_pid(i)).collect();
-    if pids.len() != members {
+    let procs: Vec<AgentProcesses> = (0..members)
+        .filter_map(|i| {
+            Some(AgentProcesses {
+                agent: cluster.agent_pid(i)?,
+                guards: super::guard_pids(&cluster.member(i).data_dir),
+            })
+        })
+        .collect();
+    if procs.len() != members {
         bail!("an agent is not running");
     }
-    let cpu0: Vec<u64> = pids
+    let cpu0: Vec<u64> = procs
         .iter()
-        .map(|&p| agent_cpu_ns(p))
+        .map(AgentProcesses::cpu_ns)
         .collect::<Result<_, _>>()?;
     let msgs0 = etcd_messages(&http, &cluster.etcd.endpoint()).await?;
     let t0 = Instant::now();
     tokio::time::sleep(idle).await;
     let msgs1 = etcd_messages(&http, &cluster.etcd.endpoint()).await?;
     let window = t0.elapsed().as_secs_f64();
-    let cpu1: Vec<u64> = pids
+    let cpu1: Vec<u64> = procs
         .iter()
-        .map(|&p| agent_cpu_ns(p))
+        .map(AgentProcesses::cpu_ns)
         .collect::<Result<_, _>>()?;
     let cpu: f64 = cpu1
         .iter()
@@ -277,11 +266,7 @@ pub async fn measure(
         / 1e9
         / members as f64;
     sample.cpu_percent = 100.0 * cpu / window;
-    sample.rss_kib = pids
-        .iter()
-        .map(|&p| member_memory_kib(p) as f64)
-        .sum::<f64>()
-        / members as f64;
+    sample.rss_kib = procs.iter().map(|p| p.memory_kib() as f64).sum::<f64>() / members as f64;
     for (method, n1) in &msgs1 {
         let n0 = msgs0.get(method).copied().unwrap_or(0.0);
         if n1 > &n0 {

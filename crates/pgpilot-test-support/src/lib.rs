@@ -375,6 +375,24 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// Live guard processes of the member whose data directory is `data_dir`, found by their
+/// command line (`pgpilot --guard <data_dir> ...`): the agent that started one may be gone.
+pub fn guard_pids(data_dir: &Path) -> Vec<i32> {
+    let want = format!("--guard\0{}\0", data_dir.display()).into_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(want.len()).any(|w| w == want.as_slice()))
+        })
+        .filter(|&pid| pid_alive(pid))
+        .collect()
+}
+
 /// `/proc/<pid>/comm`, the executable's name.
 pub fn pid_comm(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))

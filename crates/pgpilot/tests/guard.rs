@@ -6,31 +6,14 @@
 
 mod harness;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use harness::{pid_alive, secs, signal, Cluster, Options, FAILOVER_TIMEOUT, SHORT_TIMEOUT};
+use harness::{
+    guard_pids, pid_alive, secs, signal, Cluster, Options, FAILOVER_TIMEOUT, SHORT_TIMEOUT,
+};
 use nix::sys::signal::Signal;
 use serde_json::json;
-
-/// Live guard processes of the member whose data directory is `data_dir`, found by their
-/// command line (`pgpilot --guard <data_dir> ...`): the agent that started one may be gone.
-fn guard_pids(data_dir: &Path) -> Vec<i32> {
-    let want = format!("--guard\0{}\0", data_dir.display()).into_bytes();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(want.len()).any(|w| w == want.as_slice()))
-        })
-        .filter(|&pid| pid_alive(pid))
-        .collect()
-}
 
 /// Waits until the postmaster `pid` of member `i` is gone, checking at every poll that the leader
 /// key still names `leader` and that no other member runs a primary: the fence came first.
