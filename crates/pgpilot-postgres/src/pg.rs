@@ -39,12 +39,37 @@ pub struct Postgres {
     restore_command: std::sync::atomic::AtomicBool,
 }
 
-/// The monitoring connection, and the monitoring query prepared on it once (each cycle then
+/// The monitoring connection, and the queries every cycle runs prepared on it once (each then
 /// costs one round trip and no parsing or planning in PostgreSQL).
 struct Monitor {
     client: tokio_postgres::Client,
-    /// The query text and its statement on `client`.
-    state: Option<(String, tokio_postgres::Statement)>,
+    /// Query texts and their statements on `client` (the monitoring query and the slot list:
+    /// a handful, so a list).
+    prepared: Vec<(String, tokio_postgres::Statement)>,
+}
+
+impl Monitor {
+    /// `sql` prepared on this connection, once.
+    async fn statement(
+        &mut self,
+        sql: &str,
+    ) -> std::result::Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        if let Some((_, st)) = self.prepared.iter().find(|(text, _)| text == sql) {
+            return Ok(st.clone());
+        }
+        let st = self.client.prepare(sql).await?;
+        self.prepared.push((sql.to_string(), st.clone()));
+        Ok(st)
+    }
+
+    /// Runs `sql` (prepared once) and returns its rows.
+    async fn query(
+        &mut self,
+        sql: &str,
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let st = self.statement(sql).await?;
+        self.client.query(&st, &[]).await
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
@@ -62,7 +87,10 @@ pub fn live_postmaster_pid(data_dir: &Path) -> Option<i32> {
     let mut lines = text.lines();
     let pid: i32 = lines.next()?.trim().parse().ok()?;
     let dir = lines.next()?.trim();
-    let ours = std::fs::canonicalize(dir).ok() == std::fs::canonicalize(data_dir).ok();
+    // PostgreSQL writes the absolute path it was started with, normally the one we use: compare
+    // the resolved paths only when the texts differ.
+    let ours = Path::new(dir) == data_dir
+        || std::fs::canonicalize(dir).ok() == std::fs::canonicalize(data_dir).ok();
     if !ours || pid <= 0 {
         return None;
     }
@@ -248,14 +276,15 @@ impl Postgres {
     /// What the data directory holds (no process started).
     pub fn data_dir_state(&self) -> DataDirState {
         let dir = self.data();
+        // The usual answer first, from two stats (no directory listing every cycle).
+        if dir.join("PG_VERSION").exists() && dir.join("global/pg_control").exists() {
+            return DataDirState::Initialized;
+        }
         match std::fs::read_dir(dir) {
             Err(_) => DataDirState::Empty,
             Ok(mut entries) => {
                 if entries.next().is_none() {
                     DataDirState::Empty
-                } else if dir.join("PG_VERSION").exists() && dir.join("global/pg_control").exists()
-                {
-                    DataDirState::Initialized
                 } else {
                     DataDirState::Invalid(format!(
                         "{} is not empty and holds no PostgreSQL cluster",
@@ -685,13 +714,13 @@ impl Postgres {
         >,
     {
         let mut guard = self.conn.lock().await;
-        let Monitor { client, state } = self.monitor(guard.take()).await?;
+        let Monitor { client, prepared } = self.monitor(guard.take()).await?;
         let (client, res) = tokio::time::timeout(QUERY_TIMEOUT, f(client))
             .await
             .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?;
         match res {
             Ok(v) => {
-                *guard = Some(Monitor { client, state });
+                *guard = Some(Monitor { client, prepared });
                 Ok(v)
             }
             Err(e) => Err(sql_err(&e)),
@@ -705,9 +734,22 @@ impl Postgres {
             Some(m) if !m.client.is_closed() => Ok(m),
             _ => Ok(Monitor {
                 client: self.connect().await?,
-                state: None,
+                prepared: Vec::new(),
             }),
         }
+    }
+
+    /// Runs `sql` on the monitoring connection, prepared there once. On a timeout or an error
+    /// the connection is dropped (a new one is made next time).
+    async fn prepared_query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>> {
+        let mut guard = self.conn.lock().await;
+        let mut m = self.monitor(guard.take()).await?;
+        let rows = tokio::time::timeout(QUERY_TIMEOUT, m.query(sql))
+            .await
+            .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?
+            .map_err(|e| sql_err(&e))?;
+        *guard = Some(m);
+        Ok(rows)
     }
 
     /// Runs SQL statements (no results) as the superuser.
@@ -726,26 +768,14 @@ impl Postgres {
     /// The monitoring query (one round trip).
     pub async fn query_state(&self) -> Result<PgState> {
         let query = state_query(self.major().await);
-        let mut guard = self.conn.lock().await;
-        let mut m = self.monitor(guard.take()).await?;
-        let run = async {
-            let statement = match &m.state {
-                Some((text, st)) if *text == query => st.clone(),
-                _ => {
-                    let st = m.client.prepare(&query).await?;
-                    m.state = Some((query.clone(), st.clone()));
-                    st
-                }
-            };
-            m.client.query_one(&statement, &[]).await
-        };
-        // On a timeout or an error the connection is dropped (a new one is made next time).
-        let row = tokio::time::timeout(QUERY_TIMEOUT, run)
-            .await
-            .map_err(|_| PgError::Timeout(QUERY_TIMEOUT, "query".into()))?
-            .map_err(|e| sql_err(&e))?;
-        *guard = Some(m);
-        drop(guard);
+        let mut rows = self.prepared_query(&query).await?;
+        if rows.len() != 1 {
+            return Err(PgError::Sql(format!(
+                "the monitoring query returned {} rows",
+                rows.len()
+            )));
+        }
+        let row = rows.remove(0);
         let lsn = |i: usize| -> Option<Lsn> {
             row.get::<_, Option<String>>(i)
                 .and_then(|s| s.parse::<Lsn>().ok())
@@ -1246,21 +1276,15 @@ impl Postgres {
     /// one.
     pub async fn list_slots(&self) -> Result<Vec<SlotInfo>> {
         let rows = self
-            .with_conn(|c| async move {
-                let r = c
-                    .query(
-                        "SELECT slot_name::text, slot_type::text, database::text, plugin::text, \
-                         active, \
-                         pg_catalog.pg_wal_lsn_diff(CASE WHEN slot_type = 'logical' \
-                         THEN confirmed_flush_lsn ELSE restart_lsn END, '0/0')::bigint, \
-                         xmin::text::bigint \
-                         FROM pg_catalog.pg_replication_slots \
-                         WHERE NOT temporary",
-                        &[],
-                    )
-                    .await;
-                (c, r)
-            })
+            .prepared_query(
+                "SELECT slot_name::text, slot_type::text, database::text, plugin::text, \
+                 active, \
+                 pg_catalog.pg_wal_lsn_diff(CASE WHEN slot_type = 'logical' \
+                 THEN confirmed_flush_lsn ELSE restart_lsn END, '0/0')::bigint, \
+                 xmin::text::bigint \
+                 FROM pg_catalog.pg_replication_slots \
+                 WHERE NOT temporary",
+            )
             .await?;
         Ok(rows
             .iter()
