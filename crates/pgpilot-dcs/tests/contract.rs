@@ -290,6 +290,51 @@ async fn memory_outage_fails_calls() {
     assert!(a.update_leader(None).await.unwrap());
 }
 
+/// The sum of the samples of `metric` whose labels contain every one of `labels`.
+fn metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Renewals reuse one LeaseKeepAlive stream: etcd sees one stream opened and a message per
+/// renewal, not a stream per renewal. A lost lease is replaced and renewals go on.
+#[tokio::test]
+async fn etcd_renewals_share_one_keepalive_stream() {
+    let etcd = Etcd::start();
+    let a = client(&etcd, "pg1", 20).await;
+    let keepalive = ["grpc_method=\"LeaseKeepAlive\""];
+    let before = etcd.metrics().unwrap();
+    assert!(a.attempt_to_acquire_leader().await.unwrap());
+    for _ in 0..5 {
+        assert!(a.update_leader(None).await.unwrap());
+    }
+    let after = etcd.metrics().unwrap();
+    let started = metric(&after, "grpc_server_started_total", &keepalive)
+        - metric(&before, "grpc_server_started_total", &keepalive);
+    let received = metric(&after, "grpc_server_msg_received_total", &keepalive)
+        - metric(&before, "grpc_server_msg_received_total", &keepalive);
+    // The acquisition refreshes the lease too: 6 keepalives in all, on one stream.
+    assert_eq!(
+        started, 1.0,
+        "keepalive streams opened for an acquisition and 5 renewals"
+    );
+    assert_eq!(
+        received, 6.0,
+        "keepalive messages for an acquisition and 5 renewals"
+    );
+
+    // The lease revoked behind our back: the stream answers that etcd no longer knows it, a new
+    // lease is granted and the vanished key is created again on it (as Patroni does).
+    let lease = raw(&etcd, "/service/batman/leader").await.unwrap().1;
+    etcd.revoke_lease(lease).unwrap();
+    assert!(a.update_leader(None).await.unwrap());
+    assert!(a.update_leader(None).await.unwrap());
+    let (_, renewed_on) = raw(&etcd, "/service/batman/leader").await.unwrap();
+    assert_ne!(renewed_on, lease, "a new lease holds the key");
+}
+
 /// With etcd frozen (SIGSTOP), calls fail within the retry timeout instead of hanging, so a
 /// primary can demote before its lease could expire.
 #[tokio::test]

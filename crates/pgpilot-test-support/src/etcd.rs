@@ -423,6 +423,28 @@ impl Etcd {
         serde_json::from_str(&text).with_context(|| format!("etcd {path}: invalid JSON {text:?}"))
     }
 
+    /// Revokes lease `id` (its keys go with it), as an operator or an expiry would.
+    pub fn revoke_lease(&self, id: i64) -> anyhow::Result<()> {
+        self.post("/v3/lease/revoke", json!({ "ID": id.to_string() }))?;
+        Ok(())
+    }
+
+    /// The Prometheus text of the first running member's `/metrics` (plain http only).
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            self.setup.tls.is_none(),
+            "metrics of a TLS etcd: not needed yet"
+        );
+        let port = self
+            .nodes
+            .iter()
+            .find(|m| m.running() && !m.paused.load(Ordering::SeqCst))
+            .map_or(self.client_port, |m| m.client_port);
+        let (code, text) = super::http_request(port, "GET", "/metrics", None, REQUEST_TIMEOUT)?;
+        anyhow::ensure!(code == 200, "etcd /metrics: HTTP {code}");
+        Ok(text)
+    }
+
     /// The value of `key` (absolute, e.g. `/service/pgpilot-test/leader`).
     pub fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
         Ok(self.get_kv(key)?.map(|kv| kv.value))

@@ -35,7 +35,7 @@ use crate::{DcsError, Result};
 /// The smallest share of the budget a member gets before the request is also sent to the next
 /// member. A hedge costs one more request; a false "dead" costs a failover of the preferred
 /// member, so the share is not made smaller than this even with many members.
-const MIN_SHARE: Duration = Duration::from_millis(500);
+pub(crate) const MIN_SHARE: Duration = Duration::from_millis(500);
 
 /// Pause before sending a request round again after every member refused it at once (all
 /// connections refused): not a busy loop, and well inside any retry_timeout.

@@ -134,12 +134,26 @@ pub struct EtcdDcs {
     lease: tokio::sync::Mutex<Option<i64>>,
     /// Last successful keepalive (for touch_member's once-per-loop_wait refresh).
     last_keepalive: Mutex<Option<Instant>>,
+    /// The lease keepalive stream, kept open between renewals (see [`KeepAliveStream`]).
+    keepalive_stream: tokio::sync::Mutex<Option<KeepAliveStream>>,
     cache: Arc<Cache>,
     /// Generations of the cache events the HA loop has already seen (set by `cluster()`).
     seen: Mutex<(u64, u64)>,
     /// The cluster last parsed from the cache, with the cache generation it was parsed at.
     parsed: Mutex<Option<(u64, Cluster)>>,
     stop: CancellationToken,
+}
+
+/// One LeaseKeepAlive stream per agent, reused by every renewal: a renewal is then one gRPC
+/// message each way. Opening a stream per renewal cost a new HTTP/2 stream (headers, etcd's
+/// flow-control ping and its answer, a reset when it was dropped) four writes instead of one.
+/// The stream belongs to the etcd member it was opened on and to one lease; it is dropped on
+/// any error or late answer (a late answer would pair the next request with a stale reply).
+struct KeepAliveStream {
+    lease: i64,
+    member: u64,
+    keeper: etcd_client::LeaseKeeper,
+    stream: etcd_client::LeaseKeepAliveStream,
 }
 
 impl Drop for EtcdDcs {
@@ -272,6 +286,7 @@ impl EtcdDcs {
             loop_wait: opts.loop_wait,
             lease: tokio::sync::Mutex::new(None),
             last_keepalive: Mutex::new(None),
+            keepalive_stream: tokio::sync::Mutex::new(None),
             cache,
             seen: Mutex::new((0, 0)),
             parsed: Mutex::new(None),
@@ -365,25 +380,13 @@ impl EtcdDcs {
             }
         }
         let id = self.lease(deadline).await?;
-        // Opening the keepalive stream sends one keepalive and reads its answer. etcd-client
-        // reports an expired lease as an error ("lease not found"), etcd itself may answer
-        // NotFound: both mean the lease is gone and a new one is needed.
-        let alive = self
-            .request("lease keepalive", deadline, move |mut c| async move {
-                match c.lease_keep_alive(id).await {
-                    Ok(_) => Ok(true),
-                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
-                        Ok(false)
-                    }
-                    Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
-                        Ok(false)
-                    }
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
+        let alive = match self.keepalive_on_stream(id, deadline).await {
+            Some(alive) => alive,
+            None => self.open_keepalive_stream(id, deadline).await?,
+        };
         if !alive {
             warn!("etcd lease {id:x} was lost; granting a new one");
+            *self.keepalive_stream.lock().await = None;
             *self.lease.lock().await = None;
             return self.lease(deadline).await;
         }
@@ -392,6 +395,85 @@ impl EtcdDcs {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         Ok(id)
+    }
+
+    /// A keepalive of lease `id` on the stream kept open: `Some(alive)` when etcd answered
+    /// (`false`: it no longer knows the lease), `None` when there is no usable stream (none
+    /// yet, another lease, its member no longer the one to use, an error, no answer within its
+    /// share of the deadline): the caller then opens a new one through the endpoint plan.
+    async fn keepalive_on_stream(&self, id: i64, deadline: Instant) -> Option<bool> {
+        let mut slot = self.keepalive_stream.lock().await;
+        let mut open = slot.take()?;
+        if open.lease != id || !self.endpoints.is_current(open.member) {
+            return None;
+        }
+        // The share a request's first member gets (endpoints::Endpoints::call), so that a
+        // frozen member leaves the rest of the deadline to the others.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let members = u32::try_from(self.endpoints.urls().len()).unwrap_or(u32::MAX);
+        let budget = (left / members.saturating_add(1))
+            .max(endpoints::MIN_SHARE)
+            .min(left);
+        let answer = tokio::time::timeout(budget, async {
+            open.keeper.keep_alive().await?;
+            open.stream.message().await
+        })
+        .await;
+        match answer {
+            Ok(Ok(Some(resp))) => {
+                let alive = resp.ttl() > 0;
+                if alive {
+                    *slot = Some(open);
+                }
+                Some(alive)
+            }
+            Ok(Ok(None)) => {
+                debug!("etcd closed the lease keepalive stream; opening a new one");
+                None
+            }
+            Ok(Err(e)) => {
+                debug!("lease keepalive stream: {e}; opening a new one");
+                None
+            }
+            Err(_) => {
+                debug!(
+                    "no answer on the lease keepalive stream within {budget:?}; opening a new one"
+                );
+                None
+            }
+        }
+    }
+
+    /// Opens a keepalive stream for lease `id` (which sends one keepalive and reads its
+    /// answer) and keeps it for the next renewals; returns whether the lease is alive.
+    /// etcd-client reports an expired lease as an error ("lease not found"), etcd itself may
+    /// answer NotFound: both mean the lease is gone and a new one is needed.
+    async fn open_keepalive_stream(&self, id: i64, deadline: Instant) -> Result<bool> {
+        let (opened, member) = self
+            .endpoints
+            .call("lease keepalive", deadline, move |mut c| async move {
+                match c.lease_keep_alive(id).await {
+                    Ok(pair) => Ok(Some(pair)),
+                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
+                        Ok(None)
+                    }
+                    Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        let Some((keeper, stream)) = opened else {
+            return Ok(false);
+        };
+        *self.keepalive_stream.lock().await = Some(KeepAliveStream {
+            lease: id,
+            member,
+            keeper,
+            stream,
+        });
+        Ok(true)
     }
 
     async fn put(&self, rel: &str, value: &str, lease: Option<i64>) -> Result<()> {
@@ -908,6 +990,7 @@ impl Dcs for EtcdDcs {
     }
 
     async fn close(&self) -> Result<()> {
+        *self.keepalive_stream.lock().await = None;
         let id = self.lease.lock().await.take();
         if let Some(id) = id {
             self.request("lease revoke", self.deadline(), move |mut c| async move {
