@@ -7,7 +7,8 @@
 # 1. pgpilot-docgen (crates/pgpilot/src/docgen.rs, `--features docgen`, a debug build) writes
 #    the man pages of pgpilot and pgpilotctl and pgpilotctl's bash, zsh and fish completions
 #    into target/assets;
-# 2. cargo deb builds pgpilot and pgpilotctl in release mode and packages them with those
+# 2. cargo deb builds pgpilot and pgpilotctl in release mode (with `--profile dev --no-build`,
+#    as .ci/run calls it: takes the debug binaries already built) and packages them with those
 #    files, packaging/pgpilot.service and packaging/pgpilot.yml.sample
 #    (`[package.metadata.deb]` in crates/pgpilot/Cargo.toml lists them).
 #

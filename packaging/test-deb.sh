@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Checks the Debian package without a container (not part of .ci/run: it needs cargo-deb and a
-# release build: about 5 minutes from a warm debug target, 10 seconds with a PATH.deb).
+# Checks the Debian package without a container (about 5 minutes with a release build from a warm
+# debug target, 10 seconds with a PATH.deb). .ci/run runs it on a package of the debug binaries
+# the tests built: packaging/build-deb.sh --profile dev --no-build --fast.
 #
 #   packaging/test-deb.sh [PATH.deb]
 #
