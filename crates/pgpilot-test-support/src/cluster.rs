@@ -47,6 +47,9 @@ const TAIL_LINES: usize = 80;
 /// Edits one member's configuration document after the harness built it: `(index, document)`.
 pub type Customize = Arc<dyn Fn(usize, &mut Value) + Send + Sync>;
 
+/// The etcd `root` password of a cluster with [`Options::etcd_auth`].
+pub const ETCD_ROOT_PASSWORD: &str = "harness-etcd-root";
+
 /// What a test may change in the generated configuration. `Options::default()` is Patroni's
 /// fastest accepted timing (ttl 20, loop_wait 1, retry_timeout 3), slots and pg_rewind on.
 #[derive(Clone)]
@@ -80,6 +83,10 @@ pub struct Options {
     /// etcd on https client URLs with `--client-cert-auth`: the agents get `etcd3.hosts` as
     /// https URLs and `etcd3.cacert`/`cert`/`key` (certificates made by the harness).
     pub etcd_tls: bool,
+    /// etcd with `auth enable` (a `root` user): the agents get `etcd3.username`/`password`, the
+    /// harness's own requests authenticate too. With `etcd_tls`, client certificates are then
+    /// not required (see `Cluster::new`).
+    pub etcd_auth: bool,
     /// The harness's own SQL goes through the member's unix socket (for a `pg_hba.conf` that
     /// refuses its plain TCP connection, e.g. TLS only).
     pub harness_via_socket: bool,
@@ -115,6 +122,7 @@ impl Default for Options {
             agent: None,
             etcd_members: 1,
             etcd_tls: false,
+            etcd_auth: false,
             harness_via_socket: false,
             agent_env: Vec::new(),
             bin_dir: PathBuf::from(PG_BIN_DIR),
@@ -187,8 +195,12 @@ impl Cluster {
             .then(|| super::tls::make_certs(&dir.path().join("etcd-tls")));
         let etcd = Etcd::start_with(EtcdSetup {
             members: options.etcd_members.max(1),
-            client_cert_auth: etcd_tls.is_some(),
+            // etcd's JSON gateway, which the harness reads through, refuses requests carrying
+            // a client certificate once auth is on: with both, certificates are not required
+            // (the agents still present theirs).
+            client_cert_auth: etcd_tls.is_some() && !options.etcd_auth,
             tls: etcd_tls,
+            root_password: options.etcd_auth.then(|| ETCD_ROOT_PASSWORD.to_string()),
             ..Default::default()
         });
         eprintln!(
@@ -374,7 +386,7 @@ impl Cluster {
 
     /// The `etcd3` section of the members' configuration.
     fn etcd_section(&self) -> Value {
-        match self.etcd.tls() {
+        let mut section = match self.etcd.tls() {
             Some(t) => json!({
                 "hosts": self.etcd.urls(),
                 "cacert": t.ca,
@@ -382,7 +394,12 @@ impl Cluster {
                 "key": t.client_key,
             }),
             None => json!({ "hosts": self.etcd.endpoints() }),
+        };
+        if self.options.etcd_auth {
+            section["username"] = json!("root");
+            section["password"] = json!(ETCD_ROOT_PASSWORD);
         }
+        section
     }
 
     pub fn member(&self, i: usize) -> &Member {

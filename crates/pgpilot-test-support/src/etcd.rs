@@ -36,7 +36,7 @@ pub struct EtcdSetup {
     /// Number of members (0 means 1).
     pub members: usize,
     /// Client URLs over https with this server certificate and CA (`--cert-file`,
-    /// `--key-file`, `--trusted-ca-file`); the peers stay on http. The harness's own JSON
+    /// `--key-file`; `--trusted-ca-file` with `client_cert_auth`); the peers stay on http. The harness's own JSON
     /// requests (`get`, `put`, `list`, ...) use the client certificate; health is checked on a
     /// plain `--listen-metrics-urls` port.
     pub tls: Option<TlsFiles>,
@@ -74,6 +74,8 @@ pub struct Etcd {
     nodes: Vec<Node>,
     initial_cluster: String,
     setup: EtcdSetup,
+    /// `auth enable` done: the harness's own requests authenticate as root first.
+    auth_on: std::sync::atomic::AtomicBool,
     /// Data and logs. The data directories live in /dev/shm when possible: fsync latency on a
     /// shared disk would otherwise stall the 1 s HA loop.
     dir: TempDir,
@@ -131,6 +133,7 @@ impl Etcd {
                 nodes,
                 initial_cluster,
                 setup: setup.clone(),
+                auth_on: std::sync::atomic::AtomicBool::new(false),
                 dir,
             };
             for i in 0..n {
@@ -184,10 +187,12 @@ impl Etcd {
             ));
         if let Some(tls) = &self.setup.tls {
             cmd.arg(format!("--cert-file={}", tls.server_cert.display()))
-                .arg(format!("--key-file={}", tls.server_key.display()))
-                .arg(format!("--trusted-ca-file={}", tls.ca.display()));
+                .arg(format!("--key-file={}", tls.server_key.display()));
+            // etcd 3.4 checks the certificates clients send against a trusted CA, and refuses
+            // a connection without one once it has a CA: only with client certificate auth.
             if self.setup.client_cert_auth {
-                cmd.arg("--client-cert-auth");
+                cmd.arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                    .arg("--client-cert-auth");
             }
         }
         if let Some(ttl) = self.setup.auth_token_ttl {
@@ -287,6 +292,7 @@ impl Etcd {
             json!({ "user": "root", "role": "root" }),
         )?;
         self.post("/v3/auth/enable", json!({}))?;
+        self.auth_on.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -412,13 +418,26 @@ impl Etcd {
             .iter()
             .find(|m| m.running() && !m.paused.load(Ordering::SeqCst))
             .map_or(self.client_port, |m| m.client_port);
-        let (code, text) = match &self.setup.tls {
-            Some(tls) => https_post(tls, port, path, &body.to_string()),
-            None => {
-                super::http_request(port, "POST", path, Some(&body.to_string()), REQUEST_TIMEOUT)
+        // With auth on, a token of root's first (the gateway takes it in `Authorization`).
+        let token = match (
+            &self.setup.root_password,
+            self.auth_on.load(Ordering::SeqCst),
+        ) {
+            (Some(password), true) => {
+                let body = json!({ "name": "root", "password": password }).to_string();
+                let (code, text) = self
+                    .send(port, "/v3/auth/authenticate", &body, None)
+                    .context("etcd /v3/auth/authenticate")?;
+                anyhow::ensure!(code == 200, "etcd authenticate: HTTP {code}: {text}");
+                let reply: Value = serde_json::from_str(&text)?;
+                let token = reply["token"].as_str().context("no token in the answer")?;
+                Some(token.to_string())
             }
-        }
-        .with_context(|| format!("etcd {path}"))?;
+            _ => None,
+        };
+        let (code, text) = self
+            .send(port, path, &body.to_string(), token.as_deref())
+            .with_context(|| format!("etcd {path}"))?;
         anyhow::ensure!(code == 200, "etcd {path}: HTTP {code}: {text}");
         serde_json::from_str(&text).with_context(|| format!("etcd {path}: invalid JSON {text:?}"))
     }
@@ -443,6 +462,23 @@ impl Etcd {
         let (code, text) = super::http_request(port, "GET", "/metrics", None, REQUEST_TIMEOUT)?;
         anyhow::ensure!(code == 200, "etcd /metrics: HTTP {code}");
         Ok(text)
+    }
+
+    /// One POST to the gateway on `port`, over https when the client URLs are TLS.
+    fn send(
+        &self,
+        port: u16,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let headers: Vec<(&str, &str)> = token.map(|t| ("Authorization", t)).into_iter().collect();
+        match &self.setup.tls {
+            Some(tls) => https_post(tls, port, path, body, token, self.setup.client_cert_auth),
+            None => {
+                super::http_request_with(port, "POST", path, Some(body), REQUEST_TIMEOUT, &headers)
+            }
+        }
     }
 
     /// The value of `key` (absolute, e.g. `/service/pgpilot-test/leader`).
@@ -525,11 +561,19 @@ impl Etcd {
 /// A JSON request to etcd's gateway over https with the client certificate. The harness's
 /// callers are synchronous (some run inside a test's runtime): reqwest runs on a thread of its
 /// own.
-fn https_post(tls: &TlsFiles, port: u16, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    let (tls, url, body) = (
+fn https_post(
+    tls: &TlsFiles,
+    port: u16,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+    identity: bool,
+) -> anyhow::Result<(u16, String)> {
+    let (tls, url, body, token) = (
         tls.clone(),
         format!("https://127.0.0.1:{port}{path}"),
         body.to_string(),
+        token.map(str::to_string),
     );
     std::thread::spawn(move || -> anyhow::Result<(u16, String)> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -537,15 +581,23 @@ fn https_post(tls: &TlsFiles, port: u16, path: &str, body: &str) -> anyhow::Resu
             .build()?;
         rt.block_on(async move {
             let ca = std::fs::read(&tls.ca)?;
-            let mut id = std::fs::read(&tls.client_cert)?;
-            id.extend(std::fs::read(&tls.client_key)?);
-            let client = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .no_proxy()
                 .timeout(REQUEST_TIMEOUT)
-                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
-                .identity(reqwest::Identity::from_pem(&id)?)
-                .build()?;
-            let resp = client.post(url).body(body).send().await?;
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?);
+            // Only when etcd asks for one: with auth on, its gateway refuses a request that
+            // carries a client certificate ("CommonName ... will be ignored").
+            if identity {
+                let mut id = std::fs::read(&tls.client_cert)?;
+                id.extend(std::fs::read(&tls.client_key)?);
+                builder = builder.identity(reqwest::Identity::from_pem(&id)?);
+            }
+            let client = builder.build()?;
+            let mut request = client.post(url).body(body);
+            if let Some(t) = token {
+                request = request.header("Authorization", t);
+            }
+            let resp = request.send().await?;
             let code = resp.status().as_u16();
             Ok((code, resp.text().await?))
         })

@@ -552,15 +552,31 @@ pub(crate) fn http_request(
     body: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
+    http_request_with(port, method, path, body, timeout, &[])
+}
+
+/// [`http_request`] with extra header lines (`name`, `value`).
+pub(crate) fn http_request_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+         {extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut buf = Vec::new();
