@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+mod ciphers;
 pub mod client;
 mod health;
 mod http;

@@ -185,15 +185,32 @@ impl ServerCertVerifier for ServerVerifier {
 }
 
 /// Builds the server configuration. `verify_client` is `none`, `optional` or `required`; the
-/// last two need `cafile`.
+/// last two need `cafile`. `ciphers` (`restapi.ciphers`, an OpenSSL cipher string) limits the
+/// TLS 1.2 suites (see [`crate::ciphers`]); the words of it that select nothing known are
+/// logged.
 pub fn server_tls(
     certfile: &Path,
     keyfile: &Path,
     keyfile_password: Option<&str>,
     cafile: Option<&Path>,
     verify_client: &str,
+    ciphers: Option<&str>,
 ) -> Result<ServerTls, TlsError> {
     install_provider();
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(spec) = ciphers {
+        let (tls12, unknown) = crate::ciphers::tls12_suites(spec).map_err(TlsError::Config)?;
+        if !unknown.is_empty() {
+            tracing::warn!(
+                "restapi.ciphers: ignored (no TLS 1.2 suite of rustls matches them): {}",
+                unknown.join(", ")
+            );
+        }
+        provider
+            .cipher_suites
+            .retain(|s| s.version() == &rustls::version::TLS13);
+        provider.cipher_suites.extend(tls12);
+    }
     let chain = certs(certfile)?;
     let key = private_key(keyfile, keyfile_password, "restapi.keyfile_password")?;
     let mode = match verify_client {
@@ -206,7 +223,9 @@ pub fn server_tls(
             )))
         }
     };
-    let builder = rustls::ServerConfig::builder();
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(format!("restapi.ciphers: {e}")))?;
     let builder = if mode == VerifyClient::None {
         builder.with_no_client_auth()
     } else {
@@ -513,10 +532,19 @@ mod tests {
             &d.join("enc.pem"),
             Some("s3cret"),
             None,
-            "none"
+            "none",
+            None
         )
         .is_ok());
-        assert!(server_tls(&d.join("cert.pem"), &d.join("enc.pem"), None, None, "none").is_err());
+        assert!(server_tls(
+            &d.join("cert.pem"),
+            &d.join("enc.pem"),
+            None,
+            None,
+            "none",
+            None
+        )
+        .is_err());
         // Both client paths: reqwest's own (no CA) and ours (with a CA).
         for cacert in [None, Some(d.join("cert.pem"))] {
             let tls = ClientTls {

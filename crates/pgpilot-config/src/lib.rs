@@ -126,6 +126,8 @@ pub struct TlsServerConfig {
     pub cafile: Option<PathBuf>,
     /// `none`, `optional` or `required`.
     pub verify_client: String,
+    /// `restapi.ciphers`: an OpenSSL cipher string limiting the TLS 1.2 suites.
+    pub ciphers: Option<String>,
 }
 
 /// TLS settings of outbound REST calls (`ctl.*`; `cacert` falls back to `restapi.cafile`).

@@ -52,6 +52,7 @@ const MODELLED: &[&str] = &[
     "restapi.keyfile_password",
     "restapi.cafile",
     "restapi.verify_client",
+    "restapi.ciphers",
     "ctl.authentication",
     "ctl.certfile",
     "ctl.keyfile",
@@ -933,6 +934,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
             verify_client: r
                 .string("restapi.verify_client", false)
                 .unwrap_or_else(|| "none".into()),
+            ciphers: r.string("restapi.ciphers", false),
         }
     });
     let ctl_tls = CtlTls {

@@ -281,6 +281,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
                 t.keyfile_password.as_deref(),
                 t.cafile.as_deref(),
                 &t.verify_client,
+                t.ciphers.as_deref(),
             )
             .context("can not set up HTTPS for the REST API")?,
         ),

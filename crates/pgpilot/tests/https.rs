@@ -1,10 +1,12 @@
 //! The REST API over HTTPS (`restapi.certfile`/`keyfile`/`cafile`, `verify_client: optional`):
 //! members publish https api_urls, health checks answer without a client certificate,
 //! mutating endpoints demand one, and agents and pgpilotctl talk to each other over TLS.
+//! `restapi.ciphers` limits the TLS 1.2 suites the API accepts (checked with `openssl s_client`).
 
 mod harness;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use harness::{Cluster, Options, API_AUTH, FAILOVER_TIMEOUT};
@@ -17,6 +19,11 @@ async fn the_rest_api_speaks_https_and_mutating_calls_need_a_client_certificate(
     harness::init();
     let options = Options {
         https: true,
+        // Only one TLS 1.2 suite (the harness's certificates are ECDSA); TLS 1.3 is not
+        // limited by an OpenSSL cipher string, as in Patroni.
+        customize: Some(Arc::new(|_, doc: &mut Value| {
+            doc["restapi"]["ciphers"] = json!("ECDHE-ECDSA-AES256-GCM-SHA384:!aNULL:!SSLv3");
+        })),
         ..Options::default()
     };
     let cluster = Cluster::start(3, options);
@@ -78,6 +85,24 @@ async fn the_rest_api_speaks_https_and_mutating_calls_need_a_client_certificate(
         .unwrap();
     assert_eq!(code, 401);
 
+    // restapi.ciphers: the allowed TLS 1.2 suite and TLS 1.3 connect, another suite does not.
+    let port = cluster.member(leader).api_port;
+    assert!(
+        openssl_connects(
+            port,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"]
+        )
+        .await
+    );
+    assert!(
+        !openssl_connects(
+            port,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"]
+        )
+        .await
+    );
+    assert!(openssl_connects(port, &["-tls1_3"]).await);
+
     // pgpilotctl over HTTPS: switchover to a named candidate.
     let cand = (0..3).find(|&i| i != leader).unwrap();
     let cand_name = cluster.member(cand).name.clone();
@@ -105,4 +130,26 @@ async fn the_rest_api_speaks_https_and_mutating_calls_need_a_client_certificate(
     cluster
         .wait_for_streaming_replica(leader, Some(tl), FAILOVER_TIMEOUT)
         .await;
+}
+
+/// Whether `openssl s_client` with `args` completes a handshake with the API on `port`.
+async fn openssl_connects(port: u16, args: &[&str]) -> bool {
+    let out = tokio::process::Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "openssl s_client {args:?}: {}",
+        text.lines()
+            .find(|l| l.contains("Cipher is"))
+            .unwrap_or("no cipher")
+    );
+    out.status.success() && !text.contains("Cipher is (NONE)")
 }
