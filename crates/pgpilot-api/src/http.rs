@@ -350,14 +350,9 @@ mod tests {
             b"OPTIONS / HTTP/1.0\r\n\r\n",
             b"PATCH /config HTTP/1.0\r\nContent-Length: 5\r\nAuthorization: Basic eA==\r\n\r\n{\"a\"}",
         ];
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for i in 0..20_000 {
+        let mut rng = pgpilot_values::fuzz::XorShift::new(0x9e37_79b9_7f4a_7c15u64);
+        let mut next = move || rng.next_u64();
+        for i in 0..pgpilot_values::fuzz::runs(20_000) {
             let mut input = seeds[i % seeds.len()].to_vec();
             for _ in 0..(next() % 8) {
                 let pos = (next() as usize) % (input.len() + 1);

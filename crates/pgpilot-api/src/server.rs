@@ -777,14 +777,9 @@ mod tests {
             "{\"parameters\":{\"x\":[1]}}",
             "\"\\u0000\"",
         ];
-        let mut state = 0x6a09_e667_f3bc_c908u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as usize
-        };
-        for i in 0..600 {
+        let mut rng = pgpilot_values::fuzz::XorShift::new(0x6a09_e667_f3bc_c908u64);
+        let mut next = move || rng.next_u64() as usize;
+        for i in 0..pgpilot_values::fuzz::runs(600) {
             let (method, path) = endpoints[i % endpoints.len()];
             let body = match next() % 5 {
                 0 => "{".to_string(),

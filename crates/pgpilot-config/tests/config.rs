@@ -989,15 +989,10 @@ fn create_replica_methods_are_read() {
 /// panic; they load (with warnings) or are refused with a message naming something.
 #[test]
 fn mutated_configurations_never_panic() {
-    let mut state = 0x853c_49e6_748f_ea9bu64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = pgpilot_values::fuzz::XorShift::new(0x853c_49e6_748f_ea9bu64);
+    let mut next = move || rng.next_u64();
     let alphabet = b": -\n\t'\"{}[],#&*!|>%@`0123456789.abcxyz~\xc3\xa9";
-    for _ in 0..3_000 {
+    for _ in 0..pgpilot_values::fuzz::runs(3_000) {
         let mut text = SAMPLE.as_bytes().to_vec();
         for _ in 0..(1 + next() % 4) {
             let pos = (next() as usize) % (text.len() + 1);
@@ -1020,7 +1015,7 @@ fn mutated_configurations_never_panic() {
             Err(e) => assert!(!e.to_string().is_empty()),
         }
     }
-    for _ in 0..3_000 {
+    for _ in 0..pgpilot_values::fuzz::runs(3_000) {
         let mut doc = json!({
             "ttl": 30, "loop_wait": 10, "retry_timeout": 10, "synchronous_mode": "quorum",
             "synchronous_node_count": 2, "pause": "on", "maximum_lag_on_failover": "1MB",

@@ -663,15 +663,10 @@ mod fuzz {
             r#"{"leader":"pg-0","sync_standby":"pg-1,pg-2","quorum":1}"#,
             r#"[[1,25165984,"no recovery target specified","2026-12-03T16:00:00+00:00","pg-0"],[2,3,"x"]]"#,
         ];
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = pgpilot_values::fuzz::XorShift::new(0x2545_f491_4f6c_dd1du64);
+        let mut next = move || rng.next_u64();
         let alphabet = b"{}[]\":,0123456789-.eE truefalsnul\\\xc3\xa9";
-        for i in 0..20_000 {
+        for i in 0..pgpilot_values::fuzz::runs(20_000) {
             let mut doc = seeds[i % seeds.len()].as_bytes().to_vec();
             for _ in 0..(next() % 6) {
                 let pos = (next() as usize) % (doc.len() + 1);

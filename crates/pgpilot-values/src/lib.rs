@@ -5,6 +5,7 @@
 //! `repr(float)` and `json.dumps` ([`python`]), PyYAML's `safe_dump` ([`pyyaml`]), and the two facts read from a certificate
 //! ([`x509`]).
 
+pub mod fuzz;
 mod lsn;
 pub mod methods;
 pub mod patroni;
