@@ -324,9 +324,18 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         live_pg: Some(live_pg(pg.clone())),
     };
     let guard = start_guard(&cfg);
+    // A reload (SIGHUP, POST /reload) applies the log section and reads the etcd TLS files
+    // again (renewed certificates need no restart); other etcd settings need a restart.
+    let reload_dcs = dcs.clone();
+    let on_reload = move |cfg: &Config| {
+        logging::reconfigure(&cfg.log);
+        if let Err(e) = reload_dcs.reload_tls(cfg.etcd.tls()) {
+            tracing::error!("reload: keeping the etcd TLS files read before: {e}");
+        }
+    };
     let mut agent = Agent::new(cfg, dcs.clone(), pg, Arc::new(client), snap_tx)
         .with_commands(cmd_rx, config_path)
-        .on_reload(Box::new(|cfg: &Config| logging::reconfigure(&cfg.log)))
+        .on_reload(Box::new(on_reload))
         .with_guard(guard);
     agent
         .check_unique_name()

@@ -1,13 +1,13 @@
 //! A cluster whose etcd speaks only TLS and asks for client certificates: the agents get
 //! `etcd3.hosts` as https URLs with `cacert`/`cert`/`key`, bootstrap, and `pgpilotctl` reads
 //! the same configuration. With authentication turned on as well, a switchover and a crash
-//! failover go through it.
+//! failover go through it. Renewed certificates are read again on a reload, without a restart.
 
 mod harness;
 
 use std::time::Duration;
 
-use harness::{Cluster, Options, FAILOVER_TIMEOUT};
+use harness::{make_certs, Cluster, Options, FAILOVER_TIMEOUT};
 
 const PGPILOTCTL: &str = env!("CARGO_BIN_EXE_pgpilotctl");
 
@@ -104,4 +104,54 @@ async fn switchover_and_crash_failover_through_a_tls_etcd_with_authentication() 
     cluster
         .wait_for_streaming_replica(second, Some(timeline), FAILOVER_TIMEOUT)
         .await;
+}
+
+/// etcd's certificates are replaced by ones of a new CA and etcd restarts with them: the agents,
+/// which trust the old CA, lose etcd (the primary demotes itself) until a reload (`POST /reload`,
+/// as SIGHUP) makes them read their etcd TLS files again, now the new CA's; then the cluster
+/// has a leader and a streaming replica again, with no agent restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_etcd_certificates_are_read_on_reload() {
+    harness::init();
+    let cluster = Cluster::start(
+        2,
+        Options {
+            etcd_tls: true,
+            ..Options::default()
+        },
+    );
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(1).await;
+    let pids: Vec<Option<i32>> = (0..2).map(|i| cluster.agent_pid(i)).collect();
+
+    // A new CA, new server and client certificates, at the same paths.
+    let ca = cluster.etcd.tls().unwrap().ca.clone();
+    make_certs(ca.parent().unwrap());
+    cluster.etcd.restart_member(0);
+    cluster
+        .wait(
+            FAILOVER_TIMEOUT,
+            "the primary to demote without etcd",
+            async || {
+                let (code, _) = cluster
+                    .api_call(leader, "GET", "/primary", None, false)
+                    .await?;
+                anyhow::ensure!(code == 503, "GET /primary answers {code}");
+                Ok(())
+            },
+        )
+        .await;
+
+    for i in 0..2 {
+        let (code, text) = cluster
+            .api_call(i, "POST", "/reload", Some(serde_json::json!({})), true)
+            .await
+            .unwrap();
+        assert!(code == 200 || code == 202, "POST /reload: {code} {text}");
+    }
+    let leader = cluster.wait_for_leader().await;
+    let replicas = cluster.wait_for_replicas_streaming(1).await;
+    assert!(!replicas.contains(&leader));
+    let after: Vec<Option<i32>> = (0..2).map(|i| cluster.agent_pid(i)).collect();
+    assert_eq!(pids, after, "no agent was restarted");
 }

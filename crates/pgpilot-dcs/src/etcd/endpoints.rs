@@ -65,16 +65,17 @@ struct State {
 /// What one attempt sends back to [`Endpoints::call`].
 struct Attempt<T> {
     id: u64,
-    /// A client the attempt had to build, to keep for the next request.
-    built: Option<Client>,
+    /// A client the attempt had to build, to keep for the next request, with the generation
+    /// of the options it was built with (see [`Endpoints::replace_options`]).
+    built: Option<(u64, Client)>,
     result: std::result::Result<T, etcd_client::Error>,
 }
 
 /// The members of one etcd cluster and the routing rule above.
 pub(crate) struct Endpoints {
-    options: ConnectOptions,
-    /// `options` without the user, for an etcd whose authentication is not enabled.
-    anonymous: ConnectOptions,
+    /// How clients are built: the options, the same without the user (for an etcd whose
+    /// authentication is not enabled), and their generation, bumped when they are replaced.
+    options: Mutex<(ConnectOptions, ConnectOptions, u64)>,
     /// Add the members etcd reports (`use_proxies: false`).
     discover: bool,
     state: Mutex<State>,
@@ -169,8 +170,11 @@ impl Endpoints {
         }
         let (moved, _) = watch::channel(0);
         Endpoints {
-            options: options.with_require_leader(true),
-            anonymous: anonymous.with_require_leader(true),
+            options: Mutex::new((
+                options.with_require_leader(true),
+                anonymous.with_require_leader(true),
+                0,
+            )),
             discover,
             state: Mutex::new(State {
                 next_id: nodes.len() as u64,
@@ -226,7 +230,34 @@ impl Endpoints {
         self.moved.subscribe()
     }
 
-    fn answered(&self, id: u64, built: Option<Client>) {
+    /// Builds clients with `options` and `anonymous` from now on (TLS files read again after a
+    /// reload) and forgets the clients built before: the next request to each member connects
+    /// anew. Streams already open (the watch, the lease keepalive) go on on their connection
+    /// until it breaks or moves, as an established TLS session does.
+    pub(crate) fn replace_options(&self, options: ConnectOptions, anonymous: ConnectOptions) {
+        {
+            let mut o = self.options.lock().unwrap_or_else(|e| e.into_inner());
+            let generation = o.2 + 1;
+            *o = (
+                options.with_require_leader(true),
+                anonymous.with_require_leader(true),
+                generation,
+            );
+        }
+        for n in self.lock().nodes.iter_mut() {
+            n.client = None;
+        }
+    }
+
+    /// A client an attempt built, unless the options changed since.
+    fn current(&self, built: Option<(u64, Client)>) -> Option<Client> {
+        let (generation, client) = built?;
+        let now = self.options.lock().unwrap_or_else(|e| e.into_inner()).2;
+        (generation == now).then_some(client)
+    }
+
+    fn answered(&self, id: u64, built: Option<(u64, Client)>) {
+        let built = self.current(built);
         let mut st = self.lock();
         let before = st.preferred;
         let Some(n) = st.nodes.iter_mut().find(|n| n.id == id) else {
@@ -266,8 +297,8 @@ impl Endpoints {
         }
     }
 
-    fn keep_client(&self, id: u64, built: Option<Client>) {
-        if let Some(c) = built {
+    fn keep_client(&self, id: u64, built: Option<(u64, Client)>) {
+        if let Some(c) = self.current(built) {
             if let Some(n) = self.lock().nodes.iter_mut().find(|n| n.id == id) {
                 n.client.get_or_insert(c);
             }
@@ -461,13 +492,16 @@ impl Endpoints {
         F: Fn(Client) -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
     {
-        let options = self.options.clone();
-        let anonymous = self.anonymous.clone();
+        let (options, anonymous, generation) = self
+            .options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         async move {
             let (client, built) = match client {
                 Some(c) => (c, None),
                 None => match connect(&url, options, anonymous).await {
-                    Ok(c) => (c.clone(), Some(c)),
+                    Ok(c) => (c.clone(), Some((generation, c))),
                     Err(e) => {
                         return Attempt {
                             id,

@@ -126,6 +126,10 @@ impl Cache {
 pub struct EtcdDcs {
     endpoints: Arc<Endpoints>,
     prefix: String,
+    /// The endpoints are https (TLS files in use).
+    https: bool,
+    /// The options we connected with; `reload_tls` replaces their TLS files.
+    settings: Mutex<EtcdOptions>,
     name: String,
     ttl: Mutex<Duration>,
     retry_timeout: Mutex<Duration>,
@@ -172,7 +176,58 @@ fn refused_credentials(answer: &str) -> bool {
 /// HTTP/2 keepalive ping interval: above etcd's default `grpc-keepalive-min-time` (5 s).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
 
+/// The client options of `opts` (its TLS files read now when `https`), with and without the
+/// user (for an etcd whose authentication is not enabled).
+fn client_options(
+    opts: &EtcdOptions,
+    https: bool,
+    retry_timeout: Duration,
+) -> Result<(ConnectOptions, ConnectOptions)> {
+    let mut copts = ConnectOptions::new()
+        .with_connect_timeout(retry_timeout)
+        // etcd refuses HTTP/2 pings more often than every 5 s (grpc-keepalive-min-time): it
+        // answers GOAWAY "too many pings" and the connection, the watch and the cache are
+        // rebuilt every few seconds. Dead connections are found by these pings within 6 s +
+        // retry_timeout; every request of the HA cycle has its own deadline anyway.
+        .with_keep_alive(KEEPALIVE_INTERVAL, retry_timeout)
+        .with_keep_alive_while_idle(true);
+    if https {
+        copts = copts.with_tls(opts.tls.options()?);
+    }
+    let anonymous = copts.clone();
+    if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
+        // The token etcd hands out expires (--auth-token-ttl): etcd-client authenticates again
+        // when a request is refused with "invalid auth token" and repeats it.
+        copts = copts
+            .with_user(u.clone(), p.clone())
+            .with_auto_token_refresh(true);
+    }
+    Ok((copts, anonymous))
+}
+
 impl EtcdDcs {
+    /// Reads the TLS files of `tls` (the etcd section of a reloaded configuration: the same
+    /// paths, or new ones) and builds every new etcd connection with them from now on; the
+    /// clients built before are forgotten, so the next request to each member connects with
+    /// the new certificates (streams already open go on on their connection). A file that can
+    /// not be read leaves everything as it was and says why. Nothing to do with http endpoints.
+    pub fn reload_tls(&self, tls: EtcdTls) -> Result<()> {
+        if !self.https {
+            return Ok(());
+        }
+        let mut settings = self
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        settings.tls = tls;
+        let (copts, anonymous) = client_options(&settings, true, self.retry_timeout())?;
+        self.endpoints.replace_options(copts, anonymous);
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+        info!("etcd TLS files read again: new connections use them");
+        Ok(())
+    }
+
     /// Connects (retrying every 5 s while no etcd member answers, logging `waiting on etcd`),
     /// discovers the etcd cluster's members and starts the watch cache. Settings that can never
     /// work (a bad TLS file, mixed schemes, credentials etcd refuses) fail at once.
@@ -198,30 +253,13 @@ impl EtcdDcs {
                 urls.join(", ")
             )));
         }
-        let mut copts = ConnectOptions::new()
-            .with_connect_timeout(opts.retry_timeout)
-            // etcd refuses HTTP/2 pings more often than every 5 s (grpc-keepalive-min-time):
-            // it answers GOAWAY "too many pings" and the connection, the watch and the cache are
-            // rebuilt every few seconds. Dead connections are found by these pings within
-            // 6 s + retry_timeout; every request of the HA cycle has its own deadline anyway.
-            .with_keep_alive(KEEPALIVE_INTERVAL, opts.retry_timeout)
-            .with_keep_alive_while_idle(true);
-        if https > 0 {
-            copts = copts.with_tls(opts.tls.options()?);
-        } else if opts.tls.is_set() {
+        if https == 0 && opts.tls.is_set() {
             warn!(
                 "etcd TLS files are configured but the endpoints are http ({}): they are not used",
                 urls.join(", ")
             );
         }
-        let anonymous = copts.clone();
-        if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
-            // The token etcd hands out expires (--auth-token-ttl): etcd-client authenticates
-            // again when a request is refused with "invalid auth token" and repeats it.
-            copts = copts
-                .with_user(u.clone(), p.clone())
-                .with_auto_token_refresh(true);
-        }
+        let (copts, anonymous) = client_options(&opts, https > 0, opts.retry_timeout)?;
         let endpoints = Arc::new(Endpoints::new(
             &urls,
             copts,
@@ -280,6 +318,8 @@ impl EtcdDcs {
         let dcs = EtcdDcs {
             endpoints,
             prefix: cluster_prefix(&opts.namespace, &opts.scope),
+            https: https > 0,
+            settings: Mutex::new(opts.clone()),
             name: opts.name,
             ttl: Mutex::new(opts.ttl),
             retry_timeout: Mutex::new(opts.retry_timeout),
