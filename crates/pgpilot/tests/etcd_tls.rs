@@ -12,9 +12,10 @@ use harness::{make_certs, Cluster, Options, FAILOVER_TIMEOUT};
 const PGPILOTCTL: &str = env!("CARGO_BIN_EXE_pgpilotctl");
 
 /// Two agents bootstrap one primary and one streaming replica through a TLS etcd with
-/// `--client-cert-auth`; `pgpilotctl list` with a member's file sees both.
+/// `--client-cert-auth`; `pgpilotctl list` with a member's file sees both; then a switchover
+/// and a crash failover go through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_members_bootstrap_through_a_tls_etcd() {
+async fn two_members_bootstrap_switch_over_and_fail_over_through_a_tls_etcd() {
     harness::init();
     let cluster = Cluster::start(
         2,
@@ -59,6 +60,7 @@ async fn two_members_bootstrap_through_a_tls_etcd() {
         stdout.contains("Leader") && stdout.contains("streaming"),
         "{stdout}"
     );
+    switchover_then_crash_failover(&cluster).await;
 }
 
 /// Through an etcd over TLS with a password (`auth enable`, the agents log in as `root` and
@@ -78,32 +80,7 @@ async fn switchover_and_crash_failover_through_a_tls_etcd_with_authentication() 
             ..Options::default()
         },
     );
-    let first = cluster.wait_for_leader().await;
-    cluster.wait_for_replicas_streaming(1).await;
-    let second = 1 - first;
-
-    let text = cluster.switchover(first, Some(second)).await;
-    eprintln!("switchover: {text}");
-    assert_eq!(
-        cluster.leader_name().as_deref(),
-        Some(cluster.member(second).name.as_str())
-    );
-    let timeline = cluster.primary_timeline(second).await;
-    cluster
-        .wait_for_streaming_replica(first, Some(timeline), FAILOVER_TIMEOUT)
-        .await;
-
-    cluster.kill_agent(second);
-    cluster.kill_postmaster(second);
-    let elected = cluster
-        .wait_for_leader_except(&[second], FAILOVER_TIMEOUT)
-        .await;
-    assert_eq!(elected, first, "the surviving member takes over");
-    let timeline = cluster.primary_timeline(first).await;
-    cluster.start_agent(second);
-    cluster
-        .wait_for_streaming_replica(second, Some(timeline), FAILOVER_TIMEOUT)
-        .await;
+    switchover_then_crash_failover(&cluster).await;
 }
 
 /// etcd's certificates are replaced by ones of a new CA and etcd restarts with them: the agents,
@@ -154,4 +131,36 @@ async fn renewed_etcd_certificates_are_read_on_reload() {
     assert!(!replicas.contains(&leader));
     let after: Vec<Option<i32>> = (0..2).map(|i| cluster.agent_pid(i)).collect();
     assert_eq!(pids, after, "no agent was restarted");
+}
+
+/// A switchover to the replica, then a crash of the new leader (agent and postmaster killed):
+/// the other member takes over, and the crashed one rejoins as a replica when its agent starts
+/// again.
+async fn switchover_then_crash_failover(cluster: &Cluster) {
+    let first = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(1).await;
+    let second = 1 - first;
+
+    let text = cluster.switchover(first, Some(second)).await;
+    eprintln!("switchover: {text}");
+    assert_eq!(
+        cluster.leader_name().as_deref(),
+        Some(cluster.member(second).name.as_str())
+    );
+    let timeline = cluster.primary_timeline(second).await;
+    cluster
+        .wait_for_streaming_replica(first, Some(timeline), FAILOVER_TIMEOUT)
+        .await;
+
+    cluster.kill_agent(second);
+    cluster.kill_postmaster(second);
+    let elected = cluster
+        .wait_for_leader_except(&[second], FAILOVER_TIMEOUT)
+        .await;
+    assert_eq!(elected, first, "the surviving member takes over");
+    let timeline = cluster.primary_timeline(first).await;
+    cluster.start_agent(second);
+    cluster
+        .wait_for_streaming_replica(second, Some(timeline), FAILOVER_TIMEOUT)
+        .await;
 }
