@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgpilot_dcs::etcd::{EtcdDcs, EtcdOptions, EtcdTls};
-use pgpilot_dcs::{Dcs, DcsError};
+use pgpilot_dcs::Dcs;
 use pgpilot_test_support::{make_certs, temp_certs, Etcd, EtcdSetup, TlsFiles};
 
 mod common;
@@ -241,7 +241,8 @@ fn with_user(mut opts: EtcdOptions, user: &str, password: &str) -> EtcdOptions {
 }
 
 /// `auth enable` with a root user: the right password works, a wrong one is refused at once
-/// with etcd's reason, no credentials cannot read.
+/// with etcd's reason; no credentials, or a user without readwrite on the cluster's prefix, are
+/// refused at start with what to grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_right_and_wrong_password() {
     let etcd = auth_etcd(None);
@@ -276,10 +277,54 @@ async fn auth_right_and_wrong_password() {
         "refused at once"
     );
 
-    // Without credentials the connection works but reads are refused by etcd.
-    let anonymous = connect(options(urls, "pg3", EtcdTls::default())).await;
-    let r = anonymous.cluster_fresh().await;
-    assert!(matches!(r, Err(DcsError::Request(_))), "{:?}", r.err());
+    // Without credentials etcd refuses every key: refused at start, saying what is missing.
+    let e = refused(options(urls.clone(), "pg3", EtcdTls::default())).await;
+    assert!(e.contains("refuses us the keys under /service/tls/"), "{e}");
+
+    // A user whose role covers another prefix, or only reading ours: refused at start too.
+    // A user with readwrite on our prefix works.
+    etcd.add_user("other", "pw1", "/service/other/", "READWRITE")
+        .unwrap();
+    etcd.add_user("reader", "pw2", "/service/tls/", "READ")
+        .unwrap();
+    etcd.add_user("writer", "pw3", "/service/tls/", "READWRITE")
+        .unwrap();
+    for (user, password) in [("other", "pw1"), ("reader", "pw2")] {
+        let e = refused(with_user(
+            options(urls.clone(), "pg4", EtcdTls::default()),
+            user,
+            password,
+        ))
+        .await;
+        assert!(
+            e.contains("permission denied") && e.contains("readwrite permission"),
+            "{user}: {e}"
+        );
+    }
+    // pgpilotctl only checks reading: a read-only user may list.
+    let reader = EtcdDcs::connect_reader_within(
+        with_user(
+            options(urls.clone(), "pgpilotctl", EtcdTls::default()),
+            "reader",
+            "pw2",
+        ),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("a reader connects");
+    assert!(reader.cluster_fresh().await.is_ok());
+    let writer = connect(with_user(
+        options(urls, "pg4", EtcdTls::default()),
+        "writer",
+        "pw3",
+    ))
+    .await;
+    writer.touch_member(&member("pg4")).await.unwrap();
+    assert_eq!(
+        etcd.get("/service/tls/initialize").unwrap(),
+        None,
+        "the access check wrote nothing"
+    );
 }
 
 /// The auth token expires (`--auth-token-ttl=2`, unused for longer than that): the client

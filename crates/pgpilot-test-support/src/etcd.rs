@@ -442,6 +442,41 @@ impl Etcd {
         serde_json::from_str(&text).with_context(|| format!("etcd {path}: invalid JSON {text:?}"))
     }
 
+    /// A user `name` with `password` and a role of its own allowed `permission` (`READ`,
+    /// `WRITE` or `READWRITE`) on the keys under `prefix` only (auth must be on; the harness
+    /// acts as root).
+    pub fn add_user(
+        &self,
+        name: &str,
+        password: &str,
+        prefix: &str,
+        permission: &str,
+    ) -> anyhow::Result<()> {
+        let role = format!("{name}-role");
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        self.post("/v3/auth/role/add", json!({ "name": role }))?;
+        self.post(
+            "/v3/auth/role/grant",
+            json!({
+                "name": role,
+                "perm": {
+                    "permType": permission,
+                    "key": base64::encode(prefix.as_bytes()),
+                    "range_end": base64::encode(&end),
+                }
+            }),
+        )?;
+        self.post(
+            "/v3/auth/user/add",
+            json!({ "name": name, "password": password }),
+        )?;
+        self.post("/v3/auth/user/grant", json!({ "user": name, "role": role }))?;
+        Ok(())
+    }
+
     /// Revokes lease `id` (its keys go with it), as an operator or an expiry would.
     pub fn revoke_lease(&self, id: i64) -> anyhow::Result<()> {
         self.post("/v3/lease/revoke", json!({ "ID": id.to_string() }))?;

@@ -176,6 +176,62 @@ fn refused_credentials(answer: &str) -> bool {
 /// HTTP/2 keepalive ping interval: above etcd's default `grpc-keepalive-min-time` (5 s).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
 
+/// Refuses to go on when etcd denies us our keys (a user without a role on the namespace
+/// prefix, no user against an etcd with authentication on): every cycle would fail, so say it
+/// at start, with what to grant. A `writer` checks with one transaction whose condition never
+/// holds: etcd checks the permissions of both branches (a write of one key, a read of the
+/// prefix) and runs neither's write; a reader only reads. Other failures are left to the
+/// cycle, which retries them.
+async fn check_access(
+    endpoints: &Endpoints,
+    prefix: &str,
+    retry_timeout: Duration,
+    writer: bool,
+) -> Result<()> {
+    let (key, range) = (format!("{prefix}initialize"), prefix.to_string());
+    let answer = endpoints
+        .call(
+            "access check",
+            Instant::now() + retry_timeout,
+            move |mut c| {
+                let read = TxnOp::get(
+                    range.clone(),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only()
+                            .with_limit(1),
+                    ),
+                );
+                let txn = if writer {
+                    Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Less, 0)])
+                        .and_then([TxnOp::put(key.clone(), "", None)])
+                        .or_else([read])
+                } else {
+                    Txn::new().and_then([read])
+                };
+                async move { c.txn(txn).await }
+            },
+        )
+        .await;
+    match answer {
+        Err(DcsError::Request(e))
+            if refused_credentials(&e)
+                || e.contains("permission denied")
+                || e.contains("user name is empty") =>
+        {
+            Err(DcsError::Config(format!(
+                "etcd refuses us the keys under {prefix}: {e} (the etcd user needs a role with \
+                 {} permission on that prefix, or etcd3.username/password if etcd has \
+                 authentication on)",
+                if writer { "readwrite" } else { "read" }
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The client options of `opts` (its TLS files read now when `https`), with and without the
 /// user (for an etcd whose authentication is not enabled).
 fn client_options(
@@ -232,16 +288,27 @@ impl EtcdDcs {
     /// discovers the etcd cluster's members and starts the watch cache. Settings that can never
     /// work (a bad TLS file, mixed schemes, credentials etcd refuses) fail at once.
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdDcs> {
-        EtcdDcs::connect_until(opts, None).await
+        EtcdDcs::connect_until(opts, None, true).await
     }
 
-    /// [`EtcdDcs::connect`] that gives up after `budget` (a CLI, a test) with the reason of the
-    /// last failure (e.g. the TLS handshake error).
+    /// [`EtcdDcs::connect`] that gives up after `budget` (a test) with the reason of the last
+    /// failure (e.g. the TLS handshake error).
     pub async fn connect_within(opts: EtcdOptions, budget: Duration) -> Result<EtcdDcs> {
-        EtcdDcs::connect_until(opts, Some(Instant::now() + budget)).await
+        EtcdDcs::connect_until(opts, Some(Instant::now() + budget), true).await
     }
 
-    async fn connect_until(opts: EtcdOptions, give_up: Option<Instant>) -> Result<EtcdDcs> {
+    /// [`EtcdDcs::connect_within`] for a client that may only read (`pgpilotctl list` with a
+    /// read-only etcd user): only reading the cluster's keys is checked at start; a write it
+    /// is not allowed gets etcd's refusal when it is tried.
+    pub async fn connect_reader_within(opts: EtcdOptions, budget: Duration) -> Result<EtcdDcs> {
+        EtcdDcs::connect_until(opts, Some(Instant::now() + budget), false).await
+    }
+
+    async fn connect_until(
+        opts: EtcdOptions,
+        give_up: Option<Instant>,
+        writer: bool,
+    ) -> Result<EtcdDcs> {
         if opts.endpoints.is_empty() {
             return Err(DcsError::Config("no etcd endpoint configured".into()));
         }
@@ -308,6 +375,8 @@ impl EtcdDcs {
         endpoints
             .discover(Instant::now() + opts.retry_timeout)
             .await;
+        let prefix = cluster_prefix(&opts.namespace, &opts.scope);
+        check_access(&endpoints, &prefix, opts.retry_timeout, writer).await?;
         let (leader_events, _) = watch::channel(0);
         let (status_events, _) = watch::channel(0);
         let cache = Arc::new(Cache {
@@ -317,7 +386,7 @@ impl EtcdDcs {
         });
         let dcs = EtcdDcs {
             endpoints,
-            prefix: cluster_prefix(&opts.namespace, &opts.scope),
+            prefix,
             https: https > 0,
             settings: Mutex::new(opts.clone()),
             name: opts.name,

@@ -117,10 +117,11 @@ impl Ctx {
         };
         // EtcdDcs::connect retries forever while etcd is down (the agent's behaviour); a CLI
         // gives up after one retry_timeout-sized budget, with the reason (e.g. a TLS error).
+        // Only reading is checked at start: `list` works for a read-only etcd user.
         let endpoints = self.cfg.endpoints.join(",");
         let dcs = tokio::time::timeout(
             Duration::from_secs(20),
-            EtcdDcs::connect_within(opts, Duration::from_secs(15)),
+            EtcdDcs::connect_reader_within(opts, Duration::from_secs(15)),
         )
         .await
         .map_err(|_| anyhow!("DCS is not accessible: no etcd answered at {endpoints}"))?
