@@ -46,7 +46,6 @@ use pgpilot_test_support::root_helper::RootHelper;
 
 /// The privileged helper: builds the layout, takes links down and up, removes everything on EOF.
 const HELPER: &str = r#"
-set -u
 ns() { echo "pgpc-$ID-$1"; }
 rootif() { echo "pgpc${ID}r$1"; }
 memif() { echo "pgpc${ID}m$1"; }
@@ -75,25 +74,15 @@ setup() {
     cp "$NSENTER" "$CAPDIR/nsenter" && chgrp "$GID" "$CAPDIR/nsenter" &&
     chmod 0750 "$CAPDIR/nsenter" && setcap cap_sys_admin+ep "$CAPDIR/nsenter"
 }
-# Ctrl-C reaches the whole process group: stay alive until the tool closes our stdin.
-trap '' INT
-trap 'cleanup; exit 0' TERM HUP
-if ! out=$(setup 2>&1); then
-    cleanup
-    echo "error: $out" | tr '\n' ' '
-    echo
-    exit 1
-fi
-echo ready
-while read -r cmd i; do
+handle() {
+    local cmd=$1 i=$2
     case "$cmd" in
         down|up)
             if out=$(ip link set "$(rootif "$i")" "$cmd" 2>&1); then echo ok
             else echo "error: $out" | tr '\n' ' '; echo; fi ;;
         *) echo "error: unknown command $cmd" ;;
     esac
-done
-cleanup
+}
 "#;
 
 /// The members' network namespaces, the bridge and the helper that owns them.

@@ -54,8 +54,8 @@ const SUBNET: &str = "192.0.2";
 /// The interface keepalived uses in each member's namespace.
 const INTERFACE: &str = "vip0";
 
+/// The privileged helper's functions (see [`RootHelper::start`]).
 const HELPER: &str = r#"
-set -u
 ns() { echo "pgpv-$ID-$1"; }
 sw="pgpv-$ID-sw"
 pids=()
@@ -86,17 +86,8 @@ setup() {
         ip -n "$(ns "$i")" link set lo up || return 1
     done
 }
-# Ctrl-C reaches the whole process group: stay alive until the test closes our stdin.
-trap '' INT
-trap 'cleanup; exit 0' TERM HUP
-if ! out=$(setup 2>&1); then
-    cleanup
-    echo "error: $out" | tr '\n' ' '
-    echo
-    exit 1
-fi
-echo ready
-while read -r cmd i arg; do
+handle() {
+    local cmd=$1 i=$2 arg=$3
     case "$cmd" in
         pid) echo "ok $$" ;;
         start)
@@ -121,8 +112,7 @@ while read -r cmd i arg; do
             echo "ok$h" ;;
         *) echo "error: unknown command $cmd" ;;
     esac
-done
-cleanup
+}
 "#;
 
 /// The namespaces, the keepalived processes and the helper that owns them.

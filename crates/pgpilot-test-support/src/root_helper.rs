@@ -1,11 +1,11 @@
 //! A privileged helper for tests that need root after the harness dropped the test process to
 //! the user `pgpilot` (network namespaces, links, programs that need `CAP_NET_ADMIN`).
 //!
-//! The caller starts it while still root, before [`crate::init`]: a bash script run as root
-//! that builds what it owns, prints `ready` (or `error: ...` and exits), then answers one line
-//! per command read on its stdin (`ok[ <payload>]` or `error: ...`). It removes everything it
-//! built when its stdin closes — when the test process exits, normally, by panic or by SIGKILL
-//! — so the script's last step after its command loop is its cleanup (and on SIGTERM/SIGHUP).
+//! The caller starts it while still root, before [`crate::init`], with bash functions (see
+//! [`RootHelper::start`]); the helper runs `setup`, prints `ready` (or `error: ...`, cleans up
+//! and exits), then answers one line per command read on its stdin (`ok[ <payload>]` or
+//! `error: ...`). It runs `cleanup` when its stdin closes — when the test process exits,
+//! normally, by panic or by SIGKILL — and on SIGTERM/SIGHUP.
 //! Used by `pgpilot-chaos`'s partition fault and [`crate::Keepalived`].
 
 use std::io::{BufRead, BufReader, Write};
@@ -14,6 +14,24 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+/// What every helper runs after the caller's functions.
+const MAIN: &str = r#"
+# Ctrl-C reaches the whole process group: stay alive until the test closes our stdin.
+trap '' INT
+trap 'cleanup; exit 0' TERM HUP
+if ! out=$(setup 2>&1); then
+    cleanup
+    echo "error: $out" | tr '\n' ' '
+    echo
+    exit 1
+fi
+echo ready
+while read -r cmd i arg; do
+    handle "$cmd" "$i" "$arg"
+done
+cleanup
+"#;
 
 /// The helper process and its pipes; closing stdin (on drop) makes it clean up and exit.
 pub struct RootHelper {
@@ -29,16 +47,19 @@ struct Io {
 }
 
 impl RootHelper {
-    /// Runs `script` with bash as this (root) process, with `env` and a fixed `PATH`, and waits
-    /// for its `ready`. `Err` is the reason, to print when the test or fault is skipped.
+    /// Runs bash as this (root) process, with `env` and a fixed `PATH`, and waits for its
+    /// `ready`. `functions` defines `setup` (builds everything; its output is the error),
+    /// `cleanup` (removes it, whatever `setup` got to) and `handle CMD I ARG` (answers one
+    /// command: prints `ok[ <payload>]` or `error: ...` on one line). `Err` is the reason, to
+    /// print when the test or fault is skipped.
     pub fn start(
         name: &'static str,
-        script: &str,
+        functions: &str,
         env: &[(&str, String)],
     ) -> Result<RootHelper, String> {
         let mut cmd = Command::new("/bin/bash");
         cmd.arg("-c")
-            .arg(script)
+            .arg(format!("set -u\n{functions}\n{MAIN}"))
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
