@@ -34,20 +34,18 @@
 //! file capability `cap_sys_admin` in a root-owned 0750 directory: the agent wrapper script uses
 //! it to enter its member's namespace, and the capability is gone at the `exec` of the agent (a
 //! non-root exec of a file without capabilities keeps none). The helper removes everything when
-//! its stdin closes — when this process exits, normally, by panic or by SIGKILL — and on SIGTERM.
+//! its stdin closes — when this process exits, normally, by panic or by SIGKILL — and on SIGTERM
+//! (the harness's [`RootHelper`], shared with the keepalived test).
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use pgpilot_test_support::root_helper::RootHelper;
 
 /// The privileged helper: builds the layout, takes links down and up, removes everything on EOF.
 const HELPER: &str = r#"
-set -u
 ns() { echo "pgpc-$ID-$1"; }
 rootif() { echo "pgpc${ID}r$1"; }
 memif() { echo "pgpc${ID}m$1"; }
@@ -76,41 +74,25 @@ setup() {
     cp "$NSENTER" "$CAPDIR/nsenter" && chgrp "$GID" "$CAPDIR/nsenter" &&
     chmod 0750 "$CAPDIR/nsenter" && setcap cap_sys_admin+ep "$CAPDIR/nsenter"
 }
-# Ctrl-C reaches the whole process group: stay alive until the tool closes our stdin.
-trap '' INT
-trap 'cleanup; exit 0' TERM HUP
-if ! out=$(setup 2>&1); then
-    cleanup
-    echo "error: $out" | tr '\n' ' '
-    echo
-    exit 1
-fi
-echo ready
-while read -r cmd i; do
+handle() {
+    local cmd=$1 i=$2
     case "$cmd" in
         down|up)
             if out=$(ip link set "$(rootif "$i")" "$cmd" 2>&1); then echo ok
             else echo "error: $out" | tr '\n' ' '; echo; fi ;;
         *) echo "error: unknown command $cmd" ;;
     esac
-done
-cleanup
+}
 "#;
 
 /// The members' network namespaces, the bridge and the helper that owns them.
 pub struct Netns {
-    helper: Mutex<Helper>,
+    helper: RootHelper,
     id: String,
     /// `169.254.<n>`: the bridge is `.1`, member `i` is `.<10+i>`.
     subnet: String,
     capdir: PathBuf,
     members: usize,
-}
-
-struct Helper {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
 }
 
 /// Why the partition fault can not run when [`Netns::prepare`] was not called or failed.
@@ -152,46 +134,24 @@ impl Netns {
         let id = format!("{}", pid % 100_000);
         let subnet = format!("169.254.{}", 100 + pid % 100);
         let capdir = std::env::temp_dir().join(format!("pgpilot-chaos-netns-{pid}"));
-        let mut child = Command::new("/bin/bash")
-            .arg("-c")
-            .arg(HELPER)
-            .env("ID", &id)
-            .env("N", members.to_string())
-            .env("SUBNET", &subnet)
-            .env("GID", user.gid.to_string())
-            .env("CAPDIR", &capdir)
-            .env("NSENTER", &nsenter)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("start the netns helper: {e}"))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            // Both were requested as pipes just above.
-            let _ = child.kill();
-            return Err("the netns helper has no pipes".into());
-        };
-        let mut helper = Helper {
-            child,
-            stdin: Some(stdin),
-            stdout: BufReader::new(stdout),
-        };
-        let mut line = String::new();
-        let _ = helper.stdout.read_line(&mut line);
-        if line.trim() != "ready" {
-            let _ = helper.child.wait();
-            return Err(format!(
-                "setting up network namespaces failed: {}",
-                line.trim()
-            ));
-        }
+        let helper = RootHelper::start(
+            "netns",
+            HELPER,
+            &[
+                ("ID", id.clone()),
+                ("N", members.to_string()),
+                ("SUBNET", subnet.clone()),
+                ("GID", user.gid.to_string()),
+                ("CAPDIR", capdir.display().to_string()),
+                ("NSENTER", nsenter.display().to_string()),
+            ],
+        )?;
         eprintln!(
             "chaos: network namespaces pgpc-{id}-0..{} on bridge pgpc{id}br ({subnet}.0/24)",
             members - 1
         );
         Ok(Netns {
-            helper: Mutex::new(helper),
+            helper,
             id,
             subnet,
             capdir,
@@ -216,18 +176,7 @@ impl Netns {
     }
 
     fn command(&self, cmd: &str) -> anyhow::Result<()> {
-        let mut h = self.helper.lock().unwrap_or_else(|p| p.into_inner());
-        let stdin = h.stdin.as_mut().context("the netns helper is closed")?;
-        writeln!(stdin, "{cmd}").context("write to the netns helper")?;
-        stdin.flush()?;
-        let mut line = String::new();
-        h.stdout
-            .read_line(&mut line)
-            .context("read from the netns helper")?;
-        match line.trim() {
-            "ok" => Ok(()),
-            other => bail!("netns helper: {cmd}: {other:?}"),
-        }
+        self.helper.command(cmd).map(drop)
     }
 
     /// Takes member `i`'s link down: it loses etcd, its peers and its clients.
@@ -259,23 +208,6 @@ impl Netns {
         std::fs::write(&path, script).with_context(|| format!("write {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
         Ok(path)
-    }
-}
-
-impl Drop for Netns {
-    /// Closes the helper's stdin (it removes the namespaces, links and the nsenter copy) and
-    /// waits up to 10 s for it.
-    fn drop(&mut self) {
-        let mut h = self.helper.lock().unwrap_or_else(|p| p.into_inner());
-        h.stdin = None;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if !matches!(h.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("chaos: the netns helper did not finish its cleanup within 10 s");
     }
 }
 

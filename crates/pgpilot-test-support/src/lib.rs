@@ -1,7 +1,8 @@
 //! The integration-test harness: real etcd, real PostgreSQL 15 and real `pgpilot` agents on
 //! loopback, in temporary directories, torn down in `Drop` (which also runs while a failed test
 //! unwinds); and the programs users run in front of a cluster, Debian's HAProxy ([`HaProxy`])
-//! and pgBouncer ([`PgBouncer`]), started the same way.
+//! and pgBouncer ([`PgBouncer`]), started the same way, and keepalived ([`Keepalived`]) moving a
+//! virtual address between network namespaces through a root helper ([`root_helper`]).
 //!
 //! Used by the integration tests and the benchmark of `crates/pgpilot` (the tests through
 //! `crates/pgpilot/tests/harness/mod.rs`, which hands over the freshly built agent), by
@@ -49,8 +50,10 @@ mod cluster;
 mod daemon;
 mod etcd;
 mod haproxy;
+mod keepalived;
 mod pg;
 mod pgbouncer;
+pub mod root_helper;
 mod tls;
 mod watchdog;
 mod writer;
@@ -60,6 +63,7 @@ pub use base64::{decode as base64_decode, encode as base64_encode};
 pub use cluster::{Cluster, Member, Options, API_AUTH, REPLICATION, SUPERUSER};
 pub use etcd::{Etcd, EtcdSetup, Kv};
 pub use haproxy::{parse_stat, HaProxy, ServerState, HAPROXY_BIN};
+pub use keepalived::{Keepalived, KEEPALIVED_BIN, VIP};
 pub use pg::{connect_socket, controldata_system_identifier, Standalone};
 pub use pgbouncer::{PgBouncer, PGBOUNCER_BIN};
 pub use tls::{make_certs, temp_certs, TlsFiles};
