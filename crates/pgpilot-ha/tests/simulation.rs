@@ -255,6 +255,82 @@ fn fixed_k2_quorum_step_empties_ssn_before_the_sync_key() {
     assert_ne!(next_step(&view), SyncStep::SetSsn(Ssn::empty()));
 }
 
+fn env_f64(name: &str) -> Option<f64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The fleet run (module docs): with `PGPILOT_SIM_FLEET=N`, N clusters per scenario and the
+/// markdown section printed (and written to `PGPILOT_SIM_FLEET_OUT`); without it, a smoke run
+/// of two short clusters per scenario that only checks the counting and the invariants.
+#[test]
+fn fleet_dcs_operations_by_kind() {
+    use sim::fleet::{self, Scenario};
+    use std::time::Duration;
+    let full = env_u64("PGPILOT_SIM_FLEET");
+    let clusters = full.unwrap_or(2);
+    let fast_clusters = env_u64("PGPILOT_SIM_FLEET_FAST").unwrap_or(clusters);
+    let members = env_u64("PGPILOT_SIM_FLEET_MEMBERS").unwrap_or(3) as usize;
+    let minutes =
+        env_f64("PGPILOT_SIM_FLEET_MINUTES").unwrap_or(if full.is_some() { 60.0 } else { 5.0 });
+    let per_hour = env_f64("PGPILOT_SIM_FLEET_FAULTS_PER_HOUR").unwrap_or(1.0);
+    let timings = std::env::var("PGPILOT_SIM_FLEET_TIMINGS").unwrap_or("defaults,fast".into());
+    let warmup =
+        Duration::from_secs_f64(60.0 * env_f64("PGPILOT_SIM_FLEET_WARMUP_MINUTES").unwrap_or(2.0));
+    let mut scenarios = Vec::new();
+    for t in timings.split(',').map(str::trim) {
+        let (timing, n) = match t {
+            "defaults" => (fleet::DEFAULTS, clusters),
+            "fast" => (fleet::FAST, fast_clusters),
+            other => panic!("PGPILOT_SIM_FLEET_TIMINGS: unknown timing {other:?} (defaults, fast)"),
+        };
+        for (writes, faults) in [(false, false), (true, true)] {
+            scenarios.push(Scenario {
+                clusters: n,
+                members,
+                timing,
+                writes,
+                fault_every: (faults && per_hour > 0.0)
+                    .then(|| Duration::from_secs_f64(3600.0 / per_hour)),
+                warmup,
+                duration: Duration::from_secs_f64(minutes * 60.0),
+            });
+        }
+    }
+    let command = format!(
+        "PGPILOT_SIM_FLEET={clusters} PGPILOT_SIM_FLEET_FAST={fast_clusters} PGPILOT_SIM_FLEET_MEMBERS={members} PGPILOT_SIM_FLEET_MINUTES={minutes} PGPILOT_SIM_FLEET_WARMUP_MINUTES={} PGPILOT_SIM_FLEET_FAULTS_PER_HOUR={per_hour} PGPILOT_SIM_FLEET_TIMINGS={timings} cargo nextest run -p pgpilot-ha --test simulation fleet --no-capture",
+        warmup.as_secs_f64() / 60.0
+    );
+    let mut results = Vec::new();
+    for (k, s) in scenarios.into_iter().enumerate() {
+        let r = fleet::run(&s, 1_000_000 * (k as u64 + 1));
+        eprintln!(
+            "fleet: {} clusters of {} done in {:.1?}",
+            r.clusters, s.timing.name, r.wall
+        );
+        results.push((s, r));
+    }
+    let md = fleet::markdown(&command, &results);
+    if full.is_some() {
+        println!("{md}");
+    }
+    if let Ok(path) = std::env::var("PGPILOT_SIM_FLEET_OUT") {
+        std::fs::write(&path, &md).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+    for (s, r) in &results {
+        assert!(
+            r.violations.is_empty(),
+            "{}: invariant violations {:?}",
+            s.clusters,
+            r.violations
+        );
+        assert!(
+            r.counts.calls.contains_key("cluster") && r.counts.grpc.contains_key("LeaseKeepAlive"),
+            "nothing counted: {:?}",
+            r.counts
+        );
+    }
+}
+
 /// Liveness L1 (seed 4; 242 of 30000 seeds): the bootstrap winner's DCS writes fail after initdb
 /// (`finish_bootstrap`), the agent exits leaving PostgreSQL running as a primary and
 /// `/initialize` = `""`; restarted while isolated it demotes offline (a replica with no upstream);
