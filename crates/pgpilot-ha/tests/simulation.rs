@@ -5,6 +5,28 @@
 //! `PGPILOT_SIM_SEEDS=N` runs N seeds (default 2000); `PGPILOT_SIM_SEED=S` replays one seed
 //! and prints its whole trace; `PGPILOT_SIM_VERBOSE=1` lists the seeds with agent exits, known
 //! bugs or no leader at the end.
+//!
+//! The fleet run (`fleet_dcs_operations_by_kind`, `sim::fleet`) simulates many clusters, each
+//! for a long simulated time with faults at a set rate, counts every DCS call of the simulated
+//! agents by kind and the etcd gRPC requests each costs (`sim::counting`), and projects from
+//! etcd's published capacity how many 3-member clusters one 3-node etcd serves, for pgpilot
+//! (simulated and measured) and Patroni (measured). Per timing (Patroni's defaults, and fast)
+//! two scenarios: idle without faults (what `bench/run.sh` measures on real agents), and clients
+//! committing with faults. One command prints the markdown section for BENCHMARKS.md:
+//!
+//! ```text
+//! PGPILOT_SIM_FLEET=1000 PGPILOT_SIM_FLEET_OUT=fleet.md \
+//!     cargo nextest run -p pgpilot-ha --test simulation fleet --no-capture
+//! ```
+//!
+//! `PGPILOT_SIM_FLEET=N`: clusters at Patroni's defaults (without it, a smoke run of two short
+//! clusters per scenario, about a second, checks the counting and the invariants);
+//! `PGPILOT_SIM_FLEET_FAST` clusters at the fast timings (default N/5: a 1 s loop costs ten times
+//! the cycles); `PGPILOT_SIM_FLEET_MEMBERS` (3); `PGPILOT_SIM_FLEET_MINUTES` simulated minutes
+//! counted per cluster (12) after `PGPILOT_SIM_FLEET_WARMUP_MINUTES` (2);
+//! `PGPILOT_SIM_FLEET_FAULTS_PER_HOUR` per cluster (1; 0 for none); `PGPILOT_SIM_FLEET_TIMINGS`
+//! (`defaults,fast`); `PGPILOT_SIM_FLEET_OUT`: also write the section to that file. The run uses
+//! two threads (debug build); its wall time is printed in the section.
 
 mod sim;
 
@@ -268,10 +290,11 @@ fn fleet_dcs_operations_by_kind() {
     use std::time::Duration;
     let full = env_u64("PGPILOT_SIM_FLEET");
     let clusters = full.unwrap_or(2);
-    let fast_clusters = env_u64("PGPILOT_SIM_FLEET_FAST").unwrap_or(clusters);
+    // loop_wait 1 costs ten times the agent cycles of the defaults: a fifth of the clusters.
+    let fast_clusters = env_u64("PGPILOT_SIM_FLEET_FAST").unwrap_or((clusters / 5).max(1));
     let members = env_u64("PGPILOT_SIM_FLEET_MEMBERS").unwrap_or(3) as usize;
     let minutes =
-        env_f64("PGPILOT_SIM_FLEET_MINUTES").unwrap_or(if full.is_some() { 60.0 } else { 5.0 });
+        env_f64("PGPILOT_SIM_FLEET_MINUTES").unwrap_or(if full.is_some() { 12.0 } else { 5.0 });
     let per_hour = env_f64("PGPILOT_SIM_FLEET_FAULTS_PER_HOUR").unwrap_or(1.0);
     let timings = std::env::var("PGPILOT_SIM_FLEET_TIMINGS").unwrap_or("defaults,fast".into());
     let warmup =

@@ -1,5 +1,5 @@
 //! The simulated agent: `Agent::run_cycle` of `src/agent.rs`, step by step, over the real
-//! `MemoryDcs` and the simulated PostgreSQL.
+//! `MemoryDcs` (through the counting layer of `counting`) and the simulated PostgreSQL.
 //!
 //! Observe → [`decide`] → act, as the real agent does, with the same state fields
 //! (`last_renewal`, `rewind_check`, `ssn`, ...). Differences, all forced by the simulation:

@@ -171,12 +171,7 @@ fn since(before: &Stats, after: &Stats) -> Stats {
 /// Runs one cluster of the scenario: its counts, counted simulated seconds, statistics and
 /// invariant violation if any.
 fn run_cluster(seed: u64, s: &Scenario) -> (Counts, f64, Stats, Option<String>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
+    super::paused_runtime().block_on(async move {
         let cfg = SimConfig {
             members: s.members,
             // Patroni's default: asynchronous replication, check_timeline off.
@@ -439,7 +434,7 @@ fn fmt_count(x: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -519,7 +514,7 @@ fn scenario_section(out: &mut String, s: &Scenario, r: &FleetResult) {
         .counts
         .grpc
         .iter()
-        .filter(|(k, _)| matches!(k.as_ref(), "Put" | "Txn" | "DeleteRange"))
+        .filter(|(k, _)| matches!(**k, "Put" | "Txn" | "DeleteRange"))
         .map(|(_, v)| *v as f64)
         .sum::<f64>()
         / secs;

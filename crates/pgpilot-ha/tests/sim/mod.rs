@@ -2,7 +2,9 @@
 //! agent ([`agent`]) calling the real `decide()`, `manual_failover_from_leader` and `sync`
 //! functions over one real `MemoryStore`, beside a simulated PostgreSQL ([`pg`]); a seeded
 //! scheduler injects faults and client commits on tokio's paused clock; the safety invariants are
-//! checked after every agent action and every scheduler step.
+//! checked after every agent action and every scheduler step. Each agent's DCS client counts its
+//! calls and the etcd requests they would cost ([`counting`]); the fleet run ([`fleet`]) runs many
+//! clusters with faults at a set rate to turn those counts into rates per cluster.
 //!
 //! One step: the clock moves by a random amount (every agent cycle, background task end and fault
 //! end due on the way runs at its own time), a fault or request may be injected, replicas stream,
@@ -1291,13 +1293,17 @@ pub fn run_seed(seed: u64, bug: Bug, tracing: bool) -> Outcome {
     run_seed_with(seed, bug, tracing, true)
 }
 
-pub fn run_seed_with(seed: u64, bug: Bug, tracing: bool, tolerate_known: bool) -> Outcome {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A current-thread runtime on a paused clock: one per simulated cluster.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
-        .expect("runtime");
-    rt.block_on(async move {
+        .expect("runtime")
+}
+
+pub fn run_seed_with(seed: u64, bug: Bug, tracing: bool, tolerate_known: bool) -> Outcome {
+    paused_runtime().block_on(async move {
         let mut w = World::new(seed, bug, tracing);
         w.tolerate_known = tolerate_known;
         w.run().await;
