@@ -25,7 +25,8 @@
 //! the cycles); `PGPILOT_SIM_FLEET_MEMBERS` (3); `PGPILOT_SIM_FLEET_MINUTES` simulated minutes
 //! counted per cluster (12) after `PGPILOT_SIM_FLEET_WARMUP_MINUTES` (2);
 //! `PGPILOT_SIM_FLEET_FAULTS_PER_HOUR` per cluster (1; 0 for none); `PGPILOT_SIM_FLEET_TIMINGS`
-//! (`defaults,fast`); `PGPILOT_SIM_FLEET_OUT`: also write the section to that file. The run uses
+//! (`defaults,fast`); `PGPILOT_SIM_FLEET_SCENARIOS` (`idle,busy`: idle without faults, clients
+//! committing with faults); `PGPILOT_SIM_FLEET_OUT`: also write the section to that file. The run uses
 //! two threads (debug build); its wall time is printed in the section.
 
 mod sim;
@@ -297,6 +298,7 @@ fn fleet_dcs_operations_by_kind() {
         env_f64("PGPILOT_SIM_FLEET_MINUTES").unwrap_or(if full.is_some() { 12.0 } else { 5.0 });
     let per_hour = env_f64("PGPILOT_SIM_FLEET_FAULTS_PER_HOUR").unwrap_or(1.0);
     let timings = std::env::var("PGPILOT_SIM_FLEET_TIMINGS").unwrap_or("defaults,fast".into());
+    let kinds = std::env::var("PGPILOT_SIM_FLEET_SCENARIOS").unwrap_or("idle,busy".into());
     let warmup =
         Duration::from_secs_f64(60.0 * env_f64("PGPILOT_SIM_FLEET_WARMUP_MINUTES").unwrap_or(2.0));
     let mut scenarios = Vec::new();
@@ -307,6 +309,12 @@ fn fleet_dcs_operations_by_kind() {
             other => panic!("PGPILOT_SIM_FLEET_TIMINGS: unknown timing {other:?} (defaults, fast)"),
         };
         for (writes, faults) in [(false, false), (true, true)] {
+            if !kinds
+                .split(',')
+                .any(|k| k.trim() == if writes { "busy" } else { "idle" })
+            {
+                continue;
+            }
             scenarios.push(Scenario {
                 clusters: n,
                 members,
@@ -320,7 +328,7 @@ fn fleet_dcs_operations_by_kind() {
         }
     }
     let command = format!(
-        "PGPILOT_SIM_FLEET={clusters} PGPILOT_SIM_FLEET_FAST={fast_clusters} PGPILOT_SIM_FLEET_MEMBERS={members} PGPILOT_SIM_FLEET_MINUTES={minutes} PGPILOT_SIM_FLEET_WARMUP_MINUTES={} PGPILOT_SIM_FLEET_FAULTS_PER_HOUR={per_hour} PGPILOT_SIM_FLEET_TIMINGS={timings} cargo nextest run -p pgpilot-ha --test simulation fleet --no-capture",
+        "PGPILOT_SIM_FLEET={clusters} PGPILOT_SIM_FLEET_FAST={fast_clusters} PGPILOT_SIM_FLEET_MEMBERS={members} PGPILOT_SIM_FLEET_MINUTES={minutes} PGPILOT_SIM_FLEET_WARMUP_MINUTES={} PGPILOT_SIM_FLEET_FAULTS_PER_HOUR={per_hour} PGPILOT_SIM_FLEET_TIMINGS={timings} PGPILOT_SIM_FLEET_SCENARIOS={kinds} cargo nextest run -p pgpilot-ha --test simulation fleet --no-capture",
         warmup.as_secs_f64() / 60.0
     );
     let mut results = Vec::new();
