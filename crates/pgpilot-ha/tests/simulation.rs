@@ -27,7 +27,9 @@
 //! `PGPILOT_SIM_FLEET_FAULTS_PER_HOUR` per cluster (1; 0 for none); `PGPILOT_SIM_FLEET_TIMINGS`
 //! (`defaults,fast`); `PGPILOT_SIM_FLEET_SCENARIOS` (`idle,busy`: idle without faults, clients
 //! committing with faults); `PGPILOT_SIM_FLEET_OUT`: also write the section to that file. The run uses
-//! two threads (debug build); its wall time is printed in the section.
+//! two threads (debug build); its wall time is printed in the section. Measured on the shared
+//! 2-core machine: the default sizes take about 6.5 minutes for the four scenarios; 1000
+//! clusters × 60 simulated minutes of the busy scenario at Patroni's defaults took 283 s.
 
 mod sim;
 
