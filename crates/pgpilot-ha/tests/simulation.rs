@@ -5,6 +5,31 @@
 //! `PGPILOT_SIM_SEEDS=N` runs N seeds (default 2000); `PGPILOT_SIM_SEED=S` replays one seed
 //! and prints its whole trace; `PGPILOT_SIM_VERBOSE=1` lists the seeds with agent exits, known
 //! bugs or no leader at the end.
+//!
+//! The fleet run (`fleet_dcs_operations_by_kind`, `sim::fleet`) simulates many clusters, each
+//! for a long simulated time with faults at a set rate, counts every DCS call of the simulated
+//! agents by kind and the etcd gRPC requests each costs (`sim::counting`), and projects from
+//! etcd's published capacity how many 3-member clusters one 3-node etcd serves, for pgpilot
+//! (simulated and measured) and Patroni (measured). Per timing (Patroni's defaults, and fast)
+//! two scenarios: idle without faults (what `bench/run.sh` measures on real agents), and clients
+//! committing with faults. One command prints the markdown section for BENCHMARKS.md:
+//!
+//! ```text
+//! PGPILOT_SIM_FLEET=1000 PGPILOT_SIM_FLEET_OUT=fleet.md \
+//!     cargo nextest run -p pgpilot-ha --test simulation fleet --no-capture
+//! ```
+//!
+//! `PGPILOT_SIM_FLEET=N`: clusters at Patroni's defaults (without it, a smoke run of two short
+//! clusters per scenario, about a second, checks the counting and the invariants);
+//! `PGPILOT_SIM_FLEET_FAST` clusters at the fast timings (default N/5: a 1 s loop costs ten times
+//! the cycles); `PGPILOT_SIM_FLEET_MEMBERS` (3); `PGPILOT_SIM_FLEET_MINUTES` simulated minutes
+//! counted per cluster (12) after `PGPILOT_SIM_FLEET_WARMUP_MINUTES` (2);
+//! `PGPILOT_SIM_FLEET_FAULTS_PER_HOUR` per cluster (1; 0 for none); `PGPILOT_SIM_FLEET_TIMINGS`
+//! (`defaults,fast`); `PGPILOT_SIM_FLEET_SCENARIOS` (`idle,busy`: idle without faults, clients
+//! committing with faults); `PGPILOT_SIM_FLEET_OUT`: also write the section to that file. The run uses
+//! two threads (debug build); its wall time is printed in the section. Measured on the shared
+//! 2-core machine: the default sizes take about 6.5 minutes for the four scenarios; 1000
+//! clusters × 60 simulated minutes of the busy scenario at Patroni's defaults took 283 s.
 
 mod sim;
 
@@ -253,6 +278,90 @@ fn fixed_k2_quorum_step_empties_ssn_before_the_sync_key() {
         primary_lsn: 200,
     };
     assert_ne!(next_step(&view), SyncStep::SetSsn(Ssn::empty()));
+}
+
+fn env_f64(name: &str) -> Option<f64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The fleet run (module docs): with `PGPILOT_SIM_FLEET=N`, N clusters per scenario and the
+/// markdown section printed (and written to `PGPILOT_SIM_FLEET_OUT`); without it, a smoke run
+/// of two short clusters per scenario that only checks the counting and the invariants.
+#[test]
+fn fleet_dcs_operations_by_kind() {
+    use sim::fleet::{self, Scenario};
+    use std::time::Duration;
+    let full = env_u64("PGPILOT_SIM_FLEET");
+    let clusters = full.unwrap_or(2);
+    // loop_wait 1 costs ten times the agent cycles of the defaults: a fifth of the clusters.
+    let fast_clusters = env_u64("PGPILOT_SIM_FLEET_FAST").unwrap_or((clusters / 5).max(1));
+    let members = env_u64("PGPILOT_SIM_FLEET_MEMBERS").unwrap_or(3) as usize;
+    let minutes =
+        env_f64("PGPILOT_SIM_FLEET_MINUTES").unwrap_or(if full.is_some() { 12.0 } else { 5.0 });
+    let per_hour = env_f64("PGPILOT_SIM_FLEET_FAULTS_PER_HOUR").unwrap_or(1.0);
+    let timings = std::env::var("PGPILOT_SIM_FLEET_TIMINGS").unwrap_or("defaults,fast".into());
+    let kinds = std::env::var("PGPILOT_SIM_FLEET_SCENARIOS").unwrap_or("idle,busy".into());
+    let warmup =
+        Duration::from_secs_f64(60.0 * env_f64("PGPILOT_SIM_FLEET_WARMUP_MINUTES").unwrap_or(2.0));
+    let mut scenarios = Vec::new();
+    for t in timings.split(',').map(str::trim) {
+        let (timing, n) = match t {
+            "defaults" => (fleet::DEFAULTS, clusters),
+            "fast" => (fleet::FAST, fast_clusters),
+            other => panic!("PGPILOT_SIM_FLEET_TIMINGS: unknown timing {other:?} (defaults, fast)"),
+        };
+        for (writes, faults) in [(false, false), (true, true)] {
+            if !kinds
+                .split(',')
+                .any(|k| k.trim() == if writes { "busy" } else { "idle" })
+            {
+                continue;
+            }
+            scenarios.push(Scenario {
+                clusters: n,
+                members,
+                timing,
+                writes,
+                fault_every: (faults && per_hour > 0.0)
+                    .then(|| Duration::from_secs_f64(3600.0 / per_hour)),
+                warmup,
+                duration: Duration::from_secs_f64(minutes * 60.0),
+            });
+        }
+    }
+    let command = format!(
+        "PGPILOT_SIM_FLEET={clusters} PGPILOT_SIM_FLEET_FAST={fast_clusters} PGPILOT_SIM_FLEET_MEMBERS={members} PGPILOT_SIM_FLEET_MINUTES={minutes} PGPILOT_SIM_FLEET_WARMUP_MINUTES={} PGPILOT_SIM_FLEET_FAULTS_PER_HOUR={per_hour} PGPILOT_SIM_FLEET_TIMINGS={timings} PGPILOT_SIM_FLEET_SCENARIOS={kinds} cargo nextest run -p pgpilot-ha --test simulation fleet --no-capture",
+        warmup.as_secs_f64() / 60.0
+    );
+    let mut results = Vec::new();
+    for (k, s) in scenarios.into_iter().enumerate() {
+        let r = fleet::run(&s, 1_000_000 * (k as u64 + 1));
+        eprintln!(
+            "fleet: {} clusters of {} done in {:.1?}",
+            r.clusters, s.timing.name, r.wall
+        );
+        results.push((s, r));
+    }
+    let md = fleet::markdown(&command, &results);
+    if full.is_some() {
+        println!("{md}");
+    }
+    if let Ok(path) = std::env::var("PGPILOT_SIM_FLEET_OUT") {
+        std::fs::write(&path, &md).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+    for (s, r) in &results {
+        assert!(
+            r.violations.is_empty(),
+            "{}: invariant violations {:?}",
+            s.clusters,
+            r.violations
+        );
+        assert!(
+            r.counts.calls.contains_key("cluster") && r.counts.grpc.contains_key("LeaseKeepAlive"),
+            "nothing counted: {:?}",
+            r.counts
+        );
+    }
 }
 
 /// Liveness L1 (seed 4; 242 of 30000 seeds): the bootstrap winner's DCS writes fail after initdb

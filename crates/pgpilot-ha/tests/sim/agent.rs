@@ -1,5 +1,5 @@
 //! The simulated agent: `Agent::run_cycle` of `src/agent.rs`, step by step, over the real
-//! `MemoryDcs` and the simulated PostgreSQL.
+//! `MemoryDcs` (through the counting layer of `counting`) and the simulated PostgreSQL.
 //!
 //! Observe → [`decide`] → act, as the real agent does, with the same state fields
 //! (`last_renewal`, `rewind_check`, `ssn`, ...). Differences, all forced by the simulation:
@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
+use super::counting::CountingDcs;
 use pgpilot_config::DynamicConfig;
-use pgpilot_dcs::memory::MemoryDcs;
 use pgpilot_dcs::{Cluster, Dcs, MemberData, Status};
 use pgpilot_ha::decide::{after_acquire, start_after_renewal, valid_sysid, AfterAcquire};
 use pgpilot_ha::sync::{self, Ssn, Standby, SyncKey, SyncParams, SyncStep, SyncView};
@@ -69,7 +69,7 @@ pub enum Pending {
 }
 
 pub struct Agent {
-    pub dcs: MemoryDcs,
+    pub dcs: CountingDcs,
     pub dynamic: DynamicConfig,
     pub last_renewal: Option<Instant>,
     pub state: String,
@@ -94,7 +94,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(dcs: MemoryDcs, dynamic: DynamicConfig, now: Instant) -> Agent {
+    pub fn new(dcs: CountingDcs, dynamic: DynamicConfig, now: Instant) -> Agent {
         Agent {
             dcs,
             dynamic,

@@ -2,7 +2,9 @@
 //! agent ([`agent`]) calling the real `decide()`, `manual_failover_from_leader` and `sync`
 //! functions over one real `MemoryStore`, beside a simulated PostgreSQL ([`pg`]); a seeded
 //! scheduler injects faults and client commits on tokio's paused clock; the safety invariants are
-//! checked after every agent action and every scheduler step.
+//! checked after every agent action and every scheduler step. Each agent's DCS client counts its
+//! calls and the etcd requests they would cost ([`counting`]); the fleet run ([`fleet`]) runs many
+//! clusters with faults at a set rate to turn those counts into rates per cluster.
 //!
 //! One step: the clock moves by a random amount (every agent cycle, background task end and fault
 //! end due on the way runs at its own time), a fault or request may be injected, replicas stream,
@@ -27,12 +29,15 @@
 //! failing read.
 
 pub mod agent;
+pub mod counting;
+pub mod fleet;
 pub mod pg;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -42,6 +47,7 @@ use pgpilot_dcs::{Cluster, Dcs};
 use tokio::time::Instant;
 
 use agent::{trace, Agent, Pending};
+use counting::{CountingDcs, Ops};
 use pg::{Pg, Rec};
 
 /// Polls a future that never waits (the memory DCS never does) to completion.
@@ -111,6 +117,11 @@ pub struct SimConfig {
     pub config_changes: bool,
     pub sysid: String,
     pub steps: usize,
+    /// `ttl`, `loop_wait`, `retry_timeout` in seconds (Patroni's defaults, 30/10/10, unless a
+    /// fleet run asks for others).
+    pub ttl: u64,
+    pub loop_wait: u64,
+    pub retry_timeout: u64,
 }
 
 impl SimConfig {
@@ -135,6 +146,9 @@ impl SimConfig {
             config_changes: false,
             sysid: "7000000000000000001".into(),
             steps: 200,
+            ttl: 30,
+            loop_wait: 10,
+            retry_timeout: 10,
         }
     }
 
@@ -146,9 +160,9 @@ impl SimConfig {
             SyncMode::Quorum => serde_json::Value::from("quorum"),
         };
         serde_json::json!({
-            "ttl": 30,
-            "loop_wait": 10,
-            "retry_timeout": 10,
+            "ttl": self.ttl,
+            "loop_wait": self.loop_wait,
+            "retry_timeout": self.retry_timeout,
             "maximum_lag_on_failover": 1048576,
             "check_timeline": self.check_timeline,
             "synchronous_mode": mode,
@@ -168,6 +182,21 @@ impl SimConfig {
     fn active(&self) -> bool {
         self.sync_mode != SyncMode::Off
     }
+
+    /// A member's DCS client, counting into `ops`.
+    fn client(&self, store: &MemoryStore, name: &str, ops: &Arc<Ops>) -> CountingDcs {
+        let ttl = Duration::from_secs(self.ttl);
+        let dcs = MemoryDcs::new(store.clone(), "service", "sim", name, ttl);
+        CountingDcs::new(dcs, ops.clone(), ttl, Duration::from_secs(self.loop_wait))
+    }
+}
+
+/// A fleet run's faults: one at a time, at exponentially distributed intervals of mean
+/// `mean`, drawn from the seeded scheduler's usual mix (`World::inject`).
+#[derive(Clone, Debug)]
+pub struct FaultPlan {
+    pub mean: Duration,
+    pub next_at: Option<Instant>,
 }
 
 pub struct Member {
@@ -304,6 +333,13 @@ pub struct World {
     step: usize,
     /// The checker's view of the store, dropped on every DCS call and every clock advance.
     cache: std::cell::RefCell<Option<Cluster>>,
+    /// The agents' DCS calls, counted (`counting`).
+    pub ops: Arc<Ops>,
+    /// Clients commit on every writable primary (off: an idle cluster).
+    pub writes: bool,
+    /// `None`: the seeded scheduler may inject a fault or request every step (the safety
+    /// run); `Some`: faults at the plan's rate only (a fleet run).
+    pub fault_plan: Option<FaultPlan>,
 }
 
 impl World {
@@ -312,13 +348,19 @@ impl World {
         let mut cfg = SimConfig::draw(&mut rng);
         // Drawn apart so that the seeds of the other draws keep their meaning.
         cfg.config_changes = Rng::new(seed ^ 0xC0F1_6C4A_4E6E_5000).chance(30);
+        World::with_config(cfg, rng, bug, tracing)
+    }
+
+    /// A world for `cfg`, scheduled by `rng` from here on.
+    pub fn with_config(cfg: SimConfig, mut rng: Rng, bug: Bug, tracing: bool) -> World {
         let store = MemoryStore::new();
         let now = Instant::now();
-        let ttl = Duration::from_secs(30);
+        let ttl = Duration::from_secs(cfg.ttl);
+        let ops = Arc::new(Ops::default());
         let members = (0..cfg.members)
             .map(|k| {
                 let name = format!("pg{}", k + 1);
-                let dcs = MemoryDcs::new(store.clone(), "service", "sim", &name, ttl);
+                let dcs = cfg.client(&store, &name, &ops);
                 let mut agent = Agent::new(dcs, cfg.dynamic(), now);
                 // Agents start within the first loop_wait, in seeded order.
                 agent.next_run = now + Duration::from_millis(rng.below(10_000));
@@ -371,6 +413,9 @@ impl World {
             gap_mark: 0,
             step: 0,
             cache: std::cell::RefCell::new(None),
+            ops,
+            writes: true,
+            fault_plan: None,
         }
     }
 
@@ -652,6 +697,9 @@ impl World {
     }
 
     fn client_writes(&mut self) {
+        if !self.writes {
+            return;
+        }
         for i in 0..self.members.len() {
             let pg = &self.members[i].pg;
             if !pg.writable() || pg.frozen || self.bootstrapping(i) {
@@ -767,8 +815,7 @@ impl World {
             let m = &mut self.members[i];
             if m.restart_at.is_some_and(|t| t <= now) {
                 m.restart_at = None;
-                let ttl = Duration::from_secs(30);
-                let dcs = MemoryDcs::new(self.store.clone(), "service", "sim", &m.name, ttl);
+                let dcs = self.cfg.client(&self.store, &m.name, &self.ops);
                 m.agent = Some(Agent::new(dcs, self.cfg.dynamic(), now));
                 trace!(self, "event: {} agent restarted", self.members[i].name);
             }
@@ -1164,7 +1211,10 @@ impl World {
         self.end_faults();
         self.complete_tasks();
         if faults {
-            self.inject();
+            match self.fault_plan {
+                None => self.inject(),
+                Some(_) => self.inject_planned(),
+            }
         }
         self.replicate();
         self.client_writes();
@@ -1243,13 +1293,17 @@ pub fn run_seed(seed: u64, bug: Bug, tracing: bool) -> Outcome {
     run_seed_with(seed, bug, tracing, true)
 }
 
-pub fn run_seed_with(seed: u64, bug: Bug, tracing: bool, tolerate_known: bool) -> Outcome {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A current-thread runtime on a paused clock: one per simulated cluster.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
-        .expect("runtime");
-    rt.block_on(async move {
+        .expect("runtime")
+}
+
+pub fn run_seed_with(seed: u64, bug: Bug, tracing: bool, tolerate_known: bool) -> Outcome {
+    paused_runtime().block_on(async move {
         let mut w = World::new(seed, bug, tracing);
         w.tolerate_known = tolerate_known;
         w.run().await;
