@@ -91,9 +91,12 @@ pub struct FleetSample {
     pub members: usize,
     /// First agent started -> every cluster has a leader and streaming replicas.
     pub bootstrap: Duration,
-    /// How much `MemAvailable` fell from before the first agent started to the end of the
-    /// idle window, KiB: PostgreSQL's servers and the agents together.
-    pub memory_used_kib: f64,
+    /// Mean PSS of one member's PostgreSQL (postmaster and children) at the end of the idle
+    /// window, KiB: shared memory is divided among the processes that map it.
+    pub postgres_pss_kib: f64,
+    /// The machine's `MemAvailable` at the end of the idle window, KiB (a shared machine:
+    /// other work counts too).
+    pub mem_available_kib: f64,
     /// The 1-minute load average at the end of the idle window.
     pub load: f64,
     pub idle: Idle,
@@ -303,6 +306,40 @@ async fn idle_window(
     })
 }
 
+/// The summed `Pss:` (`/proc/PID/smaps_rollup`) of `postmasters` and their children, KiB.
+fn postgres_pss_kib(postmasters: &[i32]) -> u64 {
+    let pss = |pid: i32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("Pss:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces, so split after its `)`.
+        stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let children: u64 = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&pid| parent(pid).is_some_and(|p| postmasters.contains(&p)))
+                .map(pss)
+                .sum()
+        })
+        .unwrap_or(0);
+    postmasters.iter().copied().map(pss).sum::<u64>() + children
+}
+
 /// `MemAvailable` from /proc/meminfo, KiB.
 fn mem_available_kib() -> f64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -348,7 +385,6 @@ pub async fn measure_fleet(
     parallel: usize,
 ) -> anyhow::Result<FleetSample> {
     let etcd = std::sync::Arc::new(super::Etcd::start());
-    let available0 = mem_available_kib();
     let started = Instant::now();
     let mut fleet: Vec<Cluster> = Vec::with_capacity(clusters);
     let result = async {
@@ -379,11 +415,16 @@ pub async fn measure_fleet(
             procs.extend(agent_processes(cluster)?);
         }
         let idle = idle_window(&procs, &etcd.endpoint(), idle).await?;
+        let postmasters: Vec<i32> = fleet
+            .iter()
+            .flat_map(|c| (0..c.len()).filter_map(|i| c.postmaster_pid(i)))
+            .collect();
         anyhow::Ok(FleetSample {
             clusters,
             members,
             bootstrap,
-            memory_used_kib: available0 - mem_available_kib(),
+            postgres_pss_kib: postgres_pss_kib(&postmasters) as f64 / procs.len().max(1) as f64,
+            mem_available_kib: mem_available_kib(),
             load: load_average(),
             idle,
         })

@@ -15,9 +15,9 @@
 //! (`--members` and `--idle-only` do not apply):
 //! - fleet: for each N of `--fleet`, N clusters of 3 members on ONE etcd (each its own scope,
 //!   same namespace), bootstrap and idle only: per member RSS, idle CPU, etcd messages/s by
-//!   gRPC method, bytes/s in and out, open watch streams, plus the fleet's bootstrap time, the
-//!   memory it took (`MemAvailable` drop) and the load average, which say what limits the
-//!   fleet on this machine. `--parallel` clusters are started at once.
+//!   gRPC method, bytes/s in and out, open watch streams, plus the fleet's bootstrap time,
+//!   PostgreSQL's PSS per member against `MemAvailable`, all agents' CPU and the load
+//!   average, which say what limits the fleet on this machine. `--parallel` clusters are started at once.
 //! - cluster size: for each M of `--sizes`, one cluster of M members, the full measurement
 //!   (crash failover and switchover write gaps among others).
 //!
@@ -458,7 +458,7 @@ Machine: {}. The run took {} min {} s.
             took / 60,
             took % 60
         ));
-        out.push_str(&format!("**Fleet**: N clusters of {FLEET_MEMBERS} members (each its own `scope`, one namespace) on ONE local etcd, {} clusters started at a time; once all are up, after `2 × loop_wait + 2 s` to settle, one idle window of {} s measures every agent. RSS and CPU are per agent as in the main tables; etcd's figures (messages by gRPC method, client bytes received and sent, open watch streams and watchers from etcd's `/metrics`) are the whole etcd's, divided by the number of agents. The memory the fleet used (the drop of `MemAvailable` from before the first agent to the end of the idle window: PostgreSQL servers and agents) and the load average say what limits a fleet on this machine.
+        out.push_str(&format!("**Fleet**: N clusters of {FLEET_MEMBERS} members (each its own `scope`, one namespace) on ONE local etcd, {} clusters started at a time; once all are up, after `2 × loop_wait + 2 s` to settle, one idle window of {} s measures every agent. RSS and CPU are per agent as in the main tables; etcd's figures (messages by gRPC method, client bytes received and sent, open watch streams and watchers from etcd's `/metrics`) are the whole etcd's, divided by the number of agents. What limits a fleet on this machine: memory (each member's PostgreSQL PSS, its postmaster and children, plus the agent's RSS, against the machine's `MemAvailable` at the end of the idle window: how many more members would fit) and CPU (all agents' idle CPU together, the load average, and the fleet's bootstrap time with its clusters started a few at a time).
 
 ", args.parallel, args.idle.as_secs()));
         if plotted {

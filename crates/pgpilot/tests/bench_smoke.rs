@@ -68,7 +68,10 @@ async fn scale_smoke_run_measures_every_fleet_figure() {
         "both leaders' keepalives are counted: {:?}",
         idle.etcd_rps_by_method
     );
-    assert!(s.memory_used_kib != 0.0 && s.load > 0.0, "{s:?}");
+    assert!(
+        s.postgres_pss_kib > 0.0 && s.mem_available_kib > 0.0 && s.load > 0.0,
+        "{s:?}"
+    );
 
     let fleet = vec![(2, vec![s.clone()], Vec::new())];
     let table = scale::fleet_table(name, 2, 3, &[s.clone()], &[], false);

@@ -55,9 +55,19 @@ fn fleet_rows() -> Vec<(&'static str, &'static str, Box<dyn Fn(&FleetSample) -> 
             Box::new(|s| s.idle.watchers / s.agents()),
         ),
         (
-            "memory used by the fleet (MemAvailable drop)",
+            "PostgreSQL PSS (postmaster and children)",
             "MiB per member",
-            Box::new(|s| s.memory_used_kib / 1024.0 / s.agents()),
+            Box::new(|s| s.postgres_pss_kib / 1024.0),
+        ),
+        (
+            "members that would still fit in MemAvailable at the end",
+            "members",
+            Box::new(|s| s.mem_available_kib / (s.postgres_pss_kib + s.idle.rss_kib).max(1.0)),
+        ),
+        (
+            "all agents' idle CPU together",
+            "% of a core",
+            Box::new(|s| s.idle.cpu_percent * s.agents()),
         ),
         ("load average (1 min) at the end", "", Box::new(|s| s.load)),
     ]
