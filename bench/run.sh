@@ -14,7 +14,6 @@
 #                               member (default 1,10,25)
 #            --sizes M[,M...]   one cluster of M members: write gaps (default 3,5,7,9)
 #            --parallel K       clusters started at once while a fleet boots (default 5)
-#            --plot PATH        the SVG (default bench/scale.svg)
 #            and --reps, --idle, --profile, --compare, --patroni as above.
 #
 # BENCHMARKS.md has two generated parts: the main part, rewritten by a normal run, and the
@@ -45,9 +44,17 @@ for a in "$@"; do
 done
 out=$(mktemp)
 new=$(mktemp)
-trap 'rm -f "$out" "$new"' EXIT
-cargo bench -p pgpilot --bench cluster -- --markdown "$@" >"$out"
+# The plot: written by the bench as the harness's unprivileged user (it drops root), copied
+# to bench/scale.svg here.
+plots=$(mktemp -d)
+chmod 1777 "$plots"
+trap 'rm -f "$out" "$new"; rm -rf "$plots"' EXIT
+PGPILOT_BENCH_PLOT="$plots/scale.svg" PGPILOT_BENCH_PLOT_LINK=bench/scale.svg \
+    cargo bench -p pgpilot --bench cluster -- --markdown "$@" >"$out"
 if $scale; then
+    if [ -f "$plots/scale.svg" ]; then
+        cp "$plots/scale.svg" bench/scale.svg
+    fi
     # The main part as it was (without trailing blank lines), then the new scale section.
     part out | sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' >"$new"
     { echo; cat "$out"; } >>"$new"

@@ -602,18 +602,25 @@ pub fn rows() -> Vec<(&'static str, &'static str, fn(&Sample) -> Option<f64>)> {
 /// Every gRPC method seen in `samples`, with its median rate over `samples` (0 where a
 /// sample did not see it).
 pub fn methods_median(samples: &[Sample]) -> BTreeMap<String, f64> {
-    let mut names: Vec<&String> = samples
-        .iter()
-        .flat_map(|s| s.etcd_rps_by_method.keys())
-        .collect();
+    median_by_method(samples.iter().map(|s| (&s.etcd_rps_by_method, 1.0)))
+}
+
+/// Every gRPC method seen in `rates` (one sample's rates by method, and what to divide them
+/// by, e.g. the number of agents), with the median of its divided rate (0 where a sample did
+/// not see it).
+pub fn median_by_method<'a>(
+    rates: impl Iterator<Item = (&'a BTreeMap<String, f64>, f64)>,
+) -> BTreeMap<String, f64> {
+    let rates: Vec<_> = rates.collect();
+    let mut names: Vec<&String> = rates.iter().flat_map(|(r, _)| r.keys()).collect();
     names.sort();
     names.dedup();
     names
         .into_iter()
         .filter_map(|m| {
-            let v: Vec<f64> = samples
+            let v: Vec<f64> = rates
                 .iter()
-                .map(|s| s.etcd_rps_by_method.get(m).copied().unwrap_or(0.0))
+                .map(|(r, div)| r.get(m).copied().unwrap_or(0.0) / div)
                 .collect();
             spread(&v).map(|(_, med, _)| (m.clone(), med))
         })

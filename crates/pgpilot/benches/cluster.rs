@@ -22,7 +22,8 @@
 //!   (crash failover and switchover write gaps among others).
 //!
 //! pgpilot and (with `--compare patroni`) Patroni are interleaved repetition by repetition.
-//! It writes an SVG plot of the fleet's cost per member (default `bench/scale.svg`) and, with
+//! It writes an SVG plot of the fleet's cost per member (`--plot`, else `$PGPILOT_BENCH_PLOT`,
+//! else `bench/scale.svg`; the markdown links `$PGPILOT_BENCH_PLOT_LINK` if set) and, with
 //! `--markdown`, prints the scale section of BENCHMARKS.md between the markers of
 //! `scale::BEGIN`/`scale::END` (`bench/run.sh --scale` puts it in place).
 
@@ -30,7 +31,7 @@ mod scale;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -85,10 +86,17 @@ fn parse() -> Result<Args, String> {
         fleet: vec![1, 10, 25],
         sizes: vec![3, 5, 7, 9],
         parallel: 5,
-        plot: PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../bench/scale.svg"
-        )),
+        // bench/run.sh names a directory the harness's unprivileged user may write in (the
+        // harness drops root) and copies the plot to bench/scale.svg itself.
+        plot: std::env::var_os("PGPILOT_BENCH_PLOT").map_or_else(
+            || {
+                PathBuf::from(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../bench/scale.svg"
+                ))
+            },
+            PathBuf::from,
+        ),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -317,6 +325,32 @@ async fn attempt<T: std::fmt::Debug>(
     }
 }
 
+/// `reps` repetitions of `run` for each of `agents` (`(name, executable)`, pgpilot first),
+/// interleaved; the samples of each agent in that order.
+async fn repetitions<T: std::fmt::Debug, F, Fut>(
+    reps: usize,
+    agents: &[(&str, Option<PathBuf>)],
+    label: &str,
+    failures: &mut Vec<String>,
+    mut run: F,
+) -> [Vec<T>; 2]
+where
+    F: FnMut(Option<PathBuf>) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut samples: [Vec<T>; 2] = [Vec::new(), Vec::new()];
+    for rep in 1..=reps {
+        for (k, (who, agent)) in agents.iter().enumerate() {
+            let what = format!("{label}: {who} repetition {rep}/{reps}");
+            eprintln!("bench: {what}");
+            if let Some(s) = attempt(&what, run(agent.clone()), failures).await {
+                samples[k].push(s);
+            }
+        }
+    }
+    samples
+}
+
 /// The scale mode (see the module doc): fleets on one etcd, then cluster sizes, for each
 /// profile; prints the scale section and writes the plot.
 async fn run_scale(args: &Args, patroni: Option<PathBuf>, ctl: PathBuf) {
@@ -331,33 +365,24 @@ async fn run_scale(args: &Args, patroni: Option<PathBuf>, ctl: PathBuf) {
     let mut failures = Vec::new();
     let mut fleet_md = String::new();
     let mut size_md = String::new();
-    let mut series: Vec<(String, [Vec<(f64, f64)>; 4])> = Vec::new();
+    let mut series: Vec<scale::Series> = Vec::new();
     for &p in &args.profiles {
         let (name, ttl, lw, rt) = PROFILES[p];
         let short = name.split(" (").next().unwrap_or(name);
         let mut by_fleet = Vec::new();
         for &clusters in &args.fleet {
-            let mut samples: [Vec<FleetSample>; 2] = Default::default();
-            for rep in 1..=args.reps {
-                for (k, (who, agent)) in agents.iter().enumerate() {
-                    let what = format!(
-                        "{short}, fleet of {clusters} × {FLEET_MEMBERS}: {who} repetition {rep}/{}",
-                        args.reps
-                    );
-                    eprintln!("bench: {what}");
-                    let run = measure_fleet(
-                        agent.clone(),
-                        clusters,
-                        FLEET_MEMBERS,
-                        (ttl, lw, rt),
-                        args.idle,
-                        args.parallel,
-                    );
-                    if let Some(s) = attempt(&what, run, &mut failures).await {
-                        samples[k].push(s);
-                    }
-                }
-            }
+            let label = format!("{short}, fleet of {clusters} × {FLEET_MEMBERS}");
+            let samples = repetitions(args.reps, &agents, &label, &mut failures, |agent| {
+                measure_fleet(
+                    agent,
+                    clusters,
+                    FLEET_MEMBERS,
+                    (ttl, lw, rt),
+                    args.idle,
+                    args.parallel,
+                )
+            })
+            .await;
             let [ours, theirs] = samples;
             fleet_md.push_str(&scale::fleet_table(
                 name,
@@ -382,39 +407,16 @@ async fn run_scale(args: &Args, patroni: Option<PathBuf>, ctl: PathBuf) {
 
         let mut by_size = Vec::new();
         for &members in &args.sizes {
-            let mut samples: [Vec<Sample>; 2] = Default::default();
-            for rep in 1..=args.reps {
-                for (k, (who, agent)) in agents.iter().enumerate() {
-                    let what = format!(
-                        "{short}, {members} members: {who} repetition {rep}/{}",
-                        args.reps
-                    );
-                    eprintln!("bench: {what}");
-                    let run = measure(
-                        agent.clone(),
-                        members,
-                        (ttl, lw, rt),
-                        args.idle,
-                        ctl.clone(),
-                        false,
-                    );
-                    if let Some(s) = attempt(&what, run, &mut failures).await {
-                        samples[k].push(s);
-                    }
-                }
-            }
+            let label = format!("{short}, {members} members");
+            let samples = repetitions(args.reps, &agents, &label, &mut failures, |agent| {
+                measure(agent, members, (ttl, lw, rt), args.idle, ctl.clone(), false)
+            })
+            .await;
             let [ours, theirs] = samples;
-            size_md.push_str(&format!(
-                "
-#### {name}, {members} members
-
-"
-            ));
+            size_md.push_str(&format!("\n#### {name}, {members} members\n\n"));
             size_md.push_str(&measurements_table(&ours, &theirs, compare));
             size_md.push_str(&format!(
-                "
-{} pgpilot and {} Patroni repetitions completed.
-",
+                "\n{} pgpilot and {} Patroni repetitions completed.\n",
                 ours.len(),
                 theirs.len()
             ));
@@ -441,85 +443,38 @@ async fn run_scale(args: &Args, patroni: Option<PathBuf>, ctl: PathBuf) {
     let took = clock.elapsed().as_secs();
     let mut out = String::new();
     if args.markdown {
-        out.push_str(&format!(
-            "{}
-## Scale
-
-",
-            scale::BEGIN
-        ));
+        out.push_str(&format!("{}\n## Scale\n\n", scale::BEGIN));
         out.push_str(&generated_by(started));
         out.push_str(&format!(
-            "
-Machine: {}. The run took {} min {} s.
-
-",
+            "\nMachine: {}. The run took {} min {} s.\n\n",
             machine(),
             took / 60,
             took % 60
         ));
-        out.push_str(&format!("**Fleet**: N clusters of {FLEET_MEMBERS} members (each its own `scope`, one namespace) on ONE local etcd, {} clusters started at a time; once all are up, after `2 × loop_wait + 2 s` to settle, one idle window of {} s measures every agent. RSS and CPU are per agent as in the main tables; etcd's figures (messages by gRPC method, client bytes received and sent, open watch streams and watchers from etcd's `/metrics`) are the whole etcd's, divided by the number of agents. What limits a fleet on this machine: memory (each member's PostgreSQL PSS, its postmaster and children, plus the agent's RSS, against the machine's `MemAvailable` at the end of the idle window: how many more members would fit) and CPU (all agents' idle CPU together, the load average, and the fleet's bootstrap time with its clusters started a few at a time).
-
-", args.parallel, args.idle.as_secs()));
+        out.push_str(&format!("**Fleet**: N clusters of {FLEET_MEMBERS} members (each its own `scope`, one namespace) on ONE local etcd, {} clusters started at a time; once all are up, after `2 × loop_wait + 2 s` to settle, one idle window of {} s measures every agent. RSS and CPU are per agent as in the main tables; etcd's figures (messages by gRPC method, client bytes received and sent, open watch streams and watchers from etcd's `/metrics`) are the whole etcd's, divided by the number of agents. What limits a fleet on this machine: memory (each member's PostgreSQL PSS, its postmaster and children, plus the agent's RSS, against the machine's `MemAvailable` at the end of the idle window: how many more members would fit) and CPU (all agents' idle CPU together, the load average, and the fleet's bootstrap time with its clusters started a few at a time).\n\n", args.parallel, args.idle.as_secs()));
         if plotted {
-            let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-            let shown = match (root.canonicalize(), args.plot.canonicalize()) {
-                (Ok(r), Ok(p)) => p
-                    .strip_prefix(&r)
-                    .map_or(p.clone(), Path::to_path_buf)
-                    .display()
-                    .to_string(),
-                _ => args.plot.display().to_string(),
-            };
+            // Where the markdown's image points: bench/run.sh copies the plot there.
+            let shown = std::env::var("PGPILOT_BENCH_PLOT_LINK")
+                .unwrap_or_else(|_| args.plot.display().to_string());
             out.push_str(&format!(
-                "![Idle cost per member against fleet size]({shown})
-"
+                "![Idle cost per member against fleet size]({shown})\n"
             ));
         }
-        out.push_str(
-            "
-### Fleet: idle cost per member
-",
-        );
+        out.push_str("\n### Fleet: idle cost per member\n");
         out.push_str(&fleet_md);
-        out.push_str(&format!("
-### Cluster size: write gaps
-
-One cluster of M members per repetition, measured as in the main tables (idle window of {} s, then switchover, graceful handover and crash failover).
-", args.idle.as_secs()));
+        out.push_str(&format!("\n### Cluster size: write gaps\n\nOne cluster of M members per repetition, measured as in the main tables (idle window of {} s, then switchover, graceful handover and crash failover).\n", args.idle.as_secs()));
         out.push_str(&size_md);
         if !failures.is_empty() {
-            out.push_str(
-                "
-### Failed repetitions
-
-",
-            );
+            out.push_str("\n### Failed repetitions\n\n");
             for f in &failures {
-                out.push_str(&format!(
-                    "- {}
-",
-                    f.replace('\n', " ")
-                ));
+                out.push_str(&format!("- {}\n", f.replace('\n', " ")));
             }
         }
-        out.push_str(&format!(
-            "
-{}
-",
-            scale::END
-        ));
+        out.push_str(&format!("\n{}\n", scale::END));
     } else {
-        out.push_str(&format!(
-            "machine: {}
-{fleet_md}{size_md}",
-            machine()
-        ));
+        out.push_str(&format!("machine: {}\n{fleet_md}{size_md}", machine()));
         for f in &failures {
-            out.push_str(&format!(
-                "failed: {f}
-"
-            ));
+            out.push_str(&format!("failed: {f}\n"));
         }
     }
     print!("{out}");

@@ -74,7 +74,7 @@ async fn scale_smoke_run_measures_every_fleet_figure() {
     );
 
     let fleet = vec![(2, vec![s.clone()], Vec::new())];
-    let table = scale::fleet_table(name, 2, 3, &[s.clone()], &[], false);
+    let table = scale::fleet_table(name, 2, 3, std::slice::from_ref(&s), &[], false);
     assert!(table.contains("etcd watch streams") && table.contains("LeaseKeepAlive"));
     assert!(scale::fleet_summary(name, &fleet).contains("| 2 | 6 |"));
     let dir = tempfile::tempdir().expect("temp dir");

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use pgpilot_test_support::bench::{cell, spread, FleetSample, Sample};
+use pgpilot_test_support::bench::{cell, median_by_method, spread, FleetSample, Sample};
 use plotters::prelude::*;
 
 /// The lines that open and close the scale section in BENCHMARKS.md: `bench/run.sh --scale`
@@ -86,22 +86,11 @@ fn ratio(a: &[f64], b: &[f64]) -> String {
 
 /// Every gRPC method of `samples` with the median of its per-member rate.
 fn methods_per_member(samples: &[FleetSample]) -> BTreeMap<String, f64> {
-    let mut names: Vec<&String> = samples
-        .iter()
-        .flat_map(|s| s.idle.etcd_rps_by_method.keys())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-        .into_iter()
-        .filter_map(|m| {
-            let v: Vec<f64> = samples
-                .iter()
-                .map(|s| s.idle.etcd_rps_by_method.get(m).copied().unwrap_or(0.0) / s.agents())
-                .collect();
-            median(&v).map(|x| (m.clone(), x))
-        })
-        .collect()
+    median_by_method(
+        samples
+            .iter()
+            .map(|s| (&s.idle.etcd_rps_by_method, s.agents())),
+    )
 }
 
 /// One fleet size's table: each figure per member, min / median / max, with Patroni's and
@@ -235,6 +224,10 @@ pub fn size_summary(profile: &str, by_size: &[(usize, Vec<Sample>, Vec<Sample>)]
     out
 }
 
+/// One plotted system and profile: its label and its points per panel
+/// (`[cpu, rss, messages, bytes]`, each `(clusters, median per member)`).
+pub type Series = (String, [Vec<(f64, f64)>; 4]);
+
 /// The points of one system and profile for the plot: `[cpu, rss, messages, bytes]`, each
 /// `(clusters, median per member)`.
 pub fn plot_points(by_fleet: &[(usize, Vec<FleetSample>)]) -> [Vec<(f64, f64)>; 4] {
@@ -266,7 +259,7 @@ const PANELS: [&str; 4] = [
 
 /// Writes the SVG: four panels (CPU, RSS, etcd messages, etcd bytes per member) against the
 /// number of clusters on the etcd, one line per `series` entry (`[label, points per panel]`).
-pub fn plot(path: &Path, series: &[(String, [Vec<(f64, f64)>; 4])]) -> anyhow::Result<()> {
+pub fn plot(path: &Path, series: &[Series]) -> anyhow::Result<()> {
     const COLORS: [RGBColor; 6] = [
         RGBColor(31, 119, 180),
         RGBColor(214, 39, 40),
