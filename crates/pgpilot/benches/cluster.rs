@@ -17,7 +17,8 @@
 //!   same namespace), bootstrap and idle only: per member RSS, idle CPU, etcd messages/s by
 //!   gRPC method, bytes/s in and out, open watch streams, plus the fleet's bootstrap time,
 //!   PostgreSQL's PSS per member against `MemAvailable`, all agents' CPU and the load
-//!   average, which say what limits the fleet on this machine. `--parallel` clusters are started at once.
+//!   average, which say what limits the fleet on this machine. `--parallel` clusters are
+//!   started at once.
 //! - cluster size: for each M of `--sizes`, one cluster of M members, the full measurement
 //!   (crash failover and switchover write gaps among others).
 //!
