@@ -14,7 +14,8 @@
 #                               member (default 1,10,25)
 #            --sizes M[,M...]   one cluster of M members: write gaps (default 3,5,7,9)
 #            --parallel K       clusters started at once while a fleet boots (default 5)
-#            and --reps, --idle, --profile, --compare, --patroni as above.
+#            and --reps, --idle, --profile, --compare, --patroni as above (here --profile
+#            defaults to all: both timings).
 #
 # BENCHMARKS.md has two generated parts: the main part, rewritten by a normal run, and the
 # scale section between the lines `<!-- scale section: begin ... -->` and

@@ -12,7 +12,7 @@
 //! given (default 3) and adds a table of the idle cost per member against the size.
 //!
 //! Scale mode, `--scale [--fleet 1,10,25] [--sizes 3,5,7,9] [--parallel 5] [--plot PATH]`
-//! (`--members` and `--idle-only` do not apply):
+//! (`--members` and `--idle-only` do not apply; both profiles unless `--profile` is given):
 //! - fleet: for each N of `--fleet`, N clusters of 3 members on ONE etcd (each its own scope,
 //!   same namespace), bootstrap and idle only: per member RSS, idle CPU, etcd messages/s by
 //!   gRPC method, bytes/s in and out, open watch streams, plus the fleet's bootstrap time,
@@ -46,7 +46,8 @@ use harness::bench::{
 struct Args {
     reps: usize,
     idle: Duration,
-    profiles: Vec<usize>,
+    /// Indexes into `PROFILES`; None until `--profile` is given (fast, or both in scale mode).
+    profiles: Option<Vec<usize>>,
     compare: bool,
     patroni: Option<PathBuf>,
     markdown: bool,
@@ -77,7 +78,7 @@ fn parse() -> Result<Args, String> {
     let mut a = Args {
         reps: 5,
         idle: Duration::from_secs(60),
-        profiles: vec![0],
+        profiles: None,
         compare: false,
         patroni: None,
         markdown: false,
@@ -116,12 +117,12 @@ fn parse() -> Result<Args, String> {
                 )
             }
             "--profile" => {
-                a.profiles = match value("--profile")?.as_str() {
+                a.profiles = Some(match value("--profile")?.as_str() {
                     "fast" => vec![0],
                     "default" => vec![1],
                     "all" => vec![0, 1],
                     other => return Err(format!("--profile: {other} is not fast, default or all")),
-                }
+                })
             }
             "--compare" => {
                 let v = value("--compare")?;
@@ -218,7 +219,7 @@ async fn main() {
     }
     let mut out = String::new();
     let started = jiff::Timestamp::now();
-    for &p in &args.profiles {
+    for &p in args.profiles.as_deref().unwrap_or(&[0]) {
         let (name, ttl, lw, rt) = PROFILES[p];
         // (members, pgpilot samples, Patroni samples) for the scale table.
         let mut by_size: Vec<(usize, Vec<Sample>, Vec<Sample>)> = Vec::new();
@@ -367,7 +368,8 @@ async fn run_scale(args: &Args, patroni: Option<PathBuf>, ctl: PathBuf) {
     let mut fleet_md = String::new();
     let mut size_md = String::new();
     let mut series: Vec<scale::Series> = Vec::new();
-    for &p in &args.profiles {
+    // Both timings unless --profile narrows it.
+    for &p in args.profiles.as_deref().unwrap_or(&[0, 1]) {
         let (name, ttl, lw, rt) = PROFILES[p];
         let short = name.split(" (").next().unwrap_or(name);
         let mut by_fleet = Vec::new();
