@@ -11,12 +11,20 @@
 //! 5. crash failover: write gap around SIGKILL of the leader's agent and postmaster.
 //!
 //! The write gap is the time from the first failed write to the next acknowledged one.
+//!
+//! Before the idle window the cluster settles for `2 × loop_wait + 2 s` after the last write:
+//! the agents rewrite their member keys with the new WAL position for a loop or two after a
+//! write, which would otherwise count as idle `Put`s.
+//!
+//! [`measure_fleet`] is the scale mode's fleet: several clusters (each its own `scope`) on one
+//! shared etcd, bootstrap and the idle cost only, with etcd's open watch streams and client
+//! bytes as well.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use super::{Cluster, Options, Writer, FAILOVER_TIMEOUT};
 
@@ -48,6 +56,57 @@ pub struct Sample {
     pub etcd_rps: f64,
     /// The same, by gRPC method (`Range`, `Txn`, `LeaseKeepAlive`, `Watch`...).
     pub etcd_rps_by_method: BTreeMap<String, f64>,
+}
+
+/// The idle window's figures for a set of agents on one etcd: CPU and memory are means per
+/// agent, etcd's figures are totals (every client of that etcd).
+#[derive(Debug, Clone, Default)]
+pub struct Idle {
+    /// Mean CPU time of one agent (with its guard) as a share of one core (percent).
+    pub cpu_percent: f64,
+    /// Mean memory of one agent at the end of the window, KiB (see `Sample::rss_kib`).
+    pub rss_kib: f64,
+    /// gRPC messages received per second by etcd, by method.
+    pub etcd_rps_by_method: BTreeMap<String, f64>,
+    /// Bytes per second etcd received from and sent to its gRPC clients
+    /// (`etcd_network_client_grpc_{received,sent}_bytes_total`).
+    pub received_bps: f64,
+    pub sent_bps: f64,
+    /// Open watch streams and watchers at the end of the window
+    /// (`etcd_debugging_mvcc_watch_stream_total`, `etcd_debugging_mvcc_watcher_total`).
+    pub watch_streams: f64,
+    pub watchers: f64,
+}
+
+impl Idle {
+    pub fn etcd_rps(&self) -> f64 {
+        self.etcd_rps_by_method.values().sum()
+    }
+}
+
+/// One fleet repetition: `clusters` clusters of `members` on one etcd.
+#[derive(Debug, Clone, Default)]
+pub struct FleetSample {
+    pub clusters: usize,
+    pub members: usize,
+    /// First agent started -> every cluster has a leader and streaming replicas.
+    pub bootstrap: Duration,
+    /// Mean PSS of one member's PostgreSQL (postmaster and children) at the end of the idle
+    /// window, KiB: shared memory is divided among the processes that map it.
+    pub postgres_pss_kib: f64,
+    /// The machine's `MemAvailable` at the end of the idle window, KiB (a shared machine:
+    /// other work counts too).
+    pub mem_available_kib: f64,
+    /// The 1-minute load average at the end of the idle window.
+    pub load: f64,
+    pub idle: Idle,
+}
+
+impl FleetSample {
+    /// Agents in the fleet: the divisor of the per-member etcd figures.
+    pub fn agents(&self) -> f64 {
+        (self.clusters * self.members) as f64
+    }
 }
 
 /// CPU time of process `pid` in nanoseconds: the scheduler's per-thread run time
@@ -129,19 +188,37 @@ fn vm_rss_kib(pid: i32) -> anyhow::Result<u64> {
         .parse()?)
 }
 
-/// `grpc_server_msg_received_total` from etcd's `/metrics`, by gRPC method (a stream's
-/// messages each count: every lease keepalive, every watch request).
-async fn etcd_messages(
-    http: &reqwest::Client,
-    endpoint: &str,
-) -> anyhow::Result<BTreeMap<String, f64>> {
+/// etcd's `/metrics` at one moment (counters, except the watch gauges).
+#[derive(Debug, Clone, Default)]
+struct EtcdMetrics {
+    /// `grpc_server_msg_received_total` by gRPC method (a stream's messages each count: every
+    /// lease keepalive, every watch request).
+    by_method: BTreeMap<String, f64>,
+    received_bytes: f64,
+    sent_bytes: f64,
+    watch_streams: f64,
+    watchers: f64,
+}
+
+async fn etcd_metrics(http: &reqwest::Client, endpoint: &str) -> anyhow::Result<EtcdMetrics> {
     let text = http
         .get(format!("http://{endpoint}/metrics"))
         .send()
         .await?
         .text()
         .await?;
-    Ok(messages_by_method(&text))
+    let scalar = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(EtcdMetrics {
+        by_method: messages_by_method(&text),
+        received_bytes: scalar("etcd_network_client_grpc_received_bytes_total"),
+        sent_bytes: scalar("etcd_network_client_grpc_sent_bytes_total"),
+        watch_streams: scalar("etcd_debugging_mvcc_watch_stream_total"),
+        watchers: scalar("etcd_debugging_mvcc_watcher_total"),
+    })
 }
 
 /// Sums `grpc_server_msg_received_total{grpc_method="M",...} N` lines by `M`.
@@ -161,6 +238,205 @@ fn messages_by_method(metrics: &str) -> BTreeMap<String, f64> {
         *by_method.entry(method.to_string()).or_insert(0.0) += count;
     }
     by_method
+}
+
+/// The agents (and guards) of every member of `cluster`; an error if one is not running.
+fn agent_processes(cluster: &Cluster) -> anyhow::Result<Vec<AgentProcesses>> {
+    (0..cluster.len())
+        .map(|i| {
+            Ok(AgentProcesses {
+                agent: cluster
+                    .agent_pid(i)
+                    .with_context(|| format!("agent {i} is not running"))?,
+                guards: super::guard_pids(&cluster.member(i).data_dir),
+            })
+        })
+        .collect()
+}
+
+/// Lets the agents settle after the last write: two loops and 2 s (see the module doc).
+async fn settle(loop_wait: u64) {
+    tokio::time::sleep(Duration::from_secs(2 * loop_wait + 2)).await;
+}
+
+/// The idle window: `procs`' CPU over `idle` and memory at its end, and etcd's counters at
+/// `endpoint` over the same window.
+async fn idle_window(
+    procs: &[AgentProcesses],
+    endpoint: &str,
+    idle: Duration,
+) -> anyhow::Result<Idle> {
+    let http = reqwest::Client::new();
+    let cpu0: Vec<u64> = procs
+        .iter()
+        .map(AgentProcesses::cpu_ns)
+        .collect::<Result<_, _>>()?;
+    let m0 = etcd_metrics(&http, endpoint).await?;
+    let t0 = Instant::now();
+    tokio::time::sleep(idle).await;
+    let m1 = etcd_metrics(&http, endpoint).await?;
+    let window = t0.elapsed().as_secs_f64();
+    let cpu1: Vec<u64> = procs
+        .iter()
+        .map(AgentProcesses::cpu_ns)
+        .collect::<Result<_, _>>()?;
+    let n = procs.len().max(1) as f64;
+    let cpu: f64 = cpu1
+        .iter()
+        .zip(&cpu0)
+        .map(|(a, b)| a.saturating_sub(*b) as f64)
+        .sum::<f64>()
+        / 1e9
+        / n;
+    let mut by_method = BTreeMap::new();
+    for (method, n1) in &m1.by_method {
+        let n0 = m0.by_method.get(method).copied().unwrap_or(0.0);
+        if n1 > &n0 {
+            by_method.insert(method.clone(), (n1 - n0) / window);
+        }
+    }
+    Ok(Idle {
+        cpu_percent: 100.0 * cpu / window,
+        rss_kib: procs.iter().map(|p| p.memory_kib() as f64).sum::<f64>() / n,
+        etcd_rps_by_method: by_method,
+        received_bps: (m1.received_bytes - m0.received_bytes) / window,
+        sent_bps: (m1.sent_bytes - m0.sent_bytes) / window,
+        watch_streams: m1.watch_streams,
+        watchers: m1.watchers,
+    })
+}
+
+/// The summed `Pss:` (`/proc/PID/smaps_rollup`) of `postmasters` and their children, KiB.
+fn postgres_pss_kib(postmasters: &[i32]) -> u64 {
+    let pss = |pid: i32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("Pss:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces, so split after its `)`.
+        stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let children: u64 = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&pid| parent(pid).is_some_and(|p| postmasters.contains(&p)))
+                .map(pss)
+                .sum()
+        })
+        .unwrap_or(0);
+    postmasters.iter().copied().map(pss).sum::<u64>() + children
+}
+
+/// `MemAvailable` from /proc/meminfo, KiB.
+fn mem_available_kib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The options of a benchmark cluster running `agent` (None: pgpilot) with `profile`.
+fn bench_options(agent: Option<PathBuf>, profile: (u64, u64, u64), scope: String) -> Options {
+    let (ttl, loop_wait, retry_timeout) = profile;
+    Options {
+        ttl,
+        loop_wait,
+        retry_timeout,
+        agent,
+        scope,
+        ..Options::default()
+    }
+}
+
+/// One fleet repetition: one etcd, `clusters` clusters of `members` running `agent` (None:
+/// pgpilot) with `profile`, each its own scope (`bench-<i>`) in the same namespace. Clusters
+/// are started `parallel` at a time (each group bootstraps together); once the last one is
+/// up and settled, the idle window measures every agent at once.
+pub async fn measure_fleet(
+    agent: Option<PathBuf>,
+    clusters: usize,
+    members: usize,
+    profile: (u64, u64, u64),
+    idle: Duration,
+    parallel: usize,
+) -> anyhow::Result<FleetSample> {
+    let etcd = std::sync::Arc::new(super::Etcd::start());
+    let started = Instant::now();
+    let mut fleet: Vec<Cluster> = Vec::with_capacity(clusters);
+    let result = async {
+        for group in (0..clusters).collect::<Vec<_>>().chunks(parallel.max(1)) {
+            for &c in group {
+                let mut options = bench_options(agent.clone(), profile, format!("bench-{c}"));
+                options.shared_etcd = Some(etcd.clone());
+                let cluster = Cluster::new(members, options);
+                for i in 0..members {
+                    cluster.start_agent(i);
+                }
+                fleet.push(cluster);
+            }
+            for cluster in &fleet[group[0]..] {
+                cluster.wait_for_leader().await;
+                cluster.wait_for_replicas_streaming(members - 1).await;
+            }
+            eprintln!(
+                "bench: fleet: {} of {clusters} clusters up after {:.1} s",
+                fleet.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let bootstrap = started.elapsed();
+        settle(profile.1).await;
+        let mut procs = Vec::new();
+        for cluster in &fleet {
+            procs.extend(agent_processes(cluster)?);
+        }
+        let idle = idle_window(&procs, &etcd.endpoint(), idle).await?;
+        let postmasters: Vec<i32> = fleet
+            .iter()
+            .flat_map(|c| (0..c.len()).filter_map(|i| c.postmaster_pid(i)))
+            .collect();
+        anyhow::Ok(FleetSample {
+            clusters,
+            members,
+            bootstrap,
+            postgres_pss_kib: postgres_pss_kib(&postmasters) as f64 / procs.len().max(1) as f64,
+            mem_available_kib: mem_available_kib(),
+            load: load_average(),
+            idle,
+        })
+    }
+    .await;
+    // Stop the clusters side by side: one after the other, each waits for its agents.
+    std::thread::scope(|s| {
+        for cluster in fleet {
+            s.spawn(move || drop(cluster));
+        }
+    });
+    result
 }
 
 async fn gap_around<F, Fut>(cluster: &Cluster, what: &str, table: &str, act: F) -> Option<Duration>
@@ -201,15 +477,7 @@ pub async fn measure(
     ctl: PathBuf,
     idle_only: bool,
 ) -> anyhow::Result<Sample> {
-    let (ttl, loop_wait, retry_timeout) = profile;
-    let options = Options {
-        ttl,
-        loop_wait,
-        retry_timeout,
-        agent,
-        scope: "bench".into(),
-        ..Options::default()
-    };
+    let options = bench_options(agent, profile, "bench".into());
     let cluster = Cluster::new(members, options);
     let replicas = members.saturating_sub(1);
     let mut sample = Sample::default();
@@ -232,50 +500,13 @@ pub async fn measure(
         .await?;
 
     // Idle cost.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let http = reqwest::Client::new();
-    let procs: Vec<AgentProcesses> = (0..members)
-        .filter_map(|i| {
-            Some(AgentProcesses {
-                agent: cluster.agent_pid(i)?,
-                guards: super::guard_pids(&cluster.member(i).data_dir),
-            })
-        })
-        .collect();
-    if procs.len() != members {
-        bail!("an agent is not running");
-    }
-    let cpu0: Vec<u64> = procs
-        .iter()
-        .map(AgentProcesses::cpu_ns)
-        .collect::<Result<_, _>>()?;
-    let msgs0 = etcd_messages(&http, &cluster.etcd.endpoint()).await?;
-    let t0 = Instant::now();
-    tokio::time::sleep(idle).await;
-    let msgs1 = etcd_messages(&http, &cluster.etcd.endpoint()).await?;
-    let window = t0.elapsed().as_secs_f64();
-    let cpu1: Vec<u64> = procs
-        .iter()
-        .map(AgentProcesses::cpu_ns)
-        .collect::<Result<_, _>>()?;
-    let cpu: f64 = cpu1
-        .iter()
-        .zip(&cpu0)
-        .map(|(a, b)| a.saturating_sub(*b) as f64)
-        .sum::<f64>()
-        / 1e9
-        / members as f64;
-    sample.cpu_percent = 100.0 * cpu / window;
-    sample.rss_kib = procs.iter().map(|p| p.memory_kib() as f64).sum::<f64>() / members as f64;
-    for (method, n1) in &msgs1 {
-        let n0 = msgs0.get(method).copied().unwrap_or(0.0);
-        if n1 > &n0 {
-            sample
-                .etcd_rps_by_method
-                .insert(method.clone(), (n1 - n0) / window);
-        }
-    }
-    sample.etcd_rps = sample.etcd_rps_by_method.values().sum();
+    settle(profile.1).await;
+    let procs = agent_processes(&cluster)?;
+    let idle_figures = idle_window(&procs, &cluster.etcd.endpoint(), idle).await?;
+    sample.cpu_percent = idle_figures.cpu_percent;
+    sample.rss_kib = idle_figures.rss_kib;
+    sample.etcd_rps = idle_figures.etcd_rps();
+    sample.etcd_rps_by_method = idle_figures.etcd_rps_by_method;
     if idle_only {
         return Ok(sample);
     }
@@ -371,18 +602,25 @@ pub fn rows() -> Vec<(&'static str, &'static str, fn(&Sample) -> Option<f64>)> {
 /// Every gRPC method seen in `samples`, with its median rate over `samples` (0 where a
 /// sample did not see it).
 pub fn methods_median(samples: &[Sample]) -> BTreeMap<String, f64> {
-    let mut names: Vec<&String> = samples
-        .iter()
-        .flat_map(|s| s.etcd_rps_by_method.keys())
-        .collect();
+    median_by_method(samples.iter().map(|s| (&s.etcd_rps_by_method, 1.0)))
+}
+
+/// Every gRPC method seen in `rates` (one sample's rates by method, and what to divide them
+/// by, e.g. the number of agents), with the median of its divided rate (0 where a sample did
+/// not see it).
+pub fn median_by_method<'a>(
+    rates: impl Iterator<Item = (&'a BTreeMap<String, f64>, f64)>,
+) -> BTreeMap<String, f64> {
+    let rates: Vec<_> = rates.collect();
+    let mut names: Vec<&String> = rates.iter().flat_map(|(r, _)| r.keys()).collect();
     names.sort();
     names.dedup();
     names
         .into_iter()
         .filter_map(|m| {
-            let v: Vec<f64> = samples
+            let v: Vec<f64> = rates
                 .iter()
-                .map(|s| s.etcd_rps_by_method.get(m).copied().unwrap_or(0.0))
+                .map(|(r, div)| r.get(m).copied().unwrap_or(0.0) / div)
                 .collect();
             spread(&v).map(|(_, med, _)| (m.clone(), med))
         })

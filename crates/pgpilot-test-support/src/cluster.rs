@@ -95,6 +95,10 @@ pub struct Options {
     /// `postgresql.bin_dir` of every member: Debian's PostgreSQL 15 unless a test runs
     /// another major (see `tests/pg-versions/fetch.sh`).
     pub bin_dir: PathBuf,
+    /// An etcd to use instead of starting one (`etcd_members` and `etcd_tls` are then
+    /// ignored): several clusters with their own `scope` on one etcd, as a fleet runs (the
+    /// benchmark's scale mode). It outlives every cluster that holds it.
+    pub shared_etcd: Option<Arc<Etcd>>,
 }
 
 impl Default for Options {
@@ -126,6 +130,7 @@ impl Default for Options {
             harness_via_socket: false,
             agent_env: Vec::new(),
             bin_dir: PathBuf::from(PG_BIN_DIR),
+            shared_etcd: None,
         }
     }
 }
@@ -177,8 +182,9 @@ pub struct Cluster {
     http: reqwest::Client,
     /// The certificates when `options.https`.
     pub tls: Option<TlsFiles>,
-    /// Dropped after the agents are stopped (fields drop after `Drop::drop`), in this order.
-    pub etcd: Etcd,
+    /// Dropped after the agents are stopped (fields drop after `Drop::drop`), in this order;
+    /// a shared etcd (`Options::shared_etcd`) stops with its last holder.
+    pub etcd: Arc<Etcd>,
     dir: TempDir,
 }
 
@@ -190,18 +196,19 @@ impl Cluster {
             .prefix("pgpilot-cluster-")
             .tempdir()
             .expect("create cluster temp dir");
-        let etcd_tls = options
-            .etcd_tls
+        let etcd_tls = (options.etcd_tls && options.shared_etcd.is_none())
             .then(|| super::tls::make_certs(&dir.path().join("etcd-tls")));
-        let etcd = Etcd::start_with(EtcdSetup {
-            members: options.etcd_members.max(1),
-            // etcd's JSON gateway, which the harness reads through, refuses requests carrying
-            // a client certificate once auth is on: with both, certificates are not required
-            // (the agents still present theirs).
-            client_cert_auth: etcd_tls.is_some() && !options.etcd_auth,
-            tls: etcd_tls,
-            root_password: options.etcd_auth.then(|| ETCD_ROOT_PASSWORD.to_string()),
-            ..Default::default()
+        let etcd = options.shared_etcd.clone().unwrap_or_else(|| {
+            Arc::new(Etcd::start_with(EtcdSetup {
+                members: options.etcd_members.max(1),
+                // etcd's JSON gateway, which the harness reads through, refuses requests
+                // carrying a client certificate once auth is on: with both, certificates are
+                // not required (the agents still present theirs).
+                client_cert_auth: etcd_tls.is_some() && !options.etcd_auth,
+                tls: etcd_tls,
+                root_password: options.etcd_auth.then(|| ETCD_ROOT_PASSWORD.to_string()),
+                ..Default::default()
+            }))
         });
         eprintln!(
             "harness: cluster in {} with etcd at {}",

@@ -10,6 +10,25 @@
 //! BENCHMARKS.md document (`bench/run.sh` writes it). `--idle-only` measures bootstrap and the
 //! idle cost only (no switchover, handover or crash). `--members` runs clusters of each size
 //! given (default 3) and adds a table of the idle cost per member against the size.
+//!
+//! Scale mode, `--scale [--fleet 1,10,25] [--sizes 3,5,7,9] [--parallel 5] [--plot PATH]`
+//! (`--members` and `--idle-only` do not apply; both profiles unless `--profile` is given):
+//! - fleet: for each N of `--fleet`, N clusters of 3 members on ONE etcd (each its own scope,
+//!   same namespace), bootstrap and idle only: per member RSS, idle CPU, etcd messages/s by
+//!   gRPC method, bytes/s in and out, open watch streams, plus the fleet's bootstrap time,
+//!   PostgreSQL's PSS per member against `MemAvailable`, all agents' CPU and the load
+//!   average, which say what limits the fleet on this machine. `--parallel` clusters are
+//!   started at once.
+//! - cluster size: for each M of `--sizes`, one cluster of M members, the full measurement
+//!   (crash failover and switchover write gaps among others).
+//!
+//! pgpilot and (with `--compare patroni`) Patroni are interleaved repetition by repetition.
+//! It writes an SVG plot of the fleet's cost per member (`--plot`, else `$PGPILOT_BENCH_PLOT`,
+//! else `bench/scale.svg`; the markdown links `$PGPILOT_BENCH_PLOT_LINK` if set) and, with
+//! `--markdown`, prints the scale section of BENCHMARKS.md between the markers of
+//! `scale::BEGIN`/`scale::END` (`bench/run.sh --scale` puts it in place).
+
+mod scale;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -20,30 +39,66 @@ use std::time::Duration;
 
 use pgpilot_test_support as harness;
 
-use harness::bench::{cell, measure, methods_median, rows, spread, Sample, PROFILES};
+use harness::bench::{
+    cell, measure, measure_fleet, methods_median, rows, spread, FleetSample, Sample, PROFILES,
+};
 
 struct Args {
     reps: usize,
     idle: Duration,
-    profiles: Vec<usize>,
+    /// Indexes into `PROFILES`; None until `--profile` is given (fast, or both in scale mode).
+    profiles: Option<Vec<usize>>,
     compare: bool,
     patroni: Option<PathBuf>,
     markdown: bool,
     idle_only: bool,
     /// Cluster sizes to run (each a separate table; a scale table when several).
     members: Vec<usize>,
+    /// Scale mode (see the module doc) with its fleet sizes (clusters of 3 members on one
+    /// etcd), cluster sizes, clusters started at once, and the plot's path.
+    scale: bool,
+    fleet: Vec<usize>,
+    sizes: Vec<usize>,
+    parallel: usize,
+    plot: PathBuf,
+}
+
+/// A comma-separated list of counts of at least `min`.
+fn counts(flag: &str, value: &str, min: usize) -> Result<Vec<usize>, String> {
+    value
+        .split(',')
+        .map(|n| match n.trim().parse::<usize>() {
+            Ok(m) if m >= min => Ok(m),
+            _ => Err(format!("{flag}: {n} is not a count of {min} or more")),
+        })
+        .collect()
 }
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
         reps: 5,
         idle: Duration::from_secs(60),
-        profiles: vec![0],
+        profiles: None,
         compare: false,
         patroni: None,
         markdown: false,
         idle_only: false,
         members: vec![3],
+        scale: false,
+        fleet: vec![1, 10, 25],
+        sizes: vec![3, 5, 7, 9],
+        parallel: 5,
+        // bench/run.sh names a directory the harness's unprivileged user may write in (the
+        // harness drops root) and copies the plot to bench/scale.svg itself.
+        plot: std::env::var_os("PGPILOT_BENCH_PLOT").map_or_else(
+            || {
+                PathBuf::from(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../bench/scale.svg"
+                ))
+            },
+            PathBuf::from,
+        ),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -62,12 +117,12 @@ fn parse() -> Result<Args, String> {
                 )
             }
             "--profile" => {
-                a.profiles = match value("--profile")?.as_str() {
+                a.profiles = Some(match value("--profile")?.as_str() {
                     "fast" => vec![0],
                     "default" => vec![1],
                     "all" => vec![0, 1],
                     other => return Err(format!("--profile: {other} is not fast, default or all")),
-                }
+                })
             }
             "--compare" => {
                 let v = value("--compare")?;
@@ -79,15 +134,12 @@ fn parse() -> Result<Args, String> {
             "--patroni" => a.patroni = Some(PathBuf::from(value("--patroni")?)),
             "--markdown" => a.markdown = true,
             "--idle-only" => a.idle_only = true,
-            "--members" => {
-                a.members = value("--members")?
-                    .split(',')
-                    .map(|n| match n.trim().parse::<usize>() {
-                        Ok(m) if m >= 2 => Ok(m),
-                        _ => Err(format!("--members: {n} is not a member count of 2 or more")),
-                    })
-                    .collect::<Result<_, _>>()?
-            }
+            "--members" => a.members = counts("--members", &value("--members")?, 2)?,
+            "--scale" => a.scale = true,
+            "--fleet" => a.fleet = counts("--fleet", &value("--fleet")?, 1)?,
+            "--sizes" => a.sizes = counts("--sizes", &value("--sizes")?, 2)?,
+            "--parallel" => a.parallel = counts("--parallel", &value("--parallel")?, 1)?[0],
+            "--plot" => a.plot = PathBuf::from(value("--plot")?),
             // cargo bench passes --bench to harness=false targets.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -161,9 +213,13 @@ async fn main() {
     } else {
         None
     };
+    if args.scale {
+        run_scale(&args, patroni, ctl).await;
+        return;
+    }
     let mut out = String::new();
     let started = jiff::Timestamp::now();
-    for &p in &args.profiles {
+    for &p in args.profiles.as_deref().unwrap_or(&[0]) {
         let (name, ttl, lw, rt) = PROFILES[p];
         // (members, pgpilot samples, Patroni samples) for the scale table.
         let mut by_size: Vec<(usize, Vec<Sample>, Vec<Sample>)> = Vec::new();
@@ -223,16 +279,8 @@ async fn main() {
         }
     }
     if args.markdown {
-        let cmdline: Vec<String> = std::env::args()
-            .skip(1)
-            .filter(|a| a != "--bench" && a != "--markdown")
-            .collect();
         println!("# Benchmarks\n");
-        println!(
-            "Generated by `bench/run.sh {}` on {} — do not edit by hand.\n",
-            cmdline.join(" "),
-            started.strftime("%Y-%m-%d %H:%M UTC")
-        );
+        println!("{}", generated_by(started));
         println!("Machine: {}.\n", machine());
         println!("Each repetition starts a fresh etcd and cluster on loopback; write gaps are measured by a client inserting a row every 10 ms through a multi-host connection string with `target_session_attrs=read-write` (first failed write to the next acknowledged one). Idle cost is measured over {} s per repetition; RSS and CPU are per agent. CPU is the scheduler's run time of the agent's threads (`/proc/PID/task/*/schedstat`), pgpilot's guard process included. RSS is the agent's VmRSS plus the private memory (`Private_Clean + Private_Dirty`) of pgpilot's guard, whose other resident pages are the executable's and libc's, mapped by the agent too.", args.idle.as_secs());
         print!("{out}");
@@ -240,6 +288,199 @@ async fn main() {
         println!("machine: {}", machine());
         print!("{out}");
     }
+}
+
+/// "Generated by `bench/run.sh ARGS` on DATE" for the markdown.
+fn generated_by(started: jiff::Timestamp) -> String {
+    let cmdline: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench" && a != "--markdown")
+        .collect();
+    format!(
+        "Generated by `bench/run.sh {}` on {} — do not edit by hand.\n",
+        cmdline.join(" "),
+        started.strftime("%Y-%m-%d %H:%M UTC")
+    )
+}
+
+/// Runs `run` (one repetition), reporting and skipping it (None) when it fails or panics; a
+/// panic tears its clusters down as it unwinds. Failures are also added to `failures`.
+async fn attempt<T: std::fmt::Debug>(
+    what: &str,
+    run: impl Future<Output = anyhow::Result<T>>,
+    failures: &mut Vec<String>,
+) -> Option<T> {
+    let result = match CatchUnwind(Box::pin(run)).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!("the repetition panicked (see above)")),
+    };
+    match result {
+        Ok(s) => {
+            eprintln!("bench: {what}: {s:?}");
+            Some(s)
+        }
+        Err(e) => {
+            eprintln!("bench: {what} failed: {e:#}");
+            failures.push(format!("{what}: {e:#}"));
+            None
+        }
+    }
+}
+
+/// `reps` repetitions of `run` for each of `agents` (`(name, executable)`, pgpilot first),
+/// interleaved; the samples of each agent in that order.
+async fn repetitions<T: std::fmt::Debug, F, Fut>(
+    reps: usize,
+    agents: &[(&str, Option<PathBuf>)],
+    label: &str,
+    failures: &mut Vec<String>,
+    mut run: F,
+) -> [Vec<T>; 2]
+where
+    F: FnMut(Option<PathBuf>) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut samples: [Vec<T>; 2] = [Vec::new(), Vec::new()];
+    for rep in 1..=reps {
+        for (k, (who, agent)) in agents.iter().enumerate() {
+            let what = format!("{label}: {who} repetition {rep}/{reps}");
+            eprintln!("bench: {what}");
+            if let Some(s) = attempt(&what, run(agent.clone()), failures).await {
+                samples[k].push(s);
+            }
+        }
+    }
+    samples
+}
+
+/// The scale mode (see the module doc): fleets on one etcd, then cluster sizes, for each
+/// profile; prints the scale section and writes the plot.
+async fn run_scale(args: &Args, patroni: Option<PathBuf>, ctl: PathBuf) {
+    const FLEET_MEMBERS: usize = 3;
+    let started = jiff::Timestamp::now();
+    let clock = std::time::Instant::now();
+    let mut agents: Vec<(&str, Option<PathBuf>)> = vec![("pgpilot", None)];
+    if let Some(p) = &patroni {
+        agents.push(("Patroni", Some(p.clone())));
+    }
+    let compare = patroni.is_some();
+    let mut failures = Vec::new();
+    let mut fleet_md = String::new();
+    let mut size_md = String::new();
+    let mut series: Vec<scale::Series> = Vec::new();
+    // Both timings unless --profile narrows it.
+    for &p in args.profiles.as_deref().unwrap_or(&[0, 1]) {
+        let (name, ttl, lw, rt) = PROFILES[p];
+        let short = name.split(" (").next().unwrap_or(name);
+        let mut by_fleet = Vec::new();
+        for &clusters in &args.fleet {
+            let label = format!("{short}, fleet of {clusters} × {FLEET_MEMBERS}");
+            let samples = repetitions(args.reps, &agents, &label, &mut failures, |agent| {
+                measure_fleet(
+                    agent,
+                    clusters,
+                    FLEET_MEMBERS,
+                    (ttl, lw, rt),
+                    args.idle,
+                    args.parallel,
+                )
+            })
+            .await;
+            let [ours, theirs] = samples;
+            fleet_md.push_str(&scale::fleet_table(
+                name,
+                clusters,
+                FLEET_MEMBERS,
+                &ours,
+                &theirs,
+                compare,
+            ));
+            by_fleet.push((clusters, ours, theirs));
+        }
+        if by_fleet.len() > 1 {
+            fleet_md.push_str(&scale::fleet_summary(name, &by_fleet));
+        }
+        for (k, (who, _)) in agents.iter().enumerate() {
+            let points: Vec<(usize, Vec<FleetSample>)> = by_fleet
+                .iter()
+                .map(|(n, a, b)| (*n, if k == 0 { a.clone() } else { b.clone() }))
+                .collect();
+            series.push((format!("{who}, {short}"), scale::plot_points(&points)));
+        }
+
+        let mut by_size = Vec::new();
+        for &members in &args.sizes {
+            let label = format!("{short}, {members} members");
+            let samples = repetitions(args.reps, &agents, &label, &mut failures, |agent| {
+                measure(agent, members, (ttl, lw, rt), args.idle, ctl.clone(), false)
+            })
+            .await;
+            let [ours, theirs] = samples;
+            size_md.push_str(&format!("\n#### {name}, {members} members\n\n"));
+            size_md.push_str(&measurements_table(&ours, &theirs, compare));
+            size_md.push_str(&format!(
+                "\n{} pgpilot and {} Patroni repetitions completed.\n",
+                ours.len(),
+                theirs.len()
+            ));
+            by_size.push((members, ours, theirs));
+        }
+        if by_size.len() > 1 {
+            size_md.push_str(&scale::size_summary(name, &by_size));
+        }
+    }
+    let plotted = match scale::plot(&args.plot, &series) {
+        Ok(()) => {
+            eprintln!("bench: plot written to {}", args.plot.display());
+            true
+        }
+        Err(e) => {
+            eprintln!(
+                "bench: can not write the plot {}: {e:#}",
+                args.plot.display()
+            );
+            failures.push(format!("the plot {}: {e:#}", args.plot.display()));
+            false
+        }
+    };
+    let took = clock.elapsed().as_secs();
+    let mut out = String::new();
+    if args.markdown {
+        out.push_str(&format!("{}\n## Scale\n\n", scale::BEGIN));
+        out.push_str(&generated_by(started));
+        out.push_str(&format!(
+            "\nMachine: {}. The run took {} min {} s.\n\n",
+            machine(),
+            took / 60,
+            took % 60
+        ));
+        out.push_str(&format!("**Fleet**: N clusters of {FLEET_MEMBERS} members (each its own `scope`, one namespace) on ONE local etcd, {} clusters started at a time; once all are up, after `2 × loop_wait + 2 s` to settle, one idle window of {} s measures every agent. RSS and CPU are per agent as in the main tables; etcd's figures (messages by gRPC method, client bytes received and sent, open watch streams and watchers from etcd's `/metrics`) are the whole etcd's, divided by the number of agents. What limits a fleet on this machine: memory (each member's PostgreSQL PSS, its postmaster and children, plus the agent's RSS, against the machine's `MemAvailable` at the end of the idle window: how many more members would fit) and CPU (all agents' idle CPU together, the load average, and the fleet's bootstrap time with its clusters started a few at a time).\n\n", args.parallel, args.idle.as_secs()));
+        if plotted {
+            // Where the markdown's image points: bench/run.sh copies the plot there.
+            let shown = std::env::var("PGPILOT_BENCH_PLOT_LINK")
+                .unwrap_or_else(|_| args.plot.display().to_string());
+            out.push_str(&format!(
+                "![Idle cost per member against fleet size]({shown})\n"
+            ));
+        }
+        out.push_str("\n### Fleet: idle cost per member\n");
+        out.push_str(&fleet_md);
+        out.push_str(&format!("\n### Cluster size: write gaps\n\nOne cluster of M members per repetition, measured as in the main tables (idle window of {} s, then switchover, graceful handover and crash failover).\n", args.idle.as_secs()));
+        out.push_str(&size_md);
+        if !failures.is_empty() {
+            out.push_str("\n### Failed repetitions\n\n");
+            for f in &failures {
+                out.push_str(&format!("- {}\n", f.replace('\n', " ")));
+            }
+        }
+        out.push_str(&format!("\n{}\n", scale::END));
+    } else {
+        out.push_str(&format!("machine: {}\n{fleet_md}{size_md}", machine()));
+        for f in &failures {
+            out.push_str(&format!("failed: {f}\n"));
+        }
+    }
+    print!("{out}");
 }
 
 /// etcd messages per second during the idle window by gRPC method (medians), the cluster's

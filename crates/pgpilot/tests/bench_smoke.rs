@@ -2,11 +2,15 @@
 //! it can not rot: every measurement produces a figure. Timings are printed, never asserted.
 
 mod harness;
+// The scale mode's report and plot, as the bench builds them.
+#[path = "../benches/scale/mod.rs"]
+#[allow(dead_code)]
+mod scale;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use harness::bench::{measure, PROFILES};
+use harness::bench::{measure, measure_fleet, PROFILES};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn benchmark_smoke_run_measures_everything() {
@@ -34,5 +38,53 @@ async fn benchmark_smoke_run_measures_everything() {
         s.etcd_rps_by_method.contains_key("LeaseKeepAlive"),
         "the leader's keepalives are counted by method: {:?}",
         s.etcd_rps_by_method
+    );
+}
+
+/// The scale mode's fleet and plot in smoke form: 2 clusters × 3 members on one etcd, pgpilot
+/// only, a few seconds idle, the plot written to a temporary directory. Every figure the scale
+/// tables show is produced; timings are printed, never asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_smoke_run_measures_every_fleet_figure() {
+    harness::init();
+    let (name, ttl, lw, rt) = PROFILES[0];
+    let s = measure_fleet(None, 2, 3, (ttl, lw, rt), Duration::from_secs(3), 2)
+        .await
+        .expect("one fleet repetition");
+    eprintln!("scale smoke, {name}: {s:#?}");
+    assert_eq!(s.agents(), 6.0);
+    let idle = &s.idle;
+    assert!(
+        idle.rss_kib > 0.0 && idle.cpu_percent > 0.0 && idle.etcd_rps() > 0.0,
+        "{s:?}"
+    );
+    assert!(idle.received_bps > 0.0 && idle.sent_bps > 0.0, "{s:?}");
+    assert!(
+        idle.watch_streams >= 2.0 && idle.watchers >= 2.0,
+        "every cluster watches its keys: {s:?}"
+    );
+    assert!(
+        idle.etcd_rps_by_method.contains_key("LeaseKeepAlive"),
+        "both leaders' keepalives are counted: {:?}",
+        idle.etcd_rps_by_method
+    );
+    assert!(
+        s.postgres_pss_kib > 0.0 && s.mem_available_kib > 0.0 && s.load > 0.0,
+        "{s:?}"
+    );
+
+    let fleet = vec![(2, vec![s.clone()], Vec::new())];
+    let table = scale::fleet_table(name, 2, 3, std::slice::from_ref(&s), &[], false);
+    assert!(table.contains("etcd watch streams") && table.contains("LeaseKeepAlive"));
+    assert!(scale::fleet_summary(name, &fleet).contains("| 2 | 6 |"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let svg = dir.path().join("scale.svg");
+    let points = scale::plot_points(&[(2, vec![s])]);
+    scale::plot(&svg, &[("pgpilot, fast".into(), points)]).expect("write the plot");
+    let text = std::fs::read_to_string(&svg).expect("read the plot");
+    assert!(
+        text.starts_with("<svg") && text.contains("pgpilot, fast"),
+        "{}",
+        &text[..text.len().min(300)]
     );
 }
