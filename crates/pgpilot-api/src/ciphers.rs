@@ -54,25 +54,12 @@ fn alias(word: &str) -> Option<Vec<usize>> {
         (0..table.len()).filter(|&i| f(table[i].0)).collect()
     };
     Some(match word {
-        "ALL"
-        | "DEFAULT"
-        | "HIGH"
-        | "COMPLEMENTOFDEFAULT"
-        | "TLSv1.2"
-        | "ECDHE"
-        | "EECDH"
-        | "kECDHE"
-        | "kEECDH"
-        | "AEAD"
-        | "SHA256"
-        | "SHA384"
-        | "FIPS" => match word {
-            "COMPLEMENTOFDEFAULT" => Vec::new(),
-            "SHA256" => by(|n| n.ends_with("SHA256") || n.contains("CHACHA20")),
-            "SHA384" => by(|n| n.ends_with("SHA384")),
-            "FIPS" => by(|n| !n.contains("CHACHA20")),
-            _ => all(),
-        },
+        "ALL" | "DEFAULT" | "HIGH" | "TLSv1.2" | "ECDHE" | "EECDH" | "kECDHE" | "kEECDH"
+        | "AEAD" => all(),
+        "SHA256" => by(|n| n.ends_with("SHA256") || n.contains("CHACHA20")),
+        "SHA384" => by(|n| n.ends_with("SHA384")),
+        "FIPS" => by(|n| !n.contains("CHACHA20")),
+        "COMPLEMENTOFDEFAULT" => Vec::new(),
         "aRSA" | "RSA" => by(|n| n.starts_with("ECDHE-RSA")),
         "aECDSA" | "ECDSA" => by(|n| n.starts_with("ECDHE-ECDSA")),
         "AESGCM" | "AES" => by(|n| n.contains("GCM")),

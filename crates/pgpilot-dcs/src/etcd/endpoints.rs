@@ -190,6 +190,11 @@ impl Endpoints {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many members are known.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().nodes.len()
+    }
+
     /// The URLs currently known, configured ones first (for logs and tests).
     pub(crate) fn urls(&self) -> Vec<String> {
         self.lock().nodes.iter().map(|n| n.url.clone()).collect()

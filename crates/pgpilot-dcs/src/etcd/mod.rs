@@ -519,7 +519,7 @@ impl EtcdDcs {
         // The share a request's first member gets (endpoints::Endpoints::call), so that a
         // frozen member leaves the rest of the deadline to the others.
         let left = deadline.saturating_duration_since(Instant::now());
-        let members = u32::try_from(self.endpoints.urls().len()).unwrap_or(u32::MAX);
+        let members = u32::try_from(self.endpoints.len()).unwrap_or(u32::MAX);
         let budget = (left / members.saturating_add(1))
             .max(endpoints::MIN_SHARE)
             .min(left);
