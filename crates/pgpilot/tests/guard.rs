@@ -148,6 +148,64 @@ async fn guard_survives_the_agents_sigkill_and_fences_at_the_deadline() {
         .await;
 }
 
+/// SIGKILL of the leader's agent and then of its postmaster, the guard alive (issue 12 item 2):
+/// the guard sees both gone and deletes the leader key at once, so the replica takes over long
+/// before the lease (ttl 20) could expire; the guard exits, and the restarted agent rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_releases_the_key_when_agent_and_postgres_are_gone() {
+    harness::init();
+    let cluster = Cluster::start(2, Options::default());
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(1).await;
+    let replica = 1 - leader;
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute("CREATE TABLE released (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    cluster.wait_writable(leader, "released", 1, "before").await;
+    let guards = guard_pids(&cluster.member(leader).data_dir);
+    assert_eq!(guards.len(), 1, "{guards:?}");
+    let pm = cluster.postmaster_pid(leader).expect("leader postmaster");
+
+    let crashed = Instant::now();
+    cluster.kill_agent(leader);
+    signal(pm, Signal::SIGKILL);
+    let new = cluster
+        .wait_for_leader_except(&[leader], FAILOVER_TIMEOUT)
+        .await;
+    let took_over = crashed.elapsed();
+    assert_eq!(new, replica);
+    cluster.wait_writable(new, "released", 2, "after").await;
+    eprintln!(
+        "agent and postmaster killed, guard alive (ttl 20): {} leads after {}, writable after {}",
+        cluster.member(new).name,
+        secs(took_over),
+        secs(crashed.elapsed())
+    );
+    // The key was given back, not left to expire: the lease, renewed within the last second
+    // (loop_wait 1), had more than 15 s to run.
+    assert!(
+        took_over < Duration::from_secs(15),
+        "the replica took over after {}: the key expired instead of being released",
+        secs(took_over)
+    );
+    let log = cluster.agent_log(leader);
+    assert!(log.contains("leader key released"), "{log}");
+    cluster
+        .wait(SHORT_TIMEOUT, "the guard to exit", async || {
+            ensure!(!pid_alive(guards[0]), "guard {} still runs", guards[0]);
+            Ok(())
+        })
+        .await;
+    cluster.start_agent(leader);
+    let tl = cluster.primary_timeline(new).await;
+    cluster
+        .wait_for_streaming_replica(leader, Some(tl), FAILOVER_TIMEOUT)
+        .await;
+}
+
 /// A replica's guard is never armed and exits with its agent, even a SIGKILLed one; a clean
 /// shutdown of the leader (SIGTERM) leaves no guard process; a member with `pgpilot.guard: off`
 /// starts none.

@@ -44,7 +44,7 @@ mod process;
 mod tests;
 
 pub use link::ProcessLink;
-pub use process::{run_guard, GuardState, Step};
+pub use process::{run_guard, GuardState, Release, Step};
 
 /// The smallest margin between the guard's deadline and the earliest moment the leader key can
 /// expire in etcd.
