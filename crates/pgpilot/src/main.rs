@@ -322,6 +322,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         client: client.clone(),
         tls: server_tls,
         live_pg: Some(live_pg(pg.clone())),
+        failsafe: None,
     };
     let guard = start_guard(&cfg);
     // A reload (SIGHUP, POST /reload) applies the log section and reads the etcd TLS files
