@@ -448,6 +448,9 @@ impl World {
             primary_start_timeout: a.dynamic.primary_start_timeout,
             // No hooks are simulated: `pre_promote` never fails.
             pre_promote_backoff: false,
+            // Failsafe mode is not modelled (module docs).
+            failsafe_mode: false,
+            failsafe: None,
         }
     }
 
@@ -615,6 +618,8 @@ impl World {
                 self.demote(i, true);
                 "demoted self because DCS is not accessible and I was a leader".into()
             }
+            // The simulation runs with failsafe mode off (not modelled: module docs).
+            Decision::FailsafeRound { .. } => panic!("failsafe round without failsafe mode"),
             Decision::UpdateLockDuring { action } => {
                 match call!(self, i, |d| d.update_leader(None)) {
                     Ok(true) => {
