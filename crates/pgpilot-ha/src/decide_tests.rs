@@ -115,6 +115,7 @@ fn obs() -> Observation {
         pre_promote_backoff: false,
         failsafe_mode: false,
         failsafe: None,
+        started_within_ttl: false,
     }
 }
 
@@ -449,6 +450,9 @@ fn decision_table() {
         ("failsafe, unlocked, not listed", Box::new(|o| { o.cluster = unlocked(); o.failsafe_mode = true; o.failsafe = failsafe_key(&["pg1", "pg3"]) }), not_healthiest("failsafe mode: I am not listed in /failsafe")),
         ("failsafe, unlocked, listed", Box::new(|o| { o.cluster = unlocked(); o.failsafe_mode = true; o.failsafe = failsafe_key(&["pg1", "pg2", "pg3"]) }), Decision::AcquireLeader),
         ("failsafe, unlocked, empty key", Box::new(|o| { o.cluster = unlocked(); o.failsafe_mode = true; o.failsafe = failsafe_key(&[]) }), Decision::AcquireLeader),
+        ("failsafe, unlocked, agent started within a ttl", Box::new(|o| { o.cluster = unlocked(); o.failsafe_mode = true; o.started_within_ttl = true }), not_healthiest("failsafe mode: started less than a ttl ago (a POST /failsafe accepted before a restart may still bind this member)")),
+        ("failsafe off, unlocked, agent started within a ttl", Box::new(|o| { o.cluster = unlocked(); o.started_within_ttl = true }), Decision::AcquireLeader),
+        ("failsafe, unlocked, primary, agent started within a ttl", Box::new(|o| { o.cluster = unlocked(); o.pg = primary(1); o.failsafe_mode = true; o.started_within_ttl = true }), Decision::AcquireLeader),
         ("failsafe off, unlocked, not listed", Box::new(|o| { o.cluster = unlocked(); o.failsafe = failsafe_key(&["pg1", "pg3"]) }), Decision::AcquireLeader),
         // The leader of a recent POST /failsafe stands in for the expired key: follow it.
         ("failsafe, unlocked, leader known from POST", Box::new(|o| { o.cluster = injected("pg1"); o.failsafe_mode = true; o.failsafe = failsafe_key(&["pg1", "pg2", "pg3"]) }), Decision::Follow { leader: "pg1".into() }),

@@ -221,6 +221,9 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     failsafe_posts: Option<watch::Receiver<Option<FailsafeLeader>>>,
     /// A `POST /failsafe` received before this is forgotten (reset when we promote).
     failsafe_reset_at: Option<Instant>,
+    /// When this agent started (failsafe mode keeps a replica out of the race for a ttl
+    /// after it: see `decide::failsafe`).
+    started_at: Instant,
     /// As a primary without the DCS: failsafe is active until then (the last successful
     /// round's start + ttl); cleared by a renewal, a promotion, a demotion.
     failsafe_until: Option<Instant>,
@@ -291,6 +294,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             on_reload: None,
             failsafe_posts: None,
             failsafe_reset_at: None,
+            started_at: Instant::now(),
             failsafe_until: None,
         }
     }
@@ -586,6 +590,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 .pre_promote_released_at
                 .is_some_and(|t| t.elapsed() < self.dynamic.ttl),
             failsafe_mode: self.dynamic.failsafe_mode,
+            started_within_ttl: self.started_at.elapsed() < self.dynamic.ttl,
             failsafe: cluster
                 .as_ref()
                 .or(self.last_cluster.as_deref())

@@ -11,6 +11,9 @@
 //! ([`inject_leader`]) and it follows instead of racing; if it does not reach the DCS it can
 //! not race at all. A member absent from a non-empty `/failsafe` never wins a race
 //! (`is_healthiest` rule 8), so a member the primary did not ask can not take over either.
+//! A member's promise lives in its agent's memory: an agent restarted within a ttl of
+//! accepting would have forgotten it, so with failsafe mode on a replica stays out of the race
+//! for a ttl after its agent started (pgpilot's addition; Patroni lets it race at once).
 //! Hence the primary's leadership is as good until `t + ttl` as after a renewal sent at `t`,
 //! and the agent extends the guard's deadline from `t` exactly as a renewal does (the guard
 //! fences at `t + ttl - margin` unless the next round or renewal succeeds). One member that

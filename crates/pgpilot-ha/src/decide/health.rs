@@ -84,6 +84,13 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
     if super::excluded_from_race(o) {
         return Err("failsafe mode: I am not listed in /failsafe".into());
     }
+    if o.failsafe_mode && o.started_within_ttl {
+        return Err(
+            "failsafe mode: started less than a ttl ago (a POST /failsafe accepted before a \
+             restart may still bind this member)"
+                .into(),
+        );
+    }
     if !sync::may_race(&o.sync, &o.me, cluster.sync.as_ref()) {
         return Err("I am not a synchronous standby (not listed in /sync)".into());
     }

@@ -148,6 +148,9 @@ pub struct Observation {
     pub failsafe_mode: bool,
     /// The `/failsafe` key of the last DCS view read (kept while the DCS is unreachable).
     pub failsafe: Option<Map<String, Value>>,
+    /// This agent started less than a ttl ago: with failsafe mode on it may have accepted a
+    /// `POST /failsafe` before a restart and forgotten it, so it stays out of the race.
+    pub started_within_ttl: bool,
 }
 
 impl Observation {

@@ -451,6 +451,7 @@ impl World {
             // Failsafe mode is not modelled (module docs).
             failsafe_mode: false,
             failsafe: None,
+            started_within_ttl: false,
         }
     }
 
