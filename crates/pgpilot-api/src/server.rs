@@ -757,8 +757,10 @@ mod tests {
     #[tokio::test]
     async fn get_failsafe_serves_the_last_key_and_502_without_failsafe_mode() {
         let key = serde_json::json!({"pg1": "http://127.0.0.1:8008/patroni", "pg2": "http://127.0.0.2:8008/patroni"});
-        let mut cluster = Cluster::default();
-        cluster.failsafe = key.as_object().cloned();
+        let cluster = Cluster {
+            failsafe: key.as_object().cloned(),
+            ..Default::default()
+        };
         let mut snap = NodeSnapshot::starting("pg1", "batman");
         snap.state = State::Running;
         snap.cluster = Some(Arc::new(cluster));
