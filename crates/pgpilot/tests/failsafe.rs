@@ -50,6 +50,15 @@ async fn failsafe_keeps_the_primary_while_every_member_answers_and_demotes_when_
             },
         )
         .await;
+    // What pgpilot leaves out of failsafe mode is said at start.
+    for i in 0..3 {
+        let log = cluster.agent_log(i);
+        assert!(
+            log.contains("failsafe_mode: not implemented by pgpilot yet: replication slots"),
+            "{}: no warning about what failsafe mode leaves out",
+            cluster.member(i).name
+        );
+    }
     let key = cluster.etcd_get("failsafe").expect("the /failsafe key");
     for i in 0..3 {
         assert!(
@@ -142,15 +151,9 @@ async fn failsafe_keeps_the_primary_while_every_member_answers_and_demotes_when_
             .await;
         assert!(write.is_err(), "{name} accepted a write after demoting");
     }
-    for i in 0..3 {
-        if let Ok(in_recovery) = cluster.in_recovery(i).await {
-            assert!(
-                in_recovery,
-                "{} is writable after the failsafe demotion",
-                cluster.member(i).name
-            );
-        }
-    }
+    cluster
+        .assert_none_writable("after the failsafe demotion")
+        .await;
 
     cluster.etcd.resume();
     cluster.start_agent(gone);
@@ -165,12 +168,8 @@ async fn failsafe_keeps_the_primary_while_every_member_answers_and_demotes_when_
     for &r in &streaming {
         cluster.wait_for_row(r, "failsafe_check", id).await;
     }
-    let mut primaries = Vec::new();
-    for i in 0..3 {
-        let st = cluster.patroni(i).await.unwrap();
-        if st["role"] == "primary" {
-            primaries.push(cluster.member(i).name.clone());
-        }
-    }
-    assert_eq!(primaries, [cluster.member(new).name.clone()]);
+    assert_eq!(
+        cluster.primaries().await,
+        [cluster.member(new).name.clone()]
+    );
 }

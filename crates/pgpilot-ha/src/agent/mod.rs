@@ -237,14 +237,19 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         peers: Arc<P>,
         snapshot: watch::Sender<Arc<NodeSnapshot>>,
     ) -> Agent<D, P, Pg> {
-        let dynamic = load_dynamic_cache(&cfg).unwrap_or_else(|| {
-            let (dynamic, warnings) =
-                DynamicConfig::from_document_fenced(&cfg.bootstrap.dcs, cfg.guard);
-            for w in warnings {
-                warn!("bootstrap.dcs: {w}");
+        // The warnings of what is in force at start (among them what failsafe mode leaves
+        // out), whichever document it comes from.
+        let (dynamic, warnings, source) = match load_dynamic_cache(&cfg) {
+            Some((dynamic, warnings)) => (dynamic, warnings, "patroni.dynamic.json"),
+            None => {
+                let (dynamic, warnings) =
+                    DynamicConfig::from_document_fenced(&cfg.bootstrap.dcs, cfg.guard);
+                (dynamic, warnings, "bootstrap.dcs")
             }
-            dynamic
-        });
+        };
+        for w in warnings {
+            warn!("{source}: {w}");
+        }
         let watchdog = Watchdog::new(
             Arc::new(SystemWatchdogs),
             &cfg.watchdog,

@@ -190,9 +190,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     }
 }
 
-pub(super) fn load_dynamic_cache(cfg: &Config) -> Option<DynamicConfig> {
+/// The dynamic configuration cached in the data directory, with its warnings (logged at start
+/// like those of `bootstrap.dcs`: a `/config` equal to it is not read again).
+pub(super) fn load_dynamic_cache(cfg: &Config) -> Option<(DynamicConfig, Vec<String>)> {
     let text =
         std::fs::read_to_string(cfg.postgresql.data_dir.join("patroni.dynamic.json")).ok()?;
     let doc: Map<String, Value> = serde_json::from_str(&text).ok()?;
-    Some(DynamicConfig::from_document_fenced(&doc, cfg.guard).0)
+    Some(DynamicConfig::from_document_fenced(&doc, cfg.guard))
 }
