@@ -952,3 +952,54 @@ fn failover_possible_in_synchronous_mode_needs_a_sync_standby() {
     o.peers[0].is_primary = true;
     assert!(!failover_possible(&o, &c));
 }
+
+/// Failsafe mode over every PostgreSQL view, maintenance flag and `/failsafe` key with the DCS
+/// unreachable: a round is decided only for an unpaused running primary listed in the key, and
+/// never asks itself; an unpaused primary otherwise demotes offline (never keeps running
+/// without a round).
+#[test]
+fn failsafe_round_only_for_a_listed_unpaused_primary() {
+    let pgs = [
+        primary(1),
+        replica(1000),
+        PgView::Stopped {
+            was_primary: true,
+            clean: true,
+        },
+        PgView::Unresponsive,
+    ];
+    let keys: [Option<&[&str]>; 5] = [
+        None,
+        Some(&[]),
+        Some(&["pg2"]),
+        Some(&["pg1", "pg3"]),
+        Some(&["pg1", "pg2", "pg3"]),
+    ];
+    for pg in &pgs {
+        for paused in [false, true] {
+            for key in keys {
+                for mode in [false, true] {
+                    let mut o = obs();
+                    o.cluster = None;
+                    o.pg = pg.clone();
+                    o.paused = paused;
+                    o.failsafe_mode = mode;
+                    o.failsafe = key.and_then(failsafe_key);
+                    let d = decide(&o);
+                    let ctx = format!("{pg:?} paused={paused} key={key:?} mode={mode}: {d:?}");
+                    let unpaused_primary = !paused && *pg == primary(1);
+                    let listed = key.is_some_and(|k| k.contains(&"pg2"));
+                    match &d {
+                        Decision::FailsafeRound { members } => {
+                            assert!(mode && unpaused_primary && listed, "{ctx}");
+                            assert!(members.iter().all(|(n, _)| n != "pg2"), "{ctx}");
+                            assert_eq!(members.len() + 1, key.map_or(0, <[_]>::len), "{ctx}");
+                        }
+                        Decision::DemoteOffline => assert!(unpaused_primary, "{ctx}"),
+                        _ => assert!(!unpaused_primary, "{ctx}"),
+                    }
+                }
+            }
+        }
+    }
+}
