@@ -267,6 +267,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 if res.is_err() {
                     if let Some(members) = members_to_ask(obs) {
                         error!("Error communicating with DCS");
+                        self.skip_touch = true;
                         return Ok(self.failsafe_round(members).await);
                     }
                 }

@@ -224,6 +224,10 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     /// When this agent started (failsafe mode keeps a replica out of the race for a ttl
     /// after it: see `decide::failsafe`).
     started_at: Instant,
+    /// This cycle's lock renewal failed for a DCS error and a failsafe round ran instead: the
+    /// member key is not touched (Patroni's `finally` skips it after a DCS error), which would
+    /// cost one more retry_timeout before the next round.
+    skip_touch: bool,
     /// As a primary without the DCS: failsafe is active until then (the last successful
     /// round's start + ttl); cleared by a renewal, a promotion, a demotion.
     failsafe_until: Option<Instant>,
@@ -300,6 +304,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             failsafe_posts: None,
             failsafe_reset_at: None,
             started_at: Instant::now(),
+            skip_touch: false,
             failsafe_until: None,
         }
     }
@@ -468,6 +473,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
 
     /// One HA cycle: observe, decide, act. Returns the sentence to log.
     async fn run_cycle(&mut self) -> Result<String, AgentError> {
+        self.skip_touch = false;
         // Observe the DCS.
         let cluster = match self.dcs.cluster().await {
             Ok(c) => {
@@ -613,7 +619,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
 
         // Publish: member key every cycle (the backend skips unchanged values).
-        if obs.cluster.is_some() {
+        if obs.cluster.is_some() && !self.skip_touch {
             self.touch_member(obs.cluster.as_ref()).await;
         }
         Ok(msg)

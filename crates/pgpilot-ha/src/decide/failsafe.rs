@@ -18,6 +18,13 @@
 //! and the agent extends the guard's deadline from `t` exactly as a renewal does (the guard
 //! fences at `t + ttl - margin` unless the next round or renewal succeeds). One member that
 //! does not answer (crashed, partitioned, its agent killed) and the primary demotes.
+//!
+//! Timing: a round takes at most 2 × 2 s (Patroni's timeout and retry) and rounds follow each
+//! other within `max(loop_wait, retry_timeout + round)` (a failed DCS read costs up to
+//! retry_timeout; after a failed renewal the member key is not touched), which the timing rule
+//! `loop_wait + 2 × retry_timeout ≤ ttl` keeps inside `ttl - margin` when the members answer
+//! promptly. A round that ends after the guard's deadline comes too late: the guard has
+//! fenced, which errs on the safe side (a restart, never a second primary).
 
 use pgpilot_dcs::{Cluster, Leader, Member, MemberData};
 use serde_json::{Map, Value};
