@@ -15,8 +15,8 @@ use tracing::{error, info, warn};
 use crate::continuity;
 use crate::decide::{
     after_acquire, after_guard_refused, after_pre_promote, after_watchdog_refused,
-    manual_failover_from_leader, valid_sysid, AfterAcquire, AfterPrePromote, ManualFailover,
-    Observation, PgView, PrePromoteOutcome, WatchdogRefused,
+    manual_failover_from_leader, members_to_ask, valid_sysid, AfterAcquire, AfterPrePromote,
+    ManualFailover, Observation, PgView, PrePromoteOutcome, WatchdogRefused,
 };
 use crate::hooks::{self, CallbackAction};
 use crate::sync;
@@ -183,6 +183,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             AfterPrePromote::Cancel { msg } => return Promotion::Cancelled(msg),
         }
         self.role = Role::Primary;
+        // Patroni resets failsafe on promotion: a POST /failsafe from before no longer counts.
+        self.reset_failsafe();
         let promote_started = Instant::now();
         match self.pg.promote(self.pg_ctl_timeout()).await {
             Ok(()) => {
@@ -256,10 +258,20 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 }
             }
             res => {
-                if let Err(e) = res {
+                if let Err(e) = &res {
                     error!("failed to update leader lock: {e}");
                 }
                 self.lease_released();
+                // Patroni: a DCS error here is handled as a DCS that can not be read (step
+                // 17); with failsafe mode on the members listed in `/failsafe` may vouch for
+                // us. A key found to be someone else's (`Ok(false)`) is not a DCS error.
+                if res.is_err() {
+                    if let Some(members) = members_to_ask(obs) {
+                        error!("Error communicating with DCS");
+                        self.skip_touch = true;
+                        return Ok(self.failsafe_round(members).await);
+                    }
+                }
                 if matches!(
                     obs.pg,
                     PgView::Running {
@@ -309,6 +321,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 warn!("could not write /status: {e}");
             }
             if let Some(c) = obs.cluster.as_ref() {
+                self.write_failsafe(c).await;
                 self.publish_history(c, timeline).await;
                 if c.initialize.as_deref().is_none_or(|i| !valid_sysid(i)) {
                     // Written again next cycle while it is missing.

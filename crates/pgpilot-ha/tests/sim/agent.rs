@@ -461,6 +461,10 @@ impl World {
             primary_start_timeout: a.dynamic.primary_start_timeout,
             // No hooks are simulated: `pre_promote` never fails.
             pre_promote_backoff: false,
+            // Failsafe mode is not modelled (module docs).
+            failsafe_mode: false,
+            failsafe: None,
+            started_within_ttl: false,
         }
     }
 
@@ -628,6 +632,8 @@ impl World {
                 self.demote(i, true);
                 "demoted self because DCS is not accessible and I was a leader".into()
             }
+            // The simulation runs with failsafe mode off (not modelled: module docs).
+            Decision::FailsafeRound { .. } => panic!("failsafe round without failsafe mode"),
             Decision::UpdateLockDuring { action } => {
                 match call!(self, i, |d| d.update_leader(None)) {
                     Ok(true) => {
