@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{make_certs, Cluster, Options, FAILOVER_TIMEOUT};
+use harness::{make_certs, Cluster, Options, FAILOVER_TIMEOUT, SHORT_TIMEOUT};
 
 const PGPILOTCTL: &str = env!("CARGO_BIN_EXE_pgpilotctl");
 
@@ -101,6 +101,21 @@ async fn renewed_etcd_certificates_are_read_on_reload() {
     cluster.wait_for_replicas_streaming(1).await;
     let pids: Vec<Option<i32>> = (0..2).map(|i| cluster.agent_pid(i)).collect();
 
+    // A reload with the same files keeps the etcd connections.
+    let (code, text) = cluster
+        .api_call(0, "POST", "/reload", Some(serde_json::json!({})), true)
+        .await
+        .unwrap();
+    assert!(code == 200 || code == 202, "POST /reload: {code} {text}");
+    cluster
+        .wait(SHORT_TIMEOUT, "the reload to be applied", async || {
+            let log = cluster.agent_log(0);
+            anyhow::ensure!(log.contains("etcd TLS files unchanged"), "not yet");
+            Ok(())
+        })
+        .await;
+    assert!(!cluster.agent_log(0).contains("etcd TLS files read again"));
+
     // A new CA, new server and client certificates, at the same paths.
     let ca = cluster.etcd.tls().unwrap().ca.clone();
     make_certs(ca.parent().unwrap());
@@ -131,6 +146,7 @@ async fn renewed_etcd_certificates_are_read_on_reload() {
     assert!(!replicas.contains(&leader));
     let after: Vec<Option<i32>> = (0..2).map(|i| cluster.agent_pid(i)).collect();
     assert_eq!(pids, after, "no agent was restarted");
+    assert!(cluster.agent_log(0).contains("etcd TLS files read again"));
 }
 
 /// A switchover to the replica, then a crash of the new leader (agent and postmaster killed):

@@ -130,6 +130,9 @@ pub struct EtcdDcs {
     https: bool,
     /// The options we connected with; `reload_tls` replaces their TLS files.
     settings: Mutex<EtcdOptions>,
+    /// What the TLS files in use held when they were read ([`tls_fingerprint`]): a reload that
+    /// finds the same keeps the connections.
+    tls_read: Mutex<Vec<u8>>,
     name: String,
     ttl: Mutex<Duration>,
     retry_timeout: Mutex<Duration>,
@@ -261,14 +264,39 @@ fn client_options(
     Ok((copts, anonymous))
 }
 
+/// The paths and contents of the TLS files of `tls` (a file that can not be read counts by its
+/// error), to tell a reload with the same files from one with renewed ones.
+fn tls_fingerprint(tls: &EtcdTls) -> Vec<u8> {
+    let mut out = Vec::new();
+    for path in [&tls.cacert, &tls.cert, &tls.key] {
+        out.push(0);
+        if let Some(path) = path {
+            out.extend_from_slice(path.as_os_str().as_encoded_bytes());
+            out.push(0);
+            match std::fs::read(path) {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(e) => out.extend_from_slice(e.to_string().as_bytes()),
+            }
+        }
+    }
+    out
+}
+
 impl EtcdDcs {
     /// Reads the TLS files of `tls` (the etcd section of a reloaded configuration: the same
     /// paths, or new ones) and builds every new etcd connection with them from now on; the
     /// clients built before are forgotten, so the next request to each member connects with
     /// the new certificates (streams already open go on on their connection). A file that can
-    /// not be read leaves everything as it was and says why. Nothing to do with http endpoints.
+    /// not be read leaves everything as it was and says why. Nothing to do with http endpoints,
+    /// nor when the files (paths and contents) are the ones in use: pglift, for one, sends a
+    /// reload with every PostgreSQL setting it changes.
     pub fn reload_tls(&self, tls: EtcdTls) -> Result<()> {
         if !self.https {
+            return Ok(());
+        }
+        let read = tls_fingerprint(&tls);
+        if *self.tls_read.lock().unwrap_or_else(|e| e.into_inner()) == read {
+            info!("etcd TLS files unchanged: the etcd connections stay as they are");
             return Ok(());
         }
         let mut settings = self
@@ -280,6 +308,7 @@ impl EtcdDcs {
         let (copts, anonymous) = client_options(&settings, true, self.retry_timeout())?;
         self.endpoints.replace_options(copts, anonymous);
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+        *self.tls_read.lock().unwrap_or_else(|e| e.into_inner()) = read;
         info!("etcd TLS files read again: new connections use them");
         Ok(())
     }
@@ -389,6 +418,7 @@ impl EtcdDcs {
             prefix,
             https: https > 0,
             settings: Mutex::new(opts.clone()),
+            tls_read: Mutex::new(tls_fingerprint(&opts.tls)),
             name: opts.name,
             ttl: Mutex::new(opts.ttl),
             retry_timeout: Mutex::new(opts.retry_timeout),
