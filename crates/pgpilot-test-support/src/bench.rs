@@ -8,7 +8,10 @@
 //!    per second (gRPC messages received, from etcd's own `/metrics`), also by gRPC method;
 //! 3. switchover: write gap around `pgpilotctl switchover --force`;
 //! 4. graceful handover: write gap around SIGTERM to the leader's agent;
-//! 5. crash failover: write gap around SIGKILL of the leader's agent and postmaster.
+//! 5. crash failover: write gap around SIGKILL of the leader's agent and postmaster (pgpilot's
+//!    guard, alive, gives the leader key back at once);
+//! 6. node crash: write gap around SIGKILL of every process of the leader's member (agent,
+//!    pgpilot's guard, postmaster), as when its machine dies: the key has to expire.
 //!
 //! The write gap is the time from the first failed write to the next acknowledged one.
 //!
@@ -46,6 +49,7 @@ pub struct Sample {
     pub switchover: Option<Duration>,
     pub handover: Option<Duration>,
     pub crash: Option<Duration>,
+    pub node_crash: Option<Duration>,
     /// Mean memory of the agents at the end of the idle window, in KiB: VmRSS, plus the private
     /// memory of pgpilot's guard process (see `AgentProcesses::memory_kib`).
     pub rss_kib: f64,
@@ -454,7 +458,12 @@ where
     let log = writer.finish().await;
     let gap = log.longest_gap();
     if gap.is_none() {
-        eprintln!("bench: {what}: no failed write was seen");
+        eprintln!(
+            "bench: {what}: no write gap (an acknowledged write, a failure, an acknowledged write) was seen: {} acknowledged, {} failed: {}",
+            log.acked.len(),
+            log.failures.len(),
+            log.error_summary()
+        );
     }
     gap
 }
@@ -495,7 +504,8 @@ pub async fn measure(
         .batch_execute(
             "CREATE TABLE bench_sw (id bigint PRIMARY KEY, at timestamptz);
              CREATE TABLE bench_ho (id bigint PRIMARY KEY, at timestamptz);
-             CREATE TABLE bench_cr (id bigint PRIMARY KEY, at timestamptz);",
+             CREATE TABLE bench_cr (id bigint PRIMARY KEY, at timestamptz);
+             CREATE TABLE bench_nc (id bigint PRIMARY KEY, at timestamptz);",
         )
         .await?;
 
@@ -560,6 +570,23 @@ pub async fn measure(
         new_leader(&cluster, leader).await;
     })
     .await;
+    cluster.start_agent(leader);
+    cluster.wait_for_replicas_streaming(replicas).await;
+    let leader = cluster
+        .leader_index()
+        .context("no leader after the crash failover")?;
+
+    // Node crash: every process of the member, the guard included (Patroni has none).
+    sample.node_crash = gap_around(&cluster, "node crash", "bench_nc", || async {
+        let guards = super::guard_pids(&cluster.member(leader).data_dir);
+        cluster.kill_agent(leader);
+        for pid in guards {
+            super::signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        cluster.kill_postmaster(leader);
+        new_leader(&cluster, leader).await;
+    })
+    .await;
     Ok(sample)
 }
 
@@ -584,8 +611,13 @@ pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
 pub fn rows() -> Vec<(&'static str, &'static str, fn(&Sample) -> Option<f64>)> {
     vec![
         ("bootstrap", "s", |s| Some(s.bootstrap.as_secs_f64())),
-        ("crash failover (write gap)", "s", |s| {
-            s.crash.map(|d| d.as_secs_f64())
+        (
+            "crash failover: agent and postmaster killed (write gap)",
+            "s",
+            |s| s.crash.map(|d| d.as_secs_f64()),
+        ),
+        ("crash failover: whole node killed (write gap)", "s", |s| {
+            s.node_crash.map(|d| d.as_secs_f64())
         }),
         ("graceful handover (write gap)", "s", |s| {
             s.handover.map(|d| d.as_secs_f64())

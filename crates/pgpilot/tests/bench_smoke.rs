@@ -33,6 +33,10 @@ async fn benchmark_smoke_run_measures_everything() {
     );
     assert!(s.handover.is_some(), "the handover was seen by the writer");
     assert!(s.crash.is_some(), "the crash was seen by the writer");
+    assert!(
+        s.node_crash.is_some(),
+        "the node crash was seen by the writer"
+    );
     assert!(s.rss_kib > 0.0 && s.etcd_rps > 0.0, "{s:?}");
     assert!(
         s.etcd_rps_by_method.contains_key("LeaseKeepAlive"),
