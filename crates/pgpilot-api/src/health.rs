@@ -29,14 +29,7 @@ pub fn parse_lag(s: &str) -> Option<u64> {
 }
 
 fn is_standby_cluster(c: Option<&Cluster>) -> bool {
-    c.and_then(|c| c.config.as_ref())
-        .and_then(|cfg| cfg.data.get("standby_cluster"))
-        .and_then(Value::as_object)
-        .is_some_and(|sc| {
-            ["host", "port", "restore_command"]
-                .iter()
-                .any(|k| sc.get(*k).is_some_and(|v| !v.is_null()))
-        })
+    c.is_some_and(Cluster::is_standby_cluster)
 }
 
 struct Codes {
@@ -72,7 +65,7 @@ fn codes(s: &NodeSnapshot, req: &Request, now: Instant) -> Codes {
         .configured_tags
         .get("noloadbalance")
         .is_some_and(pgpilot_dcs::truthy);
-    let replica =
+    let mut replica =
         if !noloadbalance && !lagging && role == "replica" && s.state == State::Running && rs_ok {
             200
         } else {
@@ -92,6 +85,8 @@ fn codes(s: &NodeSnapshot, req: &Request, now: Instant) -> Codes {
     } else if s.is_leader(now) {
         leader = 200;
         if is_standby_cluster(cluster) {
+            // Patroni: the standby leader answers neither `/primary` nor `/replica`.
+            replica = 503;
             if role == "replica" || role == "standby_leader" {
                 standby_leader = 200;
             }

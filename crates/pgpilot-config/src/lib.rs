@@ -24,7 +24,7 @@ mod validate;
 pub mod yaml;
 
 pub use dynamic::{
-    DynamicConfig, PermanentSlot, SlotMatcher, FENCED_MIN_RETRY_TIMEOUT, FENCED_MIN_TTL,
+    DynamicConfig, PermanentSlot, SlotMatcher, StandbyCluster, FENCED_MIN_RETRY_TIMEOUT, FENCED_MIN_TTL,
     MIN_RETRY_TIMEOUT, MIN_TTL,
 };
 pub use load::{
