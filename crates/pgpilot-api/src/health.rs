@@ -353,6 +353,52 @@ mod tests {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
+    /// A standby cluster (`/config.standby_cluster` with a host): the standby leader answers
+    /// `/standby-leader` and `/leader`, not `/primary` nor `/replica`; its replicas answer as
+    /// replicas; `standby_cluster: {}` is no standby cluster.
+    #[test]
+    fn standby_cluster_health_codes() {
+        let now = Instant::now();
+        let with_config = |mut s: NodeSnapshot, doc: serde_json::Value| {
+            let mut c = s.cluster.as_deref().cloned().unwrap_or_default();
+            c.config = Some(pgpilot_dcs::ClusterConfig {
+                data: doc.as_object().cloned().unwrap_or_default(),
+                version: 1,
+            });
+            s.cluster = Some(Arc::new(c));
+            s
+        };
+        let standby = json!({"standby_cluster": {"host": "10.0.0.1", "port": 5432}});
+        let mut leader = with_config(snapshot(false, true, now), standby.clone());
+        leader.role = Role::StandbyLeader;
+        let replica = with_config(snapshot(false, false, now), standby);
+        let not_standby = with_config(
+            snapshot(false, true, now),
+            json!({"standby_cluster": {"primary_slot_name": "x"}}),
+        );
+        let rows: &[(&str, &NodeSnapshot, &str, u16)] = &[
+            ("standby leader", &leader, "/standby-leader", 200),
+            ("standby leader", &leader, "/standby_leader", 200),
+            ("standby leader", &leader, "/leader", 200),
+            ("standby leader", &leader, "/primary", 503),
+            ("standby leader", &leader, "/", 503),
+            ("standby leader", &leader, "/replica", 503),
+            ("standby leader", &leader, "/read-only", 200),
+            ("standby replica", &replica, "/standby-leader", 503),
+            ("standby replica", &replica, "/replica", 200),
+            ("standby replica", &replica, "/primary", 503),
+            ("no host/port/restore_command", &not_standby, "/standby-leader", 503),
+        ];
+        let mut failures = Vec::new();
+        for (who, snap, target, want) in rows {
+            let got = health_code(snap, &req(target), now);
+            if got != *want {
+                failures.push(format!("{who} GET {target}: want {want}, got {got}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
     #[test]
     fn lag_units() {
         assert_eq!(parse_lag("1024"), Some(1024));

@@ -486,7 +486,10 @@ impl DynamicConfig {
             member_slots_ttl: Duration::from_secs(
                 seconds(doc, "member_slots_ttl", &mut w).unwrap_or(1800),
             ),
-            standby_cluster: StandbyCluster::from_document(doc, &mut w),
+            standby_cluster: {
+                w.extend(StandbyCluster::unsupported(doc));
+                StandbyCluster::from_document(doc, &mut w)
+            },
             raw: doc.clone(),
         };
         (cfg, w)
@@ -500,6 +503,45 @@ mod tests {
 
     fn cfg(v: Value) -> DynamicConfig {
         DynamicConfig::from_document(v.as_object().expect("test document is an object")).0
+    }
+
+    /// `standby_cluster` counts only with host, port or restore_command set (Python-truthy), and
+    /// each key is read once here.
+    #[test]
+    fn standby_cluster_forms() {
+        assert_eq!(cfg(json!({})).standby_cluster, None);
+        assert_eq!(cfg(json!({"standby_cluster": null})).standby_cluster, None);
+        assert_eq!(cfg(json!({"standby_cluster": {}})).standby_cluster, None);
+        assert_eq!(
+            cfg(json!({"standby_cluster": {"host": "", "primary_slot_name": "s"}})).standby_cluster,
+            None
+        );
+        let c = cfg(json!({"standby_cluster": {
+            "host": "10.0.0.1", "port": "5433", "primary_slot_name": "standby",
+            "restore_command": "cp /a/%f %p", "archive_cleanup_command": "",
+            "recovery_min_apply_delay": "5min", "create_replica_methods": ["wal_e", "basebackup"]
+        }}))
+        .standby_cluster
+        .expect("a standby cluster");
+        assert_eq!(c.remote(), Some(("10.0.0.1".to_string(), 5433)));
+        assert_eq!(c.primary_slot_name.as_deref(), Some("standby"));
+        assert_eq!(c.restore_command.as_deref(), Some("cp /a/%f %p"));
+        assert_eq!(c.archive_cleanup_command, None);
+        assert_eq!(c.recovery_min_apply_delay.as_deref(), Some("5min"));
+        assert_eq!(c.create_replica_methods, vec!["wal_e", "basebackup"]);
+        let archive_only = cfg(json!({"standby_cluster": {"restore_command": "cp"}}))
+            .standby_cluster
+            .expect("restore_command alone makes a standby cluster");
+        assert_eq!(archive_only.remote(), None);
+        let host_only = cfg(json!({"standby_cluster": {"host": "h"}}))
+            .standby_cluster
+            .expect("host alone makes a standby cluster");
+        assert_eq!(host_only.remote(), Some(("h".to_string(), 5432)));
+        let doc = json!({"standby_cluster": {"host": "a,b", "port": 5432, "bogus": 1}});
+        let warnings = StandbyCluster::unsupported(doc.as_object().expect("object"));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("standby_cluster.bogus"), "{warnings:?}");
+        assert!(warnings[1].contains("several hosts"), "{warnings:?}");
     }
 
     #[test]

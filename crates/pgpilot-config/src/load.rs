@@ -997,6 +997,25 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         );
     }
 
+    let create_replica_methods = methods::replica_methods(&mut r, &mut warnings);
+    // `bootstrap.dcs.standby_cluster.create_replica_methods` names methods whose sections the
+    // agent knows only from the local `postgresql.create_replica_methods`.
+    if let Some(Value::Array(names)) = bootstrap
+        .dcs
+        .get("standby_cluster")
+        .and_then(|s| s.get("create_replica_methods"))
+    {
+        for name in names.iter().filter_map(Value::as_str) {
+            if name != "basebackup" && !create_replica_methods.iter().any(|m| m.name() == name) {
+                warnings.push(format!(
+                    "bootstrap.dcs.standby_cluster.create_replica_methods: {name} is not one of \
+                     postgresql.create_replica_methods; pgpilot reads a method's section only \
+                     from there, so the standby leader can not be created with it"
+                ));
+            }
+        }
+    }
+
     let (listen_addresses, port) = r.host_port("postgresql.listen").unwrap_or_default();
     let connect_address = r
         .string("postgresql.connect_address", true)
@@ -1110,7 +1129,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         parameters,
         pg_hba: r.lines("postgresql.pg_hba"),
         basebackup: r.options("postgresql.basebackup", BASEBACKUP_FORBIDDEN),
-        create_replica_methods: methods::replica_methods(&mut r, &mut warnings),
+        create_replica_methods,
         pg_ctl_timeout: Duration::from_secs_f64(pg_ctl_timeout.max(1.0)),
         recovery_conf,
         use_pg_rewind: r.boolean("postgresql.use_pg_rewind"),
