@@ -132,6 +132,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         if standby.is_some() {
             // `postgresql.recovery_conf` (restore_command and the like) while a replica.
             parameters.extend(self.cfg.postgresql.recovery_conf.clone());
+            // In a standby cluster every member may fetch WAL with the cluster's
+            // `restore_command` (over `recovery_conf`), as Patroni writes it.
+            if let Some(sc) = &self.dynamic.standby_cluster {
+                for (k, v) in [
+                    ("restore_command", &sc.restore_command),
+                    ("archive_cleanup_command", &sc.archive_cleanup_command),
+                ] {
+                    if let Some(v) = v {
+                        parameters.insert(k.into(), v.clone());
+                    }
+                }
+            }
         }
         let params = self.sync_params();
         if params.active() {
@@ -228,6 +240,28 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 self.demote(StopMode::Immediate).await;
                 Ok(msg)
             }
+            Decision::RaceStandbyBootstrap => match self.dcs.initialize(true, "").await {
+                Ok(true) => {
+                    self.start_standby_bootstrap();
+                    Ok("trying to bootstrap a new standby leader".into())
+                }
+                Ok(false) => Ok("failed to acquire initialize lock".into()),
+                Err(e) => Ok(format!("failed to acquire initialize lock: {e}")),
+            },
+            Decision::StartFollowingRemote {
+                standby_leader,
+                msg,
+            } => {
+                if self.start_not_before.is_some_and(|t| Instant::now() < t) {
+                    return Ok(
+                        "waiting before starting PostgreSQL again after a failed start".into(),
+                    );
+                }
+                self.start_following_remote(standby_leader);
+                Ok(msg)
+            }
+            Decision::RenewStandbyLeader => self.renew_standby_leader(obs).await,
+            Decision::DemoteCluster => self.demote_cluster(obs).await,
             Decision::RaceBootstrap => match self.dcs.initialize(true, "").await {
                 Ok(true) => {
                     self.start_bootstrap();
@@ -612,8 +646,13 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 Err(e) => warn!("reload failed: {e}"),
             }
         }
+        let whom = if obs.standby_cluster {
+            "a standby leader"
+        } else {
+            "a leader"
+        };
         Ok(format!(
-            "no action. I am ({me}), a secondary, and following a leader ({leader})"
+            "no action. I am ({me}), a secondary, and following {whom} ({leader})"
         ))
     }
 

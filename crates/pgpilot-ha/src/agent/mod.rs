@@ -79,6 +79,7 @@ mod leader;
 mod observe;
 mod publish;
 mod shutdown;
+mod standby;
 mod sync_duty;
 mod tasks;
 
@@ -535,7 +536,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 .iter()
                 .any(ReplicaMethod::works_without_leader),
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
-            check_timeline: self.dynamic.check_timeline,
+            // Patroni checks timelines only outside standby clusters.
+            check_timeline: self.dynamic.check_timeline && self.dynamic.standby_cluster.is_none(),
             use_pg_rewind: self
                 .cfg
                 .postgresql
@@ -556,6 +558,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             pre_promote_backoff: self
                 .pre_promote_released_at
                 .is_some_and(|t| t.elapsed() < self.dynamic.ttl),
+            standby_cluster: self.dynamic.standby_cluster.is_some(),
         };
         if obs.action == Some(ActionKind::BootstrapRecovery) {
             self.state = State::StartingAfterCustomBootstrap;
