@@ -40,13 +40,10 @@ struct Codes {
 }
 
 fn codes(s: &NodeSnapshot, req: &Request, now: Instant) -> Codes {
-    let role = s.pg.as_ref().map_or(s.role.as_str(), |pg| {
-        if pg.in_recovery {
-            "replica"
-        } else {
-            "primary"
-        }
-    });
+    let role = s
+        .pg
+        .as_ref()
+        .map_or(s.role.as_str(), |pg| crate::status::reported_role(s, pg));
     let cluster = s.fresh_cluster(now);
     let leader_optime = cluster
         .map_or(0, |c| c.status.optime)

@@ -1,0 +1,230 @@
+//! Standby cluster (`standby_cluster` in the dynamic configuration): a second cluster that
+//! replicates a remote primary. Its leader is a standby leader that never promotes, its other
+//! members replicate from the standby leader, a new standby leader takes over when it dies, and
+//! `promote-cluster` turns it into an ordinary writable primary.
+
+mod harness;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use harness::{Cluster, Options, BOOTSTRAP_TIMEOUT, FAILOVER_TIMEOUT, SHORT_TIMEOUT};
+use serde_json::{json, Value};
+
+const PGPILOTCTL: &str = env!("CARGO_BIN_EXE_pgpilotctl");
+
+/// The member of `standby` holding the leader key whose `/patroni` says a running
+/// `standby_leader` in recovery on `timeline`, other than the members in `not`.
+async fn wait_for_standby_leader(
+    standby: &Cluster,
+    not: &[usize],
+    timeline: u64,
+    timeout: Duration,
+) -> usize {
+    standby
+        .wait(timeout, "a running standby leader", async || {
+            let i = standby.leader_index().context("no leader key")?;
+            ensure!(!not.contains(&i), "leader key still on {i}");
+            let st = standby.patroni(i).await?;
+            ensure!(
+                st["role"] == "standby_leader" && st["state"] == "running",
+                "{}: {st}",
+                standby.member(i).name
+            );
+            ensure!(st["timeline"] == timeline, "timeline: {st}");
+            ensure!(standby.in_recovery(i).await?, "not in recovery");
+            Ok(i)
+        })
+        .await
+}
+
+/// Runs `pgpilotctl -c <config> args...` and returns its exit code and output.
+async fn pgpilotctl(config: &Path, args: &[&str]) -> (i32, String) {
+    let home = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(PGPILOTCTL)
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .env_clear()
+            .env("HOME", home.path())
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("pgpilotctl finished in 120 s")
+    .expect("run pgpilotctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("$ pgpilotctl {}\n{text}", args.join(" "));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A source cluster (one member) and a standby cluster of two members on the same etcd with
+/// `bootstrap.dcs.standby_cluster` pointing at the source: the standby cluster is a copy of
+/// the source (same system identifier, no initdb) whose leader is a `standby_leader` in recovery
+/// answering `/standby-leader` but not `/primary`; data written on the source reaches both
+/// members; when the standby leader's agent and postmaster are killed, the other member becomes
+/// standby leader without promotion (same timeline) and keeps receiving the source's data; then
+/// `pgpilotctl promote-cluster` makes it a writable primary on a new timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cluster_replicates_the_source_fails_over_and_is_promoted() {
+    harness::init();
+    let source = Cluster::start(
+        1,
+        Options {
+            scope: "source".into(),
+            ..Options::default()
+        },
+    );
+    assert_eq!(source.wait_for_leader().await, 0);
+    source
+        .pg_connect(0)
+        .await
+        .batch_execute(
+            "CREATE TABLE standby_check (id int PRIMARY KEY, note text);
+             INSERT INTO standby_check VALUES (1, 'before the standby cluster');",
+        )
+        .await
+        .unwrap();
+    let source_sysid = source.system_identifier(0).await;
+    let source_port = source.member(0).pg_port;
+
+    let standby = Cluster::start(
+        2,
+        Options {
+            scope: "standby".into(),
+            shared_etcd: Some(source.etcd.clone()),
+            customize: Some(Arc::new(move |_, doc: &mut Value| {
+                doc["bootstrap"]["dcs"]["standby_cluster"] = json!({
+                    "host": "127.0.0.1",
+                    "port": source_port,
+                    "restore_command": "false",
+                    "recovery_min_apply_delay": 0,
+                });
+            })),
+            ..Options::default()
+        },
+    );
+    let first = wait_for_standby_leader(&standby, &[], 1, BOOTSTRAP_TIMEOUT).await;
+    let other = 1 - first;
+    let log = standby.agent_log(first);
+    assert!(
+        log.contains("trying to bootstrap a new standby leader"),
+        "{log}"
+    );
+    assert!(!log.contains("initdb"), "a standby leader runs no initdb");
+    // A copy of the source, not a new cluster.
+    assert_eq!(standby.system_identifier(first).await, source_sysid);
+    assert_eq!(standby.etcd_get("initialize"), Some(source_sysid.clone()));
+    standby.wait_for_row(first, "standby_check", 1).await;
+
+    // The other member replicates from the standby leader as an ordinary replica.
+    standby
+        .wait(SHORT_TIMEOUT, "the other member to stream", async || {
+            let st = standby.patroni(other).await?;
+            ensure!(
+                st["role"] == "replica" && st["state"] == "running",
+                "{st}"
+            );
+            ensure!(st["replication_state"] == "streaming", "{st}");
+            Ok(())
+        })
+        .await;
+    standby.wait_for_walsenders(first, &[other]).await;
+    standby.wait_for_row(other, "standby_check", 1).await;
+
+    // Health endpoints: the standby leader is the leader, not a primary.
+    for (path, want) in [
+        ("/standby-leader", 200),
+        ("/leader", 200),
+        ("/primary", 503),
+        ("/replica", 503),
+    ] {
+        let (code, body) = standby.api_get(first, path).await.unwrap();
+        assert_eq!(code, want, "GET {path} on the standby leader: {body}");
+    }
+    let (code, _) = standby.api_get(other, "/replica").await.unwrap();
+    assert_eq!(code, 200, "GET /replica on the standby replica");
+    let (code, _) = standby.api_get(other, "/standby-leader").await.unwrap();
+    assert_eq!(code, 503, "GET /standby-leader on the standby replica");
+    let (code, body) = standby.api_get(first, "/cluster").await.unwrap();
+    assert_eq!(code, 200);
+    let roles: Vec<(String, String)> = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or("").to_string(),
+                m["role"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        roles.contains(&(standby.member(first).name.clone(), "standby_leader".into())),
+        "{body}"
+    );
+    assert!(
+        roles.contains(&(standby.member(other).name.clone(), "replica".into())),
+        "{body}"
+    );
+
+    // New data on the source reaches both members.
+    source
+        .pg_connect(0)
+        .await
+        .execute("INSERT INTO standby_check VALUES (2, 'after bootstrap')", &[])
+        .await
+        .unwrap();
+    standby.wait_for_row(first, "standby_check", 2).await;
+    standby.wait_for_row(other, "standby_check", 2).await;
+
+    // The standby leader dies: the other member takes the key as standby leader, without
+    // promotion (same timeline), following the source.
+    standby.kill_agent(first);
+    assert!(standby.kill_postmaster(first).is_some());
+    let second = wait_for_standby_leader(&standby, &[first], 1, FAILOVER_TIMEOUT).await;
+    assert_eq!(second, other);
+    assert!(
+        standby
+            .agent_log(second)
+            .contains("promoted self to a standby leader by acquiring session lock"),
+        "{}",
+        standby.agent_log(second)
+    );
+    source
+        .pg_connect(0)
+        .await
+        .execute("INSERT INTO standby_check VALUES (3, 'after the failover')", &[])
+        .await
+        .unwrap();
+    standby.wait_for_row(second, "standby_check", 3).await;
+    let (code, body) = standby.api_get(second, "/standby-leader").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+
+    // promote-cluster: the standby leader becomes a writable primary on a new timeline.
+    let (code, out) = pgpilotctl(
+        &standby.member(second).config_path,
+        &["promote-cluster", "--force"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let tl = standby.primary_timeline(second).await;
+    assert_eq!(tl, 2, "promotion starts a new timeline");
+    standby
+        .wait_writable(second, "standby_check", 4, "after promote-cluster")
+        .await;
+    let (code, _) = standby.api_get(second, "/primary").await.unwrap();
+    assert_eq!(code, 200);
+    let (code, _) = standby.api_get(second, "/standby-leader").await.unwrap();
+    assert_eq!(code, 503);
+}
