@@ -228,3 +228,86 @@ async fn a_standby_cluster_replicates_the_source_fails_over_and_is_promoted() {
     let (code, _) = standby.api_get(second, "/standby-leader").await.unwrap();
     assert_eq!(code, 503);
 }
+
+/// The data-centre switch Patroni's docs describe: `demote-cluster` turns the source cluster's
+/// primary into a standby leader following the standby cluster (which cascades the source's
+/// WAL, shutdown checkpoint included), under the same leader key; `promote-cluster` then makes
+/// the former standby cluster the primary one, and the demoted source follows it onto the new
+/// timeline without pg_rewind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demote_cluster_then_promote_cluster_switches_the_roles_of_two_clusters() {
+    harness::init();
+    let source = Cluster::start(
+        1,
+        Options {
+            scope: "dc1".into(),
+            ..Options::default()
+        },
+    );
+    assert_eq!(source.wait_for_leader().await, 0);
+    source
+        .pg_connect(0)
+        .await
+        .batch_execute(
+            "CREATE TABLE dc_check (id int PRIMARY KEY, note text);
+             INSERT INTO dc_check VALUES (1, 'written in dc1');",
+        )
+        .await
+        .unwrap();
+    let source_port = source.member(0).pg_port;
+    let standby = Cluster::start(
+        1,
+        Options {
+            scope: "dc2".into(),
+            shared_etcd: Some(source.etcd.clone()),
+            customize: Some(Arc::new(move |_, doc: &mut Value| {
+                doc["bootstrap"]["dcs"]["standby_cluster"] =
+                    json!({"host": "127.0.0.1", "port": source_port});
+            })),
+            ..Options::default()
+        },
+    );
+    assert_eq!(
+        wait_for_standby_leader(&standby, &[], 1, BOOTSTRAP_TIMEOUT).await,
+        0
+    );
+    standby.wait_for_row(0, "dc_check", 1).await;
+
+    // demote-cluster on dc1: its primary becomes a standby leader following dc2, keeping the key.
+    let standby_port = standby.member(0).pg_port.to_string();
+    let (code, out) = pgpilotctl(
+        &source.member(0).config_path,
+        &[
+            "demote-cluster",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &standby_port,
+            "--force",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        wait_for_standby_leader(&source, &[], 1, FAILOVER_TIMEOUT).await,
+        0
+    );
+    assert!(source.agent_log(0).contains("demoting to a standby cluster"));
+    let (code, _) = source.api_get(0, "/primary").await.unwrap();
+    assert_eq!(code, 503, "the demoted primary takes no writes");
+
+    // promote-cluster on dc2: the primary is now there, on a new timeline, and dc1 follows it.
+    let (code, out) = pgpilotctl(
+        &standby.member(0).config_path,
+        &["promote-cluster", "--force"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(standby.primary_timeline(0).await, 2);
+    standby
+        .wait_writable(0, "dc_check", 2, "written in dc2")
+        .await;
+    source.wait_for_row(0, "dc_check", 2).await;
+    let st = source.patroni(0).await.unwrap();
+    assert_eq!(st["role"], "standby_leader", "{st}");
+}
