@@ -40,10 +40,9 @@ struct Codes {
 }
 
 fn codes(s: &NodeSnapshot, req: &Request, now: Instant) -> Codes {
-    let role = s
-        .pg
-        .as_ref()
-        .map_or(s.role.as_str(), |pg| crate::status::reported_role(s, pg));
+    let role =
+        s.pg.as_ref()
+            .map_or(s.role.as_str(), |pg| crate::status::reported_role(s, pg));
     let cluster = s.fresh_cluster(now);
     let leader_optime = cluster
         .map_or(0, |c| c.status.optime)
@@ -384,7 +383,12 @@ mod tests {
             ("standby replica", &replica, "/standby-leader", 503),
             ("standby replica", &replica, "/replica", 200),
             ("standby replica", &replica, "/primary", 503),
-            ("no host/port/restore_command", &not_standby, "/standby-leader", 503),
+            (
+                "no host/port/restore_command",
+                &not_standby,
+                "/standby-leader",
+                503,
+            ),
         ];
         let mut failures = Vec::new();
         for (who, snap, target, want) in rows {

@@ -42,7 +42,10 @@ pub(crate) fn sync_flags(s: &NodeSnapshot, cluster: Option<&Cluster>) -> (bool, 
 /// `primary` or `replica` from `pg_is_in_recovery()`, except that in a standby cluster a member
 /// in recovery reports the agent's role, so the standby leader says `standby_leader`.
 pub fn reported_role(s: &NodeSnapshot, pg: &PgInfo) -> &'static str {
-    let standby_cluster = s.cluster.as_deref().is_some_and(Cluster::is_standby_cluster);
+    let standby_cluster = s
+        .cluster
+        .as_deref()
+        .is_some_and(Cluster::is_standby_cluster);
     match (pg.in_recovery, standby_cluster) {
         (false, _) => "primary",
         (true, true) => s.role.as_str(),

@@ -150,7 +150,9 @@ impl StandbyCluster {
         let mut out = Vec::new();
         for k in m.keys() {
             if !STANDBY_CLUSTER_KEYS.contains(&k.as_str()) {
-                out.push(format!("standby_cluster.{k}: not a standby_cluster key; ignored"));
+                out.push(format!(
+                    "standby_cluster.{k}: not a standby_cluster key; ignored"
+                ));
             }
         }
         if text_field(m, "host").is_some_and(|h| h.contains(',')) {
@@ -540,7 +542,10 @@ mod tests {
         let doc = json!({"standby_cluster": {"host": "a,b", "port": 5432, "bogus": 1}});
         let warnings = StandbyCluster::unsupported(doc.as_object().expect("object"));
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].contains("standby_cluster.bogus"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("standby_cluster.bogus"),
+            "{warnings:?}"
+        );
         assert!(warnings[1].contains("several hosts"), "{warnings:?}");
     }
 

@@ -850,30 +850,148 @@ fn standby_cluster_decisions() {
     }
     type Row = (&'static str, Box<dyn Fn(&mut Observation)>, Decision);
     let rows: Vec<Row> = vec![
-        ("empty, fresh cluster: race to clone the remote", Box::new(|o| { o.cluster = Some(Cluster::default()); o.data = DataState::Empty }), Decision::RaceStandbyBootstrap),
-        ("empty, race lost, no leader yet", Box::new(|o| { o.cluster = Some(Cluster { initialize: Some(String::new()), ..Default::default() }); o.data = DataState::Empty }),
-            no_action("waiting for standby_leader to bootstrap")),
-        ("empty, nofailover", Box::new(|o| { o.cluster = Some(Cluster::default()); o.data = DataState::Empty; o.can_failover = false }),
-            no_action("waiting for standby_leader to bootstrap")),
-        ("empty, standby leader exists: clone from it", Box::new(|o| o.data = DataState::Empty),
-            Decision::Clone { from: "pg1".into(), msg: "trying to bootstrap from leader 'pg1'".into() }),
-        ("stopped, lock holder", Box::new(|o| { o.cluster = mine(); o.pg = stopped(false) }),
-            Decision::StartFollowingRemote { standby_leader: true, msg: "starting as a standby leader because i had the session lock".into() }),
-        ("stopped, lock holder, was primary: still never a primary", Box::new(|o| { o.cluster = mine(); o.pg = stopped(true) }),
-            Decision::StartFollowingRemote { standby_leader: true, msg: "starting as a standby leader because i had the session lock".into() }),
-        ("stopped, unlocked", Box::new(|o| { o.cluster = unlocked(); o.pg = stopped(false) }),
-            Decision::StartFollowingRemote { standby_leader: false, msg: "trying to follow a remote member because standby cluster is unhealthy".into() }),
-        ("stopped, standby leader exists", Box::new(|o| o.pg = stopped(false)), start_secondary(Some("pg1"))),
-        ("lock holder in recovery: renew, never promote", Box::new(|o| o.cluster = mine()), Decision::RenewStandbyLeader),
-        ("paused lock holder in recovery keeps the key", Box::new(|o| { o.cluster = mine(); o.paused = true }), Decision::RenewStandbyLeader),
-        ("lock holder primary: demote-cluster", Box::new(|o| { o.cluster = mine(); o.pg = primary(1) }), Decision::DemoteCluster),
-        ("paused lock holder primary keeps running", Box::new(|o| { o.cluster = mine(); o.pg = primary(1); o.paused = true }), Decision::RenewLeader),
-        ("primary without lock", Box::new(|o| o.pg = primary(1)),
-            Decision::DemoteImmediate { msg: "cannot be a real primary in a standby cluster".into() }),
-        ("race, healthiest", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![peer("pg3", 900)] }), Decision::AcquireLeader),
-        ("race, peer ahead", Box::new(|o| { o.cluster = unlocked(); o.peers = vec![peer("pg3", 1001)] }), not_healthiest("Wal position of pg3 is ahead of my wal position")),
-        ("follower of the standby leader", Box::new(|_| {}), Decision::Follow { leader: "pg1".into() }),
-        ("promote-cluster: standby_cluster removed, lock holder promotes", Box::new(|o| { o.cluster = mine(); o.standby_cluster = false }), Decision::RenewLeader),
+        (
+            "empty, fresh cluster: race to clone the remote",
+            Box::new(|o| {
+                o.cluster = Some(Cluster::default());
+                o.data = DataState::Empty
+            }),
+            Decision::RaceStandbyBootstrap,
+        ),
+        (
+            "empty, race lost, no leader yet",
+            Box::new(|o| {
+                o.cluster = Some(Cluster {
+                    initialize: Some(String::new()),
+                    ..Default::default()
+                });
+                o.data = DataState::Empty
+            }),
+            no_action("waiting for standby_leader to bootstrap"),
+        ),
+        (
+            "empty, nofailover",
+            Box::new(|o| {
+                o.cluster = Some(Cluster::default());
+                o.data = DataState::Empty;
+                o.can_failover = false
+            }),
+            no_action("waiting for standby_leader to bootstrap"),
+        ),
+        (
+            "empty, standby leader exists: clone from it",
+            Box::new(|o| o.data = DataState::Empty),
+            Decision::Clone {
+                from: "pg1".into(),
+                msg: "trying to bootstrap from leader 'pg1'".into(),
+            },
+        ),
+        (
+            "stopped, lock holder",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.pg = stopped(false)
+            }),
+            Decision::StartFollowingRemote {
+                standby_leader: true,
+                msg: "starting as a standby leader because i had the session lock".into(),
+            },
+        ),
+        (
+            "stopped, lock holder, was primary: still never a primary",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.pg = stopped(true)
+            }),
+            Decision::StartFollowingRemote {
+                standby_leader: true,
+                msg: "starting as a standby leader because i had the session lock".into(),
+            },
+        ),
+        (
+            "stopped, unlocked",
+            Box::new(|o| {
+                o.cluster = unlocked();
+                o.pg = stopped(false)
+            }),
+            Decision::StartFollowingRemote {
+                standby_leader: false,
+                msg: "trying to follow a remote member because standby cluster is unhealthy".into(),
+            },
+        ),
+        (
+            "stopped, standby leader exists",
+            Box::new(|o| o.pg = stopped(false)),
+            start_secondary(Some("pg1")),
+        ),
+        (
+            "lock holder in recovery: renew, never promote",
+            Box::new(|o| o.cluster = mine()),
+            Decision::RenewStandbyLeader,
+        ),
+        (
+            "paused lock holder in recovery keeps the key",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.paused = true
+            }),
+            Decision::RenewStandbyLeader,
+        ),
+        (
+            "lock holder primary: demote-cluster",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.pg = primary(1)
+            }),
+            Decision::DemoteCluster,
+        ),
+        (
+            "paused lock holder primary keeps running",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.pg = primary(1);
+                o.paused = true
+            }),
+            Decision::RenewLeader,
+        ),
+        (
+            "primary without lock",
+            Box::new(|o| o.pg = primary(1)),
+            Decision::DemoteImmediate {
+                msg: "cannot be a real primary in a standby cluster".into(),
+            },
+        ),
+        (
+            "race, healthiest",
+            Box::new(|o| {
+                o.cluster = unlocked();
+                o.peers = vec![peer("pg3", 900)]
+            }),
+            Decision::AcquireLeader,
+        ),
+        (
+            "race, peer ahead",
+            Box::new(|o| {
+                o.cluster = unlocked();
+                o.peers = vec![peer("pg3", 1001)]
+            }),
+            not_healthiest("Wal position of pg3 is ahead of my wal position"),
+        ),
+        (
+            "follower of the standby leader",
+            Box::new(|_| {}),
+            Decision::Follow {
+                leader: "pg1".into(),
+            },
+        ),
+        (
+            "promote-cluster: standby_cluster removed, lock holder promotes",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.standby_cluster = false
+            }),
+            Decision::RenewLeader,
+        ),
     ];
     let mut failures = Vec::new();
     for (name, setup, want) in rows {

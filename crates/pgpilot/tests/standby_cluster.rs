@@ -131,10 +131,7 @@ async fn a_standby_cluster_replicates_the_source_fails_over_and_is_promoted() {
     standby
         .wait(SHORT_TIMEOUT, "the other member to stream", async || {
             let st = standby.patroni(other).await?;
-            ensure!(
-                st["role"] == "replica" && st["state"] == "running",
-                "{st}"
-            );
+            ensure!(st["role"] == "replica" && st["state"] == "running", "{st}");
             ensure!(st["replication_state"] == "streaming", "{st}");
             Ok(())
         })
@@ -182,7 +179,10 @@ async fn a_standby_cluster_replicates_the_source_fails_over_and_is_promoted() {
     source
         .pg_connect(0)
         .await
-        .execute("INSERT INTO standby_check VALUES (2, 'after bootstrap')", &[])
+        .execute(
+            "INSERT INTO standby_check VALUES (2, 'after bootstrap')",
+            &[],
+        )
         .await
         .unwrap();
     standby.wait_for_row(first, "standby_check", 2).await;
@@ -204,7 +204,10 @@ async fn a_standby_cluster_replicates_the_source_fails_over_and_is_promoted() {
     source
         .pg_connect(0)
         .await
-        .execute("INSERT INTO standby_check VALUES (3, 'after the failover')", &[])
+        .execute(
+            "INSERT INTO standby_check VALUES (3, 'after the failover')",
+            &[],
+        )
         .await
         .unwrap();
     standby.wait_for_row(second, "standby_check", 3).await;
@@ -292,7 +295,9 @@ async fn demote_cluster_then_promote_cluster_switches_the_roles_of_two_clusters(
         wait_for_standby_leader(&source, &[], 1, FAILOVER_TIMEOUT).await,
         0
     );
-    assert!(source.agent_log(0).contains("demoting to a standby cluster"));
+    assert!(source
+        .agent_log(0)
+        .contains("demoting to a standby cluster"));
     let (code, _) = source.api_get(0, "/primary").await.unwrap();
     assert_eq!(code, 503, "the demoted primary takes no writes");
 

@@ -111,8 +111,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.sysid = None;
         info!(
             "clone from remote member {}",
-            from.as_ref()
-                .map_or_else(|| "(none)".to_string(), |u| format!("{}:{}", u.host, u.port))
+            from.as_ref().map_or_else(
+                || "(none)".to_string(),
+                |u| format!("{}:{}", u.host, u.port)
+            )
         );
         self.spawn_task::<_, PgError>(ActionKind::Bootstrap, async move {
             if methods.is_empty() {
@@ -308,4 +310,3 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
     }
 }
-
