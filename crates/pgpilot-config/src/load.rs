@@ -1149,6 +1149,16 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
     let client_continuity = continuity::client_continuity(&mut r);
     let log = log_section(&mut r, &mut warnings);
 
+    // A user who put `standby_cluster` in the local section expects a standby cluster; like
+    // Patroni, only the dynamic configuration makes one, so say so by name.
+    if doc.get("standby_cluster").is_some() {
+        warnings.push(
+            "standby_cluster: read only from the dynamic configuration (bootstrap.dcs.\
+             standby_cluster, then /config), as in Patroni; this local section is ignored and \
+             does not make this a standby cluster"
+                .into(),
+        );
+    }
     let mut unknown = Vec::new();
     leaf_paths("", &doc, &methods::method_sections(&r), &mut unknown);
     if !unknown.is_empty() {

@@ -249,6 +249,24 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
         }
         info!("demoting to a standby cluster");
+        // Not done here (see the README's "Standby cluster"): say so where it matters.
+        if self
+            .cfg
+            .postgresql
+            .parameters
+            .contains_key("archive_command")
+            || self.dynamic.parameters.contains_key("archive_command")
+        {
+            warn!(
+                "demote-cluster: the WAL file of the shutdown checkpoint is not archived by \
+                 pgpilot (Patroni runs archive_command for it); the archive may miss it"
+            );
+        }
+        warn!(
+            "demote-cluster: pgpilot does not run pg_rewind against the remote primary; if this \
+             cluster wrote WAL the remote does not have, the standby leader will not be able \
+             to follow it and must be reinitialized"
+        );
         self.state = State::Stopping;
         if let Err(e) = self.stop_then_disarm(StopMode::Fast).await {
             // Still a primary: keep the key, try again next cycle.
