@@ -5,15 +5,12 @@
 
 mod harness;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use harness::{Cluster, Options, BOOTSTRAP_TIMEOUT, FAILOVER_TIMEOUT, SHORT_TIMEOUT};
+use harness::{pgpilotctl, Cluster, Options, BOOTSTRAP_TIMEOUT, FAILOVER_TIMEOUT, SHORT_TIMEOUT};
 use serde_json::{json, Value};
-
-const PGPILOTCTL: &str = env!("CARGO_BIN_EXE_pgpilotctl");
 
 /// The member of `standby` holding the leader key whose `/patroni` says a running
 /// `standby_leader` in recovery on `timeline`, other than the members in `not`.
@@ -40,32 +37,44 @@ async fn wait_for_standby_leader(
         .await
 }
 
-/// Runs `pgpilotctl -c <config> args...` and returns its exit code and output.
-async fn pgpilotctl(config: &Path, args: &[&str]) -> (i32, String) {
-    let home = tempfile::tempdir().unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(PGPILOTCTL)
-            .arg("-c")
-            .arg(config)
-            .args(args)
-            .env_clear()
-            .env("HOME", home.path())
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("pgpilotctl finished in 120 s")
-    .expect("run pgpilotctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// A one-member cluster `scope` whose primary holds `table (id int PRIMARY KEY, note text)`
+/// with row 1; also returns its PostgreSQL port.
+async fn source_cluster(scope: &str, table: &str) -> (Cluster, u16) {
+    let source = Cluster::start(
+        1,
+        Options {
+            scope: scope.into(),
+            ..Options::default()
+        },
     );
-    eprintln!("$ pgpilotctl {}\n{text}", args.join(" "));
-    (out.status.code().unwrap_or(-1), text)
+    assert_eq!(source.wait_for_leader().await, 0);
+    source
+        .pg_connect(0)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, note text);
+             INSERT INTO {table} VALUES (1, 'written in {scope}');"
+        ))
+        .await
+        .unwrap();
+    let port = source.member(0).pg_port;
+    (source, port)
+}
+
+/// A cluster of `n` members `scope` on `source`'s etcd whose `bootstrap.dcs.standby_cluster`
+/// is `standby_cluster`.
+fn standby_cluster(source: &Cluster, scope: &str, n: usize, standby_cluster: Value) -> Cluster {
+    Cluster::start(
+        n,
+        Options {
+            scope: scope.into(),
+            shared_etcd: Some(source.etcd.clone()),
+            customize: Some(Arc::new(move |_, doc: &mut Value| {
+                doc["bootstrap"]["dcs"]["standby_cluster"] = standby_cluster.clone();
+            })),
+            ..Options::default()
+        },
+    )
 }
 
 /// A source cluster (one member) and a standby cluster of two members on the same etcd with
@@ -78,41 +87,18 @@ async fn pgpilotctl(config: &Path, args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_cluster_replicates_the_source_fails_over_and_is_promoted() {
     harness::init();
-    let source = Cluster::start(
-        1,
-        Options {
-            scope: "source".into(),
-            ..Options::default()
-        },
-    );
-    assert_eq!(source.wait_for_leader().await, 0);
-    source
-        .pg_connect(0)
-        .await
-        .batch_execute(
-            "CREATE TABLE standby_check (id int PRIMARY KEY, note text);
-             INSERT INTO standby_check VALUES (1, 'before the standby cluster');",
-        )
-        .await
-        .unwrap();
+    let (source, source_port) = source_cluster("source", "standby_check").await;
     let source_sysid = source.system_identifier(0).await;
-    let source_port = source.member(0).pg_port;
-
-    let standby = Cluster::start(
+    let standby = standby_cluster(
+        &source,
+        "standby",
         2,
-        Options {
-            scope: "standby".into(),
-            shared_etcd: Some(source.etcd.clone()),
-            customize: Some(Arc::new(move |_, doc: &mut Value| {
-                doc["bootstrap"]["dcs"]["standby_cluster"] = json!({
-                    "host": "127.0.0.1",
-                    "port": source_port,
-                    "restore_command": "false",
-                    "recovery_min_apply_delay": 0,
-                });
-            })),
-            ..Options::default()
-        },
+        json!({
+            "host": "127.0.0.1",
+            "port": source_port,
+            "restore_command": "false",
+            "recovery_min_apply_delay": 0,
+        }),
     );
     let first = wait_for_standby_leader(&standby, &[], 1, BOOTSTRAP_TIMEOUT).await;
     let other = 1 - first;
@@ -240,35 +226,12 @@ async fn a_standby_cluster_replicates_the_source_fails_over_and_is_promoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demote_cluster_then_promote_cluster_switches_the_roles_of_two_clusters() {
     harness::init();
-    let source = Cluster::start(
+    let (source, source_port) = source_cluster("dc1", "dc_check").await;
+    let standby = standby_cluster(
+        &source,
+        "dc2",
         1,
-        Options {
-            scope: "dc1".into(),
-            ..Options::default()
-        },
-    );
-    assert_eq!(source.wait_for_leader().await, 0);
-    source
-        .pg_connect(0)
-        .await
-        .batch_execute(
-            "CREATE TABLE dc_check (id int PRIMARY KEY, note text);
-             INSERT INTO dc_check VALUES (1, 'written in dc1');",
-        )
-        .await
-        .unwrap();
-    let source_port = source.member(0).pg_port;
-    let standby = Cluster::start(
-        1,
-        Options {
-            scope: "dc2".into(),
-            shared_etcd: Some(source.etcd.clone()),
-            customize: Some(Arc::new(move |_, doc: &mut Value| {
-                doc["bootstrap"]["dcs"]["standby_cluster"] =
-                    json!({"host": "127.0.0.1", "port": source_port});
-            })),
-            ..Options::default()
-        },
+        json!({"host": "127.0.0.1", "port": source_port}),
     );
     assert_eq!(
         wait_for_standby_leader(&standby, &[], 1, BOOTSTRAP_TIMEOUT).await,

@@ -253,36 +253,27 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
 
     pub(super) async fn renew_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
         let me = self.cfg.name.clone();
-        let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
-        match self.renew_lock(leader.as_ref()).await {
-            Ok(true) => {
-                if let Some(msg) = self.arm_watchdog(obs).await {
-                    return Ok(msg);
+        if !self.renew_observed_lock(obs).await {
+            if matches!(
+                obs.pg,
+                PgView::Running {
+                    in_recovery: false,
+                    ..
                 }
+            ) {
+                if obs.paused {
+                    return Ok(
+                        "continue to run as primary after failing to update leader lock in DCS"
+                            .into(),
+                    );
+                }
+                self.demote(StopMode::Immediate).await;
+                return Ok("demoted self because failed to update leader lock in DCS".into());
             }
-            res => {
-                if let Err(e) = res {
-                    error!("failed to update leader lock: {e}");
-                }
-                self.last_renewal = None;
-                if matches!(
-                    obs.pg,
-                    PgView::Running {
-                        in_recovery: false,
-                        ..
-                    }
-                ) {
-                    if obs.paused {
-                        return Ok(
-                            "continue to run as primary after failing to update leader lock in DCS"
-                                .into(),
-                        );
-                    }
-                    self.demote(StopMode::Immediate).await;
-                    return Ok("demoted self because failed to update leader lock in DCS".into());
-                }
-                return Ok("not promoting because failed to update leader lock in DCS".into());
-            }
+            return Ok("not promoting because failed to update leader lock in DCS".into());
+        }
+        if let Some(msg) = self.arm_watchdog(obs).await {
+            return Ok(msg);
         }
         if let PgView::Running {
             in_recovery,

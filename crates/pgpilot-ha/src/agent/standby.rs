@@ -9,15 +9,13 @@
 //! ordinary leader in recovery, and the ordinary renewal promotes it.
 
 use pgpilot_dcs::{Dcs, Status};
-use pgpilot_postgres::{
-    PgControl, PgError, PgMajor, ReplicaMethod, StandbyConfig, StopMode, Upstream,
-};
-use pgpilot_types::{Peers, RestartRequest, Role, State};
+use pgpilot_postgres::{PgControl, PgError, ReplicaMethod, StandbyConfig, StopMode, Upstream};
+use pgpilot_types::{Peers, Role, State};
 use tracing::{error, info, warn};
 
 use crate::decide::{follow_callback, ActionKind, Observation, PgChange, PgView};
 
-use super::act::stop_postgres;
+use super::act::{stop_postgres, FollowConfig};
 use super::{Agent, AgentError};
 
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
@@ -144,48 +142,29 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             msg_if_new.to_string()
         };
         let desired = self.desired_remote();
-        let upstream_changed = self
-            .written
-            .as_ref()
-            .is_some_and(|w| w.standby != desired.standby);
-        if !self.ensure_config(desired).await {
-            if old_role != Role::StandbyLeader {
-                self.hooks.fire(
-                    follow_callback(
+        match self
+            .apply_follow_config(desired, old_role, Role::StandbyLeader)
+            .await
+        {
+            FollowConfig::Restarting { .. } => {
+                format!("{msg}; restarting to follow the remote primary")
+            }
+            FollowConfig::Reloaded => msg,
+            // Patroni fires `on_role_change` when a member becomes standby leader without a
+            // restart, whether or not its recovery settings changed.
+            FollowConfig::Unchanged => {
+                if old_role != Role::StandbyLeader {
+                    let callback = follow_callback(
                         self.hooks.called(),
                         old_role,
                         Role::StandbyLeader,
                         PgChange::Reload,
-                    ),
-                    Role::StandbyLeader,
-                );
+                    );
+                    self.hooks.fire(callback, Role::StandbyLeader);
+                }
+                msg
             }
-            return msg;
         }
-        let major = self
-            .last_pg
-            .as_ref()
-            .and_then(|p| PgMajor::from_version_num(p.server_version));
-        if upstream_changed && major.is_some_and(|m| !m.reloads_primary_conninfo()) {
-            self.start_restart(&RestartRequest::default(), None);
-            return format!("{msg}; restarting to follow the remote primary");
-        }
-        match self.pg.reload().await {
-            Ok(()) => {
-                self.reload_requested = false;
-                self.hooks.fire(
-                    follow_callback(
-                        self.hooks.called(),
-                        old_role,
-                        Role::StandbyLeader,
-                        PgChange::Reload,
-                    ),
-                    Role::StandbyLeader,
-                );
-            }
-            Err(e) => warn!("reload failed: {e}"),
-        }
-        msg
     }
 
     /// [`crate::decide::Decision::RenewStandbyLeader`]: Patroni's `update_lock` then
@@ -196,16 +175,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         obs: &Observation,
     ) -> Result<String, AgentError> {
         let me = self.cfg.name.clone();
-        let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
-        match self.renew_lock(leader.as_ref()).await {
-            Ok(true) => {}
-            res => {
-                if let Err(e) = res {
-                    error!("failed to update leader lock: {e}");
-                }
-                self.last_renewal = None;
-                return Ok("not promoting because failed to update leader lock in DCS".into());
-            }
+        if !self.renew_observed_lock(obs).await {
+            return Ok("not promoting because failed to update leader lock in DCS".into());
         }
         if let (PgView::Running { wal_position, .. }, Some(c)) = (&obs.pg, obs.cluster.as_ref()) {
             let (slots, retain_slots) = self.sync_slots(c, *wal_position).await;
@@ -236,17 +207,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// received the shutdown checkpoint, if any) and the shutdown checkpoint's WAL file is not
     /// archived with `archive_command`.
     pub(super) async fn demote_cluster(&mut self, obs: &Observation) -> Result<String, AgentError> {
-        let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
-        match self.renew_lock(leader.as_ref()).await {
-            Ok(true) => {}
-            res => {
-                if let Err(e) = res {
-                    error!("failed to update leader lock: {e}");
-                }
-                self.last_renewal = None;
-                self.demote(StopMode::Immediate).await;
-                return Ok("demoted self because failed to update leader lock in DCS".into());
-            }
+        if !self.renew_observed_lock(obs).await {
+            self.demote(StopMode::Immediate).await;
+            return Ok("demoted self because failed to update leader lock in DCS".into());
         }
         info!("demoting to a standby cluster");
         // Not done here (see the README's "Standby cluster"): say so where it matters.
@@ -278,18 +241,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.state = State::Stopped;
         self.last_pg = None;
         self.rewind.check = false;
-        match self.pg.controldata().await {
-            Ok(cd) => {
-                let status = Status {
-                    optime: cd.checkpoint_lsn.0,
-                    ..Default::default()
-                };
-                if let Err(e) = self.dcs.write_status(&status).await {
-                    warn!("could not write /status: {e}");
-                }
-            }
-            Err(e) => warn!("pg_controldata after the demote-cluster stop failed: {e}"),
-        }
+        self.publish_shutdown_checkpoint("demote-cluster").await;
         self.start_following_remote(true);
         Ok("cannot be a real primary in standby cluster".into())
     }
