@@ -279,3 +279,41 @@ async fn demote_cluster_then_promote_cluster_switches_the_roles_of_two_clusters(
     let st = source.patroni(0).await.unwrap();
     assert_eq!(st["role"], "standby_leader", "{st}");
 }
+
+/// A standby cluster whose remote primary can not be copied (nothing listens at `host:port`):
+/// the bootstrap fails loudly as a failed initdb does. The agent exits non-zero, `/initialize`
+/// is removed, no leader key is taken, and no data directory (let alone an initdb'd writable
+/// cluster) is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_leader_that_can_not_copy_the_remote_fails_the_bootstrap() {
+    harness::init();
+    let closed = harness::free_port();
+    let options = Options {
+        scope: "unreachable".into(),
+        customize: Some(Arc::new(move |_, doc: &mut Value| {
+            doc["bootstrap"]["dcs"]["standby_cluster"] =
+                json!({"host": "127.0.0.1", "port": closed});
+        })),
+        ..Options::default()
+    };
+    let cluster = Cluster::new(1, options);
+    cluster.start_agent(0);
+    let status = cluster.wait_agent_exit(0, BOOTSTRAP_TIMEOUT).await;
+    assert!(!status.success(), "a failed bootstrap is fatal: {status}");
+    assert_eq!(cluster.etcd_get("initialize"), None);
+    assert_eq!(cluster.etcd_get("leader"), None);
+    let m = cluster.member(0);
+    assert!(
+        !m.data_dir.join("PG_VERSION").exists(),
+        "no data directory is left behind"
+    );
+    let log = cluster.agent_log(0);
+    for sentence in [
+        "trying to bootstrap a new standby leader",
+        "removing initialize key after failed attempt to bootstrap the cluster",
+        "Failed to bootstrap cluster",
+    ] {
+        assert!(log.contains(sentence), "{sentence:?} missing in:\n{log}");
+    }
+    assert!(!log.contains("initialized a new cluster"), "{log}");
+}
