@@ -65,6 +65,12 @@ pub trait Dcs: Send + Sync + 'static {
     /// any more (someone else holds it or it vanished and could not be re-created).
     fn update_leader(&self, leader: Option<&Leader>) -> impl Future<Output = Result<bool>> + Send;
 
+    /// The lease keeper's renewal between HA cycles: a forced keepalive of our lease and nothing
+    /// else. `Ok(true)` only when the leader key, as last seen, is ours and on that lease. Unlike
+    /// [`update_leader`](Self::update_leader) it never creates or rebinds the key, so it can not
+    /// take back a key the agent released or lost while the keeper's request was in flight.
+    fn keep_leader_lease(&self) -> impl Future<Output = Result<bool>> + Send;
+
     /// Unconditional `put leader=<name>` on our lease (right after bootstrap).
     fn take_leader(&self) -> impl Future<Output = Result<()>> + Send;
 

@@ -309,6 +309,16 @@ impl Dcs for MemoryDcs {
         })
     }
 
+    async fn keep_leader_lease(&self) -> Result<bool> {
+        let key = self.key("leader");
+        self.store.with(|st| {
+            let lease = self.keepalive(st);
+            st.keys
+                .get(&key)
+                .is_some_and(|kv| kv.value == self.name && kv.lease == lease)
+        })
+    }
+
     async fn take_leader(&self) -> Result<()> {
         let key = self.key("leader");
         self.store.with(|st| {

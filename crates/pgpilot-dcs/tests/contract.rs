@@ -105,11 +105,25 @@ async fn races_and_release<D: Dcs, F: Future<Output = Arc<D>>>(
         !loser.update_leader(None).await.unwrap(),
         "not the loser's key"
     );
+    assert!(winner.keep_leader_lease().await.unwrap());
+    assert!(
+        !loser.keep_leader_lease().await.unwrap(),
+        "the keeper's renewal says whose key it is"
+    );
     assert!(
         !loser.delete_leader().await.unwrap(),
         "only the holder may release"
     );
     assert!(winner.delete_leader().await.unwrap());
+    assert!(
+        !winner.keep_leader_lease().await.unwrap(),
+        "a released key is not ours any more"
+    );
+    let view = winner.cluster_fresh().await.unwrap();
+    assert!(
+        view.is_unlocked(),
+        "and the keeper's renewal did not bring it back"
+    );
     let view = winner.cluster().await.unwrap();
     assert!(view.is_unlocked());
     assert_eq!(view.initialize.as_deref(), Some("7311111111111111111"));

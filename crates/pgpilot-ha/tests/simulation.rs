@@ -102,8 +102,8 @@ fn report(total: &Stats, elapsed: std::time::Duration) {
         total.commits, total.acked, total.promotions, total.switchovers_requested, total.fatal
     );
     eprintln!(
-        "  watchdog gap: two writable primaries in {} steps of {} seeds; thawed agents re-creating an expired leader key on a stale decision: {}; acknowledged commits lost in the gap: {}",
-        total.gap_double_primary_steps, total.gap_double_primary_seeds, total.stale_renewals, total.gap_lost
+        "  guard: PostgreSQL stopped at the lease deadline {} times; thawed agents re-creating an expired leader key on a stale decision: {}; synchronous commits acknowledged before such a re-creation and lost: {}",
+        total.fences, total.stale_renewals, total.gap_lost
     );
     eprintln!(
         "  known bugs (K4 open; K1, K2, K5, K6 fixed, see the regression tests): acknowledged commits lost {:?} in seeds {:?}",

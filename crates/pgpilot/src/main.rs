@@ -21,6 +21,7 @@ use pgpilot_postgres::{Credentials, PgSettings, Postgres};
 use tokio_util::sync::CancellationToken;
 
 mod generate;
+mod guard_release;
 mod logging;
 
 /// PostgreSQL high availability, compatible with Patroni's configuration, DCS layout and REST API.
@@ -142,7 +143,8 @@ fn guard(data_dir: &std::path::Path, args: &Args) -> ExitCode {
         eprintln!("can not set up logging: {e:#}");
         return ExitCode::FAILURE;
     }
-    match pgpilot_ha::guard::run_guard(data_dir) {
+    let release = guard_release::read_preamble();
+    match pgpilot_ha::guard::run_guard(data_dir, release) {
         0 => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     }
@@ -168,7 +170,13 @@ fn start_guard(cfg: &Config) -> Guard {
         args.push("--guard-log".into());
         args.push(log.into());
     }
-    match ProcessLink::spawn(&exe, args) {
+    let retry_timeout =
+        pgpilot_config::DynamicConfig::from_document_fenced(&cfg.bootstrap.dcs, cfg.guard)
+            .0
+            .retry_timeout;
+    match ProcessLink::spawn(&exe, args)
+        .and_then(|link| link.with_preamble(guard_release::preamble(cfg, retry_timeout)))
+    {
         Ok(link) => Guard::new(Box::new(link)),
         Err(e) => Guard::failed(e.to_string()),
     }

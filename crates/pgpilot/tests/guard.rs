@@ -148,6 +148,64 @@ async fn guard_survives_the_agents_sigkill_and_fences_at_the_deadline() {
         .await;
 }
 
+/// SIGKILL of the leader's agent and then of its postmaster, the guard alive (issue 12 item 2):
+/// the guard sees both gone and deletes the leader key at once, so the replica takes over long
+/// before the lease (ttl 20) could expire; the guard exits, and the restarted agent rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_releases_the_key_when_agent_and_postgres_are_gone() {
+    harness::init();
+    let cluster = Cluster::start(2, Options::default());
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(1).await;
+    let replica = 1 - leader;
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute("CREATE TABLE released (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    cluster.wait_writable(leader, "released", 1, "before").await;
+    let guards = guard_pids(&cluster.member(leader).data_dir);
+    assert_eq!(guards.len(), 1, "{guards:?}");
+    let pm = cluster.postmaster_pid(leader).expect("leader postmaster");
+
+    let crashed = Instant::now();
+    cluster.kill_agent(leader);
+    signal(pm, Signal::SIGKILL);
+    let new = cluster
+        .wait_for_leader_except(&[leader], FAILOVER_TIMEOUT)
+        .await;
+    let took_over = crashed.elapsed();
+    assert_eq!(new, replica);
+    cluster.wait_writable(new, "released", 2, "after").await;
+    eprintln!(
+        "agent and postmaster killed, guard alive (ttl 20): {} leads after {}, writable after {}",
+        cluster.member(new).name,
+        secs(took_over),
+        secs(crashed.elapsed())
+    );
+    // The key was given back, not left to expire: the lease, renewed within the last second
+    // (loop_wait 1), had more than 15 s to run.
+    assert!(
+        took_over < Duration::from_secs(15),
+        "the replica took over after {}: the key expired instead of being released",
+        secs(took_over)
+    );
+    let log = cluster.agent_log(leader);
+    assert!(log.contains("leader key released"), "{log}");
+    cluster
+        .wait(SHORT_TIMEOUT, "the guard to exit", async || {
+            ensure!(!pid_alive(guards[0]), "guard {} still runs", guards[0]);
+            Ok(())
+        })
+        .await;
+    cluster.start_agent(leader);
+    let tl = cluster.primary_timeline(new).await;
+    cluster
+        .wait_for_streaming_replica(leader, Some(tl), FAILOVER_TIMEOUT)
+        .await;
+}
+
 /// A replica's guard is never armed and exits with its agent, even a SIGKILLed one; a clean
 /// shutdown of the leader (SIGTERM) leaves no guard process; a member with `pgpilot.guard: off`
 /// starts none.
@@ -286,4 +344,101 @@ async fn a_short_ttl_is_honoured_only_with_the_guard() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("bootstrap.dcs.ttl"), "{text}");
     assert!(text.contains("needs pgpilot's guard"), "{text}");
+}
+
+/// The lease keeper (issue 12 item 3): a cycle that runs longer than the ttl keeps the key. Here
+/// `pg_ctl promote` is made to take 12 s at ttl 8 (a `pg_ctl` wrapper in `bin_dir`), so the
+/// replica that wins the race after the leader's node is killed stays in its promoting cycle
+/// past its lease. The keeper renews the lease and feeds the guard meanwhile: the key never
+/// leaves the winner, its PostgreSQL is not fenced, and it finishes promoting. Without the keeper
+/// the lease lapses after 8 s (the guard fences the promotion at 7 s) and the third member races.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_slower_than_the_ttl_keeps_the_key() {
+    harness::init();
+    let bin = slow_promote_bin_dir(12);
+    let cluster = Cluster::start(
+        3,
+        Options {
+            ttl: 8,
+            loop_wait: 1,
+            retry_timeout: 2,
+            bin_dir: bin.path().to_path_buf(),
+            ..Options::default()
+        },
+    );
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(2).await;
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute("CREATE TABLE slow (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    cluster.wait_writable(leader, "slow", 1, "before").await;
+
+    let guards = guard_pids(&cluster.member(leader).data_dir);
+    let pm = cluster.postmaster_pid(leader).expect("leader postmaster");
+    cluster.kill_agent(leader);
+    for pid in guards.into_iter().chain([pm]) {
+        signal(pid, Signal::SIGKILL);
+    }
+    let new = cluster
+        .wait_for_leader_except(&[leader], FAILOVER_TIMEOUT)
+        .await;
+    let name = cluster.member(new).name.clone();
+    let won = Instant::now();
+    let new_pm = cluster
+        .postmaster_pid(new)
+        .expect("the winner's postmaster");
+    // Through the whole promotion (12 s) and a little after: one holder, never fenced.
+    while won.elapsed() < Duration::from_secs(16) {
+        assert_eq!(
+            cluster.leader_name().as_deref(),
+            Some(name.as_str()),
+            "the key left the promoting member after {}",
+            secs(won.elapsed())
+        );
+        assert!(
+            pid_alive(new_pm),
+            "the promoting member's PostgreSQL was fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.wait_writable(new, "slow", 2, "after").await;
+    let log = cluster.agent_log(new);
+    assert!(log.contains("lease renewed by the lease keeper"), "{log}");
+    assert_eq!(
+        cluster.primary_timeline(new).await,
+        2,
+        "one promotion, no second one"
+    );
+}
+
+/// A `bin_dir` whose `pg_ctl promote` sleeps `delay` seconds first; every other program is the
+/// harness's PostgreSQL 15 (symbolic links, which PostgreSQL resolves to find its files).
+fn slow_promote_bin_dir(delay: u32) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("pgpilot-slow-promote-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let real = std::path::Path::new(harness::PG_BIN_DIR);
+    for entry in std::fs::read_dir(real).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "pg_ctl" {
+            std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let wrapper = dir.path().join("pg_ctl");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = promote ]; then sleep {delay}; fi\nexec {} \"$@\"\n",
+            real.join("pg_ctl").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }

@@ -958,6 +958,14 @@ impl Dcs for EtcdDcs {
         Ok(ok)
     }
 
+    async fn keep_leader_lease(&self) -> Result<bool> {
+        let lease = self.keepalive(true, self.deadline()).await?;
+        let cached = self.cache.lock().entries.get("leader").cloned();
+        // A lease etcd had forgotten was replaced by a new one (`keepalive`): the key went with
+        // the old lease and is not ours any more.
+        Ok(cached.is_some_and(|(name, _, l)| name == self.name && l == lease))
+    }
+
     async fn take_leader(&self) -> Result<()> {
         let lease = self.keepalive(true, self.deadline()).await?;
         self.put("leader", &self.name.clone(), Some(lease)).await

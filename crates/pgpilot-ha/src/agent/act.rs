@@ -32,7 +32,7 @@ use crate::slots::{
 use crate::sync::Ssn;
 
 use super::tasks::TaskError;
-use super::{Agent, AgentError};
+use super::{keeper, Agent, AgentError};
 
 /// Stops PostgreSQL as Patroni's `Postgresql.stop` does: if a postmaster runs, `before_stop`
 /// first (waited for at most `timeout`), then the stop, then `on_stop` for `on_stop`'s role
@@ -232,7 +232,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     if let Err(e) = res {
                         error!("failed to update leader lock: {e}");
                     }
-                    self.last_renewal = None;
+                    self.lease_released();
                     Ok(format!("{} in progress", action.describe()))
                 }
             },
@@ -318,7 +318,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 if let Err(e) = self.dcs.delete_leader().await {
                     error!("could not release the leader key: {e}");
                 }
-                self.last_renewal = None;
+                self.lease_released();
                 self.disable_fencing();
                 Ok(msg)
             }
@@ -342,7 +342,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                         }
                     };
                     if !renewed {
-                        self.last_renewal = None;
+                        self.lease_released();
                     }
                     start_after_renewal(as_primary, msg, renewed)
                 } else {
@@ -396,7 +396,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 // if needed).
                 info!("Primary crashed. Failing over.");
                 self.disable_fencing();
-                self.last_renewal = None;
+                self.lease_released();
                 self.rewind.check = true;
                 self.role = Role::Demoted;
                 match self.dcs.delete_leader().await {
@@ -481,7 +481,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// Returns whether PostgreSQL stopped: if not, it may still be a primary and the watchdog
     /// stays armed.
     pub(super) async fn demote(&mut self, mode: StopMode) -> bool {
-        self.last_renewal = None;
+        self.lease_released();
         self.rewind.check = true;
         self.state = State::Stopping;
         let stopped = match self.stop_then_disarm(mode).await {
@@ -584,7 +584,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 if let Err(e) = res {
                     error!("failed to update leader lock: {e}");
                 }
-                self.last_renewal = None;
+                self.lease_released();
                 false
             }
         }
@@ -595,6 +595,19 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// maintenance mode, where nothing is fenced automatically).
     pub(super) fn renewed(&mut self, start: RenewalStart) {
         self.last_renewal = Some(start.at);
+        self.keeper.renewed(
+            start.at,
+            keeper::Terms {
+                ttl: self.dynamic.ttl,
+                loop_wait: self.dynamic.loop_wait,
+                // A `pg_ctl` command is given pg_ctl_timeout + 5 s (pgpilot-postgres).
+                window: self
+                    .dynamic
+                    .ttl
+                    .max(self.pg_ctl_timeout() + Duration::from_secs(5)),
+                paused: self.dynamic.pause,
+            },
+        );
         self.stats.leader_renewals += 1;
         self.watchdog.keepalive();
         if !self.dynamic.pause {
@@ -605,8 +618,16 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// This member may fence no more (not leading, maintenance mode, PostgreSQL stopped): the
     /// watchdog is closed and the guard disarmed.
     pub(super) fn disable_fencing(&mut self) {
+        self.keeper.fencing_off(self.dynamic.pause);
         self.watchdog.disable();
         self.guard.disarm();
+    }
+
+    /// This member no longer counts on the leader key (lost, released, or left to expire): the
+    /// lease keeper stops renewing it too.
+    pub(super) fn lease_released(&mut self) {
+        self.last_renewal = None;
+        self.keeper.released();
     }
 
     /// After acting: a member that does not hold the key and whose PostgreSQL is stopped or in

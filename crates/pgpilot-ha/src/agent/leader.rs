@@ -114,6 +114,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 "{}",
                 self.guard
                     .failure()
+                    .as_deref()
                     .unwrap_or("the guard process is not running")
             );
             after_guard_refused(obs)
@@ -132,7 +133,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
             WatchdogRefused::Release { msg } => msg,
         };
-        self.last_renewal = None;
+        self.lease_released();
         match self.dcs.delete_leader().await {
             Ok(true) => info!("Leader key released"),
             Ok(false) => {}
@@ -176,7 +177,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             AfterPrePromote::Release { msg } => {
                 warn!("Releasing the leader key voluntarily because the pre-promote script failed");
                 self.pre_promote_released_at = Some(Instant::now());
-                self.last_renewal = None;
+                self.lease_released();
                 match self.dcs.delete_leader().await {
                     Ok(true) => info!("Leader key released"),
                     Ok(false) => {}
@@ -241,7 +242,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                         if let Err(e) = res {
                             error!("failed to update leader lock: {e}");
                         }
-                        self.last_renewal = None;
+                        self.lease_released();
                         info!("Terminating {command}");
                         script.kill().await;
                         return PrePromoteOutcome::LostLock;
@@ -550,7 +551,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             Ok(false) => {}
             Err(e) => error!("could not release the leader key: {e}"),
         }
-        self.last_renewal = None;
+        self.lease_released();
         self.touch_member(obs.cluster.as_ref()).await;
         // Give the candidate a moment to take the key, so that the next cycle follows it.
         let deadline = Instant::now() + Duration::from_secs(5);

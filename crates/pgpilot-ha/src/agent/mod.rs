@@ -28,6 +28,7 @@
 //! | `tasks.rs` | background actions (bootstrap, clone, rewind, start) and reaping their outcome |
 //! | `act.rs` | executing the decision: configuration files, follow/rewind, demotion, slots |
 //! | `leader.rs` | the leader race and promotion, renewal, switchover and manual failover |
+//! | `keeper.rs` | the lease keeper: renews the lease between cycles when a cycle is late |
 //! | `sync_duty.rs` | `synchronous_standby_names` and `/sync`, one safe step per cycle |
 //! | `commands.rs` | REST commands: restart (now or scheduled), reinitialize, reload |
 //! | `publish.rs` | the member key, `/history`, the REST snapshot |
@@ -75,6 +76,7 @@ use crate::watchdog::{SystemWatchdogs, Watchdog, WatchdogOpener};
 
 mod act;
 mod commands;
+mod keeper;
 mod leader;
 mod observe;
 mod publish;
@@ -157,6 +159,8 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     task_done: Arc<Notify>,
     /// Time of the last successful leader key renewal (None: we do not hold it).
     last_renewal: Option<Instant>,
+    /// Renews the lease when the cycle is late (`keeper.rs`).
+    keeper: Arc<keeper::Keeper>,
     /// Last DCS view read successfully, and when.
     last_cluster: Option<Arc<Cluster>>,
     last_dcs_ok: Option<Instant>,
@@ -249,6 +253,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             task: None,
             task_done: Arc::new(Notify::new()),
             last_renewal: None,
+            keeper: Arc::default(),
             last_cluster: None,
             last_dcs_ok: None,
             dcs_last_seen: 0,
@@ -347,9 +352,23 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         Ok(())
     }
 
-    /// Runs cycles until `shutdown` is cancelled, then shuts down in order.
+    /// Runs cycles until `shutdown` is cancelled, then shuts down in order. The lease keeper
+    /// (`keeper.rs`) runs alongside; shutdown stops its renewals.
     pub async fn run(&mut self, shutdown: CancellationToken) -> Result<Exit, AgentError> {
+        let keeper = Arc::clone(&self.keeper).run(
+            Arc::clone(&self.dcs),
+            self.guard.clone(),
+            self.watchdog.clone(),
+        );
+        tokio::select! {
+            exit = self.run_cycles(shutdown) => exit,
+            never = keeper => match never {},
+        }
+    }
+
+    async fn run_cycles(&mut self, shutdown: CancellationToken) -> Result<Exit, AgentError> {
         loop {
+            self.keeper.busy();
             let started = Instant::now();
             let msg = match self.run_cycle().await {
                 Ok(msg) => msg,
@@ -386,6 +405,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
             let next_cycle = Instant::now() + loop_wait.saturating_sub(elapsed);
             let leader_is_me = self.last_renewal.is_some();
+            self.keeper.idle();
             loop {
                 let remaining = next_cycle.saturating_duration_since(Instant::now());
                 let command = tokio::select! {
@@ -400,6 +420,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     // change, and the wait for the next cycle goes on.
                     Some(Command::Reload) if !shutdown.is_cancelled() => self.reload(),
                     Some(c) if !shutdown.is_cancelled() => {
+                        self.keeper.busy();
                         self.handle_command(c).await;
                         break;
                     }
@@ -434,6 +455,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
 
     /// One HA cycle: observe, decide, act. Returns the sentence to log.
     async fn run_cycle(&mut self) -> Result<String, AgentError> {
+        // What the lease keeper did since the last cycle.
+        self.stats.leader_renewals += self.keeper.take_renewals();
+        if self.last_renewal.is_some() {
+            self.last_renewal = self.keeper.renewed_at().max(self.last_renewal);
+        }
         // Observe the DCS.
         let cluster = match self.dcs.cluster().await {
             Ok(c) => {
@@ -452,7 +478,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self.recover_ssn(c);
             self.last_cluster = Some(Arc::new(c.clone()));
             if c.leader_name() != Some(self.cfg.name.as_str()) {
-                self.last_renewal = None;
+                self.lease_released();
             }
         }
 

@@ -28,6 +28,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     }
 
     async fn stop_for_shutdown(&mut self) {
+        // No renewal from here on, as in Patroni, whose loop has stopped: the key is deleted
+        // below, or left to expire (with the guard armed) when PostgreSQL can not be stopped.
+        self.keeper.released();
         if let Some(task) = self.task.take() {
             task.handle.abort();
         }

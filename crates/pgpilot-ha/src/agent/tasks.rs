@@ -174,7 +174,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                             self.hooks.fire(CallbackAction::OnRoleChange, Role::Demoted);
                         }
                         self.role = Role::Demoted;
-                        self.last_renewal = None;
+                        self.lease_released();
                         self.disable_fencing();
                         if let Err(e) = self.dcs.delete_leader().await {
                             error!("could not release the leader key: {e}");

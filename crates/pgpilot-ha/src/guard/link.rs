@@ -19,6 +19,8 @@ const EXIT_WAIT: Duration = Duration::from_secs(2);
 pub struct ProcessLink {
     program: PathBuf,
     args: Vec<OsString>,
+    /// The first line every guard started by this link reads (see [`Self::with_preamble`]).
+    preamble: Option<String>,
     child: Child,
     stdin: ChildStdin,
 }
@@ -31,9 +33,19 @@ impl ProcessLink {
         Ok(ProcessLink {
             program: program.to_path_buf(),
             args,
+            preamble: None,
             child,
             stdin,
         })
+    }
+
+    /// Sends `line` (one line, no newline) to the guard now and first thing to every guard this
+    /// link starts again: settings the guard needs before any message, kept out of its command
+    /// line because they may hold secrets (`ps` shows arguments to every user).
+    pub fn with_preamble(mut self, line: String) -> Result<ProcessLink, GuardError> {
+        write_line(&mut self.stdin, &line)?;
+        self.preamble = Some(line);
+        Ok(self)
     }
 
     /// The guard's PID.
@@ -51,11 +63,22 @@ impl ProcessLink {
             "the guard process {} exited ({status}); starting it again",
             self.child.id()
         );
-        let (child, stdin) = start(&self.program, &self.args)?;
+        let (child, mut stdin) = start(&self.program, &self.args)?;
+        if let Some(line) = &self.preamble {
+            write_line(&mut stdin, line)?;
+        }
         self.child = child;
         self.stdin = stdin;
         Ok(())
     }
+}
+
+/// Writes `line` and a newline in one write (the pipe is empty: a new guard has read nothing
+/// yet, and a pipe holds 64 KiB).
+fn write_line(stdin: &mut ChildStdin, line: &str) -> Result<(), GuardError> {
+    stdin
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(GuardError::Write)
 }
 
 /// Spawns the guard in a session (and process group) of its own: SIGSTOP, SIGKILL or SIGINT sent

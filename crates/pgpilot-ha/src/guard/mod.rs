@@ -32,6 +32,7 @@
 //! unit tests and the simulation with [`Guard::off`] or a fake link. [`ProcessLink`] is the real
 //! one; [`run_guard`] is the guard process's main loop.
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -43,7 +44,7 @@ mod process;
 mod tests;
 
 pub use link::ProcessLink;
-pub use process::{run_guard, GuardState, Step};
+pub use process::{run_guard, GuardState, Release, Step};
 
 /// The smallest margin between the guard's deadline and the earliest moment the leader key can
 /// expire in etcd.
@@ -147,8 +148,13 @@ pub struct RenewalStart {
     boot: Option<Duration>,
 }
 
-/// The agent's guard (module docs).
-pub struct Guard {
+/// The agent's guard (module docs). A cheap handle: the agent's lease keeper (`agent/keeper.rs`)
+/// arms the same guard between cycles, so the state lives behind a mutex (never held across an
+/// await: every method is a few field updates and at most one write to a pipe).
+#[derive(Clone)]
+pub struct Guard(Arc<Mutex<GuardInner>>);
+
+struct GuardInner {
     link: Option<Box<dyn GuardLink>>,
     /// Why the guard can not do its duty (it could not start, or a message was refused): the
     /// member does not run for leader and a leader lets the key go.
@@ -158,62 +164,66 @@ pub struct Guard {
 }
 
 impl Guard {
+    fn with(link: Option<Box<dyn GuardLink>>, failed: Option<String>) -> Guard {
+        Guard(Arc::new(Mutex::new(GuardInner {
+            link,
+            failed,
+            armed: false,
+        })))
+    }
+
+    fn inner(&self) -> MutexGuard<'_, GuardInner> {
+        // A panic while the lock was held left plain fields behind, nothing half-written that a
+        // later call could misread: go on with them.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// No guard (`pgpilot.guard: off`, unit tests, the simulation): nothing is ever fenced by it
     /// and it never stands in the way of leadership.
     pub fn off() -> Guard {
-        Guard {
-            link: None,
-            failed: None,
-            armed: false,
-        }
+        Guard::with(None, None)
     }
 
     /// A guard behind `link` (the process is running, disarmed).
     pub fn new(link: Box<dyn GuardLink>) -> Guard {
-        Guard {
-            link: Some(link),
-            failed: None,
-            armed: false,
-        }
+        Guard::with(Some(link), None)
     }
 
     /// A guard that is on but could not be started: the member refuses leadership.
     pub fn failed(reason: String) -> Guard {
         error!("{reason}; this member will not take the leader key");
-        Guard {
-            link: None,
-            failed: Some(reason),
-            armed: false,
-        }
+        Guard::with(None, Some(reason))
     }
 
     /// Whether the guard can do its duty (always, when it is off).
     pub fn is_healthy(&self) -> bool {
-        self.failed.is_none()
+        self.inner().failed.is_none()
     }
 
     /// Why it can not, for the log.
-    pub fn failure(&self) -> Option<&str> {
-        self.failed.as_deref()
+    pub fn failure(&self) -> Option<String> {
+        self.inner().failed.clone()
     }
 
     pub fn is_armed(&self) -> bool {
-        self.armed
+        self.inner().armed
     }
 
     /// Take this just before sending a leader key renewal (or acquisition) to the DCS.
     pub fn renewal_started(&self) -> RenewalStart {
         RenewalStart {
             at: Instant::now(),
-            boot: self.link.as_ref().and_then(|l| l.clock()),
+            boot: self.inner().link.as_ref().and_then(|l| l.clock()),
         }
     }
 
     /// After a successful renewal sent at `start`: arms the guard until `start + ttl - margin`.
     /// Returns `false` when the guard is on and did not take it (the member must not lead).
-    pub fn arm(&mut self, start: RenewalStart, ttl: Duration) -> bool {
-        let Some(link) = self.link.as_mut() else {
-            return self.failed.is_none();
+    pub fn arm(&self, start: RenewalStart, ttl: Duration) -> bool {
+        let mut inner = self.inner();
+        let inner = &mut *inner;
+        let Some(link) = inner.link.as_mut() else {
+            return inner.failed.is_none();
         };
         let now = link.clock();
         let elapsed = match (start.boot, now) {
@@ -223,21 +233,21 @@ impl Guard {
         let valid = valid_for(ttl, elapsed);
         match link.send(Message::Arm { valid, stamp: now }) {
             Ok(()) => {
-                if !self.armed {
+                if !inner.armed {
                     info!(
                         "guard armed: PostgreSQL is stopped if the leader key is not renewed within {} ms",
                         valid.as_millis()
                     );
                 }
-                if self.failed.take().is_some() {
+                if inner.failed.take().is_some() {
                     info!("the guard process is running again");
                 }
-                self.armed = true;
+                inner.armed = true;
                 true
             }
             Err(e) => {
                 error!("{e}");
-                self.failed = Some(e.to_string());
+                inner.failed = Some(e.to_string());
                 false
             }
         }
@@ -246,32 +256,36 @@ impl Guard {
     /// Once per cycle: a guard that failed (it died and could not be started again, or did not
     /// take a message) is tried again with a `disarm`, which starts a new process if the old one
     /// is gone. Until that works the member stays out of the leader race.
-    pub fn retry(&mut self) {
-        if self.failed.is_none() {
+    pub fn retry(&self) {
+        let mut inner = self.inner();
+        let inner = &mut *inner;
+        if inner.failed.is_none() {
             return;
         }
-        let Some(link) = self.link.as_mut() else {
+        let Some(link) = inner.link.as_mut() else {
             return;
         };
         if link.send(Message::Disarm).is_ok() {
             info!("the guard process is running again");
-            self.failed = None;
-            self.armed = false;
+            inner.failed = None;
+            inner.armed = false;
         }
     }
 
     /// This member may no longer fence (module docs): tells the guard, if it is armed.
-    pub fn disarm(&mut self) {
-        if !self.armed {
+    pub fn disarm(&self) {
+        let mut inner = self.inner();
+        let inner = &mut *inner;
+        if !inner.armed {
             return;
         }
-        let Some(link) = self.link.as_mut() else {
+        let Some(link) = inner.link.as_mut() else {
             return;
         };
         match link.send(Message::Disarm) {
             Ok(()) => {
                 info!("guard disarmed");
-                self.armed = false;
+                inner.armed = false;
             }
             // Not taken: the guard is gone (a new one starts disarmed) or stuck (its pipe is
             // full). At worst its old deadline stops a PostgreSQL that is no primary any more:
@@ -282,12 +296,13 @@ impl Guard {
 
     /// Clean shutdown (the last step of the agent's shutdown order): closes the pipe. A disarmed
     /// guard exits; an armed one (PostgreSQL could not be stopped) keeps its deadline.
-    pub fn close(&mut self) {
-        if let Some(link) = self.link.take() {
-            if self.armed {
+    pub fn close(&self) {
+        let mut inner = self.inner();
+        if let Some(link) = inner.link.take() {
+            if inner.armed {
                 warn!("leaving the guard armed: it stops PostgreSQL at the lease deadline");
             }
-            link.close(!self.armed);
+            link.close(!inner.armed);
         }
     }
 }

@@ -155,7 +155,15 @@ fn set_timer(me: u32, timer: &TimerFd, deadline: Option<Duration>) {
 }
 
 /// The guard's main loop for the PostgreSQL of `data_dir`; returns the exit code.
-pub fn run_guard(data_dir: &Path) -> i32 {
+/// How the guard gives the leader key back when the agent and PostgreSQL are both gone: `Ok(true)`
+/// released, `Ok(false)` not this member's key (any more), `Err` the DCS could not be asked.
+pub type Release = Box<dyn FnOnce() -> Result<bool, String> + Send>;
+
+/// The guard's main loop. With `release`, a guard whose agent is gone while leading and whose
+/// postmaster is gone too (the agent and PostgreSQL killed, the guard alive) gives the leader key
+/// back at once, so that a replica takes over without waiting for the lease to expire: nothing
+/// here can write any more, and the key would only keep the cluster without a primary.
+pub fn run_guard(data_dir: &Path, mut release: Option<Release>) -> i32 {
     let me = std::process::id();
     let Some(_) = boot_time() else {
         error!("guard {me}: CLOCK_BOOTTIME can not be read; the guard can not keep a deadline");
@@ -190,6 +198,19 @@ pub fn run_guard(data_dir: &Path) -> i32 {
     let mut state = GuardState::default();
     let mut timer_set: Option<Duration> = None;
     loop {
+        if state.is_agent_gone() && state.deadline().is_some() && postmaster(data_dir).is_none() {
+            if let Some(release) = release.take() {
+                warn!("guard {me}: the agent and PostgreSQL are both gone while leading: releasing the leader key so that a replica takes over without waiting for the ttl");
+                match release() {
+                    Ok(true) => info!("guard {me}: leader key released"),
+                    Ok(false) => info!("guard {me}: the leader key is not this member's any more; nothing to release"),
+                    Err(e) => error!("guard {me}: could not release the leader key ({e}); it expires with its lease"),
+                }
+                // Nothing left to fence.
+                state.fenced();
+                continue;
+            }
+        }
         if let Some(t) = &timer {
             if state.deadline() != timer_set {
                 set_timer(me, t, state.deadline());
@@ -213,6 +234,12 @@ pub fn run_guard(data_dir: &Path) -> i32 {
                 std::thread::sleep(limit.unwrap_or(POLL).min(POLL));
             }
             Step::Wait(limit) => {
+                // Agent gone while armed: look for the postmaster's end every POLL (the
+                // release above), not only at the deadline.
+                let limit = match limit {
+                    Some(t) if state.is_agent_gone() && release.is_some() => Some(t.min(POLL)),
+                    other => other,
+                };
                 let input = match wait_limit(limit) {
                     Some(t) => rx.recv_timeout(t),
                     None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),

@@ -207,7 +207,7 @@ fn fake(clock: Option<Duration>) -> (Guard, Arc<Mutex<Record>>) {
 /// armed guard, and on close tells the link whether the guard may exit.
 #[tokio::test(start_paused = true)]
 async fn agent_side_arms_disarms_and_closes() {
-    let (mut guard, record) = fake(None);
+    let (guard, record) = fake(None);
     assert!(guard.is_healthy() && !guard.is_armed());
     guard.disarm();
     assert!(
@@ -234,7 +234,7 @@ async fn agent_side_arms_disarms_and_closes() {
     assert_eq!(record.lock().unwrap().closed, Some(true));
 
     // Armed at shutdown (PostgreSQL could not be stopped): the guard is left armed.
-    let (mut guard, record) = fake(Some(secs(1000)));
+    let (guard, record) = fake(Some(secs(1000)));
     assert!(guard.arm(guard.renewal_started(), secs(8)));
     assert_eq!(
         record.lock().unwrap().sent,
@@ -251,7 +251,7 @@ async fn agent_side_arms_disarms_and_closes() {
 /// one goes through again; a guard that could not start is never healthy; `off` always is.
 #[tokio::test(start_paused = true)]
 async fn a_guard_that_fails_stands_in_the_way_of_leadership() {
-    let (mut guard, record) = fake(None);
+    let (guard, record) = fake(None);
     record.lock().unwrap().refuse = true;
     assert!(!guard.arm(guard.renewal_started(), secs(20)));
     assert!(!guard.is_healthy());
@@ -265,10 +265,10 @@ async fn a_guard_that_fails_stands_in_the_way_of_leadership() {
     assert!(guard.arm(guard.renewal_started(), secs(20)));
     assert!(guard.is_healthy());
 
-    let mut failed = Guard::failed("can not start the guard process: no such file".into());
+    let failed = Guard::failed("can not start the guard process: no such file".into());
     assert!(!failed.is_healthy());
     assert!(!failed.arm(failed.renewal_started(), secs(20)));
-    let mut off = Guard::off();
+    let off = Guard::off();
     assert!(off.is_healthy());
     assert!(off.arm(off.renewal_started(), secs(20)));
     assert!(!off.is_armed());

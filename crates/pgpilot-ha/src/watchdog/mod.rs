@@ -20,7 +20,7 @@
 //! A device is never closed on drop: a Linux watchdog closed without `V` keeps counting, so an
 //! agent that dies while leading still resets its host.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use pgpilot_config::{WatchdogConfig, WatchdogMode};
@@ -96,8 +96,8 @@ impl Settings {
     }
 }
 
-/// The agent's watchdog (module docs).
-pub struct Watchdog {
+/// The watchdog's state behind the [`Watchdog`] handle.
+struct WatchdogState {
     opener: Arc<dyn WatchdogOpener>,
     /// The settings wanted now.
     wanted: Settings,
@@ -113,6 +113,12 @@ pub struct Watchdog {
     failed: bool,
 }
 
+/// The agent's watchdog (module docs). A cheap handle: the agent's lease keeper
+/// (`agent/keeper.rs`) keeps the device alive between cycles with the renewals it makes, so the
+/// state lives behind a mutex (held for a device call at most, never across an await).
+#[derive(Clone)]
+pub struct Watchdog(Arc<Mutex<WatchdogState>>);
+
 impl Watchdog {
     pub fn new(
         opener: Arc<dyn WatchdogOpener>,
@@ -120,12 +126,64 @@ impl Watchdog {
         ttl: Duration,
         loop_wait: Duration,
     ) -> Watchdog {
+        Watchdog(Arc::new(Mutex::new(WatchdogState::new(
+            opener, config, ttl, loop_wait,
+        ))))
+    }
+
+    fn state(&self) -> MutexGuard<'_, WatchdogState> {
+        // A panic while the lock was held leaves plain fields: go on with them.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes new settings (a reloaded local configuration, a new ttl or loop_wait in `/config`).
+    /// `off` closes the device at once; other changes to an armed device wait for the next
+    /// [`keepalive`](Self::keepalive), so that a new timeout comes with a renewed key.
+    pub fn configure(&self, config: &WatchdogConfig, ttl: Duration, loop_wait: Duration) {
+        self.state().configure(config, ttl, loop_wait);
+    }
+
+    /// Arms the watchdog for leader duty. `false` only in `required` mode, when no device could
+    /// be armed with a safe timeout: the caller must not run a primary.
+    pub fn activate(&self) -> bool {
+        self.state().activate()
+    }
+
+    /// A device is open and armed.
+    pub fn is_running(&self) -> bool {
+        self.state().is_running()
+    }
+
+    /// Patroni's `is_healthy`: `false` only in `required` mode when the timing leaves no slack,
+    /// the last activation failed, or the device can not be opened.
+    pub fn is_healthy(&self) -> bool {
+        self.state().is_healthy()
+    }
+
+    /// After a successful leader key renewal: resets the timer and applies pending settings.
+    pub fn keepalive(&self) {
+        self.state().keepalive();
+    }
+
+    /// Stops leader duty: the device, if open, is closed with the magic `V`.
+    pub fn disable(&self) {
+        self.state().disable();
+    }
+}
+
+impl WatchdogState {
+    fn new(
+        opener: Arc<dyn WatchdogOpener>,
+        config: &WatchdogConfig,
+        ttl: Duration,
+        loop_wait: Duration,
+    ) -> WatchdogState {
         let wanted = Settings {
             config: config.clone(),
             ttl,
             loop_wait,
         };
-        Watchdog {
+        WatchdogState {
             opener,
             in_force: wanted.clone(),
             wanted,
@@ -138,7 +196,7 @@ impl Watchdog {
     /// Takes new settings (a reloaded local configuration, a new ttl or loop_wait in `/config`).
     /// `off` closes the device at once; other changes to an armed device wait for the next
     /// [`keepalive`](Self::keepalive), so that a new timeout comes with a renewed key.
-    pub fn configure(&mut self, config: &WatchdogConfig, ttl: Duration, loop_wait: Duration) {
+    fn configure(&mut self, config: &WatchdogConfig, ttl: Duration, loop_wait: Duration) {
         let wanted = Settings {
             config: config.clone(),
             ttl,
@@ -159,19 +217,19 @@ impl Watchdog {
 
     /// Arms the watchdog for leader duty. `false` only in `required` mode, when no device could
     /// be armed with a safe timeout: the caller must not run a primary.
-    pub fn activate(&mut self) -> bool {
+    fn activate(&mut self) -> bool {
         self.active = true;
         self.arm()
     }
 
     /// A device is open and armed.
-    pub fn is_running(&self) -> bool {
+    fn is_running(&self) -> bool {
         self.device.is_some()
     }
 
     /// Patroni's `is_healthy`: `false` only in `required` mode when the timing leaves no slack,
     /// the last activation failed, or the device can not be opened.
-    pub fn is_healthy(&self) -> bool {
+    fn is_healthy(&self) -> bool {
         if self.wanted.config.mode != WatchdogMode::Required {
             return true;
         }
@@ -181,7 +239,7 @@ impl Watchdog {
     }
 
     /// After a successful leader key renewal: resets the timer and applies pending settings.
-    pub fn keepalive(&mut self) {
+    fn keepalive(&mut self) {
         if !self.active {
             return;
         }
@@ -204,7 +262,7 @@ impl Watchdog {
     }
 
     /// Stops leader duty: the device, if open, is closed with the magic `V`.
-    pub fn disable(&mut self) {
+    fn disable(&mut self) {
         self.close_device();
         self.active = false;
     }

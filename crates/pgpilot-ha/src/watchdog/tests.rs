@@ -111,7 +111,7 @@ fn armed_for(opener: &Arc<Fake>, mode: WatchdogMode, safety_margin: i64, ttl: u6
 #[test]
 fn armed_pinged_reconfigured_with_a_keepalive_and_closed() {
     let (opener, calls) = fake(true, true, None);
-    let mut w = armed_for(&opener, WatchdogMode::Automatic, 5, 30);
+    let w = armed_for(&opener, WatchdogMode::Automatic, 5, 30);
     assert!(!w.is_running());
     assert!(w.activate());
     assert!(w.is_running());
@@ -132,7 +132,7 @@ fn armed_pinged_reconfigured_with_a_keepalive_and_closed() {
 #[test]
 fn half_the_ttl_and_off_closes_at_once() {
     let (opener, calls) = fake(true, true, None);
-    let mut w = armed_for(&opener, WatchdogMode::Required, -1, 30);
+    let w = armed_for(&opener, WatchdogMode::Required, -1, 30);
     assert!(w.activate());
     w.configure(&config(WatchdogMode::Off, -1), S(30), S(10));
     assert!(!w.is_running());
@@ -150,7 +150,7 @@ fn half_the_ttl_and_off_closes_at_once() {
 #[test]
 fn required_without_a_device() {
     let (opener, calls) = fake(false, false, None);
-    let mut w = armed_for(&opener, WatchdogMode::Required, 5, 30);
+    let w = armed_for(&opener, WatchdogMode::Required, 5, 30);
     assert!(!w.is_healthy());
     assert!(!w.activate());
     w.disable();
@@ -165,11 +165,11 @@ fn required_without_a_device() {
 #[test]
 fn automatic_without_a_device() {
     let (opener, _) = fake(false, false, None);
-    let mut w = armed_for(&opener, WatchdogMode::Automatic, 5, 30);
+    let w = armed_for(&opener, WatchdogMode::Automatic, 5, 30);
     assert!(w.is_healthy());
     assert!(w.activate());
     assert!(!w.is_running());
-    assert!(w.failed);
+    assert!(w.state().failed);
     assert!(w.activate());
 }
 
@@ -178,10 +178,10 @@ fn automatic_without_a_device() {
 fn no_slack_no_watchdog() {
     // ttl 20 - margin 15 = 5 s < loop_wait 10 s.
     let (opener, calls) = fake(true, true, None);
-    let mut w = armed_for(&opener, WatchdogMode::Required, 15, 20);
+    let w = armed_for(&opener, WatchdogMode::Required, 15, 20);
     assert!(!w.is_healthy());
     assert!(!w.activate());
-    let mut w = armed_for(&opener, WatchdogMode::Automatic, 15, 20);
+    let w = armed_for(&opener, WatchdogMode::Automatic, 15, 20);
     assert!(w.activate());
     assert!(!w.is_running());
     assert!(calls.lock().unwrap().is_empty());
@@ -192,10 +192,10 @@ fn no_slack_no_watchdog() {
 #[test]
 fn fixed_timeout_longer_than_the_key() {
     let (opener, calls) = fake(true, true, Some(60));
-    let mut w = armed_for(&opener, WatchdogMode::Automatic, 5, 30);
+    let w = armed_for(&opener, WatchdogMode::Automatic, 5, 30);
     assert!(w.activate());
     assert!(w.is_running());
-    let mut w = armed_for(&opener, WatchdogMode::Required, 5, 30);
+    let w = armed_for(&opener, WatchdogMode::Required, 5, 30);
     assert!(!w.activate());
     assert!(!w.is_running());
     assert!(!w.is_healthy());
@@ -206,7 +206,7 @@ fn fixed_timeout_longer_than_the_key() {
 #[test]
 fn fixed_timeout_shorter_than_loop_wait() {
     let (opener, calls) = fake(true, true, Some(3));
-    let mut w = armed_for(&opener, WatchdogMode::Automatic, 5, 30);
+    let w = armed_for(&opener, WatchdogMode::Automatic, 5, 30);
     assert!(w.activate());
     assert!(!w.is_running());
     assert_eq!(*calls.lock().unwrap(), ["open", "V"]);

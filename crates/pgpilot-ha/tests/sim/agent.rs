@@ -285,9 +285,22 @@ impl World {
         self.finish_cycle(i, &line, full);
     }
 
+    /// `Agent::renewed`: a successful renewal or acquisition sent at `now` arms the guard until
+    /// `now + ttl - margin` (the simulated DCS answers at once).
+    fn renewed(&mut self, i: usize, now: Instant) {
+        let ttl = self.agent(i).dynamic.ttl;
+        self.agent(i).last_renewal = Some(now);
+        self.members[i].guard = Some(now + ttl - pgpilot_ha::guard::margin(ttl));
+    }
+
     fn finish_cycle(&mut self, i: usize, line: &str, full: bool) {
         if self.members[i].agent.is_none() {
             return;
+        }
+        // `Agent::disarm_when_not_leading` (and the disarm after a demotion's stop): a member
+        // without the key whose PostgreSQL is stopped or in recovery may fence no more.
+        if self.agent(i).last_renewal.is_none() && !self.members[i].pg.writable() {
+            self.members[i].guard = None;
         }
         let now = self.now();
         let name = self.members[i].name.clone();
@@ -566,8 +579,8 @@ impl World {
             return "Failed to bootstrap cluster: could not publish it in DCS".into();
         }
         let now = self.now();
+        self.renewed(i, now);
         let a = self.agent(i);
-        a.last_renewal = Some(now);
         a.role = "primary".into();
         a.state = "running".into();
         a.run_again = true;
@@ -620,7 +633,7 @@ impl World {
             Decision::UpdateLockDuring { action } => {
                 match call!(self, i, |d| d.update_leader(None)) {
                     Ok(true) => {
-                        self.agent(i).last_renewal = Some(now);
+                        self.renewed(i, now);
                         format!("updated leader lock during {}", action.describe())
                     }
                     _ => {
@@ -694,7 +707,11 @@ impl World {
             } => {
                 let (as_primary, msg) = if renew_lock_first {
                     let renewed = matches!(call!(self, i, |d| d.update_leader(None)), Ok(true));
-                    self.agent(i).last_renewal = renewed.then_some(now);
+                    if renewed {
+                        self.renewed(i, now);
+                    } else {
+                        self.agent(i).last_renewal = None;
+                    }
                     start_after_renewal(as_primary, msg, renewed)
                 } else {
                     (as_primary, msg)
@@ -776,7 +793,7 @@ impl World {
         let now = self.now();
         let outcome = call!(self, i, |d| d.attempt_to_acquire_leader()).map_err(|e| e.to_string());
         if outcome == Ok(true) {
-            self.agent(i).last_renewal = Some(now);
+            self.renewed(i, now);
             if let Some(f) = obs.cluster.as_ref().and_then(|c| c.failover.as_ref()) {
                 let _ = call!(self, i, |d| d.set_failover("{}", Some(f.version)));
             }
@@ -946,7 +963,7 @@ impl World {
         let now = self.now();
         let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
         match call!(self, i, |d| d.update_leader(leader.as_ref())) {
-            Ok(true) => self.agent(i).last_renewal = Some(now),
+            Ok(true) => self.renewed(i, now),
             _ => {
                 self.agent(i).last_renewal = None;
                 if matches!(

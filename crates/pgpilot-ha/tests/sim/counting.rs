@@ -257,6 +257,20 @@ impl Dcs for CountingDcs {
         r
     }
 
+    async fn keep_leader_lease(&self) -> Result<bool> {
+        let r = self.inner.keep_leader_lease().await;
+        outcome(
+            &self.ops,
+            "keep_leader_lease",
+            "keep_leader_lease (failed)",
+            &r,
+        );
+        if r.is_ok() {
+            self.keepalive(true);
+        }
+        r
+    }
+
     async fn take_leader(&self) -> Result<()> {
         let r = self.inner.take_leader().await;
         outcome(&self.ops, "take_leader", "take_leader (failed)", &r);

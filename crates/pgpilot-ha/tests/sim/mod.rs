@@ -18,11 +18,15 @@
 //! acting; DCS outage; isolation of one member (its DCS calls fail, it streams to nobody, peers
 //! cannot read its `/patroni`); switchover requests with and without a candidate; `/config`
 //! edits of synchronous_mode and strict; `/patroni` answers as of the peer's last cycle; watch
-//! wake-ups; a failed DCS read costs retry_timeout.
+//! wake-ups; a failed DCS read costs retry_timeout; the guard (issue 12: armed by every
+//! renewal until `ttl - margin`, a process apart that a freeze or kill of the agent leaves
+//! running, stopping PostgreSQL at its deadline), so the invariants make no exception for a
+//! frozen or killed agent's primary.
 //!
 //! Not modelled: pause, scheduled switchovers and restarts, REST restart/reinitialize, failsafe,
 //! standby clusters, tags (nofailover, nosync, priorities, replicatefrom, clonefrom), slots,
-//! watchdog, archive/restore_command, failing pg_rewind or basebackup (they fail only when their
+//! watchdog, the lease keeper (no cycle here waits longer than a failed DCS read),
+//! archive/restore_command, failing pg_rewind or basebackup (they fail only when their
 //! source is unavailable), graceful agent shutdown (`leave_sync_duty`), synchronous_commit levels
 //! other than flush, maximum_lag_on_syncnode, ttl/loop_wait changes, a stale watch cache in the
 //! DCS client (memory reads are linearizable), asymmetric partitions, DCS latency other than the
@@ -210,9 +214,15 @@ pub struct Member {
     pub frozen_until: Option<Instant>,
     pub partitioned: bool,
     pub partition_until: Option<Instant>,
-    /// The agent has not completed a cycle since it was frozen or restarted: the window a
-    /// watchdog would close. Its primary is left out of the invariants (and counted apart).
+    /// The agent has not completed a cycle since it was frozen or restarted (counted apart in
+    /// the statistics; the invariants hold through it, the guard closes it).
     pub gap: bool,
+    /// The guard of the running agent, while armed: its deadline (`pgpilot_ha::guard`). It is a
+    /// process of its own: a freeze of the agent does not stop it.
+    pub guard: Option<Instant>,
+    /// The guard of an agent that was killed or exited while armed: it keeps its deadline and
+    /// fences at it, whatever the restarted agent does (as the real one does).
+    pub orphan_guard: Option<Instant>,
 }
 
 /// An acknowledged commit.
@@ -226,8 +236,6 @@ pub struct Ack {
     /// agent), in the current synchronous epoch (see `World::mode_epoch`).
     pub sync_mode: bool,
     pub epoch: u64,
-    /// Acknowledged by a primary outside the watchdog gap.
-    pub protected: bool,
     /// Known bug K2: acknowledged with an empty ssn while `/sync` still named standbys who may
     /// win a race without this commit.
     pub k2: bool,
@@ -244,12 +252,12 @@ pub struct Stats {
     pub promotions: u64,
     pub switchovers_requested: u64,
     pub faults: BTreeMap<&'static str, u64>,
-    /// Steps with two writable primaries where one of them was in the watchdog gap.
-    pub gap_double_primary_steps: u64,
-    pub gap_double_primary_seeds: u64,
-    /// Acknowledged commits lost in asynchronous mode (allowed) and in the gap.
+    /// Acknowledged commits lost in asynchronous mode (allowed), and synchronous ones
+    /// acknowledged before a thawed agent re-created an expired leader key (`gap_mark`).
     pub async_lost: u64,
     pub gap_lost: u64,
+    /// PostgreSQL stopped by a guard at its deadline.
+    pub fences: u64,
     /// Thawed agents that renewed the leader key on a decision taken before their freeze while
     /// the key was not theirs any more (gone, or someone else's).
     pub stale_renewals: u64,
@@ -277,11 +285,10 @@ impl Stats {
         for (k, v) in &o.faults {
             *self.faults.entry(k).or_default() += v;
         }
-        self.gap_double_primary_steps += o.gap_double_primary_steps;
-        self.gap_double_primary_seeds += o.gap_double_primary_seeds;
         self.async_lost += o.async_lost;
         self.gap_lost += o.gap_lost;
         self.stale_renewals += o.stale_renewals;
+        self.fences += o.fences;
         self.no_leader_at_end += o.no_leader_at_end;
         for (k, v) in &o.no_leader_why {
             *self.no_leader_why.entry(k).or_default() += v;
@@ -373,6 +380,8 @@ impl World {
                     partitioned: false,
                     partition_until: None,
                     gap: false,
+                    guard: None,
+                    orphan_guard: None,
                 }
             })
             .collect();
@@ -513,9 +522,39 @@ impl World {
         c
     }
 
-    fn excused(&self, i: usize) -> bool {
-        let m = &self.members[i];
-        m.frozen_until.is_some() || m.gap || m.agent.is_none()
+    /// Guards whose deadline passed stop their member's PostgreSQL (an immediate shutdown; a
+    /// frozen postmaster too: the SIGKILL that follows reaches a stopped process).
+    fn fence(&mut self) {
+        let now = self.now();
+        for i in 0..self.members.len() {
+            let m = &mut self.members[i];
+            let due = [m.guard, m.orphan_guard]
+                .into_iter()
+                .flatten()
+                .any(|t| t <= now);
+            if !due {
+                continue;
+            }
+            if m.guard.is_some_and(|t| t <= now) {
+                m.guard = None;
+            }
+            if m.orphan_guard.is_some_and(|t| t <= now) {
+                m.orphan_guard = None;
+            }
+            if m.pg.proc == pg::Proc::Stopped {
+                continue;
+            }
+            let id = self.next_id();
+            let m = &mut self.members[i];
+            m.pg.stop(false, id);
+            m.pg.frozen = false;
+            self.stats.fences += 1;
+            trace!(
+                self,
+                "event: the guard of {} stops its PostgreSQL at the lease deadline",
+                self.members[i].name
+            );
+        }
     }
 
     /// initdb started PostgreSQL; the agent takes the leader key when it reaps the task.
@@ -544,6 +583,7 @@ impl World {
         m.agent = None;
         m.gap = true;
         m.restart_at = Some(now + Duration::from_secs(10));
+        m.orphan_guard = m.guard.take().max(m.orphan_guard);
     }
 
     fn violate(&mut self, msg: String) {
@@ -591,7 +631,7 @@ impl World {
             a.lost = true;
             if !sync || !a.sync_mode || a.epoch != epoch {
                 self.stats.async_lost += 1;
-            } else if !a.protected || n < gap_mark {
+            } else if n < gap_mark {
                 self.stats.gap_lost += 1;
             } else if let Some(k) = known.or(self.tainted).or((n < k3_mark).then_some("K3")) {
                 *self.stats.known_lost.entry(k).or_default() += 1;
@@ -643,35 +683,34 @@ impl World {
         })
     }
 
-    /// Invariants 1 and 3, after every action.
+    /// Invariants 1 and 3, after every action. Nothing excuses a frozen or killed agent's
+    /// primary: its guard fences it before its key can expire.
     fn check(&mut self) {
         let writable: Vec<usize> = (0..self.members.len())
             .filter(|&i| self.members[i].pg.writable())
             .collect();
-        let strict: Vec<usize> = writable
-            .iter()
-            .copied()
-            .filter(|&i| !self.excused(i))
-            .collect();
-        if strict.len() > 1 {
-            let names: Vec<&str> = strict
+        if writable.len() > 1 {
+            let names: Vec<&str> = writable
                 .iter()
                 .map(|&i| self.members[i].name.as_str())
                 .collect();
             self.violate(format!("invariant 1: two writable primaries {names:?}"));
-        } else if writable.len() > 1 {
-            self.stats.gap_double_primary_steps += 1;
         }
         let now = self.now();
-        for i in strict {
+        for i in writable {
             // A member about to run again at this instant (`run_again`) is judged after it did.
             if self.bootstrapping(i) || self.due(i) {
                 continue;
             }
             let m = &self.members[i];
-            let a = m.agent.as_ref().expect("agent");
-            let ttl = a.dynamic.ttl;
-            let renewed = a.last_renewal.is_some_and(|t| now - t < ttl);
+            // A killed agent renews nothing: its primary must hold the key (until its guard
+            // fences it, before the key can expire).
+            let last_renewal = m.agent.as_ref().and_then(|a| a.last_renewal);
+            let ttl = m
+                .agent
+                .as_ref()
+                .map_or(Duration::from_secs(self.cfg.ttl), |a| a.dynamic.ttl);
+            let renewed = last_renewal.is_some_and(|t| now - t < ttl);
             if renewed {
                 continue;
             }
@@ -689,7 +728,7 @@ impl World {
                     "invariant 3: {} runs a writable primary without the leader key (held by {:?}) and last renewed {:?} ago",
                     m.name,
                     c.leader_name(),
-                    a.last_renewal.map(|t| now - t)
+                    last_renewal.map(|t| now - t)
                 );
                 self.violate(msg);
             }
@@ -731,7 +770,6 @@ impl World {
             let ssn = pg.live_ssn.clone();
             let waiting = pg.waiting.clone();
             let mut still = Vec::new();
-            let protected = !self.excused(p);
             let sync_mode = self.cfg.active()
                 && self.members[p]
                     .agent
@@ -762,7 +800,6 @@ impl World {
                         at,
                         sync_mode,
                         epoch,
-                        protected,
                         k2,
                         lost: false,
                     });
@@ -804,6 +841,7 @@ impl World {
 
     /// Ends faults that are due: restarts, thaws, healed partitions, the DCS back.
     fn end_faults(&mut self) {
+        self.fence();
         let now = self.now();
         if self.dcs_down_until.is_some_and(|t| t <= now) {
             self.dcs_down_until = None;
@@ -880,6 +918,9 @@ impl World {
                 let m = &mut self.members[i];
                 m.pg.stop(false, id);
                 m.agent = None;
+                // Every process of the member: its guards too.
+                m.guard = None;
+                m.orphan_guard = None;
                 m.restart_at = Some(now + d);
             }
             8..=13
@@ -899,6 +940,7 @@ impl World {
                 self.fault("kill agent");
                 let m = &mut self.members[i];
                 m.agent = None;
+                m.orphan_guard = m.guard.take().max(m.orphan_guard);
                 m.gap = true;
                 m.restart_at = Some(now + d);
             }
@@ -1139,6 +1181,8 @@ impl World {
             t.extend(m.restart_at);
             t.extend(m.frozen_until);
             t.extend(m.partition_until);
+            t.extend(m.guard);
+            t.extend(m.orphan_guard);
             if m.frozen_until.is_some() {
                 continue;
             }
@@ -1309,9 +1353,6 @@ pub fn run_seed_with(seed: u64, bug: Bug, tracing: bool, tolerate_known: bool) -
         w.run().await;
         if let Some(k) = w.tainted {
             w.stats.known_seeds.insert(k, 1);
-        }
-        if w.stats.gap_double_primary_steps > 0 {
-            w.stats.gap_double_primary_seeds = 1;
         }
         Outcome {
             violation: w.violation,
