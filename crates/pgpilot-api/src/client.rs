@@ -1,4 +1,5 @@
-//! Outbound REST calls: peers' `/patroni` during a leader race, and the duplicate-name check.
+//! Outbound REST calls: peers' `/patroni` during a leader race, the duplicate-name check, and
+//! failsafe mode's `POST /failsafe`.
 
 use std::time::Duration;
 
@@ -65,15 +66,48 @@ impl Client {
     /// The duplicate-name check: `GET <api_url host>/liveness`; `true` if anything answered
     /// with an HTTP response within `timeout`.
     pub async fn answers(&self, api_url: &str, timeout: Duration) -> bool {
-        let base = match api_url.split_once("://") {
-            Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or("")),
-            None => return false,
+        let Some(base) = base_url(api_url) else {
+            return false;
         };
         self.get(&format!("{base}/liveness"), timeout)
             .send()
             .await
             .is_ok()
     }
+
+    /// `POST <api_url host>/failsafe` with `body` (Patroni's `call_failsafe_member`): `true`
+    /// only for 200 `Accepted`. The answer is logged as Patroni does.
+    pub async fn post_failsafe(&self, api_url: &str, body: &Value, timeout: Duration) -> bool {
+        let Some(base) = base_url(api_url) else {
+            return false;
+        };
+        let url = format!("{base}/failsafe");
+        let mut rb = self.http.post(&url).timeout(timeout).json(body);
+        if let Some((u, p)) = &self.auth {
+            rb = rb.basic_auth(u, Some(p));
+        }
+        match rb.send().await {
+            Ok(resp) => {
+                let code = resp.status().as_u16();
+                let text = resp.text().await.unwrap_or_default();
+                tracing::info!("Got response from {url}: {code} {text}");
+                code == 200 && text == "Accepted"
+            }
+            Err(e) => {
+                tracing::warn!("Request failed: POST {url} ({e})");
+                false
+            }
+        }
+    }
+}
+
+/// `scheme://host:port` of an api_url (Patroni's `get_endpoint_url` drops the path).
+fn base_url(api_url: &str) -> Option<String> {
+    let (scheme, rest) = api_url.split_once("://")?;
+    Some(format!(
+        "{scheme}://{}",
+        rest.split('/').next().unwrap_or("")
+    ))
 }
 
 impl Peers for Client {
@@ -88,5 +122,9 @@ impl Peers for Client {
 
     async fn answers(&self, api_url: &str, timeout: Duration) -> bool {
         Client::answers(self, api_url, timeout).await
+    }
+
+    async fn post_failsafe(&self, api_url: &str, body: &Value, timeout: Duration) -> bool {
+        Client::post_failsafe(self, api_url, body, timeout).await
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 mod ciphers;
 pub mod client;
+mod failsafe;
 mod health;
 mod http;
 mod metrics;
@@ -22,8 +23,10 @@ pub mod tls;
 mod write;
 
 pub use client::Client;
+pub use failsafe::FailsafeSender;
 pub use pgpilot_types::{
-    AgentStats, Command, NodeSnapshot, PeerStatus, Peers, PgInfo, RestartRequest, Role, State,
+    AgentStats, Command, FailsafeLeader, NodeSnapshot, PeerStatus, Peers, PgInfo, RestartRequest,
+    Role, State,
 };
 pub use server::{serve, ServerOptions};
 pub use status::status_document;

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::failsafe::{self, FailsafeSender};
 use crate::health::{health_code, liveness, readiness};
 use crate::http::{python_json, read_request, write_response, Request, Response};
 use crate::metrics;
@@ -40,6 +41,8 @@ pub struct ServerOptions {
     pub tls: Option<ServerTls>,
     /// PostgreSQL's state asked at request time.
     pub live_pg: Option<LivePg>,
+    /// Where `POST /failsafe` leaves the leader it names, for the agent (`None`: answered 503).
+    pub failsafe: Option<FailsafeSender>,
 }
 
 pub(crate) struct Shared<D> {
@@ -53,6 +56,7 @@ pub(crate) struct Shared<D> {
     pub(crate) client: Client,
     tls: Option<ServerTls>,
     live_pg: Option<LivePg>,
+    pub(crate) failsafe: Option<FailsafeSender>,
     /// The last live answer and when it came (shared by concurrent health checks).
     live_cache: std::sync::Mutex<Option<(Instant, PgInfo)>>,
 }
@@ -82,6 +86,7 @@ pub async fn serve<D: Dcs>(
         client: options.client,
         tls: options.tls,
         live_pg: options.live_pg,
+        failsafe: options.failsafe,
         live_cache: std::sync::Mutex::new(None),
     });
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -160,16 +165,18 @@ async fn handle<D: Dcs>(
     let now = Instant::now();
     let bare = matches!(req.method.as_str(), "HEAD" | "OPTIONS");
     if req.method == "GET" || bare {
+        let snap = failsafe::with_received(shared.failsafe.as_ref(), snap);
         let snap = live_snapshot(shared, snap, req).await;
         let mut resp = get(shared, &snap, req, now).await;
         resp.bare = bare;
         return resp;
     }
     // The access check of every mutating endpoint (spec/rest-api.md §1.6): allowlist, then
-    // Basic authentication.
-    if (!shared.allowlist.is_empty() || shared.allowlist_include_members)
-        && !allowed_client(shared, peer).await
-    {
+    // Basic authentication. `POST /failsafe` comes while the DCS is unreachable, so the
+    // members' addresses are not asked for it (Patroni's `allowlist_check_members=False`).
+    let post_failsafe = req.method == "POST" && req.first_segment() == "failsafe";
+    let members = shared.allowlist_include_members && !post_failsafe;
+    if (!shared.allowlist.is_empty() || members) && !allowed_client(shared, peer, members).await {
         return Response::text(403, "Access is denied");
     }
     if shared
@@ -187,6 +194,9 @@ async fn handle<D: Dcs>(
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             return unauthorized("not authenticated");
         }
+    }
+    if post_failsafe {
+        return failsafe::post(shared, req);
     }
     write::handle(shared, req).await
 }
@@ -244,11 +254,11 @@ async fn live_snapshot<D: Dcs>(
     Arc::new(fresh)
 }
 
-async fn allowed_client<D: Dcs>(shared: &Shared<D>, peer: IpAddr) -> bool {
+async fn allowed_client<D: Dcs>(shared: &Shared<D>, peer: IpAddr, members: bool) -> bool {
     if allowed(peer, &shared.allowlist) {
         return true;
     }
-    if !shared.allowlist_include_members {
+    if !members {
         return false;
     }
     let Ok(cluster) = shared.dcs.cluster().await else {
@@ -316,6 +326,7 @@ async fn get<D: Dcs>(
             }
             Err(e) => Response::text(503, format!("DCS is not accessible: {e}")),
         },
+        "failsafe" => failsafe::get(snap),
         "config" => match shared.dcs.cluster_fresh().await {
             Ok(Cluster {
                 config: Some(cfg), ..
@@ -505,6 +516,7 @@ mod tests {
             client: Client::new(None),
             tls: None,
             live_pg,
+            failsafe: None,
         }
     }
 
@@ -677,6 +689,7 @@ mod tests {
             ("POST", "/switchover"),
             ("POST", "/failover"),
             ("DELETE", "/switchover"),
+            ("POST", "/failsafe"),
         ];
         let auth = Some(("admin".to_string(), "secret".to_string()));
         let snap = || {
@@ -723,6 +736,141 @@ mod tests {
         }
     }
 
+    fn body_of(answer: &str) -> &str {
+        answer.split("\r\n\r\n").nth(1).unwrap_or("")
+    }
+
+    fn post_failsafe_request(auth: &str) -> String {
+        let body = r#"{"name":"pg2","conn_url":"postgres://127.0.0.2:5432/postgres","api_url":"http://127.0.0.2:8008/patroni","slots":{}}"#;
+        format!(
+            "POST /failsafe HTTP/1.0\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// `GET /failsafe` serves the `/failsafe` key of the last DCS view (also once it is stale:
+    /// it is wanted while the DCS is away), and 502 when failsafe mode is off or the key absent.
+    #[tokio::test]
+    async fn get_failsafe_serves_the_last_key_and_502_without_failsafe_mode() {
+        let key = serde_json::json!({"pg1": "http://127.0.0.1:8008/patroni", "pg2": "http://127.0.0.2:8008/patroni"});
+        let cluster = Cluster {
+            failsafe: key.as_object().cloned(),
+            ..Default::default()
+        };
+        let mut snap = NodeSnapshot::starting("pg1", "batman");
+        snap.state = State::Running;
+        snap.cluster = Some(Arc::new(cluster));
+        let (off, stop_off, server_off) = start(snap.clone(), options(None, None)).await;
+        snap.failsafe_mode = true;
+        let (on, stop_on, server_on) = start(snap.clone(), options(None, None)).await;
+        snap.cluster = Some(Arc::new(Cluster::default()));
+        let (no_key, stop_no_key, server_no_key) = start(snap, options(None, None)).await;
+        let got = exchange(off, "GET /failsafe HTTP/1.0\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.0 502 "), "{got}");
+        let got = exchange(on, "GET /failsafe HTTP/1.0\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.0 200 "), "{got}");
+        assert_eq!(
+            serde_json::from_str::<Value>(body_of(&got)).unwrap(),
+            key,
+            "{got}"
+        );
+        let got = exchange(no_key, "GET /failsafe HTTP/1.0\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.0 502 "), "{got}");
+        for (stop, server) in [
+            (stop_off, server_off),
+            (stop_on, server_on),
+            (stop_no_key, server_no_key),
+        ] {
+            stop.cancel();
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// `POST /failsafe` on a replica: authenticated (the members part of the allowlist is not
+    /// asked: the DCS is down when it comes), 200 `Accepted` with the replica's LSN in the `lsn`
+    /// header, the sender handed to the agent, and `/patroni` reporting failsafe active at
+    /// once. A primary answers 500 `Running as a leader`; without failsafe mode, 502.
+    #[tokio::test]
+    async fn post_failsafe_on_a_replica_names_the_leader_for_the_agent() {
+        let auth = Some(("admin".to_string(), "secret".to_string()));
+        let good = format!("Basic {}", base64(b"admin:secret"));
+        let mut replica = NodeSnapshot::starting("pg3", "batman");
+        replica.state = State::Running;
+        replica.failsafe_mode = true;
+        replica.pg = Some(PgInfo {
+            in_recovery: true,
+            receive_lsn: Some(67_108_960),
+            replay_lsn: Some(67_108_000),
+            ..Default::default()
+        });
+        let (tx, rx) = watch::channel(None);
+        let mut opts = options(auth.clone(), None);
+        opts.allowlist_include_members = true;
+        opts.failsafe = Some(tx);
+        let (addr, stop, server) = start(replica.clone(), opts).await;
+        let before = exchange(addr, "GET /patroni HTTP/1.0\r\n\r\n").await;
+        assert!(!before.contains("failsafe_mode_is_active"), "{before}");
+        let got = exchange(addr, &post_failsafe_request(&good)).await;
+        assert!(got.starts_with("HTTP/1.0 200 "), "{got}");
+        assert!(got.contains("\r\nlsn: 67108960\r\n"), "{got}");
+        assert_eq!(body_of(&got), "Accepted");
+        let leader = rx
+            .borrow()
+            .clone()
+            .expect("the sender is handed to the agent");
+        assert_eq!(leader.name, "pg2");
+        assert_eq!(leader.api_url, "http://127.0.0.2:8008/patroni");
+        assert_eq!(leader.conn_url, "postgres://127.0.0.2:5432/postgres");
+        let status = exchange(addr, "GET /patroni HTTP/1.0\r\n\r\n").await;
+        let doc: Value = serde_json::from_str(body_of(&status)).unwrap();
+        assert_eq!(doc["failsafe_mode_is_active"], true, "{status}");
+        let metrics = exchange(addr, "GET /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(
+            metrics.contains("patroni_failsafe_mode_is_active{scope=\"batman\",name=\"pg3\"} 1\n"),
+            "{metrics}"
+        );
+        // Patroni's body is required: 400 for an empty one.
+        let empty = format!(
+            "POST /failsafe HTTP/1.0\r\nAuthorization: {good}\r\nContent-Length: 2\r\n\r\n{{}}"
+        );
+        assert!(exchange(addr, &empty).await.starts_with("HTTP/1.0 400 "));
+        // Other mutating endpoints still check the members part of the allowlist.
+        let restart = format!(
+            "POST /restart HTTP/1.0\r\nAuthorization: {good}\r\nContent-Length: 2\r\n\r\n{{}}"
+        );
+        assert!(exchange(addr, &restart).await.starts_with("HTTP/1.0 403 "));
+        stop.cancel();
+        server.await.unwrap().unwrap();
+
+        let mut primary = replica.clone();
+        primary.pg = Some(PgInfo {
+            in_recovery: false,
+            ..Default::default()
+        });
+        let (tx, rx) = watch::channel(None);
+        let mut opts = options(auth.clone(), None);
+        opts.failsafe = Some(tx);
+        let (addr, stop, server) = start(primary, opts).await;
+        let got = exchange(addr, &post_failsafe_request(&good)).await;
+        assert!(got.starts_with("HTTP/1.0 500 "), "{got}");
+        assert_eq!(body_of(&got), "Running as a leader");
+        assert!(rx.borrow().is_none());
+        stop.cancel();
+        server.await.unwrap().unwrap();
+
+        let mut off = replica;
+        off.failsafe_mode = false;
+        let (tx, rx) = watch::channel(None);
+        let mut opts = options(auth, None);
+        opts.failsafe = Some(tx);
+        let (addr, stop, server) = start(off, opts).await;
+        let got = exchange(addr, &post_failsafe_request(&good)).await;
+        assert!(got.starts_with("HTTP/1.0 502 "), "{got}");
+        assert!(rx.borrow().is_none());
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
     /// A deterministic fuzz of the JSON bodies of the mutating endpoints, authenticated: no
     /// panic, every answer a status line, and the server still answers afterwards.
     #[tokio::test]
@@ -739,6 +887,7 @@ mod tests {
             ("PUT", "/config"),
             ("POST", "/switchover"),
             ("POST", "/failover"),
+            ("POST", "/failsafe"),
         ];
         let keys = [
             "leader",

@@ -102,6 +102,9 @@ pub fn status_document(s: &NodeSnapshot, now: Instant) -> Value {
     if cluster.is_none_or(Cluster::is_unlocked) {
         d.insert("cluster_unlocked".into(), json!(true));
     }
+    if s.failsafe_is_active(now) {
+        d.insert("failsafe_mode_is_active".into(), json!(true));
+    }
     d.insert("dcs_last_seen".into(), json!(s.dcs_last_seen));
     if !s.tags.is_empty() {
         d.insert("tags".into(), Value::Object(s.tags.clone()));

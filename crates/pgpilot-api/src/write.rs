@@ -17,7 +17,7 @@ use crate::{Command, RestartRequest};
 
 /// `_read_json_content`: no Content-Length -> 411 (or `{}` when the body is optional); an empty
 /// body with an optional one -> `{}`; otherwise a JSON object, non-empty unless optional.
-fn read_json(req: &Request, optional: bool) -> Result<Map<String, Value>, Response> {
+pub(crate) fn read_json(req: &Request, optional: bool) -> Result<Map<String, Value>, Response> {
     let Some(body) = &req.body else {
         return if optional {
             Ok(Map::new())

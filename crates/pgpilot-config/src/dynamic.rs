@@ -21,6 +21,9 @@ pub struct DynamicConfig {
     /// synchronous mode: a primary whose stop takes longer is killed (SIGKILL).
     pub primary_stop_timeout: Duration,
     pub check_timeline: bool,
+    /// `failsafe_mode`: a primary that loses the DCS keeps running while every member listed
+    /// in `/failsafe` acknowledges it (spec/ha-loop.md §5.10).
+    pub failsafe_mode: bool,
     pub max_timelines_history: usize,
     pub pause: bool,
     pub use_pg_rewind: bool,
@@ -285,6 +288,22 @@ fn ignore_slots(doc: &Map<String, Value>) -> Vec<SlotMatcher> {
         .collect()
 }
 
+/// Patroni's part of failsafe mode that pgpilot does not do, named in a warning whenever the
+/// mode is on (nothing silent).
+pub const FAILSAFE_NOT_IMPLEMENTED: &str = "failsafe_mode: not implemented by pgpilot yet: \
+     replication slots are not advanced while the DCS is unreachable (Patroni moves them with \
+     the slots of the leader's POST /failsafe and the replicas' lsn answers), and /readiness \
+     of a replica without a DCS view does not answer 200 because failsafe is active";
+
+/// `failsafe_mode` (one truthiness rule); when on, the warning of what pgpilot leaves out.
+fn failsafe_mode(doc: &Map<String, Value>, w: &mut Vec<String>) -> bool {
+    let on = doc.get("failsafe_mode").is_some_and(truthy);
+    if on {
+        w.push(FAILSAFE_NOT_IMPLEMENTED.into());
+    }
+    on
+}
+
 /// Seconds from a number or a string with a unit (`30min`, `1h`, `90s`, `2d`, `500ms`),
 /// as Patroni's `parse_int(value, 's')` reads it.
 fn seconds(doc: &Map<String, Value>, key: &str, w: &mut Vec<String>) -> Option<u64> {
@@ -445,6 +464,7 @@ impl DynamicConfig {
                     .unwrap_or(0),
             ),
             check_timeline: doc.get("check_timeline").is_some_and(truthy),
+            failsafe_mode: failsafe_mode(doc, &mut w),
             max_timelines_history: int(doc, "max_timelines_history", &mut w)
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(0),
@@ -592,6 +612,27 @@ mod tests {
         assert!(m[1].matches("any", "logical", Some("db"), Some("pgoutput")));
         assert!(!m[1].matches("any", "logical", Some("db"), Some("wal2json")));
         assert!(!m[1].matches("any", "physical", None, None));
+    }
+
+    #[test]
+    fn failsafe_mode_is_read_with_the_truthiness_rule_and_warns_what_is_left_out() {
+        assert!(!cfg(json!({})).failsafe_mode);
+        for on in [json!(true), json!("on"), json!("true")] {
+            let (c, w) = DynamicConfig::from_document(
+                json!({ "failsafe_mode": on })
+                    .as_object()
+                    .expect("test document is an object"),
+            );
+            assert!(c.failsafe_mode, "{on}");
+            assert!(w.iter().any(|w| w == FAILSAFE_NOT_IMPLEMENTED), "{w:?}");
+        }
+        let (c, w) = DynamicConfig::from_document(
+            json!({"failsafe_mode": false})
+                .as_object()
+                .expect("test document is an object"),
+        );
+        assert!(!c.failsafe_mode);
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

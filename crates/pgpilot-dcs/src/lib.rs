@@ -117,6 +117,10 @@ pub trait Dcs: Send + Sync + 'static {
     /// Unconditional put of `history` (no lease).
     fn set_history(&self, value: &str) -> impl Future<Output = Result<()>> + Send;
 
+    /// Unconditional put of `failsafe` (no lease): the leader's list of members and their
+    /// api_urls while `failsafe_mode` is on. Only the leader writes it, when it changed.
+    fn set_failsafe(&self, value: &str) -> impl Future<Output = Result<()>> + Send;
+
     /// Unconditional put of `status` (no lease).
     fn write_status(&self, status: &Status) -> impl Future<Output = Result<()>> + Send;
 

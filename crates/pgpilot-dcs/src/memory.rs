@@ -377,6 +377,10 @@ impl Dcs for MemoryDcs {
         self.cas_put("history", value, |_| true, false).map(|_| ())
     }
 
+    async fn set_failsafe(&self, value: &str) -> Result<()> {
+        self.cas_put("failsafe", value, |_| true, false).map(|_| ())
+    }
+
     async fn write_status(&self, status: &Status) -> Result<()> {
         self.cas_put("status", &status.to_json(), |_| true, false)
             .map(|_| ())

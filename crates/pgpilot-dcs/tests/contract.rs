@@ -241,6 +241,18 @@ async fn cas_and_values<D: Dcs, F: Future<Output = Arc<D>>>(
             r#"{"optime":67108960}"#
         );
     }
+    // /failsafe: unconditional put without a lease, Patroni's compact JSON.
+    let failsafe =
+        r#"{"pg1":"http://127.0.0.1:8008/patroni","pg2":"http://127.0.0.2:8008/patroni"}"#;
+    a.set_failsafe(failsafe).await.unwrap();
+    let read = a.cluster_fresh().await.unwrap().failsafe.unwrap();
+    assert_eq!(read["pg2"], "http://127.0.0.2:8008/patroni");
+    if let Some(etcd) = etcd {
+        assert_eq!(
+            raw(etcd, "/service/batman/failsafe").await.unwrap().0,
+            failsafe
+        );
+    }
     a.delete_cluster().await.unwrap();
     assert!(a.cluster_fresh().await.unwrap().members.is_empty());
     assert!(a.cluster_fresh().await.unwrap().config.is_none());

@@ -114,6 +114,36 @@ fn obs() -> Observation {
         primary_start_timeout: Duration::from_secs(300),
         pre_promote_backoff: false,
         standby_cluster: false,
+        failsafe_mode: false,
+        failsafe: None,
+        started_within_ttl: false,
+    }
+}
+
+/// A `/failsafe` key listing these members.
+fn failsafe_key(names: &[&str]) -> Option<serde_json::Map<String, Value>> {
+    Some(
+        names
+            .iter()
+            .map(|n| (n.to_string(), json!(format!("http://127.0.0.1:8008/{n}"))))
+            .collect(),
+    )
+}
+
+/// Failsafe mode on with this `/failsafe` key, the DCS unreachable, PostgreSQL a primary.
+fn failsafe_primary(o: &mut Observation, names: &[&str]) {
+    o.cluster = None;
+    o.pg = primary(1);
+    o.failsafe_mode = true;
+    o.failsafe = failsafe_key(names);
+}
+
+fn ask(names: &[&str]) -> Decision {
+    Decision::FailsafeRound {
+        members: names
+            .iter()
+            .map(|n| (n.to_string(), format!("http://127.0.0.1:8008/{n}")))
+            .collect(),
     }
 }
 
@@ -313,6 +343,78 @@ fn manual_failover_from_leader_table() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// An unlocked cluster with `leader` injected as a recent `POST /failsafe` names it.
+fn injected(leader: &str) -> Option<Cluster> {
+    let mut c = cluster(None);
+    crate::decide::inject_leader(
+        &mut c,
+        &crate::decide::KnownLeader {
+            name: leader,
+            conn_url: "postgres://127.0.0.9:5432/postgres",
+            api_url: "http://127.0.0.9:8008/patroni",
+        },
+        "pg2",
+    );
+    Some(c)
+}
+
+/// Failsafe mode's pure parts: the `/failsafe` key the leader writes, the follow-up of a
+/// round, and the injected leader.
+#[test]
+fn failsafe_topology_round_and_injected_leader() {
+    use crate::decide::{after_failsafe_round, failsafe_topology, AfterFailsafe};
+    let mut c = cluster(Some("pg2"));
+    c.members[2].data.api_url.clear();
+    c.members.retain(|m| m.name != "pg2");
+    let key = failsafe_topology(&c, "pg2", "http://127.0.0.2:8008/patroni");
+    assert_eq!(
+        serde_json::to_string(&key).unwrap(),
+        r#"{"pg1":"http://127.0.0.1:8008/pg1","pg2":"http://127.0.0.2:8008/patroni"}"#,
+        "members without api_url are left out, the leader itself is added"
+    );
+    let ok = |n: &str| (n.to_string(), true);
+    assert_eq!(
+        after_failsafe_round(&[ok("pg1"), ok("pg3")]),
+        AfterFailsafe::Lead {
+            msg: "continue to run as a leader because failsafe mode is enabled and all members are accessible".into()
+        }
+    );
+    assert_eq!(
+        after_failsafe_round(&[]),
+        after_failsafe_round(&[ok("pg1")])
+    );
+    assert_eq!(
+        after_failsafe_round(&[ok("pg1"), ("pg3".into(), false)]),
+        AfterFailsafe::Demote {
+            msg: "demoted self because DCS is not accessible and I was a leader (failsafe: no acknowledgement from pg3)".into()
+        }
+    );
+    // Injected: an existing member key is used as is; a missing one is built from the POST,
+    // in name order; a held key, or our own name, is left alone.
+    let c = injected("pg1").unwrap();
+    assert_eq!(c.leader_name(), Some("pg1"));
+    assert_eq!(c.members.len(), 3);
+    let c = injected("pg25").unwrap();
+    assert_eq!(c.leader_name(), Some("pg25"));
+    let names: Vec<&str> = c.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["pg1", "pg2", "pg25", "pg3"]);
+    let m = c.member("pg25").unwrap();
+    assert_eq!(m.data.conn_url, "postgres://127.0.0.9:5432/postgres");
+    assert_eq!(m.data.host_port(), Some(("127.0.0.9".into(), 5432)));
+    assert_eq!(injected("pg2").unwrap().leader_name(), None);
+    let mut held = cluster(Some("pg3"));
+    crate::decide::inject_leader(
+        &mut held,
+        &crate::decide::KnownLeader {
+            name: "pg1",
+            conn_url: "",
+            api_url: "",
+        },
+        "pg2",
+    );
+    assert_eq!(held.leader_name(), Some("pg3"));
+}
+
 #[test]
 fn decision_table() {
     fn unlocked() -> Option<Cluster> {
@@ -335,6 +437,28 @@ fn decision_table() {
         ("dcs down, paused primary", Box::new(|o| { o.cluster = None; o.pg = primary(1); o.paused = true }), no_action("DCS is not accessible")),
         ("dcs down, stopped after demotion", Box::new(|o| { o.cluster = None; o.pg = stopped(true) }), start_secondary(None)),
         ("dcs down, stopped, paused", Box::new(|o| { o.cluster = None; o.pg = stopped(true); o.paused = true }), no_action("DCS is not accessible")),
+        // §5.1.17 with failsafe mode: ask the other members of the last `/failsafe` seen.
+        ("failsafe, dcs down, primary listed", Box::new(|o| failsafe_primary(o, &["pg1", "pg2", "pg3"])), ask(&["pg1", "pg3"])),
+        ("failsafe, dcs down, single member", Box::new(|o| failsafe_primary(o, &["pg2"])), ask(&[])),
+        ("failsafe, dcs down, primary not listed", Box::new(|o| failsafe_primary(o, &["pg1", "pg3"])), Decision::DemoteOffline),
+        ("failsafe, dcs down, empty key", Box::new(|o| failsafe_primary(o, &[])), Decision::DemoteOffline),
+        ("failsafe, dcs down, no key", Box::new(|o| { failsafe_primary(o, &[]); o.failsafe = None }), Decision::DemoteOffline),
+        ("failsafe off, dcs down, key listing me", Box::new(|o| { failsafe_primary(o, &["pg1", "pg2"]); o.failsafe_mode = false }), Decision::DemoteOffline),
+        ("failsafe, dcs down, paused primary", Box::new(|o| { failsafe_primary(o, &["pg1", "pg2"]); o.paused = true }), no_action("DCS is not accessible")),
+        ("failsafe, dcs down, replica", Box::new(|o| { failsafe_primary(o, &["pg1", "pg2"]); o.pg = replica(1000) }), no_action("DCS is not accessible")),
+        ("failsafe, dcs down, stopped after demotion", Box::new(|o| { failsafe_primary(o, &["pg1", "pg2"]); o.pg = stopped(true) }), start_secondary(None)),
+        // §5.2 rule 8: a member absent from a non-empty `/failsafe` does not take the key.
+        ("failsafe, unlocked, not listed", Box::new(|o| { o.cluster = unlocked(); o.failsafe_mode = true; o.failsafe = failsafe_key(&["pg1", "pg3"]) }), not_healthiest("failsafe mode: I am not listed in /failsafe")),
+        ("failsafe, unlocked, listed", Box::new(|o| { o.cluster = unlocked(); o.failsafe_mode = true; o.failsafe = failsafe_key(&["pg1", "pg2", "pg3"]) }), Decision::AcquireLeader),
+        ("failsafe, unlocked, empty key", Box::new(|o| { o.cluster = unlocked(); o.failsafe_mode = true; o.failsafe = failsafe_key(&[]) }), Decision::AcquireLeader),
+        ("failsafe, unlocked, agent started within a ttl", Box::new(|o| { o.cluster = unlocked(); o.failsafe_mode = true; o.started_within_ttl = true }), not_healthiest("failsafe mode: started less than a ttl ago (a POST /failsafe accepted before a restart may still bind this member)")),
+        ("failsafe off, unlocked, agent started within a ttl", Box::new(|o| { o.cluster = unlocked(); o.started_within_ttl = true }), Decision::AcquireLeader),
+        ("failsafe, unlocked, primary, agent started within a ttl", Box::new(|o| { o.cluster = unlocked(); o.pg = primary(1); o.failsafe_mode = true; o.started_within_ttl = true }), Decision::AcquireLeader),
+        ("failsafe off, unlocked, not listed", Box::new(|o| { o.cluster = unlocked(); o.failsafe = failsafe_key(&["pg1", "pg3"]) }), Decision::AcquireLeader),
+        // The leader of a recent POST /failsafe stands in for the expired key: follow it.
+        ("failsafe, unlocked, leader known from POST", Box::new(|o| { o.cluster = injected("pg1"); o.failsafe_mode = true; o.failsafe = failsafe_key(&["pg1", "pg2", "pg3"]) }), Decision::Follow { leader: "pg1".into() }),
+        ("failsafe, unlocked, leader known from POST, its key gone", Box::new(|o| { o.cluster = injected("pg9"); o.failsafe_mode = true; o.failsafe = failsafe_key(&["pg9", "pg2", "pg3"]) }), Decision::Follow { leader: "pg9".into() }),
+        ("failsafe, unlocked, leader known from POST, own primary", Box::new(|o| { o.cluster = injected("pg1"); o.pg = primary(1); o.failsafe_mode = true }), Decision::DemoteImmediate { msg: "demoting self because I do not have the lock and I was a leader".into() }),
         // §5.1.5: a background action runs.
         ("action, lock holder", Box::new(|o| { o.cluster = mine(); o.action = Some(ActionKind::Start) }), Decision::UpdateLockDuring { action: ActionKind::Start }),
         ("action, primary without lock", Box::new(|o| { o.pg = primary(1); o.action = Some(ActionKind::Rewind) }), Decision::DemoteImmediate { msg: "lost leader lock during rewind".into() }),
@@ -828,6 +952,57 @@ fn failover_possible_in_synchronous_mode_needs_a_sync_standby() {
     assert!(failover_possible(&o, &c));
     o.peers[0].is_primary = true;
     assert!(!failover_possible(&o, &c));
+}
+
+/// Failsafe mode over every PostgreSQL view, maintenance flag and `/failsafe` key with the DCS
+/// unreachable: a round is decided only for an unpaused running primary listed in the key, and
+/// never asks itself; an unpaused primary otherwise demotes offline (never keeps running
+/// without a round).
+#[test]
+fn failsafe_round_only_for_a_listed_unpaused_primary() {
+    let pgs = [
+        primary(1),
+        replica(1000),
+        PgView::Stopped {
+            was_primary: true,
+            clean: true,
+        },
+        PgView::Unresponsive,
+    ];
+    let keys: [Option<&[&str]>; 5] = [
+        None,
+        Some(&[]),
+        Some(&["pg2"]),
+        Some(&["pg1", "pg3"]),
+        Some(&["pg1", "pg2", "pg3"]),
+    ];
+    for pg in &pgs {
+        for paused in [false, true] {
+            for key in keys {
+                for mode in [false, true] {
+                    let mut o = obs();
+                    o.cluster = None;
+                    o.pg = pg.clone();
+                    o.paused = paused;
+                    o.failsafe_mode = mode;
+                    o.failsafe = key.and_then(failsafe_key);
+                    let d = decide(&o);
+                    let ctx = format!("{pg:?} paused={paused} key={key:?} mode={mode}: {d:?}");
+                    let unpaused_primary = !paused && *pg == primary(1);
+                    let listed = key.is_some_and(|k| k.contains(&"pg2"));
+                    match &d {
+                        Decision::FailsafeRound { members } => {
+                            assert!(mode && unpaused_primary && listed, "{ctx}");
+                            assert!(members.iter().all(|(n, _)| n != "pg2"), "{ctx}");
+                            assert_eq!(members.len() + 1, key.map_or(0, <[_]>::len), "{ctx}");
+                        }
+                        Decision::DemoteOffline => assert!(unpaused_primary, "{ctx}"),
+                        _ => assert!(!unpaused_primary, "{ctx}"),
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The standby cluster (spec/ha-loop.md §5.10): one row per decision that differs from a normal

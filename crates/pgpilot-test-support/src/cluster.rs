@@ -980,6 +980,28 @@ impl Cluster {
             .get(0))
     }
 
+    /// Panics if any member that answers SQL runs as a primary (`when` says at what point).
+    pub async fn assert_none_writable(&self, when: &str) {
+        for i in 0..self.len() {
+            if let Ok(in_recovery) = self.in_recovery(i).await {
+                assert!(in_recovery, "{} is writable {when}", self.members[i].name);
+            }
+        }
+    }
+
+    /// The names of the members whose `/patroni` says `role: primary`.
+    pub async fn primaries(&self) -> Vec<String> {
+        let mut primaries = Vec::new();
+        for i in 0..self.len() {
+            if let Ok(st) = self.patroni(i).await {
+                if st["role"] == "primary" {
+                    primaries.push(self.members[i].name.clone());
+                }
+            }
+        }
+        primaries
+    }
+
     // -----------------------------------------------------------------------------------------
     // Teardown
 

@@ -34,6 +34,27 @@ pub trait Peers: Send + Sync + 'static {
     /// The duplicate-name check: `true` if anything answers HTTP at `api_url`'s host within
     /// `timeout`.
     fn answers(&self, api_url: &str, timeout: Duration) -> impl Future<Output = bool> + Send;
+
+    /// Failsafe mode: `POST /failsafe` at `api_url`'s host with `body` (a primary that lost the
+    /// DCS asks a member listed in `/failsafe` to keep it as leader). `true` only for a 200
+    /// `Accepted` within `timeout`.
+    fn post_failsafe(
+        &self,
+        api_url: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> impl Future<Output = bool> + Send;
+}
+
+/// The leader a member learnt from a `POST /failsafe` (spec/rest-api.md): the REST API stores
+/// it, the agent reads it each cycle. While `received + ttl` has not passed, this member
+/// counts the sender as the leader of an unlocked cluster and does not run for the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailsafeLeader {
+    pub name: String,
+    pub conn_url: String,
+    pub api_url: String,
+    pub received: Instant,
 }
 
 /// A request from the REST API that only the agent can carry out. The API validates the
@@ -132,6 +153,13 @@ pub struct NodeSnapshot {
     /// `watchdog.mode: required` and no usable watchdog: peers leave this member out of leader
     /// races (`/patroni` `watchdog_failed`).
     pub watchdog_failed: bool,
+    /// `failsafe_mode` of the dynamic configuration in force (`GET`/`POST /failsafe` answer 502
+    /// without it).
+    pub failsafe_mode: bool,
+    /// Failsafe is active until then: the primary kept its role through a failsafe round
+    /// (round start + ttl), or a replica accepted a `POST /failsafe` (`/patroni`
+    /// `failsafe_mode_is_active`).
+    pub failsafe_active_until: Option<Instant>,
     /// The agent's own counters (pgpilot's `pgpilot_*` metrics).
     pub stats: AgentStats,
 }
@@ -181,12 +209,18 @@ impl NodeSnapshot {
             loop_wait: Duration::from_secs(10),
             scheduled_restart: None,
             watchdog_failed: false,
+            failsafe_mode: false,
+            failsafe_active_until: None,
             stats: AgentStats::default(),
         }
     }
 
     pub fn is_leader(&self, now: Instant) -> bool {
         self.leader_until.is_some_and(|t| now < t)
+    }
+
+    pub fn failsafe_is_active(&self, now: Instant) -> bool {
+        self.failsafe_active_until.is_some_and(|t| now < t)
     }
 
     /// The DCS view, if it is still fresh.

@@ -322,6 +322,8 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
     let restapi_listen = cfg.restapi.listen.clone();
     // Restart, reinitialize and reload requests travel from the API to the agent.
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
+    // Failsafe mode: what `POST /failsafe` accepted, read by the agent each cycle.
+    let (failsafe_tx, failsafe_rx) = tokio::sync::watch::channel(None);
     let api_options = ServerOptions {
         auth: auth(&cfg.restapi.authentication),
         allowlist: cfg.restapi.allowlist.clone(),
@@ -330,6 +332,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         client: client.clone(),
         tls: server_tls,
         live_pg: Some(live_pg(pg.clone())),
+        failsafe: Some(failsafe_tx),
     };
     let guard = start_guard(&cfg);
     // A reload (SIGHUP, POST /reload) applies the log section and reads the etcd TLS files
@@ -344,7 +347,8 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
     let mut agent = Agent::new(cfg, dcs.clone(), pg, Arc::new(client), snap_tx)
         .with_commands(cmd_rx, config_path)
         .on_reload(Box::new(on_reload))
-        .with_guard(guard);
+        .with_guard(guard)
+        .with_failsafe(failsafe_rx);
     agent
         .check_unique_name()
         .await

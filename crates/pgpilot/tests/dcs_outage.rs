@@ -58,15 +58,7 @@ async fn etcd_outage_demotes_the_primary_and_the_cluster_heals_after() {
         .await;
     assert!(write.is_err(), "{name} accepted a write without the DCS");
     // No member is writable while the DCS is away.
-    for i in 0..3 {
-        if let Ok(in_recovery) = cluster.in_recovery(i).await {
-            assert!(
-                in_recovery,
-                "{} is writable during the outage",
-                cluster.member(i).name
-            );
-        }
-    }
+    cluster.assert_none_writable("during the outage").await;
     if demoted >= ttl {
         eprintln!("note: demotion took longer than ttl on this machine");
     }
@@ -95,14 +87,10 @@ async fn etcd_outage_demotes_the_primary_and_the_cluster_heals_after() {
         cluster.wait_for_row(r, "outage_check", 1).await;
     }
     // Exactly one primary.
-    let mut primaries = Vec::new();
-    for i in 0..3 {
-        let st = cluster.patroni(i).await.unwrap();
-        if st["role"] == "primary" {
-            primaries.push(cluster.member(i).name.clone());
-        }
-    }
-    assert_eq!(primaries, [cluster.member(new).name.clone()]);
+    assert_eq!(
+        cluster.primaries().await,
+        [cluster.member(new).name.clone()]
+    );
 }
 
 /// Maintenance mode holds through a DCS outage, as in Patroni (`is_paused()` reads the last

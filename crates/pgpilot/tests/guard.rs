@@ -15,6 +15,22 @@ use harness::{
 use nix::sys::signal::Signal;
 use serde_json::json;
 
+/// The leader, once every other member streams from it and it took row 1 of a new `table`.
+async fn leader_writing(cluster: &Cluster, table: &str) -> usize {
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_for_replicas_streaming(cluster.len() - 1).await;
+    cluster
+        .pg_connect(leader)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, note text)"
+        ))
+        .await
+        .unwrap();
+    cluster.wait_writable(leader, table, 1, "before").await;
+    leader
+}
+
 /// Waits until the postmaster `pid` of member `i` is gone, checking at every poll that the leader
 /// key still names `leader` and that no other member runs a primary: the fence came first.
 async fn wait_fenced_before_failover(cluster: &Cluster, i: usize, pid: i32, leader: &str) {
@@ -155,16 +171,8 @@ async fn guard_survives_the_agents_sigkill_and_fences_at_the_deadline() {
 async fn guard_releases_the_key_when_agent_and_postgres_are_gone() {
     harness::init();
     let cluster = Cluster::start(2, Options::default());
-    let leader = cluster.wait_for_leader().await;
-    cluster.wait_for_replicas_streaming(1).await;
+    let leader = leader_writing(&cluster, "released").await;
     let replica = 1 - leader;
-    cluster
-        .pg_connect(leader)
-        .await
-        .batch_execute("CREATE TABLE released (id int PRIMARY KEY, note text)")
-        .await
-        .unwrap();
-    cluster.wait_writable(leader, "released", 1, "before").await;
     let guards = guard_pids(&cluster.member(leader).data_dir);
     assert_eq!(guards.len(), 1, "{guards:?}");
     let pm = cluster.postmaster_pid(leader).expect("leader postmaster");
@@ -282,16 +290,8 @@ async fn a_short_ttl_is_honoured_only_with_the_guard() {
         ..Options::default()
     };
     let cluster = Cluster::start(2, fast.clone());
-    let leader = cluster.wait_for_leader().await;
+    let leader = leader_writing(&cluster, "fast").await;
     let replica = 1 - leader;
-    cluster.wait_for_replicas_streaming(1).await;
-    cluster
-        .pg_connect(leader)
-        .await
-        .batch_execute("CREATE TABLE fast (id int PRIMARY KEY, note text)")
-        .await
-        .unwrap();
-    cluster.wait_writable(leader, "fast", 1, "before").await;
     cluster.wait_for_row(replica, "fast", 1).await;
     for i in [leader, replica] {
         let log = cluster.agent_log(i);
@@ -366,15 +366,7 @@ async fn a_promotion_slower_than_the_ttl_keeps_the_key() {
             ..Options::default()
         },
     );
-    let leader = cluster.wait_for_leader().await;
-    cluster.wait_for_replicas_streaming(2).await;
-    cluster
-        .pg_connect(leader)
-        .await
-        .batch_execute("CREATE TABLE slow (id int PRIMARY KEY, note text)")
-        .await
-        .unwrap();
-    cluster.wait_writable(leader, "slow", 1, "before").await;
+    let leader = leader_writing(&cluster, "slow").await;
 
     let guards = guard_pids(&cluster.member(leader).data_dir);
     let pm = cluster.postmaster_pid(leader).expect("leader postmaster");

@@ -1046,6 +1046,10 @@ impl Dcs for EtcdDcs {
         self.put("history", value, None).await
     }
 
+    async fn set_failsafe(&self, value: &str) -> Result<()> {
+        self.put("failsafe", value, None).await
+    }
+
     async fn write_status(&self, status: &Status) -> Result<()> {
         let json = status.to_json();
         // An idle primary's optime does not move: skip the write (the cache holds our own

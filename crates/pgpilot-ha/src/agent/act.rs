@@ -222,10 +222,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         match decision {
             Decision::NoAction { msg } => Ok(msg),
             Decision::Fatal { msg } => Err(AgentError::Fatal(msg)),
-            Decision::DemoteOffline => {
-                self.demote(StopMode::Fast).await;
-                Ok("demoted self because DCS is not accessible and I was a leader".into())
-            }
+            Decision::DemoteOffline => Ok(self.demote_offline().await),
+            Decision::FailsafeRound { members } => Ok(self.failsafe_round(members).await),
             Decision::UpdateLockDuring { action } => match self.renew_lock(None).await {
                 Ok(true) => Ok(format!("updated leader lock during {}", action.describe())),
                 res => {
@@ -482,6 +480,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// stays armed.
     pub(super) async fn demote(&mut self, mode: StopMode) -> bool {
         self.lease_released();
+        self.failsafe_until = None;
         self.rewind.check = true;
         self.state = State::Stopping;
         let stopped = match self.stop_then_disarm(mode).await {
@@ -608,6 +607,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 paused: self.dynamic.pause,
             },
         );
+        // Patroni: a leader that reached the DCS is no longer in failsafe.
+        self.failsafe_until = None;
         self.stats.leader_renewals += 1;
         self.watchdog.keepalive();
         if !self.dynamic.pause {

@@ -78,6 +78,9 @@ struct State {
     renewals: u64,
     /// The "cycle is stuck" warning was logged for the current busy period.
     warned_stuck: bool,
+    /// The last keeper renewal failed (logged once until one succeeds: during a DCS outage the
+    /// cycle says it every cycle already).
+    failing: bool,
 }
 
 impl Keeper {
@@ -225,6 +228,9 @@ impl Keeper {
         }
         match outcome {
             Ok(true) => {
+                if std::mem::take(&mut st.failing) {
+                    info!("the lease keeper reaches the DCS again");
+                }
                 let since = st.renewed_at.map(|t| sent - t).unwrap_or_default();
                 st.renewed_at = Some(sent);
                 st.renewals += 1;
@@ -242,7 +248,9 @@ impl Keeper {
                 Settled::Stopped
             }
             Err(e) => {
-                warn!("the lease keeper could not renew the lease: {e}");
+                if !std::mem::replace(&mut st.failing, true) {
+                    warn!("the lease keeper could not renew the lease: {e}");
+                }
                 Settled::Failed
             }
         }

@@ -15,8 +15,8 @@ use tracing::{error, info, warn};
 use crate::continuity;
 use crate::decide::{
     after_acquire, after_guard_refused, after_pre_promote, after_watchdog_refused,
-    manual_failover_from_leader, valid_sysid, AfterAcquire, AfterPrePromote, ManualFailover,
-    Observation, PgView, PrePromoteOutcome, WatchdogRefused,
+    manual_failover_from_leader, members_to_ask, valid_sysid, AfterAcquire, AfterPrePromote,
+    ManualFailover, Observation, PgView, PrePromoteOutcome, WatchdogRefused,
 };
 use crate::hooks::{self, CallbackAction};
 use crate::sync;
@@ -189,6 +189,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             AfterPrePromote::Cancel { msg } => return Promotion::Cancelled(msg),
         }
         self.role = Role::Primary;
+        // Patroni resets failsafe on promotion: a POST /failsafe from before no longer counts.
+        self.reset_failsafe();
         let promote_started = Instant::now();
         match self.pg.promote(self.pg_ctl_timeout()).await {
             Ok(()) => {
@@ -254,27 +256,46 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
 
     pub(super) async fn renew_leader(&mut self, obs: &Observation) -> Result<String, AgentError> {
         let me = self.cfg.name.clone();
-        if !self.renew_observed_lock(obs).await {
-            if matches!(
-                obs.pg,
-                PgView::Running {
-                    in_recovery: false,
-                    ..
+        let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
+        match self.renew_lock(leader.as_ref()).await {
+            Ok(true) => {
+                if let Some(msg) = self.arm_watchdog(obs).await {
+                    return Ok(msg);
                 }
-            ) {
-                if obs.paused {
-                    return Ok(
-                        "continue to run as primary after failing to update leader lock in DCS"
-                            .into(),
-                    );
-                }
-                self.demote(StopMode::Immediate).await;
-                return Ok("demoted self because failed to update leader lock in DCS".into());
             }
-            return Ok("not promoting because failed to update leader lock in DCS".into());
-        }
-        if let Some(msg) = self.arm_watchdog(obs).await {
-            return Ok(msg);
+            res => {
+                if let Err(e) = &res {
+                    error!("failed to update leader lock: {e}");
+                }
+                self.lease_released();
+                // Patroni: a DCS error here is handled as a DCS that can not be read (step
+                // 17); with failsafe mode on the members listed in `/failsafe` may vouch for
+                // us. A key found to be someone else's (`Ok(false)`) is not a DCS error.
+                if res.is_err() {
+                    if let Some(members) = members_to_ask(obs) {
+                        error!("Error communicating with DCS");
+                        self.skip_touch = true;
+                        return Ok(self.failsafe_round(members).await);
+                    }
+                }
+                if matches!(
+                    obs.pg,
+                    PgView::Running {
+                        in_recovery: false,
+                        ..
+                    }
+                ) {
+                    if obs.paused {
+                        return Ok(
+                            "continue to run as primary after failing to update leader lock in DCS"
+                                .into(),
+                        );
+                    }
+                    self.demote(StopMode::Immediate).await;
+                    return Ok("demoted self because failed to update leader lock in DCS".into());
+                }
+                return Ok("not promoting because failed to update leader lock in DCS".into());
+            }
         }
         if let PgView::Running {
             in_recovery,
@@ -306,6 +327,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 warn!("could not write /status: {e}");
             }
             if let Some(c) = obs.cluster.as_ref() {
+                self.write_failsafe(c).await;
                 self.publish_history(c, timeline).await;
                 self.publish_leader_documents(c).await;
             }

@@ -29,6 +29,7 @@
 //! | `act.rs` | executing the decision: configuration files, follow/rewind, demotion, slots |
 //! | `leader.rs` | the leader race and promotion, renewal, switchover and manual failover |
 //! | `keeper.rs` | the lease keeper: renews the lease between cycles when a cycle is late |
+//! | `failsafe.rs` | failsafe mode: `/failsafe`, the round of a primary that lost the DCS |
 //! | `sync_duty.rs` | `synchronous_standby_names` and `/sync`, one safe step per cycle |
 //! | `commands.rs` | REST commands: restart (now or scheduled), reinitialize, reload |
 //! | `publish.rs` | the member key, `/history`, the REST snapshot |
@@ -45,6 +46,11 @@
 //! request goes to the DCS), and it is disarmed wherever the watchdog is closed. A member whose
 //! guard is on but not running does not run for leader, and a leader in that state lets the key
 //! go as with a `required` watchdog that does not arm.
+//!
+//! Failsafe mode (`failsafe.rs`, reasoning in `decide::failsafe`): a primary that lost the DCS
+//! stays one while every member listed in `/failsafe` accepts its `POST /failsafe`; such a round
+//! counts as a renewal sent when the round started: the watchdog is kept alive and the guard
+//! armed until `start + ttl - margin`, so the guard does not fence the primary failsafe keeps.
 //!
 //! The user's hooks (`crate::hooks`) are run where Patroni runs them: `before_stop` and
 //! `on_stop` around every stop of a running PostgreSQL (`act::stop_postgres`), the callback a
@@ -63,7 +69,7 @@ use tokio::time::Instant;
 use pgpilot_config::{Config, DynamicConfig};
 use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{DataDirState, DesiredConfig, PgControl, PgState, Postgres, ReplicaMethod};
-use pgpilot_types::{AgentStats, Command, NodeSnapshot, Peers, Role, State};
+use pgpilot_types::{AgentStats, Command, FailsafeLeader, NodeSnapshot, Peers, Role, State};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -76,6 +82,7 @@ use crate::watchdog::{SystemWatchdogs, Watchdog, WatchdogOpener};
 
 mod act;
 mod commands;
+mod failsafe;
 mod keeper;
 mod leader;
 mod observe;
@@ -215,6 +222,20 @@ pub struct Agent<D: Dcs, P: Peers, Pg: PgControl = Postgres> {
     stats: AgentStats,
     /// Called with the new configuration after a reload, for what the binary owns (logging).
     on_reload: Option<ReloadHook>,
+    /// What the REST API's `POST /failsafe` last received (`None`: no API, as in tests).
+    failsafe_posts: Option<watch::Receiver<Option<FailsafeLeader>>>,
+    /// A `POST /failsafe` received before this is forgotten (reset when we promote).
+    failsafe_reset_at: Option<Instant>,
+    /// When this agent started (failsafe mode keeps a replica out of the race for a ttl
+    /// after it: see `decide::failsafe`).
+    started_at: Instant,
+    /// This cycle's lock renewal failed for a DCS error and a failsafe round ran instead: the
+    /// member key is not touched (Patroni's `finally` skips it after a DCS error), which would
+    /// cost one more retry_timeout before the next round.
+    skip_touch: bool,
+    /// As a primary without the DCS: failsafe is active until then (the last successful
+    /// round's start + ttl); cleared by a renewal, a promotion, a demotion.
+    failsafe_until: Option<Instant>,
 }
 
 impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
@@ -225,14 +246,19 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         peers: Arc<P>,
         snapshot: watch::Sender<Arc<NodeSnapshot>>,
     ) -> Agent<D, P, Pg> {
-        let dynamic = load_dynamic_cache(&cfg).unwrap_or_else(|| {
-            let (dynamic, warnings) =
-                DynamicConfig::from_document_fenced(&cfg.bootstrap.dcs, cfg.guard);
-            for w in warnings {
-                warn!("bootstrap.dcs: {w}");
+        // The warnings of what is in force at start (among them what failsafe mode leaves
+        // out), whichever document it comes from.
+        let (dynamic, warnings, source) = match load_dynamic_cache(&cfg) {
+            Some((dynamic, warnings)) => (dynamic, warnings, "patroni.dynamic.json"),
+            None => {
+                let (dynamic, warnings) =
+                    DynamicConfig::from_document_fenced(&cfg.bootstrap.dcs, cfg.guard);
+                (dynamic, warnings, "bootstrap.dcs")
             }
-            dynamic
-        });
+        };
+        for w in warnings {
+            warn!("{source}: {w}");
+        }
         let watchdog = Watchdog::new(
             Arc::new(SystemWatchdogs),
             &cfg.watchdog,
@@ -281,6 +307,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             pre_promote_released_at: None,
             stats: AgentStats::default(),
             on_reload: None,
+            failsafe_posts: None,
+            failsafe_reset_at: None,
+            started_at: Instant::now(),
+            skip_touch: false,
+            failsafe_until: None,
         }
     }
 
@@ -299,6 +330,15 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// guard, as in unit tests and the simulation).
     pub fn with_guard(mut self, guard: Guard) -> Agent<D, P, Pg> {
         self.guard = guard;
+        self
+    }
+
+    /// Reads the leader the REST API's `POST /failsafe` names (failsafe mode).
+    pub fn with_failsafe(
+        mut self,
+        posts: watch::Receiver<Option<FailsafeLeader>>,
+    ) -> Agent<D, P, Pg> {
+        self.failsafe_posts = Some(posts);
         self
     }
 
@@ -460,6 +500,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         if self.last_renewal.is_some() {
             self.last_renewal = self.keeper.renewed_at().max(self.last_renewal);
         }
+        self.skip_touch = false;
         // Observe the DCS.
         let cluster = match self.dcs.cluster().await {
             Ok(c) => {
@@ -479,8 +520,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self.last_cluster = Some(Arc::new(c.clone()));
             if c.leader_name() != Some(self.cfg.name.as_str()) {
                 self.lease_released();
+                self.failsafe_until = None;
             }
         }
+        // Failsafe mode: the leader of a recent `POST /failsafe` holds the expired key.
+        let cluster = cluster.map(|c| self.with_failsafe_leader(c));
 
         // The hooks follow the local section (reloads) over `/config`'s `postgresql` section.
         self.hooks
@@ -585,6 +629,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 .pre_promote_released_at
                 .is_some_and(|t| t.elapsed() < self.dynamic.ttl),
             standby_cluster: self.dynamic.standby_cluster.is_some(),
+            failsafe_mode: self.dynamic.failsafe_mode,
+            started_within_ttl: self.started_at.elapsed() < self.dynamic.ttl,
+            failsafe: cluster
+                .as_ref()
+                .or(self.last_cluster.as_deref())
+                .and_then(|c| c.failsafe.clone()),
         };
         if obs.action == Some(ActionKind::BootstrapRecovery) {
             self.state = State::StartingAfterCustomBootstrap;
@@ -598,7 +648,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
 
         // Publish: member key every cycle (the backend skips unchanged values).
-        if obs.cluster.is_some() {
+        if obs.cluster.is_some() && !self.skip_touch {
             self.touch_member(obs.cluster.as_ref()).await;
         }
         Ok(msg)

@@ -166,15 +166,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
     }
 
-    /// Asks every other member with an api_url for its `/patroni`, in parallel, 2 s each.
+    /// Asks every other member with an api_url for its `/patroni`, in parallel, 2 s each; with
+    /// failsafe mode on, also the members listed only in `/failsafe`.
     pub(super) async fn fetch_peers(&self, cluster: &Cluster) -> Vec<PeerStatus> {
         let mut set = tokio::task::JoinSet::new();
-        for m in &cluster.members {
-            if m.name == self.cfg.name || m.data.api_url.is_empty() {
-                continue;
-            }
+        let members = cluster
+            .members
+            .iter()
+            .filter(|m| m.name != self.cfg.name && !m.data.api_url.is_empty())
+            .map(|m| (m.name.clone(), m.data.api_url.clone()))
+            .chain(self.failsafe_only_members(cluster));
+        for (name, url) in members {
             let peers = self.peers.clone();
-            let (name, url) = (m.name.clone(), m.data.api_url.clone());
             set.spawn(async move { peers.peer_status(&name, &url, Duration::from_secs(2)).await });
         }
         let mut peers = Vec::new();
@@ -187,9 +190,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     }
 }
 
-pub(super) fn load_dynamic_cache(cfg: &Config) -> Option<DynamicConfig> {
+/// The dynamic configuration cached in the data directory, with its warnings (logged at start
+/// like those of `bootstrap.dcs`: a `/config` equal to it is not read again).
+pub(super) fn load_dynamic_cache(cfg: &Config) -> Option<(DynamicConfig, Vec<String>)> {
     let text =
         std::fs::read_to_string(cfg.postgresql.data_dir.join("patroni.dynamic.json")).ok()?;
     let doc: Map<String, Value> = serde_json::from_str(&text).ok()?;
-    Some(DynamicConfig::from_document_fenced(&doc, cfg.guard).0)
+    Some(DynamicConfig::from_document_fenced(&doc, cfg.guard))
 }

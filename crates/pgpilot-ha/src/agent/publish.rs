@@ -151,6 +151,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             loop_wait: self.dynamic.loop_wait,
             scheduled_restart: self.scheduled_restart_json(),
             watchdog_failed: !self.watchdog.is_healthy(),
+            failsafe_mode: self.dynamic.failsafe_mode,
+            failsafe_active_until: self.failsafe_active_until(),
             stats: self.stats,
         };
         self.snapshot.send_replace(Arc::new(snap));

@@ -8,8 +8,8 @@ use crate::sync;
 
 use super::{DataState, Observation, PgView};
 
-/// Patroni's `is_healthiest_node` (spec/ha-loop.md §5.2), without sync/quorum/failsafe (later
-/// issues). `Err` carries the reason, logged by the agent.
+/// Patroni's `is_healthiest_node` (spec/ha-loop.md §5.2). `Err` carries the reason, logged by
+/// the agent.
 pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
     if o.pre_promote_backoff {
         return Err(
@@ -79,6 +79,17 @@ pub fn is_healthiest(o: &Observation, cluster: &Cluster) -> Result<(), String> {
     }
     if !o.guard_usable {
         return Err("The guard process is not running".into());
+    }
+    // Rule 8: the members listed in `/failsafe` join the comparison (the agent asks them too).
+    if super::excluded_from_race(o) {
+        return Err("failsafe mode: I am not listed in /failsafe".into());
+    }
+    if o.failsafe_mode && o.started_within_ttl {
+        return Err(
+            "failsafe mode: started less than a ttl ago (a POST /failsafe accepted before a \
+             restart may still bind this member)"
+                .into(),
+        );
     }
     if !sync::may_race(&o.sync, &o.me, cluster.sync.as_ref()) {
         return Err("I am not a synchronous standby (not listed in /sync)".into());

@@ -11,18 +11,26 @@
 //! `health.rs`: may this member take a free leader key (`is_healthiest_node`, manual failover
 //! without a leader). `manual.rs`: the leader's side of a switchover. `hooks.rs`: which
 //! callback fires, what follows `pre_promote`, and whether another member can take over.
+//! `failsafe.rs`: failsafe mode (the `/failsafe` key, the round of a primary that lost the DCS,
+//! and why it is safe).
 
 use std::time::Duration;
 
 use pgpilot_dcs::Cluster;
 use pgpilot_types::PeerStatus;
+use serde_json::{Map, Value};
 
 use crate::sync::SyncParams;
 
+mod failsafe;
 mod health;
 mod hooks;
 mod manual;
 
+pub use failsafe::{
+    after_failsafe_round, excluded_from_race, failsafe_topology, inject_leader, members_to_ask,
+    AfterFailsafe, KnownLeader,
+};
 pub use health::is_healthiest;
 pub use hooks::{
     after_pre_promote, failover_possible, follow_callback, AfterPrePromote, PgChange,
@@ -139,6 +147,13 @@ pub struct Observation {
     /// `/config.standby_cluster` makes this a standby cluster (spec/ha-loop.md §5.10): the
     /// lock holder is a standby leader replicating from the remote primary and never promotes.
     pub standby_cluster: bool,
+    /// `failsafe_mode` of the dynamic configuration.
+    pub failsafe_mode: bool,
+    /// The `/failsafe` key of the last DCS view read (kept while the DCS is unreachable).
+    pub failsafe: Option<Map<String, Value>>,
+    /// This agent started less than a ttl ago: with failsafe mode on it may have accepted a
+    /// `POST /failsafe` before a restart and forgotten it, so it stays out of the race.
+    pub started_within_ttl: bool,
 }
 
 impl Observation {
@@ -172,6 +187,10 @@ pub enum Decision {
     /// The DCS is unreachable and we run a primary: stop it and restart read-only without an
     /// upstream.
     DemoteOffline,
+    /// The DCS is unreachable, we run a primary and failsafe mode is on: `POST /failsafe` to
+    /// these members `(name, api_url)`; all accept -> stay primary, else demote offline
+    /// ([`after_failsafe_round`]).
+    FailsafeRound { members: Vec<(String, String)> },
     /// Renew the leader key during a background action.
     UpdateLockDuring { action: ActionKind },
     /// We lost the lock while PostgreSQL runs as a primary during an action: stop it now.
@@ -341,6 +360,11 @@ pub fn decide(o: &Observation) -> Decision {
     // Step 17: the DCS is gone. A primary must not keep accepting writes it cannot prove it
     // may accept: its lease will expire and another member may be promoted.
     let Some(cluster) = &o.cluster else {
+        // Failsafe mode: the members listed in `/failsafe` may vouch for us instead (see
+        // `failsafe.rs` for why that is safe).
+        if let Some(members) = members_to_ask(o) {
+            return Decision::FailsafeRound { members };
+        }
         if pg_primary && !o.paused {
             return Decision::DemoteOffline;
         }

@@ -463,6 +463,10 @@ impl World {
             pre_promote_backoff: false,
             // Standby clusters are not simulated (see the module docs of `sim`).
             standby_cluster: false,
+            // Failsafe mode is not modelled (module docs).
+            failsafe_mode: false,
+            failsafe: None,
+            started_within_ttl: false,
         }
     }
 
@@ -630,6 +634,8 @@ impl World {
                 self.demote(i, true);
                 "demoted self because DCS is not accessible and I was a leader".into()
             }
+            // The simulation runs with failsafe mode off (not modelled: module docs).
+            Decision::FailsafeRound { .. } => panic!("failsafe round without failsafe mode"),
             Decision::UpdateLockDuring { action } => {
                 match call!(self, i, |d| d.update_leader(None)) {
                     Ok(true) => {

@@ -353,6 +353,13 @@ impl Dcs for CountingDcs {
         r
     }
 
+    async fn set_failsafe(&self, value: &str) -> Result<()> {
+        let r = self.inner.set_failsafe(value).await;
+        outcome(&self.ops, "set_failsafe", "set_failsafe (failed)", &r);
+        self.write(r.is_ok(), false);
+        r
+    }
+
     async fn write_status(&self, status: &Status) -> Result<()> {
         let r = self.inner.write_status(status).await;
         if r.is_err() {
