@@ -29,14 +29,7 @@ pub fn parse_lag(s: &str) -> Option<u64> {
 }
 
 fn is_standby_cluster(c: Option<&Cluster>) -> bool {
-    c.and_then(|c| c.config.as_ref())
-        .and_then(|cfg| cfg.data.get("standby_cluster"))
-        .and_then(Value::as_object)
-        .is_some_and(|sc| {
-            ["host", "port", "restore_command"]
-                .iter()
-                .any(|k| sc.get(*k).is_some_and(|v| !v.is_null()))
-        })
+    c.is_some_and(Cluster::is_standby_cluster)
 }
 
 struct Codes {
@@ -47,13 +40,9 @@ struct Codes {
 }
 
 fn codes(s: &NodeSnapshot, req: &Request, now: Instant) -> Codes {
-    let role = s.pg.as_ref().map_or(s.role.as_str(), |pg| {
-        if pg.in_recovery {
-            "replica"
-        } else {
-            "primary"
-        }
-    });
+    let role =
+        s.pg.as_ref()
+            .map_or(s.role.as_str(), |pg| crate::status::reported_role(s, pg));
     let cluster = s.fresh_cluster(now);
     let leader_optime = cluster
         .map_or(0, |c| c.status.optime)
@@ -72,7 +61,7 @@ fn codes(s: &NodeSnapshot, req: &Request, now: Instant) -> Codes {
         .configured_tags
         .get("noloadbalance")
         .is_some_and(pgpilot_dcs::truthy);
-    let replica =
+    let mut replica =
         if !noloadbalance && !lagging && role == "replica" && s.state == State::Running && rs_ok {
             200
         } else {
@@ -92,6 +81,8 @@ fn codes(s: &NodeSnapshot, req: &Request, now: Instant) -> Codes {
     } else if s.is_leader(now) {
         leader = 200;
         if is_standby_cluster(cluster) {
+            // Patroni: the standby leader answers neither `/primary` nor `/replica`.
+            replica = 503;
             if role == "replica" || role == "standby_leader" {
                 standby_leader = 200;
             }
@@ -347,6 +338,57 @@ mod tests {
             ("unlocked primary", &unlocked_primary, "/leader", 503),
             ("stopped", &stopped, "/health", 503),
             ("stopped", &stopped, "/replica", 503),
+        ];
+        let mut failures = Vec::new();
+        for (who, snap, target, want) in rows {
+            let got = health_code(snap, &req(target), now);
+            if got != *want {
+                failures.push(format!("{who} GET {target}: want {want}, got {got}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// A standby cluster (`/config.standby_cluster` with a host): the standby leader answers
+    /// `/standby-leader` and `/leader`, not `/primary` nor `/replica`; its replicas answer as
+    /// replicas; `standby_cluster: {}` is no standby cluster.
+    #[test]
+    fn standby_cluster_health_codes() {
+        let now = Instant::now();
+        let with_config = |mut s: NodeSnapshot, doc: serde_json::Value| {
+            let mut c = s.cluster.as_deref().cloned().unwrap_or_default();
+            c.config = Some(pgpilot_dcs::ClusterConfig {
+                data: doc.as_object().cloned().unwrap_or_default(),
+                version: 1,
+            });
+            s.cluster = Some(Arc::new(c));
+            s
+        };
+        let standby = json!({"standby_cluster": {"host": "10.0.0.1", "port": 5432}});
+        let mut leader = with_config(snapshot(false, true, now), standby.clone());
+        leader.role = Role::StandbyLeader;
+        let replica = with_config(snapshot(false, false, now), standby);
+        let not_standby = with_config(
+            snapshot(false, true, now),
+            json!({"standby_cluster": {"primary_slot_name": "x"}}),
+        );
+        let rows: &[(&str, &NodeSnapshot, &str, u16)] = &[
+            ("standby leader", &leader, "/standby-leader", 200),
+            ("standby leader", &leader, "/standby_leader", 200),
+            ("standby leader", &leader, "/leader", 200),
+            ("standby leader", &leader, "/primary", 503),
+            ("standby leader", &leader, "/", 503),
+            ("standby leader", &leader, "/replica", 503),
+            ("standby leader", &leader, "/read-only", 200),
+            ("standby replica", &replica, "/standby-leader", 503),
+            ("standby replica", &replica, "/replica", 200),
+            ("standby replica", &replica, "/primary", 503),
+            (
+                "no host/port/restore_command",
+                &not_standby,
+                "/standby-leader",
+                503,
+            ),
         ];
         let mut failures = Vec::new();
         for (who, snap, target, want) in rows {

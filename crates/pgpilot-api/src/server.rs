@@ -347,11 +347,7 @@ fn lsn_text(l: u64) -> String {
 /// `cluster_as_json`: what `GET /cluster` and `patronictl list` show.
 pub fn cluster_json(snap: &NodeSnapshot, c: &Cluster) -> Value {
     let leader = c.leader_name();
-    let standby_cluster = c
-        .config
-        .as_ref()
-        .and_then(|cfg| cfg.data.get("standby_cluster"))
-        .is_some_and(|v| v.is_object());
+    let standby_cluster = c.is_standby_cluster();
     let optime = c.status.optime;
     let mut members = Vec::new();
     for m in &c.members {

@@ -5,7 +5,7 @@ use std::time::Instant;
 use pgpilot_dcs::{Cluster, SyncMode, PATRONI_COMPAT_VERSION};
 use serde_json::{json, Map, Value};
 
-use crate::{NodeSnapshot, Role};
+use crate::{NodeSnapshot, PgInfo, Role};
 
 /// `synchronous_mode` of the cluster's `/config`.
 pub(crate) fn sync_mode(c: &Cluster) -> SyncMode {
@@ -38,6 +38,21 @@ pub(crate) fn sync_flags(s: &NodeSnapshot, cluster: Option<&Cluster>) -> (bool, 
     }
 }
 
+/// The `role` of `/patroni` for a running PostgreSQL (Patroni's `get_postgresql_status`):
+/// `primary` or `replica` from `pg_is_in_recovery()`, except that in a standby cluster a member
+/// in recovery reports the agent's role, so the standby leader says `standby_leader`.
+pub fn reported_role(s: &NodeSnapshot, pg: &PgInfo) -> &'static str {
+    let standby_cluster = s
+        .cluster
+        .as_deref()
+        .is_some_and(Cluster::is_standby_cluster);
+    match (pg.in_recovery, standby_cluster) {
+        (false, _) => "primary",
+        (true, true) => s.role.as_str(),
+        (true, false) => "replica",
+    }
+}
+
 /// Builds the status document as Patroni does, field order included.
 pub fn status_document(s: &NodeSnapshot, now: Instant) -> Value {
     let mut d = Map::new();
@@ -48,10 +63,7 @@ pub fn status_document(s: &NodeSnapshot, now: Instant) -> Value {
             "postmaster_start_time".into(),
             json!(pg.postmaster_start_time),
         );
-        d.insert(
-            "role".into(),
-            json!(if pg.in_recovery { "replica" } else { "primary" }),
-        );
+        d.insert("role".into(), json!(reported_role(s, pg)));
         d.insert("server_version".into(), json!(pg.server_version));
         let xlog = if pg.in_recovery {
             let replayed = pg.replay_lsn.unwrap_or(0);

@@ -53,8 +53,130 @@ pub struct DynamicConfig {
     /// `member_slots_ttl` (default 30 min): how long the slot of a member whose key vanished
     /// is kept.
     pub member_slots_ttl: Duration,
+    /// `standby_cluster`, `Some` only when it makes this a standby cluster
+    /// ([`pgpilot_values::is_standby_cluster`]): the leader is then a standby leader
+    /// replicating from the remote primary, and `synchronous_mode` is ignored.
+    pub standby_cluster: Option<StandbyCluster>,
     /// The document as stored (unknown keys kept).
     pub raw: Map<String, Value>,
+}
+
+/// `/config.standby_cluster` (spec/ha-loop.md §5.10): where the standby leader replicates from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StandbyCluster {
+    /// `host` of the remote primary. Several comma-separated hosts are not supported (see
+    /// [`StandbyCluster::unsupported`]).
+    pub host: Option<String>,
+    /// `port` of the remote primary (5432 when only `host` is set).
+    pub port: Option<u16>,
+    /// `primary_slot_name`: the slot on the remote primary; none unless set (Patroni's code,
+    /// not its docs).
+    pub primary_slot_name: Option<String>,
+    pub restore_command: Option<String>,
+    pub archive_cleanup_command: Option<String>,
+    /// `recovery_min_apply_delay`, as written (a number of ms or a value with a unit).
+    pub recovery_min_apply_delay: Option<String>,
+    /// `create_replica_methods`: names of the methods that create the standby leader (each a
+    /// `postgresql.<name>` section of the local configuration, or `basebackup`); empty =
+    /// `basebackup` from `host:port`.
+    pub create_replica_methods: Vec<String>,
+}
+
+/// The keys of `standby_cluster` pgpilot reads.
+const STANDBY_CLUSTER_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "primary_slot_name",
+    "restore_command",
+    "archive_cleanup_command",
+    "recovery_min_apply_delay",
+    "create_replica_methods",
+];
+
+impl StandbyCluster {
+    /// Reads `doc.standby_cluster` when it makes a standby cluster.
+    fn from_document(doc: &Map<String, Value>, w: &mut Vec<String>) -> Option<StandbyCluster> {
+        if !pgpilot_values::is_standby_cluster(doc) {
+            return None;
+        }
+        let m = doc.get("standby_cluster").and_then(Value::as_object)?;
+        let text = |k: &str| text_field(m, k).filter(|s| !s.trim().is_empty());
+        let port = match m.get("port") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let n = match v {
+                    Value::Number(n) => n.as_u64(),
+                    Value::String(s) => s.trim().parse::<u64>().ok(),
+                    _ => None,
+                };
+                match n.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) {
+                    Some(p) => Some(p),
+                    None => {
+                        w.push(format!("standby_cluster.port: {v} is not a port number"));
+                        None
+                    }
+                }
+            }
+        };
+        let create_replica_methods = match m.get("create_replica_methods") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        Some(StandbyCluster {
+            host: text("host"),
+            port,
+            primary_slot_name: text("primary_slot_name"),
+            restore_command: text("restore_command"),
+            archive_cleanup_command: text("archive_cleanup_command"),
+            recovery_min_apply_delay: text("recovery_min_apply_delay"),
+            create_replica_methods,
+        })
+    }
+
+    /// The remote primary to stream from: `host` and `port` (5432 by default). `None` when no
+    /// host is set (WAL from `restore_command` only).
+    pub fn remote(&self) -> Option<(String, u16)> {
+        let host = self.host.clone()?;
+        Some((host, self.port.unwrap_or(5432)))
+    }
+
+    /// What pgpilot does not implement of this `standby_cluster` document, one sentence each
+    /// (logged as warnings; none of them changes data).
+    pub fn unsupported(doc: &Map<String, Value>) -> Vec<String> {
+        let Some(m) = doc.get("standby_cluster").and_then(Value::as_object) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for k in m.keys() {
+            if !STANDBY_CLUSTER_KEYS.contains(&k.as_str()) {
+                out.push(format!(
+                    "standby_cluster.{k}: not a standby_cluster key; ignored"
+                ));
+            }
+        }
+        if text_field(m, "host").is_some_and(|h| h.contains(',')) {
+            out.push(
+                "standby_cluster.host: several hosts (with target_session_attrs=read-write) are \
+                 not supported; the standby leader will try to connect to the whole string"
+                    .into(),
+            );
+        }
+        if pgpilot_values::is_standby_cluster(doc)
+            && text_field(m, "host").is_none()
+            && m.get("port").is_some_and(pgpilot_values::py_truthy)
+        {
+            out.push(
+                "standby_cluster.port without host: pgpilot streams only from a host; WAL comes \
+                 from restore_command alone"
+                    .into(),
+            );
+        }
+        out
+    }
 }
 
 /// One permanent slot of `/config.slots`.
@@ -386,6 +508,10 @@ impl DynamicConfig {
             member_slots_ttl: Duration::from_secs(
                 seconds(doc, "member_slots_ttl", &mut w).unwrap_or(1800),
             ),
+            standby_cluster: {
+                w.extend(StandbyCluster::unsupported(doc));
+                StandbyCluster::from_document(doc, &mut w)
+            },
             raw: doc.clone(),
         };
         (cfg, w)
@@ -399,6 +525,48 @@ mod tests {
 
     fn cfg(v: Value) -> DynamicConfig {
         DynamicConfig::from_document(v.as_object().expect("test document is an object")).0
+    }
+
+    /// `standby_cluster` counts only with host, port or restore_command set (Python-truthy), and
+    /// each key is read once here.
+    #[test]
+    fn standby_cluster_forms() {
+        assert_eq!(cfg(json!({})).standby_cluster, None);
+        assert_eq!(cfg(json!({"standby_cluster": null})).standby_cluster, None);
+        assert_eq!(cfg(json!({"standby_cluster": {}})).standby_cluster, None);
+        assert_eq!(
+            cfg(json!({"standby_cluster": {"host": "", "primary_slot_name": "s"}})).standby_cluster,
+            None
+        );
+        let c = cfg(json!({"standby_cluster": {
+            "host": "10.0.0.1", "port": "5433", "primary_slot_name": "standby",
+            "restore_command": "cp /a/%f %p", "archive_cleanup_command": "",
+            "recovery_min_apply_delay": "5min", "create_replica_methods": ["wal_e", "basebackup"]
+        }}))
+        .standby_cluster
+        .expect("a standby cluster");
+        assert_eq!(c.remote(), Some(("10.0.0.1".to_string(), 5433)));
+        assert_eq!(c.primary_slot_name.as_deref(), Some("standby"));
+        assert_eq!(c.restore_command.as_deref(), Some("cp /a/%f %p"));
+        assert_eq!(c.archive_cleanup_command, None);
+        assert_eq!(c.recovery_min_apply_delay.as_deref(), Some("5min"));
+        assert_eq!(c.create_replica_methods, vec!["wal_e", "basebackup"]);
+        let archive_only = cfg(json!({"standby_cluster": {"restore_command": "cp"}}))
+            .standby_cluster
+            .expect("restore_command alone makes a standby cluster");
+        assert_eq!(archive_only.remote(), None);
+        let host_only = cfg(json!({"standby_cluster": {"host": "h"}}))
+            .standby_cluster
+            .expect("host alone makes a standby cluster");
+        assert_eq!(host_only.remote(), Some(("h".to_string(), 5432)));
+        let doc = json!({"standby_cluster": {"host": "a,b", "port": 5432, "bogus": 1}});
+        let warnings = StandbyCluster::unsupported(doc.as_object().expect("object"));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].contains("standby_cluster.bogus"),
+            "{warnings:?}"
+        );
+        assert!(warnings[1].contains("several hosts"), "{warnings:?}");
     }
 
     #[test]

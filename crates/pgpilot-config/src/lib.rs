@@ -24,8 +24,8 @@ mod validate;
 pub mod yaml;
 
 pub use dynamic::{
-    DynamicConfig, PermanentSlot, SlotMatcher, FAILSAFE_NOT_IMPLEMENTED, FENCED_MIN_RETRY_TIMEOUT,
-    FENCED_MIN_TTL, MIN_RETRY_TIMEOUT, MIN_TTL,
+    DynamicConfig, PermanentSlot, SlotMatcher, StandbyCluster, FAILSAFE_NOT_IMPLEMENTED,
+    FENCED_MIN_RETRY_TIMEOUT, FENCED_MIN_TTL, MIN_RETRY_TIMEOUT, MIN_TTL,
 };
 pub use load::{
     deep_merge, etcd_endpoint, etcd_from_document, load, load_document, load_from_value,

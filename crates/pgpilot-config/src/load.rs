@@ -997,6 +997,25 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         );
     }
 
+    let create_replica_methods = methods::replica_methods(&mut r, &mut warnings);
+    // `bootstrap.dcs.standby_cluster.create_replica_methods` names methods whose sections the
+    // agent knows only from the local `postgresql.create_replica_methods`.
+    if let Some(Value::Array(names)) = bootstrap
+        .dcs
+        .get("standby_cluster")
+        .and_then(|s| s.get("create_replica_methods"))
+    {
+        for name in names.iter().filter_map(Value::as_str) {
+            if name != "basebackup" && !create_replica_methods.iter().any(|m| m.name() == name) {
+                warnings.push(format!(
+                    "bootstrap.dcs.standby_cluster.create_replica_methods: {name} is not one of \
+                     postgresql.create_replica_methods; pgpilot reads a method's section only \
+                     from there, so the standby leader can not be created with it"
+                ));
+            }
+        }
+    }
+
     let (listen_addresses, port) = r.host_port("postgresql.listen").unwrap_or_default();
     let connect_address = r
         .string("postgresql.connect_address", true)
@@ -1110,7 +1129,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         parameters,
         pg_hba: r.lines("postgresql.pg_hba"),
         basebackup: r.options("postgresql.basebackup", BASEBACKUP_FORBIDDEN),
-        create_replica_methods: methods::replica_methods(&mut r, &mut warnings),
+        create_replica_methods,
         pg_ctl_timeout: Duration::from_secs_f64(pg_ctl_timeout.max(1.0)),
         recovery_conf,
         use_pg_rewind: r.boolean("postgresql.use_pg_rewind"),
@@ -1130,6 +1149,16 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
     let client_continuity = continuity::client_continuity(&mut r);
     let log = log_section(&mut r, &mut warnings);
 
+    // A user who put `standby_cluster` in the local section expects a standby cluster; like
+    // Patroni, only the dynamic configuration makes one, so say so by name.
+    if doc.get("standby_cluster").is_some() {
+        warnings.push(
+            "standby_cluster: read only from the dynamic configuration (bootstrap.dcs.\
+             standby_cluster, then /config), as in Patroni; this local section is ignored and \
+             does not make this a standby cluster"
+                .into(),
+        );
+    }
     let mut unknown = Vec::new();
     leaf_paths("", &doc, &methods::method_sections(&r), &mut unknown);
     if !unknown.is_empty() {

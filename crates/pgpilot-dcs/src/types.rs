@@ -478,6 +478,13 @@ impl Cluster {
             .and_then(|c| c.data.get("pause"))
             .is_some_and(truthy)
     }
+
+    /// Whether `/config` makes this a standby cluster ([`pgpilot_values::is_standby_cluster`]).
+    pub fn is_standby_cluster(&self) -> bool {
+        self.config
+            .as_ref()
+            .is_some_and(|c| pgpilot_values::is_standby_cluster(&c.data))
+    }
 }
 
 /// Base path of a cluster: `/` + namespace + `/` + scope with duplicate slashes collapsed, plus a

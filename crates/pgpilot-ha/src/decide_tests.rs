@@ -113,6 +113,7 @@ fn obs() -> Observation {
         guard_usable: true,
         primary_start_timeout: Duration::from_secs(300),
         pre_promote_backoff: false,
+        standby_cluster: false,
         failsafe_mode: false,
         failsafe: None,
         started_within_ttl: false,
@@ -998,6 +999,244 @@ fn failsafe_round_only_for_a_listed_unpaused_primary() {
                         Decision::DemoteOffline => assert!(unpaused_primary, "{ctx}"),
                         _ => assert!(!unpaused_primary, "{ctx}"),
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The standby cluster (spec/ha-loop.md §5.10): one row per decision that differs from a normal
+/// cluster. The lock holder is a standby leader that never promotes; a primary under the key is
+/// demoted (`demote-cluster`); without `standby_cluster` the same holder promotes
+/// (`promote-cluster`).
+#[test]
+fn standby_cluster_decisions() {
+    fn mine() -> Option<Cluster> {
+        Some(cluster(Some("pg2")))
+    }
+    fn unlocked() -> Option<Cluster> {
+        Some(cluster(None))
+    }
+    fn stopped(was_primary: bool) -> PgView {
+        PgView::Stopped {
+            was_primary,
+            clean: true,
+        }
+    }
+    type Row = (&'static str, Box<dyn Fn(&mut Observation)>, Decision);
+    let rows: Vec<Row> = vec![
+        (
+            "empty, fresh cluster: race to clone the remote",
+            Box::new(|o| {
+                o.cluster = Some(Cluster::default());
+                o.data = DataState::Empty
+            }),
+            Decision::RaceStandbyBootstrap,
+        ),
+        (
+            "empty, race lost, no leader yet",
+            Box::new(|o| {
+                o.cluster = Some(Cluster {
+                    initialize: Some(String::new()),
+                    ..Default::default()
+                });
+                o.data = DataState::Empty
+            }),
+            no_action("waiting for standby_leader to bootstrap"),
+        ),
+        (
+            "empty, nofailover",
+            Box::new(|o| {
+                o.cluster = Some(Cluster::default());
+                o.data = DataState::Empty;
+                o.can_failover = false
+            }),
+            no_action("waiting for standby_leader to bootstrap"),
+        ),
+        (
+            "empty, standby leader exists: clone from it",
+            Box::new(|o| o.data = DataState::Empty),
+            Decision::Clone {
+                from: "pg1".into(),
+                msg: "trying to bootstrap from leader 'pg1'".into(),
+            },
+        ),
+        (
+            "stopped, lock holder",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.pg = stopped(false)
+            }),
+            Decision::StartFollowingRemote {
+                standby_leader: true,
+                msg: "starting as a standby leader because i had the session lock".into(),
+            },
+        ),
+        (
+            "stopped, lock holder, was primary: still never a primary",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.pg = stopped(true)
+            }),
+            Decision::StartFollowingRemote {
+                standby_leader: true,
+                msg: "starting as a standby leader because i had the session lock".into(),
+            },
+        ),
+        (
+            "stopped, unlocked",
+            Box::new(|o| {
+                o.cluster = unlocked();
+                o.pg = stopped(false)
+            }),
+            Decision::StartFollowingRemote {
+                standby_leader: false,
+                msg: "trying to follow a remote member because standby cluster is unhealthy".into(),
+            },
+        ),
+        (
+            "stopped, standby leader exists",
+            Box::new(|o| o.pg = stopped(false)),
+            start_secondary(Some("pg1")),
+        ),
+        (
+            "lock holder in recovery: renew, never promote",
+            Box::new(|o| o.cluster = mine()),
+            Decision::RenewStandbyLeader,
+        ),
+        (
+            "paused lock holder in recovery keeps the key",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.paused = true
+            }),
+            Decision::RenewStandbyLeader,
+        ),
+        (
+            "lock holder primary: demote-cluster",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.pg = primary(1)
+            }),
+            Decision::DemoteCluster,
+        ),
+        (
+            "paused lock holder primary keeps running",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.pg = primary(1);
+                o.paused = true
+            }),
+            Decision::RenewLeader,
+        ),
+        (
+            "primary without lock",
+            Box::new(|o| o.pg = primary(1)),
+            Decision::DemoteImmediate {
+                msg: "cannot be a real primary in a standby cluster".into(),
+            },
+        ),
+        (
+            "race, healthiest",
+            Box::new(|o| {
+                o.cluster = unlocked();
+                o.peers = vec![peer("pg3", 900)]
+            }),
+            Decision::AcquireLeader,
+        ),
+        (
+            "race, peer ahead",
+            Box::new(|o| {
+                o.cluster = unlocked();
+                o.peers = vec![peer("pg3", 1001)]
+            }),
+            not_healthiest("Wal position of pg3 is ahead of my wal position"),
+        ),
+        (
+            "follower of the standby leader",
+            Box::new(|_| {}),
+            Decision::Follow {
+                leader: "pg1".into(),
+            },
+        ),
+        (
+            "promote-cluster: standby_cluster removed, lock holder promotes",
+            Box::new(|o| {
+                o.cluster = mine();
+                o.standby_cluster = false
+            }),
+            Decision::RenewLeader,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, setup, want) in rows {
+        let mut o = obs();
+        o.standby_cluster = true;
+        setup(&mut o);
+        let got = decide(&o);
+        if got != want {
+            failures.push(format!("{name}:\n   want {want:?}\n    got {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Won the race in a standby cluster: follow the remote, never promote.
+    use crate::decide::{after_acquire, AfterAcquire};
+    let mut o = obs();
+    o.standby_cluster = true;
+    assert_eq!(after_acquire(Ok(true), &o), AfterAcquire::StandbyLeader);
+    o.pg = primary(1);
+    assert_eq!(after_acquire(Ok(true), &o), AfterAcquire::StandbyLeader);
+}
+
+/// In a standby cluster no combination of DCS view, PostgreSQL state and pause leads to a
+/// decision that promotes or starts a primary: the only writable primary is the remote one.
+#[test]
+fn standby_cluster_never_promotes() {
+    let views = [cluster(Some("pg2")), cluster(Some("pg1")), cluster(None)];
+    let pgs = [
+        primary(1),
+        replica(1000),
+        PgView::Stopped {
+            was_primary: true,
+            clean: false,
+        },
+        PgView::Stopped {
+            was_primary: false,
+            clean: true,
+        },
+        PgView::Unresponsive,
+    ];
+    for c in &views {
+        for pg in &pgs {
+            for paused in [false, true] {
+                let mut o = obs();
+                o.standby_cluster = true;
+                o.cluster = Some(c.clone());
+                o.pg = pg.clone();
+                o.paused = paused;
+                let d = decide(&o);
+                let in_recovery = !matches!(
+                    pg,
+                    PgView::Running {
+                        in_recovery: false,
+                        ..
+                    }
+                );
+                let ctx = format!("{:?} {pg:?} paused={paused}: {d:?}", c.leader_name());
+                assert!(
+                    !matches!(
+                        d,
+                        Decision::StartPostgres {
+                            as_primary: true,
+                            ..
+                        }
+                    ),
+                    "{ctx}"
+                );
+                // RenewLeader promotes a lock holder in recovery.
+                if in_recovery {
+                    assert!(!matches!(d, Decision::RenewLeader), "{ctx}");
                 }
             }
         }

@@ -16,6 +16,6 @@ pub mod x509;
 pub use lsn::Lsn;
 pub use methods::{python_str, BootstrapRecovery, CustomBootstrap, MethodCommand, ReplicaMethod};
 pub use patroni::{
-    bool_tag, conflicting_tags, guc_value, parse_bool, parse_bool_str, priority_tag, truthy,
-    SyncMode, AUTH_LIBPQ_OPTIONS,
+    bool_tag, conflicting_tags, guc_value, is_standby_cluster, parse_bool, parse_bool_str,
+    priority_tag, py_truthy, truthy, SyncMode, AUTH_LIBPQ_OPTIONS,
 };

@@ -55,6 +55,32 @@ pub fn truthy(v: &Value) -> bool {
     parse_bool(v) == Some(true)
 }
 
+/// Python's `bool(value)` of a JSON value: `None`, `False`, `0`, `""`, `[]` and `{}` are false.
+pub fn py_truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(m) => !m.is_empty(),
+    }
+}
+
+/// Patroni's `global_config.is_standby_cluster`, the one rule for "this is a standby cluster"
+/// read by the agent, the REST API and the CLI: `/config.standby_cluster` is a mapping whose
+/// `host`, `port` or `restore_command` is set (Python-truthy).
+pub fn is_standby_cluster(config: &Map<String, Value>) -> bool {
+    config
+        .get("standby_cluster")
+        .and_then(Value::as_object)
+        .is_some_and(|s| {
+            ["host", "port", "restore_command"]
+                .iter()
+                .any(|k| s.get(*k).is_some_and(py_truthy))
+        })
+}
+
 /// Patroni's `parse_int` of a tag: a number, or a string holding one.
 fn tag_int(v: Option<&Value>) -> Option<i64> {
     match v? {

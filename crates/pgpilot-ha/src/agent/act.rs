@@ -132,6 +132,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         if standby.is_some() {
             // `postgresql.recovery_conf` (restore_command and the like) while a replica.
             parameters.extend(self.cfg.postgresql.recovery_conf.clone());
+            // In a standby cluster every member may fetch WAL with the cluster's
+            // `restore_command` (over `recovery_conf`), as Patroni writes it.
+            if let Some(sc) = &self.dynamic.standby_cluster {
+                for (k, v) in [
+                    ("restore_command", &sc.restore_command),
+                    ("archive_cleanup_command", &sc.archive_cleanup_command),
+                ] {
+                    if let Some(v) = v {
+                        parameters.insert(k.into(), v.clone());
+                    }
+                }
+            }
         }
         let params = self.sync_params();
         if params.active() {
@@ -226,6 +238,28 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 self.demote(StopMode::Immediate).await;
                 Ok(msg)
             }
+            Decision::RaceStandbyBootstrap => match self.dcs.initialize(true, "").await {
+                Ok(true) => {
+                    self.start_standby_bootstrap();
+                    Ok("trying to bootstrap a new standby leader".into())
+                }
+                Ok(false) => Ok("failed to acquire initialize lock".into()),
+                Err(e) => Ok(format!("failed to acquire initialize lock: {e}")),
+            },
+            Decision::StartFollowingRemote {
+                standby_leader,
+                msg,
+            } => {
+                if self.start_not_before.is_some_and(|t| Instant::now() < t) {
+                    return Ok(
+                        "waiting before starting PostgreSQL again after a failed start".into(),
+                    );
+                }
+                self.start_following_remote(standby_leader);
+                Ok(msg)
+            }
+            Decision::RenewStandbyLeader => self.renew_standby_leader(obs).await,
+            Decision::DemoteCluster => self.demote_cluster(obs).await,
             Decision::RaceBootstrap => match self.dcs.initialize(true, "").await {
                 Ok(true) => {
                     self.start_bootstrap();
@@ -483,6 +517,24 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         stopped
     }
 
+    /// After a leader's clean stop (`what`: shutdown, demote-cluster): the shutdown checkpoint
+    /// from pg_control becomes `/status.optime`. Without it the replicas compare their member
+    /// keys' positions.
+    pub(super) async fn publish_shutdown_checkpoint(&mut self, what: &str) {
+        match self.pg.controldata().await {
+            Ok(cd) => {
+                let status = pgpilot_dcs::Status {
+                    optime: cd.checkpoint_lsn.0,
+                    ..Default::default()
+                };
+                if let Err(e) = self.dcs.write_status(&status).await {
+                    warn!("could not write /status: {e}");
+                }
+            }
+            Err(e) => warn!("pg_controldata after the {what} stop failed: {e}"),
+        }
+    }
+
     /// Stops PostgreSQL, which may be a primary, and closes the watchdog once it is down. If it
     /// can not be stopped the watchdog stays armed, without keepalives, and resets the host
     /// before the key can expire. (Patroni closes it a little earlier, at the "safepoint" when
@@ -519,6 +571,22 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             Ok(false) | Err(_) => self.stats.leader_renewal_failures += 1,
         }
         renewed
+    }
+
+    /// Renews the leader key of the cycle's view (`update_lock`); a failure is logged and
+    /// forgets the last renewal. Whether it was renewed.
+    pub(super) async fn renew_observed_lock(&mut self, obs: &Observation) -> bool {
+        let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
+        match self.renew_lock(leader.as_ref()).await {
+            Ok(true) => true,
+            res => {
+                if let Err(e) = res {
+                    error!("failed to update leader lock: {e}");
+                }
+                self.lease_released();
+                false
+            }
+        }
     }
 
     /// A successful leader key renewal (or acquisition) whose request was sent at `start`: note
@@ -601,42 +669,61 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
         let standby = self.standby_for(obs.cluster.as_ref(), Some(leader));
         let desired = self.desired(Some(standby));
+        if let FollowConfig::Restarting { major } = self
+            .apply_follow_config(desired, old_role, Role::Replica)
+            .await
+        {
+            return Ok(format!(
+                "restarting to follow a new leader ({leader}): PostgreSQL {major} reads \
+                 primary_conninfo only at start"
+            ));
+        }
+        let whom = if obs.standby_cluster {
+            "a standby leader"
+        } else {
+            "a leader"
+        };
+        Ok(format!(
+            "no action. I am ({me}), a secondary, and following {whom} ({leader})"
+        ))
+    }
+
+    /// Writes the configuration of a member in recovery (`desired`) and makes PostgreSQL use it:
+    /// a reload that fires `on_role_change`/`on_reload` for the move from `old_role` to `role`,
+    /// or a restart when PostgreSQL (before 13) reads a new `primary_conninfo` only at start.
+    pub(super) async fn apply_follow_config(
+        &mut self,
+        desired: DesiredConfig,
+        old_role: Role,
+        role: Role,
+    ) -> FollowConfig {
         let upstream_before = self.written.as_ref().map(|w| w.standby.clone());
         let upstream_changed = upstream_before.is_some_and(|s| s != desired.standby);
-        if self.ensure_config(desired).await {
-            // primary_conninfo and primary_slot_name are reloadable since PostgreSQL 13; before,
-            // the walreceiver keeps its upstream until PostgreSQL restarts.
-            let major = self
-                .last_pg
-                .as_ref()
-                .and_then(|p| PgMajor::from_version_num(p.server_version));
-            if upstream_changed && major.is_some_and(|m| !m.reloads_primary_conninfo()) {
-                self.start_restart(&RestartRequest::default(), None);
-                return Ok(format!(
-                    "restarting to follow a new leader ({leader}): PostgreSQL {} reads \
-                     primary_conninfo only at start",
-                    major.map_or_else(String::new, |m| m.to_string())
-                ));
-            }
-            match self.pg.reload().await {
-                Ok(()) => {
-                    self.reload_requested = false;
-                    self.hooks.fire(
-                        follow_callback(
-                            self.hooks.called(),
-                            old_role,
-                            Role::Replica,
-                            PgChange::Reload,
-                        ),
-                        Role::Replica,
-                    );
-                }
-                Err(e) => warn!("reload failed: {e}"),
-            }
+        if !self.ensure_config(desired).await {
+            return FollowConfig::Unchanged;
         }
-        Ok(format!(
-            "no action. I am ({me}), a secondary, and following a leader ({leader})"
-        ))
+        // primary_conninfo and primary_slot_name are reloadable since PostgreSQL 13; before,
+        // the walreceiver keeps its upstream until PostgreSQL restarts.
+        let major = self
+            .last_pg
+            .as_ref()
+            .and_then(|p| PgMajor::from_version_num(p.server_version));
+        if let Some(m) = major.filter(|m| upstream_changed && !m.reloads_primary_conninfo()) {
+            self.start_restart(&RestartRequest::default(), None);
+            return FollowConfig::Restarting {
+                major: m.to_string(),
+            };
+        }
+        match self.pg.reload().await {
+            Ok(()) => {
+                self.reload_requested = false;
+                let callback =
+                    follow_callback(self.hooks.called(), old_role, role, PgChange::Reload);
+                self.hooks.fire(callback, role);
+            }
+            Err(e) => warn!("reload failed: {e}"),
+        }
+        FollowConfig::Reloaded
     }
 
     /// Replication slots on the leader (spec/ha-loop.md §5.9, planned by [`crate::slots`]):
@@ -921,6 +1008,17 @@ fn log_expired(expired: &[String], ttl: Duration) {
             ttl.as_secs()
         );
     }
+}
+
+/// What [`Agent::apply_follow_config`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum FollowConfig {
+    /// The files were already as wanted.
+    Unchanged,
+    /// The files changed and PostgreSQL reloaded them (or the reload failed, logged).
+    Reloaded,
+    /// PostgreSQL `major` restarts (a background task) to read the new upstream.
+    Restarting { major: String },
 }
 
 /// `/status.retain_slots`: sorted names, `None` when empty.

@@ -85,6 +85,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 self.role = Role::Primary;
                 Ok("acquired session lock as a leader".into())
             }
+            AfterAcquire::StandbyLeader => Ok(self
+                .follow_remote(
+                    "promoted self to a standby leader by acquiring session lock".into(),
+                    "promoted self to a standby leader by acquiring session lock",
+                )
+                .await),
             AfterAcquire::Lost { demote, msg } => {
                 if demote {
                     self.demote(StopMode::Immediate).await;
@@ -323,21 +329,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             if let Some(c) = obs.cluster.as_ref() {
                 self.write_failsafe(c).await;
                 self.publish_history(c, timeline).await;
-                if c.initialize.as_deref().is_none_or(|i| !valid_sysid(i)) {
-                    // Written again next cycle while it is missing.
-                    if let Some(sysid) = &self.sysid {
-                        if let Err(e) = self.dcs.initialize(false, sysid).await {
-                            warn!("could not write the initialize key: {e}");
-                        }
-                    }
-                }
-                if c.config.as_ref().is_none_or(|cfg| cfg.data.is_empty()) {
-                    let doc = Value::Object(self.dynamic.raw.clone()).to_string();
-                    // Written again next cycle while it is missing.
-                    if let Err(e) = self.dcs.set_config(&doc, None).await {
-                        warn!("could not write /config: {e}");
-                    }
-                }
+                self.publish_leader_documents(c).await;
             }
             let desired = self.desired(None);
             if self.ensure_config(desired).await {
@@ -349,6 +341,25 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
         }
         Ok(format!("no action. I am ({me}), the leader with the lock"))
+    }
+
+    /// The leader writes `/initialize` (our system identifier) and `/config` (the dynamic
+    /// configuration it runs with) when they are missing; written again next cycle while they
+    /// are.
+    pub(super) async fn publish_leader_documents(&mut self, c: &pgpilot_dcs::Cluster) {
+        if c.initialize.as_deref().is_none_or(|i| !valid_sysid(i)) {
+            if let Some(sysid) = &self.sysid {
+                if let Err(e) = self.dcs.initialize(false, sysid).await {
+                    warn!("could not write the initialize key: {e}");
+                }
+            }
+        }
+        if c.config.as_ref().is_none_or(|cfg| cfg.data.is_empty()) {
+            let doc = Value::Object(self.dynamic.raw.clone()).to_string();
+            if let Err(e) = self.dcs.set_config(&doc, None).await {
+                warn!("could not write /config: {e}");
+            }
+        }
     }
 
     /// The leader's handling of `/failover` (spec/ha-loop.md §5.4). `Some(msg)` when it acted.

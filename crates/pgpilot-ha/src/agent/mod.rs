@@ -88,6 +88,7 @@ mod leader;
 mod observe;
 mod publish;
 mod shutdown;
+mod standby;
 mod sync_duty;
 mod tasks;
 
@@ -605,7 +606,8 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 .iter()
                 .any(ReplicaMethod::works_without_leader),
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
-            check_timeline: self.dynamic.check_timeline,
+            // Patroni checks timelines only outside standby clusters.
+            check_timeline: self.dynamic.check_timeline && self.dynamic.standby_cluster.is_none(),
             use_pg_rewind: self
                 .cfg
                 .postgresql
@@ -626,6 +628,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             pre_promote_backoff: self
                 .pre_promote_released_at
                 .is_some_and(|t| t.elapsed() < self.dynamic.ttl),
+            standby_cluster: self.dynamic.standby_cluster.is_some(),
             failsafe_mode: self.dynamic.failsafe_mode,
             started_within_ttl: self.started_at.elapsed() < self.dynamic.ttl,
             failsafe: cluster

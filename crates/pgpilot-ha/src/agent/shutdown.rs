@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
-use pgpilot_dcs::{Cluster, Dcs, Status};
+use pgpilot_dcs::{Cluster, Dcs};
 use pgpilot_postgres::{PgControl, StopMode};
 use pgpilot_types::{Peers, Role, State};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::Agent;
 
@@ -49,19 +49,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             Ok(()) => {
                 self.state = State::Stopped;
                 if was_leader {
-                    // Without /status the replicas compare their member keys' positions.
-                    match self.pg.controldata().await {
-                        Ok(cd) => {
-                            let status = Status {
-                                optime: cd.checkpoint_lsn.0,
-                                ..Default::default()
-                            };
-                            if let Err(e) = self.dcs.write_status(&status).await {
-                                warn!("could not write /status: {e}");
-                            }
-                        }
-                        Err(e) => warn!("pg_controldata after the shutdown stop failed: {e}"),
-                    }
+                    self.publish_shutdown_checkpoint("shutdown").await;
                     match self.dcs.delete_leader().await {
                         Ok(true) => info!("Leader key released"),
                         Ok(false) => {}

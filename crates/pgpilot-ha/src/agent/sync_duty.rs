@@ -21,7 +21,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// The synchronous replication settings in force.
     pub(super) fn sync_params(&self) -> SyncParams {
         SyncParams {
-            mode: self.dynamic.synchronous_mode,
+            // Synchronous replication is ignored in a standby cluster, as in Patroni.
+            mode: if self.dynamic.standby_cluster.is_some() {
+                pgpilot_config::SyncMode::Off
+            } else {
+                self.dynamic.synchronous_mode
+            },
             strict: self.dynamic.synchronous_mode_strict,
             node_count: self.dynamic.synchronous_node_count,
             max_lag: self.dynamic.maximum_lag_on_syncnode,

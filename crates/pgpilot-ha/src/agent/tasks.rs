@@ -51,6 +51,9 @@ pub(super) struct Task {
     /// The callback fired when the action succeeds, and the role it is given (`on_start` after
     /// a start, `on_restart` after a restart, `on_role_change` when the role changed).
     pub(super) callback: Option<(CallbackAction, Role)>,
+    /// A bootstrap that creates a standby cluster's standby leader from the remote primary:
+    /// it is published with role `standby_leader`.
+    pub(super) standby_leader: bool,
 }
 
 impl Task {
@@ -104,7 +107,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
         match (task.kind, result) {
             (ActionKind::Bootstrap | ActionKind::BootstrapRecovery, Ok(())) => {
-                return self.finish_bootstrap().await.map(Some);
+                return self.finish_bootstrap(task.standby_leader).await.map(Some);
             }
             (ActionKind::Bootstrap | ActionKind::BootstrapRecovery, Err(e)) => {
                 error!("bootstrap failed: {e}");
@@ -187,8 +190,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         Ok(None)
     }
 
-    /// The bootstrap task created a running primary: publish it (spec/ha-loop.md §5.1.7).
-    pub(super) async fn finish_bootstrap(&mut self) -> Result<String, AgentError> {
+    /// The bootstrap task created a running primary, or in a standby cluster a standby leader
+    /// replicating from the remote primary: publish it (spec/ha-loop.md §5.1.7).
+    pub(super) async fn finish_bootstrap(
+        &mut self,
+        standby_leader: bool,
+    ) -> Result<String, AgentError> {
         self.sysid = None;
         let sysid = match self.pg.controldata().await {
             Ok(cd) => cd.system_identifier,
@@ -222,9 +229,13 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             )));
         }
         self.renewed(start);
-        self.role = Role::Primary;
+        self.role = if standby_leader {
+            Role::StandbyLeader
+        } else {
+            Role::Primary
+        };
         self.state = State::Running;
-        self.hooks.fire(CallbackAction::OnStart, Role::Primary);
+        self.hooks.fire(CallbackAction::OnStart, self.role);
         self.save_dynamic_cache();
         self.run_again = true;
         Ok("initialized a new cluster".into())
@@ -267,6 +278,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             recovering: Arc::new(AtomicBool::new(false)),
             finished,
             callback: None,
+            standby_leader: false,
         });
     }
 

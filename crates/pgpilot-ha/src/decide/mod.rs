@@ -144,6 +144,9 @@ pub struct Observation {
     /// We released the leader key because `pre_promote` failed less than a ttl ago: stay out
     /// of the race.
     pub pre_promote_backoff: bool,
+    /// `/config.standby_cluster` makes this a standby cluster (spec/ha-loop.md §5.10): the
+    /// lock holder is a standby leader replicating from the remote primary and never promotes.
+    pub standby_cluster: bool,
     /// `failsafe_mode` of the dynamic configuration.
     pub failsafe_mode: bool,
     /// The `/failsafe` key of the last DCS view read (kept while the DCS is unreachable).
@@ -169,6 +172,9 @@ pub enum Decision {
     NoAction { msg: String },
     /// Race for `/initialize`; the winner starts initdb in the background.
     RaceBootstrap,
+    /// Standby cluster: race for `/initialize`; the winner creates its data directory from the
+    /// remote primary (`standby_cluster.create_replica_methods`) and becomes the standby leader.
+    RaceStandbyBootstrap,
     /// Clone the data directory from `from` (`create_replica_methods`), then follow the leader.
     Clone { from: String, msg: String },
     /// No member to clone from: create the data directory with the replica creation methods
@@ -212,6 +218,17 @@ pub enum Decision {
         msg: String,
         renew_lock_first: bool,
     },
+    /// Standby cluster, PostgreSQL stopped: start it replicating from the remote primary, as
+    /// the standby leader (`standby_leader`: we hold the key) or, with no leader at all, as a
+    /// replica until someone takes the key.
+    StartFollowingRemote { standby_leader: bool, msg: String },
+    /// Standby cluster: renew the leader key; on success keep PostgreSQL in recovery
+    /// replicating from the remote primary (never promote); on failure say so.
+    RenewStandbyLeader,
+    /// Standby cluster and we hold the key while PostgreSQL runs as a primary (`/config` just
+    /// gained `standby_cluster`: `demote-cluster`): renew the key, stop PostgreSQL and start it
+    /// again as the standby leader following the remote primary, keeping the key.
+    DemoteCluster,
     /// Former primary must rewind against `leader` before following it.
     Rewind { leader: String },
     /// Rewind is impossible and the configuration allows it: remove the data directory so the
@@ -231,6 +248,9 @@ pub enum AfterAcquire {
     Promote,
     /// Won and PostgreSQL already runs as a primary.
     Lead,
+    /// Won in a standby cluster: follow the remote primary as the standby leader (no
+    /// promotion; a primary is demoted by the next cycle's [`Decision::DemoteCluster`]).
+    StandbyLeader,
     /// Lost the race, or the DCS failed: log `msg`; `demote`: PostgreSQL runs as a primary
     /// without the lock (not paused), stop it at once.
     Lost { demote: bool, msg: String },
@@ -286,6 +306,7 @@ pub fn after_acquire(outcome: Result<bool, String>, o: &Observation) -> AfterAcq
         }
     );
     match outcome {
+        Ok(true) if o.standby_cluster => AfterAcquire::StandbyLeader,
         Ok(true) if pg_primary => AfterAcquire::Lead,
         Ok(true) => AfterAcquire::Promote,
         Ok(false) if pg_primary && !o.paused => AfterAcquire::Lost {
@@ -403,6 +424,9 @@ pub fn decide(o: &Observation) -> Decision {
                 && o.can_failover
                 && o.can_bootstrap
             {
+                if o.standby_cluster {
+                    return Decision::RaceStandbyBootstrap;
+                }
                 return Decision::RaceBootstrap;
             }
             if let Some(leader) = cluster.leader_member() {
@@ -432,8 +456,13 @@ pub fn decide(o: &Observation) -> Decision {
                     msg: "trying to bootstrap (without leader)".into(),
                 };
             }
+            let waiting_for = if o.standby_cluster {
+                "standby_leader"
+            } else {
+                "leader"
+            };
             return Decision::NoAction {
-                msg: "waiting for leader to bootstrap".into(),
+                msg: format!("waiting for {waiting_for} to bootstrap"),
             };
         }
         DataState::Invalid(_) => {
@@ -499,6 +528,20 @@ pub fn decide(o: &Observation) -> Decision {
                 }
                 return Decision::NoAction {
                     msg: "postgres is not running".into(),
+                };
+            }
+            // Standby cluster (Patroni's `recover`): the lock holder starts as the standby
+            // leader, and with nobody holding the key a member replicates from the remote
+            // primary until the race picks a standby leader. Neither is ever a primary.
+            if o.standby_cluster && (holds_lock || cluster.is_unlocked()) {
+                let msg = if holds_lock {
+                    "starting as a standby leader because i had the session lock"
+                } else {
+                    "trying to follow a remote member because standby cluster is unhealthy"
+                };
+                return Decision::StartFollowingRemote {
+                    standby_leader: holds_lock,
+                    msg: msg.into(),
                 };
             }
             if holds_lock {
@@ -600,6 +643,18 @@ pub fn decide(o: &Observation) -> Decision {
             }
         };
     }
+    if holds_lock && o.standby_cluster {
+        // Patroni's `enforce_follow_remote_member`: a primary under the key of a standby
+        // cluster is demoted to a standby leader; in maintenance mode it keeps running as a
+        // primary, and keeps its key.
+        if pg_primary {
+            if o.paused {
+                return Decision::RenewLeader;
+            }
+            return Decision::DemoteCluster;
+        }
+        return Decision::RenewStandbyLeader;
+    }
     if holds_lock {
         if o.paused && !pg_primary {
             let candidate_is_me =
@@ -638,9 +693,12 @@ pub fn decide(o: &Observation) -> Decision {
                 msg: "continue to run as primary without lock".into(),
             };
         }
-        return Decision::DemoteImmediate {
-            msg: "demoting self because I do not have the lock and I was a leader".into(),
+        let msg = if o.standby_cluster {
+            "cannot be a real primary in a standby cluster"
+        } else {
+            "demoting self because I do not have the lock and I was a leader"
         };
+        return Decision::DemoteImmediate { msg: msg.into() };
     }
     Decision::Follow {
         // `is_unlocked` was checked above, so the leader name exists.

@@ -461,6 +461,8 @@ impl World {
             primary_start_timeout: a.dynamic.primary_start_timeout,
             // No hooks are simulated: `pre_promote` never fails.
             pre_promote_backoff: false,
+            // Standby clusters are not simulated (see the module docs of `sim`).
+            standby_cluster: false,
             // Failsafe mode is not modelled (module docs).
             failsafe_mode: false,
             failsafe: None,
@@ -650,6 +652,12 @@ impl World {
                 self.demote(i, false);
                 msg
             }
+            Decision::RaceStandbyBootstrap
+            | Decision::StartFollowingRemote { .. }
+            | Decision::RenewStandbyLeader
+            | Decision::DemoteCluster => {
+                unreachable!("standby clusters are not simulated: {decision:?}")
+            }
             Decision::RaceBootstrap => match call!(self, i, |d| d.initialize(true, "")) {
                 Ok(true) => {
                     let a = self.agent(i);
@@ -803,6 +811,7 @@ impl World {
                 }
                 "promoted self to leader by acquiring session lock".into()
             }
+            AfterAcquire::StandbyLeader => unreachable!("standby clusters are not simulated"),
             AfterAcquire::Lead => {
                 self.agent(i).role = "primary".into();
                 "acquired session lock as a leader".into()

@@ -31,13 +31,7 @@ impl<'a> GlobalConfig<'a> {
     }
 
     pub fn is_standby_cluster(&self) -> bool {
-        self.get("standby_cluster")
-            .and_then(Value::as_object)
-            .is_some_and(|s| {
-                ["host", "port", "restore_command"]
-                    .iter()
-                    .any(|k| s.get(*k).is_some_and(py_truthy))
-            })
+        self.data.is_some_and(pgpilot_values::is_standby_cluster)
     }
 
     /// `synchronous_mode` as [`SyncMode::from_value`] reads it.
@@ -59,18 +53,6 @@ impl<'a> GlobalConfig<'a> {
             .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
             .filter(|v| *v > 0)
             .unwrap_or(default)
-    }
-}
-
-/// Python truthiness of a JSON value.
-pub fn py_truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(m) => !m.is_empty(),
     }
 }
 
