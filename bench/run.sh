@@ -5,7 +5,7 @@
 #   bench/run.sh                                   # pgpilot, fast profile, 5 repetitions, 60 s idle
 #   bench/run.sh --compare patroni --profile all   # the full run recorded in BENCHMARKS.md
 #   bench/run.sh --compare patroni --profile all --members 3,5,7 --idle-only   # idle cost against size
-#   options: --reps N  --idle SECONDS  --profile fast|default|all  --compare patroni  --patroni PATH
+#   options: --reps N  --idle SECONDS  --profile fast|default|short|all  --compare patroni  --patroni PATH
 #            --members N[,N...]  --idle-only
 #
 # Scale mode (its own section of BENCHMARKS.md, and the plot bench/scale.svg):
@@ -15,7 +15,7 @@
 #            --sizes M[,M...]   one cluster of M members: write gaps (default 3,5,7,9)
 #            --parallel K       clusters started at once while a fleet boots (default 5)
 #            and --reps, --idle, --profile, --compare, --patroni as above (here --profile
-#            defaults to all: both timings).
+#            defaults to fast and default).
 #
 # BENCHMARKS.md has two generated parts: the main part, rewritten by a normal run, and the
 # scale section between the lines `<!-- scale section: begin ... -->` and

@@ -1,4 +1,4 @@
-//! `cargo bench -p pgpilot --bench cluster -- [--reps N] [--idle SECONDS] [--profile fast|default|all]
+//! `cargo bench -p pgpilot --bench cluster -- [--reps N] [--idle SECONDS] [--profile fast|default|short|all]
 //! [--compare patroni] [--patroni PATH] [--members 3,5,7] [--idle-only] [--markdown]`
 //!
 //! Starts its own etcd and 3-member clusters on loopback (see
@@ -12,7 +12,7 @@
 //! given (default 3) and adds a table of the idle cost per member against the size.
 //!
 //! Scale mode, `--scale [--fleet 1,10,25] [--sizes 3,5,7,9] [--parallel 5] [--plot PATH]`
-//! (`--members` and `--idle-only` do not apply; both profiles unless `--profile` is given):
+//! (`--members` and `--idle-only` do not apply; fast and default unless `--profile` is given):
 //! - fleet: for each N of `--fleet`, N clusters of 3 members on ONE etcd (each its own scope,
 //!   same namespace), bootstrap and idle only: per member RSS, idle CPU, etcd messages/s by
 //!   gRPC method, bytes/s in and out, open watch streams, plus the fleet's bootstrap time,
@@ -120,8 +120,13 @@ fn parse() -> Result<Args, String> {
                 a.profiles = Some(match value("--profile")?.as_str() {
                     "fast" => vec![0],
                     "default" => vec![1],
-                    "all" => vec![0, 1],
-                    other => return Err(format!("--profile: {other} is not fast, default or all")),
+                    "short" => vec![2],
+                    "all" => vec![0, 1, 2],
+                    other => {
+                        return Err(format!(
+                            "--profile: {other} is not fast, default, short or all"
+                        ))
+                    }
                 })
             }
             "--compare" => {
@@ -356,6 +361,10 @@ where
 /// The scale mode (see the module doc): fleets on one etcd, then cluster sizes, for each
 /// profile; prints the scale section and writes the plot.
 async fn run_scale(args: &Args, patroni: Option<PathBuf>, ctl: PathBuf) {
+    /// Where the simulated fleet is (this bench does not measure it): one line of the scale
+    /// section.
+    const FLEET_SIMULATION: &str = "\nThe simulated fleet (etcd requests by kind at 1,000 clusters, idle and under faults, and how many 3-member clusters one 3-node etcd serves, pgpilot against Patroni) is in [bench/fleet.md](bench/fleet.md), written by `PGPILOT_SIM_FLEET=1000 PGPILOT_SIM_FLEET_OUT=bench/fleet.md cargo nextest run -p pgpilot-ha --test simulation fleet --no-capture` (simulated time: the figures do not depend on the machine).\n";
+
     const FLEET_MEMBERS: usize = 3;
     let started = jiff::Timestamp::now();
     let clock = std::time::Instant::now();
@@ -463,6 +472,7 @@ async fn run_scale(args: &Args, patroni: Option<PathBuf>, ctl: PathBuf) {
                 "![Idle cost per member against fleet size]({shown})\n"
             ));
         }
+        out.push_str(FLEET_SIMULATION);
         out.push_str("\n### Fleet: idle cost per member\n");
         out.push_str(&fleet_md);
         out.push_str(&format!("\n### Cluster size: write gaps\n\nOne cluster of M members per repetition, measured as in the main tables (idle window of {} s, then switchover, graceful handover and crash failover).\n", args.idle.as_secs()));
