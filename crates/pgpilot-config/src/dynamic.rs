@@ -226,8 +226,13 @@ fn text_field(m: &Map<String, Value>, key: &str) -> Option<String> {
     }
 }
 
+/// The permanent slots of this cluster: in a standby cluster only physical ones (Patroni: "In a
+/// standby cluster we only support physical replication slots"), and a physical slot's
+/// `cluster_type` (`primary` or `standby`) keeps it to that kind of cluster. A slot left out
+/// here is not wanted, so an existing one is dropped, as Patroni's documentation says.
 fn permanent_slots(
     doc: &Map<String, Value>,
+    standby_cluster: bool,
     w: &mut Vec<String>,
 ) -> BTreeMap<String, PermanentSlot> {
     let value = ["slots", "permanent_slots", "permanent_replication_slots"]
@@ -250,8 +255,16 @@ fn permanent_slots(
                         "physical".into()
                     }
                 });
+                let cluster_type = text_field(m, "cluster_type");
+                let elsewhere = match cluster_type.as_deref() {
+                    Some("primary") => standby_cluster,
+                    Some("standby") => !standby_cluster,
+                    _ => false,
+                };
                 match (ty.as_str(), database, plugin) {
+                    ("physical", _, _) if elsewhere => continue,
                     ("physical", _, _) => Some(PermanentSlot::Physical),
+                    ("logical", Some(_), Some(_)) if standby_cluster => continue,
                     ("logical", Some(database), Some(plugin)) => {
                         Some(PermanentSlot::Logical { database, plugin })
                     }
@@ -503,7 +516,7 @@ impl DynamicConfig {
                 }),
             pre_promote: command(pg, "pre_promote"),
             before_stop: command(pg, "before_stop"),
-            permanent_slots: permanent_slots(doc, &mut w),
+            permanent_slots: permanent_slots(doc, pgpilot_values::is_standby_cluster(doc), &mut w),
             ignore_slots: ignore_slots(doc),
             member_slots_ttl: Duration::from_secs(
                 seconds(doc, "member_slots_ttl", &mut w).unwrap_or(1800),
@@ -567,6 +580,29 @@ mod tests {
             "{warnings:?}"
         );
         assert!(warnings[1].contains("several hosts"), "{warnings:?}");
+    }
+
+    #[test]
+    fn permanent_slots_follow_the_cluster_type() {
+        let slots = json!({
+            "any": null,
+            "prim": {"type": "physical", "cluster_type": "primary"},
+            "stby": {"type": "physical", "cluster_type": "standby"},
+            "logi": {"type": "logical", "database": "postgres", "plugin": "pgoutput"}
+        });
+        let names =
+            |c: &DynamicConfig| -> Vec<String> { c.permanent_slots.keys().cloned().collect() };
+        let primary = cfg(json!({ "slots": slots }));
+        assert_eq!(names(&primary), ["any", "logi", "prim"]);
+        let standby = cfg(json!({
+            "slots": slots,
+            "standby_cluster": {"host": "10.0.0.1", "port": 5432}
+        }));
+        assert_eq!(
+            names(&standby),
+            ["any", "stby"],
+            "physical only, standby ones"
+        );
     }
 
     #[test]

@@ -37,6 +37,32 @@ async fn wait_for_standby_leader(
         .await
 }
 
+/// Permanent physical slots kept to one kind of cluster by `cluster_type`, the same in the
+/// source and the standby cluster.
+fn typed_slots() -> Value {
+    json!({
+        "only_in_primary": {"type": "physical", "cluster_type": "primary"},
+        "only_in_standby": {"type": "physical", "cluster_type": "standby"},
+    })
+}
+
+/// Waits until member `i` has the slot `present` and checks it lacks `absent`.
+async fn typed_slot(cluster: &Cluster, i: usize, present: &str, absent: &str) {
+    let names = cluster
+        .wait(SHORT_TIMEOUT, &format!("slot {present}"), async || {
+            let rows = cluster
+                .pg_connect(i)
+                .await
+                .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+                .await?;
+            let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            ensure!(names.iter().any(|n| n == present), "{names:?}");
+            Ok(names)
+        })
+        .await;
+    assert!(!names.iter().any(|n| n == absent), "{names:?}");
+}
+
 /// A one-member cluster `scope` whose primary holds `table (id int PRIMARY KEY, note text)`
 /// with row 1; also returns its PostgreSQL port.
 async fn source_cluster(scope: &str, table: &str) -> (Cluster, u16) {
@@ -44,6 +70,9 @@ async fn source_cluster(scope: &str, table: &str) -> (Cluster, u16) {
         1,
         Options {
             scope: scope.into(),
+            customize: Some(Arc::new(|_, doc: &mut Value| {
+                doc["bootstrap"]["dcs"]["slots"] = typed_slots();
+            })),
             ..Options::default()
         },
     );
@@ -71,6 +100,7 @@ fn standby_cluster(source: &Cluster, scope: &str, n: usize, standby_cluster: Val
             shared_etcd: Some(source.etcd.clone()),
             customize: Some(Arc::new(move |_, doc: &mut Value| {
                 doc["bootstrap"]["dcs"]["standby_cluster"] = standby_cluster.clone();
+                doc["bootstrap"]["dcs"]["slots"] = typed_slots();
             })),
             ..Options::default()
         },
@@ -112,6 +142,9 @@ async fn a_standby_cluster_replicates_the_source_fails_over_and_is_promoted() {
     assert_eq!(standby.system_identifier(first).await, source_sysid);
     assert_eq!(standby.etcd_get("initialize"), Some(source_sysid.clone()));
     standby.wait_for_row(first, "standby_check", 1).await;
+    // `cluster_type`: each cluster keeps only the permanent slot meant for its kind.
+    typed_slot(&source, 0, "only_in_primary", "only_in_standby").await;
+    typed_slot(&standby, first, "only_in_standby", "only_in_primary").await;
 
     // The other member replicates from the standby leader as an ordinary replica.
     standby
