@@ -21,7 +21,7 @@ use crate::decide::{
 use crate::hooks::{self, CallbackAction};
 use crate::sync;
 
-use super::{Agent, AgentError};
+use super::{Agent, AgentError, Rewind};
 
 /// What [`Agent::promote`] did. Postponing is not a failure: the cycle reports it and the next
 /// one tries again.
@@ -191,6 +191,12 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.role = Role::Primary;
         // Patroni resets failsafe on promotion: a POST /failsafe from before no longer counts.
         self.reset_failsafe();
+        // And the rewind state (`before_promote`): a pg_rewind that failed while this member
+        // was a replica (its source went away mid-switchover) says nothing about the data
+        // directory once it is the primary's. Kept, it refused every later start as a replica
+        // after a demotion ("pg_rewind failed ... reinitialize this member"): found by
+        // pgpilot-chaos' switchover storm.
+        self.rewind = Rewind::default();
         let promote_started = Instant::now();
         match self.pg.promote(self.pg_ctl_timeout()).await {
             Ok(()) => {
