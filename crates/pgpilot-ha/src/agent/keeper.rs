@@ -16,8 +16,7 @@
 //!   never less than `ttl`): the agent is stuck, not slow. The lease then lapses within `ttl`,
 //!   and the guard, armed by the last renewal, fences PostgreSQL before that. A stuck agent
 //!   keeps the key for at most `window + ttl` (95 s at Patroni's defaults) instead of `ttl`; it
-//!   never keeps a writable primary past its guard's deadline.
-//!
+//!   never keeps a writable primary past its guard's deadline;
 //! * the agent shuts down (as in Patroni, whose loop stops): the key is deleted, or left to
 //!   expire with the guard armed when PostgreSQL can not be stopped.
 //!
