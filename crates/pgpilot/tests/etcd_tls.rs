@@ -5,11 +5,7 @@
 
 mod harness;
 
-use std::time::Duration;
-
 use harness::{make_certs, Cluster, Options, FAILOVER_TIMEOUT, SHORT_TIMEOUT};
-
-const PGPILOTCTL: &str = env!("CARGO_BIN_EXE_pgpilotctl");
 
 /// Two agents bootstrap one primary and one streaming replica through a TLS etcd with
 /// `--client-cert-auth`; `pgpilotctl list` with a member's file sees both; then a switchover
@@ -33,26 +29,8 @@ async fn two_members_bootstrap_switch_over_and_fail_over_through_a_tls_etcd() {
         Some(cluster.member(leader).name.as_str())
     );
 
-    let home = tempfile::tempdir().unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(PGPILOTCTL)
-            .arg("-c")
-            .arg(&cluster.member(leader).config_path)
-            .arg("list")
-            .env_clear()
-            .env("HOME", home.path())
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("pgpilotctl list within 60 s")
-    .expect("run pgpilotctl");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "pgpilotctl list failed");
+    let (code, stdout) = harness::pgpilotctl(&cluster.member(leader).config_path, &["list"]).await;
+    assert_eq!(code, 0, "pgpilotctl list failed: {stdout}");
     for i in 0..2 {
         assert!(stdout.contains(cluster.member(i).name.as_str()), "{stdout}");
     }

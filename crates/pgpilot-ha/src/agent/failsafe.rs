@@ -148,13 +148,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 self.watchdog.keepalive();
                 if !self.guard.arm(start, self.dynamic.ttl) {
                     // The guard is on and did not take the deadline: this member may not lead.
-                    error!(
-                        "{}",
-                        self.guard
-                            .failure()
-                            .as_deref()
-                            .unwrap_or("the guard process is not running")
-                    );
+                    error!("{}", self.guard.refusal());
                     return self.demote_offline().await;
                 }
                 self.failsafe_until = Some(start.at + self.dynamic.ttl);

@@ -110,13 +110,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             return None;
         }
         let refused = if !self.guard.is_healthy() {
-            error!(
-                "{}",
-                self.guard
-                    .failure()
-                    .as_deref()
-                    .unwrap_or("the guard process is not running")
-            );
+            error!("{}", self.guard.refusal());
             after_guard_refused(obs)
         } else if self.watchdog.is_running() || self.watchdog.activate() {
             return None;

@@ -205,6 +205,12 @@ impl Guard {
         self.inner().failed.clone()
     }
 
+    /// The sentence to log when a guard that is on keeps this member from leading.
+    pub fn refusal(&self) -> String {
+        self.failure()
+            .unwrap_or_else(|| "the guard process is not running".into())
+    }
+
     pub fn is_armed(&self) -> bool {
         self.inner().armed
     }
