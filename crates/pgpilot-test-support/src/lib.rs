@@ -64,7 +64,7 @@ pub use cluster::{Cluster, Member, Options, API_AUTH, REPLICATION, SUPERUSER};
 pub use etcd::{Etcd, EtcdSetup, Kv};
 pub use haproxy::{parse_stat, HaProxy, ServerState, HAPROXY_BIN};
 pub use keepalived::{Keepalived, KEEPALIVED_BIN, VIP};
-pub use pg::{connect_socket, controldata_system_identifier, Standalone};
+pub use pg::{connect_socket, controldata_field, controldata_system_identifier, Standalone};
 pub use pgbouncer::{PgBouncer, PGBOUNCER_BIN};
 pub use tls::{make_certs, temp_certs, TlsFiles};
 pub use watchdog::{WatchdogEvent, WatchdogMonitor};

@@ -117,6 +117,13 @@ impl Standalone {
 
 /// `Database system identifier` from `pg_controldata` (works while the server is down).
 pub fn controldata_system_identifier(data_dir: &Path) -> String {
+    controldata_field(data_dir, "Database system identifier")
+}
+
+/// The value of `field` in `pg_controldata`'s output (works while the server is down), e.g.
+/// `Database cluster state` (`shut down` after a clean stop, `in production` after a crash or an
+/// immediate shutdown).
+pub fn controldata_field(data_dir: &Path, field: &str) -> String {
     let out = Command::new(Path::new(PG_BIN_DIR).join("pg_controldata"))
         .arg(data_dir)
         .env("LC_ALL", "C")
@@ -130,9 +137,9 @@ pub fn controldata_system_identifier(data_dir: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("Database system identifier:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(|v| v.trim().to_string())
-        .expect("pg_controldata prints the system identifier")
+        .unwrap_or_else(|| panic!("pg_controldata prints no {field:?}"))
 }
 
 /// Superuser connection to `127.0.0.1:port` (3 s connect timeout); the connection task runs on

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use harness::{
-    guard_pids, pid_alive, secs, signal, Cluster, Options, FAILOVER_TIMEOUT, SHORT_TIMEOUT,
+    controldata_field, guard_pids, pid_alive, secs, signal, Cluster, Options, Writer,
+    FAILOVER_TIMEOUT, SHORT_TIMEOUT,
 };
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -63,9 +64,11 @@ async fn wait_fenced_before_failover(cluster: &Cluster, i: usize, pid: i32, lead
     );
 }
 
-/// SIGSTOP of the leader's agent for longer than the ttl: its guard stops the primary's
-/// postmaster while the leader key still names it (so before the replica can be promoted); the
-/// replica then takes over, and after SIGCONT the old leader rejoins as its replica.
+/// SIGSTOP of the leader's agent for longer than the ttl, with a client writing: its guard stops
+/// the primary's postmaster while the leader key still names it (so before the replica can be
+/// promoted), with a fast shutdown that completes (the control file says `shut down`: the WAL
+/// senders waited for the replica), so the asynchronous replica that takes over has every
+/// acknowledged write; after SIGCONT the old leader rejoins as its replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_leader_agent_is_fenced_before_its_key_expires() {
     harness::init();
@@ -79,13 +82,20 @@ async fn frozen_leader_agent_is_fenced_before_its_key_expires() {
     cluster
         .pg_connect(leader)
         .await
-        .batch_execute("CREATE TABLE guard_check (id int PRIMARY KEY, note text)")
+        .batch_execute(
+            "CREATE TABLE guard_check (id int PRIMARY KEY, note text);
+             CREATE TABLE guard_writes (id bigint PRIMARY KEY, at timestamptz)",
+        )
         .await
         .unwrap();
     cluster
         .wait_writable(leader, "guard_check", 1, "before the freeze")
         .await;
     cluster.wait_for_row(replica, "guard_check", 1).await;
+    let ports: Vec<u16> = (0..cluster.len())
+        .map(|i| cluster.member(i).pg_port)
+        .collect();
+    let writer = Writer::start(&ports, "guard_writes");
 
     let agent = cluster.agent_pid(leader).expect("leader agent runs");
     let pm = cluster.postmaster_pid(leader).expect("leader postmaster");
@@ -94,6 +104,11 @@ async fn frozen_leader_agent_is_fenced_before_its_key_expires() {
     wait_fenced_before_failover(&cluster, leader, pm, &name).await;
     let fenced = frozen.elapsed();
     assert_eq!(guard_pids(&cluster.member(leader).data_dir), guards);
+    assert_eq!(
+        controldata_field(&cluster.member(leader).data_dir, "Database cluster state"),
+        "shut down",
+        "the fence was a completed fast shutdown"
+    );
 
     let new = cluster
         .wait_for_leader_except(&[leader], FAILOVER_TIMEOUT)
@@ -101,6 +116,15 @@ async fn frozen_leader_agent_is_fenced_before_its_key_expires() {
     assert_eq!(new, replica);
     cluster
         .wait_writable(new, "guard_check", 2, "after the failover")
+        .await;
+    let writes = writer.finish().await;
+    assert!(
+        writes.acked.len() > 10,
+        "the writer wrote: {}",
+        writes.acked.len()
+    );
+    cluster
+        .assert_no_acked_write_lost(new, "guard_writes", &writes)
         .await;
     eprintln!(
         "agent frozen (ttl 20, loop_wait 1): primary fenced after {}, {} writable after {}",
@@ -117,8 +141,9 @@ async fn frozen_leader_agent_is_fenced_before_its_key_expires() {
     cluster.wait_for_row(leader, "guard_check", 2).await;
     let log = cluster.agent_log(leader);
     assert!(
-        log.contains("the leader key was not renewed in time: stopping PostgreSQL"),
-        "the guard says why it stopped PostgreSQL"
+        log.contains("the leader key was not renewed in time: stopping PostgreSQL")
+            && log.contains("with a fast shutdown"),
+        "the guard says why and how it stopped PostgreSQL"
     );
 }
 

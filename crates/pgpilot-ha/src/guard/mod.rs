@@ -23,8 +23,9 @@
 //! * end of file: the agent is gone (exit, crash, SIGKILL). Disarmed, the guard exits; armed, it
 //!   keeps the deadline and fences at it unless the postmaster is gone already.
 //!
-//! When the deadline passes without a new `arm`, the guard stops the postmaster with an
-//! immediate shutdown (see `process.rs`). It is on by default; `pgpilot.guard: off` (or
+//! When the deadline comes near without a new `arm`, the guard stops the postmaster: a fast
+//! shutdown from [`process::DRAIN`] before the deadline, so that the standbys receive every
+//! acknowledged commit, and an immediate one at the deadline (see `process.rs`). It is on by default; `pgpilot.guard: off` (or
 //! `PGPILOT_GUARD=off`) turns it off. A guard that can not be started or that died and can not
 //! be started again makes the member refuse leadership, as a `required` watchdog does.
 //!
@@ -56,8 +57,9 @@ const MIN_MARGIN: Duration = Duration::from_secs(1);
 /// What it covers: the rate difference between this host's clock and the etcd leader's (a
 /// clock disciplined by NTP is off by at most 500 ppm: 10 ms over 20 s; the margin allows 5 %),
 /// the line's way through the pipe, and the fence itself, which must be over before the key can
-/// expire: the immediate shutdown (milliseconds) and, if the postmaster does not go, the SIGKILL
-/// after [`process::KILL_AFTER`] (0.5 s, below the smallest margin).
+/// expire: the immediate shutdown at the deadline (milliseconds; the fast shutdown before it
+/// comes out of the leadership's validity) and, if the postmaster does not go, the SIGKILL after
+/// [`process::KILL_AFTER`] (0.5 s, below the smallest margin).
 pub fn margin(ttl: Duration) -> Duration {
     (ttl / 10).max(MIN_MARGIN)
 }

@@ -9,14 +9,18 @@
 //! [`GuardState`] is the pure part (messages and the clock in, [`Step`] out), tested without
 //! processes; `fence` is the part that signals PostgreSQL.
 //!
-//! The fence is an immediate shutdown: SIGQUIT to the postmaster. PostgreSQL's postmaster then
-//! sends SIGQUIT to every backend at once and exits; no backend commits or acknowledges anything
-//! after that, nothing more is written to WAL (no shutdown checkpoint, unlike a fast shutdown,
-//! which waits for it), and the next start is an ordinary crash recovery. A smart or fast
-//! shutdown could take longer than the margin; SIGKILL of the postmaster alone would leave the
-//! backends running until they notice. If the postmaster is still there after [`KILL_AFTER`]
-//! (stuck, or itself stopped), SIGKILL goes to its process group, which holds every backend
-//! (pg_ctl starts the postmaster as a session leader).
+//! The fence starts [`DRAIN`] before the deadline with a fast shutdown: SIGINT to the
+//! postmaster. PostgreSQL then sends SIGTERM to every client backend at once, so nothing is
+//! committed or acknowledged from that moment on, writes its shutdown checkpoint, and keeps its
+//! WAL senders until each standby has confirmed everything up to that checkpoint: what was
+//! acknowledged before the fence reaches the replicas, so even asynchronous replication loses
+//! nothing when the whole fence fits in the drain. A fast shutdown has no bound of its own (a
+//! long checkpoint, a standby that stopped answering), so at the deadline a postmaster still
+//! there gets SIGQUIT, the immediate shutdown: its backends are gone at once, nothing more is
+//! written to WAL, and the next start is an ordinary crash recovery. SIGKILL of the postmaster
+//! alone would leave the backends running until they notice. If the postmaster is still there
+//! [`KILL_AFTER`] later (stuck, or itself stopped), SIGKILL goes to its process group, which
+//! holds every backend (pg_ctl starts the postmaster as a session leader).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -34,6 +38,11 @@ use super::{boot_time, Message};
 /// The longest the main loop sleeps without reading the clock while armed, when it has no
 /// timerfd.
 const POLL: Duration = Duration::from_millis(100);
+/// How long before the deadline the fence starts with a fast shutdown (module docs): the time
+/// the shutdown checkpoint and the WAL senders' last round get, out of the leadership's
+/// validity. The keeper renews at least every `loop_wait + max(loop_wait / 2, 1 s)`, so a live
+/// agent's renewals keep the guard several seconds away from it even at a ttl of 8.
+pub const DRAIN: Duration = Duration::from_secs(1);
 /// How long the postmaster gets to go after SIGQUIT before SIGKILL (below [`super::margin`]'s
 /// smallest value, so the whole fence is over before the key can expire).
 pub const KILL_AFTER: Duration = Duration::from_millis(500);
@@ -45,8 +54,9 @@ const GONE_AFTER_KILL: Duration = Duration::from_secs(5);
 pub enum Step {
     /// Wait for a message; at most this long when armed (`None`: disarmed, no deadline).
     Wait(Option<Duration>),
-    /// The deadline passed: stop PostgreSQL now.
-    Fence,
+    /// The deadline is at most [`DRAIN`] away (`left`, zero once it passed): stop PostgreSQL
+    /// now, with a fast shutdown for at most `left`, then an immediate one.
+    Fence { left: Duration },
     /// Disarmed and the agent is gone: nothing left to guard.
     Exit,
 }
@@ -54,7 +64,7 @@ pub enum Step {
 /// The guard's deadline bookkeeping. Times are readings of `CLOCK_BOOTTIME`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GuardState {
-    /// Armed until then: past it, PostgreSQL is stopped.
+    /// Armed until then: PostgreSQL is gone by then, its fence starts [`DRAIN`] earlier.
     deadline: Option<Duration>,
     /// The agent closed the pipe (it exited, crashed or was killed).
     agent_gone: bool,
@@ -87,17 +97,24 @@ impl GuardState {
         self.deadline
     }
 
+    /// When the fence starts: [`DRAIN`] before the deadline.
+    pub fn fence_at(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_sub(DRAIN))
+    }
+
     /// The fence ran: disarmed until the agent (if any) arms again.
     pub fn fenced(&mut self) {
         self.deadline = None;
     }
 
     pub fn step(&self, now: Duration) -> Step {
-        match self.deadline {
-            Some(d) if now >= d => Step::Fence,
-            Some(d) => Step::Wait(Some(d - now)),
-            None if self.agent_gone => Step::Exit,
-            None => Step::Wait(None),
+        match (self.deadline, self.fence_at()) {
+            (Some(d), Some(start)) if now >= start => Step::Fence {
+                left: d.saturating_sub(now),
+            },
+            (_, Some(start)) => Step::Wait(Some(start - now)),
+            _ if self.agent_gone => Step::Exit,
+            _ => Step::Wait(None),
         }
     }
 }
@@ -109,7 +126,8 @@ enum Input {
     Tick,
 }
 
-/// A `CLOCK_BOOTTIME` timerfd and the thread that turns its expirations into [`Input::Tick`].
+/// A `CLOCK_BOOTTIME` timerfd and the thread that turns its expirations into [`Input::Tick`]
+/// (at the start of the fence).
 fn deadline_timer(me: u32, tx: mpsc::Sender<Input>) -> Option<Arc<TimerFd>> {
     let timer = match TimerFd::new(ClockId::CLOCK_BOOTTIME, TimerFlags::TFD_CLOEXEC) {
         Ok(t) => Arc::new(t),
@@ -212,9 +230,9 @@ pub fn run_guard(data_dir: &Path, mut release: Option<Release>) -> i32 {
             }
         }
         if let Some(t) = &timer {
-            if state.deadline() != timer_set {
-                set_timer(me, t, state.deadline());
-                timer_set = state.deadline();
+            if state.fence_at() != timer_set {
+                set_timer(me, t, state.fence_at());
+                timer_set = state.fence_at();
             }
         }
         match state.step(now()) {
@@ -222,8 +240,8 @@ pub fn run_guard(data_dir: &Path, mut release: Option<Release>) -> i32 {
                 info!("guard {me}: the agent is gone and the guard is disarmed; exiting");
                 return 0;
             }
-            Step::Fence => {
-                fence(me, data_dir);
+            Step::Fence { left } => {
+                fence(me, data_dir, left);
                 state.fenced();
                 if state.is_agent_gone() {
                     return 0;
@@ -280,8 +298,9 @@ pub fn run_guard(data_dir: &Path, mut release: Option<Release>) -> i32 {
     }
 }
 
-/// Stops the postmaster of `data_dir`, if one runs (module docs).
-fn fence(me: u32, data_dir: &Path) {
+/// Stops the postmaster of `data_dir`, if one runs (module docs): a fast shutdown given `left`,
+/// then an immediate one, then SIGKILL.
+fn fence(me: u32, data_dir: &Path, left: Duration) {
     let Some(pid) = postmaster(data_dir) else {
         warn!(
             "guard {me}: the lease deadline passed without a renewal; no postmaster runs in {}, nothing to stop",
@@ -289,10 +308,28 @@ fn fence(me: u32, data_dir: &Path) {
         );
         return;
     };
-    error!(
-        "guard {me}: the leader key was not renewed in time: stopping PostgreSQL (postmaster {pid}) with an immediate shutdown before the key can expire"
-    );
     let target = Pid::from_raw(pid);
+    if !left.is_zero() {
+        error!(
+            "guard {me}: the leader key was not renewed in time: stopping PostgreSQL (postmaster {pid}) with a fast shutdown, immediate in {} ms, before the key can expire",
+            left.as_millis()
+        );
+        match kill(target, Signal::SIGINT) {
+            Ok(()) if wait_gone(pid, left) => {
+                info!("guard {me}: PostgreSQL stopped (fast shutdown: the standbys received all of its WAL)");
+                return;
+            }
+            Ok(()) => warn!(
+                "guard {me}: the fast shutdown of postmaster {pid} did not end in {} ms; immediate shutdown",
+                left.as_millis()
+            ),
+            Err(e) => error!("guard {me}: SIGINT to postmaster {pid} failed: {e}"),
+        }
+    } else {
+        error!(
+            "guard {me}: the leader key was not renewed in time: stopping PostgreSQL (postmaster {pid}) with an immediate shutdown before the key can expire"
+        );
+    }
     if let Err(e) = kill(target, Signal::SIGQUIT) {
         error!("guard {me}: SIGQUIT to postmaster {pid} failed: {e}");
     }
@@ -389,20 +426,35 @@ mod tests {
         child
     }
 
-    /// The fence sends SIGQUIT to the postmaster of `postmaster.pid`; one that ignores it (or
-    /// is stuck) is killed with its process group after `KILL_AFTER`.
+    /// The fence asks the postmaster of `postmaster.pid` for a fast shutdown (SIGINT); one still
+    /// there when the drain is over gets SIGQUIT, one that ignores that too (or is stuck) is
+    /// killed with its process group after `KILL_AFTER`. With nothing left of the drain, SIGQUIT
+    /// comes first.
     #[test]
-    fn fence_quits_the_postmaster_and_kills_one_that_stays() {
+    fn fence_drains_then_quits_then_kills() {
         let dir = tempfile::tempdir().unwrap();
         let mut pm = fake_postmaster(dir.path(), "exec sleep 60");
-        fence(0, dir.path());
+        fence(0, dir.path(), DRAIN);
+        let status = pm.wait().unwrap();
+        assert_eq!(status.signal(), Some(Signal::SIGINT as i32), "{status:?}");
+
+        let mut pm = fake_postmaster(dir.path(), "exec sleep 60");
+        fence(0, dir.path(), Duration::ZERO);
         let status = pm.wait().unwrap();
         assert_eq!(status.signal(), Some(Signal::SIGQUIT as i32), "{status:?}");
 
-        let mut pm = fake_postmaster(dir.path(), "trap '' QUIT; sleep 60 & wait");
+        let mut pm = fake_postmaster(dir.path(), "trap '' INT; sleep 60 & wait");
         // Let the shell install its trap before the fence.
         std::thread::sleep(Duration::from_millis(200));
-        fence(0, dir.path());
+        fence(0, dir.path(), Duration::from_millis(200));
+        let status = pm.wait().unwrap();
+        assert_eq!(status.signal(), Some(Signal::SIGQUIT as i32), "{status:?}");
+        // The shell's `sleep` is left in its process group: gone with it.
+        let _ = killpg(Pid::from_raw(pm.id() as i32), Signal::SIGKILL);
+
+        let mut pm = fake_postmaster(dir.path(), "trap '' INT QUIT; sleep 60 & wait");
+        std::thread::sleep(Duration::from_millis(200));
+        fence(0, dir.path(), Duration::from_millis(200));
         let status = pm.wait().unwrap();
         assert_eq!(status.signal(), Some(9), "{status:?}");
     }
@@ -412,7 +464,7 @@ mod tests {
     #[test]
     fn fence_never_signals_what_is_not_this_postmaster() {
         let dir = tempfile::tempdir().unwrap();
-        fence(0, dir.path());
+        fence(0, dir.path(), DRAIN);
         let elsewhere = tempfile::tempdir().unwrap();
         let mut other = Command::new("sleep")
             .arg("60")
@@ -425,13 +477,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(postmaster(dir.path()), None, "another working directory");
-        fence(0, dir.path());
+        fence(0, dir.path(), DRAIN);
         std::fs::write(
             dir.path().join("postmaster.pid"),
             format!("{}\n{}\n", other.id(), elsewhere.path().display()),
         )
         .unwrap();
-        fence(0, dir.path());
+        fence(0, dir.path(), DRAIN);
         assert_eq!(other.try_wait().unwrap(), None, "still running");
         other.kill().unwrap();
         other.wait().unwrap();

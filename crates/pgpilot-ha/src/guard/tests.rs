@@ -73,9 +73,13 @@ fn guard_fences_only_when_armed_and_the_deadline_passed() {
         secs(100),
     );
     assert_eq!(g.deadline(), Some(secs(110)));
-    assert_eq!(g.step(secs(100)), Step::Wait(Some(secs(10))));
-    assert_eq!(g.step(ms(109_950)), Step::Wait(Some(ms(50))));
-    assert_eq!(g.step(secs(110)), Step::Fence);
+    // The fence starts DRAIN (1 s) before the deadline, with what is left of it.
+    assert_eq!(g.fence_at(), Some(secs(109)));
+    assert_eq!(g.step(secs(100)), Step::Wait(Some(secs(9))));
+    assert_eq!(g.step(ms(108_950)), Step::Wait(Some(ms(50))));
+    assert_eq!(g.step(secs(109)), Step::Fence { left: secs(1) });
+    assert_eq!(g.step(ms(109_600)), Step::Fence { left: ms(400) });
+    assert_eq!(g.step(secs(111)), Step::Fence { left: secs(0) });
     // Renewed in time: the deadline moves.
     g.message(
         Message::Arm {
@@ -84,8 +88,8 @@ fn guard_fences_only_when_armed_and_the_deadline_passed() {
         },
         secs(105),
     );
-    assert_eq!(g.step(secs(110)), Step::Wait(Some(secs(5))));
-    assert_eq!(g.step(secs(115)), Step::Fence);
+    assert_eq!(g.step(secs(110)), Step::Wait(Some(secs(4))));
+    assert_eq!(g.step(secs(114)), Step::Fence { left: secs(1) });
     g.fenced();
     assert_eq!(g.step(secs(200)), Step::Wait(None), "fenced once");
     // A replica, a paused cluster: disarmed, never fenced.
@@ -112,7 +116,11 @@ fn time_in_the_pipe_is_not_given_away() {
         },
         secs(130),
     );
-    assert_eq!(g.step(secs(130)), Step::Fence, "stale: fence at once");
+    assert_eq!(
+        g.step(secs(130)),
+        Step::Fence { left: secs(0) },
+        "stale: fence at once, no drain left"
+    );
     g.message(
         Message::Arm {
             valid: secs(17),
@@ -136,7 +144,11 @@ fn time_in_the_pipe_is_not_given_away() {
         },
         secs(300),
     );
-    assert_eq!(g.step(secs(300)), Step::Fence, "nothing left: fence now");
+    assert_eq!(
+        g.step(secs(300)),
+        Step::Fence { left: secs(0) },
+        "nothing left: fence now"
+    );
 }
 
 /// The agent gone: a disarmed guard exits; an armed one keeps its deadline, fences at it, and
@@ -156,8 +168,8 @@ fn agent_gone_keeps_the_deadline() {
         secs(10),
     );
     g.agent_gone();
-    assert_eq!(g.step(secs(12)), Step::Wait(Some(secs(3))));
-    assert_eq!(g.step(secs(15)), Step::Fence);
+    assert_eq!(g.step(secs(12)), Step::Wait(Some(secs(2))));
+    assert_eq!(g.step(secs(14)), Step::Fence { left: secs(1) });
     g.fenced();
     assert_eq!(g.step(secs(15)), Step::Exit);
 }
