@@ -7,7 +7,8 @@
 //! Drops follow Patroni (`_drop_incorrect_slots`): a slot that is not wanted here (nor a
 //! replica's copy of a permanent logical slot), or is wanted with another type, database or
 //! plugin, is dropped when it is inactive and matches no `ignore_slots` entry, and never while
-//! the cluster is paused. A slot made outside pgpilot survives only through `ignore_slots` (or
+//! the cluster is paused. A wanted slot whose WAL is lost (`wal_status = 'lost'`) is dropped
+//! and created again in the same plan. A slot made outside pgpilot survives only through `ignore_slots` (or
 //! `/config.slots`), as Patroni's documentation tells its users: an orphaned slot would hold
 //! WAL on the primary until its disk is full, and a logical slot on a replica would hold back
 //! the primary's vacuum through hot-standby feedback.
@@ -58,6 +59,9 @@ pub struct SlotPlan {
     /// key (`xlog_location`): its slot here is inactive and is advanced to it.
     pub member_lsn: BTreeMap<String, u64>,
     pub changes: Vec<SlotChange>,
+    /// Wanted slots whose WAL is lost (`wal_status = 'lost'`): dropped and created again, as
+    /// Patroni does, since they can serve nobody any more.
+    pub lost: BTreeSet<String>,
     /// Error sentences for the log (Patroni's).
     pub errors: Vec<String>,
     /// Warning sentences for the log (Patroni's).
@@ -209,8 +213,17 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
     let existing: BTreeMap<&str, &SlotInfo> =
         i.existing.iter().map(|s| (s.name.as_str(), s)).collect();
     for (name, spec) in &plan.wanted {
-        if existing.contains_key(name.as_str()) {
-            continue;
+        if let Some(slot) = existing.get(name.as_str()) {
+            // Patroni's `_drop_incorrect_slots`: a wanted slot whose WAL was removed is dropped
+            // (unless `ignore_slots` keeps it) and created again at once. One of the wrong kind
+            // is dropped below and created on the next cycle.
+            let recreate =
+                slot.lost && !slot.active && same_kind(slot, spec) && !ignored(i.ignore, slot);
+            if !recreate {
+                continue;
+            }
+            plan.lost.insert(name.clone());
+            plan.changes.push(SlotChange::Drop(name.clone()));
         }
         plan.changes.push(match spec {
             PermanentSlot::Physical => SlotChange::CreatePhysical(name.clone()),
@@ -241,6 +254,7 @@ pub fn plan_slots_as(i: &SlotInputs<'_>, role: SlotRole) -> SlotPlan {
         if clean
             && slot.xmin.is_some()
             && !slot.active
+            && !plan.lost.contains(&slot.name)
             && slot.slot_type == "physical"
             && matches!(plan.wanted.get(&slot.name), Some(PermanentSlot::Physical))
             && !plan.expected_active.contains(&slot.name)
@@ -449,6 +463,7 @@ mod tests {
             active,
             lsn,
             xmin: None,
+            lost: false,
         }
     }
 
@@ -511,6 +526,54 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A wanted slot with `wal_status = 'lost'` is dropped and created again in the same plan,
+    /// in that order (Patroni's "Trying to drop replication slot ... with wal_status=lost");
+    /// not when it is active, not when `ignore_slots` keeps it, and its `xmin` adds no second
+    /// drop. A lost slot nobody wants is simply dropped, as any unknown slot.
+    #[test]
+    fn lost_slots_are_dropped_and_created_again() {
+        let mut c = Case::new(&["pg-1", "pg-2", "pg-3"]);
+        c.permanent = perm_and_logi();
+        let lost = |name: &str, ty: &str| SlotInfo {
+            lost: true,
+            ..slot(name, ty, false, Some(100))
+        };
+        c.existing = vec![
+            SlotInfo {
+                xmin: Some(42),
+                ..lost("pg_2", "physical")
+            },
+            lost("pg_3", "physical"),
+            lost("logi", "logical"),
+            lost("perm", "physical"),
+            lost("stray", "physical"),
+        ];
+        c.existing[1].active = true;
+        c.ignore = vec![SlotMatcher {
+            name: Some("perm".into()),
+            ..SlotMatcher::default()
+        }];
+        let p = c.plan();
+        assert_eq!(
+            p.lost,
+            BTreeSet::from(["logi".to_string(), "pg_2".to_string()])
+        );
+        assert_eq!(
+            p.changes,
+            vec![
+                SlotChange::Drop("logi".into()),
+                SlotChange::CreateLogical {
+                    name: "logi".into(),
+                    database: "postgres".into(),
+                    plugin: "test_decoding".into(),
+                },
+                SlotChange::Drop("pg_2".into()),
+                SlotChange::CreatePhysical("pg_2".into()),
+                SlotChange::Drop("stray".into()),
+            ]
+        );
     }
 
     #[test]

@@ -268,6 +268,9 @@ pub struct SlotInfo {
     pub lsn: Option<u64>,
     /// `xmin`, when set: a physical slot keeps the hot-standby feedback it last received.
     pub xmin: Option<u32>,
+    /// `wal_status = 'lost'` (PostgreSQL 13+): WAL the slot needs was removed
+    /// (`max_slot_wal_keep_size`), so it can serve nobody any more.
+    pub lost: bool,
 }
 
 /// A logical slot of the primary, as copied onto a replica: its `pg_replslot/<name>/state`.

@@ -1275,17 +1275,22 @@ impl Postgres {
     /// publishes for each: `confirmed_flush_lsn` of a logical slot, `restart_lsn` of a physical
     /// one.
     pub async fn list_slots(&self) -> Result<Vec<SlotInfo>> {
-        let rows = self
-            .prepared_query(
-                "SELECT slot_name::text, slot_type::text, database::text, plugin::text, \
-                 active, \
-                 pg_catalog.pg_wal_lsn_diff(CASE WHEN slot_type = 'logical' \
-                 THEN confirmed_flush_lsn ELSE restart_lsn END, '0/0')::bigint, \
-                 xmin::text::bigint \
-                 FROM pg_catalog.pg_replication_slots \
-                 WHERE NOT temporary",
-            )
-            .await?;
+        // `wal_status` is PostgreSQL 13's.
+        let lost = if self.major().await >= PgMajor(13) {
+            "coalesce(wal_status = 'lost', false)"
+        } else {
+            "false"
+        };
+        let sql = format!(
+            "SELECT slot_name::text, slot_type::text, database::text, plugin::text, \
+             active, \
+             pg_catalog.pg_wal_lsn_diff(CASE WHEN slot_type = 'logical' \
+             THEN confirmed_flush_lsn ELSE restart_lsn END, '0/0')::bigint, \
+             xmin::text::bigint, {lost} \
+             FROM pg_catalog.pg_replication_slots \
+             WHERE NOT temporary"
+        );
+        let rows = self.prepared_query(&sql).await?;
         Ok(rows
             .iter()
             .map(|r| SlotInfo {
@@ -1300,6 +1305,7 @@ impl Postgres {
                 xmin: r
                     .get::<_, Option<i64>>(6)
                     .and_then(|n| u32::try_from(n).ok()),
+                lost: r.get(7),
             })
             .collect())
     }

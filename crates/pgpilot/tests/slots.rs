@@ -320,3 +320,75 @@ async fn replicatefrom_streams_from_the_named_member() {
         .await;
     cluster.assert_agents_alive();
 }
+
+/// A permanent slot whose WAL was removed (`max_slot_wal_keep_size` exceeded: `wal_status =
+/// 'lost'`) is dropped and created again, as Patroni does, instead of being kept useless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_whose_wal_is_lost_is_created_again() {
+    harness::init();
+    let mut options = Options::default();
+    options
+        .dcs_parameters
+        .insert("max_slot_wal_keep_size".into(), json!("1MB"));
+    // No other reason to keep old WAL (pgpilot's default, as Patroni's, is 128 MB).
+    options
+        .dcs_parameters
+        .insert("wal_keep_size".into(), json!("0"));
+    options.customize = Some(Arc::new(|_, doc: &mut Value| {
+        doc["bootstrap"]["dcs"]["slots"] = json!({"perm_phys": {"type": "physical"}});
+    }));
+    let cluster = Cluster::start(1, options);
+    let leader = cluster.wait_for_leader().await;
+    let slot = async || -> anyhow::Result<(String, i64)> {
+        let row = cluster
+            .pg_connect_try(leader)
+            .await?
+            .query_one(
+                "SELECT wal_status::text, coalesce(pg_wal_lsn_diff(restart_lsn, '0/0')::bigint, -1) \
+                 FROM pg_replication_slots WHERE slot_name = 'perm_phys'",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    };
+    let (status, first) = cluster
+        .wait(Duration::from_secs(30), "the permanent slot", slot)
+        .await;
+    assert_eq!(status, "reserved");
+
+    // Fill more than 1 MB of WAL past the slot's restart_lsn, over several segments, and make a
+    // checkpoint remove them: the slot is invalidated.
+    let client = cluster.pg_connect(leader).await;
+    client
+        .batch_execute("CREATE TABLE filler (x int)")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        client
+            .batch_execute(
+                "INSERT INTO filler SELECT generate_series(1, 20000); SELECT pg_switch_wal()",
+            )
+            .await
+            .unwrap();
+    }
+    client.batch_execute("CHECKPOINT").await.unwrap();
+
+    cluster
+        .wait(
+            Duration::from_secs(30),
+            "the lost slot dropped and created again",
+            async || {
+                let (status, lsn) = slot().await?;
+                let log = cluster.agent_log(leader);
+                anyhow::ensure!(
+                    log.contains(
+                        "Trying to drop replication slot 'perm_phys' with wal_status=lost"
+                    ),
+                    "not dropped yet: {status} at {lsn}"
+                );
+                anyhow::ensure!(status == "reserved" && lsn > first, "{status} at {lsn}");
+                Ok(())
+            },
+        )
+        .await;
+}

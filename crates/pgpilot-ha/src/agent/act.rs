@@ -926,12 +926,23 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// Applies planned slot changes, logging each outcome with Patroni's sentences.
     async fn apply_slot_changes(&mut self, plan: &SlotPlan) {
         for change in &plan.changes {
-            // Patroni drops nothing while paused.
-            if self.dynamic.pause && matches!(change, SlotChange::Drop(_)) {
-                continue;
+            // Patroni drops nothing while paused (a lost slot is then not created again
+            // either: it still exists).
+            if self.dynamic.pause {
+                match change {
+                    SlotChange::Drop(_) => continue,
+                    SlotChange::CreatePhysical(name) | SlotChange::CreateLogical { name, .. }
+                        if plan.lost.contains(name) =>
+                    {
+                        continue
+                    }
+                    _ => {}
+                }
             }
             if let SlotChange::Drop(name) = change {
-                if !plan.wanted.contains_key(name) {
+                if plan.lost.contains(name) {
+                    info!("Trying to drop replication slot '{name}' with wal_status=lost");
+                } else if !plan.wanted.contains_key(name) {
                     info!("Trying to drop unknown replication slot '{name}'");
                 }
             }
@@ -989,7 +1000,15 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         // As Patroni: without `/config` in the DCS the permanent slots are not known, so
         // nothing is dropped.
         if cluster.config.is_none() {
-            plan.changes.retain(|c| !matches!(c, SlotChange::Drop(_)));
+            // A lost slot kept is not created again either.
+            let lost = std::mem::take(&mut plan.lost);
+            plan.changes.retain(|c| match c {
+                SlotChange::Drop(_) => false,
+                SlotChange::CreatePhysical(name) | SlotChange::CreateLogical { name, .. } => {
+                    !lost.contains(name)
+                }
+                _ => true,
+            });
         }
         for e in &plan.errors {
             error!("{e}");
