@@ -193,7 +193,9 @@ pub fn readiness(s: &NodeSnapshot, req: &Request, now: Instant) -> u16 {
         .map(|c| c.status.optime)
         .or(pg.latest_end_lsn);
     let Some(optime) = leader_optime else {
-        return 503;
+        // Neither the DCS nor the walreceiver tells the leader's position: ready only while
+        // failsafe mode keeps the cluster going (Patroni's rule).
+        return if s.failsafe_is_active(now) { 200 } else { 503 };
     };
     let max = req
         .param("lag")
@@ -425,5 +427,36 @@ mod tests {
             readiness(&s, &req("/readiness?lag=10&mode=write"), now),
             200
         );
+    }
+
+    /// A streaming replica that can see neither the DCS nor the leader's position through its
+    /// walreceiver is ready only while failsafe mode is active (Patroni's `_readiness`).
+    #[test]
+    fn readiness_without_the_dcs_counts_on_failsafe() {
+        let now = Instant::now();
+        let mut s = snapshot(false, false, now);
+        let later = now + Duration::from_secs(30);
+        assert_eq!(
+            readiness(&s, &req("/readiness"), later),
+            503,
+            "DCS view stale"
+        );
+        s.failsafe_active_until = Some(later + Duration::from_secs(5));
+        assert_eq!(
+            readiness(&s, &req("/readiness"), later),
+            200,
+            "failsafe active"
+        );
+        assert_eq!(
+            readiness(&s, &req("/readiness"), later + Duration::from_secs(10)),
+            503,
+            "failsafe over"
+        );
+        // The walreceiver's position stands in for the DCS: lag decides, not failsafe.
+        if let Some(pg) = s.pg.as_mut() {
+            pg.latest_end_lsn = Some(1000);
+            pg.replay_lsn = Some(0);
+        }
+        assert_eq!(readiness(&s, &req("/readiness?lag=10"), later), 503);
     }
 }

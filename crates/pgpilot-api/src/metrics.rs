@@ -218,6 +218,23 @@ pub(crate) fn render(snap: &NodeSnapshot, doc: &Value) -> String {
         flag(get("failsafe_mode_is_active")),
     );
     m.gauge(
+        "patroni_failsafe_mode_enabled",
+        "Value is 1 if failsafe_mode is enabled, 0 otherwise.",
+        u8::from(snap.failsafe_mode),
+    );
+    // The `/failsafe` key as last read (kept while the DCS is away), as Patroni's
+    // `dcs.failsafe`.
+    let member = snap
+        .cluster
+        .as_ref()
+        .and_then(|c| c.failsafe.as_ref())
+        .is_some_and(|f| f.contains_key(&snap.name));
+    m.gauge(
+        "patroni_failsafe_member",
+        "Value is 1 if this node is a member of failsafe, 0 otherwise.",
+        u8::from(member),
+    );
+    m.gauge(
         "patroni_postgres_timeline",
         "Postgres timeline of this node (if running), 0 otherwise.",
         int(get("timeline")),
@@ -345,6 +362,8 @@ mod tests {
                 "patroni_postgres_server_version",
                 "patroni_cluster_unlocked",
                 "patroni_failsafe_mode_is_active",
+                "patroni_failsafe_mode_enabled",
+                "patroni_failsafe_member",
                 "patroni_postgres_timeline",
                 "patroni_dcs_last_seen",
                 "patroni_pending_restart",
@@ -398,6 +417,14 @@ mod tests {
         snap.stats.cycles = 7;
         snap.stats.last_cycle = Duration::from_millis(12);
         snap.stats.last_promotion = Some(Duration::from_millis(1500));
+        snap.failsafe_mode = true;
+        let cluster = pgpilot_dcs::Cluster {
+            failsafe: serde_json::json!({"pg 2": "http://127.0.0.1:8009/patroni"})
+                .as_object()
+                .cloned(),
+            ..Default::default()
+        };
+        snap.cluster = Some(std::sync::Arc::new(cluster));
         let text = render(&snap, &status_document(&snap, Instant::now()));
         let value = |name: &str| {
             families(&text)
@@ -420,6 +447,8 @@ mod tests {
         assert_eq!(value("patroni_postgres_server_version"), "150010");
         assert_eq!(value("patroni_postgres_timeline"), "3");
         assert_eq!(value("patroni_dcs_last_seen"), "1764802466");
+        assert_eq!(value("patroni_failsafe_mode_enabled"), "1");
+        assert_eq!(value("patroni_failsafe_member"), "1");
         assert_eq!(value("pgpilot_ha_cycles_total"), "7");
         assert_eq!(value("pgpilot_ha_last_cycle_duration_seconds"), "0.012");
         assert_eq!(value("pgpilot_last_promotion_duration_seconds"), "1.5");

@@ -305,8 +305,7 @@ fn ignore_slots(doc: &Map<String, Value>) -> Vec<SlotMatcher> {
 /// mode is on (nothing silent).
 pub const FAILSAFE_NOT_IMPLEMENTED: &str = "failsafe_mode: not implemented by pgpilot yet: \
      replication slots are not advanced while the DCS is unreachable (Patroni moves them with \
-     the slots of the leader's POST /failsafe and the replicas' lsn answers), and /readiness \
-     of a replica without a DCS view does not answer 200 because failsafe is active";
+     the slots of the leader's POST /failsafe and the replicas' lsn answers)";
 
 /// `failsafe_mode` (one truthiness rule); when on, the warning of what pgpilot leaves out.
 fn failsafe_mode(doc: &Map<String, Value>, w: &mut Vec<String>) -> bool {
