@@ -62,6 +62,7 @@ pub(crate) fn post<D: Dcs>(shared: &Arc<Shared<D>>, req: &Request) -> Response {
         name,
         conn_url: text("conn_url").unwrap_or_default(),
         api_url: text("api_url").unwrap_or_default(),
+        slots: body.get("slots").and_then(Value::as_object).cloned(),
         received: Instant::now(),
     }));
     let mut resp = Response::text(200, "Accepted");

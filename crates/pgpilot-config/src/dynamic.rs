@@ -304,8 +304,8 @@ fn ignore_slots(doc: &Map<String, Value>) -> Vec<SlotMatcher> {
 /// Patroni's part of failsafe mode that pgpilot does not do, named in a warning whenever the
 /// mode is on (nothing silent).
 pub const FAILSAFE_NOT_IMPLEMENTED: &str = "failsafe_mode: not implemented by pgpilot yet: \
-     replication slots are not advanced while the DCS is unreachable (Patroni moves them with \
-     the slots of the leader's POST /failsafe and the replicas' lsn answers)";
+     the leader's slots are not managed while the DCS is unreachable (Patroni advances the \
+     slots of cascading members to the lsn the members answer to its POST /failsafe)";
 
 /// `failsafe_mode` (one truthiness rule); when on, the warning of what pgpilot leaves out.
 fn failsafe_mode(doc: &Map<String, Value>, w: &mut Vec<String>) -> bool {

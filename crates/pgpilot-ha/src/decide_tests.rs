@@ -352,6 +352,7 @@ fn injected(leader: &str) -> Option<Cluster> {
             name: leader,
             conn_url: "postgres://127.0.0.9:5432/postgres",
             api_url: "http://127.0.0.9:8008/patroni",
+            slots: None,
         },
         "pg2",
     );
@@ -409,10 +410,26 @@ fn failsafe_topology_round_and_injected_leader() {
             name: "pg1",
             conn_url: "",
             api_url: "",
+            slots: None,
         },
         "pg2",
     );
     assert_eq!(held.leader_name(), Some("pg3"));
+    // The leader's slot positions replace `/status.slots` (it can not write them any more).
+    let slots = serde_json::json!({"pg2": 200, "pg1": 150});
+    let mut c = cluster(None);
+    c.status.slots = serde_json::json!({"pg2": 100}).as_object().cloned();
+    crate::decide::inject_leader(
+        &mut c,
+        &crate::decide::KnownLeader {
+            name: "pg1",
+            conn_url: "",
+            api_url: "",
+            slots: slots.as_object(),
+        },
+        "pg2",
+    );
+    assert_eq!(c.status.slots.as_ref(), slots.as_object());
 }
 
 #[test]

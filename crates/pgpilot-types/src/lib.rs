@@ -54,6 +54,9 @@ pub struct FailsafeLeader {
     pub name: String,
     pub conn_url: String,
     pub api_url: String,
+    /// The leader's replication slot positions (`slots` of the request, as `/status.slots`):
+    /// this member advances its copies of the leader's slots to them while the DCS is away.
+    pub slots: Option<Map<String, Value>>,
     pub received: Instant,
 }
 

@@ -54,7 +54,7 @@ async fn failsafe_keeps_the_primary_while_every_member_answers_and_demotes_when_
     for i in 0..3 {
         let log = cluster.agent_log(i);
         assert!(
-            log.contains("failsafe_mode: not implemented by pgpilot yet: replication slots"),
+            log.contains("failsafe_mode: not implemented by pgpilot yet: the leader's slots"),
             "{}: no warning about what failsafe mode leaves out",
             cluster.member(i).name
         );
@@ -71,6 +71,32 @@ async fn failsafe_keeps_the_primary_while_every_member_answers_and_demotes_when_
         .batch_execute("CREATE TABLE failsafe_check (id int PRIMARY KEY, note text)")
         .await
         .unwrap();
+    // The first replica keeps a copy of the leader's slot for the second one (member slots
+    // are kept on every failover candidate), advanced to the leader's positions.
+    let slot = cluster.member(replicas[1]).name.replace('-', "_");
+    let copy_lsn = async || -> anyhow::Result<i64> {
+        let row = cluster
+            .pg_connect_try(replicas[0])
+            .await?
+            .query_one(
+                "SELECT coalesce(pg_wal_lsn_diff(restart_lsn, '0/0')::bigint, 0) \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        Ok(row.get(0))
+    };
+    let before = cluster
+        .wait(
+            FAILOVER_TIMEOUT,
+            "the replica's copy of the slot",
+            async || {
+                let lsn = copy_lsn().await?;
+                anyhow::ensure!(lsn > 0, "not advanced yet");
+                Ok(lsn)
+            },
+        )
+        .await;
 
     let paused = Instant::now();
     cluster.etcd.pause();
@@ -123,6 +149,23 @@ async fn failsafe_keeps_the_primary_while_every_member_answers_and_demotes_when_
     assert_eq!(cluster.patroni(leader).await.unwrap()["role"], "primary");
     let (code, _) = cluster.api_get(replicas[0], "/failsafe").await.unwrap();
     assert_eq!(code, 200, "GET /failsafe on a replica during the outage");
+    // The leader's rounds carry its slot positions: the replica's copy followed the writes
+    // made during the outage, with no /status to read them from.
+    let during = cluster
+        .wait(
+            Duration::from_secs(10),
+            "the slot copy to advance during the outage",
+            async || {
+                let lsn = copy_lsn().await?;
+                anyhow::ensure!(lsn > before, "still at {lsn} (before the outage: {before})");
+                Ok(lsn)
+            },
+        )
+        .await;
+    eprintln!(
+        "{slot} on {}: {before} -> {during} during the outage",
+        cluster.member(replicas[0]).name
+    );
 
     // One member stops answering: the next round fails and the primary demotes.
     let gone = replicas[1];

@@ -223,7 +223,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             Decision::NoAction { msg } => Ok(msg),
             Decision::Fatal { msg } => Err(AgentError::Fatal(msg)),
             Decision::DemoteOffline => Ok(self.demote_offline().await),
-            Decision::FailsafeRound { members } => Ok(self.failsafe_round(members).await),
+            Decision::FailsafeRound { members } => Ok(self.failsafe_round(members, obs).await),
             Decision::UpdateLockDuring { action } => match self.renew_lock(None).await {
                 Ok(true) => Ok(format!("updated leader lock during {}", action.describe())),
                 res => {
@@ -794,11 +794,15 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// permanent physical slots, advanced to the leader's `/status.slots` positions; on a
     /// `nofailover` member the slots of the members that stream from it.
     pub(super) async fn sync_replica_slots(&mut self, obs: &Observation) {
-        let Some(cluster) = obs.cluster.as_ref() else {
-            return;
-        };
+        if let Some(cluster) = obs.cluster.as_ref() {
+            self.sync_replica_slots_in(cluster, &obs.pg).await;
+        }
+    }
+
+    /// [`Self::sync_replica_slots`] in the view `cluster` (failsafe mode passes one of its own).
+    pub(super) async fn sync_replica_slots_in(&mut self, cluster: &Cluster, pg: &PgView) {
         let recovering = matches!(
-            obs.pg,
+            pg,
             PgView::Running {
                 in_recovery: true,
                 ..

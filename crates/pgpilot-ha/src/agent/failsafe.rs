@@ -10,13 +10,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use pgpilot_dcs::{Cluster, Dcs};
-use pgpilot_postgres::{PgControl, StopMode};
+use pgpilot_postgres::{slot_name_for, PgControl, StopMode};
 use pgpilot_types::{FailsafeLeader, Peers, Role};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tracing::{error, info, warn};
 
 use crate::decide::{
     after_failsafe_round, failsafe_topology, inject_leader, AfterFailsafe, KnownLeader,
+    Observation, PgView,
 };
 
 use super::Agent;
@@ -46,11 +47,63 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     name: &l.name,
                     conn_url: &l.conn_url,
                     api_url: &l.api_url,
+                    slots: l.slots.as_ref(),
                 };
                 inject_leader(&mut cluster, &known, &self.cfg.name);
             }
         }
         cluster
+    }
+
+    /// A replica that can not read the DCS while a leader's `POST /failsafe` keeps the cluster
+    /// going still advances its copies of the leader's slots, to the positions that leader
+    /// sent (Patroni's `_sync_replication_slots(dcs_failed=True)` with failsafe mode on): the
+    /// last DCS view, with the leader of the request in it and its slot positions.
+    pub(super) async fn failsafe_replica_slots(&mut self, obs: &Observation) {
+        if obs.cluster.is_some() {
+            return;
+        }
+        let Some(leader) = self.known_failsafe_leader() else {
+            return;
+        };
+        let Some(mut view) = self.last_cluster.as_deref().cloned() else {
+            return;
+        };
+        // The request stands for the key; `inject_leader` only fills an unlocked view.
+        view.leader = None;
+        let known = KnownLeader {
+            name: &leader.name,
+            conn_url: &leader.conn_url,
+            api_url: &leader.api_url,
+            slots: leader.slots.as_ref(),
+        };
+        inject_leader(&mut view, &known, &self.cfg.name);
+        if view.leader.is_none() {
+            return;
+        }
+        self.sync_replica_slots_in(&view, &obs.pg).await;
+    }
+
+    /// The `slots` of our `POST /failsafe`: the positions of the slots the last `/status` we
+    /// wrote named, read again now (a slot that can not be read keeps its last value), and
+    /// our own slot name at `wal_position`, as `/status.slots`.
+    pub(super) async fn failsafe_slots(&self, wal_position: Option<u64>) -> Map<String, Value> {
+        let mut slots = self
+            .last_cluster
+            .as_deref()
+            .and_then(|c| c.status.slots.clone())
+            .unwrap_or_default();
+        if let Ok(existing) = self.pg.list_slots().await {
+            for s in existing {
+                if let (Some(v), Some(lsn)) = (slots.get_mut(&s.name), s.lsn) {
+                    *v = Value::from(lsn);
+                }
+            }
+        }
+        if let Some(pos) = wal_position {
+            slots.insert(slot_name_for(&self.cfg.name), Value::from(pos));
+        }
+        slots
     }
 
     /// Until when `/patroni` reports failsafe active: our own last round as a primary, or the
@@ -109,7 +162,16 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// in parallel (2 s, one retry each); all accepted -> stay primary with the watchdog kept
     /// alive and the guard armed from the round's start, as after a renewal sent then; else
     /// demote offline. Returns the sentence of the cycle.
-    pub(super) async fn failsafe_round(&mut self, members: Vec<(String, String)>) -> String {
+    pub(super) async fn failsafe_round(
+        &mut self,
+        members: Vec<(String, String)>,
+        obs: &Observation,
+    ) -> String {
+        let wal_position = match obs.pg {
+            PgView::Running { wal_position, .. } => Some(wal_position),
+            _ => None,
+        };
+        let slots = self.failsafe_slots(wal_position).await;
         // Taken before the first request: every acknowledgement comes after it, so each member
         // honours us until at least `start + ttl` (see `decide::failsafe`).
         let start = self.guard.renewal_started();
@@ -117,8 +179,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             "name": self.cfg.name,
             "conn_url": self.cfg.conn_url(),
             "api_url": self.cfg.api_url(),
-            // Slots are not advanced by pgpilot during an outage (named in the startup warning).
-            "slots": {},
+            "slots": slots,
         });
         let mut set = JoinSet::new();
         for (name, url) in members {

@@ -275,7 +275,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                     if let Some(members) = members_to_ask(obs) {
                         error!("Error communicating with DCS");
                         self.skip_touch = true;
-                        return Ok(self.failsafe_round(members).await);
+                        return Ok(self.failsafe_round(members, obs).await);
                     }
                 }
                 if matches!(

@@ -641,6 +641,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
         let decision = decide(&obs);
         let msg = self.act(decision, &obs).await?;
+        self.failsafe_replica_slots(&obs).await;
         self.first_on_start(&obs);
         self.disarm_when_not_leading(&obs);
         if obs.cluster.as_ref().is_some_and(|c| !c.is_unlocked()) {

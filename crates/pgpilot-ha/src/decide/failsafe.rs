@@ -123,16 +123,21 @@ pub struct KnownLeader<'a> {
     pub name: &'a str,
     pub conn_url: &'a str,
     pub api_url: &'a str,
+    /// The slot positions it sent (`None`: it sent none).
+    pub slots: Option<&'a Map<String, Value>>,
 }
 
 /// Patroni's `Failsafe.update_cluster`: with failsafe mode on and the leader key gone, the
 /// leader known from a `POST /failsafe` received less than a ttl ago (the agent checks the
 /// time) is put in the view as the key's holder, with a member entry from what it sent if its
-/// own member key expired too, so that this member follows it instead of racing.
+/// own member key expired too, so that this member follows it instead of racing; the slot
+/// positions it sent replace `/status.slots`, which it can no longer write, so that this
+/// member's copies of its slots follow it.
 pub fn inject_leader(cluster: &mut Cluster, leader: &KnownLeader, me: &str) {
     if !cluster.is_unlocked() || leader.name == me || leader.name.is_empty() {
         return;
     }
+    cluster.status.slots = leader.slots.cloned();
     cluster.leader = Some(Leader {
         name: leader.name.to_string(),
         version: 0,
