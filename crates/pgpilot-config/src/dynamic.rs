@@ -64,8 +64,8 @@ pub struct DynamicConfig {
 /// `/config.standby_cluster` (spec/ha-loop.md §5.10): where the standby leader replicates from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StandbyCluster {
-    /// `host` of the remote primary. Several comma-separated hosts are not supported (see
-    /// [`StandbyCluster::unsupported`]).
+    /// `host` of the remote primary: one host, or several separated by commas, which libpq
+    /// tries in turn (through a slot, with `target_session_attrs=read-write`).
     pub host: Option<String>,
     /// `port` of the remote primary (5432 when only `host` is set).
     pub port: Option<u16>,
@@ -157,13 +157,6 @@ impl StandbyCluster {
                     "standby_cluster.{k}: not a standby_cluster key; ignored"
                 ));
             }
-        }
-        if text_field(m, "host").is_some_and(|h| h.contains(',')) {
-            out.push(
-                "standby_cluster.host: several hosts (with target_session_attrs=read-write) are \
-                 not supported; the standby leader will try to connect to the whole string"
-                    .into(),
-            );
         }
         if pgpilot_values::is_standby_cluster(doc)
             && text_field(m, "host").is_none()
@@ -573,12 +566,11 @@ mod tests {
         assert_eq!(host_only.remote(), Some(("h".to_string(), 5432)));
         let doc = json!({"standby_cluster": {"host": "a,b", "port": 5432, "bogus": 1}});
         let warnings = StandbyCluster::unsupported(doc.as_object().expect("object"));
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(warnings.len(), 1, "several hosts are fine: {warnings:?}");
         assert!(
             warnings[0].contains("standby_cluster.bogus"),
             "{warnings:?}"
         );
-        assert!(warnings[1].contains("several hosts"), "{warnings:?}");
     }
 
     #[test]

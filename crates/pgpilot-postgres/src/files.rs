@@ -73,13 +73,17 @@ pub fn role_dsn(role: &Credentials, fixed: &[(&str, &str)], defaults: &[(&str, &
 }
 
 /// `primary_conninfo` for `major`: the walreceiver's libpq refuses options it does not know,
-/// so those newer than the server (`channel_binding` on 12, ...) are left out.
+/// so those newer than the server (`channel_binding` on 12, ...) are left out. Several hosts
+/// (a standby cluster's `host: a,b`, which libpq tries in turn) streaming through a slot get
+/// `target_session_attrs=read-write`, as Patroni writes it: the slot is on the remote primary,
+/// so the walreceiver must land there and not on one of its standbys.
 fn primary_conninfo(
     s: &PgSettings,
     pgpass: &str,
     up: &crate::Upstream,
     port: &str,
     major: PgMajor,
+    slot: bool,
 ) -> String {
     let mut replication = s.replication.clone();
     replication
@@ -93,16 +97,16 @@ fn primary_conninfo(
     .into_iter()
     .filter(|(k, _)| major.knows_conninfo_option(k))
     .collect();
-    role_dsn(
-        &replication,
-        &[
-            ("passfile", pgpass),
-            ("host", &up.host),
-            ("port", port),
-            ("application_name", &s.name),
-        ],
-        &defaults,
-    )
+    let mut fixed = vec![
+        ("passfile", pgpass),
+        ("host", up.host.as_str()),
+        ("port", port),
+        ("application_name", s.name.as_str()),
+    ];
+    if slot && up.host.contains(',') && major >= PgMajor(10) {
+        fixed.push(("target_session_attrs", "read-write"));
+    }
+    role_dsn(&replication, &fixed, &defaults)
 }
 
 /// postgresql.conf: our header, the include of the original configuration, then every managed
@@ -120,7 +124,7 @@ pub fn render_postgresql_conf(s: &PgSettings, d: &DesiredConfig, major: PgMajor)
             let pgpass = s.pgpass.display().to_string();
             params.insert(
                 "primary_conninfo".into(),
-                primary_conninfo(s, &pgpass, up, &port, major),
+                primary_conninfo(s, &pgpass, up, &port, major, standby.slot_name.is_some()),
             );
         }
         if let Some(slot) = &standby.slot_name {
@@ -396,6 +400,32 @@ mod tests {
         assert!(text.contains("primary_conninfo = 'user=rep passfile=/tmp/pgpass host=127.0.0.1 port=5432 sslmode=prefer application_name=pg-2 gssencmode=prefer channel_binding=prefer'\n"), "{text}");
         assert!(text.contains("primary_slot_name = 'pg_2'\n"));
         assert!(text.contains("recovery_target_timeline = 'latest'\n"));
+    }
+
+    /// A standby cluster's several hosts: libpq tries them in turn; through a slot (which is
+    /// on the remote primary) only a read-write server will do, as Patroni writes it.
+    #[test]
+    fn several_remote_hosts_through_a_slot_want_the_primary() {
+        let conf = |slot: Option<&str>| {
+            let d = DesiredConfig {
+                standby: Some(StandbyConfig {
+                    upstream: Some(Upstream {
+                        host: "10.0.0.1,10.0.0.2".into(),
+                        port: 5432,
+                    }),
+                    slot_name: slot.map(str::to_string),
+                }),
+                ..Default::default()
+            };
+            render_postgresql_conf(&settings(), &d, PgMajor::NEWEST)
+        };
+        let text = conf(Some("standby"));
+        assert!(
+            text.contains("host=10.0.0.1,10.0.0.2 port=5432 ")
+                && text.contains(" target_session_attrs=read-write"),
+            "{text}"
+        );
+        assert!(!conf(None).contains("target_session_attrs"));
     }
 
     /// PostgreSQL 12's walreceiver refuses `channel_binding` (libpq 13), and its configuration
