@@ -53,6 +53,10 @@ pub trait PgControl: Send + Sync + 'static {
         timeline: u32,
     ) -> impl Future<Output = Result<Vec<(u32, Lsn, String)>>> + Send;
     fn remove_data_dir(&self) -> impl Future<Output = Result<()>> + Send;
+    fn archive_shutdown_checkpoint(
+        &self,
+        archive_command: &str,
+    ) -> impl Future<Output = Result<String>> + Send;
 }
 
 impl PgControl for Postgres {
@@ -154,5 +158,11 @@ impl PgControl for Postgres {
     }
     fn remove_data_dir(&self) -> impl Future<Output = Result<()>> + Send {
         Postgres::remove_data_dir(self)
+    }
+    fn archive_shutdown_checkpoint(
+        &self,
+        archive_command: &str,
+    ) -> impl Future<Output = Result<String>> + Send {
+        Postgres::archive_shutdown_checkpoint(self, archive_command)
     }
 }

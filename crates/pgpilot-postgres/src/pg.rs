@@ -913,6 +913,33 @@ impl Postgres {
         .await
     }
 
+    /// Patroni's `archive_shutdown_checkpoint_wal`, for `demote-cluster` with archiving on: a
+    /// fast shutdown leaves its shutdown checkpoint in a WAL file that is not complete, so the
+    /// archiver never sends it, and a standby cluster restoring from the archive would miss
+    /// it. `archive_command` runs for the file of the latest checkpoint's REDO (of a stopped
+    /// server: the shutdown checkpoint), in the data directory, with `%p`, `%f`, `%r`
+    /// replaced as Patroni does. Returns the file's name.
+    pub async fn archive_shutdown_checkpoint(&self, archive_command: &str) -> Result<String> {
+        let control = self.controldata().await?;
+        let file = control
+            .raw
+            .get("Latest checkpoint's REDO WAL file")
+            .filter(|f| !f.is_empty())
+            .cloned()
+            .ok_or_else(|| PgError::Command {
+                command: "pg_controldata".into(),
+                detail: "Cannot extract latest checkpoint's WAL file name".into(),
+            })?;
+        let path = self.data().join("pg_wal").join(&file);
+        let line = archiver_command(archive_command, &path.display().to_string(), &file);
+        info!("archiving {file}, the WAL file of the shutdown checkpoint: {line}");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(&line).current_dir(self.data());
+        self.run(cmd, "archive_command", Duration::from_secs(3600))
+            .await?;
+        Ok(file)
+    }
+
     /// Runs `bootstrap.post_bootstrap` with the superuser DSN as its one argument.
     pub async fn run_post_bootstrap(&self, command: &str) -> Result<()> {
         let s = &self.settings;
@@ -1656,9 +1683,47 @@ SELECT pg_catalog.pg_is_in_recovery(),
     (SELECT latest_end_lsn::text FROM pg_catalog.pg_stat_get_wal_receiver()) END,
   pg_catalog.current_setting('synchronous_commit')";
 
+/// `command` (an `archive_command`) for the WAL file `file` at `path`, as Patroni builds it
+/// (`_build_archiver_command`): `%p` the path, `%f` the file name, `%r` the first segment
+/// name, `%%` a percent sign; any other `%x` stays as it is.
+fn archiver_command(command: &str, path: &str, file: &str) -> String {
+    let mut out = String::with_capacity(command.len() + path.len());
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('p') => out.push_str(path),
+            Some('f') => out.push_str(file),
+            Some('r') => out.push_str("000000010000000000000001"),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archiver_placeholders_as_patroni_replaces_them() {
+        assert_eq!(
+            archiver_command(
+                "cp %p /archive/%f && echo %r 100%% %x%",
+                "/d/pg_wal/F1",
+                "F1"
+            ),
+            "cp /d/pg_wal/F1 /archive/F1 && echo 000000010000000000000001 100% %x%"
+        );
+    }
 
     /// A missing socket directory is created with its parents; a file where a directory is
     /// wanted is refused with Patroni's reason; an existing writable one is accepted and left

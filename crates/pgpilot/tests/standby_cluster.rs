@@ -65,13 +65,19 @@ async fn typed_slot(cluster: &Cluster, i: usize, present: &str, absent: &str) {
 
 /// A one-member cluster `scope` whose primary holds `table (id int PRIMARY KEY, note text)`
 /// with row 1; also returns its PostgreSQL port.
-async fn source_cluster(scope: &str, table: &str) -> (Cluster, u16) {
+async fn source_cluster(scope: &str, table: &str, archive: bool) -> (Cluster, u16) {
     let source = Cluster::start(
         1,
         Options {
             scope: scope.into(),
-            customize: Some(Arc::new(|_, doc: &mut Value| {
+            customize: Some(Arc::new(move |_, doc: &mut Value| {
                 doc["bootstrap"]["dcs"]["slots"] = typed_slots();
+                if archive {
+                    // Into `archive/` beside the data directory (the command runs in it).
+                    let params = &mut doc["bootstrap"]["dcs"]["postgresql"]["parameters"];
+                    params["archive_mode"] = json!("on");
+                    params["archive_command"] = json!("mkdir -p ../archive && cp %p ../archive/%f");
+                }
             })),
             ..Options::default()
         },
@@ -117,7 +123,7 @@ fn standby_cluster(source: &Cluster, scope: &str, n: usize, standby_cluster: Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_cluster_replicates_the_source_fails_over_and_is_promoted() {
     harness::init();
-    let (source, source_port) = source_cluster("source", "standby_check").await;
+    let (source, source_port) = source_cluster("source", "standby_check", false).await;
     let source_sysid = source.system_identifier(0).await;
     let standby = standby_cluster(
         &source,
@@ -255,11 +261,12 @@ async fn a_standby_cluster_replicates_the_source_fails_over_and_is_promoted() {
 /// primary into a standby leader following the standby cluster (which cascades the source's
 /// WAL, shutdown checkpoint included), under the same leader key; `promote-cluster` then makes
 /// the former standby cluster the primary one, and the demoted source follows it onto the new
-/// timeline without pg_rewind.
+/// timeline without pg_rewind. dc1 archives its WAL: its shutdown checkpoint's file is
+/// archived by the agent at the demotion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demote_cluster_then_promote_cluster_switches_the_roles_of_two_clusters() {
     harness::init();
-    let (source, source_port) = source_cluster("dc1", "dc_check").await;
+    let (source, source_port) = source_cluster("dc1", "dc_check", true).await;
     let standby = standby_cluster(
         &source,
         "dc2",
@@ -291,9 +298,21 @@ async fn demote_cluster_then_promote_cluster_switches_the_roles_of_two_clusters(
         wait_for_standby_leader(&source, &[], 1, FAILOVER_TIMEOUT).await,
         0
     );
-    assert!(source
-        .agent_log(0)
-        .contains("demoting to a standby cluster"));
+    let log = source.agent_log(0);
+    assert!(log.contains("demoting to a standby cluster"));
+    // Archiving is on in dc1: the shutdown checkpoint's WAL file, which the archiver never
+    // sends (it is not complete), was archived by the agent, as Patroni does.
+    let archived = log
+        .lines()
+        .filter(|l| l.contains(", the WAL file of the shutdown checkpoint"))
+        .find_map(|l| l.split("archiving ").nth(1)?.split(',').next())
+        .unwrap_or_else(|| panic!("no shutdown checkpoint archived:\n{log}"));
+    let archive = source.member(0).data_dir.parent().unwrap().join("archive");
+    assert!(
+        archive.join(archived).is_file(),
+        "{archived} is not in {}",
+        archive.display()
+    );
     let (code, _) = source.api_get(0, "/primary").await.unwrap();
     assert_eq!(code, 503, "the demoted primary takes no writes");
 

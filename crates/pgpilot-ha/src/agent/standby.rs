@@ -203,9 +203,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// shutdown checkpoint becomes `/status.optime`, and PostgreSQL starts again in recovery
     /// following the remote primary, as the standby leader under the same key.
     ///
-    /// Unlike Patroni, the key is always kept (Patroni hands it to a replica that already
-    /// received the shutdown checkpoint, if any) and the shutdown checkpoint's WAL file is not
-    /// archived with `archive_command`.
+    /// With archiving on (`archive_mode` `on` or `always` and an `archive_command` among the
+    /// parameters pgpilot writes), the shutdown checkpoint's WAL file is archived with
+    /// `archive_command`, as Patroni does. Unlike Patroni, the key is always kept (Patroni
+    /// hands it to a replica that already received the shutdown checkpoint, if any, when it
+    /// does not archive).
     pub(super) async fn demote_cluster(&mut self, obs: &Observation) -> Result<String, AgentError> {
         if !self.renew_observed_lock(obs).await {
             self.demote(StopMode::Immediate).await;
@@ -213,18 +215,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         }
         info!("demoting to a standby cluster");
         // Not done here (see the README's "Standby cluster"): say so where it matters.
-        if self
-            .cfg
-            .postgresql
-            .parameters
-            .contains_key("archive_command")
-            || self.dynamic.parameters.contains_key("archive_command")
-        {
-            warn!(
-                "demote-cluster: the WAL file of the shutdown checkpoint is not archived by \
-                 pgpilot (Patroni runs archive_command for it); the archive may miss it"
-            );
-        }
         warn!(
             "demote-cluster: pgpilot does not run pg_rewind against the remote primary; if this \
              cluster wrote WAL the remote does not have, the standby leader will not be able \
@@ -241,9 +231,35 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         self.state = State::Stopped;
         self.last_pg = None;
         self.rewind.check = false;
+        match self.archive_command_in_force() {
+            Some(command) => {
+                if let Err(e) = self.pg.archive_shutdown_checkpoint(&command).await {
+                    error!("Failed to archive WAL file with the shutdown checkpoint: {e}");
+                }
+            }
+            None => info!("Not archiving latest checkpoint WAL file. Archiving is not configured."),
+        }
         self.publish_shutdown_checkpoint("demote-cluster").await;
         self.start_following_remote(true);
         Ok("cannot be a real primary in standby cluster".into())
+    }
+
+    /// `archive_command` when archiving is on in the parameters pgpilot writes (Patroni reads
+    /// the server's settings: one set only in `postgresql.base.conf` is not seen here).
+    fn archive_command_in_force(&self) -> Option<String> {
+        let params = self.desired(None).parameters;
+        let mode = params.get("archive_mode").map(|m| m.to_ascii_lowercase());
+        // PostgreSQL's spellings of `on` count too.
+        if !matches!(
+            mode.as_deref(),
+            Some("on" | "always" | "true" | "yes" | "1")
+        ) {
+            return None;
+        }
+        params
+            .get("archive_command")
+            .filter(|c| !c.trim().is_empty())
+            .cloned()
     }
 
     /// [`crate::decide::Decision::StartFollowingRemote`] (and the end of `demote-cluster`):
