@@ -286,40 +286,17 @@ pub fn private_key(
         msg,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    if text.contains("Proc-Type: 4,ENCRYPTED") {
-        return Err(err(format!(
-            "the key is encrypted with OpenSSL's legacy PEM encryption, which pgpilot does not \
-             read; convert it to encrypted PKCS#8 (same password): openssl pkcs8 -topk8 -v2 \
-             aes-256-cbc -in {0} -out {0}.p8",
-            path.display()
-        )));
+    match pgpilot_values::keys::decrypt_private_key(
+        &text,
+        password,
+        setting,
+        &path.display().to_string(),
+    )
+    .map_err(err)?
+    {
+        Some(der) => Ok(PrivateKeyDer::Pkcs8(der.into())),
+        None => PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| err(e.to_string())),
     }
-    const ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
-    let Some(start) = text.find(ENCRYPTED) else {
-        return PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| err(e.to_string()));
-    };
-    let Some(password) = password else {
-        return Err(err(format!(
-            "the private key is encrypted and {setting} is not set"
-        )));
-    };
-    let end_marker = "-----END ENCRYPTED PRIVATE KEY-----";
-    let end = text[start..]
-        .find(end_marker)
-        .map(|e| start + e + end_marker.len())
-        .ok_or_else(|| err("the encrypted private key has no END line".into()))?;
-    let unreadable =
-        |e: &dyn std::fmt::Display| err(format!("can not read the encrypted private key: {e}"));
-    let (_, der) =
-        pkcs8::der::pem::decode_vec(&text.as_bytes()[start..end]).map_err(|e| unreadable(&e))?;
-    let info =
-        pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice()).map_err(|e| unreadable(&e))?;
-    let doc = info.decrypt(password.as_bytes()).map_err(|e| {
-        err(format!(
-            "can not decrypt the private key with {setting}: {e}"
-        ))
-    })?;
-    Ok(PrivateKeyDer::Pkcs8(doc.as_bytes().to_vec().into()))
 }
 
 /// A PEM text without its private key blocks (a certificate file holding its key too).

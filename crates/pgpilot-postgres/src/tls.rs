@@ -12,8 +12,9 @@
 //! File options default as in libpq: `~/.postgresql/root.crt`, `root.crl`, `postgresql.crt`,
 //! `postgresql.key`. `sslrootcert=system` uses the system's trust store and implies
 //! `verify-full`. A client certificate (`sslcert`, `sslkey`) is presented when its file exists.
-//! Encrypted client keys (`sslpassword`) are refused with an error: rustls reads clear keys
-//! only, and libpq tools (pg_basebackup, pg_rewind, walreceiver) still get the option.
+//! An encrypted client key (PKCS#8, `-----BEGIN ENCRYPTED PRIVATE KEY-----`) is decrypted with
+//! `sslpassword`, as libpq does; OpenSSL's legacy PEM encryption is refused with the command
+//! that converts it.
 //!
 //! Certificates are read at each connection, so a renewed file is picked up without a
 //! restart.
@@ -176,7 +177,12 @@ pub(crate) fn client_config(
                         cert.display()
                     ))
                 })?;
-            let key = private_key(&key_path("sslkey"), &key_file)?;
+            let key = private_key(
+                &key_path("sslkey"),
+                &key_file,
+                opt("sslpassword"),
+                &key_path("sslpassword"),
+            )?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
                 PgError::Invalid(format!(
                     "{}: {} does not go with {}: {e}",
@@ -224,17 +230,29 @@ fn pem_crls(key: &str, path: &Path) -> Result<Vec<CertificateRevocationListDer<'
         .map_err(|e| PgError::Invalid(format!("{key}: {}: {e}", path.display())))
 }
 
-fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>> {
+/// The client key of `path`, decrypted with `sslpassword` when it is an encrypted PKCS#8 key
+/// (libpq's rule: the password of the `sslkey` file).
+fn private_key(
+    key: &str,
+    path: &Path,
+    password: Option<&str>,
+    setting: &str,
+) -> Result<PrivateKeyDer<'static>> {
     let pem = read(key, path)?;
     let text = String::from_utf8_lossy(&pem);
-    if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
-        return Err(PgError::Invalid(format!(
-            "{key}: {} is encrypted; pgpilot's own connections read clear keys only (sslpassword is passed to libpq tools, not used here)",
-            path.display()
-        )));
+    let invalid =
+        |e: &dyn std::fmt::Display| PgError::Invalid(format!("{key}: {}: {e}", path.display()));
+    match pgpilot_values::keys::decrypt_private_key(
+        &text,
+        password,
+        setting,
+        &path.display().to_string(),
+    )
+    .map_err(|e| invalid(&e))?
+    {
+        Some(der) => Ok(PrivateKeyDer::Pkcs8(der.into())),
+        None => PrivateKeyDer::from_pem_slice(&pem).map_err(|e| invalid(&e)),
     }
-    PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| PgError::Invalid(format!("{key}: {}: {e}", path.display())))
 }
 
 /// `sslmode=require` without a root certificate: encrypt, trust whoever answers (libpq does

@@ -66,7 +66,7 @@ pub use haproxy::{parse_stat, HaProxy, ServerState, HAPROXY_BIN};
 pub use keepalived::{Keepalived, KEEPALIVED_BIN, VIP};
 pub use pg::{connect_socket, controldata_field, controldata_system_identifier, Standalone};
 pub use pgbouncer::{PgBouncer, PGBOUNCER_BIN};
-pub use tls::{make_certs, temp_certs, TlsFiles};
+pub use tls::{encrypted_key, make_certs, temp_certs, TlsFiles};
 pub use watchdog::{WatchdogEvent, WatchdogMonitor};
 pub use writer::{Reader, ReaderLog, Writer, WriterLog};
 pub use yaml::to_yaml;

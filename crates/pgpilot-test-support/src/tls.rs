@@ -27,6 +27,32 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `key` encrypted as PKCS#8 with `password` (`openssl pkcs8 -topk8 -v2 aes-256-cbc`), written
+/// beside it as `<name>.enc`; returns its path.
+pub fn encrypted_key(key: &Path, password: &str) -> PathBuf {
+    let dir = key.parent().expect("the key's directory");
+    let name = key.file_name().expect("the key's file name");
+    let out = dir.join(format!("{}.enc", name.to_string_lossy()));
+    let (inp, outp) = (key.display().to_string(), out.display().to_string());
+    let pass = format!("pass:{password}");
+    openssl(
+        dir,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-in",
+            &inp,
+            "-out",
+            &outp,
+            "-passout",
+            &pass,
+        ],
+    );
+    out
+}
+
 /// A fresh temporary directory with a CA and both certificates, made after the harness dropped
 /// root (see [`crate::init`]), so the processes the tests start (etcd, agents) can read them.
 pub fn temp_certs() -> (tempfile::TempDir, TlsFiles) {

@@ -2,10 +2,11 @@
 //! that the configuration loader, the DCS layer, PostgreSQL control, the agent, the REST API and
 //! `pgpilotctl` share one reading: Patroni's booleans and `synchronous_mode` ([`patroni`]), WAL
 //! positions ([`Lsn`]), the user's bootstrap and replica creation commands ([`methods`]), Python's
-//! `repr(float)` and `json.dumps` ([`python`]), PyYAML's `safe_dump` ([`pyyaml`]), and the two facts read from a certificate
-//! ([`x509`]).
+//! `repr(float)` and `json.dumps` ([`python`]), PyYAML's `safe_dump` ([`pyyaml`]), the two facts read from a certificate
+//! ([`x509`]), and encrypted private keys ([`keys`]).
 
 pub mod fuzz;
+pub mod keys;
 mod lsn;
 pub mod methods;
 pub mod patroni;

@@ -170,6 +170,35 @@ async fn a_cluster_whose_pg_hba_demands_tls_client_certificates_runs_and_switche
     let pg = probe("127.0.0.1", vec![("sslmode", "require".to_string())]);
     let e = pg.query_state().await.unwrap_err().to_string();
     assert!(e.contains("certificate"), "no client certificate: {e}");
+    // An encrypted client key (PKCS#8) is decrypted with sslpassword, as libpq does; without
+    // it, or with a wrong one, the connection is refused and says why.
+    let encrypted = harness::encrypted_key(&certs.client_key, "s3cret")
+        .display()
+        .to_string();
+    let enc = |password: Option<&str>| {
+        let mut opts = vec![
+            ("sslmode", "verify-ca".to_string()),
+            ("sslrootcert", ca.clone()),
+            ("sslcert", cert.clone()),
+            ("sslkey", encrypted.clone()),
+        ];
+        if let Some(p) = password {
+            opts.push(("sslpassword", p.to_string()));
+        }
+        probe("127.0.0.1", opts)
+    };
+    enc(Some("s3cret"))
+        .query_state()
+        .await
+        .expect("an encrypted key with its sslpassword");
+    let e = enc(None).query_state().await.unwrap_err().to_string();
+    assert!(e.contains("sslpassword is not set"), "no sslpassword: {e}");
+    let e = enc(Some("wrong"))
+        .query_state()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("can not decrypt"), "wrong sslpassword: {e}");
     cluster.assert_agents_alive();
 }
 
