@@ -168,6 +168,8 @@ pub struct EtcdConfig {
     /// `cert` and `key`: client certificate (`key` defaults to the `cert` file).
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// `key_password`: the password of an encrypted (PKCS#8) `key`.
+    pub key_password: Option<String>,
 }
 
 impl EtcdConfig {
@@ -186,6 +188,7 @@ impl EtcdConfig {
             cacert: self.cacert.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
+            key_password: self.key_password.clone(),
         }
     }
 }

@@ -70,6 +70,7 @@ const MODELLED: &[&str] = &[
     "etcd3.cacert",
     "etcd3.cert",
     "etcd3.key",
+    "etcd3.key_password",
     "etcd.host",
     "etcd.hosts",
     "etcd.url",
@@ -81,6 +82,7 @@ const MODELLED: &[&str] = &[
     "etcd.cacert",
     "etcd.cert",
     "etcd.key",
+    "etcd.key_password",
     "bootstrap.dcs",
     "bootstrap.initdb",
     "bootstrap.pg_hba",
@@ -650,6 +652,7 @@ fn etcd_section(r: &mut Reader<'_>, section: &str, warnings: &mut Vec<String>) -
         cacert,
         cert,
         key,
+        key_password: r.string(&format!("{section}.key_password"), false),
     }
 }
 

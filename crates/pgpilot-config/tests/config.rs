@@ -648,15 +648,17 @@ fn etcd_unused_keys_are_warned() {
             .any(|w| w.contains("etcd3.cacert not used") && w.contains("http")),
         "{w:?}"
     );
-    let w = load(
+    let loaded = load(
         None,
         &with_etcd("etcd3:\n  host: h1\n  key_password: x\n  srv: example.com\n"),
     )
-    .unwrap()
-    .warnings;
+    .unwrap();
+    assert_eq!(loaded.config.etcd.key_password.as_deref(), Some("x"));
+    assert_eq!(loaded.config.etcd.tls().key_password.as_deref(), Some("x"));
+    let w = loaded.warnings;
     assert!(
         w.iter().any(|w| w.contains("not implemented")
-            && w.contains("etcd3.key_password")
+            && !w.contains("etcd3.key_password")
             && w.contains("etcd3.srv")),
         "{w:?}"
     );

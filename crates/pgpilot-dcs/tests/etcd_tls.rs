@@ -28,6 +28,7 @@ fn client_tls(files: &TlsFiles) -> EtcdTls {
         cacert: Some(files.ca.clone()),
         cert: Some(files.client_cert.clone()),
         key: Some(files.client_key.clone()),
+        key_password: None,
     }
 }
 
@@ -87,6 +88,19 @@ async fn tls_leader_race_and_watch() {
         ..client_tls(&files)
     };
     let b = connect(options(etcd.urls(), "pg2", one_file)).await;
+    // An encrypted (PKCS#8) client key with its `key_password`.
+    let encrypted = EtcdTls {
+        key: Some(pgpilot_test_support::encrypted_key(
+            &files.client_key,
+            "s3cret",
+        )),
+        key_password: Some("s3cret".into()),
+        ..client_tls(&files)
+    };
+    let c = connect(options(etcd.urls(), "pg3", encrypted)).await;
+    c.cluster()
+        .await
+        .expect("read over TLS with the decrypted key");
     assert!(a
         .known_endpoints()
         .iter()

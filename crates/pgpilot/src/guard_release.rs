@@ -31,6 +31,7 @@ pub fn preamble(cfg: &Config, retry_timeout: Duration) -> String {
         "cacert": etcd.cacert,
         "cert": etcd.cert,
         "key": etcd.key,
+        "key_password": etcd.key_password,
         "retry_timeout_ms": u64::try_from(retry_timeout.as_millis()).unwrap_or(u64::MAX),
     });
     format!("{PREAMBLE} {doc}")
@@ -81,6 +82,7 @@ fn options(doc: &Value) -> Option<EtcdOptions> {
             cacert: path("cacert"),
             cert: path("cert"),
             key: path("key"),
+            key_password: text("key_password"),
         },
     })
 }

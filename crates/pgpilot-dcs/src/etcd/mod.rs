@@ -279,6 +279,11 @@ fn tls_fingerprint(tls: &EtcdTls) -> Vec<u8> {
             }
         }
     }
+    // A new key password with the same files is a change too.
+    out.push(0);
+    if let Some(p) = &tls.key_password {
+        out.extend_from_slice(p.as_bytes());
+    }
     out
 }
 

@@ -1,6 +1,7 @@
 //! TLS of the etcd client: `etcd3.cacert` (the CA etcd's certificate is verified with; the
 //! system's CAs without it), `etcd3.cert` and `etcd3.key` (the client certificate, for etcd's
-//! `--client-cert-auth`). Every file is read and parsed at start, so a missing, unreadable or
+//! `--client-cert-auth`; `etcd3.key_password` decrypts an encrypted PKCS#8 key). Every file is
+//! read and parsed at start, so a missing, unreadable or
 //! non-PEM file is refused with its key and path instead of failing each connection later.
 //! Server verification cannot be turned off.
 
@@ -24,6 +25,8 @@ pub struct EtcdTls {
     pub cert: Option<PathBuf>,
     /// `key`: its private key; the `cert` file when absent (one PEM holding both).
     pub key: Option<PathBuf>,
+    /// `key_password`: decrypts `key` when it is encrypted PKCS#8.
+    pub key_password: Option<String>,
 }
 
 impl EtcdTls {
@@ -85,24 +88,33 @@ impl EtcdTls {
         Ok(())
     }
 
-    /// The private key of a PEM file; an encrypted key is refused (no `key_password` support).
-    fn private_key(&self, key: &str, path: &Path, pem: &[u8]) -> Result<(), DcsError> {
+    /// The private key of a PEM file, checked, as a clear PEM for the client: an encrypted
+    /// PKCS#8 key is decrypted with `key_password`.
+    fn private_key(&self, key: &str, path: &Path, pem: &[u8]) -> Result<Vec<u8>, DcsError> {
         let text = String::from_utf8_lossy(pem);
-        if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
-            || text.contains("Proc-Type: 4,ENCRYPTED")
-        {
-            return Err(self.error(
-                key,
-                path,
-                "the private key is encrypted, which pgpilot does not support \
-                 (no key password): give an unencrypted key",
-            ));
-        }
-        let der = PrivateKeyDer::from_pem_slice(pem)
-            .map_err(|e| self.error(key, path, format!("not PEM: no private key found ({e})")))?;
+        let decrypted = pgpilot_values::keys::decrypt_private_key(
+            &text,
+            self.key_password.as_deref(),
+            &self.key_name("key_password"),
+            &path.display().to_string(),
+        )
+        .map_err(|e| self.error(key, path, e))?;
+        let (der, clear) = match decrypted {
+            Some(der) => {
+                let clear =
+                    pgpilot_values::keys::pkcs8_pem(&der).map_err(|e| self.error(key, path, e))?;
+                (PrivateKeyDer::Pkcs8(der.into()), clear.into_bytes())
+            }
+            None => {
+                let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+                    self.error(key, path, format!("not PEM: no private key found ({e})"))
+                })?;
+                (der, pem.to_vec())
+            }
+        };
         rustls::crypto::ring::sign::any_supported_type(&der)
             .map_err(|e| self.error(key, path, format!("unsupported private key ({e})")))?;
-        Ok(())
+        Ok(clear)
     }
 
     /// Reads and checks the files, as a start does (`--validate-config`).
@@ -129,7 +141,7 @@ impl EtcdTls {
                     Some(k) => ("key", k, self.read("key", k)?),
                     None => ("cert", cert, cert_pem.clone()),
                 };
-                self.private_key(key_name, key_path, &key_pem)?;
+                let key_pem = self.private_key(key_name, key_path, &key_pem)?;
                 tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
             }
             (None, Some(key)) => {
@@ -158,6 +170,7 @@ mod tests {
             cacert: cacert.map(Path::to_path_buf),
             cert: cert.map(Path::to_path_buf),
             key: key.map(Path::to_path_buf),
+            key_password: None,
         }
     }
 
@@ -200,7 +213,16 @@ mod tests {
         )
         .unwrap();
         let m = message(tls(None, Some(&cert), Some(&encrypted)).options());
-        assert!(m.contains("etcd3.key") && m.contains("encrypted"), "{m}");
+        assert!(
+            m.contains("etcd3.key") && m.contains("encrypted and etcd3.key_password is not set"),
+            "{m}"
+        );
+        let with_password = EtcdTls {
+            key_password: Some("x".into()),
+            ..tls(None, Some(&cert), Some(&encrypted))
+        };
+        let m = message(with_password.options());
+        assert!(m.contains("can not read the encrypted private key"), "{m}");
 
         let m = message(tls(None, None, Some(&junk)).options());
         assert!(
