@@ -240,6 +240,9 @@ pub struct PostgresqlConfig {
     /// `postgresql.create_replica_methods` (legacy `create_replica_method`) in order, each
     /// custom one with its `postgresql.<method>` section; `[basebackup]` when absent or empty.
     pub create_replica_methods: Vec<ReplicaMethod>,
+    /// The other `postgresql.<name>` sections with a `command`: methods that only a standby
+    /// cluster's `create_replica_methods` names.
+    pub other_replica_methods: Vec<ReplicaMethod>,
     /// Default 60 s.
     pub pg_ctl_timeout: Duration,
     /// `postgresql.recovery_conf`: recovery settings of this member while it is a replica

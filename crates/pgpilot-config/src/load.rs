@@ -1001,19 +1001,25 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
     }
 
     let create_replica_methods = methods::replica_methods(&mut r, &mut warnings);
-    // `bootstrap.dcs.standby_cluster.create_replica_methods` names methods whose sections the
-    // agent knows only from the local `postgresql.create_replica_methods`.
+    let other_replica_methods = methods::other_replica_methods(&mut r, MODELLED, &mut warnings);
+    // `bootstrap.dcs.standby_cluster.create_replica_methods` names methods by their local
+    // `postgresql.<name>` sections.
     if let Some(Value::Array(names)) = bootstrap
         .dcs
         .get("standby_cluster")
         .and_then(|s| s.get("create_replica_methods"))
     {
         for name in names.iter().filter_map(Value::as_str) {
-            if name != "basebackup" && !create_replica_methods.iter().any(|m| m.name() == name) {
+            let known = name == "basebackup"
+                || create_replica_methods
+                    .iter()
+                    .chain(&other_replica_methods)
+                    .any(|m| m.name() == name);
+            if !known {
                 warnings.push(format!(
-                    "bootstrap.dcs.standby_cluster.create_replica_methods: {name} is not one of \
-                     postgresql.create_replica_methods; pgpilot reads a method's section only \
-                     from there, so the standby leader can not be created with it"
+                    "bootstrap.dcs.standby_cluster.create_replica_methods: {name} has no \
+                     postgresql.{name} section with a command; the standby leader will run \
+                     `{name}` as its command, as Patroni does"
                 ));
             }
         }
@@ -1133,6 +1139,7 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         pg_hba: r.lines("postgresql.pg_hba"),
         basebackup: r.options("postgresql.basebackup", BASEBACKUP_FORBIDDEN),
         create_replica_methods,
+        other_replica_methods,
         pg_ctl_timeout: Duration::from_secs_f64(pg_ctl_timeout.max(1.0)),
         recovery_conf,
         use_pg_rewind: r.boolean("postgresql.use_pg_rewind"),
@@ -1163,7 +1170,12 @@ fn build(doc: Value, home: Option<&str>) -> Result<Loaded, ConfigError> {
         );
     }
     let mut unknown = Vec::new();
-    leaf_paths("", &doc, &methods::method_sections(&r), &mut unknown);
+    leaf_paths(
+        "",
+        &doc,
+        &methods::method_sections(&r, MODELLED),
+        &mut unknown,
+    );
     if !unknown.is_empty() {
         warnings.push(format!(
             "keys not implemented by pgpilot yet, accepted and ignored: {}",

@@ -987,6 +987,58 @@ fn create_replica_methods_are_read() {
     assert!(text.contains("postgresql.create_replica_methods"), "{text}");
 }
 
+/// A `postgresql.<name>` section with a `command` that `create_replica_methods` does not list
+/// is a method a standby cluster may name (Patroni reads any such section): read, and not named
+/// as an unknown key; `standby_cluster.create_replica_methods` naming a method with no section
+/// is warned about (it runs as its own command).
+#[test]
+fn other_method_sections_serve_the_standby_cluster() {
+    let doc = SAMPLE
+        .replace(
+            "bootstrap:\n  dcs:\n",
+            "bootstrap:\n  dcs:\n    standby_cluster:\n      host: 10.0.0.1\n      create_replica_methods: [wal_g, nosection, basebackup]\n",
+        )
+        .replace(
+            "postgresql:\n  listen:",
+            "postgresql:\n  wal_g:\n    command: wal-g backup-fetch\n    no_leader: true\n  listen:",
+        );
+    let loaded = load(None, &env(&[("PATRONI_CONFIGURATION", &doc)])).unwrap();
+    let pg = &loaded.config.postgresql;
+    assert_eq!(
+        pg.create_replica_methods,
+        [pgpilot_config::ReplicaMethod::Basebackup]
+    );
+    assert_eq!(
+        pg.other_replica_methods.len(),
+        1,
+        "{:?}",
+        pg.other_replica_methods
+    );
+    let pgpilot_config::ReplicaMethod::Custom {
+        method, no_leader, ..
+    } = &pg.other_replica_methods[0]
+    else {
+        panic!("{:?}", pg.other_replica_methods)
+    };
+    assert_eq!(method.argv, ["wal-g", "backup-fetch"]);
+    assert!(*no_leader);
+    assert!(
+        !loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("postgresql.wal_g")),
+        "{:?}",
+        loaded.warnings
+    );
+    let warned: Vec<_> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.contains("standby_cluster.create_replica_methods"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", loaded.warnings);
+    assert!(warned[0].contains("nosection"), "{warned:?}");
+}
+
 /// A deterministic fuzz of the loader: mutated Patroni files and `/config` documents never
 /// panic; they load (with warnings) or are refused with a message naming something.
 #[test]

@@ -12,9 +12,10 @@ use serde_json::{Map, Value};
 
 use super::Reader;
 
-/// The sections the configured methods name (`bootstrap.<method>`, `postgresql.<method>`):
-/// modelled keys for the unknown-keys warning.
-pub(super) fn method_sections(r: &Reader<'_>) -> Vec<String> {
+/// The sections the configured methods name (`bootstrap.<method>`, `postgresql.<method>`), and
+/// the other `postgresql.<name>` sections with a `command` (methods a standby cluster's
+/// `create_replica_methods` may name): modelled keys for the unknown-keys warning.
+pub(super) fn method_sections(r: &Reader<'_>, modelled: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(Value::String(m)) = r.get("bootstrap.method") {
         if m != "initdb" {
@@ -28,7 +29,81 @@ pub(super) fn method_sections(r: &Reader<'_>) -> Vec<String> {
             }
         }
     }
+    for name in other_section_names(r, modelled) {
+        out.push(format!("postgresql.{name}"));
+    }
     out
+}
+
+/// `postgresql.<name>` mappings with a `command` that are neither a modelled key nor named by
+/// `postgresql.create_replica_methods`.
+fn other_section_names(r: &Reader<'_>, modelled: &[&str]) -> Vec<String> {
+    let listed: Vec<&str> = match replica_list(r) {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let Some(Value::Object(pg)) = r.get("postgresql") else {
+        return Vec::new();
+    };
+    pg.iter()
+        .filter(|(k, v)| {
+            v.get("command").is_some_and(Value::is_string)
+                && !listed.contains(&k.as_str())
+                && !modelled.contains(&format!("postgresql.{k}").as_str())
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// The other `postgresql.<name>` method sections ([`other_section_names`]): a standby
+/// cluster's `create_replica_methods` may name them, as Patroni reads any `postgresql.<name>`.
+pub(super) fn other_replica_methods(
+    r: &mut Reader<'_>,
+    modelled: &[&str],
+    warnings: &mut Vec<String>,
+) -> Vec<ReplicaMethod> {
+    other_section_names(r, modelled)
+        .into_iter()
+        .filter_map(|name| custom_method(r, name, "postgresql", warnings))
+        .collect()
+}
+
+/// The custom replica method `name` from its `postgresql.<name>` section (`list_path` names the
+/// list in warnings); `None` after a problem.
+fn custom_method(
+    r: &mut Reader<'_>,
+    name: String,
+    list_path: &str,
+    warnings: &mut Vec<String>,
+) -> Option<ReplicaMethod> {
+    let path = format!("postgresql.{name}");
+    let section = match r.get(&path) {
+        Some(Value::Object(m)) => m.clone(),
+        None => {
+            warnings.push(format!(
+                "{list_path}: {name} has no {path} section; running `{name}` as its \
+                 command, as Patroni does"
+            ));
+            Map::new()
+        }
+        Some(other) => {
+            r.problem(
+                &path,
+                format!("{other} didn't pass validation: expected a mapping"),
+            );
+            return None;
+        }
+    };
+    let command_path = format!("{path}.command");
+    let command = r
+        .string(&command_path, false)
+        .unwrap_or_else(|| name.clone());
+    let argv = split_command(r, &command_path, &command)?;
+    Some(ReplicaMethod::Custom {
+        method: method_command(name, command, argv, &section),
+        no_leader: section.get("no_leader").is_some_and(truthy),
+        keep_data: section.get("keep_data").is_some_and(truthy),
+    })
 }
 
 fn replica_list<'a>(r: &Reader<'a>) -> Option<&'a Value> {
@@ -190,36 +265,9 @@ pub(super) fn replica_methods(
             methods.push(ReplicaMethod::Basebackup);
             continue;
         }
-        let path = format!("postgresql.{name}");
-        let section = match r.get(&path) {
-            Some(Value::Object(m)) => m.clone(),
-            None => {
-                warnings.push(format!(
-                    "{list_path}: {name} has no {path} section; running `{name}` as its \
-                     command, as Patroni does"
-                ));
-                Map::new()
-            }
-            Some(other) => {
-                r.problem(
-                    &path,
-                    format!("{other} didn't pass validation: expected a mapping"),
-                );
-                continue;
-            }
-        };
-        let command_path = format!("{path}.command");
-        let command = r
-            .string(&command_path, false)
-            .unwrap_or_else(|| name.clone());
-        let Some(argv) = split_command(r, &command_path, &command) else {
-            continue;
-        };
-        methods.push(ReplicaMethod::Custom {
-            method: method_command(name, command, argv, &section),
-            no_leader: section.get("no_leader").is_some_and(truthy),
-            keep_data: section.get("keep_data").is_some_and(truthy),
-        });
+        if let Some(m) = custom_method(r, name, list_path, warnings) {
+            methods.push(m);
+        }
     }
     methods
 }

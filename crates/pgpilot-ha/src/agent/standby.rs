@@ -11,6 +11,7 @@
 use pgpilot_dcs::{Dcs, Status};
 use pgpilot_postgres::{PgControl, PgError, ReplicaMethod, StandbyConfig, StopMode, Upstream};
 use pgpilot_types::{Peers, Role, State};
+use pgpilot_values::MethodCommand;
 use tracing::{error, info, warn};
 
 use crate::decide::{follow_callback, ActionKind, Observation, PgChange, PgView};
@@ -52,10 +53,10 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         desired
     }
 
-    /// `standby_cluster.create_replica_methods` resolved against the local configuration:
-    /// `basebackup`, or a method of `postgresql.create_replica_methods` of the same name (its
-    /// `postgresql.<name>` section). Unknown names are left out with an error; none given =
-    /// `basebackup`.
+    /// `standby_cluster.create_replica_methods` resolved against the local configuration, as
+    /// Patroni reads any `postgresql.<name>` section: `basebackup`, or the method of that
+    /// section (listed in `postgresql.create_replica_methods` or not); a name without a section
+    /// runs as its own command, as in Patroni (said in the log). None given = `basebackup`.
     fn standby_replica_methods(&self) -> Vec<ReplicaMethod> {
         let names = self
             .dynamic
@@ -66,28 +67,41 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         if names.is_empty() {
             return vec![ReplicaMethod::Basebackup];
         }
-        let mut methods = Vec::new();
-        for name in names {
-            if name == "basebackup" {
-                methods.push(ReplicaMethod::Basebackup);
-                continue;
-            }
-            match self
-                .cfg
-                .postgresql
-                .create_replica_methods
-                .iter()
-                .find(|m| m.name() == name)
-            {
-                Some(m) => methods.push(m.clone()),
-                None => error!(
-                    "standby_cluster.create_replica_methods: {name} is not one of \
-                     postgresql.create_replica_methods; pgpilot knows a method's section only \
-                     from there"
-                ),
-            }
-        }
-        methods
+        let pg = &self.cfg.postgresql;
+        names
+            .into_iter()
+            .map(|name| {
+                if name == "basebackup" {
+                    return ReplicaMethod::Basebackup;
+                }
+                let known = pg
+                    .create_replica_methods
+                    .iter()
+                    .chain(&pg.other_replica_methods)
+                    .find(|m| m.name() == name);
+                match known {
+                    Some(m) => m.clone(),
+                    None => {
+                        warn!(
+                            "standby_cluster.create_replica_methods: {name} has no \
+                             postgresql.{name} section with a command; running `{name}` as its \
+                             command, as Patroni does"
+                        );
+                        ReplicaMethod::Custom {
+                            method: MethodCommand {
+                                name: name.clone(),
+                                command: name.clone(),
+                                argv: vec![name],
+                                keys: Vec::new(),
+                                no_params: false,
+                            },
+                            no_leader: false,
+                            keep_data: false,
+                        }
+                    }
+                }
+            })
+            .collect()
     }
 
     /// The winner of the initialize race of a standby cluster (Patroni's
