@@ -197,6 +197,7 @@ fn guard_alone_keeps_the_safety_invariants_without_a_watchdog() {
 fn checker_catches_a_watchdog_that_never_fires() {
     let (failed, total) = run_many(400, Bug::WatchdogNeverFires, WatchdogSim::DEFAULT);
     let (seed, v) = failed.expect("a watchdog that never fires must be caught");
+    eprintln!("caught: seed {seed}: {v}");
     assert!(v.starts_with("invariant 4"), "seed {seed}: {v}");
     assert_eq!(total.watchdog_resets, 0);
 }
