@@ -4,7 +4,11 @@
 //!
 //! `PGPILOT_SIM_SEEDS=N` runs N seeds (default 2000); `PGPILOT_SIM_SEED=S` replays one seed
 //! and prints its whole trace; `PGPILOT_SIM_VERBOSE=1` lists the seeds with agent exits, known
-//! bugs or no leader at the end.
+//! bugs or no leader at the end. The members run Patroni's default watchdog (automatic,
+//! `safety_margin` 5) with a device present; `PGPILOT_SIM_WATCHDOG=off` runs them without one
+//! (the guard alone fences) and `PGPILOT_SIM_WATCHDOG=M` with `safety_margin` M (-1: ttl/2).
+//! `guard_alone_keeps_the_safety_invariants_without_a_watchdog` runs
+//! `PGPILOT_SIM_SEEDS_NO_WATCHDOG` seeds (default 200) without a watchdog in every run.
 //!
 //! The fleet run (`fleet_dcs_operations_by_kind`, `sim::fleet`) simulates many clusters, each
 //! for a long simulated time with faults at a set rate, counts every DCS call of the simulated
@@ -35,15 +39,35 @@ mod sim;
 
 use std::time::Instant;
 
-use sim::{run_seed, Bug, Stats};
+use sim::{run_seed_with, Bug, Stats, WatchdogSim};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
+/// `PGPILOT_SIM_WATCHDOG`: `off`, `on` (the default) or a `safety_margin`.
+fn env_watchdog() -> WatchdogSim {
+    match std::env::var("PGPILOT_SIM_WATCHDOG")
+        .as_deref()
+        .map(str::trim)
+    {
+        Err(_) | Ok("on") => WatchdogSim::DEFAULT,
+        Ok("off") => WatchdogSim::Off,
+        Ok(m) => WatchdogSim::On {
+            safety_margin: m.parse().unwrap_or_else(|_| {
+                panic!("PGPILOT_SIM_WATCHDOG: off, on or a safety_margin, not {m:?}")
+            }),
+        },
+    }
+}
+
+fn run_seed(seed: u64, bug: Bug, tracing: bool, watchdog: WatchdogSim) -> sim::Outcome {
+    run_seed_with(seed, bug, tracing, true, watchdog)
+}
+
 /// Runs seeds `1..=n` on up to two threads (the machine is shared); returns the first failing
 /// seed with its message, and the totals.
-fn run_many(n: u64, bug: Bug) -> (Option<(u64, String)>, Stats) {
+fn run_many(n: u64, bug: Bug, watchdog: WatchdogSim) -> (Option<(u64, String)>, Stats) {
     let threads = std::thread::available_parallelism()
         .map_or(1, |p| p.get())
         .min(2) as u64;
@@ -54,7 +78,7 @@ fn run_many(n: u64, bug: Bug) -> (Option<(u64, String)>, Stats) {
                     let mut total = Stats::default();
                     let mut failed = None;
                     for seed in (1..=n).filter(|s| s % threads == t) {
-                        let o = run_seed(seed, bug, false);
+                        let o = run_seed(seed, bug, false, watchdog);
                         if std::env::var_os("PGPILOT_SIM_VERBOSE").is_some()
                             && (!o.stats.fatal.is_empty()
                                 || !o.stats.known_seeds.is_empty()
@@ -90,9 +114,9 @@ fn run_many(n: u64, bug: Bug) -> (Option<(u64, String)>, Stats) {
     (failed, total)
 }
 
-fn report(total: &Stats, elapsed: std::time::Duration) {
+fn report(total: &Stats, elapsed: std::time::Duration, watchdog: WatchdogSim) {
     eprintln!(
-        "simulation: {} seeds, {} steps, {} agent cycles in {:.1?}",
+        "simulation: {} seeds, {} steps, {} agent cycles in {:.1?}; watchdog {watchdog:?}",
         total.seeds, total.steps, total.cycles, elapsed
     );
     eprintln!("  modes: {:?}", total.by_mode);
@@ -102,8 +126,12 @@ fn report(total: &Stats, elapsed: std::time::Duration) {
         total.commits, total.acked, total.promotions, total.switchovers_requested, total.fatal
     );
     eprintln!(
-        "  guard: PostgreSQL stopped at the lease deadline {} times; thawed agents re-creating an expired leader key on a stale decision: {}; synchronous commits acknowledged before such a re-creation and lost: {}",
-        total.fences, total.stale_renewals, total.gap_lost
+        "  guard: PostgreSQL stopped at the lease deadline {} times; watchdog: members reset {} times; thawed agents re-creating an expired leader key on a stale decision: {} ({} holding the key without an active watchdog in a run with one); synchronous commits acknowledged before such a re-creation and lost: {}",
+        total.fences,
+        total.watchdog_resets,
+        total.stale_renewals,
+        total.unwatched_stale_renewals,
+        total.gap_lost
     );
     eprintln!(
         "  known bugs (K4 open; K1, K2, K5, K6 fixed, see the regression tests): acknowledged commits lost {:?} in seeds {:?}",
@@ -118,38 +146,67 @@ fn report(total: &Stats, elapsed: std::time::Duration) {
 /// The invariants hold for every seed (safety), with the statistics printed (`--nocapture`).
 #[test]
 fn simulated_clusters_keep_the_safety_invariants() {
+    let watchdog = env_watchdog();
     if let Some(seed) = env_u64("PGPILOT_SIM_SEED") {
-        let o = run_seed(seed, Bug::None, true);
+        let o = run_seed(seed, Bug::None, true, watchdog);
         for line in &o.trace {
             eprintln!("{line}");
         }
-        report(&o.stats, std::time::Duration::ZERO);
+        report(&o.stats, std::time::Duration::ZERO, watchdog);
         if let Some(v) = o.violation {
             panic!("seed {seed}: {v}");
         }
         return;
     }
     let n = env_u64("PGPILOT_SIM_SEEDS").unwrap_or(2000);
+    sweep(n, watchdog);
+}
+
+/// Seeds `1..=n` with `watchdog`: the statistics printed, the first failing seed replayed.
+fn sweep(n: u64, watchdog: WatchdogSim) {
     let started = Instant::now();
-    let (failed, total) = run_many(n, Bug::None);
-    report(&total, started.elapsed());
+    let (failed, total) = run_many(n, Bug::None, watchdog);
+    report(&total, started.elapsed(), watchdog);
     if let Some((seed, v)) = failed {
-        let o = run_seed(seed, Bug::None, true);
+        let o = run_seed(seed, Bug::None, true, watchdog);
         let tail = o.trace.len().saturating_sub(80);
         for line in &o.trace[tail..] {
             eprintln!("{line}");
         }
         panic!(
-            "seed {seed}: {v}\nreplay: PGPILOT_SIM_SEED={seed} cargo test -p pgpilot-ha --test simulation"
+            "seed {seed}: {v}\nreplay: PGPILOT_SIM_WATCHDOG={} PGPILOT_SIM_SEED={seed} cargo test -p pgpilot-ha --test simulation",
+            match watchdog {
+                WatchdogSim::Off => "off".to_string(),
+                WatchdogSim::On { safety_margin } => safety_margin.to_string(),
+            }
         );
     }
+}
+
+/// The guard alone (no watchdog device on any member) keeps the invariants too; the commits a
+/// thawed agent's stale renewal costs are the watchdog gap's, counted apart.
+#[test]
+fn guard_alone_keeps_the_safety_invariants_without_a_watchdog() {
+    let n = env_u64("PGPILOT_SIM_SEEDS_NO_WATCHDOG").unwrap_or(200);
+    sweep(n, WatchdogSim::Off);
+}
+
+/// The checker is not vacuous: a watchdog that is armed and pinged but never resets its member
+/// leaves frozen leaders to thaw and renew an expired key on a stale decision (invariant 4).
+#[test]
+fn checker_catches_a_watchdog_that_never_fires() {
+    let (failed, total) = run_many(400, Bug::WatchdogNeverFires, WatchdogSim::DEFAULT);
+    let (seed, v) = failed.expect("a watchdog that never fires must be caught");
+    eprintln!("caught: seed {seed}: {v}");
+    assert!(v.starts_with("invariant 4"), "seed {seed}: {v}");
+    assert_eq!(total.watchdog_resets, 0);
 }
 
 /// The checker is not vacuous: a replica that promotes without the leader key when it cannot
 /// reach the leader is caught.
 #[test]
 fn checker_catches_promotion_without_the_lock() {
-    let (failed, _) = run_many(300, Bug::PromoteWithoutLock);
+    let (failed, _) = run_many(300, Bug::PromoteWithoutLock, WatchdogSim::DEFAULT);
     let (seed, v) = failed.expect("a broken policy must be caught");
     assert!(
         v.starts_with("invariant 1") || v.starts_with("invariant 3"),
@@ -161,16 +218,17 @@ fn checker_catches_promotion_without_the_lock() {
 /// have them loses acknowledged commits at a failover.
 #[test]
 fn checker_catches_asynchronous_acknowledgements_in_synchronous_mode() {
-    let (failed, _) = run_many(500, Bug::AckAsync);
+    let (failed, _) = run_many(500, Bug::AckAsync, WatchdogSim::DEFAULT);
     let (seed, v) = failed.expect("a broken primary must be caught");
     assert!(v.starts_with("invariant 2"), "seed {seed}: {v}");
 }
 
-/// Replays `seed` with known bugs not tolerated: the run must keep every invariant.
+/// Replays `seed` with known bugs not tolerated: the run must keep every invariant. The seeds
+/// were found without a watchdog, and are replayed so.
 fn replay_strict(seed: u64) {
-    let o = sim::run_seed_with(seed, Bug::None, false, false);
+    let o = run_seed_with(seed, Bug::None, false, false, WatchdogSim::Off);
     if let Some(v) = o.violation {
-        let o = sim::run_seed_with(seed, Bug::None, true, false);
+        let o = run_seed_with(seed, Bug::None, true, false, WatchdogSim::Off);
         let tail = o.trace.len().saturating_sub(60);
         for line in &o.trace[tail..] {
             eprintln!("{line}");
@@ -364,6 +422,9 @@ fn fleet_dcs_operations_by_kind() {
     }
 }
 
+// The liveness seeds below were found before the watchdog was modelled and are replayed
+// without one (`WatchdogSim::Off`), as are the known-bug seeds (`replay_strict`).
+
 /// Liveness L1 (seed 4; 242 of 30000 seeds): the bootstrap winner's DCS writes fail after initdb
 /// (`finish_bootstrap`), the agent exits leaving PostgreSQL running as a primary and
 /// `/initialize` = `""`; restarted while isolated it demotes offline (a replica with no upstream);
@@ -373,7 +434,7 @@ fn fleet_dcs_operations_by_kind() {
 #[test]
 #[ignore = "liveness L1: a failed bootstrap publish can leave the cluster without a leader forever"]
 fn liveness_l1_failed_bootstrap_publish_then_offline_demotion_aborts_every_start() {
-    let o = run_seed(4, Bug::None, false);
+    let o = run_seed(4, Bug::None, false, WatchdogSim::Off);
     let stuck = "No initialize key in DCS and PostgreSQL is running as replica, aborting start";
     assert!(!o.stats.fatal.contains_key(stuck), "{:?}", o.stats.fatal);
 }
@@ -385,7 +446,7 @@ fn liveness_l1_failed_bootstrap_publish_then_offline_demotion_aborts_every_start
 #[test]
 #[ignore = "liveness L2: a bootstrap winner that crashes during initdb leaves /initialize = \"\" forever"]
 fn liveness_l2_crash_during_initdb_leaves_the_cluster_unbootstrapped() {
-    let o = run_seed(77, Bug::None, false);
+    let o = run_seed(77, Bug::None, false, WatchdogSim::Off);
     assert_eq!(o.stats.no_leader_at_end, 0, "{:?}", o.stats.no_leader_why);
 }
 
@@ -399,6 +460,6 @@ fn liveness_l2_crash_during_initdb_leaves_the_cluster_unbootstrapped() {
 #[test]
 #[ignore = "liveness L3: quorum-mode switchover with no voters leaves the cluster leaderless"]
 fn liveness_l3_quorum_switchover_without_voters_deadlocks_the_race() {
-    let o = run_seed(109, Bug::None, false);
+    let o = run_seed(109, Bug::None, false, WatchdogSim::Off);
     assert_eq!(o.stats.no_leader_at_end, 0, "{:?}", o.stats.no_leader_why);
 }

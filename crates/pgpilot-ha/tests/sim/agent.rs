@@ -91,6 +91,9 @@ pub struct Agent {
     pub published: Option<PgSnap>,
     pub next_run: Instant,
     pub pending: Option<(Instant, Pending)>,
+    /// `Watchdog::activate` was called (the real `WatchdogState::active`): renewals ping the
+    /// device. A restarted agent starts without it, even if its predecessor's device counts.
+    pub watchdog_active: bool,
 }
 
 impl Agent {
@@ -116,6 +119,7 @@ impl Agent {
             published: None,
             next_run: now,
             pending: None,
+            watchdog_active: false,
         }
     }
 
@@ -200,7 +204,11 @@ impl World {
 
     /// A thawed agent renewing the leader key on a decision taken before its freeze: if the key
     /// is gone meanwhile, `update_leader` re-creates it (both backends do, as Patroni's etcd3
-    /// does) without any race. What this costs is the watchdog gap's, counted apart.
+    /// does) without any race. If the agent had activated its watchdog this is a violation
+    /// (invariant 4): every renewal pinged the device, which fires `safety_margin` before the
+    /// key can expire, so the member should have been reset. Otherwise (no watchdog in the
+    /// run, or a key holder whose watchdog is not active: module docs, "The watchdog gap") what
+    /// it costs is the watchdog gap's, counted apart (`gap_mark`).
     fn note_stale_renewal(&mut self, i: usize, decision: &Decision) {
         if !matches!(
             decision,
@@ -218,7 +226,18 @@ impl World {
                 "  {me}: thawed with a stale decision to renew the leader key, which is gone: it re-creates it"
             );
             self.stats.stale_renewals += 1;
-            self.mark_gap();
+            let watched = self.watchdog_timeout(i).is_some() && self.agent(i).watchdog_active;
+            if watched {
+                let msg = format!(
+                    "invariant 4: {me}, thawed, renews the leader key on a decision taken before its freeze although the key expired meanwhile (its watchdog, active, should have reset it first; armed until {:?})",
+                    self.members[i].watchdog.map(|t| t - self.start)
+                );
+                self.violate(msg);
+            } else {
+                self.stats.unwatched_stale_renewals +=
+                    u64::from(self.watchdog_timeout(i).is_some());
+                self.mark_gap();
+            }
         }
     }
 
@@ -287,10 +306,35 @@ impl World {
 
     /// `Agent::renewed`: a successful renewal or acquisition sent at `now` arms the guard until
     /// `now + ttl - margin` (the simulated DCS answers at once).
+    ///
+    /// It pings the watchdog too (`Watchdog::keepalive`), if this agent activated it.
     fn renewed(&mut self, i: usize, now: Instant) {
         let ttl = self.agent(i).dynamic.ttl;
         self.agent(i).last_renewal = Some(now);
         self.members[i].guard = Some(now + ttl - pgpilot_ha::guard::margin(ttl));
+        if let Some(t) = self.watchdog_timeout(i) {
+            if self.agent(i).watchdog_active && self.members[i].watchdog.is_some() {
+                self.members[i].watchdog = Some(now + t);
+            }
+        }
+    }
+
+    /// The timeout this agent arms its watchdog with, `None` if it arms none (`WatchdogSim`).
+    pub fn watchdog_timeout(&self, i: usize) -> Option<Duration> {
+        let a = self.members[i].agent.as_ref()?;
+        self.cfg
+            .watchdog
+            .timeout(a.dynamic.ttl, a.dynamic.loop_wait)
+    }
+
+    /// `Agent::arm_watchdog` / `Watchdog::activate`, right after a successful acquisition or
+    /// renewal (or bootstrap), before this member runs a primary: the device is opened (or
+    /// taken over from a dead predecessor) with the timeout set, which restarts its timer.
+    fn activate_watchdog(&mut self, i: usize, now: Instant) {
+        if let Some(t) = self.watchdog_timeout(i) {
+            self.agent(i).watchdog_active = true;
+            self.members[i].watchdog = Some(now + t);
+        }
     }
 
     fn finish_cycle(&mut self, i: usize, line: &str, full: bool) {
@@ -299,8 +343,11 @@ impl World {
         }
         // `Agent::disarm_when_not_leading` (and the disarm after a demotion's stop): a member
         // without the key whose PostgreSQL is stopped or in recovery may fence no more.
+        // The watchdog is closed at the same points (`Agent::disable_fencing`).
         if self.agent(i).last_renewal.is_none() && !self.members[i].pg.writable() {
             self.members[i].guard = None;
+            self.members[i].watchdog = None;
+            self.agent(i).watchdog_active = false;
         }
         let now = self.now();
         let name = self.members[i].name.clone();
@@ -584,6 +631,8 @@ impl World {
         }
         let now = self.now();
         self.renewed(i, now);
+        // The new primary is published only with its watchdog armed.
+        self.activate_watchdog(i, now);
         let a = self.agent(i);
         a.role = "primary".into();
         a.state = "running".into();
@@ -806,6 +855,7 @@ impl World {
         }
         match after_acquire(outcome, obs) {
             AfterAcquire::Promote => {
+                self.activate_watchdog(i, now);
                 if let Err(msg) = self.promote(i, obs) {
                     return msg;
                 }
@@ -813,6 +863,7 @@ impl World {
             }
             AfterAcquire::StandbyLeader => unreachable!("standby clusters are not simulated"),
             AfterAcquire::Lead => {
+                self.activate_watchdog(i, now);
                 self.agent(i).role = "primary".into();
                 "acquired session lock as a leader".into()
             }
@@ -969,7 +1020,10 @@ impl World {
         let now = self.now();
         let leader = obs.cluster.as_ref().and_then(|c| c.leader.clone());
         match call!(self, i, |d| d.update_leader(leader.as_ref())) {
-            Ok(true) => self.renewed(i, now),
+            Ok(true) => {
+                self.renewed(i, now);
+                self.activate_watchdog(i, now);
+            }
             _ => {
                 self.agent(i).last_renewal = None;
                 if matches!(

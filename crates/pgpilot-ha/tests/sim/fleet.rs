@@ -11,7 +11,7 @@ use std::time::Duration;
 use pgpilot_config::SyncMode;
 
 use super::counting::Counts;
-use super::{Bug, FaultPlan, Rng, SimConfig, Stats, World};
+use super::{Bug, FaultPlan, Rng, SimConfig, Stats, WatchdogSim, World};
 
 /// Patroni's timings: `ttl`, `loop_wait`, `retry_timeout` in seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -186,6 +186,8 @@ fn run_cluster(seed: u64, s: &Scenario) -> (Counts, f64, Stats, Option<String>) 
             ttl: s.timing.ttl,
             loop_wait: s.timing.loop_wait,
             retry_timeout: s.timing.retry_timeout,
+            // The benchmark's real agents run without a watchdog device.
+            watchdog: WatchdogSim::Off,
         };
         let mut w = World::with_config(cfg, Rng::new(seed), Bug::None, false);
         w.writes = s.writes;

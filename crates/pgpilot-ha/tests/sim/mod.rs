@@ -21,11 +21,48 @@
 //! wake-ups; a failed DCS read costs retry_timeout; the guard (issue 12: armed by every
 //! renewal until `ttl - margin`, a process apart that a freeze or kill of the agent leaves
 //! running, stopping PostgreSQL at its deadline), so the invariants make no exception for a
-//! frozen or killed agent's primary.
+//! frozen or killed agent's primary; the watchdog ([`WatchdogSim`], on by default with
+//! Patroni's `safety_margin` 5; a run may turn it off or change the margin): activated as the
+//! agent does (after taking or renewing the key as leader, after bootstrap) with timeout
+//! `ttl - safety_margin` (`ttl / 2` for -1; none below `loop_wait`), pinged by every successful
+//! renewal of an agent that activated it, closed where the agent closes it (no key and no
+//! primary), left counting by an agent that is killed or exits; at its deadline it resets the
+//! whole member at that instant, as a member crash does (agent, guard and postmaster, frozen or
+//! not), and the member comes back 1 to 60 s later.
+//!
+//! The watchdog gap. A frozen agent may have decided to renew the leader key before its freeze;
+//! thawed after the key expired, `update_leader` re-creates it without a race (both backends
+//! do, as Patroni's etcd3 does) and it goes on leading on an old view. The guard has stopped
+//! its primary meanwhile, but the re-created leadership may still cost acknowledged commits:
+//! those are excused as the gap's (`gap_mark`, `Stats::gap_lost`).
+//!
+//! The watchdog closes the gap for an agent that activated it, that is for a leader running
+//! its primary: every successful renewal pings the device, so it fires at most
+//! `ttl - safety_margin` after the last renewal, `safety_margin` before the key can expire, and
+//! an agent frozen past its key's expiry has been reset with its pending decision. (An agent
+//! restarted while its predecessor's device counts renews without pinging until it activates,
+//! so the old, earlier deadline stands.) Such a stale renewal is a violation (invariant 4), not
+//! excused. It does not close it for a key holder whose watchdog is not active, because the
+//! agent arms the watchdog only for primary duty (as Patroni's `enforce_primary_role` does) and
+//! closes it once PostgreSQL is stopped or in recovery without the key: a leader that demoted
+//! (offline, after a DCS outage) or whose PostgreSQL crashed, and holds or gets the key back
+//! while PostgreSQL starts (`UpdateLockDuring`; `StartPostgres` with `renew_lock_first` in a
+//! restarted agent, whose watchdog is not active yet), renews without any device armed; frozen
+//! between deciding and acting, thawed after the key expired, it re-creates the key (seed 1178:
+//! DemoteOffline, then `UpdateLockDuring { Start }`, frozen 50 s; the guard stops the starting
+//! PostgreSQL, the thawed agent re-creates the key). Those renewals are still excused as the
+//! gap's, counted in `Stats::unwatched_stale_renewals`; none has lost an acknowledged commit in
+//! the sweeps (`gap_lost` 0). Closing them is a matter for `update_leader` (not re-creating a
+//! key that is gone), not for the watchdog. The guard still fences where the watchdog is not
+//! armed or fires later: a killed agent's orphaned guard keeps its deadline after the restarted
+//! agent re-armed the watchdog, a starting PostgreSQL under the key, a `safety_margin` below the
+//! guard's `ttl / 10`, a timeout below `loop_wait`.
 //!
 //! Not modelled: pause, scheduled switchovers and restarts, REST restart/reinitialize, failsafe,
 //! standby clusters, tags (nofailover, nosync, priorities, replicatefrom, clonefrom), slots,
-//! watchdog, the lease keeper (no cycle here waits longer than a failed DCS read),
+//! `watchdog.mode: required` (a member without a device refusing leadership; every device here
+//! opens), watchdog devices that ignore the timeout asked for or can not be disabled, the lease
+//! keeper (no cycle here waits longer than a failed DCS read),
 //! archive/restore_command, failing pg_rewind or basebackup (they fail only when their
 //! source is unavailable), graceful agent shutdown (`leave_sync_duty`), synchronous_commit levels
 //! other than flush, maximum_lag_on_syncnode, ttl/loop_wait changes, a stale watch cache in the
@@ -106,6 +143,40 @@ pub enum Bug {
     PromoteWithoutLock,
     /// The simulated primary acknowledges commits without waiting for synchronous standbys.
     AckAsync,
+    /// The watchdog is armed and pinged but never resets its member (a device whose timer does
+    /// not fire), while the run counts on it.
+    WatchdogNeverFires,
+}
+
+/// The watchdog of a run (`pgpilot_ha::watchdog`, Patroni's `watchdog` section).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchdogSim {
+    /// No device (`mode: off`, or no `/dev/watchdog`): the guard alone fences.
+    Off,
+    /// `mode: automatic` with a working device and this `safety_margin` (seconds; -1: ttl/2).
+    On { safety_margin: i64 },
+}
+
+impl WatchdogSim {
+    /// `mode: automatic`, `safety_margin: 5`: Patroni's defaults, with a device present.
+    pub const DEFAULT: WatchdogSim = WatchdogSim::On { safety_margin: 5 };
+
+    /// The device timeout the agent arms for `ttl` and `loop_wait` (`WatchdogConfig::timeout`),
+    /// `None` when it arms none: off, or a timeout the real agent refuses as unsafe (below
+    /// `loop_wait`: "Watchdog not supported because leader TTL ... is less than 2x loop_wait";
+    /// outside 1..65535: "Invalid timeout"; in automatic mode it then leads without one).
+    pub fn timeout(self, ttl: Duration, loop_wait: Duration) -> Option<Duration> {
+        let WatchdogSim::On { safety_margin } = self else {
+            return None;
+        };
+        let cfg = pgpilot_config::WatchdogConfig {
+            safety_margin,
+            ..Default::default()
+        };
+        let t = cfg.timeout(ttl);
+        let loop_wait = i64::try_from(loop_wait.as_secs()).unwrap_or(i64::MAX);
+        ((1..0xFFFF).contains(&t) && t >= loop_wait).then(|| Duration::from_secs(t.unsigned_abs()))
+    }
 }
 
 /// The cluster configuration drawn for one seed.
@@ -126,6 +197,8 @@ pub struct SimConfig {
     pub ttl: u64,
     pub loop_wait: u64,
     pub retry_timeout: u64,
+    /// The members' watchdog ([`WatchdogSim::DEFAULT`] unless the run asks for another).
+    pub watchdog: WatchdogSim,
 }
 
 impl SimConfig {
@@ -153,6 +226,7 @@ impl SimConfig {
             ttl: 30,
             loop_wait: 10,
             retry_timeout: 10,
+            watchdog: WatchdogSim::DEFAULT,
         }
     }
 
@@ -214,8 +288,9 @@ pub struct Member {
     pub frozen_until: Option<Instant>,
     pub partitioned: bool,
     pub partition_until: Option<Instant>,
-    /// The agent has not completed a cycle since it was frozen or restarted (counted apart in
-    /// the statistics; the invariants hold through it, the guard closes it).
+    /// The agent has not completed a cycle since it was frozen or restarted (shown in the
+    /// trace; the invariants hold through it: the guard fences its primary, the watchdog resets
+    /// a frozen leader).
     pub gap: bool,
     /// The guard of the running agent, while armed: its deadline (`pgpilot_ha::guard`). It is a
     /// process of its own: a freeze of the agent does not stop it.
@@ -223,6 +298,11 @@ pub struct Member {
     /// The guard of an agent that was killed or exited while armed: it keeps its deadline and
     /// fences at it, whatever the restarted agent does (as the real one does).
     pub orphan_guard: Option<Instant>,
+    /// The watchdog device, while armed: the instant it resets the member unless pinged. Like
+    /// the real device it outlives its agent (a device closed without the magic `V` keeps
+    /// counting): a killed or exited agent leaves it armed, and a restarted agent takes it
+    /// over only when it activates the watchdog again.
+    pub watchdog: Option<Instant>,
 }
 
 /// An acknowledged commit.
@@ -253,14 +333,20 @@ pub struct Stats {
     pub switchovers_requested: u64,
     pub faults: BTreeMap<&'static str, u64>,
     /// Acknowledged commits lost in asynchronous mode (allowed), and synchronous ones
-    /// acknowledged before a thawed agent re-created an expired leader key (`gap_mark`).
+    /// acknowledged before a thawed agent re-created an expired leader key (`gap_mark`;
+    /// excused only in runs without a watchdog, module docs).
     pub async_lost: u64,
     pub gap_lost: u64,
     /// PostgreSQL stopped by a guard at its deadline.
     pub fences: u64,
+    /// Members reset by their watchdog (not pinged in time).
+    pub watchdog_resets: u64,
     /// Thawed agents that renewed the leader key on a decision taken before their freeze while
-    /// the key was not theirs any more (gone, or someone else's).
+    /// the key was gone (a violation, invariant 4, if their watchdog was active).
     pub stale_renewals: u64,
+    /// Of those, in runs with a watchdog: agents that held the key without an active watchdog
+    /// (the part of the gap the watchdog leaves open, module docs).
+    pub unwatched_stale_renewals: u64,
     /// Seeds that ended without a writable leader after the quiet period.
     pub no_leader_at_end: u64,
     pub no_leader_why: BTreeMap<&'static str, u64>,
@@ -288,7 +374,9 @@ impl Stats {
         self.async_lost += o.async_lost;
         self.gap_lost += o.gap_lost;
         self.stale_renewals += o.stale_renewals;
+        self.unwatched_stale_renewals += o.unwatched_stale_renewals;
         self.fences += o.fences;
+        self.watchdog_resets += o.watchdog_resets;
         self.no_leader_at_end += o.no_leader_at_end;
         for (k, v) in &o.no_leader_why {
             *self.no_leader_why.entry(k).or_default() += v;
@@ -335,7 +423,7 @@ pub struct World {
     /// Bumped when synchronous mode is turned on or off.
     mode_epoch: u64,
     /// Commits acknowledged before the last stale renewal of a thawed agent (`acks[..gap_mark]`):
-    /// losing them is the watchdog gap's doing.
+    /// losing them is the watchdog gap's doing (set only in runs without a watchdog).
     gap_mark: usize,
     step: usize,
     /// The checker's view of the store, dropped on every DCS call and every clock advance.
@@ -382,6 +470,7 @@ impl World {
                     gap: false,
                     guard: None,
                     orphan_guard: None,
+                    watchdog: None,
                 }
             })
             .collect();
@@ -554,6 +643,47 @@ impl World {
                 "event: the guard of {} stops its PostgreSQL at the lease deadline",
                 self.members[i].name
             );
+        }
+    }
+
+    /// The whole member goes down (a crash, or a reset by its watchdog) and its agent comes
+    /// back at `back`: every process dies (agent, guard, postmaster, a SIGSTOPped one too) and
+    /// the watchdog is not armed after the reboot. A partition stays (the network is not the
+    /// member's).
+    fn crash_member(&mut self, i: usize, back: Instant) {
+        let id = self.next_id();
+        let m = &mut self.members[i];
+        m.pg.stop(false, id);
+        m.pg.frozen = false;
+        m.agent = None;
+        m.frozen_until = None;
+        m.guard = None;
+        m.orphan_guard = None;
+        m.watchdog = None;
+        m.restart_at = Some(back);
+    }
+
+    /// Watchdogs not pinged in time reset their member, at their deadline, like a member crash
+    /// (Patroni's watchdog resets the host). The member comes back after a reboot of 1 to 60 s.
+    fn watchdog_resets(&mut self) {
+        let now = self.now();
+        for i in 0..self.members.len() {
+            if self.members[i].watchdog.is_none_or(|t| t > now) {
+                continue;
+            }
+            if self.bug == Bug::WatchdogNeverFires {
+                self.members[i].watchdog = None;
+                continue;
+            }
+            let back = now + Duration::from_millis(1000 + self.rng.below(59_000));
+            trace!(
+                self,
+                "event: the watchdog of {} was not pinged in time: it resets the member, back at +{:?}",
+                self.members[i].name,
+                back - now
+            );
+            self.stats.watchdog_resets += 1;
+            self.crash_member(i, back);
         }
     }
 
@@ -842,6 +972,7 @@ impl World {
     /// Ends faults that are due: restarts, thaws, healed partitions, the DCS back.
     fn end_faults(&mut self) {
         self.fence();
+        self.watchdog_resets();
         let now = self.now();
         if self.dcs_down_until.is_some_and(|t| t <= now) {
             self.dcs_down_until = None;
@@ -914,14 +1045,7 @@ impl World {
                     "event: crash {name} (agent and PostgreSQL), back in {d:?}"
                 );
                 self.fault("crash member");
-                let id = self.next_id();
-                let m = &mut self.members[i];
-                m.pg.stop(false, id);
-                m.agent = None;
-                // Every process of the member: its guards too.
-                m.guard = None;
-                m.orphan_guard = None;
-                m.restart_at = Some(now + d);
+                self.crash_member(i, now + d);
             }
             8..=13
                 if self.members[i].pg.proc != pg::Proc::Stopped && !self.members[i].pg.frozen =>
@@ -1183,6 +1307,7 @@ impl World {
             t.extend(m.partition_until);
             t.extend(m.guard);
             t.extend(m.orphan_guard);
+            t.extend(m.watchdog);
             if m.frozen_until.is_some() {
                 continue;
             }
@@ -1333,10 +1458,6 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
-pub fn run_seed(seed: u64, bug: Bug, tracing: bool) -> Outcome {
-    run_seed_with(seed, bug, tracing, true)
-}
-
 /// A current-thread runtime on a paused clock: one per simulated cluster.
 pub fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -1346,9 +1467,17 @@ pub fn paused_runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-pub fn run_seed_with(seed: u64, bug: Bug, tracing: bool, tolerate_known: bool) -> Outcome {
+/// One seed with the members' watchdog set to `watchdog` (the drawn configuration otherwise).
+pub fn run_seed_with(
+    seed: u64,
+    bug: Bug,
+    tracing: bool,
+    tolerate_known: bool,
+    watchdog: WatchdogSim,
+) -> Outcome {
     paused_runtime().block_on(async move {
         let mut w = World::new(seed, bug, tracing);
+        w.cfg.watchdog = watchdog;
         w.tolerate_known = tolerate_known;
         w.run().await;
         if let Some(k) = w.tainted {
