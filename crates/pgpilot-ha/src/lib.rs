@@ -8,6 +8,7 @@ pub mod decide;
 mod decide_tests;
 pub mod guard;
 pub mod hooks;
+mod localtime;
 mod params;
 pub mod slots;
 pub mod sync;
@@ -18,5 +19,6 @@ pub use decide::{
     decide, is_healthiest, manual_failover_from_leader, ActionKind, DataState, Decision,
     ManualFailover, Observation, PgView,
 };
+pub use localtime::{local_now, local_zone};
 pub use params::{effective_parameters, effective_pg_hba};
 pub use sync::SyncParams;

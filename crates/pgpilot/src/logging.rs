@@ -51,7 +51,7 @@ fn level_number(level: &Level) -> u8 {
 
 /// Python's default `asctime`: `2026-11-24 14:16:47,123`, local time.
 fn timestamp() -> String {
-    jiff::ZonedDateTime::now()
+    pgpilot_ha::local_now()
         .strftime("%Y-%m-%d %H:%M:%S,%3f")
         .to_string()
 }
@@ -425,7 +425,7 @@ impl PatroniFormat {
         let mut fields = Fields::default();
         event.record(&mut fields);
         let meta = event.metadata();
-        let now = jiff::ZonedDateTime::now();
+        let now = pgpilot_ha::local_now();
         let asctime = match &cfg.dateformat {
             Some(f) => now.strftime(f.as_str()).to_string(),
             None => timestamp(),

@@ -200,7 +200,7 @@ pub(super) fn epoch_secs() -> u64 {
 }
 
 pub(super) fn now_iso() -> String {
-    jiff::ZonedDateTime::now()
+    crate::local_now()
         .strftime("%Y-%m-%dT%H:%M:%S%.6f%:z")
         .to_string()
 }
