@@ -611,8 +611,10 @@ impl World {
         c
     }
 
-    /// Guards whose deadline passed stop their member's PostgreSQL (an immediate shutdown; a
-    /// frozen postmaster too: the SIGKILL that follows reaches a stopped process).
+    /// Guards whose deadline passed stop their member's PostgreSQL at once, a frozen postmaster
+    /// too (the SIGKILL that follows reaches a stopped process). The real guard starts a fast
+    /// shutdown a second earlier, which only ends writability sooner: stopping at the deadline
+    /// is the later, harder case for the invariants.
     fn fence(&mut self) {
         let now = self.now();
         for i in 0..self.members.len() {
