@@ -159,14 +159,21 @@ async fn kill9(cluster: &Cluster, leader: usize, cfg: &Config) -> anyhow::Result
     result
 }
 
-/// `pg_ctl stop -m immediate` on the leader's data directory, as this (unprivileged) process.
+/// `pg_ctl stop -m immediate` on the leader's data directory, as this (unprivileged) process,
+/// then a wait until that postmaster is gone. pg_ctl's own wait (`-w`) watches
+/// `postmaster.pid`, which the agent may have written again for a new postmaster before pg_ctl
+/// looked (it restarts a crashed primary within a tenth of a second): pg_ctl then reports
+/// "server does not shut down" for a server that did.
 fn pg_stop_immediate(cluster: &Cluster, leader: usize) -> anyhow::Result<()> {
     let m = cluster.member(leader);
+    let pid = cluster
+        .postmaster_pid(leader)
+        .context("the leader has no postmaster to stop")?;
     let mut cmd = Command::new(std::path::Path::new(PG_BIN_DIR).join("pg_ctl"));
     cmd.arg("stop")
         .arg("-D")
         .arg(&m.data_dir)
-        .args(["-m", "immediate", "-w", "-t", "30"]);
+        .args(["-m", "immediate", "-W"]);
     harness::clean_env(&mut cmd, &m.dir);
     let out = tokio::task::block_in_place(|| cmd.stdin(Stdio::null()).output())
         .context("run pg_ctl stop -m immediate")?;
@@ -176,6 +183,14 @@ fn pg_stop_immediate(cluster: &Cluster, leader: usize) -> anyhow::Result<()> {
         out.status,
         String::from_utf8_lossy(&out.stderr).trim()
     );
+    let asked = Instant::now();
+    while harness::pid_alive(pid) {
+        ensure!(
+            asked.elapsed() < Duration::from_secs(30),
+            "postmaster {pid} still runs 30 s after pg_ctl stop -m immediate"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     Ok(())
 }
 
