@@ -918,7 +918,8 @@ impl Postgres {
     /// archiver never sends it, and a standby cluster restoring from the archive would miss
     /// it. `archive_command` runs for the file of the latest checkpoint's REDO (of a stopped
     /// server: the shutdown checkpoint), in the data directory, with `%p`, `%f`, `%r`
-    /// replaced as Patroni does. Returns the file's name.
+    /// replaced as Patroni does (`%p` relative, as PostgreSQL's archiver gives it). Returns the
+    /// file's name.
     pub async fn archive_shutdown_checkpoint(&self, archive_command: &str) -> Result<String> {
         let control = self.controldata().await?;
         let file = control
@@ -930,8 +931,10 @@ impl Postgres {
                 command: "pg_controldata".into(),
                 detail: "Cannot extract latest checkpoint's WAL file name".into(),
             })?;
-        let path = self.data().join("pg_wal").join(&file);
-        let line = archiver_command(archive_command, &path.display().to_string(), &file);
+        // Relative to the data directory the command runs in, as PostgreSQL's archiver passes
+        // `%p` (and right for a relative `data_dir` too).
+        let path = format!("pg_wal/{file}");
+        let line = archiver_command(archive_command, &path, &file);
         info!("archiving {file}, the WAL file of the shutdown checkpoint: {line}");
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(&line).current_dir(self.data());
