@@ -930,19 +930,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// Applies planned slot changes, logging each outcome with Patroni's sentences.
     async fn apply_slot_changes(&mut self, plan: &SlotPlan) {
         for change in &plan.changes {
-            // Patroni drops nothing while paused (a lost slot is then not created again
-            // either: it still exists).
-            if self.dynamic.pause {
-                match change {
-                    SlotChange::Drop(_) => continue,
-                    SlotChange::CreatePhysical(name) | SlotChange::CreateLogical { name, .. }
-                        if plan.lost.contains(name) =>
-                    {
-                        continue
-                    }
-                    _ => {}
-                }
-            }
             if let SlotChange::Drop(name) = change {
                 if plan.lost.contains(name) {
                     info!("Trying to drop replication slot '{name}' with wal_status=lost");
@@ -1001,10 +988,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
 
     /// Logs the plan's sentences and applies its changes.
     async fn carry_out(&mut self, cluster: &Cluster, plan: &mut SlotPlan) {
-        // As Patroni: without `/config` in the DCS the permanent slots are not known, so
-        // nothing is dropped.
-        if cluster.config.is_none() {
-            // A lost slot kept is not created again either.
+        // As Patroni: nothing is dropped while paused, nor without `/config` in the DCS (the
+        // permanent slots are not known). A lost slot kept is not created again either.
+        if self.dynamic.pause || cluster.config.is_none() {
             let lost = std::mem::take(&mut plan.lost);
             plan.changes.retain(|c| match c {
                 SlotChange::Drop(_) => false,

@@ -60,28 +60,18 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
     /// sent (Patroni's `_sync_replication_slots(dcs_failed=True)` with failsafe mode on): the
     /// last DCS view, with the leader of the request in it and its slot positions.
     pub(super) async fn failsafe_replica_slots(&mut self, obs: &Observation) {
-        if obs.cluster.is_some() {
+        if obs.cluster.is_some() || self.known_failsafe_leader().is_none() {
             return;
         }
-        let Some(leader) = self.known_failsafe_leader() else {
-            return;
-        };
         let Some(mut view) = self.last_cluster.as_deref().cloned() else {
             return;
         };
-        // The request stands for the key; `inject_leader` only fills an unlocked view.
+        // The request stands for the key; `with_failsafe_leader` fills an unlocked view only.
         view.leader = None;
-        let known = KnownLeader {
-            name: &leader.name,
-            conn_url: &leader.conn_url,
-            api_url: &leader.api_url,
-            slots: leader.slots.as_ref(),
-        };
-        inject_leader(&mut view, &known, &self.cfg.name);
-        if view.leader.is_none() {
-            return;
+        let view = self.with_failsafe_leader(view);
+        if view.leader.is_some() {
+            self.sync_replica_slots_in(&view, &obs.pg).await;
         }
-        self.sync_replica_slots_in(&view, &obs.pg).await;
     }
 
     /// The `slots` of our `POST /failsafe`: the positions of the slots the last `/status` we
