@@ -391,4 +391,49 @@ async fn a_slot_whose_wal_is_lost_is_created_again() {
             },
         )
         .await;
+
+    // Maintenance mode drops nothing (Patroni's rule): a slot nothing lists stays while
+    // paused, and goes once the cluster is resumed.
+    let (code, text) = cluster
+        .patch_config(leader, json!({"pause": true}))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{text}");
+    cluster
+        .wait(
+            Duration::from_secs(30),
+            "the agent to see the pause",
+            async || {
+                let st = cluster.patroni(leader).await?;
+                anyhow::ensure!(st["pause"] == json!(true), "{st}");
+                Ok(())
+            },
+        )
+        .await;
+    client
+        .batch_execute("SELECT pg_create_physical_replication_slot('user_paused')")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let have = slots(&cluster, leader).await.unwrap();
+    assert!(
+        have.contains_key("user_paused"),
+        "dropped while paused: {have:?}"
+    );
+    let (code, text) = cluster
+        .patch_config(leader, json!({"pause": null}))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{text}");
+    cluster
+        .wait(
+            Duration::from_secs(30),
+            "user_paused dropped once resumed",
+            async || {
+                let have = slots(&cluster, leader).await?;
+                anyhow::ensure!(!have.contains_key("user_paused"), "{have:?}");
+                Ok(())
+            },
+        )
+        .await;
 }
