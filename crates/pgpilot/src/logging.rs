@@ -27,7 +27,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{reload, EnvFilter, Registry};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::{reload, Registry};
 
 /// Python's level names.
 fn level_name(level: &Level) -> &'static str {
@@ -71,7 +72,7 @@ impl Shared {
 
 /// The level filter's reload handle and the shared state, once logging is set up.
 struct Installed {
-    filter: reload::Handle<EnvFilter, Registry>,
+    filter: reload::Handle<Targets, Registry>,
     shared: Arc<Shared>,
 }
 
@@ -466,31 +467,36 @@ where
 
 /// tokio-postgres logs every statement it sends at debug level, the `ALTER ROLE ... PASSWORD`
 /// of bootstrap included: its debug output stays off unless `RUST_LOG` names it explicitly.
-const QUIET_SQL: &str = "tokio_postgres=info";
+const QUIET_SQL: &str = "tokio_postgres";
 
-/// Maps Patroni's `log.level` to a filter; `RUST_LOG` overrides it.
-fn filter(level: &str) -> EnvFilter {
+/// Maps Patroni's `log.level` to a filter; `RUST_LOG` overrides it. `RUST_LOG` takes
+/// `target=level` directives and a bare default level, comma-separated (tracing's `Targets`
+/// syntax: span and field filters are not supported, as they would need a regex engine the
+/// agent does not otherwise carry); a value that does not parse is named in a warning and
+/// `log.level` applies.
+fn filter(level: &str) -> Targets {
     let lvl = match level.to_ascii_uppercase().as_str() {
-        "DEBUG" => "debug",
-        "WARN" | "WARNING" => "warn",
-        "ERROR" | "CRITICAL" | "FATAL" => "error",
-        _ => "info",
+        "DEBUG" => LevelFilter::DEBUG,
+        "WARN" | "WARNING" => LevelFilter::WARN,
+        "ERROR" | "CRITICAL" | "FATAL" => LevelFilter::ERROR,
+        _ => LevelFilter::INFO,
     };
     let from_env = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty());
-    let names_sql = from_env
-        .as_deref()
-        .is_some_and(|v| v.contains("tokio_postgres"));
-    let filter = from_env
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new(lvl));
+    let names_sql = from_env.as_deref().is_some_and(|v| v.contains(QUIET_SQL));
+    let filter = match from_env.map(|v| (v.parse::<Targets>(), v)) {
+        Some((Ok(targets), _)) => targets,
+        Some((Err(e), v)) => {
+            eprintln!("RUST_LOG={v:?} is not understood ({e}); log.level applies");
+            Targets::new().with_default(lvl)
+        }
+        None => Targets::new().with_default(lvl),
+    };
     if names_sql {
-        return filter;
-    }
-    match QUIET_SQL.parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
+        filter
+    } else {
+        filter.with_target(QUIET_SQL, LevelFilter::INFO)
     }
 }
 
@@ -499,7 +505,7 @@ fn build(
     cfg: &LogConfig,
 ) -> io::Result<(
     impl Subscriber + Send + Sync + 'static,
-    reload::Handle<EnvFilter, Registry>,
+    reload::Handle<Targets, Registry>,
     Arc<Shared>,
 )> {
     let shared = Arc::new(Shared {
@@ -533,7 +539,7 @@ pub fn reconfigure(cfg: &LogConfig) {
     apply(&installed.filter, &installed.shared, cfg);
 }
 
-fn apply(filter_handle: &reload::Handle<EnvFilter, Registry>, shared: &Shared, cfg: &LogConfig) {
+fn apply(filter_handle: &reload::Handle<Targets, Registry>, shared: &Shared, cfg: &LogConfig) {
     if shared.cfg().level != cfg.level {
         if let Err(e) = filter_handle.reload(filter(&cfg.level)) {
             tracing::error!("can not change the log level: {e}");
@@ -594,7 +600,7 @@ mod tests {
     /// handles for reconfiguration.
     fn with_logging(
         cfg: &LogConfig,
-        f: impl FnOnce(&reload::Handle<EnvFilter, Registry>, &Shared),
+        f: impl FnOnce(&reload::Handle<Targets, Registry>, &Shared),
     ) {
         let (subscriber, handle, shared) = build(cfg).unwrap();
         tracing::subscriber::with_default(subscriber, || f(&handle, &shared));

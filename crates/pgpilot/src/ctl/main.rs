@@ -31,10 +31,11 @@ fn init_logging() {
             };
         }
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let level: tracing_subscriber::filter::LevelFilter = level
+        .parse()
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
