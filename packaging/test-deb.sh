@@ -82,6 +82,13 @@ upstream=${version%-*}
 out=$("$root/usr/bin/pgpilot" --version)
 [ "$out" = "pgpilot $upstream" ] || fail "pgpilot --version printed '$out', expected 'pgpilot $upstream'"
 ok "extracted pgpilot --version: $out"
+# A binary that needs glibc's DT_RELR support must not install where the loader lacks it:
+# dpkg-shlibdeps does not derive that version from the symbols.
+if readelf -V "$root/usr/bin/pgpilot" 2>/dev/null | grep -q GLIBC_ABI_DT_RELR; then
+    dpkg-deb -f "$deb" Depends | grep -q 'libc6 (>= 2.3[6-9])' ||
+        fail "pgpilot needs GLIBC_ABI_DT_RELR (glibc 2.36) but Depends says: $(dpkg-deb -f "$deb" Depends)"
+    ok "Depends asks for the glibc the packed relocations need: $(dpkg-deb -f "$deb" Depends)"
+fi
 out=$("$root/usr/bin/pgpilotctl" --help)
 for cmd in list switchover failover edit-config topology; do
     grep -qw -- "$cmd" <<<"$out" || fail "pgpilotctl --help does not list $cmd"
