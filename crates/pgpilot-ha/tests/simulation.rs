@@ -463,3 +463,72 @@ fn liveness_l3_quorum_switchover_without_voters_deadlocks_the_race() {
     let o = run_seed(109, Bug::None, false, WatchdogSim::Off);
     assert_eq!(o.stats.no_leader_at_end, 0, "{:?}", o.stats.no_leader_why);
 }
+
+/// `PGPILOT_SIM_REAL_SEEDS=N` seeds (default 100, about 40 s in a debug build on the shared
+/// 2-core machine) of real `pgpilot_ha::Agent`s (`sim::real`);
+/// `PGPILOT_SIM_REAL_SEED=S` replays one seed and prints its whole trace.
+#[test]
+fn real_agent_keeps_the_safety_invariants() {
+    if let Some(seed) = env_u64("PGPILOT_SIM_REAL_SEED") {
+        let o = sim::real::run_real_seed(seed, true);
+        for line in &o.trace {
+            println!("{line}");
+        }
+        assert!(o.violation.is_none(), "seed {seed}: {:?}", o.violation);
+        return;
+    }
+    let n = env_u64("PGPILOT_SIM_REAL_SEEDS").unwrap_or(100);
+    let started = Instant::now();
+    let mut total = Stats::default();
+    for seed in 1..=n {
+        let o = sim::real::run_real_seed(seed, false);
+        total.add(&o.stats);
+        if let Some(v) = o.violation {
+            let o = sim::real::run_real_seed(seed, true);
+            let tail = o.trace.len().saturating_sub(150);
+            for line in &o.trace[tail..] {
+                println!("{line}");
+            }
+            panic!("seed {seed}: {v} (replay: PGPILOT_SIM_REAL_SEED={seed})");
+        }
+    }
+    println!(
+        "real agents: {} seeds in {:.1}s: {} steps, {} commits ({} acknowledged), {} promotions, {} switchovers requested, {} guard fences",
+        total.seeds,
+        started.elapsed().as_secs_f64(),
+        total.steps,
+        total.commits,
+        total.acked,
+        total.promotions,
+        total.switchovers_requested,
+        total.fences,
+    );
+    println!("  faults: {}", sim::real::faults_line(&total.faults));
+    println!(
+        "  violations: 0; acknowledged commits lost: {} in asynchronous mode, known bugs {:?} (seeds {:?})",
+        total.async_lost, total.known_lost, total.known_seeds
+    );
+    println!(
+        "  no leader at the end: {} {:?}; agent exits: {:?}",
+        total.no_leader_at_end, total.no_leader_why, total.fatal
+    );
+    println!("  modes: {:?}", total.by_mode);
+}
+
+/// The same seed gives the same trace twice.
+#[test]
+fn real_agent_run_is_deterministic() {
+    let seed = env_u64("PGPILOT_SIM_REAL_DETERMINISM_SEED").unwrap_or(7);
+    let a = sim::real::run_real_seed(seed, true);
+    let b = sim::real::run_real_seed(seed, true);
+    assert!(a.trace.len() > 100, "a trace of {} lines", a.trace.len());
+    if let Some(k) =
+        (0..a.trace.len().max(b.trace.len())).find(|&k| a.trace.get(k) != b.trace.get(k))
+    {
+        panic!(
+            "seed {seed} ran differently twice, from line {k}:\n{:?}\n--- vs ---\n{:?}",
+            &a.trace[k.saturating_sub(3)..(k + 3).min(a.trace.len())],
+            &b.trace[k.saturating_sub(3)..(k + 3).min(b.trace.len())]
+        );
+    }
+}

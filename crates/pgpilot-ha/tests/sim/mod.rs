@@ -73,6 +73,8 @@ pub mod agent;
 pub mod counting;
 pub mod fleet;
 pub mod pg;
+pub mod real;
+pub mod seams;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -435,6 +437,9 @@ pub struct World {
     /// `None`: the seeded scheduler may inject a fault or request every step (the safety
     /// run); `Some`: faults at the plan's rate only (a fleet run).
     pub fault_plan: Option<FaultPlan>,
+    /// The members are real agents ([`real`]), none of them a mirror `Agent`: an acknowledged
+    /// commit counts as synchronous when `/config` says so (no run of theirs edits it).
+    pub real_agents: bool,
 }
 
 impl World {
@@ -514,6 +519,7 @@ impl World {
             ops,
             writes: true,
             fault_plan: None,
+            real_agents: false,
         }
     }
 
@@ -903,10 +909,11 @@ impl World {
             let waiting = pg.waiting.clone();
             let mut still = Vec::new();
             let sync_mode = self.cfg.active()
-                && self.members[p]
-                    .agent
-                    .as_ref()
-                    .is_some_and(|a| a.sync_params().active());
+                && (self.real_agents
+                    || self.members[p]
+                        .agent
+                        .as_ref()
+                        .is_some_and(|a| a.sync_params().active()));
             let epoch = self.mode_epoch;
             let k2 = ssn.is_empty() && self.quorum_voters_listed(p);
             for idx in waiting {
@@ -1139,31 +1146,34 @@ impl World {
                 let _ = ready(self.checker.set_config(&doc, None));
                 self.invalidate();
             }
-            42..=51 if self.dcs_down_until.is_none() => {
-                let c = self.checker_cluster();
-                let Some(leader) = c.leader_name().map(str::to_string) else {
-                    return;
-                };
-                let candidate = if self.rng.chance(50) {
-                    let k = self.rng.below(n) as usize;
-                    Some(self.members[k].name.clone()).filter(|c| *c != leader)
-                } else {
-                    None
-                };
-                trace!(
-                    self,
-                    "event: switchover requested from {leader} to {candidate:?}"
-                );
-                self.stats.switchovers_requested += 1;
-                let mut doc = serde_json::json!({"leader": leader});
-                if let Some(c) = candidate {
-                    doc["member"] = serde_json::Value::from(c);
-                }
-                let _ = ready(self.checker.set_failover(&doc.to_string(), None));
-                self.invalidate();
-            }
+            42..=51 if self.dcs_down_until.is_none() => self.request_switchover(),
             _ => {}
         }
+    }
+
+    /// `patronictl switchover` from the current leader, to a random member half of the time.
+    fn request_switchover(&mut self) {
+        let c = self.checker_cluster();
+        let Some(leader) = c.leader_name().map(str::to_string) else {
+            return;
+        };
+        let candidate = if self.rng.chance(50) {
+            let k = self.rng.below(self.members.len() as u64) as usize;
+            Some(self.members[k].name.clone()).filter(|c| *c != leader)
+        } else {
+            None
+        };
+        trace!(
+            self,
+            "event: switchover requested from {leader} to {candidate:?}"
+        );
+        self.stats.switchovers_requested += 1;
+        let mut doc = serde_json::json!({"leader": leader});
+        if let Some(c) = candidate {
+            doc["member"] = serde_json::Value::from(c);
+        }
+        let _ = ready(self.checker.set_failover(&doc.to_string(), None));
+        self.invalidate();
     }
 
     fn call_cluster(&self, i: usize) -> Option<Cluster> {
@@ -1419,6 +1429,12 @@ impl World {
         while self.now() < end && self.violation.is_none() {
             self.step(false).await;
         }
+        self.check_end();
+    }
+
+    /// After the quiet period: every acknowledged commit still tracked must be on the writable
+    /// leader (a run without one is counted).
+    fn check_end(&mut self) {
         let c = self.checker_cluster();
         let primary = c
             .leader_name()
