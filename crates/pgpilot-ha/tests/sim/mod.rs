@@ -861,7 +861,16 @@ impl World {
                 .initialize
                 .as_deref()
                 .is_some_and(pgpilot_ha::decide::valid_sysid);
-            if !holds && bootstrapped {
+            // The real agent's bootstrap publishes `/initialize`, `/config` and the key in three
+            // requests, each taking time (`real`, where every initdb draws its own system
+            // identifier): between the first and the last its primary runs without the key, and
+            // is still the only data directory of its cluster.
+            let sysid = m.pg.data.as_ref().map(|d| d.sysid.as_str());
+            let alone = self.real_agents
+                && (0..self.members.len()).all(|j| {
+                    j == i || self.members[j].pg.data.as_ref().map(|d| d.sysid.as_str()) != sysid
+                });
+            if !holds && bootstrapped && !alone {
                 let msg = format!(
                     "invariant 3: {} runs a writable primary without the leader key (held by {:?}) and last renewed {:?} ago",
                     m.name,

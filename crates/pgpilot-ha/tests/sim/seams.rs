@@ -215,7 +215,8 @@ impl PgControl for SimPg {
         self.work(Duration::from_millis(1500)).await;
         let mut s = lock(&self.net);
         let id = s.w.next_id();
-        let sysid = s.w.cfg.sysid.clone();
+        // Every initdb its own system identifier, as in a real cluster.
+        let sysid = (7_000_000_000_000_000_000u64 + id).to_string();
         let pg = &mut s.w.members[self.i].pg;
         if pg.data.is_some() {
             return Err(err("initdb: data directory not empty"));
@@ -653,16 +654,28 @@ impl NetDcs {
         lock(&self.net).w.members[self.i].partitioned
     }
 
-    async fn call<T, F: Future<Output = pgpilot_dcs::Result<T>>>(
+    async fn call<T: std::fmt::Debug, F: Future<Output = pgpilot_dcs::Result<T>>>(
         &self,
-        read: bool,
+        what: &str,
         f: impl FnOnce() -> F,
     ) -> pgpilot_dcs::Result<T> {
+        let read = what.starts_with("cluster");
+        if !read {
+            // A write is a round trip to etcd (a read is served from the watch cache): the
+            // store may go away, or the member be isolated, while it is on its way.
+            let d = millis(&self.net, 2, 40);
+            tokio::time::sleep(d).await;
+        }
         let r = if self.isolated() {
             Err(DcsError::Unavailable("isolated".into()))
         } else {
             f().await
         };
+        if !read && what != "touch_member" {
+            let mut s = lock(&self.net);
+            let name = s.w.members[self.i].name.clone();
+            trace!(s.w, "  {name}: dcs {what}: {r:?}");
+        }
         if r.is_err() {
             tokio::time::sleep(if read {
                 self.retry_timeout
@@ -680,61 +693,74 @@ impl Dcs for NetDcs {
         self.inner.member_name()
     }
     async fn cluster(&self) -> pgpilot_dcs::Result<Cluster> {
-        self.call(true, || self.inner.cluster()).await
+        self.call("cluster", || self.inner.cluster()).await
     }
     async fn cluster_fresh(&self) -> pgpilot_dcs::Result<Cluster> {
-        self.call(true, || self.inner.cluster_fresh()).await
-    }
-    async fn touch_member(&self, data: &MemberData) -> pgpilot_dcs::Result<()> {
-        self.call(false, || self.inner.touch_member(data)).await
-    }
-    async fn attempt_to_acquire_leader(&self) -> pgpilot_dcs::Result<bool> {
-        self.call(false, || self.inner.attempt_to_acquire_leader())
+        self.call("cluster_fresh", || self.inner.cluster_fresh())
             .await
     }
+    async fn touch_member(&self, data: &MemberData) -> pgpilot_dcs::Result<()> {
+        self.call("touch_member", || self.inner.touch_member(data))
+            .await
+    }
+    async fn attempt_to_acquire_leader(&self) -> pgpilot_dcs::Result<bool> {
+        self.call("attempt_to_acquire_leader", || {
+            self.inner.attempt_to_acquire_leader()
+        })
+        .await
+    }
     async fn update_leader(&self, leader: Option<&Leader>) -> pgpilot_dcs::Result<bool> {
-        self.call(false, || self.inner.update_leader(leader)).await
+        self.call("update_leader", || self.inner.update_leader(leader))
+            .await
     }
     async fn keep_leader_lease(&self) -> pgpilot_dcs::Result<bool> {
-        self.call(false, || self.inner.keep_leader_lease()).await
+        self.call("keep_leader_lease", || self.inner.keep_leader_lease())
+            .await
     }
     async fn take_leader(&self) -> pgpilot_dcs::Result<()> {
-        self.call(false, || self.inner.take_leader()).await
+        self.call("take_leader", || self.inner.take_leader()).await
     }
     async fn delete_leader(&self) -> pgpilot_dcs::Result<bool> {
-        self.call(false, || self.inner.delete_leader()).await
+        self.call("delete_leader", || self.inner.delete_leader())
+            .await
     }
     async fn initialize(&self, create_new: bool, sysid: &str) -> pgpilot_dcs::Result<bool> {
-        self.call(false, || self.inner.initialize(create_new, sysid))
+        self.call("initialize", || self.inner.initialize(create_new, sysid))
             .await
     }
     async fn cancel_initialization(&self) -> pgpilot_dcs::Result<()> {
-        self.call(false, || self.inner.cancel_initialization())
-            .await
+        self.call("cancel_initialization", || {
+            self.inner.cancel_initialization()
+        })
+        .await
     }
     async fn set_config(&self, value: &str, version: Option<i64>) -> pgpilot_dcs::Result<bool> {
-        self.call(false, || self.inner.set_config(value, version))
+        self.call("set_config", || self.inner.set_config(value, version))
             .await
     }
     async fn set_failover(&self, value: &str, version: Option<i64>) -> pgpilot_dcs::Result<bool> {
-        self.call(false, || self.inner.set_failover(value, version))
+        self.call("set_failover", || self.inner.set_failover(value, version))
             .await
     }
     async fn set_sync(&self, value: &str, version: Option<i64>) -> pgpilot_dcs::Result<bool> {
-        self.call(false, || self.inner.set_sync(value, version))
+        self.call("set_sync", || self.inner.set_sync(value, version))
             .await
     }
     async fn delete_sync(&self, version: Option<i64>) -> pgpilot_dcs::Result<bool> {
-        self.call(false, || self.inner.delete_sync(version)).await
+        self.call("delete_sync", || self.inner.delete_sync(version))
+            .await
     }
     async fn set_history(&self, value: &str) -> pgpilot_dcs::Result<()> {
-        self.call(false, || self.inner.set_history(value)).await
+        self.call("set_history", || self.inner.set_history(value))
+            .await
     }
     async fn set_failsafe(&self, value: &str) -> pgpilot_dcs::Result<()> {
-        self.call(false, || self.inner.set_failsafe(value)).await
+        self.call("set_failsafe", || self.inner.set_failsafe(value))
+            .await
     }
     async fn write_status(&self, status: &Status) -> pgpilot_dcs::Result<()> {
-        self.call(false, || self.inner.write_status(status)).await
+        self.call("write_status", || self.inner.write_status(status))
+            .await
     }
     fn set_ttl(&self, ttl: Duration) {
         self.inner.set_ttl(ttl);
@@ -752,10 +778,11 @@ impl Dcs for NetDcs {
         self.inner.watch(timeout, leader_is_me).await
     }
     async fn delete_cluster(&self) -> pgpilot_dcs::Result<()> {
-        self.call(false, || self.inner.delete_cluster()).await
+        self.call("delete_cluster", || self.inner.delete_cluster())
+            .await
     }
     async fn close(&self) -> pgpilot_dcs::Result<()> {
-        self.call(false, || self.inner.close()).await
+        self.call("close", || self.inner.close()).await
     }
 }
 
