@@ -466,11 +466,12 @@ fn liveness_l3_quorum_switchover_without_voters_deadlocks_the_race() {
 
 /// `PGPILOT_SIM_REAL_SEEDS=N` seeds (default 100, about 40 s in a debug build on the shared
 /// 2-core machine) of real `pgpilot_ha::Agent`s (`sim::real`);
-/// `PGPILOT_SIM_REAL_SEED=S` replays one seed and prints its whole trace.
+/// `PGPILOT_SIM_REAL_SEED=S` replays one seed and prints its whole trace; `PGPILOT_SIM_WATCHDOG`
+/// as for the mirror (the watchdog on by default).
 #[test]
 fn real_agent_keeps_the_safety_invariants() {
     if let Some(seed) = env_u64("PGPILOT_SIM_REAL_SEED") {
-        let o = sim::real::run_real_seed(seed, true);
+        let o = sim::real::run_real_seed(seed, true, env_watchdog());
         for line in &o.trace {
             println!("{line}");
         }
@@ -484,7 +485,7 @@ fn real_agent_keeps_the_safety_invariants() {
         let o = real_seed_in_time(seed);
         total.add(&o.stats);
         if let Some(v) = o.violation {
-            let o = sim::real::run_real_seed(seed, true);
+            let o = sim::real::run_real_seed(seed, true, env_watchdog());
             let tail = o.trace.len().saturating_sub(150);
             for line in &o.trace[tail..] {
                 println!("{line}");
@@ -493,7 +494,7 @@ fn real_agent_keeps_the_safety_invariants() {
         }
     }
     println!(
-        "real agents: {} seeds in {:.1}s: {} steps, {} commits ({} acknowledged), {} promotions, {} switchovers requested, {} guard fences",
+        "real agents: {} seeds in {:.1}s: {} steps, {} commits ({} acknowledged), {} promotions, {} switchovers requested, {} guard fences, {} watchdog resets",
         total.seeds,
         started.elapsed().as_secs_f64(),
         total.steps,
@@ -502,6 +503,7 @@ fn real_agent_keeps_the_safety_invariants() {
         total.promotions,
         total.switchovers_requested,
         total.fences,
+        total.watchdog_resets,
     );
     println!("  faults: {}", sim::real::faults_line(&total.faults));
     println!(
@@ -520,7 +522,7 @@ fn real_agent_keeps_the_safety_invariants() {
 fn real_seed_in_time(seed: u64) -> sim::real::Outcome {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(sim::real::run_real_seed(seed, false));
+        let _ = tx.send(sim::real::run_real_seed(seed, false, env_watchdog()));
     });
     match rx.recv_timeout(std::time::Duration::from_secs(120)) {
         Ok(o) => o,
@@ -534,8 +536,8 @@ fn real_seed_in_time(seed: u64) -> sim::real::Outcome {
 #[test]
 fn real_agent_run_is_deterministic() {
     let seed = env_u64("PGPILOT_SIM_REAL_DETERMINISM_SEED").unwrap_or(7);
-    let a = sim::real::run_real_seed(seed, true);
-    let b = sim::real::run_real_seed(seed, true);
+    let a = sim::real::run_real_seed(seed, true, env_watchdog());
+    let b = sim::real::run_real_seed(seed, true, env_watchdog());
     assert!(a.trace.len() > 100, "a trace of {} lines", a.trace.len());
     if let Some(k) =
         (0..a.trace.len().max(b.trace.len())).find(|&k| a.trace.get(k) != b.trace.get(k))

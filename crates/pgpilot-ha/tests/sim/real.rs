@@ -57,21 +57,29 @@ use tokio_util::sync::CancellationToken;
 
 use super::agent::trace;
 use super::pg::Proc;
-use super::seams::{lock, Freezable, Net, NetDcs, Node, Shared, SimGuard, SimPeers, SimPg};
+use super::seams::{
+    lock, Freezable, Net, NetDcs, Node, Shared, SimGuard, SimPeers, SimPg, SimWatchdogs,
+};
 use super::{paused_runtime, Bug, Rng, Stats, WatchdogSim, World};
 
 /// The longest the world goes without replicating, acknowledging and checking.
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// The local configuration of member `name` (the bootstrap section carries `/config`).
-fn member_config(name: &str, dcs_doc: &str) -> Config {
+fn member_config(name: &str, dcs_doc: &str, watchdog: WatchdogSim) -> Config {
+    let watchdog = match watchdog {
+        WatchdogSim::Off => "{mode: 'off'}".to_string(),
+        WatchdogSim::On { safety_margin } => {
+            format!("{{mode: automatic, safety_margin: {safety_margin}}}")
+        }
+    };
     let doc = format!(
         "name: {name}\nscope: sim\netcd3: {{host: '127.0.0.1:2379'}}\n\
          restapi: {{listen: '127.0.0.1:8008', connect_address: '{name}:8008'}}\n\
          postgresql: {{listen: '127.0.0.1:5432', connect_address: '{name}:5432', \
          data_dir: /nonexistent/pgpilot-sim/{name}, \
          authentication: {{superuser: {{username: p}}, replication: {{username: r}}}}}}\n\
-         watchdog: {{mode: 'off'}}\nbootstrap: {{dcs: {dcs_doc}}}\n"
+         watchdog: {watchdog}\nbootstrap: {{dcs: {dcs_doc}}}\n"
     );
     let env = vec![("PATRONI_CONFIGURATION".to_string(), doc)];
     pgpilot_config::load(None, &env)
@@ -121,8 +129,9 @@ pub struct RealWorld {
 }
 
 impl RealWorld {
-    pub fn new(seed: u64, tracing: bool) -> RealWorld {
+    pub fn new(seed: u64, tracing: bool, watchdog: WatchdogSim) -> RealWorld {
         let mut w = World::new(seed, Bug::None, tracing);
+        w.cfg.watchdog = watchdog;
         w.real_agents = true;
         if w.cfg.config_changes {
             // Drawn for the mirror, not run here: the label of the mode says so no more.
@@ -133,7 +142,6 @@ impl RealWorld {
                 .by_mode
                 .insert(label.trim_end_matches(" +changes").to_string(), 1);
         }
-        w.cfg.watchdog = WatchdogSim::Off;
         let n = w.members.len();
         let now = Instant::now();
         let mut restart_at = Vec::new();
@@ -164,7 +172,7 @@ impl RealWorld {
         let (config, gen, dcs) = {
             let mut s = lock(&net);
             let name = s.w.members[i].name.clone();
-            let config = member_config(&name, &s.w.cfg.config_doc());
+            let config = member_config(&name, &s.w.cfg.config_doc(), s.w.cfg.watchdog);
             let node = &mut s.nodes[i];
             node.gen += 1;
             node.alive = true;
@@ -198,8 +206,14 @@ impl RealWorld {
             i,
             gen,
         }));
-        let mut agent =
-            Agent::new(config, Arc::new(dcs), Arc::new(pg), Arc::new(peers), tx).with_guard(guard);
+        let watchdogs = SimWatchdogs {
+            net: net.clone(),
+            i,
+            gen,
+        };
+        let mut agent = Agent::new(config, Arc::new(dcs), Arc::new(pg), Arc::new(peers), tx)
+            .with_watchdog(Arc::new(watchdogs))
+            .with_guard(guard);
         let net2 = net.clone();
         let fut = async move {
             if let Err(AgentError::Fatal(msg)) = agent.run(CancellationToken::new()).await {
@@ -243,6 +257,7 @@ impl RealWorld {
             t.extend(m.partition_until);
             t.extend(m.guard);
             t.extend(m.orphan_guard);
+            t.extend(m.watchdog);
         }
         t.extend(self.restart_at.iter().flatten());
         t.extend(self.frozen_until.iter().flatten());
@@ -254,10 +269,18 @@ impl RealWorld {
     fn end_faults(&mut self) {
         let now = Instant::now();
         let mut restart = Vec::new();
+        let mut reset = Vec::new();
         {
             let mut s = lock(&self.net);
             s.w.invalidate();
             s.w.fence();
+            s.w.watchdog_resets();
+            for i in 0..s.w.members.len() {
+                // Reset by its watchdog (`crash_member`): the agent process is gone too.
+                if let Some(back) = s.w.members[i].restart_at.take() {
+                    reset.push((i, back));
+                }
+            }
             if s.w.dcs_down_until.is_some_and(|t| t <= now) {
                 s.w.dcs_down_until = None;
                 s.w.store.set_available(true);
@@ -295,6 +318,10 @@ impl RealWorld {
                     restart.push(i);
                 }
             }
+        }
+        for (i, back) in reset {
+            self.kill(i);
+            self.restart_at[i] = Some(back);
         }
         for i in restart {
             self.kill(i);
@@ -444,7 +471,7 @@ impl RealWorld {
                 .map_or((0, 0), |d| (d.timeline(), d.wal.len()));
             let _ = write!(
                 line,
-                "\n  {}: agent={}{}{} pg={:?}{}{} tl={tl} wal={len} up={:?} ssn={}/{:?} guard={:?}",
+                "\n  {}: agent={}{}{} pg={:?}{}{} tl={tl} wal={len} up={:?} ssn={}/{:?} guard={:?} watchdog={:?}",
                 m.name,
                 if node.alive { "up" } else { "DOWN" },
                 if node.frozen { " FROZEN" } else { "" },
@@ -456,6 +483,7 @@ impl RealWorld {
                 pg.live_ssn.numsync,
                 pg.live_ssn.names,
                 m.guard.map(|t| t.saturating_duration_since(Instant::now())),
+                m.watchdog.map(|t| t.saturating_duration_since(Instant::now())),
             );
         }
         s.w.trace_line(line);
@@ -557,11 +585,11 @@ impl RealWorld {
 }
 
 /// One seed of the real agents.
-pub fn run_real_seed(seed: u64, tracing: bool) -> Outcome {
+pub fn run_real_seed(seed: u64, tracing: bool, watchdog: WatchdogSim) -> Outcome {
     let rt = paused_runtime();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let mut rw = RealWorld::new(seed, tracing);
+        let mut rw = RealWorld::new(seed, tracing, watchdog);
         rw.run().await;
         rw.shutdown();
         let mut s = lock(&rw.net);

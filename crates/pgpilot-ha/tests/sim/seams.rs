@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use pgpilot_config::WatchdogConfig;
 use pgpilot_dcs::{Cluster, Dcs, DcsError, Leader, MemberData, Status};
 use pgpilot_ha::guard::{GuardError, GuardLink, Message};
+use pgpilot_ha::watchdog::{WatchdogDevice, WatchdogError, WatchdogOpener};
 use pgpilot_postgres::{
     ControlData, CustomBootstrap, DataDirState, DesiredConfig, LogicalSlotState, Lsn, PgControl,
     PgError, PgSettings, PgState, ReplicaMethod, SlotChange, SlotInfo, StopMode, Upstream,
@@ -840,5 +842,84 @@ impl Future for Freezable {
             }
         }
         self.fut.as_mut().poll(cx)
+    }
+}
+
+/// Member `i`'s `/dev/watchdog`, as the agent of generation `gen` opens it: its deadline is the
+/// world's `Member::watchdog` (`World::watchdog_resets` resets the member at it). Opening starts
+/// the timer, setting the timeout and every keepalive restart it, the magic close stops it; a
+/// device left open by a process that is gone keeps counting.
+pub struct SimWatchdogs {
+    pub net: Net,
+    pub i: usize,
+    pub gen: u64,
+}
+
+struct SimDevice {
+    net: Net,
+    i: usize,
+    gen: u64,
+    timeout: i64,
+}
+
+impl SimDevice {
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        let mut s = lock(&self.net);
+        if s.nodes[self.i].gen == self.gen {
+            s.w.members[self.i].watchdog = deadline;
+        }
+    }
+
+    fn restart(&self) {
+        let t = Duration::from_secs(self.timeout.unsigned_abs());
+        self.set_deadline(Some(Instant::now() + t));
+    }
+}
+
+impl WatchdogDevice for SimDevice {
+    fn describe(&self) -> String {
+        "simulated watchdog".into()
+    }
+    fn can_set_timeout(&self) -> bool {
+        true
+    }
+    fn can_be_disabled(&self) -> bool {
+        true
+    }
+    fn set_timeout(&mut self, seconds: i64) -> Result<(), WatchdogError> {
+        self.timeout = seconds;
+        self.restart();
+        Ok(())
+    }
+    fn timeout(&mut self) -> Result<i64, WatchdogError> {
+        Ok(self.timeout)
+    }
+    fn keepalive(&mut self) -> Result<(), WatchdogError> {
+        self.restart();
+        Ok(())
+    }
+    fn close(self: Box<Self>) -> Result<(), WatchdogError> {
+        self.set_deadline(None);
+        Ok(())
+    }
+}
+
+impl WatchdogOpener for SimWatchdogs {
+    fn open(&self, _config: &WatchdogConfig) -> Result<Box<dyn WatchdogDevice>, WatchdogError> {
+        let dev = SimDevice {
+            net: self.net.clone(),
+            i: self.i,
+            gen: self.gen,
+            // The driver's default until the agent sets its own.
+            timeout: 60,
+        };
+        dev.restart();
+        Ok(Box::new(dev))
+    }
+    fn usable(&self, _config: &WatchdogConfig) -> bool {
+        true
+    }
+    fn describe(&self, _config: &WatchdogConfig) -> String {
+        "simulated watchdog".into()
     }
 }
