@@ -2,6 +2,10 @@
 //! `decide()` and `sync` policy over the real memory DCS, a simulated PostgreSQL per member,
 //! seeded faults on a virtual clock, and the safety invariants checked after every step.
 //!
+//! `real_agent_*` run the real `pgpilot_ha::Agent` instead of the mirror of its cycle
+//! (`sim::real`): `PGPILOT_SIM_REAL_SEEDS=N` seeds (default 100), `PGPILOT_SIM_REAL_SEED=S`
+//! replays one with its trace.
+//!
 //! `PGPILOT_SIM_SEEDS=N` runs N seeds (default 2000); `PGPILOT_SIM_SEED=S` replays one seed
 //! and prints its whole trace; `PGPILOT_SIM_VERBOSE=1` lists the seeds with agent exits, known
 //! bugs or no leader at the end. The members run Patroni's default watchdog (automatic,
@@ -548,4 +552,17 @@ fn real_agent_run_is_deterministic() {
             &b.trace[k.saturating_sub(3)..(k + 3).min(b.trace.len())]
         );
     }
+}
+
+/// The real agents' checker is not vacuous either: a simulated primary that acknowledges
+/// commits before its synchronous standbys have them is caught (invariant 2).
+#[test]
+fn real_agent_checker_catches_asynchronous_acknowledgements() {
+    let caught = (1..=100).find_map(|seed| {
+        let o = sim::real::run_real_seed_with(seed, Bug::AckAsync, false, WatchdogSim::DEFAULT);
+        o.violation.map(|v| (seed, v))
+    });
+    let (seed, v) = caught.expect("a broken primary must be caught");
+    eprintln!("caught: seed {seed}: {v}");
+    assert!(v.starts_with("invariant 2"), "seed {seed}: {v}");
 }

@@ -6,6 +6,11 @@
 //! calls and the etcd requests they would cost ([`counting`]); the fleet run ([`fleet`]) runs many
 //! clusters with faults at a set rate to turn those counts into rates per cluster.
 //!
+//! Beside that mirror of the agent's cycle, [`real`] runs the real `pgpilot_ha::Agent` over the
+//! same `World` (its PostgreSQL, commits, guard and watchdog models and invariants), through the
+//! seams of [`seams`] (`PgControl`, `Peers`, `GuardLink`, `WatchdogOpener`); its module docs say
+//! what it models. What follows describes the mirror.
+//!
 //! One step: the clock moves by a random amount (every agent cycle, background task end and fault
 //! end due on the way runs at its own time), a fault or request may be injected, replicas stream,
 //! clients commit on every writable primary, commits are acknowledged per the primary's
@@ -1260,13 +1265,11 @@ impl World {
         }
     }
 
-    fn summary(&mut self) {
-        if !self.tracing {
-            return;
-        }
+    /// The DCS as the trace shows it: leader, `/sync`, `/failover`, `/initialize`, outage.
+    fn dcs_state(&self) -> String {
         let c = self.checker_cluster();
-        let mut s = format!(
-            "  dcs: leader={:?} sync={:?} failover={:?} init={:?}{}",
+        format!(
+            "leader={:?} sync={:?} failover={:?} init={:?}{}",
             c.leader_name(),
             c.sync
                 .as_ref()
@@ -1280,7 +1283,14 @@ impl World {
             } else {
                 ""
             }
-        );
+        )
+    }
+
+    fn summary(&mut self) {
+        if !self.tracing {
+            return;
+        }
+        let mut s = format!("  dcs: {}", self.dcs_state());
         for m in &self.members {
             let pg = &m.pg;
             let (tl, len, last) = pg.data.as_ref().map_or((0, 0, None), |d| {

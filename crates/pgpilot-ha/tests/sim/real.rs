@@ -1,44 +1,53 @@
 //! The simulation of the real agent (issue 11 item 2): every member is a real
-//! `pgpilot_ha::Agent` (its `run`: cycles, lease keeper, background tasks, shutdown never),
-//! spawned on one paused current-thread runtime, over its own DCS client of one shared
-//! `MemoryStore` ([`super::counting`], behind [`seams::NetDcs`]), the simulated PostgreSQL of
-//! [`super::pg`] ([`seams::SimPg`]), the other members' REST APIs ([`seams::SimPeers`], each
-//! answering from the peer agent's published `NodeSnapshot`) and a guard ([`seams::SimGuard`])
-//! whose deadline is the [`World`]'s guard model. The world (members' PostgreSQL, client commits,
-//! replication, acknowledgements, the guard's fence, the invariants) is the mirror's [`World`],
-//! with no mirror agent in it.
+//! `pgpilot_ha::Agent` (its `run`: cycles, lease keeper, background tasks), spawned on one paused
+//! current-thread runtime, over its own DCS client of one shared `MemoryStore`
+//! ([`super::counting`], behind [`seams::NetDcs`]), the simulated PostgreSQL of [`super::pg`]
+//! ([`seams::SimPg`]), the other members' REST APIs ([`seams::SimPeers`], each answering from the
+//! peer agent's last published `NodeSnapshot`), a guard ([`seams::SimGuard`]) and a watchdog
+//! device ([`seams::SimWatchdogs`]) whose deadlines are the [`World`]'s guard and watchdog models.
+//! The world (members' PostgreSQL, client commits, replication, acknowledgements, the guard's
+//! fence, the watchdog's reset, the invariants) is the mirror's [`World`], with no mirror agent
+//! in it.
 //!
 //! One step: the clock moves by a random amount in ticks of at most [`TICK`] (agents run at
 //! their own times in between: cycles, DCS waits, PostgreSQL operations that take virtual time),
-//! and at every tick faults end when due, guards fence at their deadline, replicas stream,
-//! commits are acknowledged per the `synchronous_standby_names` in force and the invariants are
-//! checked; then a fault or request may be injected and clients commit on every writable
-//! primary. Invariants 1 (at most one writable primary) and 3 (a writable primary holds the
-//! leader key once the cluster is bootstrapped) are also checked after every change a simulated
-//! PostgreSQL makes (start, stop, promote), and invariant 2 (no acknowledged commit lost in
-//! synchronous modes) at every promotion and at the end of the run.
+//! and at every tick faults end when due, guards fence and watchdogs reset at their deadlines,
+//! replicas stream, commits are acknowledged per the `synchronous_standby_names` in force and
+//! the invariants are checked; then a fault or request may be injected and clients commit on
+//! every writable primary. Invariants 1 (at most one writable primary) and 3 (a writable primary
+//! holds the leader key once the cluster is bootstrapped) are also checked after every change a
+//! simulated PostgreSQL makes (start, stop, promote), and invariant 2 (no acknowledged commit
+//! lost in synchronous modes) at every promotion and at the end of the run, after 120 s without
+//! faults.
 //!
-//! Faults, from the seeded scheduler: crash of a whole member (agent, guard, PostgreSQL), crash
-//! of PostgreSQL alone, kill of the agent alone (PostgreSQL and an armed guard keep running),
-//! freeze of the agent (its task is not polled; PostgreSQL frozen too in 70 % of them), wherever
-//! it is waiting (mid-cycle included), DCS outage, isolation of one member (its DCS calls fail
-//! after `retry_timeout`, peers' REST calls to or from it time out, it streams to nobody),
-//! switchover requests with and without a candidate. A process that is gone never sees an answer
-//! to what it waited for (its background tasks hang with it).
+//! Faults, from the seeded scheduler (the mirror's mix): crash of a whole member (agent, guard,
+//! PostgreSQL, watchdog), crash of PostgreSQL alone, kill of the agent alone (PostgreSQL, an
+//! armed guard and an open watchdog keep running), freeze of the agent (its task is not polled;
+//! PostgreSQL frozen too in 70 % of them) wherever it is waiting, mid-cycle included, DCS
+//! outage, isolation of one member (its DCS calls fail, peers' REST calls to or from it time
+//! out, it streams to nobody), switchover requests with and without a candidate. A process that
+//! is gone never sees an answer to what it waited for (its background tasks hang with it). The
+//! watchdog is on (`automatic`, `safety_margin` 5) unless `PGPILOT_SIM_WATCHDOG` says otherwise.
 //!
-//! Timing: a failed DCS read costs `retry_timeout`, a failed write 1 s; initdb 1.5 s, start 0.3
-//! to 3.3 s, promote 0.2 to 1.5 s, stop 0.1 to 1 s (writes end when it begins), basebackup 2 to
-//! 10 s, pg_rewind 0.5 to 3.5 s; a query to a frozen PostgreSQL fails after 5 s.
+//! Timing: a DCS write takes 2 to 40 ms (reads come from the watch cache, at once), a failed
+//! read costs `retry_timeout`, a failed write 1 s; initdb 1.5 s, start 0.3 to 3.3 s, promote 0.2
+//! to 1.5 s, stop 0.1 to 1 s (writes end when it begins), basebackup 2 to 10 s, pg_rewind 0.5 to
+//! 3.5 s; a query to a frozen PostgreSQL fails after 5 s. Every initdb draws its own system
+//! identifier.
 //!
-//! Not modelled here (the mirror, [`super::agent`], covers some of it): the watchdog (no device;
-//! `watchdog.mode: off`), `/config` edits during the run, asymmetric partitions, graceful agent
-//! shutdown, failsafe, pause, tags, slots (the simulated server has none), REST commands, a
-//! stale `/patroni` beyond the last cycle's snapshot, DCS latency other than failures, the
-//! `standby.signal` file (the agent reads it from disk: there is none here, so a stopped server
-//! counts as a former primary from `pg_controldata` alone).
+//! Not modelled here (the mirror, [`super::agent`], covers some of it): `/config` edits during
+//! the run (the mirror's `config_changes` draw is dropped), asymmetric partitions, graceful agent
+//! shutdown, failsafe, pause, tags, slots (the simulated server has none), REST commands,
+//! custom bootstrap, what the agent does on the file system rather than through `PgControl`: it
+//! reads `standby.signal` from disk (there is none here, so a stopped server counts as a former
+//! primary from `pg_controldata` alone) and moves a failed bootstrap's data directory aside
+//! (it stays here: the member then exits on a system ID mismatch at every start, counted among
+//! the agent exits).
 //!
 //! Determinism: everything runs on one thread with a paused clock and the world's seeded
-//! generator; `real_agent_run_is_deterministic` checks that one seed gives the same trace twice.
+//! generator; `tokio::select!` in the agent and the memory store's watch are `biased` and the
+//! store wakes watchers in order, so `real_agent_run_is_deterministic` sees one seed give the
+//! same trace twice.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -129,8 +138,8 @@ pub struct RealWorld {
 }
 
 impl RealWorld {
-    pub fn new(seed: u64, tracing: bool, watchdog: WatchdogSim) -> RealWorld {
-        let mut w = World::new(seed, Bug::None, tracing);
+    pub fn new(seed: u64, bug: Bug, tracing: bool, watchdog: WatchdogSim) -> RealWorld {
+        let mut w = World::new(seed, bug, tracing);
         w.cfg.watchdog = watchdog;
         w.real_agents = true;
         if w.cfg.config_changes {
@@ -248,6 +257,12 @@ impl RealWorld {
         m.orphan_guard = m.guard.take().max(m.orphan_guard);
     }
 
+    /// The agent process of member `i` is gone until `back`.
+    fn kill_until(&mut self, i: usize, back: Instant) {
+        self.kill(i);
+        self.restart_at[i] = Some(back);
+    }
+
     /// The earliest moment a fault ends or a guard fences.
     fn next_event(&self) -> Option<Instant> {
         let s = lock(&self.net);
@@ -320,12 +335,10 @@ impl RealWorld {
             }
         }
         for (i, back) in reset {
-            self.kill(i);
-            self.restart_at[i] = Some(back);
+            self.kill_until(i, back);
         }
         for i in restart {
-            self.kill(i);
-            self.restart_at[i] = Some(now + Duration::from_secs(10));
+            self.kill_until(i, now + Duration::from_secs(10));
         }
         for i in 0..self.n() {
             if self.restart_at[i].is_some_and(|t| t <= now) {
@@ -387,8 +400,7 @@ impl RealWorld {
                 s.w.crash_member(i, now + d);
                 s.w.members[i].restart_at = None;
                 drop(s);
-                self.kill(i);
-                self.restart_at[i] = Some(now + d);
+                self.kill_until(i, now + d);
             }
             8..=13 if s.w.members[i].pg.proc != Proc::Stopped && !s.w.members[i].pg.frozen => {
                 trace!(s.w, "event: crash PostgreSQL of {name}");
@@ -406,8 +418,7 @@ impl RealWorld {
                 );
                 s.w.fault("kill agent");
                 drop(s);
-                self.kill(i);
-                self.restart_at[i] = Some(now + d);
+                self.kill_until(i, now + d);
             }
             20..=29 if healthy && room => {
                 let d = secs(&mut s.w.rng, 1, 60);
@@ -446,23 +457,8 @@ impl RealWorld {
         if !s.w.tracing {
             return;
         }
-        let c = s.w.checker_cluster();
         let calls: u64 = s.w.ops.snapshot().calls.values().sum();
-        let mut line = format!(
-            "  dcs: {calls} calls, leader={:?} sync={:?} failover={:?}{}",
-            c.leader_name(),
-            c.sync
-                .as_ref()
-                .map(|s| (s.leader.clone(), s.sync_standby.clone(), s.quorum)),
-            c.failover
-                .as_ref()
-                .map(|f| (f.leader.clone(), f.member.clone())),
-            if s.w.dcs_down_until.is_some() {
-                " (DOWN)"
-            } else {
-                ""
-            }
-        );
+        let mut line = format!("  dcs: {calls} calls, {}", s.w.dcs_state());
         for (m, node) in s.w.members.iter().zip(&s.nodes) {
             let pg = &m.pg;
             let (tl, len) = pg
@@ -586,10 +582,16 @@ impl RealWorld {
 
 /// One seed of the real agents.
 pub fn run_real_seed(seed: u64, tracing: bool, watchdog: WatchdogSim) -> Outcome {
+    run_real_seed_with(seed, Bug::None, tracing, watchdog)
+}
+
+/// One seed with a world-level bug (`Bug::AckAsync`: the simulated PostgreSQL's; the agents'
+/// bugs of the mirror do not apply to the real agent).
+pub fn run_real_seed_with(seed: u64, bug: Bug, tracing: bool, watchdog: WatchdogSim) -> Outcome {
     let rt = paused_runtime();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let mut rw = RealWorld::new(seed, tracing, watchdog);
+        let mut rw = RealWorld::new(seed, bug, tracing, watchdog);
         rw.run().await;
         rw.shutdown();
         let mut s = lock(&rw.net);

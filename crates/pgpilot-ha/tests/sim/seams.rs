@@ -156,6 +156,31 @@ impl SimPg {
             .then_some(j)
     }
 
+    /// What `tool` (pg_basebackup, pg_rewind) reads from the server at `host`, with the world
+    /// locked; our own server must be stopped.
+    fn copy_source(
+        &self,
+        host: &str,
+        tool: &str,
+    ) -> Result<(MutexGuard<'_, Shared>, Data), PgError> {
+        let s = lock(&self.net);
+        let j = self
+            .remote(&s, host)
+            .ok_or_else(|| err(&format!("{tool}: connection failed")))?;
+        if s.w.members[self.i].pg.proc != Proc::Stopped {
+            return Err(err(&format!("{tool}: the target server is running")));
+        }
+        let src = s.w.members[j].pg.data.clone().expect("source data");
+        Ok((s, src))
+    }
+
+    /// `f` of our data directory, if there is one.
+    fn with_data<T>(&self, f: impl FnOnce(&Data) -> T) -> Result<T, PgError> {
+        let s = lock(&self.net);
+        let d = s.w.members[self.i].pg.data.as_ref();
+        d.map(f).ok_or_else(|| err("no data directory"))
+    }
+
     fn trace(&self, s: &mut Shared, what: String) {
         let name = s.w.members[self.i].name.clone();
         trace!(s.w, "  {name}: {what}");
@@ -187,29 +212,25 @@ impl PgControl for SimPg {
 
     async fn controldata(&self) -> pgpilot_postgres::Result<ControlData> {
         gone_unless_alive(&self.net, self.i, self.gen).await;
-        let s = lock(&self.net);
-        let d = s.w.members[self.i]
-            .pg
-            .data
-            .as_ref()
-            .ok_or_else(|| err("no data directory"))?;
-        let state = match d.control {
-            Control::InProduction => "in production",
-            Control::ShutDown => "shut down",
-            Control::ShutDownInRecovery => "shut down in recovery",
-            Control::InArchiveRecovery => "in archive recovery",
-        };
-        Ok(ControlData {
-            system_identifier: d.sysid.clone(),
-            state: state.into(),
-            timeline: d.timeline(),
-            checkpoint_lsn: Lsn(d.lsn()),
-            redo_lsn: Lsn(d.lsn()),
-            min_recovery_lsn: Lsn(0),
-            min_recovery_timeline: 0,
-            wal_log_hints: true,
-            data_checksums: false,
-            raw: Default::default(),
+        self.with_data(|d| {
+            let state = match d.control {
+                Control::InProduction => "in production",
+                Control::ShutDown => "shut down",
+                Control::ShutDownInRecovery => "shut down in recovery",
+                Control::InArchiveRecovery => "in archive recovery",
+            };
+            ControlData {
+                system_identifier: d.sysid.clone(),
+                state: state.into(),
+                timeline: d.timeline(),
+                checkpoint_lsn: Lsn(d.lsn()),
+                redo_lsn: Lsn(d.lsn()),
+                min_recovery_lsn: Lsn(0),
+                min_recovery_timeline: 0,
+                wal_log_hints: true,
+                data_checksums: false,
+                raw: Default::default(),
+            }
         })
     }
 
@@ -453,16 +474,8 @@ impl PgControl for SimPg {
         let from = from.ok_or_else(|| err("no method works without a leader"))?;
         let d = millis(&self.net, 2000, 10_000);
         self.work(d).await;
-        let mut s = lock(&self.net);
-        let j = self
-            .remote(&s, &from.host)
-            .ok_or_else(|| err("pg_basebackup: connection failed"))?;
-        let src = s.w.members[j].pg.data.clone().expect("source data");
-        let pg = &mut s.w.members[self.i].pg;
-        if pg.proc != Proc::Stopped {
-            return Err(err("pg_basebackup: the data directory is in use"));
-        }
-        pg.data = Some(Data {
+        let (mut s, src) = self.copy_source(&from.host, "pg_basebackup")?;
+        s.w.members[self.i].pg.data = Some(Data {
             sysid: src.sysid,
             wal: src.wal,
             control: Control::InArchiveRecovery,
@@ -476,16 +489,8 @@ impl PgControl for SimPg {
     async fn rewind(&self, from: &Upstream) -> pgpilot_postgres::Result<()> {
         let d = millis(&self.net, 500, 3500);
         self.work(d).await;
-        let mut s = lock(&self.net);
-        let j = self
-            .remote(&s, &from.host)
-            .ok_or_else(|| err("pg_rewind: connection failed"))?;
-        let src = s.w.members[j].pg.data.clone().expect("source data");
-        let pg = &mut s.w.members[self.i].pg;
-        if pg.proc != Proc::Stopped {
-            return Err(err("pg_rewind: target server must be shut down cleanly"));
-        }
-        match pg.data.as_mut() {
+        let (mut s, src) = self.copy_source(&from.host, "pg_rewind")?;
+        match s.w.members[self.i].pg.data.as_mut() {
             Some(d) if d.sysid == src.sysid => {
                 let k = d.common_prefix(&src);
                 d.wal.truncate(k);
@@ -531,23 +536,19 @@ impl PgControl for SimPg {
         timeline: u32,
     ) -> pgpilot_postgres::Result<Vec<(u32, Lsn, String)>> {
         gone_unless_alive(&self.net, self.i, self.gen).await;
-        let s = lock(&self.net);
-        let d = s.w.members[self.i]
-            .pg
-            .data
-            .as_ref()
-            .ok_or_else(|| err("no data directory"))?;
-        let mut out = Vec::new();
-        for (k, pair) in d.wal.windows(2).enumerate() {
-            if pair[1].tl > pair[0].tl && pair[1].tl <= timeline {
-                out.push((
-                    pair[0].tl,
-                    Lsn((k as u64 + 1) * LSN_UNIT),
-                    "no recovery target specified".into(),
-                ));
+        self.with_data(|d| {
+            let mut out = Vec::new();
+            for (k, pair) in d.wal.windows(2).enumerate() {
+                if pair[1].tl > pair[0].tl && pair[1].tl <= timeline {
+                    out.push((
+                        pair[0].tl,
+                        Lsn((k as u64 + 1) * LSN_UNIT),
+                        "no recovery target specified".into(),
+                    ));
+                }
             }
-        }
-        Ok(out)
+            out
+        })
     }
 
     async fn remove_data_dir(&self) -> pgpilot_postgres::Result<()> {
