@@ -485,8 +485,12 @@ fn real_agent_keeps_the_safety_invariants() {
     let n = env_u64("PGPILOT_SIM_REAL_SEEDS").unwrap_or(100);
     let started = Instant::now();
     let mut total = Stats::default();
+    let mut leaderless = Vec::new();
     for seed in 1..=n {
         let o = real_seed_in_time(seed);
+        if o.stats.no_leader_at_end > 0 {
+            leaderless.push(seed);
+        }
         total.add(&o.stats);
         if let Some(v) = o.violation {
             let o = sim::real::run_real_seed(seed, true, env_watchdog());
@@ -515,7 +519,7 @@ fn real_agent_keeps_the_safety_invariants() {
         total.async_lost, total.known_lost, total.known_seeds
     );
     println!(
-        "  no leader at the end: {} {:?}; agent exits: {:?}",
+        "  no leader at the end: {} {:?} (seeds {leaderless:?}); agent exits: {:?}",
         total.no_leader_at_end, total.no_leader_why, total.fatal
     );
     println!("  modes: {:?}", total.by_mode);

@@ -38,11 +38,9 @@
 //! Not modelled here (the mirror, [`super::agent`], covers some of it): `/config` edits during
 //! the run (the mirror's `config_changes` draw is dropped), asymmetric partitions, graceful agent
 //! shutdown, failsafe, pause, tags, slots (the simulated server has none), REST commands,
-//! custom bootstrap, what the agent does on the file system rather than through `PgControl`: it
-//! reads `standby.signal` from disk (there is none here, so a stopped server counts as a former
-//! primary from `pg_controldata` alone) and moves a failed bootstrap's data directory aside
-//! (it stays here: the member then exits on a system ID mismatch at every start, counted among
-//! the agent exits).
+//! custom bootstrap, `patroni.dynamic.json` (the agent reads and writes it in its data directory
+//! on the file system: there is none here, so a restarted agent starts from `bootstrap.dcs`, which
+//! is the run's `/config`).
 //!
 //! Determinism: everything runs on one thread with a paused clock and the world's seeded
 //! generator; `tokio::select!` in the agent and the memory store's watch are `biased` and the

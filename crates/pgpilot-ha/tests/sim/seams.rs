@@ -563,6 +563,27 @@ impl PgControl for SimPg {
         Ok(())
     }
 
+    /// The configuration on disk says standby (`Conf::standby`).
+    fn standby_signal(&self) -> bool {
+        let s = lock(&self.net);
+        let d = s.w.members[self.i].pg.data.as_ref();
+        d.is_some_and(|d| d.conf.standby.is_some())
+    }
+
+    /// The data directory is gone from where the agent looks (a stopped server's: the agent
+    /// stops it first).
+    fn move_aside_failed(&self) {
+        let mut s = lock(&self.net);
+        if s.nodes[self.i].gen != self.gen || s.w.members[self.i].pg.proc != Proc::Stopped {
+            return;
+        }
+        s.w.members[self.i].pg.data = None;
+        self.trace(
+            &mut s,
+            "failed bootstrap: data directory moved aside".into(),
+        );
+    }
+
     async fn archive_shutdown_checkpoint(
         &self,
         _archive_command: &str,
