@@ -310,6 +310,9 @@ pub struct Member {
     /// counting): a killed or exited agent leaves it armed, and a restarted agent takes it
     /// over only when it activates the watchdog again.
     pub watchdog: Option<Instant>,
+    /// A real agent's ([`real`]) synchronous mode as of the last `/config` it read (the mirror
+    /// agent's is its `dynamic`).
+    pub sync_seen: bool,
 }
 
 /// An acknowledged commit.
@@ -481,6 +484,7 @@ impl World {
                     guard: None,
                     orphan_guard: None,
                     watchdog: None,
+                    sync_seen: false,
                 }
             })
             .collect();
@@ -923,11 +927,14 @@ impl World {
             let waiting = pg.waiting.clone();
             let mut still = Vec::new();
             let sync_mode = self.cfg.active()
-                && (self.real_agents
-                    || self.members[p]
+                && if self.real_agents {
+                    self.members[p].sync_seen
+                } else {
+                    self.members[p]
                         .agent
                         .as_ref()
-                        .is_some_and(|a| a.sync_params().active()));
+                        .is_some_and(|a| a.sync_params().active())
+                };
             let epoch = self.mode_epoch;
             let k2 = ssn.is_empty() && self.quorum_voters_listed(p);
             for idx in waiting {
@@ -1137,31 +1144,38 @@ impl World {
                 self.members[i].partition_until = Some(now + d);
             }
             52..=56 if self.cfg.config_changes && self.dcs_down_until.is_none() => {
-                let before = self.cfg.active();
-                self.cfg.sync_mode = match self.rng.below(3) {
-                    0 => SyncMode::Off,
-                    1 => SyncMode::On,
-                    _ => SyncMode::Quorum,
-                };
-                self.cfg.strict = self.rng.chance(30);
-                if before != self.cfg.active() {
-                    // Commits acknowledged before synchronous mode was turned off (or before it
-                    // was turned on) are not promised to survive a failover any more.
-                    self.mode_epoch += 1;
-                }
-                trace!(
-                    self,
-                    "event: /config edited: synchronous_mode {:?} strict {}",
-                    self.cfg.sync_mode,
-                    self.cfg.strict
-                );
-                self.fault("config change");
-                let doc = self.cfg.config_doc();
-                let _ = ready(self.checker.set_config(&doc, None));
-                self.invalidate();
+                self.edit_config();
             }
             42..=51 if self.dcs_down_until.is_none() => self.request_switchover(),
             _ => {}
+        }
+    }
+
+    /// `/config` edited: synchronous_mode off, on or quorum, strict or not.
+    fn edit_config(&mut self) {
+        {
+            let before = self.cfg.active();
+            self.cfg.sync_mode = match self.rng.below(3) {
+                0 => SyncMode::Off,
+                1 => SyncMode::On,
+                _ => SyncMode::Quorum,
+            };
+            self.cfg.strict = self.rng.chance(30);
+            if before != self.cfg.active() {
+                // Commits acknowledged before synchronous mode was turned off (or before it
+                // was turned on) are not promised to survive a failover any more.
+                self.mode_epoch += 1;
+            }
+            trace!(
+                self,
+                "event: /config edited: synchronous_mode {:?} strict {}",
+                self.cfg.sync_mode,
+                self.cfg.strict
+            );
+            self.fault("config change");
+            let doc = self.cfg.config_doc();
+            let _ = ready(self.checker.set_config(&doc, None));
+            self.invalidate();
         }
     }
 

@@ -25,7 +25,9 @@
 //! armed guard and an open watchdog keep running), freeze of the agent (its task is not polled;
 //! PostgreSQL frozen too in 70 % of them) wherever it is waiting, mid-cycle included, DCS
 //! outage, isolation of one member (its DCS calls fail, peers' REST calls to or from it time
-//! out, it streams to nobody), switchover requests with and without a candidate. A process that
+//! out, it streams to nobody), switchover requests with and without a candidate, `/config` edits
+//! of synchronous_mode and strict (in the seeds the mirror draws them for; a commit counts as
+//! synchronous when `/config` and the acknowledging agent's last read of it say so). A process that
 //! is gone never sees an answer to what it waited for (its background tasks hang with it). The
 //! watchdog is on (`automatic`, `safety_margin` 5) unless `PGPILOT_SIM_WATCHDOG` says otherwise.
 //!
@@ -35,12 +37,12 @@
 //! 3.5 s; a query to a frozen PostgreSQL fails after 5 s. Every initdb draws its own system
 //! identifier.
 //!
-//! Not modelled here (the mirror, [`super::agent`], covers some of it): `/config` edits during
-//! the run (the mirror's `config_changes` draw is dropped), asymmetric partitions, graceful agent
-//! shutdown, failsafe, pause, tags, slots (the simulated server has none), REST commands,
-//! custom bootstrap, `patroni.dynamic.json` (the agent reads and writes it in its data directory
-//! on the file system: there is none here, so a restarted agent starts from `bootstrap.dcs`, which
-//! is the run's `/config`).
+//! Not modelled here: asymmetric partitions, graceful agent shutdown, failsafe, pause, tags,
+//! slots (the simulated server has none), REST commands, custom bootstrap, synchronous_commit
+//! levels other than flush, a stale watch cache in the DCS client, `patroni.dynamic.json` (the
+//! agent reads and writes it in its data directory on the file system: there is none here, so a
+//! restarted agent starts from `bootstrap.dcs`, which is the run's `/config`). The mirror's
+//! deliberate agent bugs, known-bug and liveness replays and the fleet run stay on the mirror.
 //!
 //! Determinism: everything runs on one thread with a paused clock and the world's seeded
 //! generator; `tokio::select!` in the agent and the memory store's watch are `biased` and the
@@ -140,15 +142,6 @@ impl RealWorld {
         let mut w = World::new(seed, bug, tracing);
         w.cfg.watchdog = watchdog;
         w.real_agents = true;
-        if w.cfg.config_changes {
-            // Drawn for the mirror, not run here: the label of the mode says so no more.
-            w.cfg.config_changes = false;
-            let label = w.stats.by_mode.keys().next().cloned().unwrap_or_default();
-            w.stats.by_mode.clear();
-            w.stats
-                .by_mode
-                .insert(label.trim_end_matches(" +changes").to_string(), 1);
-        }
         let n = w.members.len();
         let now = Instant::now();
         let mut restart_at = Vec::new();
@@ -186,6 +179,8 @@ impl RealWorld {
             node.frozen = false;
             node.exited = None;
             let gen = node.gen;
+            // Until it reads `/config`, the agent runs `bootstrap.dcs`: the `/config` of now.
+            s.w.members[i].sync_seen = s.w.cfg.active();
             let inner = s.w.cfg.client(&s.w.store, &name, &s.w.ops);
             let retry_timeout = Duration::from_secs(s.w.cfg.retry_timeout);
             trace!(s.w, "event: {name} agent started");
@@ -445,6 +440,7 @@ impl RealWorld {
                 s.w.members[i].partitioned = true;
                 s.w.members[i].partition_until = Some(now + d);
             }
+            52..=56 if s.w.cfg.config_changes && s.w.dcs_down_until.is_none() => s.w.edit_config(),
             42..=51 if s.w.dcs_down_until.is_none() => s.w.request_switchover(),
             _ => {}
         }

@@ -716,8 +716,17 @@ impl Dcs for NetDcs {
     fn member_name(&self) -> &str {
         self.inner.member_name()
     }
+    /// The agent applies the `/config` it reads (`apply_dynamic`): its synchronous mode is the
+    /// world's `Member::sync_seen`.
     async fn cluster(&self) -> pgpilot_dcs::Result<Cluster> {
-        self.call("cluster", || self.inner.cluster()).await
+        let r = self.call("cluster", || self.inner.cluster()).await;
+        if let Some(cfg) = r.as_ref().ok().and_then(|c| c.config.as_ref()) {
+            if !cfg.data.is_empty() {
+                let dynamic = pgpilot_config::DynamicConfig::from_document(&cfg.data).0;
+                lock(&self.net).w.members[self.i].sync_seen = dynamic.synchronous_mode.is_active();
+            }
+        }
+        r
     }
     async fn cluster_fresh(&self) -> pgpilot_dcs::Result<Cluster> {
         self.call("cluster_fresh", || self.inner.cluster_fresh())
