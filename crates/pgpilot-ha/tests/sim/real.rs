@@ -23,9 +23,10 @@
 //! Faults, from the seeded scheduler (the mirror's mix): crash of a whole member (agent, guard,
 //! PostgreSQL, watchdog), crash of PostgreSQL alone, kill of the agent alone (PostgreSQL, an
 //! armed guard and an open watchdog keep running), freeze of the agent (its task is not polled;
-//! PostgreSQL frozen too in 70 % of them) wherever it is waiting, mid-cycle included, DCS
-//! outage, isolation of one member (its DCS calls fail, peers' REST calls to or from it time
-//! out, it streams to nobody), switchover requests with and without a candidate, `/config` edits
+//! PostgreSQL frozen too in 70 % of them) wherever it is waiting, mid-cycle included (an
+//! operation its background task had under way goes on, as a child process would; the next one
+//! waits for the thaw), DCS outage, isolation of one member (its DCS calls fail, peers' REST
+//! calls to or from it time out, it streams to nobody), switchover requests with and without a candidate, `/config` edits
 //! of synchronous_mode and strict (in the seeds the mirror draws them for; a commit counts as
 //! synchronous when `/config` and the acknowledging agent's last read of it say so). A process that
 //! is gone never sees an answer to what it waited for (its background tasks hang with it). The
@@ -310,6 +311,7 @@ impl RealWorld {
                     if let Some(waker) = s.nodes[i].waker.take() {
                         waker.wake();
                     }
+                    s.nodes[i].thawed.notify_waiters();
                     let name = s.w.members[i].name.clone();
                     trace!(s.w, "event: {name} thawed");
                 }

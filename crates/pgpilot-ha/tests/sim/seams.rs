@@ -45,6 +45,8 @@ pub struct Node {
     /// SIGSTOPped: the task is not polled.
     pub frozen: bool,
     pub waker: Option<Waker>,
+    /// Notified at the thaw (for the agent's background tasks: [`process_runs`]).
+    pub thawed: Arc<tokio::sync::Notify>,
     /// What its REST API serves (`GET /patroni`).
     pub snapshot: Option<watch::Receiver<Arc<NodeSnapshot>>>,
     /// The agent exited with this message (`AgentError::Fatal`).
@@ -71,6 +73,24 @@ async fn gone_unless_alive(net: &Net, i: usize, gen: u64) {
     if dead {
         std::future::pending::<()>().await;
     }
+}
+
+/// Before the agent process of generation `gen` starts an operation: never if it is gone, after
+/// the thaw if it is frozen. Its background tasks are tasks of their own (the agent's `Freezable`
+/// does not hold them): an operation under way, a child process, goes on during a freeze, the
+/// next one waits for the thaw.
+async fn process_runs(net: &Net, i: usize, gen: u64) {
+    loop {
+        let thawed = lock(net).nodes[i].thawed.clone();
+        let notified = thawed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !lock(net).nodes[i].frozen {
+            break;
+        }
+        notified.await;
+    }
+    gone_unless_alive(net, i, gen).await;
 }
 
 /// A random duration in `lo..hi` milliseconds from the world's seeded generator.
@@ -124,7 +144,7 @@ impl SimPg {
 
     /// Waits `d` of virtual time as the process of `gen`; never returns if it is gone by then.
     async fn work(&self, d: Duration) {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         tokio::time::sleep(d).await;
         gone_unless_alive(&self.net, self.i, self.gen).await;
     }
@@ -211,7 +231,7 @@ impl PgControl for SimPg {
     }
 
     async fn controldata(&self) -> pgpilot_postgres::Result<ControlData> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         self.with_data(|d| {
             let state = match d.control {
                 Control::InProduction => "in production",
@@ -255,7 +275,7 @@ impl PgControl for SimPg {
     }
 
     async fn write_config(&self, desired: &DesiredConfig) -> pgpilot_postgres::Result<bool> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         let conf = Conf {
             standby: desired
                 .standby
@@ -273,7 +293,7 @@ impl PgControl for SimPg {
     }
 
     async fn start(&self, _timeout: Duration) -> pgpilot_postgres::Result<()> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         {
             let mut s = lock(&self.net);
             let pg = &mut s.w.members[self.i].pg;
@@ -299,7 +319,7 @@ impl PgControl for SimPg {
     }
 
     async fn stop(&self, mode: StopMode, _timeout: Duration) -> pgpilot_postgres::Result<()> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         let was_running = {
             let mut s = lock(&self.net);
             let id = s.w.next_id();
@@ -345,7 +365,7 @@ impl PgControl for SimPg {
     }
 
     async fn reload(&self) -> pgpilot_postgres::Result<()> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         let mut s = lock(&self.net);
         if !s.w.members[self.i].pg.running() {
             return Err(err("pg_ctl reload: server is not running"));
@@ -355,7 +375,7 @@ impl PgControl for SimPg {
     }
 
     async fn remote_wal_position(&self, at: &Upstream) -> pgpilot_postgres::Result<u64> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         let s = lock(&self.net);
         let j = self
             .remote(&s, &at.host)
@@ -364,7 +384,7 @@ impl PgControl for SimPg {
     }
 
     async fn remote_is_primary(&self, at: &Upstream) -> pgpilot_postgres::Result<bool> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         let s = lock(&self.net);
         let j = self
             .remote(&s, &at.host)
@@ -373,7 +393,7 @@ impl PgControl for SimPg {
     }
 
     async fn prepare_rewind_source(&self, from: &Upstream) -> pgpilot_postgres::Result<()> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         let s = lock(&self.net);
         let j = self
             .remote(&s, &from.host)
@@ -385,7 +405,7 @@ impl PgControl for SimPg {
     }
 
     async fn query_state(&self) -> pgpilot_postgres::Result<PgState> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         self.connect().await?;
         let s = lock(&self.net);
         let w = &s.w;
@@ -503,13 +523,13 @@ impl PgControl for SimPg {
     }
 
     async fn list_slots(&self) -> pgpilot_postgres::Result<Vec<SlotInfo>> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         self.connect().await?;
         Ok(Vec::new())
     }
 
     async fn change_slot(&self, _change: &SlotChange) -> pgpilot_postgres::Result<()> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         self.connect().await
     }
 
@@ -526,7 +546,7 @@ impl PgControl for SimPg {
     }
 
     async fn checkpoint(&self) -> pgpilot_postgres::Result<()> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         self.connect().await
     }
 
@@ -535,7 +555,7 @@ impl PgControl for SimPg {
         &self,
         timeline: u32,
     ) -> pgpilot_postgres::Result<Vec<(u32, Lsn, String)>> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         self.with_data(|d| {
             let mut out = Vec::new();
             for (k, pair) in d.wal.windows(2).enumerate() {
@@ -552,7 +572,7 @@ impl PgControl for SimPg {
     }
 
     async fn remove_data_dir(&self) -> pgpilot_postgres::Result<()> {
-        gone_unless_alive(&self.net, self.i, self.gen).await;
+        process_runs(&self.net, self.i, self.gen).await;
         let mut s = lock(&self.net);
         let pg = &mut s.w.members[self.i].pg;
         if pg.proc != Proc::Stopped {
