@@ -18,7 +18,9 @@
 //! holds the leader key once the cluster is bootstrapped) are also checked after every change a
 //! simulated PostgreSQL makes (start, stop, promote), and invariant 2 (no acknowledged commit
 //! lost in synchronous modes) at every promotion and at the end of the run, after 120 s without
-//! faults.
+//! faults. As in the mirror, the losses of the known bug K6 (in quorum mode the switchover
+//! candidate named in `/failover`, a voter, takes the key and promotes without any vote; here
+//! after the leader died before handing over, seed 468) are counted, not failed.
 //!
 //! Faults, from the seeded scheduler (the mirror's mix): crash of a whole member (agent, guard,
 //! PostgreSQL, watchdog), crash of PostgreSQL alone, kill of the agent alone (PostgreSQL, an

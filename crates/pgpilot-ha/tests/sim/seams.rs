@@ -49,6 +49,8 @@ pub struct Node {
     pub thawed: Arc<tokio::sync::Notify>,
     /// What its REST API serves (`GET /patroni`).
     pub snapshot: Option<watch::Receiver<Arc<NodeSnapshot>>>,
+    /// It took the leader key last as the candidate `/failover` named.
+    pub candidate: bool,
     /// The agent exited with this message (`AgentError::Fatal`).
     pub exited: Option<String>,
 }
@@ -356,7 +358,11 @@ impl PgControl for SimPg {
         let id = s.w.next_id();
         match s.w.members[self.i].pg.promote(id) {
             Some(_) => {
-                s.w.on_promote(self.i, None);
+                // The mirror's known bug K6 (`sim::agent`): in quorum mode a switchover candidate
+                // that is a voter promotes without any vote. Counted, not failed, as there.
+                let quorum = s.w.cfg.sync_mode == pgpilot_config::SyncMode::Quorum;
+                let known = (quorum && s.nodes[self.i].candidate).then_some("K6");
+                s.w.on_promote(self.i, known);
                 Self::changed(&mut s);
                 Ok(())
             }
@@ -756,11 +762,25 @@ impl Dcs for NetDcs {
         self.call("touch_member", || self.inner.touch_member(data))
             .await
     }
+    /// Notes whether `/failover` named this member when it took the key (known bug K6).
     async fn attempt_to_acquire_leader(&self) -> pgpilot_dcs::Result<bool> {
-        self.call("attempt_to_acquire_leader", || {
-            self.inner.attempt_to_acquire_leader()
-        })
-        .await
+        let r = self
+            .call("attempt_to_acquire_leader", || {
+                self.inner.attempt_to_acquire_leader()
+            })
+            .await;
+        if matches!(r, Ok(true)) {
+            let mut s = lock(&self.net);
+            s.w.invalidate();
+            let me = s.w.members[self.i].name.clone();
+            let named =
+                s.w.checker_cluster()
+                    .failover
+                    .as_ref()
+                    .is_some_and(|f| f.member.as_deref() == Some(me.as_str()));
+            s.nodes[self.i].candidate = named;
+        }
+        r
     }
     async fn update_leader(&self, leader: Option<&Leader>) -> pgpilot_dcs::Result<bool> {
         self.call("update_leader", || self.inner.update_leader(leader))
