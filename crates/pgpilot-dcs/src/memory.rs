@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::{cluster_prefix, Cluster, Dcs, DcsError, Leader, MemberData, Result, Status};
@@ -85,8 +85,10 @@ impl State {
 #[derive(Clone)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
-    /// Bumped on every change, to wake watchers.
-    changes: Arc<watch::Sender<u64>>,
+    /// Notified on every change, to wake watchers: a `Notify` wakes them in the order they
+    /// began to wait (a `watch` channel's order is random), so that a simulation on a paused
+    /// clock replays the same way.
+    changes: Arc<Notify>,
     available: Arc<AtomicBool>,
 }
 
@@ -103,7 +105,7 @@ impl MemoryStore {
                 next_lease: 1,
                 ..Default::default()
             })),
-            changes: Arc::new(watch::channel(0).0),
+            changes: Arc::new(Notify::new()),
             available: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -114,7 +116,7 @@ impl MemoryStore {
     }
 
     fn notify(&self) {
-        self.changes.send_modify(|n| *n += 1);
+        self.changes.notify_waiters();
     }
 
     /// Fault injection: while false every call fails with `Unavailable` (a DCS outage).
@@ -395,26 +397,33 @@ impl Dcs for MemoryDcs {
 
     async fn watch(&self, timeout: Duration, leader_is_me: bool) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut rx = self.store.changes.subscribe();
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
         loop {
-            let fired = self
-                .store
-                .with(|st| {
-                    let (l, s) = self.fingerprints(st);
-                    l != seen.0 || (!leader_is_me && s != seen.1)
-                })
-                .unwrap_or(false);
-            if fired {
+            // Registered before the state is read: a change made after the read wakes us.
+            let changed = self.store.changes.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let fired = self.store.with(|st| {
+                let (l, s) = self.fingerprints(st);
+                l != seen.0 || (!leader_is_me && s != seen.1)
+            });
+            if matches!(fired, Ok(true)) {
                 return true;
             }
-            // Wake for the next change, the next lease expiry, or the end of the wait.
-            let until = self
-                .store
-                .earliest_deadline()
-                .map_or(deadline, |d| d.min(deadline));
+            // Wake for the next change, the next lease expiry, or the end of the wait. While the
+            // store is down its leases are not expired (their deadlines may have passed): only
+            // its return (a change) or the end of the wait can wake us, else this loop spins.
+            let until = match fired {
+                Ok(_) => self
+                    .store
+                    .earliest_deadline()
+                    .map_or(deadline, |d| d.min(deadline)),
+                Err(_) => deadline,
+            };
+            // `biased`: ties go in order, so that a simulation on a paused clock replays.
             tokio::select! {
-                _ = rx.changed() => {}
+                biased;
+                _ = &mut changed => {}
                 _ = tokio::time::sleep_until(until) => {}
             }
             if Instant::now() >= deadline {

@@ -53,6 +53,12 @@ pub trait PgControl: Send + Sync + 'static {
         timeline: u32,
     ) -> impl Future<Output = Result<Vec<(u32, Lsn, String)>>> + Send;
     fn remove_data_dir(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Whether the data directory holds `standby.signal` (read by the agent, never written but
+    /// through [`write_config`](Self::write_config)).
+    fn standby_signal(&self) -> bool;
+    /// After a failed bootstrap: the data directory is moved aside as `<data_dir>.failed` for
+    /// inspection (problems are logged).
+    fn move_aside_failed(&self);
     fn archive_shutdown_checkpoint(
         &self,
         archive_command: &str,
@@ -164,5 +170,11 @@ impl PgControl for Postgres {
         archive_command: &str,
     ) -> impl Future<Output = Result<String>> + Send {
         Postgres::archive_shutdown_checkpoint(self, archive_command)
+    }
+    fn standby_signal(&self) -> bool {
+        self.settings().data_dir.join("standby.signal").exists()
+    }
+    fn move_aside_failed(&self) {
+        Postgres::move_aside_failed(self)
     }
 }

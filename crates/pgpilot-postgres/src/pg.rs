@@ -1567,6 +1567,23 @@ impl Postgres {
         Ok(crate::files::parse_history(&text))
     }
 
+    /// A failed bootstrap leaves its data directory as `<data_dir>.failed` for inspection.
+    pub fn move_aside_failed(&self) {
+        let dir = &self.settings().data_dir;
+        let mut failed = PathBuf::from(dir);
+        failed.set_extension("failed");
+        // Usually there is none; if an old one can not be removed the rename below says so.
+        match std::fs::remove_dir_all(&failed) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                warn!("could not remove the old {}: {e}", failed.display());
+            }
+            _ => {}
+        }
+        if let Err(e) = std::fs::rename(dir, &failed) {
+            error!("could not move {} aside: {e}", dir.display());
+        }
+    }
+
     /// Removes the data directory contents (only on an explicit, logged condition: see
     /// DESIGN.md).
     /// Runs on tokio's blocking pool: a large data directory takes seconds to remove, and the

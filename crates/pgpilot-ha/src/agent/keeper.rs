@@ -177,7 +177,9 @@ impl Keeper {
             match self.next_due() {
                 None => self.wake.notified().await,
                 Some(due) => {
+                    // `biased`: ties go in order, for a replayable simulation (`Agent::run`).
                     tokio::select! {
+                        biased;
                         _ = tokio::time::sleep_until(due) => {}
                         _ = self.wake.notified() => continue,
                     }
@@ -205,6 +207,7 @@ impl Keeper {
                 Settled::Failed => {
                     // Tried again after a short pause (the DCS client has retried already).
                     tokio::select! {
+                        biased;
                         _ = tokio::time::sleep(RETRY_PAUSE) => {}
                         _ = self.wake.notified() => {}
                     }

@@ -400,7 +400,11 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self.guard.clone(),
             self.watchdog.clone(),
         );
+        // `biased`: branches ready at the same poll are taken in order, not at random, so that
+        // a run on a paused clock replays the same way (the simulation's seeds); any order is
+        // one a random pick could have made.
         tokio::select! {
+            biased;
             exit = self.run_cycles(shutdown) => exit,
             never = keeper => match never {},
         }
@@ -448,7 +452,9 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self.keeper.idle();
             loop {
                 let remaining = next_cycle.saturating_duration_since(Instant::now());
+                // `biased`: see `run`.
                 let command = tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => None,
                     _ = self.dcs.watch(remaining, leader_is_me) => None,
                     _ = self.task_done.notified() => None,

@@ -139,7 +139,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         match self.pg.controldata().await {
             Ok(cd) => {
                 let was_primary = matches!(cd.state.as_str(), "in production" | "shut down")
-                    && !self.pg.settings().data_dir.join("standby.signal").exists()
+                    && !self.pg.standby_signal()
                     && !self.rewind.done;
                 // In maintenance mode a dead postmaster is just `stopped` (Patroni's wording:
                 // nothing will recover it); otherwise one found dead was `crashed`.

@@ -1,7 +1,6 @@
 //! Background actions (bootstrap, clone, rewind, start, restart): started by `act`, reaped at
 //! the start of the next cycles. While one runs, the cycle only renews the leader key.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -253,7 +252,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         if let Err(e) = self.stop_without_callback(Duration::from_secs(30)).await {
             error!("could not stop PostgreSQL after the failed bootstrap: {e}");
         }
-        move_aside_failed(&self.cfg.postgresql.data_dir);
+        self.pg.move_aside_failed();
         AgentError::Fatal("Failed to bootstrap cluster".into())
     }
 
@@ -380,21 +379,5 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             pg.start(timeout).await
         });
         self.when_done(callback, Role::Replica);
-    }
-}
-
-/// A failed bootstrap leaves its data directory as `<data_dir>.failed` for inspection.
-pub(super) fn move_aside_failed(dir: &std::path::Path) {
-    let mut failed = PathBuf::from(dir);
-    failed.set_extension("failed");
-    // Usually there is none; if an old one can not be removed the rename below says so.
-    match std::fs::remove_dir_all(&failed) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            warn!("could not remove the old {}: {e}", failed.display());
-        }
-        _ => {}
-    }
-    if let Err(e) = std::fs::rename(dir, &failed) {
-        error!("could not move {} aside: {e}", dir.display());
     }
 }

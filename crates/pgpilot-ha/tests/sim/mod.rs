@@ -6,6 +6,11 @@
 //! calls and the etcd requests they would cost ([`counting`]); the fleet run ([`fleet`]) runs many
 //! clusters with faults at a set rate to turn those counts into rates per cluster.
 //!
+//! Beside that mirror of the agent's cycle, [`real`] runs the real `pgpilot_ha::Agent` over the
+//! same `World` (its PostgreSQL, commits, guard and watchdog models and invariants), through the
+//! seams of [`seams`] (`PgControl`, `Peers`, `GuardLink`, `WatchdogOpener`); its module docs say
+//! what it models. What follows describes the mirror.
+//!
 //! One step: the clock moves by a random amount (every agent cycle, background task end and fault
 //! end due on the way runs at its own time), a fault or request may be injected, replicas stream,
 //! clients commit on every writable primary, commits are acknowledged per the primary's
@@ -73,6 +78,8 @@ pub mod agent;
 pub mod counting;
 pub mod fleet;
 pub mod pg;
+pub mod real;
+pub mod seams;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -303,6 +310,9 @@ pub struct Member {
     /// counting): a killed or exited agent leaves it armed, and a restarted agent takes it
     /// over only when it activates the watchdog again.
     pub watchdog: Option<Instant>,
+    /// A real agent's ([`real`]) synchronous mode as of the last `/config` it read (the mirror
+    /// agent's is its `dynamic`).
+    pub sync_seen: bool,
 }
 
 /// An acknowledged commit.
@@ -435,6 +445,9 @@ pub struct World {
     /// `None`: the seeded scheduler may inject a fault or request every step (the safety
     /// run); `Some`: faults at the plan's rate only (a fleet run).
     pub fault_plan: Option<FaultPlan>,
+    /// The members are real agents ([`real`]), none of them a mirror `Agent`: an acknowledged
+    /// commit counts as synchronous when `/config` says so (no run of theirs edits it).
+    pub real_agents: bool,
 }
 
 impl World {
@@ -471,6 +484,7 @@ impl World {
                     guard: None,
                     orphan_guard: None,
                     watchdog: None,
+                    sync_seen: false,
                 }
             })
             .collect();
@@ -514,6 +528,7 @@ impl World {
             ops,
             writes: true,
             fault_plan: None,
+            real_agents: false,
         }
     }
 
@@ -855,7 +870,16 @@ impl World {
                 .initialize
                 .as_deref()
                 .is_some_and(pgpilot_ha::decide::valid_sysid);
-            if !holds && bootstrapped {
+            // The real agent's bootstrap publishes `/initialize`, `/config` and the key in three
+            // requests, each taking time (`real`, where every initdb draws its own system
+            // identifier): between the first and the last its primary runs without the key, and
+            // is still the only data directory of its cluster.
+            let sysid = m.pg.data.as_ref().map(|d| d.sysid.as_str());
+            let alone = self.real_agents
+                && (0..self.members.len()).all(|j| {
+                    j == i || self.members[j].pg.data.as_ref().map(|d| d.sysid.as_str()) != sysid
+                });
+            if !holds && bootstrapped && !alone {
                 let msg = format!(
                     "invariant 3: {} runs a writable primary without the leader key (held by {:?}) and last renewed {:?} ago",
                     m.name,
@@ -903,10 +927,14 @@ impl World {
             let waiting = pg.waiting.clone();
             let mut still = Vec::new();
             let sync_mode = self.cfg.active()
-                && self.members[p]
-                    .agent
-                    .as_ref()
-                    .is_some_and(|a| a.sync_params().active());
+                && if self.real_agents {
+                    self.members[p].sync_seen
+                } else {
+                    self.members[p]
+                        .agent
+                        .as_ref()
+                        .is_some_and(|a| a.sync_params().active())
+                };
             let epoch = self.mode_epoch;
             let k2 = ssn.is_empty() && self.quorum_voters_listed(p);
             for idx in waiting {
@@ -1116,54 +1144,64 @@ impl World {
                 self.members[i].partition_until = Some(now + d);
             }
             52..=56 if self.cfg.config_changes && self.dcs_down_until.is_none() => {
-                let before = self.cfg.active();
-                self.cfg.sync_mode = match self.rng.below(3) {
-                    0 => SyncMode::Off,
-                    1 => SyncMode::On,
-                    _ => SyncMode::Quorum,
-                };
-                self.cfg.strict = self.rng.chance(30);
-                if before != self.cfg.active() {
-                    // Commits acknowledged before synchronous mode was turned off (or before it
-                    // was turned on) are not promised to survive a failover any more.
-                    self.mode_epoch += 1;
-                }
-                trace!(
-                    self,
-                    "event: /config edited: synchronous_mode {:?} strict {}",
-                    self.cfg.sync_mode,
-                    self.cfg.strict
-                );
-                self.fault("config change");
-                let doc = self.cfg.config_doc();
-                let _ = ready(self.checker.set_config(&doc, None));
-                self.invalidate();
+                self.edit_config();
             }
-            42..=51 if self.dcs_down_until.is_none() => {
-                let c = self.checker_cluster();
-                let Some(leader) = c.leader_name().map(str::to_string) else {
-                    return;
-                };
-                let candidate = if self.rng.chance(50) {
-                    let k = self.rng.below(n) as usize;
-                    Some(self.members[k].name.clone()).filter(|c| *c != leader)
-                } else {
-                    None
-                };
-                trace!(
-                    self,
-                    "event: switchover requested from {leader} to {candidate:?}"
-                );
-                self.stats.switchovers_requested += 1;
-                let mut doc = serde_json::json!({"leader": leader});
-                if let Some(c) = candidate {
-                    doc["member"] = serde_json::Value::from(c);
-                }
-                let _ = ready(self.checker.set_failover(&doc.to_string(), None));
-                self.invalidate();
-            }
+            42..=51 if self.dcs_down_until.is_none() => self.request_switchover(),
             _ => {}
         }
+    }
+
+    /// `/config` edited: synchronous_mode off, on or quorum, strict or not.
+    fn edit_config(&mut self) {
+        {
+            let before = self.cfg.active();
+            self.cfg.sync_mode = match self.rng.below(3) {
+                0 => SyncMode::Off,
+                1 => SyncMode::On,
+                _ => SyncMode::Quorum,
+            };
+            self.cfg.strict = self.rng.chance(30);
+            if before != self.cfg.active() {
+                // Commits acknowledged before synchronous mode was turned off (or before it
+                // was turned on) are not promised to survive a failover any more.
+                self.mode_epoch += 1;
+            }
+            trace!(
+                self,
+                "event: /config edited: synchronous_mode {:?} strict {}",
+                self.cfg.sync_mode,
+                self.cfg.strict
+            );
+            self.fault("config change");
+            let doc = self.cfg.config_doc();
+            let _ = ready(self.checker.set_config(&doc, None));
+            self.invalidate();
+        }
+    }
+
+    /// `patronictl switchover` from the current leader, to a random member half of the time.
+    fn request_switchover(&mut self) {
+        let c = self.checker_cluster();
+        let Some(leader) = c.leader_name().map(str::to_string) else {
+            return;
+        };
+        let candidate = if self.rng.chance(50) {
+            let k = self.rng.below(self.members.len() as u64) as usize;
+            Some(self.members[k].name.clone()).filter(|c| *c != leader)
+        } else {
+            None
+        };
+        trace!(
+            self,
+            "event: switchover requested from {leader} to {candidate:?}"
+        );
+        self.stats.switchovers_requested += 1;
+        let mut doc = serde_json::json!({"leader": leader});
+        if let Some(c) = candidate {
+            doc["member"] = serde_json::Value::from(c);
+        }
+        let _ = ready(self.checker.set_failover(&doc.to_string(), None));
+        self.invalidate();
     }
 
     fn call_cluster(&self, i: usize) -> Option<Cluster> {
@@ -1241,13 +1279,11 @@ impl World {
         }
     }
 
-    fn summary(&mut self) {
-        if !self.tracing {
-            return;
-        }
+    /// The DCS as the trace shows it: leader, `/sync`, `/failover`, `/initialize`, outage.
+    fn dcs_state(&self) -> String {
         let c = self.checker_cluster();
-        let mut s = format!(
-            "  dcs: leader={:?} sync={:?} failover={:?} init={:?}{}",
+        format!(
+            "leader={:?} sync={:?} failover={:?} init={:?}{}",
             c.leader_name(),
             c.sync
                 .as_ref()
@@ -1261,7 +1297,14 @@ impl World {
             } else {
                 ""
             }
-        );
+        )
+    }
+
+    fn summary(&mut self) {
+        if !self.tracing {
+            return;
+        }
+        let mut s = format!("  dcs: {}", self.dcs_state());
         for m in &self.members {
             let pg = &m.pg;
             let (tl, len, last) = pg.data.as_ref().map_or((0, 0, None), |d| {
@@ -1419,6 +1462,12 @@ impl World {
         while self.now() < end && self.violation.is_none() {
             self.step(false).await;
         }
+        self.check_end();
+    }
+
+    /// After the quiet period: every acknowledged commit still tracked must be on the writable
+    /// leader (a run without one is counted).
+    fn check_end(&mut self) {
         let c = self.checker_cluster();
         let primary = c
             .leader_name()

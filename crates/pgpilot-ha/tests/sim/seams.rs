@@ -1,0 +1,996 @@
+//! The real agent's seams, implemented over the simulated world ([`super::real`]): a simulated
+//! PostgreSQL ([`SimPg`], `PgControl`), the peers' REST APIs ([`SimPeers`], `Peers`), a DCS
+//! client that fails while its member is isolated ([`NetDcs`]), the guard process
+//! ([`SimGuard`], `GuardLink`), and a freezable task ([`Freezable`], SIGSTOP of the agent).
+//!
+//! They share one [`Net`]: the [`World`] of the mirror (its members' `Pg`, partitions, guard
+//! deadlines, acknowledged commits and invariants) and the state of each real agent process.
+//! The lock is never held across an await. Every operation of a process that is gone (the agent
+//! was killed or its member crashed: an older [`Node::gen`]) never returns, as nothing answers a
+//! dead process; its background tasks hang with it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use pgpilot_config::WatchdogConfig;
+use pgpilot_dcs::{Cluster, Dcs, DcsError, Leader, MemberData, Status};
+use pgpilot_ha::guard::{GuardError, GuardLink, Message};
+use pgpilot_ha::watchdog::{WatchdogDevice, WatchdogError, WatchdogOpener};
+use pgpilot_postgres::{
+    ControlData, CustomBootstrap, DataDirState, DesiredConfig, LogicalSlotState, Lsn, PgControl,
+    PgError, PgSettings, PgState, ReplicaMethod, SlotChange, SlotInfo, StopMode, Upstream,
+    WalSender,
+};
+use pgpilot_types::{NodeSnapshot, PeerStatus, Peers};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::agent::trace;
+use super::counting::CountingDcs;
+use super::pg::{Conf, Control, Data, Proc, Rec, LSN_UNIT};
+use super::World;
+use pgpilot_ha::sync::Ssn;
+
+/// One real agent process (beside the world's `Member` of the same index).
+#[derive(Default)]
+pub struct Node {
+    /// Bumped whenever the process is gone: calls of an older generation never return.
+    pub gen: u64,
+    /// The process runs (not killed, not crashed, not exited).
+    pub alive: bool,
+    /// SIGSTOPped: the task is not polled.
+    pub frozen: bool,
+    pub waker: Option<Waker>,
+    /// Notified at the thaw (for the agent's background tasks: [`process_runs`]).
+    pub thawed: Arc<tokio::sync::Notify>,
+    /// What its REST API serves (`GET /patroni`).
+    pub snapshot: Option<watch::Receiver<Arc<NodeSnapshot>>>,
+    /// It took the leader key last as the candidate `/failover` named.
+    pub candidate: bool,
+    /// The agent exited with this message (`AgentError::Fatal`).
+    pub exited: Option<String>,
+}
+
+pub struct Shared {
+    pub w: World,
+    pub nodes: Vec<Node>,
+}
+
+pub type Net = Arc<Mutex<Shared>>;
+
+pub fn lock(net: &Net) -> MutexGuard<'_, Shared> {
+    net.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A process of generation `gen` of member `i` is gone: what it waits for never comes.
+async fn gone_unless_alive(net: &Net, i: usize, gen: u64) {
+    let dead = {
+        let s = lock(net);
+        s.nodes[i].gen != gen || !s.nodes[i].alive
+    };
+    if dead {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Before the agent process of generation `gen` starts an operation: never if it is gone, after
+/// the thaw if it is frozen. Its background tasks are tasks of their own (the agent's `Freezable`
+/// does not hold them): an operation under way, a child process, goes on during a freeze, the
+/// next one waits for the thaw.
+async fn process_runs(net: &Net, i: usize, gen: u64) {
+    loop {
+        let thawed = lock(net).nodes[i].thawed.clone();
+        let notified = thawed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !lock(net).nodes[i].frozen {
+            break;
+        }
+        notified.await;
+    }
+    gone_unless_alive(net, i, gen).await;
+}
+
+/// A random duration in `lo..hi` milliseconds from the world's seeded generator.
+fn millis(net: &Net, lo: u64, hi: u64) -> Duration {
+    let mut s = lock(net);
+    Duration::from_millis(lo + s.w.rng.below(hi - lo))
+}
+
+fn err(what: &str) -> PgError {
+    PgError::Invalid(what.to_string())
+}
+
+/// `synchronous_standby_names` as `Ssn::render` writes it: `name`, `N (a,b)`, `ANY N (a,b)`.
+pub fn parse_ssn(text: &str) -> Ssn {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ssn::empty();
+    }
+    let text = text.strip_prefix("ANY ").unwrap_or(text);
+    let unquote = |n: &str| n.trim().trim_matches('"').replace("\"\"", "\"");
+    match text.split_once('(') {
+        Some((n, rest)) => {
+            let numsync = n.trim().parse().unwrap_or(1);
+            let names = rest.trim_end_matches(')').split(',').map(unquote).collect();
+            Ssn { numsync, names }
+        }
+        None => Ssn {
+            numsync: 1,
+            names: [unquote(text)].into_iter().collect(),
+        },
+    }
+}
+
+/// The simulated PostgreSQL of member `i`, as the agent process of generation `gen` sees it.
+pub struct SimPg {
+    net: Net,
+    i: usize,
+    gen: u64,
+    settings: PgSettings,
+}
+
+impl SimPg {
+    pub fn new(net: Net, i: usize, gen: u64, settings: PgSettings) -> SimPg {
+        SimPg {
+            net,
+            i,
+            gen,
+            settings,
+        }
+    }
+
+    /// Waits `d` of virtual time as the process of `gen`; never returns if it is gone by then.
+    async fn work(&self, d: Duration) {
+        process_runs(&self.net, self.i, self.gen).await;
+        tokio::time::sleep(d).await;
+        gone_unless_alive(&self.net, self.i, self.gen).await;
+    }
+
+    /// A connection to our own server: refused when stopped or starting, hangs 5 s and fails
+    /// while the server is SIGSTOPped.
+    async fn connect(&self) -> Result<(), PgError> {
+        let (proc, frozen) = {
+            let s = lock(&self.net);
+            let pg = &s.w.members[self.i].pg;
+            (pg.proc, pg.frozen)
+        };
+        if frozen {
+            self.work(Duration::from_secs(5)).await;
+            return Err(PgError::Timeout(Duration::from_secs(5), "connect".into()));
+        }
+        match proc {
+            Proc::Running => Ok(()),
+            Proc::Starting => Err(PgError::Sql("the database system is starting up".into())),
+            Proc::Stopped => Err(PgError::Sql("connection refused".into())),
+        }
+    }
+
+    /// The member another member's `host` names, if this one can reach it and it answers.
+    fn remote(&self, s: &Shared, host: &str) -> Option<usize> {
+        let j = s.w.index(host)?;
+        let pg = &s.w.members[j].pg;
+        (j != self.i && s.w.reachable(self.i, j) && pg.running() && !pg.frozen && pg.data.is_some())
+            .then_some(j)
+    }
+
+    /// What `tool` (pg_basebackup, pg_rewind) reads from the server at `host`, with the world
+    /// locked; our own server must be stopped.
+    fn copy_source(
+        &self,
+        host: &str,
+        tool: &str,
+    ) -> Result<(MutexGuard<'_, Shared>, Data), PgError> {
+        let s = lock(&self.net);
+        let j = self
+            .remote(&s, host)
+            .ok_or_else(|| err(&format!("{tool}: connection failed")))?;
+        if s.w.members[self.i].pg.proc != Proc::Stopped {
+            return Err(err(&format!("{tool}: the target server is running")));
+        }
+        let src = s.w.members[j].pg.data.clone().expect("source data");
+        Ok((s, src))
+    }
+
+    /// `f` of our data directory, if there is one.
+    fn with_data<T>(&self, f: impl FnOnce(&Data) -> T) -> Result<T, PgError> {
+        let s = lock(&self.net);
+        let d = s.w.members[self.i].pg.data.as_ref();
+        d.map(f).ok_or_else(|| err("no data directory"))
+    }
+
+    fn trace(&self, s: &mut Shared, what: String) {
+        let name = s.w.members[self.i].name.clone();
+        trace!(s.w, "  {name}: {what}");
+    }
+
+    /// After every change of a server: the invariants.
+    fn changed(s: &mut Shared) {
+        s.w.invalidate();
+        s.w.check();
+    }
+}
+
+impl PgControl for SimPg {
+    fn settings(&self) -> &PgSettings {
+        &self.settings
+    }
+
+    fn data_dir_state(&self) -> DataDirState {
+        match lock(&self.net).w.members[self.i].pg.data {
+            Some(_) => DataDirState::Initialized,
+            None => DataDirState::Empty,
+        }
+    }
+
+    fn postmaster_pid(&self) -> Option<i32> {
+        let s = lock(&self.net);
+        (s.w.members[self.i].pg.proc != Proc::Stopped).then_some(1000 + self.i as i32)
+    }
+
+    async fn controldata(&self) -> pgpilot_postgres::Result<ControlData> {
+        process_runs(&self.net, self.i, self.gen).await;
+        self.with_data(|d| {
+            let state = match d.control {
+                Control::InProduction => "in production",
+                Control::ShutDown => "shut down",
+                Control::ShutDownInRecovery => "shut down in recovery",
+                Control::InArchiveRecovery => "in archive recovery",
+            };
+            ControlData {
+                system_identifier: d.sysid.clone(),
+                state: state.into(),
+                timeline: d.timeline(),
+                checkpoint_lsn: Lsn(d.lsn()),
+                redo_lsn: Lsn(d.lsn()),
+                min_recovery_lsn: Lsn(0),
+                min_recovery_timeline: 0,
+                wal_log_hints: true,
+                data_checksums: false,
+                raw: Default::default(),
+            }
+        })
+    }
+
+    async fn initdb(&self, _options: &[String]) -> pgpilot_postgres::Result<()> {
+        self.work(Duration::from_millis(1500)).await;
+        let mut s = lock(&self.net);
+        let id = s.w.next_id();
+        // Every initdb its own system identifier, as in a real cluster.
+        let sysid = (7_000_000_000_000_000_000u64 + id).to_string();
+        let pg = &mut s.w.members[self.i].pg;
+        if pg.data.is_some() {
+            return Err(err("initdb: data directory not empty"));
+        }
+        pg.data = Some(Data {
+            sysid,
+            wal: vec![Rec { tl: 1, id }],
+            control: Control::ShutDown,
+            conf: Conf::default(),
+        });
+        self.trace(&mut s, "initdb".into());
+        Ok(())
+    }
+
+    async fn write_config(&self, desired: &DesiredConfig) -> pgpilot_postgres::Result<bool> {
+        process_runs(&self.net, self.i, self.gen).await;
+        let conf = Conf {
+            standby: desired
+                .standby
+                .as_ref()
+                .map(|s| s.upstream.as_ref().map(|u| u.host.clone())),
+            ssn: parse_ssn(
+                desired
+                    .parameters
+                    .get("synchronous_standby_names")
+                    .map_or("", String::as_str),
+            ),
+        };
+        let mut s = lock(&self.net);
+        Ok(s.w.members[self.i].pg.write_conf(&conf))
+    }
+
+    async fn start(&self, _timeout: Duration) -> pgpilot_postgres::Result<()> {
+        process_runs(&self.net, self.i, self.gen).await;
+        {
+            let mut s = lock(&self.net);
+            let pg = &mut s.w.members[self.i].pg;
+            if pg.proc == Proc::Running {
+                return Ok(());
+            }
+            if pg.data.is_none() {
+                return Err(err("pg_ctl start: no data directory"));
+            }
+            pg.begin_start();
+        }
+        let d = millis(&self.net, 300, 3300);
+        self.work(d).await;
+        let mut s = lock(&self.net);
+        let r = s.w.members[self.i].pg.finish_start();
+        let line = format!(
+            "started: {r:?} (in recovery: {})",
+            s.w.members[self.i].pg.in_recovery
+        );
+        self.trace(&mut s, line);
+        Self::changed(&mut s);
+        r.map_err(|e| err(&e))
+    }
+
+    async fn stop(&self, mode: StopMode, _timeout: Duration) -> pgpilot_postgres::Result<()> {
+        process_runs(&self.net, self.i, self.gen).await;
+        let was_running = {
+            let mut s = lock(&self.net);
+            let id = s.w.next_id();
+            let running = s.w.members[self.i].pg.proc != Proc::Stopped;
+            if running {
+                // No commit from the moment the shutdown starts.
+                match mode {
+                    StopMode::Immediate => s.w.members[self.i].pg.stop(false, id),
+                    StopMode::Fast | StopMode::Smart => s.w.stop_fast(self.i, id),
+                }
+                self.trace(&mut s, format!("stopped ({mode:?})"));
+                Self::changed(&mut s);
+            }
+            running
+        };
+        if was_running {
+            let d = millis(&self.net, 100, 1000);
+            self.work(d).await;
+        }
+        Ok(())
+    }
+
+    async fn kill_postmaster(&self, timeout: Duration) -> pgpilot_postgres::Result<()> {
+        self.stop(StopMode::Immediate, timeout).await
+    }
+
+    async fn promote(&self, _timeout: Duration) -> pgpilot_postgres::Result<()> {
+        let d = millis(&self.net, 200, 1500);
+        self.work(d).await;
+        let mut s = lock(&self.net);
+        if s.w.members[self.i].pg.frozen {
+            return Err(err("pg_ctl promote: server does not answer"));
+        }
+        let id = s.w.next_id();
+        match s.w.members[self.i].pg.promote(id) {
+            Some(_) => {
+                // The mirror's known bug K6 (`sim::agent`): in quorum mode a switchover candidate
+                // that is a voter promotes without any vote. Counted, not failed, as there.
+                let quorum = s.w.cfg.sync_mode == pgpilot_config::SyncMode::Quorum;
+                let known = (quorum && s.nodes[self.i].candidate).then_some("K6");
+                s.w.on_promote(self.i, known);
+                Self::changed(&mut s);
+                Ok(())
+            }
+            None => Err(err("pg_ctl promote: server is not in standby mode")),
+        }
+    }
+
+    async fn reload(&self) -> pgpilot_postgres::Result<()> {
+        process_runs(&self.net, self.i, self.gen).await;
+        let mut s = lock(&self.net);
+        if !s.w.members[self.i].pg.running() {
+            return Err(err("pg_ctl reload: server is not running"));
+        }
+        s.w.members[self.i].pg.reload();
+        Ok(())
+    }
+
+    async fn remote_wal_position(&self, at: &Upstream) -> pgpilot_postgres::Result<u64> {
+        process_runs(&self.net, self.i, self.gen).await;
+        let s = lock(&self.net);
+        let j = self
+            .remote(&s, &at.host)
+            .ok_or_else(|| err("connection failed"))?;
+        Ok(s.w.members[j].pg.data.as_ref().map_or(0, Data::lsn))
+    }
+
+    async fn remote_is_primary(&self, at: &Upstream) -> pgpilot_postgres::Result<bool> {
+        process_runs(&self.net, self.i, self.gen).await;
+        let s = lock(&self.net);
+        let j = self
+            .remote(&s, &at.host)
+            .ok_or_else(|| err("connection failed"))?;
+        Ok(!s.w.members[j].pg.in_recovery)
+    }
+
+    async fn prepare_rewind_source(&self, from: &Upstream) -> pgpilot_postgres::Result<()> {
+        process_runs(&self.net, self.i, self.gen).await;
+        let s = lock(&self.net);
+        let j = self
+            .remote(&s, &from.host)
+            .ok_or_else(|| err("connection failed"))?;
+        if s.w.members[j].pg.in_recovery {
+            return Err(err("the rewind source is still in recovery"));
+        }
+        Ok(())
+    }
+
+    async fn query_state(&self) -> pgpilot_postgres::Result<PgState> {
+        process_runs(&self.net, self.i, self.gen).await;
+        self.connect().await?;
+        let s = lock(&self.net);
+        let w = &s.w;
+        let pg = &w.members[self.i].pg;
+        if !pg.running() {
+            return Err(PgError::Sql("connection refused".into()));
+        }
+        let d = pg.data.as_ref().ok_or_else(|| err("no data directory"))?;
+        let lsn = Some(Lsn(d.lsn()));
+        let quorum = w.cfg.sync_mode == pgpilot_config::SyncMode::Quorum;
+        let replication = if pg.in_recovery {
+            Vec::new()
+        } else {
+            (0..w.members.len())
+                .filter(|&j| w.connected(j, self.i))
+                .map(|j| {
+                    let name = w.members[j].name.clone();
+                    let listed = pg.live_ssn.names.contains(&name);
+                    let sync_state = match (listed, quorum) {
+                        (true, true) => "quorum",
+                        (true, false) => "sync",
+                        _ => "async",
+                    };
+                    let at = Some(Lsn(w.members[j].pg.data.as_ref().map_or(0, Data::lsn)));
+                    WalSender {
+                        usename: Some("replicator".into()),
+                        application_name: name,
+                        client_addr: None,
+                        state: "streaming".into(),
+                        sync_state: sync_state.into(),
+                        sync_priority: i32::from(listed),
+                        write_lsn: at,
+                        flush_lsn: at,
+                        replay_lsn: at,
+                    }
+                })
+                .collect()
+        };
+        let streaming = pg.in_recovery && w.upstream_of(self.i).is_some();
+        Ok(PgState {
+            in_recovery: pg.in_recovery,
+            postmaster_start_time: "2026-01-01 00:00:00.000000+00:00".into(),
+            server_version: 170000,
+            timeline: d.timeline(),
+            wal_flush_lsn: (!pg.in_recovery).then_some(Lsn(d.lsn())),
+            receive_lsn: pg.in_recovery.then_some(lsn).flatten(),
+            replay_lsn: pg.in_recovery.then_some(lsn).flatten(),
+            replay_timestamp: None,
+            replay_paused: false,
+            replication_state: streaming.then(|| "streaming".into()),
+            latest_end_lsn: None,
+            replication,
+            synchronous_commit: "on".into(),
+            pending_restart: Default::default(),
+        })
+    }
+
+    async fn create_roles(&self) -> pgpilot_postgres::Result<()> {
+        self.work(Duration::from_millis(100)).await;
+        self.connect().await
+    }
+
+    async fn run_post_bootstrap(&self, _command: &str) -> pgpilot_postgres::Result<()> {
+        Ok(())
+    }
+
+    async fn custom_bootstrap(&self, _b: &CustomBootstrap) -> pgpilot_postgres::Result<()> {
+        Err(err("not simulated"))
+    }
+
+    async fn start_no_wait(&self) -> pgpilot_postgres::Result<()> {
+        Err(err("not simulated"))
+    }
+
+    async fn wait_for_end_of_recovery(&self) -> pgpilot_postgres::Result<()> {
+        Err(err("not simulated"))
+    }
+
+    /// pg_basebackup: copies the source's WAL at the end of the copy (2 to 10 s).
+    async fn create_replica(
+        &self,
+        _methods: &[ReplicaMethod],
+        from: Option<&Upstream>,
+        _basebackup: &[String],
+    ) -> pgpilot_postgres::Result<String> {
+        let from = from.ok_or_else(|| err("no method works without a leader"))?;
+        let d = millis(&self.net, 2000, 10_000);
+        self.work(d).await;
+        let (mut s, src) = self.copy_source(&from.host, "pg_basebackup")?;
+        s.w.members[self.i].pg.data = Some(Data {
+            sysid: src.sysid,
+            wal: src.wal,
+            control: Control::InArchiveRecovery,
+            conf: Conf::default(),
+        });
+        self.trace(&mut s, format!("cloned from {}", from.host));
+        Ok("basebackup".into())
+    }
+
+    /// pg_rewind: the WAL cut back to what it shares with the source's (0.5 to 3.5 s).
+    async fn rewind(&self, from: &Upstream) -> pgpilot_postgres::Result<()> {
+        let d = millis(&self.net, 500, 3500);
+        self.work(d).await;
+        let (mut s, src) = self.copy_source(&from.host, "pg_rewind")?;
+        match s.w.members[self.i].pg.data.as_mut() {
+            Some(d) if d.sysid == src.sysid => {
+                let k = d.common_prefix(&src);
+                d.wal.truncate(k);
+                d.control = Control::InArchiveRecovery;
+                self.trace(&mut s, format!("rewound from {}", from.host));
+                Ok(())
+            }
+            _ => Err(err("pg_rewind: no data to rewind")),
+        }
+    }
+
+    async fn list_slots(&self) -> pgpilot_postgres::Result<Vec<SlotInfo>> {
+        process_runs(&self.net, self.i, self.gen).await;
+        self.connect().await?;
+        Ok(Vec::new())
+    }
+
+    async fn change_slot(&self, _change: &SlotChange) -> pgpilot_postgres::Result<()> {
+        process_runs(&self.net, self.i, self.gen).await;
+        self.connect().await
+    }
+
+    async fn read_logical_slots(
+        &self,
+        _from: &Upstream,
+        _names: &[String],
+    ) -> pgpilot_postgres::Result<Vec<LogicalSlotState>> {
+        Ok(Vec::new())
+    }
+
+    fn install_logical_slots(&self, _slots: &[LogicalSlotState]) -> pgpilot_postgres::Result<()> {
+        Ok(())
+    }
+
+    async fn checkpoint(&self) -> pgpilot_postgres::Result<()> {
+        process_runs(&self.net, self.i, self.gen).await;
+        self.connect().await
+    }
+
+    /// The timeline switches of our WAL, up to `timeline`.
+    async fn timeline_history(
+        &self,
+        timeline: u32,
+    ) -> pgpilot_postgres::Result<Vec<(u32, Lsn, String)>> {
+        process_runs(&self.net, self.i, self.gen).await;
+        self.with_data(|d| {
+            let mut out = Vec::new();
+            for (k, pair) in d.wal.windows(2).enumerate() {
+                if pair[1].tl > pair[0].tl && pair[1].tl <= timeline {
+                    out.push((
+                        pair[0].tl,
+                        Lsn((k as u64 + 1) * LSN_UNIT),
+                        "no recovery target specified".into(),
+                    ));
+                }
+            }
+            out
+        })
+    }
+
+    async fn remove_data_dir(&self) -> pgpilot_postgres::Result<()> {
+        process_runs(&self.net, self.i, self.gen).await;
+        let mut s = lock(&self.net);
+        let pg = &mut s.w.members[self.i].pg;
+        if pg.proc != Proc::Stopped {
+            return Err(err("the data directory is in use"));
+        }
+        pg.data = None;
+        self.trace(&mut s, "data directory removed".into());
+        Ok(())
+    }
+
+    /// The configuration on disk says standby (`Conf::standby`).
+    fn standby_signal(&self) -> bool {
+        let s = lock(&self.net);
+        let d = s.w.members[self.i].pg.data.as_ref();
+        d.is_some_and(|d| d.conf.standby.is_some())
+    }
+
+    /// The data directory is gone from where the agent looks (a stopped server's: the agent
+    /// stops it first).
+    fn move_aside_failed(&self) {
+        let mut s = lock(&self.net);
+        if s.nodes[self.i].gen != self.gen || s.w.members[self.i].pg.proc != Proc::Stopped {
+            return;
+        }
+        s.w.members[self.i].pg.data = None;
+        self.trace(
+            &mut s,
+            "failed bootstrap: data directory moved aside".into(),
+        );
+    }
+
+    async fn archive_shutdown_checkpoint(
+        &self,
+        _archive_command: &str,
+    ) -> pgpilot_postgres::Result<String> {
+        Err(err("not simulated"))
+    }
+}
+
+/// The other members' REST APIs as member `i` reaches them.
+pub struct SimPeers {
+    pub net: Net,
+    pub i: usize,
+}
+
+impl Peers for SimPeers {
+    /// `GET /patroni`: the peer's last published snapshot. An isolated or frozen peer (or an
+    /// isolated caller) times out; a dead agent refuses at once.
+    async fn peer_status(
+        &self,
+        name: &str,
+        _api_url: &str,
+        timeout: Duration,
+    ) -> Option<PeerStatus> {
+        enum Answer {
+            Hang,
+            Refused,
+            Doc(Option<PeerStatus>),
+        }
+        let answer = {
+            let s = lock(&self.net);
+            match s.w.index(name) {
+                None => Answer::Refused,
+                Some(j) if !s.w.reachable(self.i, j) || s.nodes[j].frozen => Answer::Hang,
+                Some(j) if !s.nodes[j].alive => Answer::Refused,
+                Some(j) => Answer::Doc(s.nodes[j].snapshot.as_ref().and_then(|rx| {
+                    let snap = rx.borrow();
+                    let pg = snap.pg.as_ref()?;
+                    let wal_position = if pg.in_recovery {
+                        pg.receive_lsn.max(pg.replay_lsn).unwrap_or(0)
+                    } else {
+                        pg.wal_flush_lsn.unwrap_or(0)
+                    };
+                    Some(PeerStatus {
+                        name: name.to_string(),
+                        is_primary: !pg.in_recovery,
+                        wal_position,
+                        timeline: Some(pg.timeline),
+                        nofailover: false,
+                        failover_priority: 1,
+                        watchdog_failed: false,
+                        raw: Value::Null,
+                    })
+                })),
+            }
+        };
+        match answer {
+            Answer::Hang => {
+                tokio::time::sleep(timeout).await;
+                None
+            }
+            Answer::Refused => None,
+            Answer::Doc(d) => d,
+        }
+    }
+
+    async fn answers(&self, api_url: &str, timeout: Duration) -> bool {
+        let host = api_url
+            .trim_start_matches("http://")
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        self.peer_status(&host, api_url, timeout).await.is_some()
+    }
+
+    async fn post_failsafe(&self, _api_url: &str, _body: &Value, _timeout: Duration) -> bool {
+        false
+    }
+}
+
+/// Member `i`'s DCS client: calls fail while it is isolated (without reaching the store), and a
+/// failed read costs `retry_timeout` as the etcd client's does.
+pub struct NetDcs {
+    pub inner: CountingDcs,
+    pub net: Net,
+    pub i: usize,
+    pub retry_timeout: Duration,
+}
+
+impl NetDcs {
+    fn isolated(&self) -> bool {
+        lock(&self.net).w.members[self.i].partitioned
+    }
+
+    async fn call<T: std::fmt::Debug, F: Future<Output = pgpilot_dcs::Result<T>>>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> F,
+    ) -> pgpilot_dcs::Result<T> {
+        let read = what.starts_with("cluster");
+        if !read {
+            // A write is a round trip to etcd (a read is served from the watch cache): the
+            // store may go away, or the member be isolated, while it is on its way.
+            let d = millis(&self.net, 2, 40);
+            tokio::time::sleep(d).await;
+        }
+        let r = if self.isolated() {
+            Err(DcsError::Unavailable("isolated".into()))
+        } else {
+            f().await
+        };
+        if !read && what != "touch_member" {
+            let mut s = lock(&self.net);
+            let name = s.w.members[self.i].name.clone();
+            trace!(s.w, "  {name}: dcs {what}: {r:?}");
+        }
+        if r.is_err() {
+            tokio::time::sleep(if read {
+                self.retry_timeout
+            } else {
+                Duration::from_secs(1)
+            })
+            .await;
+        }
+        r
+    }
+}
+
+impl Dcs for NetDcs {
+    fn member_name(&self) -> &str {
+        self.inner.member_name()
+    }
+    /// The agent applies the `/config` it reads (`apply_dynamic`): its synchronous mode is the
+    /// world's `Member::sync_seen`.
+    async fn cluster(&self) -> pgpilot_dcs::Result<Cluster> {
+        let r = self.call("cluster", || self.inner.cluster()).await;
+        if let Some(cfg) = r.as_ref().ok().and_then(|c| c.config.as_ref()) {
+            if !cfg.data.is_empty() {
+                let dynamic = pgpilot_config::DynamicConfig::from_document(&cfg.data).0;
+                lock(&self.net).w.members[self.i].sync_seen = dynamic.synchronous_mode.is_active();
+            }
+        }
+        r
+    }
+    async fn cluster_fresh(&self) -> pgpilot_dcs::Result<Cluster> {
+        self.call("cluster_fresh", || self.inner.cluster_fresh())
+            .await
+    }
+    async fn touch_member(&self, data: &MemberData) -> pgpilot_dcs::Result<()> {
+        self.call("touch_member", || self.inner.touch_member(data))
+            .await
+    }
+    /// Notes whether `/failover` named this member when it took the key (known bug K6).
+    async fn attempt_to_acquire_leader(&self) -> pgpilot_dcs::Result<bool> {
+        let r = self
+            .call("attempt_to_acquire_leader", || {
+                self.inner.attempt_to_acquire_leader()
+            })
+            .await;
+        if matches!(r, Ok(true)) {
+            let mut s = lock(&self.net);
+            s.w.invalidate();
+            let me = s.w.members[self.i].name.clone();
+            let named =
+                s.w.checker_cluster()
+                    .failover
+                    .as_ref()
+                    .is_some_and(|f| f.member.as_deref() == Some(me.as_str()));
+            s.nodes[self.i].candidate = named;
+        }
+        r
+    }
+    async fn update_leader(&self, leader: Option<&Leader>) -> pgpilot_dcs::Result<bool> {
+        self.call("update_leader", || self.inner.update_leader(leader))
+            .await
+    }
+    async fn keep_leader_lease(&self) -> pgpilot_dcs::Result<bool> {
+        self.call("keep_leader_lease", || self.inner.keep_leader_lease())
+            .await
+    }
+    async fn take_leader(&self) -> pgpilot_dcs::Result<()> {
+        self.call("take_leader", || self.inner.take_leader()).await
+    }
+    async fn delete_leader(&self) -> pgpilot_dcs::Result<bool> {
+        self.call("delete_leader", || self.inner.delete_leader())
+            .await
+    }
+    async fn initialize(&self, create_new: bool, sysid: &str) -> pgpilot_dcs::Result<bool> {
+        self.call("initialize", || self.inner.initialize(create_new, sysid))
+            .await
+    }
+    async fn cancel_initialization(&self) -> pgpilot_dcs::Result<()> {
+        self.call("cancel_initialization", || {
+            self.inner.cancel_initialization()
+        })
+        .await
+    }
+    async fn set_config(&self, value: &str, version: Option<i64>) -> pgpilot_dcs::Result<bool> {
+        self.call("set_config", || self.inner.set_config(value, version))
+            .await
+    }
+    async fn set_failover(&self, value: &str, version: Option<i64>) -> pgpilot_dcs::Result<bool> {
+        self.call("set_failover", || self.inner.set_failover(value, version))
+            .await
+    }
+    async fn set_sync(&self, value: &str, version: Option<i64>) -> pgpilot_dcs::Result<bool> {
+        self.call("set_sync", || self.inner.set_sync(value, version))
+            .await
+    }
+    async fn delete_sync(&self, version: Option<i64>) -> pgpilot_dcs::Result<bool> {
+        self.call("delete_sync", || self.inner.delete_sync(version))
+            .await
+    }
+    async fn set_history(&self, value: &str) -> pgpilot_dcs::Result<()> {
+        self.call("set_history", || self.inner.set_history(value))
+            .await
+    }
+    async fn set_failsafe(&self, value: &str) -> pgpilot_dcs::Result<()> {
+        self.call("set_failsafe", || self.inner.set_failsafe(value))
+            .await
+    }
+    async fn write_status(&self, status: &Status) -> pgpilot_dcs::Result<()> {
+        self.call("write_status", || self.inner.write_status(status))
+            .await
+    }
+    fn set_ttl(&self, ttl: Duration) {
+        self.inner.set_ttl(ttl);
+    }
+    fn set_retry_timeout(&self, retry_timeout: Duration) {
+        self.inner.set_retry_timeout(retry_timeout);
+    }
+    /// An isolated member hears of no event.
+    async fn watch(&self, timeout: Duration, leader_is_me: bool) -> bool {
+        let deaf = self.isolated();
+        if deaf {
+            tokio::time::sleep(timeout).await;
+            return false;
+        }
+        self.inner.watch(timeout, leader_is_me).await
+    }
+    async fn delete_cluster(&self) -> pgpilot_dcs::Result<()> {
+        self.call("delete_cluster", || self.inner.delete_cluster())
+            .await
+    }
+    async fn close(&self) -> pgpilot_dcs::Result<()> {
+        self.call("close", || self.inner.close()).await
+    }
+}
+
+/// The guard process of member `i`, spawned by the agent of generation `gen`: its deadline is
+/// the world's `Member::guard` (fenced by `World::fence`), on the agent's (virtual) clock.
+pub struct SimGuard {
+    pub net: Net,
+    pub i: usize,
+    pub gen: u64,
+}
+
+impl GuardLink for SimGuard {
+    fn clock(&self) -> Option<Duration> {
+        None
+    }
+
+    fn send(&mut self, msg: Message) -> Result<(), GuardError> {
+        let mut s = lock(&self.net);
+        if s.nodes[self.i].gen != self.gen {
+            // This guard was left behind (its agent is gone): the world keeps it as an orphan.
+            return Ok(());
+        }
+        s.w.members[self.i].guard = match msg {
+            Message::Arm { valid, .. } => Some(Instant::now() + valid),
+            Message::Disarm => None,
+        };
+        Ok(())
+    }
+
+    /// End of file: a disarmed guard exits, an armed one keeps its deadline (as an orphan).
+    fn close(self: Box<Self>, _disarmed: bool) {
+        let mut s = lock(&self.net);
+        let m = &mut s.w.members[self.i];
+        m.orphan_guard = m.guard.take().max(m.orphan_guard);
+    }
+}
+
+/// A task that is not polled while its member's agent is frozen (SIGSTOP): timers that expire
+/// meanwhile are seen at the thaw.
+pub struct Freezable {
+    pub net: Net,
+    pub i: usize,
+    pub fut: Pin<Box<dyn Future<Output = ()>>>,
+}
+
+impl Future for Freezable {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut s = lock(&self.net);
+            if s.nodes[self.i].frozen {
+                s.nodes[self.i].waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        self.fut.as_mut().poll(cx)
+    }
+}
+
+/// Member `i`'s `/dev/watchdog`, as the agent of generation `gen` opens it: its deadline is the
+/// world's `Member::watchdog` (`World::watchdog_resets` resets the member at it). Opening starts
+/// the timer, setting the timeout and every keepalive restart it, the magic close stops it; a
+/// device left open by a process that is gone keeps counting.
+pub struct SimWatchdogs {
+    pub net: Net,
+    pub i: usize,
+    pub gen: u64,
+}
+
+struct SimDevice {
+    net: Net,
+    i: usize,
+    gen: u64,
+    timeout: i64,
+}
+
+impl SimDevice {
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        let mut s = lock(&self.net);
+        if s.nodes[self.i].gen == self.gen {
+            s.w.members[self.i].watchdog = deadline;
+        }
+    }
+
+    fn restart(&self) {
+        let t = Duration::from_secs(self.timeout.unsigned_abs());
+        self.set_deadline(Some(Instant::now() + t));
+    }
+}
+
+impl WatchdogDevice for SimDevice {
+    fn describe(&self) -> String {
+        "simulated watchdog".into()
+    }
+    fn can_set_timeout(&self) -> bool {
+        true
+    }
+    fn can_be_disabled(&self) -> bool {
+        true
+    }
+    fn set_timeout(&mut self, seconds: i64) -> Result<(), WatchdogError> {
+        self.timeout = seconds;
+        self.restart();
+        Ok(())
+    }
+    fn timeout(&mut self) -> Result<i64, WatchdogError> {
+        Ok(self.timeout)
+    }
+    fn keepalive(&mut self) -> Result<(), WatchdogError> {
+        self.restart();
+        Ok(())
+    }
+    fn close(self: Box<Self>) -> Result<(), WatchdogError> {
+        self.set_deadline(None);
+        Ok(())
+    }
+}
+
+impl WatchdogOpener for SimWatchdogs {
+    fn open(&self, _config: &WatchdogConfig) -> Result<Box<dyn WatchdogDevice>, WatchdogError> {
+        let dev = SimDevice {
+            net: self.net.clone(),
+            i: self.i,
+            gen: self.gen,
+            // The driver's default until the agent sets its own.
+            timeout: 60,
+        };
+        dev.restart();
+        Ok(Box::new(dev))
+    }
+    fn usable(&self, _config: &WatchdogConfig) -> bool {
+        true
+    }
+    fn describe(&self, _config: &WatchdogConfig) -> String {
+        "simulated watchdog".into()
+    }
+}
