@@ -607,7 +607,8 @@ impl Postgres {
             // exit when they notice it is gone.
             let _ = kill(target, Signal::SIGKILL);
         }
-        self.wait_until_gone(timeout, "killing the postmaster").await
+        self.wait_until_gone(timeout, "killing the postmaster")
+            .await
     }
 
     /// `pg_ctl promote -W`, then waits (at most `timeout`) until PostgreSQL is out of recovery,

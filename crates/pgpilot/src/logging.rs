@@ -22,12 +22,12 @@ use pgpilot_values::python::{py_float_repr, py_json};
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::{reload, Registry};
 
 /// Python's level names.
@@ -598,10 +598,7 @@ mod tests {
 
     /// Runs `f` with a subscriber built from `cfg` (not installed globally); returns the
     /// handles for reconfiguration.
-    fn with_logging(
-        cfg: &LogConfig,
-        f: impl FnOnce(&reload::Handle<Targets, Registry>, &Shared),
-    ) {
+    fn with_logging(cfg: &LogConfig, f: impl FnOnce(&reload::Handle<Targets, Registry>, &Shared)) {
         let (subscriber, handle, shared) = build(cfg).unwrap();
         tracing::subscriber::with_default(subscriber, || f(&handle, &shared));
     }
