@@ -20,5 +20,5 @@ pub use decide::{
     ManualFailover, Observation, PgView,
 };
 pub use localtime::{local_now, local_zone};
-pub use params::{effective_parameters, effective_pg_hba};
+pub use params::{effective_parameters, effective_pg_hba, pg_settings};
 pub use sync::SyncParams;

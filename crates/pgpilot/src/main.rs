@@ -17,7 +17,7 @@ use pgpilot_config::{Config, Loaded};
 use pgpilot_dcs::etcd::{EtcdDcs, EtcdOptions};
 use pgpilot_ha::guard::{Guard, ProcessLink};
 use pgpilot_ha::{Agent, AgentError};
-use pgpilot_postgres::{Credentials, PgSettings, Postgres};
+use pgpilot_postgres::Postgres;
 use tokio_util::sync::CancellationToken;
 
 mod generate;
@@ -202,70 +202,6 @@ fn validate(path: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-fn pg_settings(cfg: &Config) -> PgSettings {
-    let pg = &cfg.postgresql;
-    let first = pg
-        .listen_addresses
-        .split(',')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let tcp_host = match first.as_str() {
-        "" | "*" | "0.0.0.0" => "127.0.0.1".to_string(),
-        "::" => "::1".to_string(),
-        h => h.to_string(),
-    };
-    let local_host = if pg.use_unix_socket {
-        local_socket_dir(pg.parameters.get("unix_socket_directories")).unwrap_or(tcp_host)
-    } else {
-        tcp_host
-    };
-    let creds = |c: &pgpilot_config::Credentials| Credentials {
-        username: c.username.clone(),
-        password: c.password.clone(),
-        options: c.options.clone(),
-    };
-    PgSettings {
-        name: cfg.name.clone(),
-        scope: cfg.scope.clone(),
-        data_dir: pg.data_dir.clone(),
-        config_dir: pg.config_dir.clone(),
-        bin_dir: pg.bin_dir.clone(),
-        listen_addresses: pg.listen_addresses.clone(),
-        port: pg.port,
-        local_host,
-        superuser: creds(&pg.superuser),
-        replication: creds(&pg.replication),
-        rewind: pg.rewind.as_ref().map(creds),
-        pgpass: pg.pgpass.clone(),
-        pg_ctl_timeout: pg.pg_ctl_timeout,
-    }
-}
-
-/// With `use_unix_socket`, Patroni's choice of socket: the first absolute directory of
-/// `unix_socket_directories`; none there (relative ones only) means TCP; the parameter unset
-/// means libpq's default directory (`/var/run/postgresql` as Debian builds it, else `/tmp`).
-fn local_socket_dir(unix_socket_directories: Option<&serde_json::Value>) -> Option<String> {
-    match unix_socket_directories {
-        Some(v) => v
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string())
-            .split(',')
-            .map(str::trim)
-            .find(|d| d.starts_with('/'))
-            .map(str::to_string),
-        None => Some(
-            ["/var/run/postgresql", "/tmp"]
-                .into_iter()
-                .find(|d| std::path::Path::new(d).is_dir())
-                .unwrap_or("/tmp")
-                .to_string(),
-        ),
-    }
-}
-
 async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let auth = |c: &Option<pgpilot_config::Credentials>| {
@@ -295,7 +231,7 @@ async fn run(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<()>
         ),
         None => None,
     };
-    let pg = Arc::new(Postgres::new(pg_settings(&cfg)));
+    let pg = Arc::new(Postgres::new(pgpilot_ha::pg_settings(&cfg)));
 
     // The dynamic configuration known before the first DCS read gives the lease TTL.
     let bootstrap_dynamic =

@@ -60,7 +60,6 @@ use std::time::Duration;
 use pgpilot_config::Config;
 use pgpilot_ha::guard::Guard;
 use pgpilot_ha::{Agent, AgentError};
-use pgpilot_postgres::{Credentials, PgSettings};
 use pgpilot_types::NodeSnapshot;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -97,30 +96,6 @@ fn member_config(name: &str, dcs_doc: &str, watchdog: WatchdogSim) -> Config {
     pgpilot_config::load(None, &env)
         .expect("simulated member configuration")
         .config
-}
-
-fn pg_settings(cfg: &Config) -> PgSettings {
-    let creds = |c: &pgpilot_config::Credentials| Credentials {
-        username: c.username.clone(),
-        password: c.password.clone(),
-        options: c.options.clone(),
-    };
-    let pg = &cfg.postgresql;
-    PgSettings {
-        name: cfg.name.clone(),
-        scope: cfg.scope.clone(),
-        data_dir: pg.data_dir.clone(),
-        config_dir: pg.config_dir.clone(),
-        bin_dir: pg.bin_dir.clone(),
-        listen_addresses: pg.listen_addresses.clone(),
-        port: pg.port,
-        local_host: "127.0.0.1".into(),
-        superuser: creds(&pg.superuser),
-        replication: creds(&pg.replication),
-        rewind: pg.rewind.as_ref().map(creds),
-        pgpass: pg.pgpass.clone(),
-        pg_ctl_timeout: pg.pg_ctl_timeout,
-    }
 }
 
 /// The outcome of one seed.
@@ -200,7 +175,7 @@ impl RealWorld {
         };
         let (tx, rx) = watch::channel(Arc::new(NodeSnapshot::starting(&config.name, "sim")));
         lock(&net).nodes[i].snapshot = Some(rx);
-        let settings = pg_settings(&config);
+        let settings = pgpilot_ha::pg_settings(&config);
         let pg = SimPg::new(net.clone(), i, gen, settings);
         let peers = SimPeers {
             net: net.clone(),
