@@ -452,16 +452,26 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             self.keeper.idle();
             loop {
                 let remaining = next_cycle.saturating_duration_since(Instant::now());
-                // `biased`: see `run`. Commands come before the watch: when a cycle overran
-                // loop_wait (every cycle does while the DCS is down: a failed read costs
-                // retry_timeout) the watch's wait is zero and always ready, and a command after
-                // it would never be taken, not even the reload that brings new etcd certificates.
-                let command = tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => None,
-                    c = recv(&mut self.commands) => c,
-                    _ = self.task_done.notified() => None,
-                    _ = self.dcs.watch(remaining, leader_is_me) => None,
+                // With nothing left of the wait (a cycle overran loop_wait, as every cycle does
+                // while the DCS is down: a failed read costs retry_timeout) the watch below is
+                // ready at once and, first in the biased select, would never let a command
+                // through, not even the reload that brings new etcd certificates: one that is
+                // waiting is taken first.
+                let waiting = if remaining.is_zero() {
+                    self.commands.as_mut().and_then(|rx| rx.try_recv().ok())
+                } else {
+                    None
+                };
+                // `biased`: see `run`.
+                let command = match waiting {
+                    Some(c) => Some(c),
+                    None => tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => None,
+                        _ = self.dcs.watch(remaining, leader_is_me) => None,
+                        _ = self.task_done.notified() => None,
+                        c = recv(&mut self.commands) => c,
+                    },
                 };
                 match command {
                     // A reload is applied by the next regular cycle, as Patroni's SIGHUP is:
