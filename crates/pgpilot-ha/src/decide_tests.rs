@@ -181,6 +181,42 @@ fn with_failover(leader: Option<&str>, member: Option<&str>) -> Option<Cluster> 
     Some(c)
 }
 
+/// `synchronous_mode: quorum`.
+fn quorum_mode() -> crate::sync::SyncParams {
+    crate::sync::SyncParams {
+        mode: pgpilot_config::SyncMode::Quorum,
+        ..crate::sync::SyncParams::off()
+    }
+}
+
+/// `c` with a `/sync` key led by `leader`, listing `voters`, with `quorum`.
+fn with_sync(c: Option<Cluster>, leader: &str, voters: &str, quorum: u32) -> Option<Cluster> {
+    c.map(|mut c| {
+        c.sync = Some(pgpilot_dcs::SyncState {
+            leader: Some(leader.into()),
+            sync_standby: Some(voters.into()),
+            quorum,
+            version: 5,
+        });
+        c
+    })
+}
+
+/// A cluster on timeline 2 (`/history` has one line) whose `/failover` key is
+/// `{leader, member}`, without a leader.
+fn with_failover_on_timeline_2(leader: Option<&str>, member: Option<&str>) -> Option<Cluster> {
+    with_failover(leader, member).map(|mut c| {
+        c.history = Some(vec![HistoryLine {
+            timeline: 1,
+            lsn: 10,
+            reason: "x".into(),
+            timestamp: None,
+            leader: None,
+        }]);
+        c
+    })
+}
+
 /// The leader's side of a switchover (§5.4): when to demote, wait, or clear the key.
 #[test]
 fn manual_failover_from_leader_table() {
@@ -297,6 +333,34 @@ fn manual_failover_from_leader_table() {
             None,
             ManualFailover::Clear {
                 msg: "Switchover is possible only to a specific candidate in a paused state".into(),
+            },
+        ),
+        // K1 (the simulation's seed 440): in quorum mode too a switchover goes only to a
+        // `/sync` member; a non-voter may miss commits the voters acknowledged.
+        (
+            "quorum mode, to pg3, a voter",
+            {
+                let mut o = leader_obs(vec![peer("pg3", 1000)]);
+                o.sync = quorum_mode();
+                o.cluster = with_sync(o.cluster, "pg2", "pg1,pg3", 1);
+                o
+            },
+            f(Some("pg2"), Some("pg3")),
+            None,
+            demote(Some("pg3")),
+        ),
+        (
+            "quorum mode, to pg3, not in /sync (K1)",
+            {
+                let mut o = leader_obs(vec![peer("pg3", 1000)]);
+                o.sync = quorum_mode();
+                o.cluster = with_sync(o.cluster, "pg2", "pg1", 0);
+                o
+            },
+            f(Some("pg2"), Some("pg3")),
+            None,
+            ManualFailover::Clear {
+                msg: "manual failover: no healthy members found, failover is not possible".into(),
             },
         ),
         (
@@ -620,6 +684,26 @@ fn decision_table() {
         ("switchover to pg3, unreachable: race without former leader", Box::new(|o| { o.cluster = with_failover(Some("pg1"), Some("pg3")); o.peers = vec![peer("pg1", 5000)] }), Decision::AcquireLeader),
         ("switchover to anyone, I am ahead", Box::new(|o| { o.cluster = with_failover(Some("pg1"), None); o.peers = vec![peer("pg3", 500)] }), Decision::AcquireLeader),
         ("switchover to anyone, peer ahead", Box::new(|o| { o.cluster = with_failover(Some("pg1"), None); o.peers = vec![peer("pg3", 5000)] }), not_healthiest("Wal position of pg3 is ahead of my wal position")),
+        // K1 (the simulation's seed 440): the named candidate of a quorum-mode switchover takes
+        // the key only as a `/sync` member; a non-voter may miss commits the voters acknowledged.
+        ("quorum mode, switchover to me, a voter", Box::new(|o| { o.sync = quorum_mode(); o.cluster = with_sync(with_failover(Some("pg1"), Some("pg2")), "pg1", "pg2,pg3", 1) }), Decision::AcquireLeader),
+        ("quorum mode, switchover to me, not in /sync (K1)", Box::new(|o| { o.sync = quorum_mode(); o.cluster = with_sync(with_failover(Some("pg1"), Some("pg2")), "pg1", "pg3", 0) }),
+            not_healthiest("switchover: I am not a synchronous standby")),
+        // K5 (the simulation's seed 931): the race after a switchover without a candidate keeps
+        // `check_timeline` (only the lag check is dropped): a former primary on an older
+        // timeline with a longer WAL must not win it.
+        ("switchover to anyone, check_timeline, I am ahead on the cluster timeline", Box::new(|o| {
+            o.cluster = with_failover_on_timeline_2(Some("pg1"), None);
+            o.pg = PgView::Running { in_recovery: true, timeline: 2, wal_position: 2000, streaming: false };
+            o.check_timeline = true;
+            o.peers = vec![PeerStatus { timeline: Some(2), ..peer("pg3", 1500) }];
+        }), Decision::AcquireLeader),
+        ("switchover to anyone, check_timeline, I am ahead on an older timeline (K5)", Box::new(|o| {
+            o.cluster = with_failover_on_timeline_2(Some("pg1"), None);
+            o.pg = PgView::Running { in_recovery: true, timeline: 1, wal_position: 2000, streaming: false };
+            o.check_timeline = true;
+            o.peers = vec![PeerStatus { timeline: Some(2), ..peer("pg3", 1500) }];
+        }), not_healthiest("My timeline 1 is behind last known cluster timeline 2")),
         ("manual failover ignores the lag limit", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.pg = replica(1); o.maximum_lag_on_failover = 0 }), Decision::AcquireLeader),
         ("paused, candidate is me", Box::new(|o| { o.cluster = with_failover(None, Some("pg2")); o.paused = true }), Decision::AcquireLeader),
         ("paused, candidate is pg3", Box::new(|o| { o.cluster = with_failover(None, Some("pg3")); o.paused = true }), not_healthiest("paused")),
