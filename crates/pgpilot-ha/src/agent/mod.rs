@@ -91,6 +91,8 @@ mod shutdown;
 mod standby;
 mod sync_duty;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 use commands::{recv, ScheduledRestart};
 use observe::load_dynamic_cache;
