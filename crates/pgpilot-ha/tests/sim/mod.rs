@@ -1,80 +1,47 @@
-//! The deterministic simulation (DESIGN.md "Test layers" 3): several members, each a simulated
-//! agent ([`agent`]) calling the real `decide()`, `manual_failover_from_leader` and `sync`
-//! functions over one real `MemoryStore`, beside a simulated PostgreSQL ([`pg`]); a seeded
-//! scheduler injects faults and client commits on tokio's paused clock; the safety invariants are
-//! checked after every agent action and every scheduler step. Each agent's DCS client counts its
-//! calls and the etcd requests they would cost ([`counting`]); the fleet run ([`fleet`]) runs many
-//! clusters with faults at a set rate to turn those counts into rates per cluster.
+//! The deterministic simulation (DESIGN.md "Test layers" 3). [`World`] is the cluster around
+//! the agents: each member's simulated PostgreSQL ([`pg`]) with WAL histories that can fork,
+//! client commits, replication, acknowledgements per the `synchronous_standby_names` in force,
+//! the guard's fence and the watchdog's reset at their deadlines, the seeded generator and the
+//! safety invariants. [`real`] runs the real `pgpilot_ha::Agent` of every member in it, through
+//! the seams of [`seams`] (`PgControl`, `Peers`, `GuardLink`, `WatchdogOpener`, and a `Dcs` over
+//! one shared `MemoryStore`); its module docs say what one step does and what is modelled. Each
+//! agent's DCS client counts its calls and the etcd requests they would cost ([`counting`]); the
+//! fleet run ([`fleet`]) runs many clusters with faults at a set rate to turn those counts into
+//! rates per cluster.
 //!
-//! Beside that mirror of the agent's cycle, [`real`] runs the real `pgpilot_ha::Agent` over the
-//! same `World` (its PostgreSQL, commits, guard and watchdog models and invariants), through the
-//! seams of [`seams`] (`PgControl`, `Peers`, `GuardLink`, `WatchdogOpener`); its module docs say
-//! what it models. What follows describes the mirror.
+//! The invariants: (1) at most one writable primary; (2) no acknowledged commit lost in
+//! synchronous modes (checked at every promotion and at the end of a run); (3) once the cluster
+//! is bootstrapped, a writable primary holds the leader key (a frozen or killed agent's primary
+//! too: its guard fences it before the key can expire, its watchdog resets the member); (4) an
+//! agent never re-creates its expired leader key by a renewal while its watchdog device is open
+//! (every renewal pinged the device, which fires `safety_margin` before the key can expire).
 //!
-//! One step: the clock moves by a random amount (every agent cycle, background task end and fault
-//! end due on the way runs at its own time), a fault or request may be injected, replicas stream,
-//! clients commit on every writable primary, commits are acknowledged per the primary's
-//! `synchronous_standby_names` in force, agents whose time came run, invariants are checked.
+//! The watchdog gap. A key holder whose watchdog is not open (no device in the run, or a
+//! leader whose PostgreSQL is not running as primary: the agent arms the watchdog only for
+//! primary duty, as Patroni's `enforce_primary_role` does) may renew its key after it expired:
+//! `update_leader` re-creates it without a race (both backends do, as Patroni's etcd3 does).
+//! Such renewals are counted (`Stats::stale_renewals`, `unwatched_stale_renewals`) and what they
+//! could cost in synchronous modes is excused as the gap's (`gap_mark`, `Stats::gap_lost`).
 //!
-//! Modelled: bootstrap race, clone, rewind, start/stop/crash/promote of PostgreSQL with WAL
-//! histories that can fork; synchronous and quorum replication with ssn on disk vs in force;
-//! crash of a whole member, crash of PostgreSQL alone, kill of the agent alone (PostgreSQL keeps
-//! running), freeze of the agent (and usually its PostgreSQL), possibly between deciding and
-//! acting; DCS outage; isolation of one member (its DCS calls fail, it streams to nobody, peers
-//! cannot read its `/patroni`); switchover requests with and without a candidate; `/config`
-//! edits of synchronous_mode and strict; `/patroni` answers as of the peer's last cycle; watch
-//! wake-ups; a failed DCS read costs retry_timeout; the guard (issue 12: armed by every
-//! renewal until `ttl - margin`, a process apart that a freeze or kill of the agent leaves
-//! running, stopping PostgreSQL at its deadline), so the invariants make no exception for a
-//! frozen or killed agent's primary; the watchdog ([`WatchdogSim`], on by default with
-//! Patroni's `safety_margin` 5; a run may turn it off or change the margin): activated as the
-//! agent does (after taking or renewing the key as leader, after bootstrap) with timeout
-//! `ttl - safety_margin` (`ttl / 2` for -1; none below `loop_wait`), pinged by every successful
-//! renewal of an agent that activated it, closed where the agent closes it (no key and no
-//! primary), left counting by an agent that is killed or exits; at its deadline it resets the
-//! whole member at that instant, as a member crash does (agent, guard and postmaster, frozen or
-//! not), and the member comes back 1 to 60 s later.
-//!
-//! The watchdog gap. A frozen agent may have decided to renew the leader key before its freeze;
-//! thawed after the key expired, `update_leader` re-creates it without a race (both backends
-//! do, as Patroni's etcd3 does) and it goes on leading on an old view. The guard has stopped
-//! its primary meanwhile, but the re-created leadership may still cost acknowledged commits:
-//! those are excused as the gap's (`gap_mark`, `Stats::gap_lost`).
-//!
-//! The watchdog closes the gap for an agent that activated it, that is for a leader running
-//! its primary: every successful renewal pings the device, so it fires at most
-//! `ttl - safety_margin` after the last renewal, `safety_margin` before the key can expire, and
-//! an agent frozen past its key's expiry has been reset with its pending decision. (An agent
-//! restarted while its predecessor's device counts renews without pinging until it activates,
-//! so the old, earlier deadline stands.) Such a stale renewal is a violation (invariant 4), not
-//! excused. It does not close it for a key holder whose watchdog is not active, because the
-//! agent arms the watchdog only for primary duty (as Patroni's `enforce_primary_role` does) and
-//! closes it once PostgreSQL is stopped or in recovery without the key: a leader that demoted
-//! (offline, after a DCS outage) or whose PostgreSQL crashed, and holds or gets the key back
-//! while PostgreSQL starts (`UpdateLockDuring`; `StartPostgres` with `renew_lock_first` in a
-//! restarted agent, whose watchdog is not active yet), renews without any device armed; frozen
-//! between deciding and acting, thawed after the key expired, it re-creates the key (seed 1178:
-//! DemoteOffline, then `UpdateLockDuring { Start }`, frozen 50 s; the guard stops the starting
-//! PostgreSQL, the thawed agent re-creates the key). Those renewals are still excused as the
-//! gap's, counted in `Stats::unwatched_stale_renewals`; none has lost an acknowledged commit in
-//! the sweeps (`gap_lost` 0). Closing them is a matter for `update_leader` (not re-creating a
-//! key that is gone), not for the watchdog. The guard still fences where the watchdog is not
-//! armed or fires later: a killed agent's orphaned guard keeps its deadline after the restarted
-//! agent re-armed the watchdog, a starting PostgreSQL under the key, a `safety_margin` below the
-//! guard's `ttl / 10`, a timeout below `loop_wait`.
-//!
-//! Not modelled: pause, scheduled switchovers and restarts, REST restart/reinitialize, failsafe,
-//! standby clusters, tags (nofailover, nosync, priorities, replicatefrom, clonefrom), slots,
-//! `watchdog.mode: required` (a member without a device refusing leadership; every device here
-//! opens), watchdog devices that ignore the timeout asked for or can not be disabled, the lease
-//! keeper (no cycle here waits longer than a failed DCS read),
-//! archive/restore_command, failing pg_rewind or basebackup (they fail only when their
-//! source is unavailable), graceful agent shutdown (`leave_sync_duty`), synchronous_commit levels
-//! other than flush, maximum_lag_on_syncnode, ttl/loop_wait changes, a stale watch cache in the
-//! DCS client (memory reads are linearizable), asymmetric partitions, DCS latency other than the
-//! failing read.
+//! Known bugs and liveness gaps found by the simulation (most of them by the hand-written mirror
+//! of the agent's cycle it ran before the real agents, removed with its seeds):
+//! - K1 (fixed): a quorum-mode switchover to a member outside `/sync`. K5 (fixed): the
+//!   manual-failover race skipped the timeline check. Both guarded by rows of
+//!   `src/decide_tests.rs`.
+//! - K2 (fixed): a restarted primary started with an empty ssn, and the quorum step emptied ssn
+//!   before `/sync` (`src/agent/tests.rs`, and the pure test in `tests/simulation.rs`). An
+//!   acknowledgement with an empty ssn while `/sync` names voters is still marked (`Ack::k2`).
+//! - K6 (fixed for the case found: a graceful demotion keeps the key when no candidate received
+//!   the shutdown checkpoint, `src/agent/tests.rs`): in quorum mode a switchover candidate
+//!   named in `/failover`, a voter, takes the key and promotes without any vote. A variant
+//!   remains with the real agents (the leader dies before it hands over, seed 468): its losses
+//!   are counted as K6, not failed.
+//! - K4 (open): without `check_timeline`, a diverged member on an older timeline wins a race by
+//!   LSN (ignored test in `src/decide_tests.rs`).
+//! - L1 to L6 (liveness, no data at risk): a cluster left without a leader after the faults end
+//!   (`Stats::no_leader_why`; the ignored tests in `tests/simulation.rs` name each with its
+//!   seeds).
 
-pub mod agent;
 pub mod counting;
 pub mod fleet;
 pub mod pg;
@@ -82,21 +49,30 @@ pub mod real;
 pub mod seams;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use pgpilot_config::{DynamicConfig, SyncMode};
+use pgpilot_config::SyncMode;
 use pgpilot_dcs::memory::{MemoryDcs, MemoryStore};
 use pgpilot_dcs::{Cluster, Dcs};
 use tokio::time::Instant;
 
-use agent::{trace, Agent, Pending};
 use counting::{CountingDcs, Ops};
 use pg::{Pg, Rec};
+
+/// A trace line, formatted only when the run is traced.
+macro_rules! trace {
+    ($w:expr, $($arg:tt)*) => {
+        if $w.tracing {
+            let line = format!($($arg)*);
+            $w.trace_line(line);
+        }
+    };
+}
+pub(crate) use trace;
 
 /// Polls a future that never waits (the memory DCS never does) to completion.
 pub fn ready<T>(f: impl Future<Output = T>) -> T {
@@ -104,15 +80,6 @@ pub fn ready<T>(f: impl Future<Output = T>) -> T {
     match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("a simulated call waited"),
-    }
-}
-
-/// Polls a future once: `None` if it would wait.
-pub fn poll_once<T>(f: impl Future<Output = T>) -> Option<T> {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => None,
     }
 }
 
@@ -146,13 +113,26 @@ impl Rng {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
     None,
-    /// A replica that cannot reach the leader promotes without the leader key.
+    /// The lock lies: a member's attempt to take the leader key succeeds while another member
+    /// holds it, so the agent promotes without the key (a broken DCS client or store).
     PromoteWithoutLock,
     /// The simulated primary acknowledges commits without waiting for synchronous standbys.
     AckAsync,
-    /// The watchdog is armed and pinged but never resets its member (a device whose timer does
-    /// not fire), while the run counts on it.
-    WatchdogNeverFires,
+    /// The guard is armed but never stops PostgreSQL at its deadline.
+    GuardNeverFences,
+    /// The guard never fences and the watchdog, armed and pinged, never resets its member (a
+    /// device whose timer does not fire): nothing fences a leader whose agent stopped renewing.
+    NoFencing,
+}
+
+impl Bug {
+    fn watchdog_fires(self) -> bool {
+        self != Bug::NoFencing
+    }
+
+    fn guard_fences(self) -> bool {
+        !matches!(self, Bug::GuardNeverFences | Bug::NoFencing)
+    }
 }
 
 /// The watchdog of a run (`pgpilot_ha::watchdog`, Patroni's `watchdog` section).
@@ -167,23 +147,6 @@ pub enum WatchdogSim {
 impl WatchdogSim {
     /// `mode: automatic`, `safety_margin: 5`: Patroni's defaults, with a device present.
     pub const DEFAULT: WatchdogSim = WatchdogSim::On { safety_margin: 5 };
-
-    /// The device timeout the agent arms for `ttl` and `loop_wait` (`WatchdogConfig::timeout`),
-    /// `None` when it arms none: off, or a timeout the real agent refuses as unsafe (below
-    /// `loop_wait`: "Watchdog not supported because leader TTL ... is less than 2x loop_wait";
-    /// outside 1..65535: "Invalid timeout"; in automatic mode it then leads without one).
-    pub fn timeout(self, ttl: Duration, loop_wait: Duration) -> Option<Duration> {
-        let WatchdogSim::On { safety_margin } = self else {
-            return None;
-        };
-        let cfg = pgpilot_config::WatchdogConfig {
-            safety_margin,
-            ..Default::default()
-        };
-        let t = cfg.timeout(ttl);
-        let loop_wait = i64::try_from(loop_wait.as_secs()).unwrap_or(i64::MAX);
-        ((1..0xFFFF).contains(&t) && t >= loop_wait).then(|| Duration::from_secs(t.unsigned_abs()))
-    }
 }
 
 /// The cluster configuration drawn for one seed.
@@ -197,7 +160,6 @@ pub struct SimConfig {
     pub check_timeline: bool,
     /// `/config` is edited during the run (synchronous_mode off/on/quorum, strict).
     pub config_changes: bool,
-    pub sysid: String,
     pub steps: usize,
     /// `ttl`, `loop_wait`, `retry_timeout` in seconds (Patroni's defaults, 30/10/10, unless a
     /// fleet run asks for others).
@@ -228,7 +190,6 @@ impl SimConfig {
             use_pg_rewind: rng.chance(90),
             check_timeline: rng.chance(50),
             config_changes: false,
-            sysid: "7000000000000000001".into(),
             steps: 200,
             ttl: 30,
             loop_wait: 10,
@@ -258,12 +219,6 @@ impl SimConfig {
         .to_string()
     }
 
-    fn dynamic(&self) -> DynamicConfig {
-        let doc: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&self.config_doc()).expect("config json");
-        DynamicConfig::from_document(&doc).0
-    }
-
     fn active(&self) -> bool {
         self.sync_mode != SyncMode::Off
     }
@@ -287,18 +242,10 @@ pub struct FaultPlan {
 pub struct Member {
     pub name: String,
     pub pg: Pg,
-    /// `None` while the agent process is down.
-    pub agent: Option<Agent>,
-    /// When the agent comes back (after a crash).
+    /// Reset by its watchdog: when the member's agent comes back ([`real`] restarts it).
     pub restart_at: Option<Instant>,
-    /// SIGSTOPped (the agent, and the PostgreSQL when `pg.frozen`) until then.
-    pub frozen_until: Option<Instant>,
     pub partitioned: bool,
     pub partition_until: Option<Instant>,
-    /// The agent has not completed a cycle since it was frozen or restarted (shown in the
-    /// trace; the invariants hold through it: the guard fences its primary, the watchdog resets
-    /// a frozen leader).
-    pub gap: bool,
     /// The guard of the running agent, while armed: its deadline (`pgpilot_ha::guard`). It is a
     /// process of its own: a freeze of the agent does not stop it.
     pub guard: Option<Instant>,
@@ -310,8 +257,7 @@ pub struct Member {
     /// counting): a killed or exited agent leaves it armed, and a restarted agent takes it
     /// over only when it activates the watchdog again.
     pub watchdog: Option<Instant>,
-    /// A real agent's ([`real`]) synchronous mode as of the last `/config` it read (the mirror
-    /// agent's is its `dynamic`).
+    /// The agent's synchronous mode as of the last `/config` it read.
     pub sync_seen: bool,
 }
 
@@ -336,7 +282,6 @@ pub struct Ack {
 pub struct Stats {
     pub seeds: u64,
     pub steps: u64,
-    pub cycles: u64,
     pub commits: u64,
     pub acked: u64,
     pub promotions: u64,
@@ -373,7 +318,6 @@ impl Stats {
     pub fn add(&mut self, o: &Stats) {
         self.seeds += o.seeds;
         self.steps += o.steps;
-        self.cycles += o.cycles;
         self.commits += o.commits;
         self.acked += o.acked;
         self.promotions += o.promotions;
@@ -427,15 +371,11 @@ pub struct World {
     /// A known bug lost commits in this run: later losses follow from it (diverged histories
     /// that are never repaired) and are counted with it.
     tainted: Option<&'static str>,
-    /// Commits acknowledged before the last promotion of known bug K3 (it weakened their
-    /// protection): `acks[..k3_mark]`.
-    k3_mark: usize,
     /// Bumped when synchronous mode is turned on or off.
     mode_epoch: u64,
     /// Commits acknowledged before the last stale renewal of a thawed agent (`acks[..gap_mark]`):
     /// losing them is the watchdog gap's doing (set only in runs without a watchdog).
     gap_mark: usize,
-    step: usize,
     /// The checker's view of the store, dropped on every DCS call and every clock advance.
     cache: std::cell::RefCell<Option<Cluster>>,
     /// The agents' DCS calls, counted (`counting`).
@@ -445,9 +385,6 @@ pub struct World {
     /// `None`: the seeded scheduler may inject a fault or request every step (the safety
     /// run); `Some`: faults at the plan's rate only (a fleet run).
     pub fault_plan: Option<FaultPlan>,
-    /// The members are real agents ([`real`]), none of them a mirror `Agent`: an acknowledged
-    /// commit counts as synchronous when `/config` says so (no run of theirs edits it).
-    pub real_agents: bool,
 }
 
 impl World {
@@ -467,20 +404,15 @@ impl World {
         let ops = Arc::new(Ops::default());
         let members = (0..cfg.members)
             .map(|k| {
-                let name = format!("pg{}", k + 1);
-                let dcs = cfg.client(&store, &name, &ops);
-                let mut agent = Agent::new(dcs, cfg.dynamic(), now);
-                // Agents start within the first loop_wait, in seeded order.
-                agent.next_run = now + Duration::from_millis(rng.below(10_000));
+                // The removed mirror agents drew their start times here: drawn still, so that
+                // the seeds of earlier runs and notes keep their meaning.
+                rng.below(10_000);
                 Member {
-                    name,
+                    name: format!("pg{}", k + 1),
                     pg: Pg::new(),
-                    agent: Some(agent),
                     restart_at: None,
-                    frozen_until: None,
                     partitioned: false,
                     partition_until: None,
-                    gap: false,
                     guard: None,
                     orphan_guard: None,
                     watchdog: None,
@@ -520,15 +452,12 @@ impl World {
             violation: None,
             tolerate_known: true,
             tainted: None,
-            k3_mark: 0,
             mode_epoch: 0,
             gap_mark: 0,
-            step: 0,
             cache: std::cell::RefCell::new(None),
             ops,
             writes: true,
             fault_plan: None,
-            real_agents: false,
         }
     }
 
@@ -647,7 +576,7 @@ impl World {
             if m.orphan_guard.is_some_and(|t| t <= now) {
                 m.orphan_guard = None;
             }
-            if m.pg.proc == pg::Proc::Stopped {
+            if m.pg.proc == pg::Proc::Stopped || !self.bug.guard_fences() {
                 continue;
             }
             let id = self.next_id();
@@ -672,8 +601,6 @@ impl World {
         let m = &mut self.members[i];
         m.pg.stop(false, id);
         m.pg.frozen = false;
-        m.agent = None;
-        m.frozen_until = None;
         m.guard = None;
         m.orphan_guard = None;
         m.watchdog = None;
@@ -688,7 +615,7 @@ impl World {
             if self.members[i].watchdog.is_none_or(|t| t > now) {
                 continue;
             }
-            if self.bug == Bug::WatchdogNeverFires {
+            if !self.bug.watchdog_fires() {
                 self.members[i].watchdog = None;
                 continue;
             }
@@ -702,35 +629,6 @@ impl World {
             self.stats.watchdog_resets += 1;
             self.crash_member(i, back);
         }
-    }
-
-    /// initdb started PostgreSQL; the agent takes the leader key when it reaps the task.
-    fn bootstrapping(&self, i: usize) -> bool {
-        self.members[i]
-            .agent
-            .as_ref()
-            .and_then(|a| a.task.as_ref())
-            .is_some_and(|t| t.kind == pgpilot_ha::ActionKind::Bootstrap)
-    }
-
-    pub fn fatal(&mut self, i: usize, msg: &str) {
-        let name = self.members[i].name.clone();
-        *self
-            .stats
-            .fatal
-            .entry(msg.replace(&name, "<me>"))
-            .or_default() += 1;
-        trace!(
-            self,
-            "  {}: FATAL {msg}; the agent exits (restarted in 10 s)",
-            self.members[i].name
-        );
-        let now = self.now();
-        let m = &mut self.members[i];
-        m.agent = None;
-        m.gap = true;
-        m.restart_at = Some(now + Duration::from_secs(10));
-        m.orphan_guard = m.guard.take().max(m.orphan_guard);
     }
 
     fn violate(&mut self, msg: String) {
@@ -755,9 +653,6 @@ impl World {
             d.timeline(),
             d.wal.len()
         );
-        if known == Some("K3") && self.tolerate_known {
-            self.k3_mark = self.acks.len();
-        }
         let what = match known {
             Some(k) => format!("promotion of {name} (known bug {k})"),
             None => format!("promotion of {name}"),
@@ -769,7 +664,6 @@ impl World {
         let sync = self.cfg.active();
         let epoch = self.mode_epoch;
         let mut violation = None;
-        let k3_mark = self.k3_mark;
         let gap_mark = self.gap_mark;
         for (n, a) in self.acks.iter_mut().enumerate().filter(|(_, a)| !a.lost) {
             if d.has(a.index, a.rec) {
@@ -780,7 +674,7 @@ impl World {
                 self.stats.async_lost += 1;
             } else if n < gap_mark {
                 self.stats.gap_lost += 1;
-            } else if let Some(k) = known.or(self.tainted).or((n < k3_mark).then_some("K3")) {
+            } else if let Some(k) = known.or(self.tainted) {
                 *self.stats.known_lost.entry(k).or_default() += 1;
                 self.tainted = Some(k);
             } else if a.k2 && self.tolerate_known {
@@ -814,6 +708,30 @@ impl World {
         self.checker_cluster().leader_name().map(str::to_string)
     }
 
+    /// A real agent's `update_leader` re-created the leader key, which had expired (a renewal on
+    /// a decision taken before the key was gone, as by a thawed agent). A violation (invariant
+    /// 4) if its watchdog device was open: every renewal pinged it, so it should have reset the
+    /// member `safety_margin` before the key could expire. Otherwise what it costs is the
+    /// watchdog gap's (module docs).
+    pub fn note_stale_recreation(&mut self, i: usize, watched: bool) {
+        let me = self.members[i].name.clone();
+        trace!(
+            self,
+            "  {me}: renewed the leader key, which had expired: it re-created it"
+        );
+        self.stats.stale_renewals += 1;
+        if watched {
+            let msg = format!(
+                "invariant 4: {me} renews the leader key although it expired meanwhile (its watchdog, open, should have reset it first; armed until {:?})",
+                self.members[i].watchdog.map(|t| t - self.start)
+            );
+            self.violate(msg);
+        } else {
+            self.stats.unwatched_stale_renewals += u64::from(self.cfg.watchdog != WatchdogSim::Off);
+            self.mark_gap();
+        }
+    }
+
     pub fn mark_gap(&mut self) {
         self.gap_mark = self.acks.len();
     }
@@ -843,24 +761,8 @@ impl World {
                 .collect();
             self.violate(format!("invariant 1: two writable primaries {names:?}"));
         }
-        let now = self.now();
         for i in writable {
-            // A member about to run again at this instant (`run_again`) is judged after it did.
-            if self.bootstrapping(i) || self.due(i) {
-                continue;
-            }
             let m = &self.members[i];
-            // A killed agent renews nothing: its primary must hold the key (until its guard
-            // fences it, before the key can expire).
-            let last_renewal = m.agent.as_ref().and_then(|a| a.last_renewal);
-            let ttl = m
-                .agent
-                .as_ref()
-                .map_or(Duration::from_secs(self.cfg.ttl), |a| a.dynamic.ttl);
-            let renewed = last_renewal.is_some_and(|t| now - t < ttl);
-            if renewed {
-                continue;
-            }
             let c = self.checker_cluster();
             let holds = c.leader_name() == Some(m.name.as_str());
             // A bootstrap whose DCS writes failed leaves its primary running while the agent
@@ -875,16 +777,14 @@ impl World {
             // identifier): between the first and the last its primary runs without the key, and
             // is still the only data directory of its cluster.
             let sysid = m.pg.data.as_ref().map(|d| d.sysid.as_str());
-            let alone = self.real_agents
-                && (0..self.members.len()).all(|j| {
-                    j == i || self.members[j].pg.data.as_ref().map(|d| d.sysid.as_str()) != sysid
-                });
+            let alone = (0..self.members.len()).all(|j| {
+                j == i || self.members[j].pg.data.as_ref().map(|d| d.sysid.as_str()) != sysid
+            });
             if !holds && bootstrapped && !alone {
                 let msg = format!(
-                    "invariant 3: {} runs a writable primary without the leader key (held by {:?}) and last renewed {:?} ago",
+                    "invariant 3: {} runs a writable primary without the leader key (held by {:?})",
                     m.name,
                     c.leader_name(),
-                    last_renewal.map(|t| now - t)
                 );
                 self.violate(msg);
             }
@@ -897,7 +797,7 @@ impl World {
         }
         for i in 0..self.members.len() {
             let pg = &self.members[i].pg;
-            if !pg.writable() || pg.frozen || self.bootstrapping(i) {
+            if !pg.writable() || pg.frozen {
                 continue;
             }
             let n = self.rng.below(3);
@@ -926,15 +826,7 @@ impl World {
             let ssn = pg.live_ssn.clone();
             let waiting = pg.waiting.clone();
             let mut still = Vec::new();
-            let sync_mode = self.cfg.active()
-                && if self.real_agents {
-                    self.members[p].sync_seen
-                } else {
-                    self.members[p]
-                        .agent
-                        .as_ref()
-                        .is_some_and(|a| a.sync_params().active())
-                };
+            let sync_mode = self.cfg.active() && self.members[p].sync_seen;
             let epoch = self.mode_epoch;
             let k2 = ssn.is_empty() && self.quorum_voters_listed(p);
             for idx in waiting {
@@ -999,156 +891,8 @@ impl World {
         }
     }
 
-    /// Ends faults that are due: restarts, thaws, healed partitions, the DCS back.
-    fn end_faults(&mut self) {
-        self.fence();
-        self.watchdog_resets();
-        let now = self.now();
-        if self.dcs_down_until.is_some_and(|t| t <= now) {
-            self.dcs_down_until = None;
-            self.store.set_available(true);
-            self.invalidate();
-            trace!(self, "event: DCS available again");
-        }
-        for i in 0..self.members.len() {
-            let m = &mut self.members[i];
-            if m.restart_at.is_some_and(|t| t <= now) {
-                m.restart_at = None;
-                let dcs = self.cfg.client(&self.store, &m.name, &self.ops);
-                m.agent = Some(Agent::new(dcs, self.cfg.dynamic(), now));
-                trace!(self, "event: {} agent restarted", self.members[i].name);
-            }
-            let m = &mut self.members[i];
-            if m.frozen_until.is_some_and(|t| t <= now) {
-                m.frozen_until = None;
-                m.pg.frozen = false;
-                if let Some(a) = m.agent.as_mut() {
-                    if let Some((t, _)) = a.pending.as_mut() {
-                        *t = now;
-                    }
-                }
-                trace!(self, "event: {} thawed", self.members[i].name);
-            }
-            let m = &mut self.members[i];
-            if m.partition_until.is_some_and(|t| t <= now) {
-                m.partition_until = None;
-                m.partitioned = false;
-                trace!(self, "event: {} partition healed", self.members[i].name);
-            }
-        }
-    }
-
     fn fault(&mut self, what: &'static str) {
         *self.stats.faults.entry(what).or_default() += 1;
-    }
-
-    fn faulty(&self) -> usize {
-        self.members
-            .iter()
-            .filter(|m| {
-                m.agent.is_none()
-                    || m.frozen_until.is_some()
-                    || m.partitioned
-                    || m.restart_at.is_some()
-            })
-            .count()
-    }
-
-    /// The seeded scheduler's choice of fault or request for this step.
-    fn inject(&mut self) {
-        let now = self.now();
-        let n = self.members.len() as u64;
-        let i = self.rng.below(n) as usize;
-        let name = self.members[i].name.clone();
-        let secs = |rng: &mut Rng, lo: u64, hi: u64| {
-            Duration::from_millis(lo * 1000 + rng.below((hi - lo) * 1000))
-        };
-        let healthy = self.members[i].agent.is_some()
-            && self.members[i].frozen_until.is_none()
-            && !self.members[i].partitioned;
-        let room = self.faulty() < 2;
-        match self.rng.below(1000) {
-            0..=7 if healthy && room => {
-                let d = secs(&mut self.rng, 1, 60);
-                trace!(
-                    self,
-                    "event: crash {name} (agent and PostgreSQL), back in {d:?}"
-                );
-                self.fault("crash member");
-                self.crash_member(i, now + d);
-            }
-            8..=13
-                if self.members[i].pg.proc != pg::Proc::Stopped && !self.members[i].pg.frozen =>
-            {
-                trace!(self, "event: crash PostgreSQL of {name}");
-                self.fault("crash postgres");
-                let id = self.next_id();
-                self.members[i].pg.stop(false, id);
-            }
-            14..=19 if healthy && room => {
-                let d = secs(&mut self.rng, 1, 40);
-                trace!(
-                    self,
-                    "event: kill the agent of {name} (PostgreSQL keeps running), back in {d:?}"
-                );
-                self.fault("kill agent");
-                let m = &mut self.members[i];
-                m.agent = None;
-                m.orphan_guard = m.guard.take().max(m.orphan_guard);
-                m.gap = true;
-                m.restart_at = Some(now + d);
-            }
-            20..=29 if healthy && room => {
-                let d = secs(&mut self.rng, 1, 60);
-                let with_pg = self.rng.chance(70);
-                let mid_cycle = self.rng.chance(50)
-                    && self.members[i]
-                        .agent
-                        .as_ref()
-                        .is_some_and(|a| a.pending.is_none());
-                trace!(self, "event: freeze {name} for {d:?} (postgres too: {with_pg}, mid-cycle: {mid_cycle})");
-                self.fault("freeze");
-                self.members[i].frozen_until = Some(now + d);
-                self.members[i].gap = true;
-                if mid_cycle {
-                    // The freeze cuts a cycle between deciding and acting.
-                    match self.call_cluster(i) {
-                        Some(c) => self.cycle_rest(i, Some(c), false),
-                        None => {
-                            let rt = self.members[i]
-                                .agent
-                                .as_ref()
-                                .expect("agent")
-                                .dynamic
-                                .retry_timeout;
-                            self.members[i].agent.as_mut().expect("agent").pending =
-                                Some((now + d + rt, Pending::AfterDcsError));
-                        }
-                    }
-                }
-                self.members[i].pg.frozen = with_pg;
-            }
-            30..=33 if self.dcs_down_until.is_none() => {
-                let d = secs(&mut self.rng, 1, 40);
-                trace!(self, "event: DCS outage for {d:?}");
-                self.fault("dcs outage");
-                self.store.set_available(false);
-                self.invalidate();
-                self.dcs_down_until = Some(now + d);
-            }
-            34..=41 if healthy && room => {
-                let d = secs(&mut self.rng, 1, 60);
-                trace!(self, "event: partition {name} for {d:?}");
-                self.fault("partition");
-                self.members[i].partitioned = true;
-                self.members[i].partition_until = Some(now + d);
-            }
-            52..=56 if self.cfg.config_changes && self.dcs_down_until.is_none() => {
-                self.edit_config();
-            }
-            42..=51 if self.dcs_down_until.is_none() => self.request_switchover(),
-            _ => {}
-        }
     }
 
     /// `/config` edited: synchronous_mode off, on or quorum, strict or not.
@@ -1204,81 +948,6 @@ impl World {
         self.invalidate();
     }
 
-    fn call_cluster(&self, i: usize) -> Option<Cluster> {
-        if self.members[i].partitioned {
-            return None;
-        }
-        ready(self.members[i].agent.as_ref()?.dcs.cluster()).ok()
-    }
-
-    fn due(&self, i: usize) -> bool {
-        let now = self.now();
-        let m = &self.members[i];
-        if m.frozen_until.is_some() {
-            return false;
-        }
-        let Some(a) = &m.agent else { return false };
-        match &a.pending {
-            Some((t, _)) => *t <= now,
-            None => a.next_run <= now,
-        }
-    }
-
-    /// `Dcs::watch` with a zero timeout on each agent's own client: a change of the leader,
-    /// config or failover key (or of status, for a non-leader) since its last `cluster()` wakes
-    /// it early.
-    fn wake_watchers(&mut self) {
-        if self.dcs_down_until.is_some() {
-            return;
-        }
-        let now = self.now();
-        for m in &mut self.members {
-            if m.partitioned || m.frozen_until.is_some() {
-                continue;
-            }
-            let Some(a) = m.agent.as_mut() else { continue };
-            if a.pending.is_some() || a.next_run <= now {
-                continue;
-            }
-            let leader_is_me = a.last_renewal.is_some();
-            if poll_once(a.dcs.watch(Duration::ZERO, leader_is_me)) == Some(true) {
-                a.next_run = now;
-            }
-        }
-    }
-
-    fn run_agents(&mut self) {
-        for _round in 0..4 {
-            let mut order: Vec<usize> = (0..self.members.len()).filter(|&i| self.due(i)).collect();
-            if order.is_empty() {
-                return;
-            }
-            for k in (1..order.len()).rev() {
-                let j = self.rng.below(k as u64 + 1) as usize;
-                order.swap(k, j);
-            }
-            for i in order {
-                if !self.due(i) {
-                    continue;
-                }
-                self.stats.cycles += 1;
-                self.run_agent(i);
-                self.acknowledge();
-                self.check();
-                if self.violation.is_some() {
-                    return;
-                }
-            }
-            self.wake_watchers();
-        }
-    }
-
-    fn complete_tasks(&mut self) {
-        for i in 0..self.members.len() {
-            self.complete_task(i);
-        }
-    }
-
     /// The DCS as the trace shows it: leader, `/sync`, `/failover`, `/initialize`, outage.
     fn dcs_state(&self) -> String {
         let c = self.checker_cluster();
@@ -1298,171 +967,6 @@ impl World {
                 ""
             }
         )
-    }
-
-    fn summary(&mut self) {
-        if !self.tracing {
-            return;
-        }
-        let mut s = format!("  dcs: {}", self.dcs_state());
-        for m in &self.members {
-            let pg = &m.pg;
-            let (tl, len, last) = pg.data.as_ref().map_or((0, 0, None), |d| {
-                (
-                    d.timeline(),
-                    d.wal.len(),
-                    d.wal.last().map(|r| (r.tl, r.id)),
-                )
-            });
-            let _ = write!(
-                s,
-                "\n  {}: agent={} pg={:?}{}{} tl={tl} wal={len} last={last:?} up={:?} ssn={}/{:?} waiting={}",
-                m.name,
-                match (&m.agent, m.frozen_until.is_some(), m.partitioned) {
-                    (None, _, _) => "DOWN".to_string(),
-                    (Some(a), f, p) => format!(
-                        "{}/{}{}{}{}",
-                        a.role,
-                        a.state,
-                        if f { " FROZEN" } else { "" },
-                        if p { " PARTITIONED" } else { "" },
-                        if m.gap { " gap" } else { "" }
-                    ),
-                },
-                pg.proc,
-                if pg.running() && !pg.in_recovery { " PRIMARY" } else { "" },
-                if pg.frozen { " frozen" } else { "" },
-                pg.live_upstream,
-                pg.live_ssn.numsync,
-                pg.live_ssn.names,
-                pg.waiting.len(),
-            );
-        }
-        self.trace.push(s);
-    }
-
-    /// The earliest moment something is scheduled: an agent's next cycle, the end of a
-    /// background task or of a fault.
-    fn next_event(&self) -> Option<Instant> {
-        let mut t: Vec<Instant> = Vec::new();
-        t.extend(self.dcs_down_until);
-        for m in &self.members {
-            t.extend(m.restart_at);
-            t.extend(m.frozen_until);
-            t.extend(m.partition_until);
-            t.extend(m.guard);
-            t.extend(m.orphan_guard);
-            t.extend(m.watchdog);
-            if m.frozen_until.is_some() {
-                continue;
-            }
-            if let Some(a) = &m.agent {
-                t.push(a.pending.as_ref().map_or(a.next_run, |p| p.0));
-                if let Some(task) = a.task.as_ref().filter(|t| t.result.is_none()) {
-                    t.push(task.done_at);
-                }
-            }
-        }
-        t.into_iter().min()
-    }
-
-    async fn advance_to(&mut self, t: Instant) {
-        let now = self.now();
-        if t > now {
-            tokio::time::advance(t - now).await;
-            self.invalidate();
-        }
-    }
-
-    /// Moves the clock by a random amount, running every agent cycle, task end and fault end
-    /// due on the way at its time.
-    async fn advance(&mut self) {
-        let dt = if self.rng.chance(5) {
-            Duration::from_millis(5_000 + self.rng.below(15_000))
-        } else {
-            Duration::from_millis(50 + self.rng.below(2_000))
-        };
-        let target = self.now() + dt;
-        let mut same_instant = 0;
-        while let Some(t) = self.next_event().filter(|t| *t <= target) {
-            if t <= self.now() {
-                same_instant += 1;
-                if same_instant > 200 {
-                    let due: Vec<&str> = (0..self.members.len())
-                        .filter(|&i| self.due(i))
-                        .map(|i| self.members[i].name.as_str())
-                        .collect();
-                    let msg = format!(
-                        "livelock: {due:?} run cycle after cycle without the clock moving (run_again every time)"
-                    );
-                    self.violate(msg);
-                    return;
-                }
-            } else {
-                same_instant = 0;
-            }
-            self.advance_to(t).await;
-            self.end_faults();
-            self.complete_tasks();
-            self.replicate();
-            self.acknowledge();
-            self.run_agents();
-            if self.violation.is_some() {
-                return;
-            }
-        }
-        self.advance_to(target).await;
-    }
-
-    async fn step(&mut self, faults: bool) {
-        self.step += 1;
-        self.stats.steps += 1;
-        self.advance().await;
-        if self.violation.is_some() {
-            return;
-        }
-        trace!(self, "step {} t={:?}", self.step, self.elapsed());
-        self.end_faults();
-        self.complete_tasks();
-        if faults {
-            match self.fault_plan {
-                None => self.inject(),
-                Some(_) => self.inject_planned(),
-            }
-        }
-        self.replicate();
-        self.client_writes();
-        self.acknowledge();
-        self.check();
-        self.wake_watchers();
-        self.run_agents();
-        self.summary();
-    }
-
-    /// Heals everything and lets the cluster settle; then every acknowledged commit still
-    /// tracked must be on the primary.
-    async fn settle(&mut self) {
-        let now = self.now();
-        for m in &mut self.members {
-            if m.restart_at.is_some() {
-                m.restart_at = Some(now);
-            }
-            if m.frozen_until.is_some() {
-                m.frozen_until = Some(now);
-            }
-            if m.partitioned {
-                m.partition_until = Some(now);
-            }
-        }
-        if self.dcs_down_until.is_some() {
-            self.dcs_down_until = Some(now);
-        }
-        trace!(self, "settle: faults healed");
-        let end = now + Duration::from_secs(120);
-        while self.now() < end && self.violation.is_none() {
-            self.step(false).await;
-        }
-        self.check_end();
     }
 
     /// After the quiet period: every acknowledged commit still tracked must be on the writable
@@ -1489,24 +993,6 @@ impl World {
             }
         }
     }
-
-    pub async fn run(&mut self) {
-        trace!(self, "config: {:?}", self.cfg);
-        for _ in 0..self.cfg.steps {
-            self.step(true).await;
-            if self.violation.is_some() {
-                return;
-            }
-        }
-        self.settle().await;
-    }
-}
-
-/// The outcome of one seed.
-pub struct Outcome {
-    pub violation: Option<String>,
-    pub stats: Stats,
-    pub trace: Vec<String>,
 }
 
 /// A current-thread runtime on a paused clock: one per simulated cluster.
@@ -1516,28 +1002,4 @@ pub fn paused_runtime() -> tokio::runtime::Runtime {
         .start_paused(true)
         .build()
         .expect("runtime")
-}
-
-/// One seed with the members' watchdog set to `watchdog` (the drawn configuration otherwise).
-pub fn run_seed_with(
-    seed: u64,
-    bug: Bug,
-    tracing: bool,
-    tolerate_known: bool,
-    watchdog: WatchdogSim,
-) -> Outcome {
-    paused_runtime().block_on(async move {
-        let mut w = World::new(seed, bug, tracing);
-        w.cfg.watchdog = watchdog;
-        w.tolerate_known = tolerate_known;
-        w.run().await;
-        if let Some(k) = w.tainted {
-            w.stats.known_seeds.insert(k, 1);
-        }
-        Outcome {
-            violation: w.violation,
-            stats: w.stats,
-            trace: w.trace,
-        }
-    })
 }

@@ -1,4 +1,4 @@
-//! The simulation of the real agent (issue 11 item 2): every member is a real
+//! The simulation's agents (issue 11 item 2): every member is a real
 //! `pgpilot_ha::Agent` (its `run`: cycles, lease keeper, background tasks), spawned on one paused
 //! current-thread runtime, over its own DCS client of one shared `MemoryStore`
 //! ([`super::counting`], behind [`seams::NetDcs`]), the simulated PostgreSQL of [`super::pg`]
@@ -6,8 +6,7 @@
 //! peer agent's last published `NodeSnapshot`), a guard ([`seams::SimGuard`]) and a watchdog
 //! device ([`seams::SimWatchdogs`]) whose deadlines are the [`World`]'s guard and watchdog models.
 //! The world (members' PostgreSQL, client commits, replication, acknowledgements, the guard's
-//! fence, the watchdog's reset, the invariants) is the mirror's [`World`], with no mirror agent
-//! in it.
+//! fence, the watchdog's reset, the invariants) is [`World`].
 //!
 //! One step: the clock moves by a random amount in ticks of at most [`TICK`] (agents run at
 //! their own times in between: cycles, DCS waits, PostgreSQL operations that take virtual time),
@@ -18,18 +17,18 @@
 //! holds the leader key once the cluster is bootstrapped) are also checked after every change a
 //! simulated PostgreSQL makes (start, stop, promote), and invariant 2 (no acknowledged commit
 //! lost in synchronous modes) at every promotion and at the end of the run, after 120 s without
-//! faults. As in the mirror, the losses of the known bug K6 (in quorum mode the switchover
+//! faults. The losses of the known bug K6 (in quorum mode the switchover
 //! candidate named in `/failover`, a voter, takes the key and promotes without any vote; here
 //! after the leader died before handing over, seed 468) are counted, not failed.
 //!
-//! Faults, from the seeded scheduler (the mirror's mix): crash of a whole member (agent, guard,
+//! Faults, from the seeded scheduler: crash of a whole member (agent, guard,
 //! PostgreSQL, watchdog), crash of PostgreSQL alone, kill of the agent alone (PostgreSQL, an
 //! armed guard and an open watchdog keep running), freeze of the agent (its task is not polled;
 //! PostgreSQL frozen too in 70 % of them) wherever it is waiting, mid-cycle included (an
 //! operation its background task had under way goes on, as a child process would; the next one
 //! waits for the thaw), DCS outage, isolation of one member (its DCS calls fail, peers' REST
 //! calls to or from it time out, it streams to nobody), switchover requests with and without a candidate, `/config` edits
-//! of synchronous_mode and strict (in the seeds the mirror draws them for; a commit counts as
+//! of synchronous_mode and strict (in 30 % of the seeds; a commit counts as
 //! synchronous when `/config` and the acknowledging agent's last read of it say so). A process that
 //! is gone never sees an answer to what it waited for (its background tasks hang with it). The
 //! watchdog is on (`automatic`, `safety_margin` 5) unless `PGPILOT_SIM_WATCHDOG` says otherwise.
@@ -44,8 +43,9 @@
 //! slots (the simulated server has none), REST commands, custom bootstrap, synchronous_commit
 //! levels other than flush, a stale watch cache in the DCS client, `patroni.dynamic.json` (the
 //! agent reads and writes it in its data directory on the file system: there is none here, so a
-//! restarted agent starts from `bootstrap.dcs`, which is the run's `/config`). The mirror's
-//! deliberate agent bugs, known-bug and liveness replays and the fleet run stay on the mirror.
+//! restarted agent starts from `bootstrap.dcs`, which is the run's `/config`). The deliberate
+//! bugs the checker must catch ([`Bug`]) are the world's: a PostgreSQL that acknowledges
+//! asynchronously, a lock that lies, a guard or a watchdog that never fences.
 //!
 //! Determinism: everything runs on one thread with a paused clock and the world's seeded
 //! generator; `tokio::select!` in the agent and the memory store's watch are `biased` and the
@@ -65,12 +65,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use super::agent::trace;
 use super::pg::Proc;
 use super::seams::{
     lock, Freezable, Net, NetDcs, Node, Shared, SimGuard, SimPeers, SimPg, SimWatchdogs,
 };
+use super::trace;
 use super::{paused_runtime, Bug, Rng, Stats, WatchdogSim, World};
 
 /// The longest the world goes without replicating, acknowledging and checking.
@@ -119,12 +120,15 @@ impl RealWorld {
     pub fn new(seed: u64, bug: Bug, tracing: bool, watchdog: WatchdogSim) -> RealWorld {
         let mut w = World::new(seed, bug, tracing);
         w.cfg.watchdog = watchdog;
-        w.real_agents = true;
+        RealWorld::of(w)
+    }
+
+    /// Real agents for the members of `w` (its configuration, generator and settings).
+    pub fn of(mut w: World) -> RealWorld {
         let n = w.members.len();
         let now = Instant::now();
         let mut restart_at = Vec::new();
-        for m in &mut w.members {
-            m.agent = None;
+        for _ in 0..n {
             // Agents start within the first loop_wait, in seeded order.
             restart_at.push(Some(now + Duration::from_millis(w.rng.below(10_000))));
         }
@@ -191,10 +195,13 @@ impl RealWorld {
             i,
             gen,
         };
+        let member = config.name.clone();
         let mut agent = Agent::new(config, Arc::new(dcs), Arc::new(pg), Arc::new(peers), tx)
             .with_watchdog(Arc::new(watchdogs))
             .with_guard(guard);
         let net2 = net.clone();
+        // The agent's own log lines name their member (`PGPILOT_SIM_LOG` in `simulation.rs`).
+        let span = tracing::info_span!("agent", member = %member);
         let fut = async move {
             if let Err(AgentError::Fatal(msg)) = agent.run(CancellationToken::new()).await {
                 let mut s = lock(&net2);
@@ -202,7 +209,8 @@ impl RealWorld {
                     s.nodes[i].exited = Some(msg);
                 }
             }
-        };
+        }
+        .instrument(span);
         self.handles[i] = Some(tokio::task::spawn_local(Freezable {
             net,
             i,
@@ -224,6 +232,8 @@ impl RealWorld {
         node.frozen = false;
         node.waker = None;
         node.snapshot = None;
+        // The device stays armed (`Member::watchdog`), held by no process.
+        node.watchdog_open = false;
         let m = &mut s.w.members[i];
         m.orphan_guard = m.guard.take().max(m.orphan_guard);
     }
@@ -332,7 +342,7 @@ impl RealWorld {
         s.w.check();
     }
 
-    fn violation(&self) -> bool {
+    pub fn violation(&self) -> bool {
         lock(&self.net).w.violation.is_some()
     }
 
@@ -348,7 +358,7 @@ impl RealWorld {
             .count()
     }
 
-    /// The seeded scheduler's choice of fault or request for this step (the mirror's mix).
+    /// The seeded scheduler's choice of fault or request for this step.
     fn inject(&mut self) {
         let now = Instant::now();
         let room = self.faulty() < 2;
@@ -458,8 +468,44 @@ impl RealWorld {
         s.w.trace_line(line);
     }
 
+    /// A fleet run's fault injection (`World::fault_plan`): when the plan's time comes, one
+    /// fault or request from the usual mix ([`RealWorld::inject`], retried until it injects
+    /// something), then the next time.
+    fn inject_planned(&mut self) {
+        let now = Instant::now();
+        let next = {
+            let mut s = lock(&self.net);
+            let Some(plan) = s.w.fault_plan.clone() else {
+                return;
+            };
+            match plan.next_at {
+                Some(t) => t,
+                None => {
+                    let t = now + s.w.exponential(plan.mean);
+                    s.w.set_next_fault(t);
+                    t
+                }
+            }
+        };
+        if now < next {
+            return;
+        }
+        let before = lock(&self.net).w.injected();
+        for _ in 0..1000 {
+            self.inject();
+            if lock(&self.net).w.injected() != before {
+                break;
+            }
+        }
+        let mut s = lock(&self.net);
+        if let Some(mean) = s.w.fault_plan.as_ref().map(|p| p.mean) {
+            let t = now + s.w.exponential(mean);
+            s.w.set_next_fault(t);
+        }
+    }
+
     /// Moves the clock by a random amount in ticks, then injects and commits.
-    async fn step(&mut self, faults: bool) {
+    pub async fn step(&mut self, faults: bool) {
         self.step += 1;
         let dt = {
             let mut s = lock(&self.net);
@@ -493,7 +539,11 @@ impl RealWorld {
             trace!(s.w, "step {step} t={t:?}");
         }
         if faults {
-            self.inject();
+            if lock(&self.net).w.fault_plan.is_some() {
+                self.inject_planned();
+            } else {
+                self.inject();
+            }
         }
         self.world_tick(true);
         self.summary();
@@ -546,7 +596,7 @@ impl RealWorld {
     }
 
     /// Drops every agent task.
-    fn shutdown(&mut self) {
+    pub fn shutdown(&mut self) {
         for i in 0..self.n() {
             self.kill(i);
         }
@@ -558,8 +608,7 @@ pub fn run_real_seed(seed: u64, tracing: bool, watchdog: WatchdogSim) -> Outcome
     run_real_seed_with(seed, Bug::None, tracing, watchdog)
 }
 
-/// One seed with a world-level bug (`Bug::AckAsync`: the simulated PostgreSQL's; the agents'
-/// bugs of the mirror do not apply to the real agent).
+/// One seed with a deliberate bug of the world ([`Bug`]) that the checker must catch.
 pub fn run_real_seed_with(seed: u64, bug: Bug, tracing: bool, watchdog: WatchdogSim) -> Outcome {
     let rt = paused_runtime();
     let local = tokio::task::LocalSet::new();

@@ -3,7 +3,7 @@
 //! client that fails while its member is isolated ([`NetDcs`]), the guard process
 //! ([`SimGuard`], `GuardLink`), and a freezable task ([`Freezable`], SIGSTOP of the agent).
 //!
-//! They share one [`Net`]: the [`World`] of the mirror (its members' `Pg`, partitions, guard
+//! They share one [`Net`]: the [`World`] (its members' `Pg`, partitions, guard
 //! deadlines, acknowledged commits and invariants) and the state of each real agent process.
 //! The lock is never held across an await. Every operation of a process that is gone (the agent
 //! was killed or its member crashed: an older [`Node::gen`]) never returns, as nothing answers a
@@ -29,10 +29,10 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::agent::trace;
 use super::counting::CountingDcs;
 use super::pg::{Conf, Control, Data, Proc, Rec, LSN_UNIT};
-use super::World;
+use super::trace;
+use super::{Bug, World};
 use pgpilot_ha::sync::Ssn;
 
 /// One real agent process (beside the world's `Member` of the same index).
@@ -51,6 +51,8 @@ pub struct Node {
     pub snapshot: Option<watch::Receiver<Arc<NodeSnapshot>>>,
     /// It took the leader key last as the candidate `/failover` named.
     pub candidate: bool,
+    /// Its agent holds the watchdog device open (opened, not closed with the magic `V`).
+    pub watchdog_open: bool,
     /// The agent exited with this message (`AgentError::Fatal`).
     pub exited: Option<String>,
 }
@@ -358,8 +360,8 @@ impl PgControl for SimPg {
         let id = s.w.next_id();
         match s.w.members[self.i].pg.promote(id) {
             Some(_) => {
-                // The mirror's known bug K6 (`sim::agent`): in quorum mode a switchover candidate
-                // that is a voter promotes without any vote. Counted, not failed, as there.
+                // Known bug K6 (`sim` module docs): in quorum mode a switchover candidate
+                // that is a voter promotes without any vote. Counted, not failed.
                 let quorum = s.w.cfg.sync_mode == pgpilot_config::SyncMode::Quorum;
                 let known = (quorum && s.nodes[self.i].candidate).then_some("K6");
                 s.w.on_promote(self.i, known);
@@ -762,11 +764,17 @@ impl Dcs for NetDcs {
         self.call("touch_member", || self.inner.touch_member(data))
             .await
     }
-    /// Notes whether `/failover` named this member when it took the key (known bug K6).
+    /// Notes whether `/failover` named this member when it took the key (known bug K6). With
+    /// `Bug::PromoteWithoutLock` a lost race is reported as won.
     async fn attempt_to_acquire_leader(&self) -> pgpilot_dcs::Result<bool> {
         let r = self
-            .call("attempt_to_acquire_leader", || {
-                self.inner.attempt_to_acquire_leader()
+            .call("attempt_to_acquire_leader", || async {
+                let r = self.inner.attempt_to_acquire_leader().await;
+                let lie = lock(&self.net).w.bug == Bug::PromoteWithoutLock;
+                if lie && matches!(r, Ok(false)) {
+                    return Ok(true);
+                }
+                r
             })
             .await;
         if matches!(r, Ok(true)) {
@@ -782,9 +790,23 @@ impl Dcs for NetDcs {
         }
         r
     }
+    /// Notes a renewal that re-creates an expired key (`World::note_stale_renewal`).
     async fn update_leader(&self, leader: Option<&Leader>) -> pgpilot_dcs::Result<bool> {
-        self.call("update_leader", || self.inner.update_leader(leader))
-            .await
+        self.call("update_leader", || async {
+            let gone = {
+                let s = lock(&self.net);
+                s.w.invalidate();
+                !s.w.dcs_down() && s.w.leader_holder().is_none()
+            };
+            let r = self.inner.update_leader(leader).await;
+            if gone && matches!(r, Ok(true)) {
+                let mut s = lock(&self.net);
+                let watched = s.nodes[self.i].watchdog_open;
+                s.w.note_stale_recreation(self.i, watched);
+            }
+            r
+        })
+        .await
     }
     async fn keep_leader_lease(&self) -> pgpilot_dcs::Result<bool> {
         self.call("keep_leader_lease", || self.inner.keep_leader_lease())
@@ -971,6 +993,10 @@ impl WatchdogDevice for SimDevice {
     }
     fn close(self: Box<Self>) -> Result<(), WatchdogError> {
         self.set_deadline(None);
+        let mut s = lock(&self.net);
+        if s.nodes[self.i].gen == self.gen {
+            s.nodes[self.i].watchdog_open = false;
+        }
         Ok(())
     }
 }
@@ -985,6 +1011,11 @@ impl WatchdogOpener for SimWatchdogs {
             timeout: 60,
         };
         dev.restart();
+        let mut s = lock(&self.net);
+        if s.nodes[self.i].gen == self.gen {
+            s.nodes[self.i].watchdog_open = true;
+        }
+        drop(s);
         Ok(Box::new(dev))
     }
     fn usable(&self, _config: &WatchdogConfig) -> bool {
