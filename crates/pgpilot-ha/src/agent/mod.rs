@@ -88,6 +88,7 @@ mod leader;
 mod observe;
 mod publish;
 mod shutdown;
+mod slot_duty;
 mod standby;
 mod sync_duty;
 mod tasks;
