@@ -3,8 +3,9 @@
 //! client commits, replication, acknowledgements per the `synchronous_standby_names` in force,
 //! the guard's fence and the watchdog's reset at their deadlines, the seeded generator and the
 //! safety invariants. [`real`] runs the real `pgpilot_ha::Agent` of every member in it, through
-//! the seams of [`seams`] (`PgControl`, `Peers`, `GuardLink`, `WatchdogOpener`, and a `Dcs` over
-//! one shared `MemoryStore`); its module docs say what one step does and what is modelled. Each
+//! the seams of [`seams`] and [`sim_pg`] (`PgControl`, `Peers`, `GuardLink`, `WatchdogOpener`,
+//! and a `Dcs` over one shared `MemoryStore`); [`setup`] draws a seed's configuration and
+//! [`stats`] counts what it did; its module docs say what one step does and what is modelled. Each
 //! agent's DCS client counts its calls and the etcd requests they would cost ([`counting`]); the
 //! fleet run ([`fleet`]) runs many clusters with faults at a set rate to turn those counts into
 //! rates per cluster.
@@ -47,8 +48,10 @@ pub mod fleet;
 pub mod pg;
 pub mod real;
 pub mod seams;
+pub mod setup;
+pub mod sim_pg;
+pub mod stats;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -60,8 +63,10 @@ use pgpilot_dcs::memory::{MemoryDcs, MemoryStore};
 use pgpilot_dcs::{Cluster, Dcs};
 use tokio::time::Instant;
 
-use counting::{CountingDcs, Ops};
+use counting::Ops;
 use pg::{Pg, Rec};
+pub use setup::{Bug, Rng, SimConfig, WatchdogSim};
+pub use stats::Stats;
 
 /// A trace line, formatted only when the run is traced.
 macro_rules! trace {
@@ -80,154 +85,6 @@ pub fn ready<T>(f: impl Future<Output = T>) -> T {
     match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("a simulated call waited"),
-    }
-}
-
-/// splitmix64: small, seedable, good enough for scheduling.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-/// A deliberately broken variant, to prove the checks are not vacuous.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bug {
-    None,
-    /// The lock lies: a member's attempt to take the leader key succeeds while another member
-    /// holds it, so the agent promotes without the key (a broken DCS client or store).
-    PromoteWithoutLock,
-    /// The simulated primary acknowledges commits without waiting for synchronous standbys.
-    AckAsync,
-    /// The guard is armed but never stops PostgreSQL at its deadline.
-    GuardNeverFences,
-    /// The guard never fences and the watchdog, armed and pinged, never resets its member (a
-    /// device whose timer does not fire): nothing fences a leader whose agent stopped renewing.
-    NoFencing,
-}
-
-impl Bug {
-    fn watchdog_fires(self) -> bool {
-        self != Bug::NoFencing
-    }
-
-    fn guard_fences(self) -> bool {
-        !matches!(self, Bug::GuardNeverFences | Bug::NoFencing)
-    }
-}
-
-/// The watchdog of a run (`pgpilot_ha::watchdog`, Patroni's `watchdog` section).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WatchdogSim {
-    /// No device (`mode: off`, or no `/dev/watchdog`): the guard alone fences.
-    Off,
-    /// `mode: automatic` with a working device and this `safety_margin` (seconds; -1: ttl/2).
-    On { safety_margin: i64 },
-}
-
-impl WatchdogSim {
-    /// `mode: automatic`, `safety_margin: 5`: Patroni's defaults, with a device present.
-    pub const DEFAULT: WatchdogSim = WatchdogSim::On { safety_margin: 5 };
-}
-
-/// The cluster configuration drawn for one seed.
-#[derive(Clone, Debug)]
-pub struct SimConfig {
-    pub members: usize,
-    pub sync_mode: SyncMode,
-    pub strict: bool,
-    pub node_count: usize,
-    pub use_pg_rewind: bool,
-    pub check_timeline: bool,
-    /// `/config` is edited during the run (synchronous_mode off/on/quorum, strict).
-    pub config_changes: bool,
-    pub steps: usize,
-    /// `ttl`, `loop_wait`, `retry_timeout` in seconds (Patroni's defaults, 30/10/10, unless a
-    /// fleet run asks for others).
-    pub ttl: u64,
-    pub loop_wait: u64,
-    pub retry_timeout: u64,
-    /// The members' watchdog ([`WatchdogSim::DEFAULT`] unless the run asks for another).
-    pub watchdog: WatchdogSim,
-}
-
-impl SimConfig {
-    fn draw(rng: &mut Rng) -> SimConfig {
-        let members = match rng.below(10) {
-            0..=6 => 3,
-            7..=8 => 4,
-            _ => 5,
-        };
-        let sync_mode = match rng.below(10) {
-            0..=3 => SyncMode::Off,
-            4..=6 => SyncMode::On,
-            _ => SyncMode::Quorum,
-        };
-        SimConfig {
-            members,
-            sync_mode,
-            strict: rng.chance(30),
-            node_count: if rng.chance(25) { 2 } else { 1 },
-            use_pg_rewind: rng.chance(90),
-            check_timeline: rng.chance(50),
-            config_changes: false,
-            steps: 200,
-            ttl: 30,
-            loop_wait: 10,
-            retry_timeout: 10,
-            watchdog: WatchdogSim::DEFAULT,
-        }
-    }
-
-    /// `/config` as written at bootstrap (`bootstrap.dcs`).
-    pub fn config_doc(&self) -> String {
-        let mode = match self.sync_mode {
-            SyncMode::Off => serde_json::Value::Bool(false),
-            SyncMode::On => serde_json::Value::Bool(true),
-            SyncMode::Quorum => serde_json::Value::from("quorum"),
-        };
-        serde_json::json!({
-            "ttl": self.ttl,
-            "loop_wait": self.loop_wait,
-            "retry_timeout": self.retry_timeout,
-            "maximum_lag_on_failover": 1048576,
-            "check_timeline": self.check_timeline,
-            "synchronous_mode": mode,
-            "synchronous_mode_strict": self.strict,
-            "synchronous_node_count": self.node_count,
-            "postgresql": {"use_pg_rewind": self.use_pg_rewind, "use_slots": true},
-        })
-        .to_string()
-    }
-
-    fn active(&self) -> bool {
-        self.sync_mode != SyncMode::Off
-    }
-
-    /// A member's DCS client, counting into `ops`.
-    fn client(&self, store: &MemoryStore, name: &str, ops: &Arc<Ops>) -> CountingDcs {
-        let ttl = Duration::from_secs(self.ttl);
-        let dcs = MemoryDcs::new(store.clone(), "service", "sim", name, ttl);
-        CountingDcs::new(dcs, ops.clone(), ttl, Duration::from_secs(self.loop_wait))
     }
 }
 
@@ -276,78 +133,6 @@ pub struct Ack {
     /// win a race without this commit.
     pub k2: bool,
     pub lost: bool,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Stats {
-    pub seeds: u64,
-    pub steps: u64,
-    pub commits: u64,
-    pub acked: u64,
-    pub promotions: u64,
-    pub switchovers_requested: u64,
-    pub faults: BTreeMap<&'static str, u64>,
-    /// Acknowledged commits lost in asynchronous mode (allowed), and synchronous ones
-    /// acknowledged before a thawed agent re-created an expired leader key (`gap_mark`;
-    /// excused only in runs without a watchdog, module docs).
-    pub async_lost: u64,
-    pub gap_lost: u64,
-    /// PostgreSQL stopped by a guard at its deadline.
-    pub fences: u64,
-    /// Members reset by their watchdog (not pinged in time).
-    pub watchdog_resets: u64,
-    /// Thawed agents that renewed the leader key on a decision taken before their freeze while
-    /// the key was gone (a violation, invariant 4, if their watchdog was active).
-    pub stale_renewals: u64,
-    /// Of those, in runs with a watchdog: agents that held the key without an active watchdog
-    /// (the part of the gap the watchdog leaves open, module docs).
-    pub unwatched_stale_renewals: u64,
-    /// Seeds that ended without a writable leader after the quiet period.
-    pub no_leader_at_end: u64,
-    pub no_leader_why: BTreeMap<&'static str, u64>,
-    /// The agent exited (Decision::Fatal or a failed bootstrap), by message.
-    pub fatal: BTreeMap<String, u64>,
-    /// Acknowledged commits lost to known bugs (tolerated in the main run), and in how many
-    /// seeds.
-    pub known_lost: BTreeMap<&'static str, u64>,
-    pub known_seeds: BTreeMap<&'static str, u64>,
-    pub by_mode: BTreeMap<String, u64>,
-}
-
-impl Stats {
-    pub fn add(&mut self, o: &Stats) {
-        self.seeds += o.seeds;
-        self.steps += o.steps;
-        self.commits += o.commits;
-        self.acked += o.acked;
-        self.promotions += o.promotions;
-        self.switchovers_requested += o.switchovers_requested;
-        for (k, v) in &o.faults {
-            *self.faults.entry(k).or_default() += v;
-        }
-        self.async_lost += o.async_lost;
-        self.gap_lost += o.gap_lost;
-        self.stale_renewals += o.stale_renewals;
-        self.unwatched_stale_renewals += o.unwatched_stale_renewals;
-        self.fences += o.fences;
-        self.watchdog_resets += o.watchdog_resets;
-        self.no_leader_at_end += o.no_leader_at_end;
-        for (k, v) in &o.no_leader_why {
-            *self.no_leader_why.entry(k).or_default() += v;
-        }
-        for (k, v) in &o.fatal {
-            *self.fatal.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &o.known_lost {
-            *self.known_lost.entry(k).or_default() += v;
-        }
-        for (k, v) in &o.known_seeds {
-            *self.known_seeds.entry(k).or_default() += v;
-        }
-        for (k, v) in &o.by_mode {
-            *self.by_mode.entry(k.clone()).or_default() += v;
-        }
-    }
 }
 
 pub struct World {

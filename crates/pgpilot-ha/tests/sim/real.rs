@@ -68,9 +68,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::pg::Proc;
-use super::seams::{
-    lock, Freezable, Net, NetDcs, Node, Shared, SimGuard, SimPeers, SimPg, SimWatchdogs,
-};
+use super::seams::{lock, Freezable, Net, NetDcs, Node, Shared, SimGuard, SimPeers, SimWatchdogs};
+use super::sim_pg::SimPg;
 use super::trace;
 use super::{paused_runtime, Bug, Rng, Stats, WatchdogSim, World};
 
