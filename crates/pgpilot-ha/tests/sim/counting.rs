@@ -4,7 +4,7 @@
 //! model of its state (lease, watch cache of our own writes). The calls are passed through
 //! unchanged: the simulation behaves exactly as without the layer.
 //!
-//! The etcd client's rules (`crates/pgpilot-dcs/src/etcd/mod.rs`):
+//! The etcd client's rules (`crates/pgpilot-dcs/src/etcd/lease.rs` and `dcs.rs`):
 //! - `cluster()` is served from the watch-fed cache: no request, except the `Range` that fills
 //!   the cache when the client starts (then one `Watch` stream per client for its life);
 //! - `touch_member` refreshes the lease with `LeaseKeepAlive` at most every
