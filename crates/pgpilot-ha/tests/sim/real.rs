@@ -1,12 +1,12 @@
-//! The simulation's agents (issue 11 item 2): every member is a real
-//! `pgpilot_ha::Agent` (its `run`: cycles, lease keeper, background tasks), spawned on one paused
-//! current-thread runtime, over its own DCS client of one shared `MemoryStore`
-//! ([`super::counting`], behind [`seams::NetDcs`]), the simulated PostgreSQL of [`super::pg`]
-//! ([`seams::SimPg`]), the other members' REST APIs ([`seams::SimPeers`], each answering from the
-//! peer agent's last published `NodeSnapshot`), a guard ([`seams::SimGuard`]) and a watchdog
-//! device ([`seams::SimWatchdogs`]) whose deadlines are the [`World`]'s guard and watchdog models.
-//! The world (members' PostgreSQL, client commits, replication, acknowledgements, the guard's
-//! fence, the watchdog's reset, the invariants) is [`World`].
+//! The simulation's agents (issue 11 item 2): every member is a real `pgpilot_ha::Agent` (its
+//! `run`: cycles, lease keeper, background tasks), spawned on one paused current-thread runtime,
+//! over its own DCS client of one shared `MemoryStore` ([`super::counting`], behind
+//! [`seams::NetDcs`]), the simulated PostgreSQL of [`super::pg`] ([`super::sim_pg::SimPg`]), the
+//! other members' REST APIs ([`seams::SimPeers`], each answering from the peer agent's last
+//! published `NodeSnapshot`), a guard ([`seams::SimGuard`]) and a watchdog device
+//! ([`seams::SimWatchdogs`]) whose deadlines are the [`World`]'s guard and watchdog models. The
+//! world (members' PostgreSQL, client commits, replication, acknowledgements, the guard's fence,
+//! the watchdog's reset, the invariants) is [`World`].
 //!
 //! One step: the clock moves by a random amount in ticks of at most [`TICK`] (agents run at
 //! their own times in between: cycles, DCS waits, PostgreSQL operations that take virtual time),
@@ -17,21 +17,21 @@
 //! holds the leader key once the cluster is bootstrapped) are also checked after every change a
 //! simulated PostgreSQL makes (start, stop, promote), and invariant 2 (no acknowledged commit
 //! lost in synchronous modes) at every promotion and at the end of the run, after 120 s without
-//! faults. The losses of the known bug K6 (in quorum mode the switchover
-//! candidate named in `/failover`, a voter, takes the key and promotes without any vote; here
-//! after the leader died before handing over, seed 468) are counted, not failed.
+//! faults. The losses of the known bug K6 (in quorum mode the switchover candidate named in
+//! `/failover`, a voter, takes the key and promotes without any vote; here after the leader died
+//! before handing over, seed 468) are counted, not failed.
 //!
-//! Faults, from the seeded scheduler: crash of a whole member (agent, guard,
-//! PostgreSQL, watchdog), crash of PostgreSQL alone, kill of the agent alone (PostgreSQL, an
-//! armed guard and an open watchdog keep running), freeze of the agent (its task is not polled;
-//! PostgreSQL frozen too in 70 % of them) wherever it is waiting, mid-cycle included (an
-//! operation its background task had under way goes on, as a child process would; the next one
-//! waits for the thaw), DCS outage, isolation of one member (its DCS calls fail, peers' REST
-//! calls to or from it time out, it streams to nobody), switchover requests with and without a candidate, `/config` edits
-//! of synchronous_mode and strict (in 30 % of the seeds; a commit counts as
-//! synchronous when `/config` and the acknowledging agent's last read of it say so). A process that
-//! is gone never sees an answer to what it waited for (its background tasks hang with it). The
-//! watchdog is on (`automatic`, `safety_margin` 5) unless `PGPILOT_SIM_WATCHDOG` says otherwise.
+//! Faults, from the seeded scheduler: crash of a whole member (agent, guard, PostgreSQL, watchdog),
+//! crash of PostgreSQL alone, kill of the agent alone (PostgreSQL, an armed guard and an open
+//! watchdog keep running), freeze of the agent (its task is not polled; PostgreSQL frozen too in
+//! 70 % of them) wherever it is waiting, mid-cycle included (an operation its background task had
+//! under way goes on, as a child process would; the next one waits for the thaw), DCS outage,
+//! isolation of one member (its DCS calls fail, peers' REST calls to or from it time out, it
+//! streams to nobody), switchover requests with and without a candidate, `/config` edits of
+//! synchronous_mode and strict (in 30 % of the seeds; a commit counts as synchronous when `/config`
+//! and the acknowledging agent's last read of it say so). A process that is gone never sees an
+//! answer to what it waited for (its background tasks hang with it). The watchdog is on
+//! (`automatic`, `safety_margin` 5) unless `PGPILOT_SIM_WATCHDOG` says otherwise.
 //!
 //! Timing: a DCS write takes 2 to 40 ms (reads come from the watch cache, at once), a failed
 //! read costs `retry_timeout`, a failed write 1 s; initdb 1.5 s, start 0.3 to 3.3 s, promote 0.2

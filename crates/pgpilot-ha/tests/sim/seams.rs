@@ -1,10 +1,11 @@
-//! The real agent's seams, implemented over the simulated world ([`super::real`]): a simulated
-//! PostgreSQL ([`super::sim_pg::SimPg`], `PgControl`), the peers' REST APIs ([`SimPeers`], `Peers`), a DCS
-//! client that fails while its member is isolated ([`NetDcs`]), the guard process
-//! ([`SimGuard`], `GuardLink`), and a freezable task ([`Freezable`], SIGSTOP of the agent).
+//! The real agent's seams, implemented over the simulated world ([`super::real`]): the peers'
+//! REST APIs ([`SimPeers`], `Peers`), a DCS client that fails while its member is isolated
+//! ([`NetDcs`]), the guard process ([`SimGuard`], `GuardLink`), the watchdog device
+//! ([`SimWatchdogs`]) and a freezable task ([`Freezable`], SIGSTOP of the agent); the simulated
+//! PostgreSQL (`PgControl`) is [`super::sim_pg::SimPg`].
 //!
-//! They share one [`Net`]: the [`World`] (its members' `Pg`, partitions, guard
-//! deadlines, acknowledged commits and invariants) and the state of each real agent process.
+//! They share one [`Net`]: the [`World`] (its members' `Pg`, partitions, guard deadlines,
+//! acknowledged commits and invariants) and the state of each real agent process.
 //! The lock is never held across an await. Every operation of a process that is gone (the agent
 //! was killed or its member crashed: an older [`Node::gen`]) never returns, as nothing answers a
 //! dead process; its background tasks hang with it.
