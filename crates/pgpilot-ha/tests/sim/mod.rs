@@ -89,7 +89,7 @@ pub fn ready<T>(f: impl Future<Output = T>) -> T {
 }
 
 /// A fleet run's faults: one at a time, at exponentially distributed intervals of mean
-/// `mean`, drawn from the seeded scheduler's usual mix (`World::inject`).
+/// `mean`, drawn from the seeded scheduler's usual mix (`real::RealWorld::inject`).
 #[derive(Clone, Debug)]
 pub struct FaultPlan {
     pub mean: Duration,
