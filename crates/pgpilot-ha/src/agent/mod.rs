@@ -456,25 +456,21 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             loop {
                 let remaining = next_cycle.saturating_duration_since(Instant::now());
                 // With nothing left of the wait (a cycle overran loop_wait, as every cycle does
-                // while the DCS is down: a failed read costs retry_timeout) the watch below is
-                // ready at once and, first in the biased select, would never let a command
-                // through, not even the reload that brings new etcd certificates: one that is
-                // waiting is taken first.
-                let waiting = if remaining.is_zero() {
+                // while the DCS is down: a failed read costs retry_timeout) there is nothing to
+                // wait for, only commands already waiting to take; the select below would find
+                // its zero-timeout watch ready first and never let one through, not even the
+                // reload that brings new etcd certificates.
+                let command = if remaining.is_zero() {
                     self.commands.as_mut().and_then(|rx| rx.try_recv().ok())
                 } else {
-                    None
-                };
-                // `biased`: see `run`.
-                let command = match waiting {
-                    Some(c) => Some(c),
-                    None => tokio::select! {
+                    // `biased`: see `run`.
+                    tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => None,
                         _ = self.dcs.watch(remaining, leader_is_me) => None,
                         _ = self.task_done.notified() => None,
                         c = recv(&mut self.commands) => c,
-                    },
+                    }
                 };
                 match command {
                     // A reload is applied by the next regular cycle, as Patroni's SIGHUP is:
