@@ -393,48 +393,55 @@ pub fn ssn_for_key(p: &SyncParams, key: Option<&SyncKey>) -> Ssn {
 
 /// What a replica about to be promoted writes first (`/sync` with itself as leader, CAS) and
 /// the ssn it starts with, so that nothing it acknowledges can be lost by a later failover.
+///
+/// The former leader counts among the standbys, as in Patroni: it had every commit. In quorum
+/// mode the new primary waits for `ANY numsync` of the former members but itself, numsync =
+/// their number − quorum (Patroni's `_process_quorum_prepromote`). In strict `on` mode it waits
+/// for the former synchronous standbys, or for the former leader when there were none, and for
+/// the placeholder only when nobody is left.
 pub fn pre_promote(p: &SyncParams, me: &str, sync: Option<&SyncState>) -> (Ssn, SyncKey) {
-    let (old, quorum) = match sync {
-        Some(s) => (s.voters().map(str::to_string).collect(), s.quorum as usize),
-        None => (BTreeSet::new(), 0),
+    let not_me = |n: &&str| !n.eq_ignore_ascii_case(me) && *n != PLACEHOLDER;
+    let (others, leader, quorum): (BTreeSet<String>, Option<String>, usize) = match sync {
+        Some(s) => (
+            s.voters().filter(not_me).map(str::to_string).collect(),
+            s.members()
+                .next()
+                .filter(|n| !s.voters().any(|v| v == *n))
+                .filter(not_me)
+                .map(str::to_string),
+            s.quorum as usize,
+        ),
+        None => (BTreeSet::new(), None, 0),
     };
-    let was_voter = old.iter().any(|n| n.eq_ignore_ascii_case(me));
-    let others: BTreeSet<String> = old
-        .into_iter()
-        .filter(|n| !n.eq_ignore_ascii_case(me) && n != PLACEHOLDER)
-        .collect();
     if p.quorum() {
-        // ANY numsync of the former voters: every promotion quorum of the key we write still
-        // meets every commit quorum.
-        let numsync = (others.len() + usize::from(!was_voter)).saturating_sub(quorum);
-        let numsync = numsync.min(others.len());
+        let members: BTreeSet<String> = others.into_iter().chain(leader).collect();
+        let numsync = members.len().saturating_sub(quorum);
         if numsync > 0 {
             let key = SyncKey {
-                quorum: others.len() - numsync,
-                voters: others.clone(),
+                quorum: members.len() - numsync,
+                voters: members.clone(),
             };
-            return (Ssn::new(numsync, others), key);
+            return (Ssn::new(numsync, members), key);
         }
         if p.strict {
-            let mut names = others.clone();
+            let mut names = members;
             names.insert(PLACEHOLDER.to_string());
             return (Ssn::new(1, names), SyncKey::default());
         }
         return (Ssn::empty(), SyncKey::default());
     }
     if p.strict {
-        let names = if others.is_empty() {
+        let voters = if others.is_empty() {
+            leader.into_iter().collect()
+        } else {
+            others
+        };
+        let names = if voters.is_empty() {
             BTreeSet::from([PLACEHOLDER.to_string()])
         } else {
-            others.clone()
+            voters.clone()
         };
-        return (
-            Ssn::new(names.len(), names),
-            SyncKey {
-                voters: others,
-                quorum: 0,
-            },
-        );
+        return (Ssn::new(names.len(), names), SyncKey { voters, quorum: 0 });
     }
     (Ssn::empty(), SyncKey::default())
 }
@@ -654,22 +661,56 @@ mod tests {
                 }
             )
         );
-        let q = params(SyncMode::Quorum, false, 1);
-        // Voters b,c with quorum 1, b promoted: numsync = |voters| - quorum - 1 = 0, so no
-        // standby is required and nobody but b is listed (c is added back once it streams).
+        // The only synchronous standby promoted in strict mode waits for the former leader
+        // (Patroni's "take two" of strict mode), not for the placeholder.
+        let only_b = SyncState {
+            sync_standby: Some("b".into()),
+            quorum: 0,
+            ..s.clone()
+        };
         assert_eq!(
-            pre_promote(&q, "b", Some(&s)),
-            (Ssn::empty(), SyncKey::default())
+            pre_promote(&strict, "b", Some(&only_b)),
+            (
+                Ssn::new(1, set(&["a"])),
+                SyncKey {
+                    voters: set(&["a"]),
+                    quorum: 0
+                }
+            )
         );
-        // Voters b,c,d with quorum 1: ANY 1 (c,d) with quorum 1 among them.
+        let q = params(SyncMode::Quorum, false, 1);
+        let strict_q = params(SyncMode::Quorum, true, 1);
+        for p in [&q, &strict_q] {
+            assert_eq!(
+                pre_promote(p, "b", Some(&only_b)),
+                (
+                    Ssn::new(1, set(&["a"])),
+                    SyncKey {
+                        voters: set(&["a"]),
+                        quorum: 0
+                    }
+                )
+            );
+        }
+        // Leader a, voters b,c with quorum 1, b promoted: the members but b are a and c,
+        // numsync = 2 - quorum = 1 (Patroni: len(members) - quorum - 1).
+        let (ssn, key) = pre_promote(&q, "b", Some(&s));
+        assert_eq!(ssn, Ssn::new(1, set(&["a", "c"])));
+        assert_eq!(key.voters, set(&["a", "c"]));
+        assert_eq!(key.quorum, 1);
+        assert!(overlaps(&ssn, &key));
+        // Voters b,c,d with quorum 1: ANY 2 (a,c,d) with quorum 1 among them.
         let s3 = SyncState {
             sync_standby: Some("b,c,d".into()),
             ..s.clone()
         };
         let (ssn, key) = pre_promote(&q, "b", Some(&s3));
-        assert_eq!(ssn, Ssn::new(1, set(&["c", "d"])));
+        assert_eq!(ssn, Ssn::new(2, set(&["a", "c", "d"])));
         assert_eq!(key.quorum, 1);
         assert!(overlaps(&ssn, &key));
+        // A member outside the key (a manual failover to e): the same numsync, e is not one.
+        let (ssn, _) = pre_promote(&q, "e", Some(&s));
+        assert_eq!(ssn, Ssn::new(2, set(&["a", "b", "c"])));
     }
 
     /// A tiny deterministic generator (xorshift) for the exhaustive walk below.

@@ -145,7 +145,7 @@ struct SyncDuty {
     /// Asking the primary to release us from synchronous duty before we stop: the member key
     /// then advertises `nosync: true, sync_priority: 0`.
     leaving: bool,
-    /// The strict-mode warning was logged for the current placeholder period.
+    /// The strict-mode warning was logged for the current period without a standby.
     warned_strict: bool,
 }
 

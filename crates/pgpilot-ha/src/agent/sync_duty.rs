@@ -98,6 +98,7 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
         {
             self.sync_duty.ssn_lsn = Some(primary_lsn);
         }
+        self.warn_strict_without_standby(&params, &standbys, primary_lsn);
         let key = SyncKey::of(cluster.sync.as_ref(), &me);
         let view = SyncView {
             params,
@@ -123,11 +124,6 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
                 }
             }
             SyncStep::SetSsn(ssn) => {
-                let placeholder = ssn.names.contains(sync::PLACEHOLDER);
-                if placeholder && !self.sync_duty.warned_strict {
-                    warn!("No active replication connections from Patroni members and synchronous_mode_strict is requested. Commits will be delayed.");
-                }
-                self.sync_duty.warned_strict = placeholder;
                 self.set_ssn(ssn);
                 let desired = self.desired(None);
                 if self.ensure_config(desired).await {
@@ -137,6 +133,31 @@ impl<D: Dcs, P: Peers, Pg: PgControl> Agent<D, P, Pg> {
             }
             SyncStep::WaitConfirm | SyncStep::Nothing => {}
         }
+    }
+
+    /// Patroni's warning, once each time strict mode finds no eligible standby streaming:
+    /// commits now wait for the standbys `/sync` last named (or for the placeholder nobody can
+    /// satisfy) until one comes back. Log alerts written for Patroni match it.
+    fn warn_strict_without_standby(
+        &mut self,
+        params: &SyncParams,
+        standbys: &[Standby],
+        primary_lsn: u64,
+    ) {
+        let short = params.strict && sync::candidates(params, standbys, primary_lsn).is_empty();
+        if short && !self.sync_duty.warned_strict {
+            let ssn = &self.sync_duty.ssn;
+            let old = if ssn.is_empty() || ssn.names.contains(sync::PLACEHOLDER) {
+                String::new()
+            } else {
+                format!(
+                    "Continue using old value of synchronous_standby_names=\"{}\". ",
+                    ssn.render(params.quorum())
+                )
+            };
+            warn!("No active replication connections from Patroni members and synchronous_mode_strict is requested. {old}Commits will be delayed.");
+        }
+        self.sync_duty.warned_strict = short;
     }
 
     /// Before a replica stops in synchronous mode it asks the primary to drop it from `/sync`
