@@ -67,8 +67,9 @@ pub(crate) struct Shared<D> {
     tls: Option<ServerTls>,
     live_pg: Option<LivePg>,
     pub(crate) failsafe: Option<FailsafeSender>,
-    /// The last live answer and when it came (shared by concurrent health checks).
-    live_cache: std::sync::Mutex<Option<(Instant, PgInfo)>>,
+    /// The last live answer, when it came and the agent's snapshot it completed (shared by
+    /// concurrent health checks; a new snapshot makes it stale, see `route::live_snapshot`).
+    live_cache: std::sync::Mutex<Option<(Instant, Arc<NodeSnapshot>, PgInfo)>>,
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled.

@@ -91,18 +91,21 @@ async fn live_snapshot<D: Dcs>(
     {
         return snap;
     }
+    // An answer is shared for LIVE_PG_TTL, and only while the agent has published nothing
+    // newer: a restart it finished (and answered `POST /restart` for) publishes a snapshot,
+    // and a GET right after must see the new postmaster, not an answer from before.
     let cached = {
         let c = shared.live_cache.lock().unwrap_or_else(|e| e.into_inner());
         c.as_ref()
-            .filter(|(at, _)| at.elapsed() < LIVE_PG_TTL)
-            .map(|(_, info)| info.clone())
+            .filter(|(at, of, _)| at.elapsed() < LIVE_PG_TTL && Arc::ptr_eq(of, &snap))
+            .map(|(_, _, info)| info.clone())
     };
     let info = match cached {
         Some(info) => Some(info),
         None => match tokio::time::timeout(LIVE_PG_TIMEOUT, live()).await {
             Ok(Some(info)) => {
                 *shared.live_cache.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), info.clone()));
+                    Some((Instant::now(), snap.clone(), info.clone()));
                 Some(info)
             }
             _ => None,

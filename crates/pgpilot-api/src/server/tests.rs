@@ -120,6 +120,58 @@ async fn health_checks_use_the_live_postgres_state() {
     server.await.unwrap().unwrap();
 }
 
+/// Live answers are shared for a moment, but never across a snapshot the agent published
+/// since: after a restart the agent answers `POST /restart` once it has published the new
+/// postmaster, and a GET right after must not get the answer from before the restart.
+#[tokio::test]
+async fn a_new_snapshot_makes_the_shared_live_answer_stale() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut snap = NodeSnapshot::starting("pg1", "batman");
+    snap.state = State::Running;
+    let started = Arc::new(AtomicU64::new(1));
+    let asked = started.clone();
+    let live: LivePg = Arc::new(move || {
+        let n = asked.load(Ordering::SeqCst);
+        Box::pin(async move {
+            Some(PgInfo {
+                postmaster_start_time: format!("start {n}"),
+                ..Default::default()
+            })
+        })
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = watch::channel(Arc::new(snap.clone()));
+    let dcs = Arc::new(MemoryDcs::new(
+        MemoryStore::new(),
+        "/service",
+        "batman",
+        "pg1",
+        Duration::from_secs(20),
+    ));
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(
+        listener,
+        rx,
+        dcs,
+        options(None, Some(live)),
+        stop.clone(),
+    ));
+    let start_time = |raw: String| -> Value {
+        let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        body["postmaster_start_time"].clone()
+    };
+    let get = "GET /patroni HTTP/1.0\r\n\r\n";
+    assert_eq!(start_time(exchange(addr, get).await), "start 1");
+    // PostgreSQL restarted and the agent published a new snapshot, well within the sharing
+    // time (a loaded machine may take longer; the answer is then asked again anyway).
+    started.store(2, Ordering::SeqCst);
+    tx.send(Arc::new(snap)).unwrap();
+    assert_eq!(start_time(exchange(addr, get).await), "start 2");
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
 /// A postmaster killed since the last cycle: the live query fails, and the health checks
 /// answer 503 with `state: unknown` at once (Patroni's answer), not "running" until the
 /// next cycle notices.
