@@ -27,10 +27,22 @@ async fn start(
     CancellationToken,
     tokio::task::JoinHandle<std::io::Result<()>>,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     // The server only borrows the latest value, which a closed channel still holds.
     let (_, rx) = watch::channel(Arc::new(snap));
+    serve_snapshots(rx, options).await
+}
+
+/// Serves the snapshots `rx` receives on a free loopback port with these options.
+async fn serve_snapshots(
+    rx: watch::Receiver<Arc<NodeSnapshot>>,
+    options: ServerOptions,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let dcs = Arc::new(MemoryDcs::new(
         MemoryStore::new(),
         "/service",
@@ -139,24 +151,8 @@ async fn a_new_snapshot_makes_the_shared_live_answer_stale() {
             })
         })
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(Arc::new(snap.clone()));
-    let dcs = Arc::new(MemoryDcs::new(
-        MemoryStore::new(),
-        "/service",
-        "batman",
-        "pg1",
-        Duration::from_secs(20),
-    ));
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(serve(
-        listener,
-        rx,
-        dcs,
-        options(None, Some(live)),
-        stop.clone(),
-    ));
+    let (addr, stop, server) = serve_snapshots(rx, options(None, Some(live))).await;
     let start_time = |raw: String| -> Value {
         let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         body["postmaster_start_time"].clone()
