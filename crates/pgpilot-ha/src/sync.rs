@@ -176,6 +176,13 @@ pub fn overlaps(ssn: &Ssn, key: &SyncKey) -> bool {
     ssn.numsync + key.quorum >= union.len()
 }
 
+/// Whether every promotion quorum of `wider` (any `quorum + 1` of its voters) holds one of
+/// `key`'s: `key`'s voters are all in it, and its quorum grew by at least the voters added.
+fn widens(key: &SyncKey, wider: &SyncKey) -> bool {
+    key.voters.is_subset(&wider.voters)
+        && wider.quorum >= key.quorum + (wider.voters.len() - key.voters.len())
+}
+
 /// Eligible standbys, best first: streaming, not `nosync`, within `max_lag` of the
 /// primary; ordered by (priority, already synchronous, LSN) descending, nofailover ones last.
 pub fn candidates(p: &SyncParams, standbys: &[Standby], primary_lsn: u64) -> Vec<String> {
@@ -342,9 +349,6 @@ fn quorum_step(v: &SyncView<'_>) -> SyncStep {
         if &target_ssn != v.ssn && overlaps(&target_ssn, key) {
             return SyncStep::SetSsn(target_ssn);
         }
-        if !confirmed {
-            return SyncStep::WaitConfirm;
-        }
         // Neither alone is safe: widen /sync to cover both the current and the target ssn.
         let mut all: BTreeSet<String> = key.voters.clone();
         all.extend(target_key.voters.iter().cloned());
@@ -357,10 +361,19 @@ fn quorum_step(v: &SyncView<'_>) -> SyncStep {
         };
         let quorum = all.len().saturating_sub(n);
         all.remove(PLACEHOLDER);
-        return SyncStep::WriteKey(SyncKey {
+        let wider = SyncKey {
             voters: all,
             quorum,
-        });
+        };
+        // Unconfirmed, commits of an earlier ssn may be on fewer members than the current
+        // ssn says: only a pure widening is safe then, one whose every promotion quorum
+        // contains one of the current key (voters added, quorum raised as much). That is how a
+        // standby that starts streaming is taken in while the ssn waits for one that is gone.
+        let safe_unconfirmed = &wider != key && widens(key, &wider);
+        if confirmed || safe_unconfirmed {
+            return SyncStep::WriteKey(wider);
+        }
+        return SyncStep::WaitConfirm;
     }
     if &target_ssn != v.ssn {
         return SyncStep::SetSsn(target_ssn);
@@ -394,11 +407,13 @@ pub fn ssn_for_key(p: &SyncParams, key: Option<&SyncKey>) -> Ssn {
 /// What a replica about to be promoted writes first (`/sync` with itself as leader, CAS) and
 /// the ssn it starts with, so that nothing it acknowledges can be lost by a later failover.
 ///
-/// The former leader counts among the standbys, as in Patroni: it had every commit. In quorum
-/// mode the new primary waits for `ANY numsync` of the former members but itself, numsync =
-/// their number − quorum (Patroni's `_process_quorum_prepromote`). In strict `on` mode it waits
-/// for the former synchronous standbys, or for the former leader when there were none, and for
-/// the placeholder only when nobody is left.
+/// In strict mode the former leader counts among the standbys, as in Patroni: it had every
+/// commit. In strict quorum mode the new primary waits for `ANY numsync` of the former members
+/// but itself, numsync = their number − quorum (Patroni's `_process_quorum_prepromote`); in
+/// strict `on` mode for the former synchronous standbys, or for the former leader when there
+/// were none; for the placeholder only when nobody is left. A standby streaming later is taken
+/// in by widening `/sync` first (see `quorum_step`), so a dead former leader does not hold the
+/// commits once another standby is there.
 pub fn pre_promote(p: &SyncParams, me: &str, sync: Option<&SyncState>) -> (Ssn, SyncKey) {
     let not_me = |n: &&str| !n.eq_ignore_ascii_case(me) && *n != PLACEHOLDER;
     let (others, leader, quorum): (BTreeSet<String>, Option<String>, usize) = match sync {
@@ -414,8 +429,23 @@ pub fn pre_promote(p: &SyncParams, me: &str, sync: Option<&SyncState>) -> (Ssn, 
         None => (BTreeSet::new(), None, 0),
     };
     if p.quorum() {
-        let members: BTreeSet<String> = others.into_iter().chain(leader).collect();
-        let numsync = members.len().saturating_sub(quorum);
+        // Strict: the former members but us, numsync = their number − quorum (Patroni).
+        // Otherwise the former voters only, as before Patroni's change: a former leader that
+        // is dead must not hold the commits of a cluster that may fall back to asynchronous
+        // (its quorum step could not drop it before it confirms, which it never does).
+        let numsync = if p.strict {
+            (others.len() + usize::from(leader.is_some())).saturating_sub(quorum)
+        } else {
+            let was_voter = sync.is_some_and(|s| s.voters().any(|v| v.eq_ignore_ascii_case(me)));
+            (others.len() + usize::from(!was_voter))
+                .saturating_sub(quorum)
+                .min(others.len())
+        };
+        let members: BTreeSet<String> = if p.strict {
+            others.into_iter().chain(leader).collect()
+        } else {
+            others
+        };
         if numsync > 0 {
             let key = SyncKey {
                 quorum: members.len() - numsync,
@@ -680,37 +710,104 @@ mod tests {
         );
         let q = params(SyncMode::Quorum, false, 1);
         let strict_q = params(SyncMode::Quorum, true, 1);
-        for p in [&q, &strict_q] {
-            assert_eq!(
-                pre_promote(p, "b", Some(&only_b)),
-                (
-                    Ssn::new(1, set(&["a"])),
-                    SyncKey {
-                        voters: set(&["a"]),
-                        quorum: 0
-                    }
-                )
-            );
-        }
-        // Leader a, voters b,c with quorum 1, b promoted: the members but b are a and c,
-        // numsync = 2 - quorum = 1 (Patroni: len(members) - quorum - 1).
-        let (ssn, key) = pre_promote(&q, "b", Some(&s));
+        assert_eq!(
+            pre_promote(&strict_q, "b", Some(&only_b)),
+            (
+                Ssn::new(1, set(&["a"])),
+                SyncKey {
+                    voters: set(&["a"]),
+                    quorum: 0
+                }
+            )
+        );
+        // Not strict: the former voters only, so a dead former leader holds nothing.
+        assert_eq!(
+            pre_promote(&q, "b", Some(&only_b)),
+            (Ssn::empty(), SyncKey::default())
+        );
+        // Strict, leader a, voters b,c with quorum 1, b promoted: the members but b are a
+        // and c, numsync = 2 - quorum = 1 (Patroni: len(members) - quorum - 1).
+        let (ssn, key) = pre_promote(&strict_q, "b", Some(&s));
         assert_eq!(ssn, Ssn::new(1, set(&["a", "c"])));
         assert_eq!(key.voters, set(&["a", "c"]));
         assert_eq!(key.quorum, 1);
         assert!(overlaps(&ssn, &key));
-        // Voters b,c,d with quorum 1: ANY 2 (a,c,d) with quorum 1 among them.
+        // Voters b,c,d with quorum 1: strict ANY 2 (a,c,d), not strict ANY 1 (c,d), each
+        // with quorum 1 among them.
         let s3 = SyncState {
             sync_standby: Some("b,c,d".into()),
             ..s.clone()
         };
-        let (ssn, key) = pre_promote(&q, "b", Some(&s3));
+        let (ssn, key) = pre_promote(&strict_q, "b", Some(&s3));
         assert_eq!(ssn, Ssn::new(2, set(&["a", "c", "d"])));
         assert_eq!(key.quorum, 1);
         assert!(overlaps(&ssn, &key));
-        // A member outside the key (a manual failover to e): the same numsync, e is not one.
-        let (ssn, _) = pre_promote(&q, "e", Some(&s));
+        let (ssn, key) = pre_promote(&q, "b", Some(&s3));
+        assert_eq!(ssn, Ssn::new(1, set(&["c", "d"])));
+        assert_eq!(key.quorum, 1);
+        assert!(overlaps(&ssn, &key));
+        // A member outside the key (a manual failover to e), strict: the same numsync.
+        let (ssn, _) = pre_promote(&strict_q, "e", Some(&s));
         assert_eq!(ssn, Ssn::new(2, set(&["a", "b", "c"])));
+    }
+
+    /// Strict quorum mode, promoted while the former leader a is dead: ssn waits for a. When c
+    /// starts streaming, `/sync` is widened first (safe unconfirmed), then ssn moves to c, so
+    /// commits flow again without a; and once c confirmed, a leaves `/sync`.
+    #[test]
+    fn a_dead_former_leader_does_not_hold_commits_once_another_standby_streams() {
+        let p = params(SyncMode::Quorum, true, 1);
+        let old = SyncState {
+            leader: Some("a".into()),
+            sync_standby: Some("b".into()),
+            quorum: 0,
+            version: 3,
+        };
+        let (mut ssn, mut key) = pre_promote(&p, "b", Some(&old));
+        assert_eq!(ssn, Ssn::new(1, set(&["a"])));
+        let mut standbys = vec![standby("c", "async", 10)];
+        let mut steps = Vec::new();
+        for _ in 0..6 {
+            let step = next_step(&SyncView {
+                params: p,
+                ssn: &ssn,
+                ssn_lsn: 10,
+                key: Some(&key),
+                standbys: &standbys,
+                primary_lsn: 10,
+            });
+            match &step {
+                SyncStep::WriteKey(k) => {
+                    assert!(overlaps(&ssn, k), "{k:?} against {ssn:?}");
+                    key = k.clone();
+                }
+                SyncStep::SetSsn(n) => {
+                    assert!(overlaps(n, &key), "{n:?} against {key:?}");
+                    ssn = n.clone();
+                    // c confirms what the new value asked for.
+                    standbys = vec![standby("c", "quorum", 10)];
+                }
+                SyncStep::WaitConfirm | SyncStep::Nothing => {}
+            }
+            steps.push(step);
+        }
+        assert_eq!(
+            steps[0],
+            SyncStep::WriteKey(SyncKey {
+                voters: set(&["a", "c"]),
+                quorum: 1
+            }),
+            "{steps:?}"
+        );
+        assert_eq!(ssn, Ssn::new(1, set(&["c"])), "{steps:?}");
+        assert_eq!(
+            key,
+            SyncKey {
+                voters: set(&["c"]),
+                quorum: 0
+            },
+            "{steps:?}"
+        );
     }
 
     /// A tiny deterministic generator (xorshift) for the exhaustive walk below.
