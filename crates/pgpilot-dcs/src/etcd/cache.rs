@@ -63,6 +63,37 @@ impl Cache {
         self.bump_for(key);
     }
 
+    /// A direct read's keys (relative key, value, mod_revision, lease): the cache never shows
+    /// an older value of a key than a view the HA loop already got, even while its own range
+    /// and watch lag behind that read (so `cluster()` does not go back in time after a
+    /// `cluster_fresh()` or a read made while the watch was down). A key the read did not
+    /// find stays until the watch delivers its deletion: the cache may lag, never regress.
+    pub(super) fn absorb(&self, entries: &[(String, String, i64, i64)]) {
+        for (key, value, rev, lease) in entries {
+            self.apply_put(key, value, *rev, *lease);
+        }
+    }
+
+    /// The watch loop's range read at `revision`: the whole prefix as it was then. A key
+    /// newer than that (a direct read absorbed meanwhile, see [`Self::absorb`]) stays.
+    fn install_range(&self, mut entries: BTreeMap<String, Entry>, revision: i64) {
+        {
+            let mut st = self.lock();
+            let newer: Vec<(String, Entry)> = st
+                .entries
+                .iter()
+                .filter(|(_, (_, r, _))| *r > revision)
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            entries.extend(newer);
+            st.entries = entries;
+            st.revision = st.revision.max(revision);
+            st.generation += 1;
+        }
+        self.leader_events.send_modify(|n| *n += 1);
+        self.status_events.send_modify(|n| *n += 1);
+    }
+
     pub(super) fn apply_delete(&self, key: &str, rev: i64) {
         let removed = {
             let mut st = self.lock();
@@ -115,28 +146,22 @@ pub(super) async fn watch_loop(
             }
         };
         let revision = resp.header().map_or(0, |h| h.revision());
-        {
-            let mut st = cache.lock();
-            st.entries = resp
-                .kvs()
-                .iter()
-                .filter_map(|kv| {
-                    let key = kv.key_str().ok()?.strip_prefix(&prefix)?.to_string();
-                    Some((
-                        key,
-                        (
-                            kv.value_str().ok()?.to_string(),
-                            kv.mod_revision(),
-                            kv.lease(),
-                        ),
-                    ))
-                })
-                .collect();
-            st.revision = revision;
-            st.generation += 1;
-        }
-        cache.leader_events.send_modify(|n| *n += 1);
-        cache.status_events.send_modify(|n| *n += 1);
+        let entries: BTreeMap<String, Entry> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?.strip_prefix(&prefix)?.to_string();
+                Some((
+                    key,
+                    (
+                        kv.value_str().ok()?.to_string(),
+                        kv.mod_revision(),
+                        kv.lease(),
+                    ),
+                ))
+            })
+            .collect();
+        cache.install_range(entries, revision);
         // The watch goes to the member that served the range.
         let Some((id, mut client)) = endpoints.preferred().filter(|(id, _)| *id == member) else {
             cache.lock().healthy = false;
@@ -223,5 +248,49 @@ pub(super) async fn sleep_or_stop(stop: &CancellationToken, d: Duration) {
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> Cache {
+        Cache {
+            state: Mutex::new(CacheState::default()),
+            leader_events: watch::channel(0).0,
+            status_events: watch::channel(0).0,
+        }
+    }
+
+    fn leader(c: &Cache) -> Option<(String, i64)> {
+        c.lock()
+            .entries
+            .get("leader")
+            .map(|(v, r, _)| (v.clone(), *r))
+    }
+
+    /// The contract test's race (CI, etcd_lease_expiry_wakes_replicas): the watch loop's range
+    /// ran before the leader key was written, a direct read saw it, then the range was
+    /// installed. The cache must not lose the key the direct read returned.
+    #[test]
+    fn a_range_older_than_a_direct_read_does_not_take_its_keys_back() {
+        let c = cache();
+        c.absorb(&[("leader".into(), "pg1".into(), 7, 42)]);
+        c.install_range(BTreeMap::new(), 5);
+        assert_eq!(leader(&c), Some(("pg1".into(), 7)));
+        // The watch then replays the put at 7 (ignored) and later events in order.
+        c.apply_put("leader", "pg1", 7, 42);
+        c.apply_delete("leader", 9);
+        assert_eq!(leader(&c), None);
+        // A newer range replaces everything.
+        c.absorb(&[("leader".into(), "pg1".into(), 11, 42)]);
+        c.install_range(
+            BTreeMap::from([("leader".to_string(), ("pg2".to_string(), 12, 43))]),
+            12,
+        );
+        assert_eq!(leader(&c), Some(("pg2".into(), 12)));
+        c.install_range(BTreeMap::new(), 13);
+        assert_eq!(leader(&c), None);
     }
 }

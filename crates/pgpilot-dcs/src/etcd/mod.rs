@@ -213,6 +213,7 @@ impl EtcdDcs {
                 ))
             })
             .collect();
+        self.cache.absorb(&entries);
         let mut c = Cluster::from_entries(
             entries
                 .iter()
