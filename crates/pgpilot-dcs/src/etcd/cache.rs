@@ -112,6 +112,25 @@ impl Cache {
     }
 }
 
+/// A range response's keys under `prefix`: (key relative to it, value, mod_revision, lease).
+pub(super) fn range_entries(
+    resp: &etcd_client::GetResponse,
+    prefix: &str,
+) -> Vec<(String, String, i64, i64)> {
+    resp.kvs()
+        .iter()
+        .filter_map(|kv| {
+            let key = kv.key_str().ok()?.strip_prefix(prefix)?.to_string();
+            Some((
+                key,
+                kv.value_str().ok()?.to_string(),
+                kv.mod_revision(),
+                kv.lease(),
+            ))
+        })
+        .collect()
+}
+
 /// Keeps the cache in line with etcd: range, then watch from the next revision on the member
 /// that answered; starts over on any error, compaction or cancellation, and when requests
 /// moved to another member (the watched one failed: a silent, SIGSTOPped member would
@@ -146,20 +165,9 @@ pub(super) async fn watch_loop(
             }
         };
         let revision = resp.header().map_or(0, |h| h.revision());
-        let entries: BTreeMap<String, Entry> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let key = kv.key_str().ok()?.strip_prefix(&prefix)?.to_string();
-                Some((
-                    key,
-                    (
-                        kv.value_str().ok()?.to_string(),
-                        kv.mod_revision(),
-                        kv.lease(),
-                    ),
-                ))
-            })
+        let entries = range_entries(&resp, &prefix)
+            .into_iter()
+            .map(|(k, v, r, l)| (k, (v, r, l)))
             .collect();
         cache.install_range(entries, revision);
         // The watch goes to the member that served the range.

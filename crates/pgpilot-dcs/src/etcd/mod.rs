@@ -200,19 +200,7 @@ impl EtcdDcs {
                 async move { c.get(prefix, Some(opts)).await }
             })
             .await?;
-        let entries: Vec<(String, String, i64, i64)> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let key = kv.key_str().ok()?.strip_prefix(&self.prefix)?.to_string();
-                Some((
-                    key,
-                    kv.value_str().ok()?.to_string(),
-                    kv.mod_revision(),
-                    kv.lease(),
-                ))
-            })
-            .collect();
+        let entries = cache::range_entries(&resp, &self.prefix);
         self.cache.absorb(&entries);
         let mut c = Cluster::from_entries(
             entries
