@@ -416,14 +416,11 @@ pub fn ssn_for_key(p: &SyncParams, key: Option<&SyncKey>) -> Ssn {
 /// commits once another standby is there.
 pub fn pre_promote(p: &SyncParams, me: &str, sync: Option<&SyncState>) -> (Ssn, SyncKey) {
     let not_me = |n: &&str| !n.eq_ignore_ascii_case(me) && *n != PLACEHOLDER;
+    // `members()` is the key's leader, then its voters.
     let (others, leader, quorum): (BTreeSet<String>, Option<String>, usize) = match sync {
         Some(s) => (
             s.voters().filter(not_me).map(str::to_string).collect(),
-            s.members()
-                .next()
-                .filter(|n| !s.voters().any(|v| v == *n))
-                .filter(not_me)
-                .map(str::to_string),
+            s.members().next().filter(not_me).map(str::to_string),
             s.quorum as usize,
         ),
         None => (BTreeSet::new(), None, 0),
@@ -433,18 +430,16 @@ pub fn pre_promote(p: &SyncParams, me: &str, sync: Option<&SyncState>) -> (Ssn, 
         // Otherwise the former voters only, as before Patroni's change: a former leader that
         // is dead must not hold the commits of a cluster that may fall back to asynchronous
         // (its quorum step could not drop it before it confirms, which it never does).
-        let numsync = if p.strict {
-            (others.len() + usize::from(leader.is_some())).saturating_sub(quorum)
+        let (members, numsync) = if p.strict {
+            let members: BTreeSet<String> = others.into_iter().chain(leader).collect();
+            let numsync = members.len().saturating_sub(quorum);
+            (members, numsync)
         } else {
             let was_voter = sync.is_some_and(|s| s.voters().any(|v| v.eq_ignore_ascii_case(me)));
-            (others.len() + usize::from(!was_voter))
+            let numsync = (others.len() + usize::from(!was_voter))
                 .saturating_sub(quorum)
-                .min(others.len())
-        };
-        let members: BTreeSet<String> = if p.strict {
-            others.into_iter().chain(leader).collect()
-        } else {
-            others
+                .min(others.len());
+            (others, numsync)
         };
         if numsync > 0 {
             let key = SyncKey {

@@ -79,13 +79,8 @@ impl Cache {
     fn install_range(&self, mut entries: BTreeMap<String, Entry>, revision: i64) {
         {
             let mut st = self.lock();
-            let newer: Vec<(String, Entry)> = st
-                .entries
-                .iter()
-                .filter(|(_, (_, r, _))| *r > revision)
-                .map(|(k, e)| (k.clone(), e.clone()))
-                .collect();
-            entries.extend(newer);
+            let before = std::mem::take(&mut st.entries);
+            entries.extend(before.into_iter().filter(|(_, (_, r, _))| *r > revision));
             st.entries = entries;
             st.revision = st.revision.max(revision);
             st.generation += 1;

@@ -122,12 +122,12 @@ impl Postgres {
     /// `timeout` for the postmaster to be gone. Succeeds if it was not running.
     pub async fn stop(&self, mode: StopMode, timeout: Duration) -> Result<()> {
         *self.conn.lock().await = None;
-        if self.postmaster_pid().is_none() {
+        let Some(pid) = self.postmaster_pid() else {
             if let Some(pid) = self.orphan_postmaster() {
                 return self.stop_orphan(pid, timeout).await;
             }
             return Ok(());
-        }
+        };
         // The signal pg_ctl stop sends, sent here: `pg_ctl stop -w` then looks for the end
         // only every 100 ms, which a switchover's write gap paid in full (PostgreSQL 15-17).
         use nix::sys::signal::{kill, Signal};
@@ -135,9 +135,6 @@ impl Postgres {
             StopMode::Smart => Signal::SIGTERM,
             StopMode::Fast => Signal::SIGINT,
             StopMode::Immediate => Signal::SIGQUIT,
-        };
-        let Some(pid) = self.postmaster_pid() else {
-            return Ok(());
         };
         if let Err(e) = kill(nix::unistd::Pid::from_raw(pid), signal) {
             if self.postmaster_pid().is_none() {
