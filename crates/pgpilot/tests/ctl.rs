@@ -114,9 +114,19 @@ async fn pgpilotctl_and_patronictl_drive_the_same_cluster() {
     if let Some(p) = &patroni {
         let theirs = ok(p, &config, &["list", "-f", "json"]).await;
         assert_eq!(members(&json), members(&theirs), "list -f json");
-        let their_table = ok(p, &config, &["list"]).await;
-        let ours_again = ok(ours, &config, &["list"]).await;
-        assert_eq!(ours_again, their_table, "the pretty tables are the same");
+        // The replicas' LSN columns move when PostgreSQL writes WAL between the two calls (a
+        // checkpoint after the bootstrap): compare again a few times, equal once it is still.
+        let mut tables = (String::new(), String::new());
+        for _ in 0..5 {
+            let their_table = ok(p, &config, &["list"]).await;
+            let ours_again = ok(ours, &config, &["list"]).await;
+            tables = (ours_again, their_table);
+            if tables.0 == tables.1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(tables.0, tables.1, "the pretty tables are the same");
     }
 
     // switchover with pgpilotctl, then with patronictl.

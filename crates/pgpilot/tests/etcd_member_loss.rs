@@ -332,13 +332,27 @@ async fn switchover_and_crash_failover_with_one_etcd_member_dead() {
     let members: Vec<Value> = serde_json::from_str(&listed).expect("list -f json");
     assert_eq!(members.len(), 3, "{listed}");
 
-    // The switchover goes to the synchronous standby (the only allowed candidate).
-    let sync: Value =
-        serde_json::from_str(&cluster.etcd_get("sync").expect("/sync")).expect("/sync JSON");
-    let candidate = sync["sync_standby"]
-        .as_str()
-        .expect("a synchronous standby")
-        .to_string();
+    // The switchover goes to the synchronous standby (the only allowed candidate). The
+    // primary names it in /sync once it confirmed, which the etcd election after the kill may
+    // delay past the sleep above: wait for it.
+    let waited = Instant::now();
+    let candidate = loop {
+        // A read during the election may fail: that is one more turn of the loop.
+        let sync: Option<Value> = cluster
+            .etcd
+            .get(&cluster.key("sync"))
+            .ok()
+            .flatten()
+            .and_then(|s| serde_json::from_str(&s).ok());
+        if let Some(name) = sync.as_ref().and_then(|s| s["sync_standby"].as_str()) {
+            break name.to_string();
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "a synchronous standby in /sync within 30 s: {sync:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let started = Instant::now();
     pgpilotctl(
         &config,
