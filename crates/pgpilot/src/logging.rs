@@ -3,7 +3,7 @@
 //! default), `log.type: json` (python-json-logger's lines: the `log.format` fields in order,
 //! renamed as asked, then `log.static_fields`), `log.dateformat`, and `log.dir` (the file
 //! `patroni.log`, rotated by size into `patroni.log.1` … `patroni.log.<file_num>` as Python's
-//! `RotatingFileHandler` does; the renaming is file-rotate's).
+//! `RotatingFileHandler` does).
 //!
 //! Everything in the `log` section is applied again by [`reconfigure`] on `POST /reload` and
 //! SIGHUP: the level through tracing-subscriber's reload layer, the format and the destination
@@ -14,9 +14,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 
-use file_rotate::compression::Compression;
-use file_rotate::suffix::AppendCount;
-use file_rotate::{ContentLimit, FileRotate};
 use pgpilot_config::LogConfig;
 use pgpilot_values::python::{py_float_repr, py_json};
 use serde_json::{Map, Value};
@@ -120,7 +117,7 @@ const LOG_FILE: &str = "patroni.log";
 /// file becomes `patroni.log.1` (older ones move up one number, the one past `file_num` is
 /// deleted) and a new `patroni.log` starts. A line is never split across files.
 struct RotatingFile {
-    inner: FileRotate<AppendCount>,
+    file: std::fs::File,
     path: PathBuf,
     /// Bytes in the current file.
     size: u64,
@@ -134,24 +131,10 @@ impl RotatingFile {
         std::fs::create_dir_all(dir)
             .map_err(|e| io::Error::new(e.kind(), format!("log.dir {}: {e}", dir.display())))?;
         let path = dir.join(LOG_FILE);
-        // Opened here first so that a file we can not write is an error at start (file-rotate
-        // would drop the lines silently).
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let file = Self::append(&path)?;
         let size = file.metadata()?.len();
-        drop(file);
-        let inner = FileRotate::new(
-            &path,
-            AppendCount::new(file_num.max(1)),
-            ContentLimit::None,
-            Compression::None,
-            None,
-        );
         let f = RotatingFile {
-            inner,
+            file,
             path,
             size,
             file_size,
@@ -160,6 +143,37 @@ impl RotatingFile {
         };
         f.apply_mode();
         Ok(f)
+    }
+
+    fn append(path: &Path) -> io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    /// `patroni.log.N` of the rotated copies.
+    fn numbered(&self, n: usize) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    /// Python's `doRollover`: `.file_num-1` … `.1` move up one number (over the one past
+    /// `file_num`, which goes), the current file becomes `.1`, and a new one starts.
+    fn rotate(&mut self) -> io::Result<()> {
+        for n in (1..self.file_num).rev() {
+            let from = self.numbered(n);
+            if from.exists() {
+                std::fs::rename(&from, self.numbered(n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, self.numbered(1))?;
+        self.file = Self::append(&self.path)?;
+        self.size = 0;
+        self.apply_mode();
+        Ok(())
     }
 
     /// `log.mode` on the current file, as Patroni chmods every file it opens.
@@ -179,17 +193,15 @@ impl Write for RotatingFile {
             && self.size > 0
             && self.size + len >= self.file_size
         {
-            self.inner.rotate()?;
-            self.size = 0;
-            self.apply_mode();
+            self.rotate()?;
         }
-        self.inner.write_all(buf)?;
+        self.file.write_all(buf)?;
         self.size += len;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.file.flush()
     }
 }
 
