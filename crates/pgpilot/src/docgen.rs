@@ -1,5 +1,6 @@
 //! `pgpilot-docgen OUT_DIR` (package time only, behind the `docgen` feature): writes the man
-//! pages of both binaries and pgpilotctl's shell completions from their clap definitions, for
+//! pages of both binaries and pgpilotctl's shell completions from their argument definitions
+//! (pgpilotctl's clap command; the agent's table of options, made a clap command here), for
 //! `packaging/build-deb.sh` to hand to cargo-deb:
 //!
 //! * `OUT_DIR/man/pgpilot.1`, `OUT_DIR/man/pgpilotctl.1` and one `pgpilotctl-<command>.1` per
@@ -17,9 +18,9 @@ use anyhow::Context;
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-// The agent's `main.rs` as a module: only its `Args` is used here.
+// The agent's table of options.
 #[allow(dead_code)]
-#[path = "main.rs"]
+#[path = "args.rs"]
 mod agent;
 
 // pgpilotctl's command line and the two modules its output formats name.
@@ -47,13 +48,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// The agent's command line as a clap command, from the table its own parser reads.
+fn agent_command() -> clap::Command {
+    use clap::{Arg, ArgAction};
+    let mut cmd = clap::Command::new("pgpilot")
+        .about(agent::ABOUT)
+        .disable_version_flag(true)
+        .arg(
+            Arg::new("config")
+                .value_name(agent::CONFIG_VALUE)
+                .help(agent::CONFIG_HELP),
+        );
+    // clap adds -h/--help itself.
+    for opt in agent::OPTIONS
+        .iter()
+        .filter(|o| o.flag != agent::Flag::Help)
+    {
+        let arg = Arg::new(opt.long)
+            .long(opt.long)
+            .help(opt.help)
+            .hide(opt.hidden);
+        cmd = cmd.arg(match opt.value {
+            Some(v) => arg.value_name(v).action(ArgAction::Set),
+            None => arg.action(ArgAction::SetTrue),
+        });
+    }
+    cmd
+}
+
 fn generate(out: &Path) -> anyhow::Result<()> {
     let version = env!("CARGO_PKG_VERSION");
     let man = out.join("man");
     std::fs::create_dir_all(&man).with_context(|| format!("can not create {}", man.display()))?;
     // Both commands print their version themselves (`--version` without clap's flag); the
     // version still belongs in the pages' footer.
-    let agent = agent::Args::command().version(version);
+    let agent = agent_command().version(version);
     let ctl = args::Cli::command().version(version);
     clap_mangen::generate_to(agent, &man)
         .with_context(|| format!("can not write the pgpilot man page into {}", man.display()))?;

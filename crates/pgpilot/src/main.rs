@@ -11,7 +11,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use pgpilot_api::{Client, NodeSnapshot, ServerOptions};
 use pgpilot_config::{Config, Loaded};
 use pgpilot_dcs::etcd::{EtcdDcs, EtcdOptions};
@@ -20,48 +19,29 @@ use pgpilot_ha::{Agent, AgentError};
 use pgpilot_postgres::Postgres;
 use tokio_util::sync::CancellationToken;
 
+mod args;
 mod generate;
 mod guard_release;
 mod logging;
-
-/// PostgreSQL high availability, compatible with Patroni's configuration, DCS layout and REST API.
-#[derive(Parser, Debug)]
-#[command(name = "pgpilot", disable_version_flag = true)]
-pub(crate) struct Args {
-    /// Patroni YAML configuration file or directory of *.yml files. Without it the
-    /// configuration comes from PATRONI_CONFIGURATION or PATRONI_* variables.
-    config: Option<PathBuf>,
-    /// Check the configuration, list every problem with its key path, and exit.
-    #[arg(long)]
-    validate_config: bool,
-    /// Write a sample configuration (defaults for the PostgreSQL of `postgresql.bin_dir`, over
-    /// them the PATRONI_* variables) to CONFIG, or to stdout, and exit.
-    #[arg(long, conflicts_with_all = ["validate_config", "generate_config"])]
-    generate_sample_config: bool,
-    /// Write a configuration read from the running PostgreSQL (settings, data directory,
-    /// pg_hba.conf, binaries) to CONFIG, or to stdout, and exit.
-    #[arg(long, conflicts_with = "validate_config")]
-    generate_config: bool,
-    /// With --generate-config: how to connect to the running PostgreSQL (libpq key=value or
-    /// URI); the libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, ...) fill in the rest.
-    #[arg(long, requires = "generate_config")]
-    dsn: Option<String>,
-    /// Print the version and exit.
-    #[arg(long)]
-    version: bool,
-    /// Run as the guard of the PostgreSQL in this data directory (started by the agent).
-    #[arg(long, hide = true, value_name = "DATA_DIR")]
-    guard: Option<PathBuf>,
-    /// The agent's `log` section (JSON), for the guard's log lines.
-    #[arg(long, hide = true, requires = "guard")]
-    guard_log: Option<String>,
-}
 
 fn main() -> ExitCode {
     // First, while this is the only thread: the PATRONI_* variables (passwords among them) are
     // read into the configuration and leave the environment the children inherit.
     pgpilot_config::take_environment();
-    let args = Args::parse();
+    let args = match args::parse(std::env::args_os().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!(
+                "error: {e}\n\n{}\n\nFor more information, try '--help'.",
+                args::USAGE
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if args.help {
+        print!("{}", args::help());
+        return ExitCode::SUCCESS;
+    }
     if args.version {
         println!("pgpilot {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
@@ -131,7 +111,7 @@ fn main() -> ExitCode {
 }
 
 /// The guard process (`pgpilot_ha::guard`), logging where the agent logs.
-fn guard(data_dir: &std::path::Path, args: &Args) -> ExitCode {
+fn guard(data_dir: &std::path::Path, args: &args::Args) -> ExitCode {
     let mut log: pgpilot_config::LogConfig = args
         .guard_log
         .as_deref()
