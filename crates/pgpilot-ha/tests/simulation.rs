@@ -8,7 +8,9 @@
 //! prints its whole trace. The members run Patroni's default watchdog (automatic,
 //! `safety_margin` 5) with a device present; `PGPILOT_SIM_WATCHDOG=off` runs them without one
 //! (the guard alone fences) and `PGPILOT_SIM_WATCHDOG=M` with `safety_margin` M (-1: ttl/2).
-//! `guard_alone_keeps_the_safety_invariants_without_a_watchdog` runs
+//! `PGPILOT_SIM_TIMING=TTL,LOOP_WAIT,RETRY_TIMEOUT` (e.g. `8,1,2`, issue 12's short ttl, which
+//! the members' guard lets them honour) replaces Patroni's default timing (30,10,10) in every
+//! seed. `guard_alone_keeps_the_safety_invariants_without_a_watchdog` runs
 //! `PGPILOT_SIM_SEEDS_NO_WATCHDOG` seeds (default 20) without a watchdog in every run.
 //!
 //! The fleet run (`fleet_dcs_operations_by_kind`, `sim::fleet`) simulates many clusters of real
@@ -43,7 +45,7 @@ mod sim;
 
 use std::time::Instant;
 
-use sim::{Bug, Stats, WatchdogSim};
+use sim::{Bug, RunSettings, Stats, Timing, WatchdogSim};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -65,6 +67,32 @@ fn env_watchdog() -> WatchdogSim {
     }
 }
 
+/// `PGPILOT_SIM_TIMING`: `ttl,loop_wait,retry_timeout` in seconds, or Patroni's defaults.
+fn env_timing() -> Option<Timing> {
+    let v = std::env::var("PGPILOT_SIM_TIMING").ok()?;
+    let n: Vec<u64> = v
+        .split(',')
+        .map(|x| x.trim().parse().ok())
+        .collect::<Option<_>>()
+        .filter(|n: &Vec<u64>| n.len() == 3)
+        .unwrap_or_else(|| {
+            panic!("PGPILOT_SIM_TIMING: ttl,loop_wait,retry_timeout in seconds, not {v:?}")
+        });
+    Some(Timing {
+        ttl: n[0],
+        loop_wait: n[1],
+        retry_timeout: n[2],
+    })
+}
+
+/// The watchdog and timing of the environment's run.
+fn env_settings() -> RunSettings {
+    RunSettings {
+        watchdog: env_watchdog(),
+        timing: env_timing(),
+    }
+}
+
 /// The invariants hold for every seed (safety), with the statistics printed (`--nocapture`):
 /// `PGPILOT_SIM_SEEDS=N` seeds (default 60: about 25 s in a debug build on the shared 2-core
 /// machine); `PGPILOT_SIM_SEED=S` replays one seed and prints its whole trace.
@@ -74,14 +102,14 @@ fn simulated_clusters_keep_the_safety_invariants() {
         if std::env::var_os("PGPILOT_SIM_LOG").is_some() {
             log_agents();
         }
-        let o = sim::real::run_real_seed(seed, true, env_watchdog());
+        let o = sim::real::run_real_seed(seed, true, env_settings());
         for line in &o.trace {
             println!("{line}");
         }
         assert!(o.violation.is_none(), "seed {seed}: {:?}", o.violation);
         return;
     }
-    sweep(env_u64("PGPILOT_SIM_SEEDS").unwrap_or(60), env_watchdog());
+    sweep(env_u64("PGPILOT_SIM_SEEDS").unwrap_or(60), env_settings());
 }
 
 /// `PGPILOT_SIM_LOG=1` with `PGPILOT_SIM_SEED`: the agents' own log lines (INFO and above), each
@@ -113,41 +141,56 @@ fn log_agents() {
 fn guard_alone_keeps_the_safety_invariants_without_a_watchdog() {
     sweep(
         env_u64("PGPILOT_SIM_SEEDS_NO_WATCHDOG").unwrap_or(20),
-        WatchdogSim::Off,
+        RunSettings {
+            watchdog: WatchdogSim::Off,
+            timing: env_timing(),
+        },
     );
 }
 
-/// Seeds `1..=n` with `watchdog`: the statistics printed, the first failing seed replayed with
+/// Seeds `1..=n` with `run`'s watchdog and timing: the statistics printed, the first failing seed replayed with
 /// the end of its trace.
-fn sweep(n: u64, watchdog: WatchdogSim) {
+fn sweep(n: u64, run: RunSettings) {
     let started = Instant::now();
     let mut total = Stats::default();
     let mut leaderless = Vec::new();
     for seed in 1..=n {
-        let o = seed_in_time(seed, watchdog);
+        let o = seed_in_time(seed, run);
         for why in o.stats.no_leader_why.keys() {
             leaderless.push((seed, *why));
         }
         total.add(&o.stats);
         if let Some(v) = o.violation {
-            let o = sim::real::run_real_seed(seed, true, watchdog);
+            let o = sim::real::run_real_seed(seed, true, run);
             let tail = o.trace.len().saturating_sub(150);
             for line in &o.trace[tail..] {
                 println!("{line}");
             }
             panic!(
-                "seed {seed}: {v} (replay: PGPILOT_SIM_WATCHDOG={} PGPILOT_SIM_SEED={seed})",
-                match watchdog {
+                "seed {seed}: {v} (replay: PGPILOT_SIM_WATCHDOG={}{} PGPILOT_SIM_SEED={seed})",
+                match run.watchdog {
                     WatchdogSim::Off => "off".to_string(),
                     WatchdogSim::On { safety_margin } => safety_margin.to_string(),
+                },
+                match run.timing {
+                    Some(t) => format!(
+                        " PGPILOT_SIM_TIMING={},{},{}",
+                        t.ttl, t.loop_wait, t.retry_timeout
+                    ),
+                    None => String::new(),
                 }
             );
         }
     }
     println!(
-        "simulation: {} seeds in {:.1}s, watchdog {watchdog:?}: {} steps, {} commits ({} acknowledged), {} promotions, {} switchovers requested, {} guard fences, {} watchdog resets, {} expired leader keys re-created by a renewal ({} by a key holder without an open watchdog in a run with one)",
+        "simulation: {} seeds in {:.1}s, watchdog {:?}, timing (ttl, loop_wait, retry_timeout) {}: {} steps, {} commits ({} acknowledged), {} promotions, {} switchovers requested, {} guard fences, {} watchdog resets, {} expired leader keys re-created by a renewal ({} by a key holder without an open watchdog in a run with one)",
         total.seeds,
         started.elapsed().as_secs_f64(),
+        run.watchdog,
+        match run.timing {
+            Some(t) => format!("{}, {}, {}", t.ttl, t.loop_wait, t.retry_timeout),
+            None => "30, 10, 10 (Patroni's defaults)".to_string(),
+        },
         total.steps,
         total.commits,
         total.acked,
@@ -172,10 +215,10 @@ fn sweep(n: u64, watchdog: WatchdogSim) {
 
 /// One seed of real agents on a thread of its own: a task that loops without ever waiting
 /// stops the paused clock (nothing else runs), which is a failure of the seed, not a hang.
-fn seed_in_time(seed: u64, watchdog: WatchdogSim) -> sim::real::Outcome {
+fn seed_in_time(seed: u64, run: RunSettings) -> sim::real::Outcome {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(sim::real::run_real_seed(seed, false, watchdog));
+        let _ = tx.send(sim::real::run_real_seed(seed, false, run));
     });
     match rx.recv_timeout(std::time::Duration::from_secs(120)) {
         Ok(o) => o,
@@ -189,8 +232,8 @@ fn seed_in_time(seed: u64, watchdog: WatchdogSim) -> sim::real::Outcome {
 #[test]
 fn a_seed_runs_the_same_twice() {
     let seed = env_u64("PGPILOT_SIM_DETERMINISM_SEED").unwrap_or(7);
-    let a = sim::real::run_real_seed(seed, true, env_watchdog());
-    let b = sim::real::run_real_seed(seed, true, env_watchdog());
+    let a = sim::real::run_real_seed(seed, true, env_settings());
+    let b = sim::real::run_real_seed(seed, true, env_settings());
     assert!(a.trace.len() > 100, "a trace of {} lines", a.trace.len());
     if let Some(k) =
         (0..a.trace.len().max(b.trace.len())).find(|&k| a.trace.get(k) != b.trace.get(k))
@@ -215,7 +258,7 @@ fn checker_catches_asynchronous_acknowledgements_in_synchronous_mode() {
 fn caught(n: u64, bug: Bug, invariants: &[&str]) {
     let (seed, v) = (1..=n)
         .find_map(|seed| {
-            let o = sim::real::run_real_seed_with(seed, bug, false, WatchdogSim::DEFAULT);
+            let o = sim::real::run_real_seed_with(seed, bug, false, WatchdogSim::DEFAULT.into());
             o.violation.map(|v| (seed, v))
         })
         .unwrap_or_else(|| panic!("{bug:?} not caught in {n} seeds"));
@@ -250,8 +293,12 @@ fn checker_catches_a_leader_that_nothing_fences() {
     let seeds = 40;
     let mut resets = 0;
     for seed in 1..=seeds {
-        let o =
-            sim::real::run_real_seed_with(seed, Bug::GuardNeverFences, false, WatchdogSim::DEFAULT);
+        let o = sim::real::run_real_seed_with(
+            seed,
+            Bug::GuardNeverFences,
+            false,
+            WatchdogSim::DEFAULT.into(),
+        );
         assert!(o.violation.is_none(), "seed {seed}: {:?}", o.violation);
         assert_eq!(o.stats.fences, 0);
         resets += o.stats.watchdog_resets;
@@ -274,7 +321,7 @@ fn checker_catches_a_leader_that_nothing_fences() {
 
 /// Whether seed `seed` of the real agents ends with a writable leader.
 fn ends_with_a_leader(seed: u64) {
-    let o = sim::real::run_real_seed(seed, false, WatchdogSim::DEFAULT);
+    let o = sim::real::run_real_seed(seed, false, WatchdogSim::DEFAULT.into());
     assert!(o.violation.is_none(), "seed {seed}: {:?}", o.violation);
     assert_eq!(
         o.stats.no_leader_at_end, 0,

@@ -65,7 +65,7 @@ use tokio::time::Instant;
 
 use counting::Ops;
 use pg::{Pg, Rec};
-pub use setup::{Bug, Rng, SimConfig, WatchdogSim};
+pub use setup::{Bug, Rng, RunSettings, SimConfig, Timing, WatchdogSim};
 pub use stats::Stats;
 
 /// A trace line, formatted only when the run is traced.
@@ -173,11 +173,16 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(seed: u64, bug: Bug, tracing: bool) -> World {
+    pub fn new(seed: u64, bug: Bug, tracing: bool, timing: Option<Timing>) -> World {
         let mut rng = Rng::new(seed);
         let mut cfg = SimConfig::draw(&mut rng);
         // Drawn apart so that the seeds of the other draws keep their meaning.
         cfg.config_changes = Rng::new(seed ^ 0xC0F1_6C4A_4E6E_5000).chance(30);
+        if let Some(t) = timing {
+            cfg.ttl = t.ttl;
+            cfg.loop_wait = t.loop_wait;
+            cfg.retry_timeout = t.retry_timeout;
+        }
         World::with_config(cfg, rng, bug, tracing)
     }
 

@@ -71,7 +71,7 @@ use super::pg::Proc;
 use super::seams::{lock, Freezable, Net, NetDcs, Node, Shared, SimGuard, SimPeers, SimWatchdogs};
 use super::sim_pg::SimPg;
 use super::trace;
-use super::{paused_runtime, Bug, Rng, Stats, WatchdogSim, World};
+use super::{paused_runtime, Bug, Rng, RunSettings, Stats, WatchdogSim, World};
 
 /// The longest the world goes without replicating, acknowledging and checking.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -116,9 +116,9 @@ pub struct RealWorld {
 }
 
 impl RealWorld {
-    pub fn new(seed: u64, bug: Bug, tracing: bool, watchdog: WatchdogSim) -> RealWorld {
-        let mut w = World::new(seed, bug, tracing);
-        w.cfg.watchdog = watchdog;
+    pub fn new(seed: u64, bug: Bug, tracing: bool, run: RunSettings) -> RealWorld {
+        let mut w = World::new(seed, bug, tracing, run.timing);
+        w.cfg.watchdog = run.watchdog;
         RealWorld::of(w)
     }
 
@@ -603,16 +603,16 @@ impl RealWorld {
 }
 
 /// One seed of the real agents.
-pub fn run_real_seed(seed: u64, tracing: bool, watchdog: WatchdogSim) -> Outcome {
-    run_real_seed_with(seed, Bug::None, tracing, watchdog)
+pub fn run_real_seed(seed: u64, tracing: bool, run: RunSettings) -> Outcome {
+    run_real_seed_with(seed, Bug::None, tracing, run)
 }
 
 /// One seed with a deliberate bug of the world ([`Bug`]) that the checker must catch.
-pub fn run_real_seed_with(seed: u64, bug: Bug, tracing: bool, watchdog: WatchdogSim) -> Outcome {
+pub fn run_real_seed_with(seed: u64, bug: Bug, tracing: bool, run: RunSettings) -> Outcome {
     let rt = paused_runtime();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let mut rw = RealWorld::new(seed, bug, tracing, watchdog);
+        let mut rw = RealWorld::new(seed, bug, tracing, run);
         rw.run().await;
         rw.shutdown();
         let mut s = lock(&rw.net);

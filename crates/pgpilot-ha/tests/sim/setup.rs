@@ -76,6 +76,31 @@ impl WatchdogSim {
     pub const DEFAULT: WatchdogSim = WatchdogSim::On { safety_margin: 5 };
 }
 
+/// What a safety run sets for every seed: the members' watchdog and, when asked, the timing
+/// (`PGPILOT_SIM_TIMING`) instead of Patroni's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunSettings {
+    pub watchdog: WatchdogSim,
+    pub timing: Option<Timing>,
+}
+
+impl From<WatchdogSim> for RunSettings {
+    fn from(watchdog: WatchdogSim) -> Self {
+        RunSettings {
+            watchdog,
+            timing: None,
+        }
+    }
+}
+
+/// `ttl`, `loop_wait` and `retry_timeout` of `/config`, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub ttl: u64,
+    pub loop_wait: u64,
+    pub retry_timeout: u64,
+}
+
 /// The cluster configuration drawn for one seed.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
