@@ -24,8 +24,25 @@ fn refused_credentials(answer: &str) -> bool {
         || answer.starts_with("Unauthenticated")
 }
 
-/// HTTP/2 keepalive ping interval: above etcd's default `grpc-keepalive-min-time` (5 s).
+/// The shortest HTTP/2 keepalive ping interval: above etcd's default
+/// `grpc-keepalive-min-time` (5 s).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
+
+/// The HTTP/2 keepalive ping interval for these timings: 6 s, or `loop_wait + retry_timeout`
+/// when that is longer.
+///
+/// hyper pings when nothing was read from the connection for the interval. The agent reads
+/// from it at least once per loop_wait while it runs (the leader's renewals, every member's
+/// keepalive of its own lease, at most every max(loop_wait, ttl/3)), and each of those
+/// requests has a deadline of retry_timeout, after which the client drops the connection: that
+/// finds a dead connection (and with it a stalled watch) within about loop_wait +
+/// retry_timeout. A ping sooner than that finds it no earlier in a cycle's terms, and at
+/// Patroni's default timings (loop_wait 10) a 6 s ping was one more wake-up, two frames out
+/// and one in, per cycle of an idle agent, for nothing. The ping stays as the backstop for a
+/// connection nothing else reads from.
+fn keepalive_interval(loop_wait: Duration, retry_timeout: Duration) -> Duration {
+    KEEPALIVE_INTERVAL.max(loop_wait + retry_timeout)
+}
 
 /// Refuses to go on when etcd denies us our keys (a user without a role on the namespace
 /// prefix, no user against an etcd with authentication on): every cycle would fail, so say it
@@ -94,9 +111,13 @@ fn client_options(
         .with_connect_timeout(retry_timeout)
         // etcd refuses HTTP/2 pings more often than every 5 s (grpc-keepalive-min-time): it
         // answers GOAWAY "too many pings" and the connection, the watch and the cache are
-        // rebuilt every few seconds. Dead connections are found by these pings within 6 s +
-        // retry_timeout; every request of the HA cycle has its own deadline anyway.
-        .with_keep_alive(KEEPALIVE_INTERVAL, retry_timeout)
+        // rebuilt every few seconds. Every request of the HA cycle has its own deadline, and
+        // the pings come only when the cycle's requests have not read anything for a while
+        // ([`keepalive_interval`]).
+        .with_keep_alive(
+            keepalive_interval(opts.loop_wait, retry_timeout),
+            retry_timeout,
+        )
         .with_keep_alive_while_idle(true);
     if https {
         copts = copts.with_tls(opts.tls.options()?);
@@ -311,5 +332,20 @@ async fn rediscover_loop(endpoints: Arc<Endpoints>, timeout: Duration, stop: Can
             return;
         }
         endpoints.discover(Instant::now() + timeout).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_come_after_a_cycle_without_reads_and_never_under_etcds_minimum() {
+        let s = Duration::from_secs;
+        // Patroni's defaults: a renewal or a lease keepalive reads every 10 s.
+        assert_eq!(keepalive_interval(s(10), s(10)), s(20));
+        // The fast profiles keep etcd's floor plus a second.
+        assert_eq!(keepalive_interval(s(1), s(3)), s(6));
+        assert_eq!(keepalive_interval(s(1), s(2)), s(6));
     }
 }
