@@ -94,7 +94,7 @@ pub(crate) const OPTIONS: &[Opt] = &[
         flag: Flag::Help,
         long: "help",
         value: None,
-        help: "Print help (also -h).",
+        help: "Print help.",
         hidden: false,
     },
 ];

@@ -161,7 +161,8 @@ impl RotatingFile {
     }
 
     /// Python's `doRollover`: `.file_num-1` … `.1` move up one number (over the one past
-    /// `file_num`, which goes), the current file becomes `.1`, and a new one starts.
+    /// `file_num`, which goes), the current file becomes `.1`, and a new one starts. A current
+    /// file removed by someone else is not an error: the new one starts all the same.
     fn rotate(&mut self) -> io::Result<()> {
         for n in (1..self.file_num).rev() {
             let from = self.numbered(n);
@@ -169,7 +170,10 @@ impl RotatingFile {
                 std::fs::rename(&from, self.numbered(n + 1))?;
             }
         }
-        std::fs::rename(&self.path, self.numbered(1))?;
+        match std::fs::rename(&self.path, self.numbered(1)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         self.file = Self::append(&self.path)?;
         self.size = 0;
         self.apply_mode();
