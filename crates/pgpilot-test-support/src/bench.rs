@@ -25,6 +25,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -56,6 +58,14 @@ pub struct Sample {
     pub bootstrap: Duration,
     pub switchover: Option<Duration>,
     pub handover: Option<Duration>,
+    /// The gaps of a second switchover and handover, seen by a client holding a connection to
+    /// every member ([`Writer::start_direct`]): the servers' own write unavailability, without
+    /// the libpq client's walk over the hosts.
+    pub switchover_direct: Option<Duration>,
+    pub handover_direct: Option<Duration>,
+    /// The machine's CPU use during those two gaps.
+    pub switchover_cpu: Option<GapCpu>,
+    pub handover_cpu: Option<GapCpu>,
     pub crash: Option<Duration>,
     pub node_crash: Option<Duration>,
     /// Mean memory of the agents at the end of the idle window, in KiB: VmRSS, plus the private
@@ -451,7 +461,98 @@ pub async fn measure_fleet(
     result
 }
 
-async fn gap_around<F, Fut>(cluster: &Cluster, what: &str, table: &str, act: F) -> Option<Duration>
+/// The machine's busy and total CPU time so far, all CPUs together, in USER_HZ ticks
+/// (`/proc/stat`'s `cpu` line; idle and iowait are not busy).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
+}
+
+/// CPU use sampled every 10 ms while a role change runs: when, the machine's busy and total
+/// ticks, and the agents' CPU nanoseconds (with their guards; an agent that exited counts what
+/// it had used).
+struct CpuTrace {
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<Vec<(Instant, u64, u64, u64)>>,
+}
+
+impl CpuTrace {
+    fn start(procs: Vec<AgentProcesses>) -> CpuTrace {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut last: Vec<u64> = vec![0; procs.len()];
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                for (seen, p) in last.iter_mut().zip(&procs) {
+                    if let Ok(ns) = p.cpu_ns() {
+                        *seen = ns;
+                    }
+                }
+                if let Some((busy, total)) = machine_ticks() {
+                    samples.push((Instant::now(), busy, total, last.iter().sum()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        });
+        CpuTrace { stop, sampler }
+    }
+
+    /// Stops sampling. The CPU use during `span` (from, to), from the last sample before
+    /// `from` to the first after `to`: `None` without a span or samples on both sides.
+    fn finish(self, span: Option<(Instant, Instant)>) -> Option<GapCpu> {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self.sampler.join().ok()?;
+        let (from, to) = span?;
+        let a = samples.iter().rev().find(|s| s.0 <= from)?;
+        let b = samples.iter().find(|s| s.0 >= to)?;
+        let window = b.0.duration_since(a.0).as_secs_f64();
+        Some(GapCpu {
+            machine_busy: (b.1 - a.1) as f64 / (b.2 - a.2).max(1) as f64,
+            agents_cores: (b.3.saturating_sub(a.3)) as f64 / 1e9 / window.max(1e-3),
+        })
+    }
+}
+
+/// What the machine did during a write gap ([`CpuTrace`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GapCpu {
+    /// The share of all CPUs that was busy (0 to 1).
+    pub machine_busy: f64,
+    /// The CPU the agents (every member's, with their guards) used, in cores.
+    pub agents_cores: f64,
+}
+
+/// How a write gap is seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// Through a multi-host connection string (`target_session_attrs=read-write`).
+    Libpq,
+    /// Over one connection to each member ([`Writer::start_direct`]), with the machine's CPU
+    /// use during the gap.
+    Direct,
+}
+
+/// The write gap around `act`, seen by `client`, with the machine's CPU use during it for
+/// [`Client::Direct`].
+async fn gap_around<F, Fut>(
+    cluster: &Cluster,
+    what: &str,
+    table: &str,
+    client: Client,
+    act: F,
+) -> (Option<Duration>, Option<GapCpu>)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -459,13 +560,21 @@ where
     let ports: Vec<u16> = (0..cluster.len())
         .map(|i| cluster.member(i).pg_port)
         .collect();
-    let writer = Writer::start(&ports, table);
+    let writer = match client {
+        Client::Libpq => Writer::start(&ports, table),
+        Client::Direct => Writer::start_direct(&ports, table),
+    };
+    let trace = match client {
+        Client::Direct => agent_processes(cluster).ok().map(CpuTrace::start),
+        Client::Libpq => None,
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     act().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = writer.finish().await;
-    let gap = log.longest_gap();
-    if gap.is_none() {
+    let span = log.longest_gap_span();
+    let cpu = trace.and_then(|t| t.finish(span));
+    if span.is_none() {
         eprintln!(
             "bench: {what}: no write gap (an acknowledged write, a failure, an acknowledged write) was seen: {} acknowledged, {} failed: {}",
             log.acked.len(),
@@ -473,7 +582,31 @@ where
             log.error_summary()
         );
     }
-    gap
+    (span.map(|(f, a)| a.duration_since(f)), cpu)
+}
+
+/// `pgpilotctl switchover --force` (or `patronictl`'s), then waits for a new leader other than
+/// `old` to run a primary.
+async fn switchover(cluster: &Cluster, ctl: &std::path::Path, old: usize) {
+    let config = cluster.member(0).config_path.clone();
+    let out = tokio::process::Command::new(ctl)
+        .arg("-c")
+        .arg(&config)
+        .args(["switchover", "--force"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "bench: switchover failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => eprintln!("bench: can not run {}: {e}", ctl.display()),
+    }
+    new_leader(cluster, old).await;
 }
 
 async fn new_leader(cluster: &Cluster, old: usize) -> usize {
@@ -513,7 +646,10 @@ pub async fn measure(
             "CREATE TABLE bench_sw (id bigint PRIMARY KEY, at timestamptz);
              CREATE TABLE bench_ho (id bigint PRIMARY KEY, at timestamptz);
              CREATE TABLE bench_cr (id bigint PRIMARY KEY, at timestamptz);
-             CREATE TABLE bench_nc (id bigint PRIMARY KEY, at timestamptz);",
+             CREATE TABLE bench_nc (id bigint PRIMARY KEY, at timestamptz);
+             CREATE TABLE bench_sw_direct (id bigint PRIMARY KEY, at timestamptz);
+             CREATE TABLE bench_ho_direct (id bigint PRIMARY KEY, at timestamptz);
+",
         )
         .await?;
 
@@ -529,55 +665,71 @@ pub async fn measure(
         return Ok(sample);
     }
 
-    // Switchover.
-    let config = cluster.member(0).config_path.clone();
-    let old = leader;
-    sample.switchover = gap_around(&cluster, "switchover", "bench_sw", || async {
-        let out = tokio::process::Command::new(&ctl)
-            .arg("-c")
-            .arg(&config)
-            .args(["switchover", "--force"])
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await;
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "bench: switchover failed: {}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("bench: can not run {}: {e}", ctl.display()),
+    // Switchover and graceful handover, each twice: seen by the libpq client, then by the
+    // direct one. Each client writes alone, so that neither's work competes with the role
+    // change the other measures.
+    let mut leader = leader;
+    for client in [Client::Libpq, Client::Direct] {
+        let (table, direct) = match client {
+            Client::Libpq => (("bench_sw", "bench_ho"), ""),
+            Client::Direct => (("bench_sw_direct", "bench_ho_direct"), " (direct client)"),
+        };
+        let old = leader;
+        let (gap, cpu) = gap_around(
+            &cluster,
+            &format!("switchover{direct}"),
+            table.0,
+            client,
+            || switchover(&cluster, &ctl, old),
+        )
+        .await;
+        match client {
+            Client::Libpq => sample.switchover = gap,
+            Client::Direct => (sample.switchover_direct, sample.switchover_cpu) = (gap, cpu),
         }
-        new_leader(&cluster, old).await;
-    })
-    .await;
-    let leader = cluster
-        .leader_index()
-        .context("no leader after the switchover")?;
-    cluster.wait_for_replicas_streaming(replicas).await;
+        leader = cluster
+            .leader_index()
+            .context("no leader after the switchover")?;
+        cluster.wait_for_replicas_streaming(replicas).await;
 
-    // Graceful handover.
-    sample.handover = gap_around(&cluster, "handover", "bench_ho", || async {
-        cluster.terminate_agent(leader);
-        new_leader(&cluster, leader).await;
-    })
-    .await;
-    cluster.wait_agent_exit(leader, FAILOVER_TIMEOUT).await;
-    cluster.start_agent(leader);
-    cluster.wait_for_replicas_streaming(replicas).await;
-    let leader = cluster
-        .leader_index()
-        .context("no leader after the handover")?;
+        let old = leader;
+        let (gap, cpu) = gap_around(
+            &cluster,
+            &format!("handover{direct}"),
+            table.1,
+            client,
+            || async {
+                cluster.terminate_agent(old);
+                new_leader(&cluster, old).await;
+            },
+        )
+        .await;
+        match client {
+            Client::Libpq => sample.handover = gap,
+            Client::Direct => (sample.handover_direct, sample.handover_cpu) = (gap, cpu),
+        }
+        cluster.wait_agent_exit(old, FAILOVER_TIMEOUT).await;
+        cluster.start_agent(old);
+        cluster.wait_for_replicas_streaming(replicas).await;
+        leader = cluster
+            .leader_index()
+            .context("no leader after the handover")?;
+    }
 
     // Crash failover.
-    sample.crash = gap_around(&cluster, "crash failover", "bench_cr", || async {
-        cluster.kill_agent(leader);
-        cluster.kill_postmaster(leader);
-        new_leader(&cluster, leader).await;
-    })
-    .await;
+    sample.crash = gap_around(
+        &cluster,
+        "crash failover",
+        "bench_cr",
+        Client::Libpq,
+        || async {
+            cluster.kill_agent(leader);
+            cluster.kill_postmaster(leader);
+            new_leader(&cluster, leader).await;
+        },
+    )
+    .await
+    .0;
     cluster.start_agent(leader);
     cluster.wait_for_replicas_streaming(replicas).await;
     let leader = cluster
@@ -585,16 +737,23 @@ pub async fn measure(
         .context("no leader after the crash failover")?;
 
     // Node crash: every process of the member, the guard included (Patroni has none).
-    sample.node_crash = gap_around(&cluster, "node crash", "bench_nc", || async {
-        let guards = super::guard_pids(&cluster.member(leader).data_dir);
-        cluster.kill_agent(leader);
-        for pid in guards {
-            super::signal(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        cluster.kill_postmaster(leader);
-        new_leader(&cluster, leader).await;
-    })
-    .await;
+    sample.node_crash = gap_around(
+        &cluster,
+        "node crash",
+        "bench_nc",
+        Client::Libpq,
+        || async {
+            let guards = super::guard_pids(&cluster.member(leader).data_dir);
+            cluster.kill_agent(leader);
+            for pid in guards {
+                super::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            cluster.kill_postmaster(leader);
+            new_leader(&cluster, leader).await;
+        },
+    )
+    .await
+    .0;
     Ok(sample)
 }
 
@@ -630,9 +789,20 @@ pub fn rows() -> Vec<(&'static str, &'static str, fn(&Sample) -> Option<f64>)> {
         ("graceful handover (write gap)", "s", |s| {
             s.handover.map(|d| d.as_secs_f64())
         }),
+        ("graceful handover (write gap, direct client)", "s", |s| {
+            s.handover_direct.map(|d| d.as_secs_f64())
+        }),
         ("switchover (write gap)", "s", |s| {
             s.switchover.map(|d| d.as_secs_f64())
         }),
+        ("switchover (write gap, direct client)", "s", |s| {
+            s.switchover_direct.map(|d| d.as_secs_f64())
+        }),
+        (
+            "the machine's CPUs busy during that switchover's gap",
+            "%",
+            |s| s.switchover_cpu.map(|c| 100.0 * c.machine_busy),
+        ),
         ("agent RSS", "MiB", |s| Some(s.rss_kib / 1024.0)),
         ("agent idle CPU", "% of a core", |s| Some(s.cpu_percent)),
         ("etcd requests", "per s", |s| Some(s.etcd_rps)),

@@ -33,6 +33,13 @@ impl WriterLog {
         self.gaps().into_iter().max()
     }
 
+    /// The longest gap as its first failed attempt and the acknowledgement that ended it.
+    pub fn longest_gap_span(&self) -> Option<(Instant, Instant)> {
+        self.gap_spans()
+            .into_iter()
+            .max_by_key(|(f, a)| a.duration_since(*f))
+    }
+
     /// The longest time between two acknowledged writes (zero with fewer than two).
     pub fn longest_ack_gap(&self) -> Duration {
         self.acked
@@ -61,7 +68,15 @@ impl WriterLog {
     /// Every write gap: from the first failed attempt after an acknowledged write to the next
     /// acknowledged write, in order.
     pub fn gaps(&self) -> Vec<Duration> {
-        let mut gaps = Vec::new();
+        self.gap_spans()
+            .into_iter()
+            .map(|(f, a)| a.duration_since(f))
+            .collect()
+    }
+
+    /// Every write gap as its first failed attempt and the acknowledgement that ended it.
+    fn gap_spans(&self) -> Vec<(Instant, Instant)> {
+        let mut spans = Vec::new();
         for &f in &self.failures {
             let before = self.acked.iter().rev().find(|(_, t)| *t < f);
             let after = self.acked.iter().find(|(_, t)| *t > f);
@@ -72,11 +87,11 @@ impl WriterLog {
                     .iter()
                     .any(|&g| g < f && before.is_some_and(|(_, b)| g > *b));
                 if first_of_run {
-                    gaps.push(a.duration_since(f));
+                    spans.push((f, *a));
                 }
             }
         }
-        gaps
+        spans
     }
 }
 
@@ -184,6 +199,142 @@ impl Writer {
 
     pub async fn finish(self) -> WriterLog {
         self.task.finish().await
+    }
+}
+
+impl Writer {
+    /// Starts writing into `table` as [`Writer::start`] does, but over one connection to each
+    /// of `ports` instead of a connection string walked in order: each write goes to the member
+    /// that took the last one, and once that fails, to every connected member at once, the
+    /// first to acknowledge becoming the target. A member whose connection is gone is
+    /// reconnected in the background, at most every 100 ms.
+    ///
+    /// Its gaps are the servers' own write unavailability: they leave out what a libpq client
+    /// spends connecting to, authenticating with and refusing each read-only host before it
+    /// reaches the new primary, which grows with the number of members.
+    pub fn start_direct(ports: &[u16], table: &str) -> Writer {
+        let conninfos: Vec<String> = ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "host=127.0.0.1 port={p} user={} password={} dbname=postgres connect_timeout=2",
+                    SUPERUSER.0, SUPERUSER.1
+                )
+            })
+            .collect();
+        let table = table.to_string();
+        let acked = Arc::new(AtomicUsize::new(0));
+        let count = acked.clone();
+        let task = Task::spawn(|flag| async move {
+            let n = conninfos.len();
+            let mut log = WriterLog::default();
+            let mut clients: Vec<Option<Arc<tokio_postgres::Client>>> = vec![None; n];
+            let mut connecting = vec![false; n];
+            let mut next_connect = vec![Instant::now(); n];
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut target: Option<usize> = None;
+            let mut next_id: i64 = 1;
+            while !flag.load(Ordering::Relaxed) {
+                while let Ok((i, client)) = rx.try_recv() {
+                    connecting[i] = false;
+                    clients[i] = client;
+                }
+                let now = Instant::now();
+                for i in 0..n {
+                    if clients[i].as_ref().is_some_and(|c| c.is_closed()) {
+                        clients[i] = None;
+                    }
+                    if clients[i].is_none() && !connecting[i] && now >= next_connect[i] {
+                        connecting[i] = true;
+                        next_connect[i] = now + Duration::from_millis(100);
+                        let (conninfo, tx) = (conninfos[i].clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let connect = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls);
+                            let client =
+                                match tokio::time::timeout(Duration::from_secs(2), connect).await {
+                                    Ok(Ok((c, conn))) => {
+                                        tokio::spawn(conn);
+                                        // Refused writes are the point of this client: keep
+                                        // the servers from logging each one (work that would
+                                        // compete with the role change it measures).
+                                        let quiet = "SET log_min_messages = panic; \
+                                                 SET log_min_error_statement = panic";
+                                        c.batch_execute(quiet).await.ok().map(|()| Arc::new(c))
+                                    }
+                                    _ => None,
+                                };
+                            let _ = tx.send((i, client));
+                        });
+                    }
+                }
+                let targets: Vec<usize> = match target {
+                    Some(t) if clients[t].is_some() => vec![t],
+                    _ => (0..n).filter(|&i| clients[i].is_some()).collect(),
+                };
+                if targets.is_empty() {
+                    log.fail("no member connected".into());
+                    target = None;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                let id = next_id;
+                next_id += 1;
+                let sql = Arc::new(format!("INSERT INTO {table} VALUES ({id}, now())"));
+                let mut writes = tokio::task::JoinSet::new();
+                for i in targets {
+                    let (client, sql) = (clients[i].clone(), sql.clone());
+                    writes.spawn(async move {
+                        let Some(c) = client else {
+                            return (i, Err("not connected".to_string()));
+                        };
+                        let res =
+                            tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql))
+                                .await;
+                        (
+                            i,
+                            match res {
+                                Ok(Ok(())) => Ok(()),
+                                Ok(Err(e)) => Err(error_text(&e)),
+                                Err(_) => Err("no answer within 5 s".to_string()),
+                            },
+                        )
+                    });
+                }
+                let mut acked_on = None;
+                let mut error = None;
+                while let Some(joined) = writes.join_next().await {
+                    match joined {
+                        Ok((i, Ok(()))) => {
+                            acked_on = Some(i);
+                            break;
+                        }
+                        Ok((_, Err(e))) => {
+                            error.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            error.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                // The writes still running went to members that were not the first to answer;
+                // their answers no longer matter.
+                writes.abort_all();
+                match acked_on {
+                    Some(i) => {
+                        log.acked.push((id, Instant::now()));
+                        count.fetch_add(1, Ordering::Relaxed);
+                        target = Some(i);
+                    }
+                    None => {
+                        log.fail(error.unwrap_or_default());
+                        target = None;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            log
+        });
+        Writer { task, acked }
     }
 }
 

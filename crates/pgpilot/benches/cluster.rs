@@ -287,7 +287,7 @@ async fn main() {
         println!("# Benchmarks\n");
         println!("{}", generated_by(started));
         println!("Machine: {}.\n", machine());
-        println!("Each repetition starts a fresh etcd and cluster on loopback; write gaps are measured by a client inserting a row every 10 ms through a multi-host connection string with `target_session_attrs=read-write` (first failed write to the next acknowledged one). Idle cost is measured over {} s per repetition; RSS and CPU are per agent. CPU is the scheduler's run time of the agent's threads (`/proc/PID/task/*/schedstat`), pgpilot's guard process included. RSS is the agent's VmRSS plus the private memory (`Private_Clean + Private_Dirty`) of pgpilot's guard, whose other resident pages are the executable's and libc's, mapped by the agent too.", args.idle.as_secs());
+        println!("Each repetition starts a fresh etcd and cluster on loopback; write gaps are measured by a client inserting a row every 10 ms through a multi-host connection string with `target_session_attrs=read-write` (first failed write to the next acknowledged one). Each repetition then runs a second switchover and a second handover, seen by another client alone (the rows marked \"direct client\"): it holds one connection to each member and, once the last primary refuses a write, sends the next one to every member at once. Its gap is the servers' own unavailability, without the libpq client's connection, authentication and `read-only` check at each host it tries before the new primary; \"CPUs busy\" is the share of the machine's CPUs (`/proc/stat`) busy during that gap, whatever ran. Idle cost is measured over {} s per repetition; RSS and CPU are per agent. CPU is the scheduler's run time of the agent's threads (`/proc/PID/task/*/schedstat`), pgpilot's guard process included. RSS is the agent's VmRSS plus the private memory (`Private_Clean + Private_Dirty`) of pgpilot's guard, whose other resident pages are the executable's and libc's, mapped by the agent too.", args.idle.as_secs());
         print!("{out}");
     } else {
         println!("machine: {}", machine());
@@ -475,7 +475,7 @@ async fn run_scale(args: &Args, patroni: Option<PathBuf>, ctl: PathBuf) {
         out.push_str(FLEET_SIMULATION);
         out.push_str("\n### Fleet: idle cost per member\n");
         out.push_str(&fleet_md);
-        out.push_str(&format!("\n### Cluster size: write gaps\n\nOne cluster of M members per repetition, measured as in the main tables (idle window of {} s, then switchover, graceful handover and crash failover).\n", args.idle.as_secs()));
+        out.push_str(&format!("\n### Cluster size: write gaps\n\nOne cluster of M members per repetition, measured as in the main tables (idle window of {} s, then switchover and graceful handover, each seen by the libpq client and then by the direct client, then crash failover). All the members run on this one machine: what they do at once when the leader changes shares its CPUs, which the second table shows.\n", args.idle.as_secs()));
         out.push_str(&size_md);
         if !failures.is_empty() {
             out.push_str("\n### Failed repetitions\n\n");

@@ -32,6 +32,17 @@ async fn benchmark_smoke_run_measures_everything() {
         "the switchover was seen by the writer"
     );
     assert!(s.handover.is_some(), "the handover was seen by the writer");
+    assert!(
+        s.switchover_direct.is_some() && s.handover_direct.is_some(),
+        "the second switchover and handover were seen by the direct client"
+    );
+    for cpu in [s.switchover_cpu, s.handover_cpu] {
+        let cpu = cpu.expect("the machine's CPU use during the direct client's gaps");
+        assert!(
+            (0.0..=1.0).contains(&cpu.machine_busy) && cpu.agents_cores >= 0.0,
+            "{cpu:?}"
+        );
+    }
     assert!(s.crash.is_some(), "the crash was seen by the writer");
     assert!(
         s.node_crash.is_some(),

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use pgpilot_test_support::bench::{cell, median_by_method, spread, FleetSample, Sample};
+use pgpilot_test_support::bench::{cell, median_by_method, spread, FleetSample, GapCpu, Sample};
 use plotters::prelude::*;
 
 /// The lines that open and close the scale section in BENCHMARKS.md: `bench/run.sh --scale`
@@ -203,22 +203,51 @@ pub fn size_summary(profile: &str, by_size: &[(usize, Vec<Sample>, Vec<Sample>)]
     let crash = |s: &Sample| s.crash.map(|d| d.as_secs_f64());
     let switchover = |s: &Sample| s.switchover.map(|d| d.as_secs_f64());
     let handover = |s: &Sample| s.handover.map(|d| d.as_secs_f64());
+    let switchover_direct = |s: &Sample| s.switchover_direct.map(|d| d.as_secs_f64());
+    let handover_direct = |s: &Sample| s.handover_direct.map(|d| d.as_secs_f64());
     let bootstrap = |s: &Sample| Some(s.bootstrap.as_secs_f64());
     let mut out = format!(
         "\n#### {profile}: write gaps against the cluster size (medians, s; pgpilot / Patroni)\n\n"
     );
-    out.push_str("| members | crash failover | switchover | graceful handover | bootstrap |\n|---:|---:|---:|---:|---:|\n");
+    out.push_str("| members | crash failover | switchover | switchover, direct client | graceful handover | graceful handover, direct client | bootstrap |\n|---:|---:|---:|---:|---:|---:|---:|\n");
     for (members, ours, theirs) in by_size {
         out.push_str(&format!(
-            "| {members} | {} / {} | {} / {} | {} / {} | {} / {} |\n",
+            "| {members} | {} / {} | {} / {} | {} / {} | {} / {} | {} / {} | {} / {} |\n",
             m(ours, &crash),
             m(theirs, &crash),
             m(ours, &switchover),
             m(theirs, &switchover),
+            m(ours, &switchover_direct),
+            m(theirs, &switchover_direct),
             m(ours, &handover),
             m(theirs, &handover),
+            m(ours, &handover_direct),
+            m(theirs, &handover_direct),
             m(ours, &bootstrap),
             m(theirs, &bootstrap),
+        ));
+    }
+    let busy =
+        |f: fn(&Sample) -> Option<GapCpu>| move |s: &Sample| f(s).map(|c| 100.0 * c.machine_busy);
+    let agents = |f: fn(&Sample) -> Option<GapCpu>| move |s: &Sample| f(s).map(|c| c.agents_cores);
+    let (sw_busy, sw_agents) = (busy(|s| s.switchover_cpu), agents(|s| s.switchover_cpu));
+    let (ho_busy, ho_agents) = (busy(|s| s.handover_cpu), agents(|s| s.handover_cpu));
+    out.push_str(&format!(
+        "\n#### {profile}: the machine during the direct client's gaps (medians; pgpilot / Patroni)\n\n\
+         Share of the machine's CPUs busy (all processes: PostgreSQL, agents, etcd, the client), and the CPU used by all the agents together, in cores.\n\n\
+         | members | switchover: CPUs busy (%) | switchover: agents (cores) | handover: CPUs busy (%) | handover: agents (cores) |\n|---:|---:|---:|---:|---:|\n"
+    ));
+    for (members, ours, theirs) in by_size {
+        out.push_str(&format!(
+            "| {members} | {} / {} | {} / {} | {} / {} | {} / {} |\n",
+            m(ours, &sw_busy),
+            m(theirs, &sw_busy),
+            m(ours, &sw_agents),
+            m(theirs, &sw_agents),
+            m(ours, &ho_busy),
+            m(theirs, &ho_busy),
+            m(ours, &ho_agents),
+            m(theirs, &ho_agents),
         ));
     }
     out
