@@ -840,8 +840,18 @@ pub fn median_by_method<'a>(
 /// Formats one cell `min / median / max`.
 pub fn cell(values: &[f64]) -> String {
     match spread(values) {
-        Some((lo, med, hi)) => format!("{lo:.2} / {med:.2} / {hi:.2}"),
+        Some((lo, med, hi)) => format!("{} / {} / {}", figure(lo), figure(med), figure(hi)),
         None => "-".into(),
+    }
+}
+
+/// Two decimals, or four under 0.1 (an idle agent at Patroni's default timings uses about
+/// 0.01 % of a core: two decimals would hide a factor of two).
+pub fn figure(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.1 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.2}")
     }
 }
 
@@ -858,6 +868,14 @@ pub fn patroni_executable() -> Result<PathBuf, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn small_figures_keep_four_decimals() {
+        assert_eq!(super::cell(&[0.0065, 0.0146]), "0.0065 / 0.0106 / 0.0146");
+        assert_eq!(super::cell(&[8.09, 0.0]), "0.00 / 4.04 / 8.09");
+        assert_eq!(super::figure(0.1), "0.10");
+        assert_eq!(super::figure(-0.05), "-0.0500");
+    }
+
     #[test]
     fn messages_are_summed_by_method() {
         let text = r#"# HELP grpc_server_msg_received_total Total number of RPC stream messages received on the server.

@@ -547,8 +547,11 @@ fn measurements_table(ours: &[Sample], theirs: &[Sample], compare: bool) -> Stri
         let a: Vec<f64> = ours.iter().filter_map(f).collect();
         if compare {
             let b: Vec<f64> = theirs.iter().filter_map(f).collect();
+            // A share of the machine during gaps of different lengths is no cost to compare.
             let ratio = match (spread(&a), spread(&b)) {
-                (Some((_, x, _)), Some((_, y, _))) if y > 0.0 => format!("{:.2}", x / y),
+                (Some((_, x, _)), Some((_, y, _))) if y > 0.0 && unit != "%" => {
+                    format!("{:.2}", x / y)
+                }
                 _ => "-".into(),
             };
             out.push_str(&format!(
