@@ -148,8 +148,8 @@ fn guard_alone_keeps_the_safety_invariants_without_a_watchdog() {
     );
 }
 
-/// Seeds `1..=n` with `run`'s watchdog and timing: the statistics printed, the first failing seed replayed with
-/// the end of its trace.
+/// Seeds `1..=n` with `run`'s watchdog and timing: the statistics printed, the first failing
+/// seed replayed with the end of its trace.
 fn sweep(n: u64, run: RunSettings) {
     let started = Instant::now();
     let mut total = Stats::default();
@@ -172,13 +172,9 @@ fn sweep(n: u64, run: RunSettings) {
                     WatchdogSim::Off => "off".to_string(),
                     WatchdogSim::On { safety_margin } => safety_margin.to_string(),
                 },
-                match run.timing {
-                    Some(t) => format!(
-                        " PGPILOT_SIM_TIMING={},{},{}",
-                        t.ttl, t.loop_wait, t.retry_timeout
-                    ),
-                    None => String::new(),
-                }
+                run.timing
+                    .map(|t| format!(" PGPILOT_SIM_TIMING={t}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -187,10 +183,7 @@ fn sweep(n: u64, run: RunSettings) {
         total.seeds,
         started.elapsed().as_secs_f64(),
         run.watchdog,
-        match run.timing {
-            Some(t) => format!("{}, {}, {}", t.ttl, t.loop_wait, t.retry_timeout),
-            None => "30, 10, 10 (Patroni's defaults)".to_string(),
-        },
+        run.timing.map_or("30,10,10 (Patroni's defaults)".to_string(), |t| t.to_string()),
         total.steps,
         total.commits,
         total.acked,

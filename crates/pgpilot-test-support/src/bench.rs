@@ -609,6 +609,53 @@ async fn switchover(cluster: &Cluster, ctl: &std::path::Path, old: usize) {
     new_leader(cluster, old).await;
 }
 
+/// A switchover away from `leader`, then a graceful handover away from the member that took
+/// over (whose agent is started again afterwards), both seen by `client`, each once the
+/// replicas stream again: the new leader, and each role change's gap with the CPU use during it.
+async fn role_changes(
+    cluster: &Cluster,
+    ctl: &std::path::Path,
+    leader: usize,
+    client: Client,
+) -> anyhow::Result<(usize, [(Option<Duration>, Option<GapCpu>); 2])> {
+    let replicas = cluster.len().saturating_sub(1);
+    let (tables, seen_by) = match client {
+        Client::Libpq => (["bench_sw", "bench_ho"], ""),
+        Client::Direct => (["bench_sw_direct", "bench_ho_direct"], " (direct client)"),
+    };
+    let sw = gap_around(
+        cluster,
+        &format!("switchover{seen_by}"),
+        tables[0],
+        client,
+        || switchover(cluster, ctl, leader),
+    )
+    .await;
+    let old = cluster
+        .leader_index()
+        .context("no leader after the switchover")?;
+    cluster.wait_for_replicas_streaming(replicas).await;
+
+    let ho = gap_around(
+        cluster,
+        &format!("handover{seen_by}"),
+        tables[1],
+        client,
+        || async {
+            cluster.terminate_agent(old);
+            new_leader(cluster, old).await;
+        },
+    )
+    .await;
+    cluster.wait_agent_exit(old, FAILOVER_TIMEOUT).await;
+    cluster.start_agent(old);
+    cluster.wait_for_replicas_streaming(replicas).await;
+    let leader = cluster
+        .leader_index()
+        .context("no leader after the handover")?;
+    Ok((leader, [sw, ho]))
+}
+
 async fn new_leader(cluster: &Cluster, old: usize) -> usize {
     let new = cluster
         .wait_for_leader_except(&[old], FAILOVER_TIMEOUT)
@@ -668,53 +715,13 @@ pub async fn measure(
     // Switchover and graceful handover, each twice: seen by the libpq client, then by the
     // direct one. Each client writes alone, so that neither's work competes with the role
     // change the other measures.
-    let mut leader = leader;
-    for client in [Client::Libpq, Client::Direct] {
-        let (table, direct) = match client {
-            Client::Libpq => (("bench_sw", "bench_ho"), ""),
-            Client::Direct => (("bench_sw_direct", "bench_ho_direct"), " (direct client)"),
-        };
-        let old = leader;
-        let (gap, cpu) = gap_around(
-            &cluster,
-            &format!("switchover{direct}"),
-            table.0,
-            client,
-            || switchover(&cluster, &ctl, old),
-        )
-        .await;
-        match client {
-            Client::Libpq => sample.switchover = gap,
-            Client::Direct => (sample.switchover_direct, sample.switchover_cpu) = (gap, cpu),
-        }
-        leader = cluster
-            .leader_index()
-            .context("no leader after the switchover")?;
-        cluster.wait_for_replicas_streaming(replicas).await;
-
-        let old = leader;
-        let (gap, cpu) = gap_around(
-            &cluster,
-            &format!("handover{direct}"),
-            table.1,
-            client,
-            || async {
-                cluster.terminate_agent(old);
-                new_leader(&cluster, old).await;
-            },
-        )
-        .await;
-        match client {
-            Client::Libpq => sample.handover = gap,
-            Client::Direct => (sample.handover_direct, sample.handover_cpu) = (gap, cpu),
-        }
-        cluster.wait_agent_exit(old, FAILOVER_TIMEOUT).await;
-        cluster.start_agent(old);
-        cluster.wait_for_replicas_streaming(replicas).await;
-        leader = cluster
-            .leader_index()
-            .context("no leader after the handover")?;
-    }
+    let (leader, [switchover, handover]) =
+        role_changes(&cluster, &ctl, leader, Client::Libpq).await?;
+    (sample.switchover, sample.handover) = (switchover.0, handover.0);
+    let (leader, [switchover, handover]) =
+        role_changes(&cluster, &ctl, leader, Client::Direct).await?;
+    (sample.switchover_direct, sample.switchover_cpu) = switchover;
+    (sample.handover_direct, sample.handover_cpu) = handover;
 
     // Crash failover.
     sample.crash = gap_around(

@@ -200,9 +200,7 @@ impl Writer {
     pub async fn finish(self) -> WriterLog {
         self.task.finish().await
     }
-}
 
-impl Writer {
     /// Starts writing into `table` as [`Writer::start`] does, but over one connection to each
     /// of `ports` instead of a connection string walked in order: each write goes to the member
     /// that took the last one, and once that fails, to every connected member at once, the

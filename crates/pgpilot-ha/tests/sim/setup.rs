@@ -101,6 +101,13 @@ pub struct Timing {
     pub retry_timeout: u64,
 }
 
+/// As `PGPILOT_SIM_TIMING` takes it: `ttl,loop_wait,retry_timeout`.
+impl std::fmt::Display for Timing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{},{}", self.ttl, self.loop_wait, self.retry_timeout)
+    }
+}
+
 /// The cluster configuration drawn for one seed.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
