@@ -623,6 +623,21 @@ mod tests {
         std::fs::read_to_string(dir.join(name)).unwrap_or_default()
     }
 
+    /// A `patroni.log` removed by someone else (a logrotate set up wrongly) does not make the
+    /// rotation fail: the next line starts a new file, and the copies move up as usual.
+    #[test]
+    fn rotation_goes_on_when_the_current_file_was_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = RotatingFile::open(tmp.path(), 20, 2, None).unwrap();
+        f.write_all(b"first line, 18 b\n").unwrap();
+        f.write_all(b"second line, 19 b\n").unwrap();
+        std::fs::remove_file(tmp.path().join(LOG_FILE)).unwrap();
+        f.write_all(b"third line, 18 b\n").unwrap();
+        assert_eq!(read(tmp.path(), "patroni.log"), "third line, 18 b\n");
+        assert_eq!(read(tmp.path(), "patroni.log.2"), "first line, 18 b\n");
+        assert!(!tmp.path().join("patroni.log.1").exists());
+    }
+
     /// A small `file_size` rotates `patroni.log` into `.1`, `.2`, …: never more than
     /// `file_num` rotated files, none over `file_size`, no line split or lost among the kept
     /// files, the newest lines in `patroni.log` and the oldest kept ones in `.<file_num>`.
